@@ -1,0 +1,1 @@
+"""The spec language: parse (.scpo and YAML) → typed model → semantic checks → diagnostics."""

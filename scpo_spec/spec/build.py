@@ -1,0 +1,412 @@
+"""Document tree → typed model.  Structural errors (unknown sections, entries and kinds, values
+of the wrong sort, duplicates) are reported here, each with its location; cross-references and
+ranges are left to check.py."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from scpo_spec.spec import expr as E
+from scpo_spec.spec import model as M
+from scpo_spec.spec.diagnostics import Collector, did_you_mean, one_of
+from scpo_spec.spec.document import Entry, Map, Scalar, Seq, Value
+from scpo_spec.spec.evaluate import EvalError, evaluate, to_plain
+from scpo_spec.spec.scpo_reader import parse_expression
+from scpo_spec.spec.source import Source, Span
+
+ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "sigmoid", "softplus", "identity")
+SOLVERS = ("clarabel", "gurobi", "scs")
+LOSSES = ("mse", "mae", "huber")
+ON_VIOLATION = ("raise", "stop")
+BACKTRACK = ("armijo", "none")
+PRECISIONS = ("float64",)
+SMOOTHNESS_MODES = ("given", "estimate")
+POLICY_INIT = ("backup", "zero")
+
+
+class Builder:
+    def __init__(self, source: Source, diagnostics: Collector):
+        self.source = source
+        self.diag = diagnostics
+        self.consts: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ value converters
+    def expr(self, value: Value, what: str) -> E.Node | None:
+        """Any value as an expression tree (YAML strings are parsed here, in place)."""
+        if isinstance(value, Scalar):
+            if value.expr is not None:
+                return value.expr
+            raw = value.raw
+            if isinstance(raw, bool) or raw is None:
+                self.diag.error(f"{what}: expected a value, got {str(raw).lower()}", value.span)
+                return None
+            if isinstance(raw, (int, float)):
+                return E.Num(value=float(raw), span=value.span)
+            if isinstance(raw, str):
+                line = value.span.line if value.span else 1
+                col = (value.span.column + (1 if value.quoted else 0)) if value.span else 1
+                tree, diags = parse_expression(raw, self.source, line, col)
+                for d in diags:
+                    self.diag.items.append(d)
+                return tree
+            self.diag.error(f"{what}: unsupported value {raw!r}", value.span)
+            return None
+        if isinstance(value, Seq):
+            items = [self.expr(i, what) for i in value.items]
+            if any(i is None for i in items):
+                return None
+            return E.Vector(items=items, span=value.span)
+        self.diag.error(f"{what}: expected a value, not a block", value.span)
+        return None
+
+    def quantity(self, value: Value, what: str) -> M.Quantity | None:
+        tree = self.expr(value, what)
+        if tree is None:
+            return None
+        if isinstance(tree, E.FORMULA_NODES) or isinstance(tree, E.Str):
+            sort = "a string" if isinstance(tree, E.Str) else "a formula"
+            self.diag.error(f"{what}: expected a number, got {sort}", tree.span)
+            return None
+        folded = None
+        try:
+            folded = to_plain(evaluate(tree, self.consts))
+        except EvalError as err:
+            hint = err.hint
+            if err.message.startswith("unknown constant"):
+                name = err.message.split("'")[1]
+                hint = did_you_mean(name, self.consts) or hint
+            self.diag.error(f"{what}: {err.message}", err.span or tree.span, hint)
+        return M.Quantity(expr=tree, value=folded, span=tree.span)
+
+    def formula(self, value: Value, what: str) -> E.Node | None:
+        return self.expr(value, what)
+
+    def word(self, value: Value, what: str) -> tuple[str, Span | None] | None:
+        """A bare word (or a string holding one)."""
+        tree = self.expr(value, what)
+        if tree is None:
+            return None
+        if isinstance(tree, E.Name):
+            return tree.id, tree.span
+        if isinstance(tree, E.Str) and tree.value.isidentifier():
+            return tree.value, tree.span
+        self.diag.error(f"{what}: expected a name", tree.span)
+        return None
+
+    def ident(self, choices: tuple[str, ...]) -> Callable[[Value, str], M.Ident | None]:
+        def convert(value: Value, what: str) -> M.Ident | None:
+            got = self.word(value, what)
+            if got is None:
+                return None
+            word, span = got
+            if word not in choices:
+                self.diag.error(f"unknown {what} '{word}'", span,
+                                did_you_mean(word, choices) or f"expected one of {one_of(choices)}")
+                return None
+            return M.Ident(name=word, span=span)
+        return convert
+
+    def text(self, value: Value, what: str) -> M.Text | None:
+        if isinstance(value, Scalar) and value.expr is None and isinstance(value.raw, str):
+            return M.Text(value=value.raw, span=value.span)
+        tree = self.expr(value, what)
+        if isinstance(tree, E.Str):
+            return M.Text(value=tree.value, span=tree.span)
+        if tree is not None:
+            self.diag.error(f"{what}: expected a quoted string", tree.span)
+        return None
+
+    def signals(self, value: Value, what: str) -> list[M.Signal]:
+        items = value.items if isinstance(value, Seq) else [value]
+        out = []
+        for item in items:
+            tree = self.expr(item, what)
+            if isinstance(tree, E.Vector):  # `[a, b]` written as one value
+                trees = tree.items
+            else:
+                trees = [tree]
+            for t in trees:
+                if isinstance(t, E.Name):
+                    out.append(M.Signal(name=t.id, span=t.span))
+                elif t is not None:
+                    self.diag.error(f"{what}: expected a signal name", t.span)
+        return out
+
+    def aggregate(self, value: Value, what: str) -> M.Aggregate | None:
+        tree = self.expr(value, what)
+        if isinstance(tree, E.Name) and tree.id == "hard":
+            return M.Aggregate(kind="hard", span=tree.span)
+        if isinstance(tree, E.Call) and tree.func == "smooth":
+            if len(tree.args) != 1:
+                self.diag.error("smooth takes one temperature, smooth(0.01)", tree.span)
+                return None
+            tau = self.quantity(Scalar(span=tree.args[0].span, expr=tree.args[0]),
+                                "smooth temperature")
+            return M.Aggregate(kind="smooth", tau=tau, span=tree.span)
+        if isinstance(tree, E.Name) and tree.id == "smooth":
+            self.diag.error("smooth needs a temperature", tree.span, "write smooth(0.01)")
+            return None
+        if tree is not None:
+            word = tree.id if isinstance(tree, E.Name) else (
+                tree.func if isinstance(tree, E.Call) else "")
+            self.diag.error(f"unknown aggregate '{E.unparse(tree)}'", tree.span,
+                            did_you_mean(word, ("hard", "smooth"))
+                            or "expected 'hard' or 'smooth(τ)'")
+        return None
+
+    # ------------------------------------------------------------------ structure
+    def fields(self, block: Map, what: str, table: dict[str, tuple[str, Callable]],
+               skip: tuple[str, ...] = ("kind",)) -> dict[str, Any]:
+        """Convert a block's entries with a key → (field, converter) table, reporting unknown
+        and repeated entries."""
+        out: dict[str, Any] = {}
+        seen: dict[str, Entry] = {}
+        for entry in block.entries:
+            if entry.key in skip:
+                continue
+            if entry.key not in table:
+                hint = did_you_mean(entry.key, table) or f"{what} accepts {one_of(table)}"
+                self.diag.error(f"unknown entry '{entry.key}' in {what}", entry.key_span, hint)
+                continue
+            if entry.key in seen:
+                first = seen[entry.key].key_span
+                self.diag.error(f"duplicate entry '{entry.key}' in {what}", entry.key_span,
+                                f"first given at line {first.line}" if first else None)
+                continue
+            seen[entry.key] = entry
+            name, convert = table[entry.key]
+            result = convert(entry.value, entry.key)
+            if result is not None:
+                out[name] = result
+        return out
+
+    def kind_of(self, block: Value, what: str, kinds: tuple[str, ...]) -> str | None:
+        if isinstance(block, Scalar):  # a bare kind, `optimizer adam`, with no entries
+            return self.kind_of(Map(span=block.span, entries=[Entry("kind", block.span, block)]),
+                                what, kinds)
+        if not isinstance(block, Map):
+            self.diag.error(f"{what} must be a block", getattr(block, "span", None))
+            return None
+        kind_entries = [e for e in block.entries if e.key == "kind"]
+        if not kind_entries:
+            self.diag.error(f"{what} needs a kind", block.span,
+                            f"one of {one_of(kinds)}, e.g. `{what} {kinds[0]} {{ … }}`")
+            return None
+        got = self.word(kind_entries[0].value, f"{what} kind")
+        if got is None:
+            return None
+        word, span = got
+        if word not in kinds:
+            self.diag.error(f"unknown {what} kind '{word}'", span,
+                            did_you_mean(word, kinds) or f"expected one of {one_of(kinds)}")
+            return None
+        return word
+
+    def typed(self, block: Value, what: str,
+              variants: dict[str, tuple[type, dict[str, tuple[str, Callable]]]]):
+        kind = self.kind_of(block, what, tuple(variants))
+        if kind is None:
+            return None
+        cls, table = variants[kind]
+        if isinstance(block, Scalar):
+            block = Map(span=block.span, entries=[])
+        values = self.fields(block, f"{what} {kind}", table, skip=("kind",))
+        return self._construct(cls, values, block.span)
+
+    def _construct(self, cls, values, span):
+        for name, f in cls.model_fields.items():  # lists default to empty
+            if name not in values and name != "span" and f.is_required():
+                values[name] = []
+        return cls(span=span, **values)
+
+    # ------------------------------------------------------------------ sections
+    def build(self, doc: Map, path: str | None) -> M.Spec:
+        q, s = self.quantity, self.signals
+        ident = self.ident
+        sections: dict[str, Entry] = {}
+        spec = M.Spec(span=doc.span, path=path)
+        known = ("spec", "title", "const", "system", "backup", "policy", "scenarios",
+                 "constraints", "stability", "objective", "train")
+        for entry in doc.entries:
+            if entry.key not in known:
+                self.diag.error(f"unknown section '{entry.key}'", entry.key_span,
+                                did_you_mean(entry.key, known)
+                                or f"sections are {one_of(known)}")
+                continue
+            if entry.key in sections and entry.key not in ("const", "constraints",
+                                                            "stability"):
+                first = sections[entry.key].key_span
+                self.diag.error(f"duplicate section '{entry.key}'", entry.key_span,
+                                f"a spec has one {entry.key} section; the first is at line "
+                                f"{first.line}" if first else None)
+                continue
+            sections[entry.key] = entry
+            if entry.key in ("const",):
+                self.build_consts(entry.value, spec)
+        for key in ("constraints", "stability"):  # several .scpo items or one YAML list
+            for entry in doc.entries:
+                if entry.key == key:
+                    items = entry.value.items if isinstance(entry.value, Seq) else [entry.value]
+                    section = "constraint" if key == "constraints" else "stability"
+                    for item in items:
+                        prop = self.build_property(item, section)
+                        if prop is not None:
+                            getattr(spec, key).append(prop)
+
+        if "spec" in sections:
+            got = self.word(sections["spec"].value, "spec name")
+            if got:
+                spec.name = M.Ident(name=got[0], span=got[1])
+        if "title" in sections:
+            spec.title = self.text(sections["title"].value, "title")
+
+        signal_list = lambda v, w: s(v, w)  # noqa: E731
+        if "system" in sections:
+            spec.system = self.typed(sections["system"].value, "system", {
+                "linear": (M.LinearSystem, {"state": ("states", signal_list),
+                                            "input": ("inputs", signal_list),
+                                            "A": ("A", q), "B": ("B", q)}),
+                "pendulum": (M.PendulumSystem, {"state": ("states", signal_list),
+                                                "input": ("inputs", signal_list),
+                                                "dt": ("dt", q), "g": ("g", q),
+                                                "m": ("m", q), "l": ("l", q)}),
+                "static": (M.StaticSystem, {"state": ("states", signal_list),
+                                            "input": ("inputs", signal_list)}),
+                "gymnasium": (M.GymnasiumSystem, {"id": ("env_id", self.text),
+                                                  "observation": ("states", signal_list),
+                                                  "action": ("inputs", signal_list)}),
+            })
+        if "backup" in sections:
+            spec.backup = self.typed(sections["backup"].value, "backup", {
+                "lqr": (M.LqrBackup, {"Q": ("Q", q), "R": ("R", q)}),
+                "linear": (M.LinearBackup, {"K": ("K", q)}),
+            })
+        if "policy" in sections:
+            spec.policy = self.typed(sections["policy"].value, "policy", {
+                "mlp": (M.MlpPolicy, {"hidden": ("hidden", q),
+                                      "activation": ("activation", ident(ACTIVATIONS)),
+                                      "residual": ("residual", ident(("backup", "none"))),
+                                      "seed": ("seed", q)}),
+                "linear": (M.LinearPolicy, {"init": ("init", ident(POLICY_INIT))}),
+            })
+        if "scenarios" in sections:
+            spec.scenarios = self.build_scenarios(sections["scenarios"].value)
+        if "objective" in sections:
+            expert = lambda v, w: self.typed(v, "expert", {  # noqa: E731
+                "linear": (M.LinearExpert, {"K": ("K", q), "bias": ("bias", q)})})
+            states = lambda v, w: self.typed(v, "states", {  # noqa: E731
+                "normal": (M.NormalStates, {"mean": ("mean", q), "std": ("std", q)}),
+                "uniform": (M.UniformStates, {"low": ("low", q), "high": ("high", q)})})
+            spec.objective = self.typed(sections["objective"].value, "objective", {
+                "imitation": (M.ImitationObjective, {
+                    "expert": ("expert", expert), "states": ("states", states),
+                    "count": ("count", q), "seed": ("seed", q),
+                    "loss": ("loss", ident(LOSSES))}),
+                "regression": (M.RegressionObjective, {
+                    "data": ("data", self.text), "inputs": ("inputs", signal_list),
+                    "targets": ("targets", signal_list), "loss": ("loss", ident(LOSSES))}),
+                "cost": (M.CostObjective, {"stage": ("stage", self.formula),
+                                           "terminal": ("terminal", self.formula)}),
+            })
+        if "train" in sections:
+            spec.train = self.build_train(sections["train"].value)
+        return spec
+
+    def build_consts(self, value: Value, spec: M.Spec) -> None:
+        if not isinstance(value, Map):
+            self.diag.error("const must map names to numbers", getattr(value, "span", None),
+                            "in YAML: `const: {dt: 0.1}`")
+            return
+        for entry in value.entries:
+            if entry.key in self.consts or entry.key in {c.name for c in spec.consts}:
+                self.diag.error(f"duplicate constant '{entry.key}'", entry.key_span)
+                continue
+            quantity = self.quantity(entry.value, f"constant '{entry.key}'")
+            if quantity is None:
+                continue
+            spec.consts.append(M.Const(name=entry.key, value=quantity, span=entry.key_span))
+            if quantity.value is not None:
+                self.consts[entry.key] = quantity.value
+
+    def build_property(self, item: Value, section: str) -> M.Property | None:
+        if not isinstance(item, Map):
+            self.diag.error(f"each {section} must be a mapping with name and formula",
+                            getattr(item, "span", None))
+            return None
+        values = self.fields(item, section, {
+            "name": ("name", lambda v, w: self._name(v, f"{section} name")),
+            "formula": ("formula", self.formula),
+            "smoothness": ("smoothness", self.quantity),
+            "margin": ("margin", self.quantity),
+            "lipschitz": ("lipschitz", self.quantity),
+        }, skip=())
+        absent = [k for k in ("name", "formula") if k not in item.keys()]
+        if absent:
+            self.diag.error(f"{section} is missing its {' and '.join(absent)}", item.span)
+        if "name" not in values or "formula" not in values:
+            return None
+        return M.Property(section=section, span=item.span, **values)
+
+    def _name(self, value: Value, what: str) -> M.Signal | None:
+        got = self.word(value, what)
+        return M.Signal(name=got[0], span=got[1]) if got else None
+
+    def build_scenarios(self, block: Value) -> M.Scenarios | None:
+        if not isinstance(block, Map):
+            self.diag.error("scenarios must be a block", getattr(block, "span", None))
+            return None
+        initial: list[M.InitialRange] = []
+        others = Map(span=block.span, entries=[])
+        for entry in block.entries:
+            if entry.key == "initial":
+                initial.extend(self._initial(entry))
+            else:
+                others.entries.append(entry)
+        q = self.quantity
+        values = self.fields(others, "scenarios", {
+            "count": ("count", q), "grid": ("grid", q), "seed": ("seed", q),
+            "horizon": ("horizon", q), "holdout": ("holdout", q),
+            "initial": ("initial", None)}, skip=())
+        return M.Scenarios(span=block.span, initial=initial, **values)
+
+    def _initial(self, entry: Entry) -> list[M.InitialRange]:
+        """`initial NAME in [lo, hi]` (.scpo) or `initial: {NAME: [lo, hi]}` (YAML)."""
+        out = []
+        if isinstance(entry.value, Map):
+            for e in entry.value.entries:
+                interval = self.quantity(e.value, f"initial range of '{e.key}'")
+                if interval is not None:
+                    out.append(M.InitialRange(signal=M.Signal(name=e.key, span=e.key_span),
+                                              interval=interval, span=e.key_span))
+            return out
+        tree = self.expr(entry.value, "initial")
+        if isinstance(tree, E.Within) and isinstance(tree.arg, E.Name):
+            interval = self.quantity(Scalar(span=tree.interval.span, expr=tree.interval),
+                                     f"initial range of '{tree.arg.id}'")
+            if interval is not None:
+                out.append(M.InitialRange(signal=M.Signal(name=tree.arg.id, span=tree.arg.span),
+                                          interval=interval, span=tree.span))
+        elif tree is not None:
+            self.diag.error("expected `initial NAME in [lo, hi]`", tree.span)
+        return out
+
+    def build_train(self, block: Value) -> M.Train | None:
+        if not isinstance(block, Map):
+            self.diag.error("train must be a block", getattr(block, "span", None))
+            return None
+        q, ident = self.quantity, self.ident
+        optimizer = lambda v, w: self.typed(v, "optimizer", {  # noqa: E731
+            "sgd": (M.SgdOptimizer, {"lr": ("lr", q), "momentum": ("momentum", q)}),
+            "adam": (M.AdamOptimizer, {"lr": ("lr", q)})})
+        values = self.fields(block, "train", {
+            "steps": ("steps", q), "optimizer": ("optimizer", optimizer),
+            "directions": ("directions", q), "perturbation": ("perturbation", q),
+            "radius": ("radius", q), "margin": ("margin", q),
+            "solver": ("solver", ident(SOLVERS)), "seed": ("seed", q),
+            "on_violation": ("on_violation", ident(ON_VIOLATION)),
+            "aggregate": ("aggregate", self.aggregate),
+            "backtrack": ("backtrack", ident(BACKTRACK)),
+            "precision": ("precision", ident(PRECISIONS)),
+            "smoothness": ("smoothness", ident(SMOOTHNESS_MODES)),
+        }, skip=())
+        return M.Train(span=block.span, **values)

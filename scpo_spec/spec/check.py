@@ -1,0 +1,753 @@
+"""Semantic checks of a built model: names, shapes, ranges, formulas, data, environments.
+
+Each `_check_*` looks at one thing and reports every problem it finds with its location, so a
+user sees all their mistakes at once, sorted by position.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scpo_spec.spec import expr as E
+from scpo_spec.spec import model as M
+from scpo_spec.spec.diagnostics import Collector, did_you_mean, one_of
+from scpo_spec.spec.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
+from scpo_spec.spec.source import Span
+
+REQUIRED_SECTIONS = ("system", "policy", "scenarios", "objective", "train")
+SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "cos", "quad",
+                    "lyapunov")
+RESERVED = ("state", "input", "backup", "spectral_radius", *BUILTIN_CONSTANTS)
+MAX_SCENARIOS = 1_000_000
+
+
+@dataclass
+class Ty:
+    """The type of a formula or signal expression, as far as the checks need it."""
+
+    kind: str            # "bool" or "num"
+    size: int = 1        # components per scenario and step
+    states: bool = False  # reads state signals (t = 0 … T)
+    inputs: bool = False  # reads input signals (t = 0 … T−1)
+    policy: bool = False  # depends on the policy at all (signals, spectral_radius, lyapunov)
+
+
+class Checker:
+    def __init__(self, spec: M.Spec, diagnostics: Collector, base_dir: Path | None):
+        self.spec = spec
+        self.diag = diagnostics
+        self.base_dir = base_dir
+        self.consts = {c.name: c.value.value for c in spec.consts if c.value.value is not None}
+        system = spec.system
+        self.states = [s.name for s in system.states] if system else []
+        self.inputs = [s.name for s in system.inputs] if system else []
+        self.n, self.m = len(self.states), len(self.inputs)
+        horizon = spec.scenarios.horizon if spec.scenarios else None
+        self.horizon = _as_int(horizon)
+        if self.horizon is None and isinstance(system, M.StaticSystem):
+            self.horizon = 1
+
+    def error(self, message, span, hint=None):
+        self.diag.error(message, span, hint)
+
+    # ---------------------------------------------------------------- entry point
+    def run(self) -> None:
+        self._check_required()
+        self._check_signal_names()
+        self._check_system()
+        self._check_backup()
+        self._check_policy()
+        self._check_scenarios()
+        self._check_properties()
+        self._check_objective()
+        self._check_train()
+
+    def _file_start(self) -> Span | None:
+        if self.spec.path is None:
+            return None
+        return Span(file=self.spec.path, line=1, column=1, end_line=1, end_column=2)
+
+    def _check_required(self) -> None:
+        where = self._file_start()
+        if self.spec.name is None:
+            self.error("missing `spec NAME` header", where,
+                       'start the file with `spec my_spec "What it is for"`')
+        for section in REQUIRED_SECTIONS:
+            if getattr(self.spec, section) is None and not self._section_failed(section):
+                self.error(f"missing section '{section}'", where,
+                           f"every spec needs one `{section}` section")
+        if not self.spec.constraints and not self.spec.stability:
+            self.error("no constraint or stability margin", where,
+                       "a spec needs at least one `constraint NAME: FORMULA` or `stability` line")
+
+    def _section_failed(self, section: str) -> bool:
+        """True when the section was written but could not be built (already reported)."""
+        return any(d.message.startswith((f"unknown {section} kind", f"{section} needs a kind",
+                                         f"{section} must be", f"duplicate section '{section}'"))
+                   for d in self.diag.items)
+
+    # ---------------------------------------------------------------- names
+    def _check_signal_names(self) -> None:
+        system = self.spec.system
+        if system is None:
+            return
+        seen: dict[str, M.Signal] = {}
+        for sig in [*system.states, *system.inputs]:
+            if sig.name in seen:
+                first = seen[sig.name].span
+                self.error(f"duplicate signal name '{sig.name}'", sig.span,
+                           f"first declared at line {first.line}" if first else None)
+            elif sig.name in RESERVED or sig.name in SIGNAL_FUNCTIONS:
+                self.error(f"'{sig.name}' is a reserved word and cannot name a signal", sig.span)
+            else:
+                seen[sig.name] = sig
+        for const in self.spec.consts:
+            if const.name in seen:
+                self.error(f"constant '{const.name}' has the same name as a signal", const.span,
+                           "rename the constant")
+            elif const.name in RESERVED:
+                self.error(f"'{const.name}' is a reserved word and cannot name a constant",
+                           const.span)
+        kind = "observation" if isinstance(system, M.GymnasiumSystem) else "state"
+        if not system.states:
+            self.error(f"system {system.kind} declares no {kind}", system.span,
+                       f"add `{kind} NAME, …`")
+        if not system.inputs:
+            word = "action" if isinstance(system, M.GymnasiumSystem) else "input"
+            self.error(f"system {system.kind} declares no {word}", system.span,
+                       f"add `{word} NAME, …`")
+
+    # ---------------------------------------------------------------- shapes and ranges
+    def _shape(self, q: M.Quantity | None, rows: int, cols: int | None, what: str,
+               required: bool = True, owner: M.Node | None = None) -> np.ndarray | None:
+        """Check a vector (cols None) or matrix against the declared dimensions."""
+        if q is None:
+            if required and owner is not None:
+                self.error(f"missing {what}", owner.span)
+            return None
+        if q.value is None:
+            return None
+        a = np.asarray(q.value, dtype=np.float64)
+        if cols is None:
+            want = f"a vector of {rows}"
+            ok = a.ndim == 1 and a.shape[0] == rows
+        else:
+            want = f"{rows}×{cols}"
+            ok = a.ndim == 2 and a.shape == (rows, cols)
+        if not ok:
+            got = "a number" if a.ndim == 0 else (f"a vector of {a.shape[0]}" if a.ndim == 1
+                                                  else f"{a.shape[0]}×{a.shape[1]}")
+            self.error(f"{what} must be {want}, got {got}", q.span, self._dims_hint())
+            return None
+        return a
+
+    def _dims_hint(self) -> str:
+        return f"the system has {self.n} state(s) and {self.m} input(s)"
+
+    def _number(self, q: M.Quantity | None, what: str, *, positive=False, nonnegative=False,
+                integer=False, owner: M.Node | None = None, required=False) -> float | None:
+        if q is None:
+            if required:
+                self.error(f"missing {what}", owner.span if owner is not None else None,
+                           f"add `{what.split()[-1]} …`")
+            return None
+        if q.value is None:
+            return None
+        if np.ndim(q.value) != 0:
+            self.error(f"{what} must be a number", q.span)
+            return None
+        v = float(q.value)
+        if integer and v != int(v):
+            self.error(f"{what} must be a whole number, got {v:g}", q.span)
+            return None
+        if positive and v <= 0:
+            self.error(f"{what} must be positive, got {v:g}", q.span)
+            return None
+        if nonnegative and v < 0:
+            self.error(f"{what} must not be negative, got {v:g}", q.span)
+            return None
+        return v
+
+    def _interval(self, q: M.Quantity, what: str, allow_point: bool) -> tuple | None:
+        if q.value is None:
+            return None
+        a = np.asarray(q.value, dtype=np.float64)
+        if a.ndim != 1 or a.shape[0] != 2:
+            self.error(f"{what} must be an interval [lo, hi] of two numbers", q.span)
+            return None
+        lo, hi = float(a[0]), float(a[1])
+        if lo > hi:
+            self.error(f"reversed interval [{lo:g}, {hi:g}] in {what}", q.span,
+                       f"write [{hi:g}, {lo:g}]: the lower bound comes first")
+            return None
+        if lo == hi and not allow_point:
+            self.error(f"empty interval [{lo:g}, {hi:g}] in {what}", q.span,
+                       "no value lies strictly inside it, so it can never hold with a margin")
+            return None
+        return lo, hi
+
+    # ---------------------------------------------------------------- sections
+    def _check_system(self) -> None:
+        system = self.spec.system
+        if isinstance(system, M.LinearSystem):
+            self._shape(system.A, self.n, self.n, "A", owner=system)
+            self._shape(system.B, self.n, self.m, "B", owner=system)
+        elif isinstance(system, M.PendulumSystem):
+            if self.n != 2 or self.m != 1:
+                self.error("a pendulum has two states (angle, angular velocity) and one input "
+                           f"(torque); got {self.n} and {self.m}", system.span,
+                           "write `state theta, omega  input torque`")
+            self._number(system.dt, "pendulum dt", positive=True)
+            self._number(system.g, "pendulum g", nonnegative=True)
+            self._number(system.m, "pendulum m", positive=True)
+            self._number(system.l, "pendulum l", positive=True)
+        elif isinstance(system, M.GymnasiumSystem):
+            self._check_gymnasium(system)
+
+    def _check_gymnasium(self, system: M.GymnasiumSystem) -> None:
+        try:
+            import gymnasium
+        except ImportError:  # pragma: no cover - gymnasium is a dependency
+            self.error("gymnasium is not installed", system.env_id.span)
+            return
+        env_id = system.env_id.value
+        if env_id not in gymnasium.registry:
+            self.error(f"unknown gymnasium environment '{env_id}'", system.env_id.span,
+                       did_you_mean(env_id, gymnasium.registry.keys())
+                       or "it must be registered with gymnasium (`gymnasium.pprint_registry()`)")
+            return
+        try:
+            env = gymnasium.make(env_id)
+        except Exception as err:  # noqa: BLE001 - missing optional dependencies, etc.
+            self.error(f"cannot create gymnasium environment '{env_id}': "
+                       f"{str(err).splitlines()[0] if str(err) else type(err).__name__}",
+                       system.env_id.span)
+            return
+        try:
+            obs, act = env.observation_space, env.action_space
+        finally:
+            env.close()
+        if not isinstance(act, gymnasium.spaces.Box):
+            self.error(f"'{env_id}' has a {type(act).__name__} action space; SCPO needs "
+                       "continuous actions (a Box)", system.env_id.span,
+                       "pick an environment with continuous actions")
+        elif int(np.prod(act.shape)) != self.m and system.inputs:
+            self.error(f"'{env_id}' has {int(np.prod(act.shape))} action component(s), "
+                       f"but {self.m} are named", system.inputs[0].span.to(system.inputs[-1].span))
+        if not isinstance(obs, gymnasium.spaces.Box):
+            self.error(f"'{env_id}' has a {type(obs).__name__} observation space; only flat "
+                       "Box observations can be named", system.env_id.span)
+        elif int(np.prod(obs.shape)) != self.n and system.states:
+            self.error(f"'{env_id}' has {int(np.prod(obs.shape))} observation component(s), "
+                       f"but {self.n} are named",
+                       system.states[0].span.to(system.states[-1].span))
+
+    def _linearisable(self) -> bool:
+        return isinstance(self.spec.system, (M.LinearSystem, M.PendulumSystem))
+
+    def _check_backup(self) -> None:
+        backup = self.spec.backup
+        if backup is None or self.spec.system is None:
+            return
+        if isinstance(backup, M.LqrBackup):
+            if not self._linearisable():
+                self.error(f"an lqr backup needs a linear or pendulum system, not "
+                           f"'{self.spec.system.kind}'", backup.span,
+                           "use `backup linear { K = … }`")
+            Q = self._shape(backup.Q, self.n, self.n, "Q", owner=backup)
+            R = self._shape(backup.R, self.m, self.m, "R", owner=backup)
+            if Q is not None and (not np.allclose(Q, Q.T) or np.linalg.eigvalsh(
+                    (Q + Q.T) / 2).min() < -1e-12):
+                self.error("Q must be symmetric positive semidefinite", backup.Q.span)
+            if R is not None and (not np.allclose(R, R.T) or np.linalg.eigvalsh(
+                    (R + R.T) / 2).min() <= 0):
+                self.error("R must be symmetric positive definite", backup.R.span)
+        elif isinstance(backup, M.LinearBackup):
+            self._shape(backup.K, self.m, self.n, "K", owner=backup)
+
+    def _check_policy(self) -> None:
+        policy = self.spec.policy
+        if policy is None:
+            return
+        if isinstance(policy, M.MlpPolicy):
+            if policy.hidden is not None and policy.hidden.value is not None:
+                h = np.asarray(policy.hidden.value, dtype=np.float64)
+                if h.ndim == 0:
+                    h = h.reshape(1)
+                if h.ndim != 1 or np.any(h <= 0) or np.any(h != np.round(h)):
+                    self.error("hidden must list positive whole layer widths, e.g. [64, 64]",
+                               policy.hidden.span)
+            self._number(policy.seed, "policy seed", nonnegative=True, integer=True)
+            if policy.residual is not None and policy.residual.name == "backup" \
+                    and self.spec.backup is None:
+                self.error("residual = backup, but the spec has no backup section",
+                           policy.residual.span, "add `backup lqr { Q = … R = … }`")
+        elif isinstance(policy, M.LinearPolicy):
+            if policy.init is not None and policy.init.name == "backup" \
+                    and self.spec.backup is None:
+                self.error("init = backup, but the spec has no backup section",
+                           policy.init.span, "add `backup lqr { Q = … R = … }`")
+
+    def _check_scenarios(self) -> None:
+        sc = self.spec.scenarios
+        if sc is None:
+            return
+        gym = isinstance(self.spec.system, M.GymnasiumSystem)
+        given: dict[str, M.InitialRange] = {}
+        for rng in sc.initial:
+            name = rng.signal.name
+            if gym:
+                self.error("gymnasium scenarios start from env.reset(seed); `initial` ranges "
+                           "do not apply", rng.span)
+                continue
+            if name in given:
+                self.error(f"duplicate initial range for '{name}'", rng.signal.span)
+                continue
+            if name in self.inputs:
+                self.error(f"'{name}' is an input; initial ranges are for states",
+                           rng.signal.span)
+                continue
+            if self.states and name not in self.states:
+                self.error(f"unknown state '{name}'", rng.signal.span,
+                           did_you_mean(name, self.states) or f"states are {one_of(self.states)}")
+                continue
+            given[name] = rng
+            self._interval(rng.interval, f"the initial range of '{name}'", allow_point=True)
+        if not gym and self.spec.system is not None:
+            missing = [s for s in self.states if s not in given]
+            if missing:
+                self.error(f"no initial range for {one_of(missing)}", sc.span,
+                           f"add `initial {missing[0]} in [lo, hi]`")
+        count = self._number(sc.count, "count", positive=True, integer=True)
+        grid = self._number(sc.grid, "grid", positive=True, integer=True)
+        if sc.count is not None and sc.grid is not None:
+            self.error("give either `count` or `grid`, not both", sc.grid.span)
+        elif sc.count is None and sc.grid is None:
+            self.error("scenarios need `count N` (random) or `grid N` (per axis)", sc.span)
+        if grid is not None and self.n and grid ** max(self.n, 1) > MAX_SCENARIOS:
+            self.error(f"grid {grid:g} over {self.n} states makes {grid ** self.n:.3g} "
+                       f"scenarios (more than {MAX_SCENARIOS})", sc.grid.span,
+                       "use `count` to sample instead")
+        if count is not None and count > MAX_SCENARIOS:
+            self.error(f"count {count:g} is more than {MAX_SCENARIOS} scenarios", sc.count.span)
+        self._number(sc.seed, "seed", nonnegative=True, integer=True)
+        self._number(sc.holdout, "holdout", nonnegative=True, integer=True)
+        if isinstance(self.spec.system, M.StaticSystem):
+            h = self._number(sc.horizon, "horizon", positive=True, integer=True)
+            if h is not None and h != 1:
+                self.error("a static system has no dynamics: its horizon is 1", sc.horizon.span)
+        else:
+            self._number(sc.horizon, "horizon", positive=True, integer=True, required=True,
+                         owner=sc)
+
+    # ---------------------------------------------------------------- formulas
+    def _check_properties(self) -> None:
+        seen: dict[str, M.Property] = {}
+        estimate = (self.spec.train is not None and self.spec.train.smoothness is not None
+                    and self.spec.train.smoothness.name == "estimate")
+        for prop in self.spec.properties:
+            name = prop.name.name
+            if name in seen:
+                first = seen[name].name.span
+                self.error(f"duplicate {prop.section} name '{name}'", prop.name.span,
+                           f"first used at line {first.line}" if first else None)
+            else:
+                seen[name] = prop
+            ty = self.infer(prop.formula)
+            if ty is not None:
+                if ty.kind != "bool":
+                    self.error(f"{prop.section} '{name}' is not a condition", prop.formula.span,
+                               "write a comparison, e.g. `always abs(x) <= 1`")
+                elif not ty.policy:
+                    self.error(f"{prop.section} '{name}' does not depend on the policy: it "
+                               "reads no signal, so its metric can never change",
+                               prop.formula.span, "refer to a state or input signal")
+            if prop.smoothness is None:
+                if not estimate:
+                    self.error(f"{prop.section} '{name}' has no smoothness constant",
+                               prop.name.span,
+                               "add `smoothness L` (the ℓ of ALGORITHM.md), or set "
+                               "`train { smoothness estimate }`")
+            else:
+                self._number(prop.smoothness, "smoothness", positive=True)
+            self._number(prop.margin, "margin", nonnegative=True)
+            self._number(prop.lipschitz, "lipschitz", positive=True)
+
+    def infer(self, e: E.Node) -> Ty | None:
+        """Type of an expression; reports (and returns None for) anything ill-formed."""
+        if isinstance(e, E.Num):
+            return Ty("num")
+        if isinstance(e, E.Name):
+            return self._name_type(e)
+        if isinstance(e, E.Str):
+            self.error("a string cannot appear in a formula", e.span)
+            return None
+        if isinstance(e, E.Vector):
+            tys = [self.infer(i) for i in e.items]
+            if any(t is None for t in tys):
+                return None
+            if any(t.kind != "num" or t.size != 1 for t in tys):
+                self.error("vector entries must be numbers or scalar signals", e.span)
+                return None
+            return _join(tys, "num", size=len(tys))
+        if isinstance(e, E.Unary):
+            t = self._num(e.arg)
+            return t
+        if isinstance(e, E.Binary):
+            a, b = self._num(e.left), self._num(e.right)
+            if a is None or b is None:
+                return None
+            if e.op == "^" and b.size != 1:
+                self.error("the exponent must be a scalar", e.right.span)
+                return None
+            size = self._broadcast(a, b, e)
+            return None if size is None else _join([a, b], "num", size=size)
+        if isinstance(e, E.Call):
+            return self._call_type(e)
+        if isinstance(e, E.Compare):
+            a, b = self._num(e.left), self._num(e.right)
+            if a is None or b is None:
+                return None
+            if self._broadcast(a, b, e) is None:
+                return None
+            return _join([a, b], "bool")
+        if isinstance(e, E.Within):
+            a = self._num(e.arg)
+            try:
+                bounds = evaluate(e.interval, self.consts)
+            except EvalError as err:
+                self.error(f"the interval must be constant numbers: {err.message}",
+                           err.span or e.interval.span,
+                           "write `x in [lo, hi]` with numbers or constants")
+                return None
+            self._interval(M.Quantity(expr=e.interval, value=bounds.tolist(),
+                                      span=e.interval.span), "this constraint",
+                           allow_point=False)
+            return None if a is None else _join([a], "bool")
+        if isinstance(e, (E.And, E.Or)):
+            tys = [self._bool(a) for a in e.args]
+            if any(t is None for t in tys):
+                return None
+            return _join(tys, "bool")
+        if isinstance(e, E.Temporal):
+            body = self._bool(e.body)
+            if body is None:
+                return None
+            if e.window is not None:
+                self._check_window(e, body)
+            return body
+        return None
+
+    def _num(self, e: E.Node) -> Ty | None:
+        t = self.infer(e)
+        if t is not None and t.kind != "num":
+            self.error("expected a value here, got a condition", e.span,
+                       "conditions combine with `and`/`or`, values with + - * /")
+            return None
+        return t
+
+    def _bool(self, e: E.Node) -> Ty | None:
+        t = self.infer(e)
+        if t is not None and t.kind != "bool":
+            self.error("expected a condition here, got a value", e.span,
+                       "compare it: `… <= bound`")
+            return None
+        return t
+
+    def _broadcast(self, a: Ty, b: Ty, e: E.Node) -> int | None:
+        if a.size == b.size or a.size == 1 or b.size == 1:
+            return max(a.size, b.size)
+        self.error(f"cannot combine a vector of {a.size} with a vector of {b.size}", e.span)
+        return None
+
+    def _name_type(self, e: E.Name) -> Ty | None:
+        if e.id in self.states:
+            return Ty("num", states=True, policy=True)
+        if e.id in self.inputs:
+            return Ty("num", inputs=True, policy=True)
+        if e.id == "state":
+            return Ty("num", size=max(self.n, 1), states=True, policy=True)
+        if e.id == "input":
+            return Ty("num", size=max(self.m, 1), inputs=True, policy=True)
+        if e.id == "spectral_radius":
+            if self.spec.system is not None and not self._linearisable():
+                self.error(f"spectral_radius cannot be evaluated for a '{self.spec.system.kind}' "
+                           "system: it needs dynamics linearisable at the origin "
+                           "(linear or pendulum)", e.span)
+                return None
+            return Ty("num", policy=True)
+        if e.id in self.consts or e.id in BUILTIN_CONSTANTS:
+            value = np.asarray(self.consts.get(e.id, BUILTIN_CONSTANTS.get(e.id)))
+            if value.ndim > 1:
+                self.error(f"constant '{e.id}' is a matrix; use it inside quad(P, …)", e.span)
+                return None
+            return Ty("num", size=1 if value.ndim == 0 else value.shape[0])
+        if e.id == "backup":
+            self.error("'backup' names a controller, not a value", e.span,
+                       "use lyapunov(backup) for its Lyapunov function")
+            return None
+        known = [*self.states, *self.inputs, *self.consts, "state", "input", "spectral_radius"]
+        self.error(f"unknown name '{e.id}'", e.span,
+                   did_you_mean(e.id, known) or
+                   (f"signals are {one_of([*self.states, *self.inputs])}"
+                    if self.states else None))
+        return None
+
+    def _call_type(self, e: E.Call) -> Ty | None:
+        f, args = e.func, e.args
+        if f not in SIGNAL_FUNCTIONS:
+            self.error(f"unknown function '{f}'", e.span,
+                       did_you_mean(f, SIGNAL_FUNCTIONS) or f"functions are "
+                                                            f"{one_of(SIGNAL_FUNCTIONS)}")
+            return None
+        if f == "quad":
+            if len(args) != 2:
+                self.error("quad takes a matrix and a vector: quad(P, state)", e.span)
+                return None
+            v = self._num(args[1])
+            try:
+                P = evaluate(args[0], self.consts)
+            except EvalError as err:
+                self.error(f"the matrix of quad must be constant: {err.message}",
+                           err.span or args[0].span)
+                return None
+            if v is None:
+                return None
+            if P.ndim == 0 and v.size == 1:
+                return _join([v], "num")
+            if P.ndim != 2 or P.shape != (v.size, v.size):
+                shape = "a number" if P.ndim == 0 else "×".join(map(str, P.shape))
+                self.error(f"quad needs a {v.size}×{v.size} matrix for a vector of {v.size}, "
+                           f"got {shape}", args[0].span)
+                return None
+            return _join([v], "num")
+        if f == "lyapunov":
+            if len(args) != 1:
+                self.error("lyapunov takes one argument: lyapunov(backup)", e.span)
+                return None
+            (arg,) = args
+            if isinstance(arg, E.Name) and arg.id == "backup":
+                if self.spec.backup is None:
+                    self.error("lyapunov(backup) needs a backup section", arg.span,
+                               "add `backup lqr { Q = … R = … }`")
+                    return None
+                if not isinstance(self.spec.backup, M.LqrBackup):
+                    self.error("lyapunov(backup) needs an lqr backup (its Riccati P is V)",
+                               arg.span, "use `backup lqr { … }`, or lyapunov(P) with a matrix")
+                    return None
+                return Ty("num", states=True, policy=True)
+            try:
+                P = evaluate(arg, self.consts)
+            except EvalError as err:
+                self.error(f"lyapunov takes `backup` or a constant matrix: {err.message}",
+                           err.span or arg.span)
+                return None
+            if P.ndim != 2 or P.shape != (self.n, self.n):
+                self.error(f"lyapunov's matrix must be {self.n}×{self.n}", arg.span,
+                           self._dims_hint())
+                return None
+            return Ty("num", states=True, policy=True)
+        tys = [self._num(a) for a in args]
+        if any(t is None for t in tys):
+            return None
+        if f in ("min", "max"):
+            if not tys:
+                self.error(f"{f} needs at least one argument", e.span)
+                return None
+            if len(tys) == 1:
+                return _join(tys, "num", size=1)
+            size = tys[0].size
+            for t in tys[1:]:
+                s = self._broadcast(Ty("num", size=size), t, e)
+                if s is None:
+                    return None
+                size = s
+            return _join(tys, "num", size=size)
+        if len(tys) != 1:
+            self.error(f"{f} takes exactly one argument", e.span)
+            return None
+        return _join(tys, "num", size=1 if f == "norm" else tys[0].size)
+
+    def _check_window(self, e: E.Temporal, body: Ty) -> None:
+        bounds = []
+        for b in (e.window.start, e.window.end):
+            try:
+                v = float(evaluate(b, self.consts))
+            except EvalError as err:
+                self.error(f"window bounds must be constant: {err.message}", err.span or b.span)
+                return
+            except TypeError:
+                self.error("window bounds must be numbers", b.span)
+                return
+            if v != int(v) or v < 0:
+                self.error(f"window bounds are step numbers (whole, ≥ 0), got {v:g}", b.span)
+                return
+            bounds.append(int(v))
+        a, b = bounds
+        if a > b:
+            self.error(f"reversed window [{a}:{b}]", e.window.span,
+                       "the first step comes first; both ends are included")
+            return
+        if self.horizon is not None:
+            last = self.horizon - 1 if body.inputs else self.horizon
+            if b > last:
+                what = "inputs run to" if body.inputs else "states run to"
+                self.error(f"window [{a}:{b}] runs past the end of the rollout ({what} step "
+                           f"{last} for horizon {self.horizon})", e.window.span)
+
+    # ---------------------------------------------------------------- objective and train
+    def _check_objective(self) -> None:
+        obj = self.spec.objective
+        if isinstance(obj, M.ImitationObjective):
+            if obj.expert is None:
+                self.error("imitation needs an expert", obj.span,
+                           "add `expert linear { K = [[…]] }`")
+            else:
+                self._shape(obj.expert.K, self.m, self.n, "expert K", owner=obj.expert)
+                self._shape(obj.expert.bias, self.m, None, "expert bias", required=False)
+            if obj.states is None:
+                self.error("imitation needs a state distribution", obj.span,
+                           "add `states normal { mean = […]  std = […] }`")
+            elif isinstance(obj.states, M.NormalStates):
+                self._shape(obj.states.mean, self.n, None, "mean", owner=obj.states)
+                std = self._shape(obj.states.std, self.n, None, "std", owner=obj.states)
+                if std is not None and np.any(std <= 0):
+                    self.error("std must be positive", obj.states.std.span)
+            elif isinstance(obj.states, M.UniformStates):
+                lo = self._shape(obj.states.low, self.n, None, "low", owner=obj.states)
+                hi = self._shape(obj.states.high, self.n, None, "high", owner=obj.states)
+                if lo is not None and hi is not None and np.any(lo >= hi):
+                    self.error("every low must be below its high", obj.states.span)
+            self._number(obj.count, "count", positive=True, integer=True, required=True,
+                         owner=obj)
+            self._number(obj.seed, "seed", nonnegative=True, integer=True)
+        elif isinstance(obj, M.RegressionObjective):
+            self._check_regression(obj)
+        elif isinstance(obj, M.CostObjective):
+            if obj.stage is None:
+                self.error("a cost objective needs a stage cost", obj.span,
+                           "add `stage quad(Q, state) + quad(R, input)`")
+            for what, e in (("stage", obj.stage), ("terminal", obj.terminal)):
+                if e is None:
+                    continue
+                t = self._num(e)
+                if t is None:
+                    continue
+                if t.size != 1:
+                    self.error(f"the {what} cost must be a scalar, got a vector of {t.size}",
+                               e.span, "reduce it with norm(…) or quad(P, …)")
+                elif not t.policy:
+                    self.error(f"the {what} cost reads no signal", e.span)
+                elif what == "terminal" and t.inputs:
+                    self.error("the terminal cost can only read states (there is no input at "
+                               "the final step)", e.span)
+
+    def _check_regression(self, obj: M.RegressionObjective) -> None:
+        for sig in obj.inputs:
+            if sig.name not in self.states:
+                self.error(f"regression input '{sig.name}' is not a state of the system",
+                           sig.span, did_you_mean(sig.name, self.states)
+                           or f"the model reads {one_of(self.states)}")
+        for sig in obj.targets:
+            if sig.name not in self.inputs:
+                self.error(f"regression target '{sig.name}' is not an input of the system",
+                           sig.span, did_you_mean(sig.name, self.inputs)
+                           or f"the model outputs {one_of(self.inputs)}")
+        if not obj.inputs or not obj.targets:
+            self.error("regression needs `inputs` and `targets` (CSV columns)", obj.span)
+        if obj.data is None:
+            self.error("regression needs a data file", obj.span, 'add `data "file.csv"`')
+            return
+        base = self.base_dir or Path.cwd()
+        path = (base / obj.data.value)
+        if not path.is_file():
+            self.error(f"data file '{obj.data.value}' does not exist", obj.data.span,
+                       f"looked for {path} (paths are relative to the spec)")
+            return
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                rows = list(csv.reader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            self.error(f"cannot read data file '{obj.data.value}': {err}", obj.data.span)
+            return
+        if not rows:
+            self.error(f"data file '{obj.data.value}' is empty", obj.data.span)
+            return
+        header = [h.strip() for h in rows[0]]
+        wanted = [s.name for s in [*obj.inputs, *obj.targets]]
+        absent = [w for w in wanted if w not in header]
+        if absent:
+            self.error(f"data file '{obj.data.value}' has no column {one_of(absent)}",
+                       obj.data.span, f"its header is {', '.join(header)}")
+            return
+        if len(rows) < 2:
+            self.error(f"data file '{obj.data.value}' has no data rows", obj.data.span)
+            return
+        index = [header.index(w) for w in wanted]
+        for number, row in enumerate(rows[1:], start=2):
+            if not any(c.strip() for c in row):
+                continue
+            try:
+                values = [float(row[i]) for i in index]
+            except (ValueError, IndexError):
+                self.error(f"data file '{obj.data.value}', row {number}: not a number in "
+                           f"{one_of(wanted)}", obj.data.span)
+                return
+            if not all(math.isfinite(v) for v in values):
+                self.error(f"data file '{obj.data.value}', row {number}: a value is not "
+                           "finite", obj.data.span)
+                return
+
+    def _check_train(self) -> None:
+        tr = self.spec.train
+        if tr is None:
+            return
+        self._number(tr.steps, "steps", positive=True, integer=True, required=True, owner=tr)
+        if tr.optimizer is None and not self._section_failed("optimizer"):
+            self.error("missing optimizer", tr.span, "add `optimizer sgd { lr = 0.01 }`")
+        elif tr.optimizer is not None:
+            self._number(tr.optimizer.lr, "lr", positive=True, required=True,
+                         owner=tr.optimizer)
+            if isinstance(tr.optimizer, M.SgdOptimizer) and tr.optimizer.momentum is not None:
+                mom = self._number(tr.optimizer.momentum, "momentum", nonnegative=True)
+                if mom is not None and mom >= 1:
+                    self.error("momentum must be below 1", tr.optimizer.momentum.span)
+        self._number(tr.directions, "directions", positive=True, integer=True, required=True,
+                     owner=tr)
+        nu = self._number(tr.perturbation, "perturbation", positive=True, required=True,
+                          owner=tr)
+        r = self._number(tr.radius, "radius", positive=True, required=True, owner=tr)
+        if nu is not None and r is not None and nu >= r:
+            self.error(f"perturbation {nu:g} must be smaller than radius {r:g}",
+                       tr.perturbation.span, "probes are small (ν ≪ r) finite-difference steps")
+        self._number(tr.margin, "margin", nonnegative=True, required=True, owner=tr)
+        self._number(tr.seed, "seed", nonnegative=True, integer=True)
+        if tr.aggregate is not None and tr.aggregate.kind == "smooth":
+            self._number(tr.aggregate.tau, "smooth temperature", positive=True)
+        if tr.solver is not None and tr.solver.name == "gurobi":
+            try:
+                import gurobipy  # noqa: F401
+            except ImportError:
+                self.diag.warning("solver gurobi: gurobipy is not installed", tr.solver.span,
+                                  "pip install 'scpo-spec[gurobi]'")
+
+
+def _join(tys: list[Ty], kind: str, size: int = 1) -> Ty:
+    return Ty(kind, size=size, states=any(t.states for t in tys),
+              inputs=any(t.inputs for t in tys), policy=any(t.policy for t in tys))
+
+
+def _as_int(q: M.Quantity | None) -> int | None:
+    if q is None or q.value is None or np.ndim(q.value) != 0:
+        return None
+    v = float(q.value)
+    return int(v) if v == int(v) and v > 0 else None
+
+
+def check_model(spec: M.Spec, diagnostics: Collector, base_dir: Path | None) -> None:
+    Checker(spec, diagnostics, base_dir).run()

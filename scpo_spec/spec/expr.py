@@ -1,0 +1,224 @@
+"""The expression/formula tree shared by numbers, signal expressions and safety formulas.
+
+One tree type for all three keeps the grammar LALR-simple; what an expression may be in a given
+place (a number, a signal expression, a formula) is enforced by the checks, with locations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Iterator, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scpo_spec.spec.source import Span
+
+
+class Node(BaseModel):
+    """Base of every model node: keeps its source span (left out of dumps and comparisons)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    span: Span | None = Field(default=None, exclude=True, repr=False)
+
+
+class Num(Node):
+    node: Literal["num"] = "num"
+    value: float
+
+
+class Name(Node):
+    node: Literal["name"] = "name"
+    id: str
+
+
+class Str(Node):
+    node: Literal["str"] = "str"
+    value: str
+
+
+class Call(Node):
+    node: Literal["call"] = "call"
+    func: str
+    args: list[Expr]
+
+
+class Vector(Node):
+    node: Literal["vector"] = "vector"
+    items: list[Expr]
+
+
+class Unary(Node):
+    node: Literal["unary"] = "unary"
+    op: Literal["-"]
+    arg: Expr
+
+
+class Binary(Node):
+    node: Literal["binary"] = "binary"
+    op: Literal["+", "-", "*", "/", "^"]
+    left: Expr
+    right: Expr
+
+
+class Compare(Node):
+    """An atom `left op right`; its violation per scenario and step is left − right (or reverse)."""
+
+    node: Literal["compare"] = "compare"
+    op: Literal["<=", ">=", "<", ">"]
+    left: Expr
+    right: Expr
+
+
+class Within(Node):
+    """`arg in [lo, hi]`: violation max(lo − arg, arg − hi)."""
+
+    node: Literal["within"] = "within"
+    arg: Expr
+    interval: Expr
+
+
+class And(Node):
+    node: Literal["and"] = "and"
+    args: list[Expr]
+
+
+class Or(Node):
+    node: Literal["or"] = "or"
+    args: list[Expr]
+
+
+class Window(Node):
+    start: Expr
+    end: Expr
+
+
+class Temporal(Node):
+    """`always`/`eventually` (optionally over a step window) or `at final`."""
+
+    node: Literal["temporal"] = "temporal"
+    op: Literal["always", "eventually", "final"]
+    window: Window | None = None
+    body: Expr
+    postfix: bool = False  # written `φ at final` rather than `at final φ`
+
+
+Expr = Annotated[
+    Union[Num, Name, Str, Call, Vector, Unary, Binary, Compare, Within, And, Or, Temporal],
+    Field(discriminator="node"),
+]
+
+for _cls in (Call, Vector, Unary, Binary, Compare, Within, And, Or, Window, Temporal):
+    _cls.model_rebuild()
+
+FORMULA_NODES = (Compare, Within, And, Or, Temporal)
+EXPR_NODES = (Num, Name, Str, Call, Vector, Unary, Binary, *FORMULA_NODES)
+
+
+def children(e: Node) -> list[Node]:
+    if isinstance(e, (Call,)):
+        return list(e.args)
+    if isinstance(e, Vector):
+        return list(e.items)
+    if isinstance(e, Unary):
+        return [e.arg]
+    if isinstance(e, (Binary, Compare)):
+        return [e.left, e.right]
+    if isinstance(e, Within):
+        return [e.arg, e.interval]
+    if isinstance(e, (And, Or)):
+        return list(e.args)
+    if isinstance(e, Temporal):
+        return ([e.window.start, e.window.end] if e.window else []) + [e.body]
+    return []
+
+
+def walk(e: Node) -> Iterator[Node]:
+    """Every node of the tree, iteratively (specs may nest deeply; recursion is not safe)."""
+    stack = [e]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(children(node)))
+
+
+def names(e: Node) -> Iterator[Name]:
+    return (n for n in walk(e) if isinstance(n, Name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Unparsing: the canonical text of an expression (used by `fmt` and the YAML writer).
+
+_PREC = {"or": 1, "and": 2, "temporal": 3, "compare": 4, "+": 5, "-": 5, "*": 6, "/": 6,
+         "unary": 7, "^": 8, "atom": 9}
+
+
+def format_number(value: float) -> str:
+    """Shortest text that reads back to the same float; integers without a decimal point."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e16:
+        return str(int(value))
+    text = repr(float(value))
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        sign = "-" if exponent.startswith("-") else ""
+        text = f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
+    return text
+
+
+def _prec(e: Node) -> int:
+    if isinstance(e, Or):
+        return _PREC["or"]
+    if isinstance(e, And):
+        return _PREC["and"]
+    if isinstance(e, Temporal):
+        return _PREC["temporal"]
+    if isinstance(e, (Compare, Within)):
+        return _PREC["compare"]
+    if isinstance(e, Binary):
+        return _PREC[e.op]
+    if isinstance(e, Unary):
+        return _PREC["unary"]
+    if isinstance(e, Num) and e.value < 0:
+        return _PREC["unary"]
+    return _PREC["atom"]
+
+
+def unparse(e: Node) -> str:
+    """Canonical text of an expression; parsing it gives back the same tree."""
+
+    def wrap(child: Node, minimum: int) -> str:
+        text = unparse(child)
+        return f"({text})" if _prec(child) < minimum else text
+
+    if isinstance(e, Num):
+        return format_number(e.value)
+    if isinstance(e, Name):
+        return e.id
+    if isinstance(e, Str):
+        return '"' + e.value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(e, Call):
+        return f"{e.func}({', '.join(unparse(a) for a in e.args)})"
+    if isinstance(e, Vector):
+        return f"[{', '.join(unparse(a) for a in e.items)}]"
+    if isinstance(e, Unary):
+        return f"-{wrap(e.arg, _PREC['unary'])}"
+    if isinstance(e, Binary):
+        p = _PREC[e.op]
+        if e.op == "^":  # right-associative; the base must be an atom
+            return f"{wrap(e.left, _PREC['atom'])}^{wrap(e.right, _PREC['unary'])}"
+        return f"{wrap(e.left, p)} {e.op} {wrap(e.right, p + 1)}"
+    if isinstance(e, Compare):
+        return f"{wrap(e.left, 5)} {e.op} {wrap(e.right, 5)}"
+    if isinstance(e, Within):
+        return f"{wrap(e.arg, 5)} in {wrap(e.interval, 5)}"
+    if isinstance(e, And):
+        return " and ".join(wrap(a, _PREC["temporal"]) for a in e.args)
+    if isinstance(e, Or):
+        return " or ".join(wrap(a, _PREC["and"]) for a in e.args)
+    if isinstance(e, Temporal):
+        if e.op == "final":
+            if e.postfix:
+                return f"{wrap(e.body, _PREC['compare'])} at final"
+            return f"at final {wrap(e.body, _PREC['temporal'])}"
+        window = f"[{unparse(e.window.start)}:{unparse(e.window.end)}]" if e.window else ""
+        return f"{e.op}{window} {wrap(e.body, _PREC['temporal'])}"
+    raise TypeError(f"cannot unparse {type(e).__name__}")

@@ -1,0 +1,32 @@
+"""The canonical order and key names of a spec's sections, shared by both writers."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from scpo_spec.spec import model as M
+
+SECTIONS = ("system", "backup", "policy", "scenarios", "constraints", "stability", "objective",
+            "train")
+
+# model field → key, where the two differ
+_SYSTEM_KEYS = {"states": "state", "inputs": "input"}
+_GYM_KEYS = {"states": "observation", "inputs": "action", "env_id": "id"}
+
+
+def entries(node: M.Node) -> Iterator[tuple[str, Any]]:
+    """(key, value) for every entry that is set, in canonical order (the model's field order);
+    `kind` is not included."""
+    if isinstance(node, M.GymnasiumSystem):
+        keys = _GYM_KEYS
+    elif isinstance(node, (M.LinearSystem, M.PendulumSystem, M.StaticSystem)):
+        keys = _SYSTEM_KEYS
+    else:
+        keys = {}
+    for name in type(node).model_fields:
+        if name in ("span", "kind"):
+            continue
+        value = getattr(node, name)
+        if value is None or value == []:
+            continue
+        yield keys.get(name, name), value

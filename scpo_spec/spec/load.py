@@ -1,0 +1,119 @@
+"""Entry points: text or file → (model, diagnostics).  Never raises on bad input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scpo_spec.spec.build import Builder
+from scpo_spec.spec.check import check_model
+from scpo_spec.spec.diagnostics import Collector, Diagnostic, SpecError
+from scpo_spec.spec.document import Map
+from scpo_spec.spec.grammar import MAX_BYTES
+from scpo_spec.spec.model import Spec
+from scpo_spec.spec.scpo_reader import read_scpo
+from scpo_spec.spec.source import Source, Span
+from scpo_spec.spec.yaml_reader import read_yaml
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class CheckResult:
+    source: Source
+    spec: Spec | None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.spec is not None and not any(d.severity == "error" for d in self.diagnostics)
+
+
+def syntax_of(path: str) -> str:
+    return "yaml" if path.lower().endswith(YAML_SUFFIXES) else "scpo"
+
+
+def read_document(source: Source, syntax: str) -> tuple[Map | None, list[Diagnostic]]:
+    return read_yaml(source) if syntax == "yaml" else read_scpo(source)
+
+
+def parse_model(text: str, path: str = "<spec>", syntax: str | None = None) -> CheckResult:
+    """Read and build the model without the semantic checks (what `fmt` and `convert` need:
+    the result holds everything the text says, or there are errors)."""
+    return check_text(text, path, syntax, run_checks=False)
+
+
+def check_text(text: str, path: str = "<spec>", syntax: str | None = None,
+               base_dir: Path | None = None, run_checks: bool = True) -> CheckResult:
+    """Parse, build and check a spec given as text."""
+    source = Source(path=path, text=text)
+    syntax = syntax or syntax_of(path)
+    if "\x00" in text:
+        offset = text.index("\x00")
+        return CheckResult(source, None, [Diagnostic(
+            message="this is not a text file (it contains a NUL byte)",
+            span=source.span_at(offset), hint="a spec is plain UTF-8 text")])
+    try:
+        doc, diagnostics = read_document(source, syntax)
+    except RecursionError:
+        return CheckResult(source, None, [Diagnostic(message="nesting is too deep",
+                                                     span=source.span_at(0))])
+    if doc is None:
+        return CheckResult(source, None, diagnostics)
+    collector = Collector()
+    collector.items.extend(diagnostics)
+    try:
+        spec = Builder(source, collector).build(doc, path)
+        if run_checks:
+            check_model(spec, collector, base_dir)
+    except RecursionError:
+        collector.error("nesting is too deep", source.span_at(0))
+        spec = None
+    return CheckResult(source, spec, collector.sorted())
+
+
+def read_source(path: Path) -> tuple[Source | None, list[Diagnostic]]:
+    """A file's text, or a diagnostic saying why it cannot be read as a spec."""
+    shown = str(path)
+    where = Span(file=shown, line=1, column=1, end_line=1, end_column=2)
+    try:
+        if path.is_dir():
+            return None, [Diagnostic(message="is a directory, not a spec file", span=where)]
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            return None, [Diagnostic(message=f"file is too large for a spec ({size} bytes; "
+                                             f"the limit is {MAX_BYTES})", span=where)]
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, [Diagnostic(message="no such file", span=None,
+                                 hint=f"'{shown}' does not exist")]
+    except OSError as err:
+        return None, [Diagnostic(message=f"cannot read '{shown}': {err.strerror or err}",
+                                 span=None)]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        prefix = data[: err.start].decode("utf-8", errors="replace")
+        source = Source(path=shown, text=prefix)
+        return None, [Diagnostic(message="this is not a UTF-8 text file "
+                                         f"(byte 0x{data[err.start]:02x} at offset {err.start})",
+                                 span=source.span_at(len(prefix)),
+                                 hint="a spec is plain UTF-8 text")]
+    return Source(path=shown, text=text), []
+
+
+def check_file(path: str | Path) -> CheckResult:
+    """Parse, build and check a spec file (`.scpo`, or `.yaml`/`.yml`)."""
+    path = Path(path)
+    source, problems = read_source(path)
+    if source is None:
+        return CheckResult(Source(path=str(path), text=""), None, problems)
+    return check_text(source.text, path=source.path, base_dir=path.resolve().parent)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """The checked model of a spec file; raises SpecError (with every diagnostic) if invalid."""
+    result = check_file(path)
+    if not result.ok:
+        raise SpecError(result.diagnostics or [Diagnostic(message="invalid spec")])
+    return result.spec

@@ -1,0 +1,276 @@
+"""The typed model of a spec, which both syntaxes produce and everything downstream reads.
+
+Numbers keep the expression they were written as (`Quantity.expr`, so `fmt` and `convert` never
+lose `0.5 * dt^2`) and its value once constants are folded (`Quantity.value`: a float, or nested
+lists for vectors and matrices).  Every node keeps its source span; spans and folded values are
+left out of `model_dump()`, so two models compare equal when they mean the same spec.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+from pydantic import Field
+
+from scpo_spec.spec.expr import Expr, Node
+
+
+class Quantity(Node):
+    """A number, vector or matrix: the expression as written and its folded value."""
+
+    expr: Expr
+    value: Any = Field(default=None, exclude=True)
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.value, dtype=np.float64)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __int__(self) -> int:
+        return int(round(float(self.value)))
+
+
+class Ident(Node):
+    """A bare word chosen from a fixed set (an activation, a solver, `backup`, …)."""
+
+    name: str
+
+
+class Text(Node):
+    """A quoted string (a title, a data path, a gymnasium id)."""
+
+    value: str
+
+
+class Signal(Node):
+    """A named state/observation or input/action component."""
+
+    name: str
+
+
+class Const(Node):
+    name: str
+    value: Quantity
+
+
+# ---- system ----
+class LinearSystem(Node):
+    """x⁺ = A x + B u."""
+
+    kind: Literal["linear"] = "linear"
+    states: list[Signal]
+    inputs: list[Signal]
+    A: Quantity | None = None
+    B: Quantity | None = None
+
+
+class PendulumSystem(Node):
+    """θ = 0 upright; gymnasium Pendulum-v1 dynamics without its clipping."""
+
+    kind: Literal["pendulum"] = "pendulum"
+    states: list[Signal]
+    inputs: list[Signal]
+    dt: Quantity | None = None
+    g: Quantity | None = None
+    m: Quantity | None = None
+    l: Quantity | None = None
+
+
+class StaticSystem(Node):
+    """No dynamics: the policy is a model y = f(x), rolled out for one step."""
+
+    kind: Literal["static"] = "static"
+    states: list[Signal]
+    inputs: list[Signal]
+
+
+class GymnasiumSystem(Node):
+    """A registered gymnasium environment; observation components are the 'states'."""
+
+    kind: Literal["gymnasium"] = "gymnasium"
+    env_id: Text
+    states: list[Signal]  # written `observation …`
+    inputs: list[Signal]  # written `action …`
+
+
+System = Annotated[Union[LinearSystem, PendulumSystem, StaticSystem, GymnasiumSystem],
+                   Field(discriminator="kind")]
+
+
+# ---- backup ----
+class LqrBackup(Node):
+    kind: Literal["lqr"] = "lqr"
+    Q: Quantity | None = None
+    R: Quantity | None = None
+
+
+class LinearBackup(Node):
+    kind: Literal["linear"] = "linear"
+    K: Quantity | None = None
+
+
+Backup = Annotated[Union[LqrBackup, LinearBackup], Field(discriminator="kind")]
+
+
+# ---- policy ----
+class MlpPolicy(Node):
+    kind: Literal["mlp"] = "mlp"
+    hidden: Quantity | None = None
+    activation: Ident | None = None
+    residual: Ident | None = None  # `backup`: u = u_backup(x) + net(x), net's last layer zero
+    seed: Quantity | None = None
+
+
+class LinearPolicy(Node):
+    kind: Literal["linear"] = "linear"
+    init: Ident | None = None  # `backup` (start at the backup's gain) or `zero`
+
+
+Policy = Annotated[Union[MlpPolicy, LinearPolicy], Field(discriminator="kind")]
+
+
+# ---- scenarios ----
+class InitialRange(Node):
+    signal: Signal
+    interval: Quantity  # [lo, hi]
+
+
+class Scenarios(Node):
+    initial: list[InitialRange] = Field(default_factory=list)
+    count: Quantity | None = None
+    grid: Quantity | None = None
+    seed: Quantity | None = None
+    horizon: Quantity | None = None
+    holdout: Quantity | None = None
+
+
+# ---- constraints and stability margins ----
+class Property(Node):
+    """One safety metric g_i(θ) ≤ 0: a `constraint` or a `stability` margin."""
+
+    section: Literal["constraint", "stability"]
+    name: Signal
+    formula: Expr
+    smoothness: Quantity | None = None
+    margin: Quantity | None = None     # per-metric margin, overriding train.margin
+    lipschitz: Quantity | None = None  # a bound on |∇g|, used to keep probes safe
+
+
+# ---- objective ----
+class LinearExpert(Node):
+    kind: Literal["linear"] = "linear"
+    K: Quantity | None = None
+    bias: Quantity | None = None
+
+
+class NormalStates(Node):
+    kind: Literal["normal"] = "normal"
+    mean: Quantity | None = None
+    std: Quantity | None = None
+
+
+class UniformStates(Node):
+    kind: Literal["uniform"] = "uniform"
+    low: Quantity | None = None
+    high: Quantity | None = None
+
+
+StateDistribution = Annotated[Union[NormalStates, UniformStates], Field(discriminator="kind")]
+
+
+class ImitationObjective(Node):
+    kind: Literal["imitation"] = "imitation"
+    expert: LinearExpert | None = None
+    states: StateDistribution | None = None
+    count: Quantity | None = None
+    seed: Quantity | None = None
+    loss: Ident | None = None
+
+
+class RegressionObjective(Node):
+    kind: Literal["regression"] = "regression"
+    data: Text | None = None
+    inputs: list[Signal] = Field(default_factory=list)
+    targets: list[Signal] = Field(default_factory=list)
+    loss: Ident | None = None
+
+
+class CostObjective(Node):
+    kind: Literal["cost"] = "cost"
+    stage: Expr | None = None
+    terminal: Expr | None = None
+
+
+Objective = Annotated[Union[ImitationObjective, RegressionObjective, CostObjective],
+                      Field(discriminator="kind")]
+
+
+# ---- train ----
+class SgdOptimizer(Node):
+    kind: Literal["sgd"] = "sgd"
+    lr: Quantity | None = None
+    momentum: Quantity | None = None
+
+
+class AdamOptimizer(Node):
+    kind: Literal["adam"] = "adam"
+    lr: Quantity | None = None
+
+
+Optimizer = Annotated[Union[SgdOptimizer, AdamOptimizer], Field(discriminator="kind")]
+
+
+class Aggregate(Node):
+    """`hard` max, or `smooth(τ)`: τ·logsumexp(h/τ), an upper bound of the max."""
+
+    kind: Literal["hard", "smooth"]
+    tau: Quantity | None = None
+
+
+class Train(Node):
+    steps: Quantity | None = None
+    optimizer: Optimizer | None = None
+    directions: Quantity | None = None
+    perturbation: Quantity | None = None
+    radius: Quantity | None = None
+    margin: Quantity | None = None
+    solver: Ident | None = None
+    seed: Quantity | None = None
+    on_violation: Ident | None = None
+    aggregate: Aggregate | None = None
+    backtrack: Ident | None = None
+    precision: Ident | None = None
+    smoothness: Ident | None = None
+
+
+# Defaults LANGUAGE.md gives for optional train entries.
+TRAIN_DEFAULTS = {"solver": "clarabel", "on_violation": "raise", "aggregate": "hard",
+                  "backtrack": "armijo", "precision": "float64", "smoothness": "given"}
+
+
+class Spec(Node):
+    """A whole spec. A spec that passed `check` has every required section."""
+
+    name: Ident | None = None
+    title: Text | None = None
+    consts: list[Const] = Field(default_factory=list)
+    system: System | None = None
+    backup: Backup | None = None
+    policy: Policy | None = None
+    scenarios: Scenarios | None = None
+    constraints: list[Property] = Field(default_factory=list)
+    stability: list[Property] = Field(default_factory=list)
+    objective: Objective | None = None
+    train: Train | None = None
+    path: str | None = Field(default=None, exclude=True)
+
+    @property
+    def properties(self) -> list[Property]:
+        """Every safety metric, constraints first, in the order written."""
+        return [*self.constraints, *self.stability]
+
+    def same_as(self, other: Spec) -> bool:
+        """Equal in meaning: same content, wherever and in whichever syntax it was written."""
+        return self.model_dump() == other.model_dump()

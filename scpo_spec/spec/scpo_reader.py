@@ -1,0 +1,314 @@
+"""`.scpo` text → document tree (and expressions), with spans; syntax errors → diagnostics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lark import Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedInput, VisitError
+
+from scpo_spec.spec import expr as E
+from scpo_spec.spec.diagnostics import Diagnostic
+from scpo_spec.spec.document import Entry, Map, Scalar, Seq
+from scpo_spec.spec.grammar import MAX_DEPTH, deepest_span, depth_of, parser, syntax_diagnostic, \
+    token_span, tree_span
+from scpo_spec.spec.source import Source, Span
+
+
+@dataclass
+class Comment:
+    line: int
+    column: int
+    text: str  # including the leading '#'
+    own_line: bool  # nothing but whitespace before it on its line
+
+
+def find_comments(text: str) -> list[Comment]:
+    """Every `# …` comment (outside strings); strings never span lines, so a line scan is exact."""
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        in_string, escaped = False, False
+        for col, ch in enumerate(line):
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+            elif ch == "#":
+                out.append(Comment(number, col + 1, line[col:].rstrip(),
+                                   own_line=not line[:col].strip()))
+                break
+    return out
+
+
+class _ToDocument(Transformer):
+    """Bottom-up conversion; rule names are the grammar's (and its aliases)."""
+
+    def __init__(self, source: Source):
+        super().__init__(visit_tokens=False)
+        self.source = source
+
+    def _span(self, meta) -> Span | None:
+        if getattr(meta, "empty", True):
+            return None
+        return Span(file=self.source.path, line=meta.line, column=meta.column,
+                    end_line=meta.end_line, end_column=meta.end_column)
+
+    def _tok(self, tok: Token) -> Span:
+        return token_span(self.source, tok)
+
+    # ---- expressions ----
+    @v_args(meta=True)
+    def number(self, meta, children):
+        return E.Num(value=float(children[0]), span=self._span(meta))
+
+    @v_args(meta=True)
+    def name(self, meta, children):
+        return E.Name(id=str(children[0]), span=self._span(meta))
+
+    @v_args(meta=True)
+    def string(self, meta, children):
+        raw = str(children[0])[1:-1]
+        value = raw.encode("utf-8").decode("unicode_escape") if "\\" in raw else raw
+        return E.Str(value=value, span=self._span(meta))
+
+    @v_args(meta=True)
+    def call(self, meta, children):
+        args = [c for c in children[1:] if c is not None]
+        return E.Call(func=str(children[0]), args=args, span=self._span(meta))
+
+    @v_args(meta=True)
+    def vector(self, meta, children):
+        return E.Vector(items=[c for c in children if c is not None], span=self._span(meta))
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        (arg,) = children
+        if isinstance(arg, E.Num):  # a negative literal is a number, in both syntaxes
+            return E.Num(value=-arg.value, span=self._span(meta))
+        return E.Unary(op="-", arg=arg, span=self._span(meta))
+
+    @v_args(meta=True)
+    def pos(self, meta, children):
+        return children[0]
+
+    def _binary(op):
+        @v_args(meta=True)
+        def make(self, meta, children):
+            return E.Binary(op=op, left=children[0], right=children[1], span=self._span(meta))
+        return make
+
+    add, sub, mul, div, pow = _binary("+"), _binary("-"), _binary("*"), _binary("/"), \
+        _binary("^")
+
+    def _compare(op):
+        @v_args(meta=True)
+        def make(self, meta, children):
+            return E.Compare(op=op, left=children[0], right=children[1], span=self._span(meta))
+        return make
+
+    le, ge, lt, gt = _compare("<="), _compare(">="), _compare("<"), _compare(">")
+
+    @v_args(meta=True)
+    def within(self, meta, children):
+        return E.Within(arg=children[0], interval=children[1], span=self._span(meta))
+
+    @v_args(meta=True)
+    def and_(self, meta, children):
+        args = []
+        for c in children:
+            args.extend(c.args if isinstance(c, E.And) else [c])
+        return E.And(args=args, span=self._span(meta))
+
+    @v_args(meta=True)
+    def or_(self, meta, children):
+        args = []
+        for c in children:
+            args.extend(c.args if isinstance(c, E.Or) else [c])
+        return E.Or(args=args, span=self._span(meta))
+
+    @v_args(meta=True)
+    def window(self, meta, children):
+        return E.Window(start=children[0], end=children[1], span=self._span(meta))
+
+    @v_args(meta=True)
+    def temporal(self, meta, children):
+        op, window, body = children
+        return E.Temporal(op=str(op), window=window, body=body, span=self._span(meta))
+
+    @v_args(meta=True)
+    def at_final(self, meta, children):
+        return E.Temporal(op="final", body=children[0], span=self._span(meta))
+
+    @v_args(meta=True)
+    def at_final_postfix(self, meta, children):
+        return E.Temporal(op="final", body=children[0], postfix=True, span=self._span(meta))
+
+    # ---- document structure ----
+    @v_args(meta=True)
+    def block(self, meta, children):
+        return Map(span=self._span(meta), entries=list(children))
+
+    @v_args(meta=True)
+    def assign(self, meta, children):
+        key, value = children
+        return Entry(str(key), self._tok(key), Scalar(span=value.span, expr=value))
+
+    @v_args(meta=True)
+    def sub_block(self, meta, children):
+        key, kind, block = children
+        block.entries.insert(0, Entry("kind", self._tok(kind),
+                                      Scalar(span=self._tok(kind),
+                                             expr=E.Name(id=str(kind), span=self._tok(kind)))))
+        block.span = self._span(meta)
+        return Entry(str(key), self._tok(key), block)
+
+    @v_args(meta=True)
+    def setting(self, meta, children):
+        key, *values = children
+        items = [Scalar(span=v.span, expr=v) for v in values]
+        if len(items) == 1:
+            return Entry(str(key), self._tok(key), items[0])
+        span = items[0].span.to(items[-1].span) if items[0].span else None
+        return Entry(str(key), self._tok(key), Seq(span=span, items=items))
+
+    @v_args(meta=True)
+    def option(self, meta, children):
+        key, value = children
+        return Entry(str(key), self._tok(key), Scalar(span=value.span, expr=value))
+
+    @v_args(meta=True)
+    def spec_header(self, meta, children):
+        name, title = children
+        entries = [Entry("spec", self._tok(name),
+                         Scalar(span=self._tok(name), expr=E.Name(id=str(name),
+                                                                  span=self._tok(name))))]
+        if title is not None:
+            t = E.Str(value=str(title)[1:-1], span=self._tok(title))
+            entries.append(Entry("title", self._tok(title), Scalar(span=t.span, expr=t)))
+        return ("header", self._span(meta), entries)
+
+    @v_args(meta=True)
+    def const_def(self, meta, children):
+        name, value = children
+        return ("const", self._span(meta),
+                Entry(str(name), self._tok(name), Scalar(span=value.span, expr=value)))
+
+    @v_args(meta=True)
+    def section(self, meta, children):
+        keyword, kind, label, block = children
+        if label is not None:
+            text = str(label)[1:-1]
+            block.entries.insert(0, Entry("id", self._tok(label),
+                                          Scalar(span=self._tok(label),
+                                                 expr=E.Str(value=text,
+                                                            span=self._tok(label)))))
+        if kind is not None:
+            block.entries.insert(0, Entry("kind", self._tok(kind),
+                                          Scalar(span=self._tok(kind),
+                                                 expr=E.Name(id=str(kind),
+                                                             span=self._tok(kind)))))
+        block.span = self._span(meta)
+        return ("section", self._tok(keyword), Entry(str(keyword), self._tok(keyword), block))
+
+    @v_args(meta=True)
+    def property(self, meta, children):
+        keyword, name, formula, *options = children
+        entries = [Entry("name", self._tok(name),
+                         Scalar(span=self._tok(name), expr=E.Name(id=str(name),
+                                                                  span=self._tok(name)))),
+                   Entry("formula", formula.span, Scalar(span=formula.span, expr=formula))]
+        entries.extend(options)
+        return ("property", self._tok(keyword),
+                Entry(str(keyword), self._tok(keyword), Map(span=self._span(meta),
+                                                            entries=entries)))
+
+    @v_args(meta=True)
+    def start(self, meta, children):
+        return children
+
+
+# The keyword of a repeated property maps to the list key of the YAML twin.
+PROPERTY_LISTS = {"constraint": "constraints", "stability": "stability"}
+
+
+def read_scpo(source: Source) -> tuple[Map | None, list[Diagnostic]]:
+    """Parse `.scpo` text into the document tree; never raises on bad input."""
+    try:
+        tree = parser().parse(source.text, start="start")
+    except UnexpectedInput as err:
+        return None, [syntax_diagnostic(source, err)]
+    if depth_of(tree) > MAX_DEPTH:
+        return None, [Diagnostic(message=f"nesting is too deep (more than {MAX_DEPTH} levels)",
+                                 span=deepest_span(source, tree),
+                                 hint="split the expression with `const` definitions")]
+    try:
+        items = _ToDocument(source).transform(tree)
+    except VisitError as err:  # pragma: no cover - a bug in the transformer, reported cleanly
+        return None, [Diagnostic(message=f"internal error while reading: {err.orig_exc}",
+                                 span=None)]
+    return assemble(items, source), []
+
+
+def assemble(items, source: Source) -> Map:
+    """Top-level items → one document map shaped like the YAML twin."""
+    doc = Map(span=Span(file=source.path, line=1, column=1, end_line=1, end_column=1))
+    consts: Map | None = None
+    lists: dict[str, Seq] = {}
+    for kind, span, payload in items:
+        if kind == "header":
+            doc.entries.extend(payload)
+        elif kind == "const":
+            if consts is None:
+                consts = Map(span=span)
+                doc.entries.append(Entry("const", span, consts))
+            consts.entries.append(payload)
+        elif kind == "section":
+            doc.entries.append(payload)
+        elif kind == "property":
+            key = PROPERTY_LISTS[payload.key]
+            if key not in lists:
+                lists[key] = Seq(span=payload.value.span)
+                doc.entries.append(Entry(key, span, lists[key]))
+            lists[key].items.append(payload.value)
+    return doc
+
+
+def parse_expression(text: str, source: Source, line: int = 1, column: int = 1) \
+        -> tuple[E.Node | None, list[Diagnostic]]:
+    """Parse one expression (a YAML value written in the expression language).
+
+    Spans are shifted to where the text sits in its file (`line`, `column`)."""
+    inner = Source(path=source.path, text=text)
+    try:
+        tree = parser().parse(text, start="expr")
+    except UnexpectedInput as err:
+        d = syntax_diagnostic(inner, err)
+        return None, [_shift(d, line, column)]
+    if depth_of(tree) > MAX_DEPTH:
+        return None, [Diagnostic(message=f"nesting is too deep (more than {MAX_DEPTH} levels)",
+                                 span=Span(file=source.path, line=line, column=column,
+                                           end_line=line, end_column=column + 1))]
+    result = _ToDocument(inner).transform(tree)
+    if line != 1 or column != 1:
+        for node in E.walk(result):
+            if node.span is not None:
+                node.span = _shift_span(node.span, line, column)
+    return result, []
+
+
+def _shift_span(span: Span, line: int, column: int) -> Span:
+    col = span.column + column - 1 if span.line == 1 else span.column
+    end_col = span.end_column + column - 1 if span.end_line == 1 else span.end_column
+    return Span(file=span.file, line=span.line + line - 1, column=col,
+                end_line=span.end_line + line - 1, end_column=end_col)
+
+
+def _shift(d: Diagnostic, line: int, column: int) -> Diagnostic:
+    if d.span is not None:
+        d.span = _shift_span(d.span, line, column)
+    return d

@@ -1,0 +1,81 @@
+"""YAML text → the same document tree the `.scpo` reader makes (the YAML twin of LANGUAGE.md)."""
+
+from __future__ import annotations
+
+import yaml
+
+from scpo_spec.spec.diagnostics import Diagnostic
+from scpo_spec.spec.document import Entry, Map, Scalar, Seq, Value
+from scpo_spec.spec.grammar import MAX_DEPTH
+from scpo_spec.spec.source import Source, Span
+
+
+def _span(source: Source, node: yaml.Node) -> Span:
+    start, end = node.start_mark, node.end_mark
+    return Span(file=source.path, line=start.line + 1, column=start.column + 1,
+                end_line=end.line + 1, end_column=end.column + 1)
+
+
+class _Convert:
+    def __init__(self, source: Source):
+        self.source = source
+        self.constructor = yaml.SafeLoader("")
+        self.errors: list[Diagnostic] = []
+
+    def value(self, node: yaml.Node, depth: int = 0) -> Value | None:
+        if depth > MAX_DEPTH:
+            self.errors.append(Diagnostic(message=f"nesting is too deep (more than {MAX_DEPTH} "
+                                                  "levels)", span=_span(self.source, node)))
+            return None
+        span = _span(self.source, node)
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                raw = self.constructor.construct_object(node, deep=True)
+            except Exception:  # noqa: BLE001 - an odd YAML scalar (timestamp, binary, …)
+                raw = node.value
+            if not isinstance(raw, (str, int, float, bool)) and raw is not None:
+                raw = node.value
+            return Scalar(span=span, raw=raw, quoted=node.style in ("'", '"'))
+        if isinstance(node, yaml.SequenceNode):
+            items = [self.value(n, depth + 1) for n in node.value]
+            return Seq(span=span, items=[i for i in items if i is not None])
+        if isinstance(node, yaml.MappingNode):
+            out = Map(span=span)
+            for key, val in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    self.errors.append(Diagnostic(message="a key must be a plain name",
+                                                  span=_span(self.source, key)))
+                    continue
+                converted = self.value(val, depth + 1)
+                if converted is not None:
+                    out.entries.append(Entry(str(key.value), _span(self.source, key), converted))
+            return out
+        self.errors.append(Diagnostic(message="unsupported YAML node", span=span))
+        return None
+
+
+def read_yaml(source: Source) -> tuple[Map | None, list[Diagnostic]]:
+    """Parse a YAML spec into the document tree; YAML errors become located diagnostics."""
+    try:
+        root = yaml.compose(source.text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        span = None
+        if mark is not None:
+            span = Span(file=source.path, line=mark.line + 1, column=mark.column + 1,
+                        end_line=mark.line + 1, end_column=mark.column + 2)
+        message = (err.problem or err.context or "invalid YAML").strip()
+        return None, [Diagnostic(message=f"YAML: {message}", span=span,
+                                 hint=(err.context or None) if err.problem else None)]
+    except (yaml.YAMLError, RecursionError) as err:
+        return None, [Diagnostic(message=f"YAML: {str(err).splitlines()[0]}",
+                                 span=source.span_at(0))]
+    if root is None:
+        return Map(span=source.span_at(0)), []
+    if not isinstance(root, yaml.MappingNode):
+        return None, [Diagnostic(message="a YAML spec must be a mapping of sections",
+                                 span=_span(source, root),
+                                 hint="start with `spec: NAME` and a `system:` mapping")]
+    convert = _Convert(source)
+    doc = convert.value(root)
+    return doc, convert.errors

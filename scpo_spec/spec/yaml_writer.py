@@ -1,0 +1,122 @@
+"""A model → its YAML twin (LANGUAGE.md): literal numbers stay YAML numbers and lists; anything
+written with constants or arithmetic stays a string in the expression language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from scpo_spec.spec import expr as E
+from scpo_spec.spec import model as M
+from scpo_spec.spec.layout import entries
+
+
+def _literal(e: E.Node) -> Any:
+    """Plain numbers and lists of them as YAML data; None when the text must stay a string."""
+    if isinstance(e, E.Num):
+        v = e.value
+        return int(v) if v == int(v) and abs(v) < 1e16 else v
+    if isinstance(e, E.Vector):
+        items = [_literal(i) for i in e.items]
+        return None if any(i is None for i in items) else items
+    return None
+
+
+def _value(value) -> Any:
+    if isinstance(value, M.Quantity):
+        lit = _literal(value.expr)
+        return lit if lit is not None else E.unparse(value.expr)
+    if isinstance(value, M.Ident):
+        return value.name
+    if isinstance(value, M.Text):
+        return value.value
+    if isinstance(value, M.Aggregate):
+        return "hard" if value.kind == "hard" else f"smooth({E.unparse(value.tau.expr)})"
+    if isinstance(value, list) and value and isinstance(value[0], M.Signal):
+        return [s.name for s in value]
+    if isinstance(value, list) and value and isinstance(value[0], M.InitialRange):
+        return {r.signal.name: _value(r.interval) for r in value}
+    if isinstance(value, E.EXPR_NODES):
+        return E.unparse(value)
+    if isinstance(value, M.Node):
+        return _mapping(value)
+    raise TypeError(f"cannot write {type(value).__name__} as YAML")
+
+
+def _mapping(node: M.Node) -> dict:
+    out: dict[str, Any] = {}
+    kind = getattr(node, "kind", None)
+    if isinstance(kind, str) and not isinstance(node, M.Aggregate):
+        out["kind"] = kind
+    for key, value in entries(node):
+        out[key] = _value(value)
+    return out
+
+
+def _property(prop: M.Property) -> dict:
+    out: dict[str, Any] = {"name": prop.name.name, "formula": E.unparse(prop.formula)}
+    for option in ("smoothness", "margin", "lipschitz"):
+        q = getattr(prop, option)
+        if q is not None:
+            out[option] = _value(q)
+    return out
+
+
+def to_yaml_data(spec: M.Spec) -> dict:
+    doc: dict[str, Any] = {}
+    if spec.name is not None:
+        doc["spec"] = spec.name.name
+    if spec.title is not None:
+        doc["title"] = spec.title.value
+    if spec.consts:
+        doc["const"] = {c.name: _value(c.value) for c in spec.consts}
+    for section in ("system", "backup", "policy", "scenarios"):
+        node = getattr(spec, section)
+        if node is not None:
+            doc[section] = _mapping(node)
+    if spec.constraints:
+        doc["constraints"] = [_property(p) for p in spec.constraints]
+    if spec.stability:
+        doc["stability"] = [_property(p) for p in spec.stability]
+    for section in ("objective", "train"):
+        node = getattr(spec, section)
+        if node is not None:
+            doc[section] = _mapping(node)
+    return doc
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+class _Block(dict):
+    """A mapping always written in block style (the top level of the document)."""
+
+
+def _represent_list(dumper, data):
+    # leaf lists (numbers, names) inline: `state: [theta, omega]`; nested structure as blocks
+    flow = all(not isinstance(i, dict) for i in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+def _represent_dict(dumper, data):
+    flow = all(not isinstance(v, (dict, list)) or (isinstance(v, list) and all(
+        not isinstance(i, (dict, list)) for i in v)) for v in data.values()) and len(data) <= 4
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(dict, _represent_dict)
+_Dumper.add_representer(_Block, lambda d, data: d.represent_mapping(
+    "tag:yaml.org,2002:map", data, flow_style=False))
+
+
+def format_yaml(spec: M.Spec) -> str:
+    data = to_yaml_data(spec)
+    parts = []
+    for key, value in data.items():  # top-level sections as blocks, separated by blank lines
+        text = yaml.dump(_Block({key: value}), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                         width=100, default_flow_style=False)
+        parts.append(text)
+    return "\n".join(parts)
