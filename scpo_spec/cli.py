@@ -33,9 +33,9 @@ def _usage(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _report(results: list[CheckResult]) -> None:
+def _report(results: list[CheckResult], console: Console = err) -> None:
     for r in results:
-        render(r.diagnostics, {r.source.path: r.source}, err)
+        render(r.diagnostics, {r.source.path: r.source}, console)
 
 
 @app.command()
@@ -54,7 +54,7 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
             for r in results]}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
-        _report(results)
+        _report(results, out)  # diagnostics and summary on one stream, in order (like ruff)
         for r in results:
             errors = sum(d.severity == "error" for d in r.diagnostics)
             warnings = len(r.diagnostics) - errors
