@@ -101,9 +101,9 @@ def syntax_diagnostic(source: Source, err: UnexpectedInput) -> Diagnostic:
             hint = f"a section starts with one of {', '.join(SECTION_WORDS)}"
         if expected == {"COLON"}:
             hint = "write `constraint NAME: FORMULA` (a name, then a colon)"
-        return Diagnostic(message=f"unexpected {_TOKEN_WORDS.get(tok.type, 'token')} "
-                                  f"'{text}'" if text else "unexpected token", span=span,
-                          hint=hint)
+        sort = {"NAME": "name ", "NUMBER": "number ", "STRING": "string "}.get(tok.type, "")
+        return Diagnostic(message=f"unexpected {sort}'{text}'" if text else "unexpected token",
+                          span=span, hint=hint)
     return Diagnostic(message=str(err).splitlines()[0], span=None)
 
 
