@@ -248,7 +248,7 @@ def test_formula_type_errors():
                               "always (position <= 1) + 2 <= 3")) == \
         (19, 36, "expected a value here, got a condition")
     assert only_error(replace("always abs(position) <= 2.5", "always abs(position) <= 2.5 "
-                              "and 3")) == (19, 59, "expected a condition here, got a value")
+                              "and 3")) == (19, 60, "expected a condition here, got a value")
     assert only_error(replace("abs(position)", "foo(position)")) == \
         (19, 35, "unknown function 'foo'")
 
