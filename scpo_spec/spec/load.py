@@ -53,6 +53,11 @@ def check_text(text: str, path: str = "<spec>", syntax: str | None = None,
         return CheckResult(source, None, [Diagnostic(
             message="this is not a text file (it contains a NUL byte)",
             span=source.span_at(offset), hint="a spec is plain UTF-8 text")])
+    if not text.strip():
+        return CheckResult(source, None, [Diagnostic(
+            message="the file is empty", span=source.span_at(0),
+            hint='a spec starts with `spec NAME "what it is for"`, then its sections '
+                 "(see docs/language.md)")])
     try:
         doc, diagnostics = read_document(source, syntax)
     except RecursionError:

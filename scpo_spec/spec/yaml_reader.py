@@ -67,7 +67,10 @@ def read_yaml(source: Source) -> tuple[Map | None, list[Diagnostic]]:
         message = (err.problem or err.context or "invalid YAML").strip()
         return None, [Diagnostic(message=f"YAML: {message}", span=span,
                                  hint=(err.context or None) if err.problem else None)]
-    except (yaml.YAMLError, RecursionError) as err:
+    except RecursionError:
+        return None, [Diagnostic(message=f"YAML: nesting is too deep (more than {MAX_DEPTH} "
+                                         "levels)", span=source.span_at(0))]
+    except yaml.YAMLError as err:
         return None, [Diagnostic(message=f"YAML: {str(err).splitlines()[0]}",
                                  span=source.span_at(0))]
     if root is None:
