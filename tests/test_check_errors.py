@@ -340,3 +340,51 @@ def test_cli_exit_codes_and_json(tmp_path, root):
     (d,) = payload["files"][1]["diagnostics"]
     assert (d["line"], d["column"], d["severity"], d["message"]) == \
         (16, 13, "error", "horizon must be positive, got -1")
+
+
+def test_gymnasium_system_without_an_id():
+    text = GYM.format(env="Pendulum-v1", obs="c, s, w").replace(' "Pendulum-v1"', "")
+    assert only_error(text) == (2, 1, "a gymnasium system needs the environment's id")
+
+
+def test_grid_is_not_for_gymnasium_and_ids_only_for_gymnasium():
+    text = GYM.format(env="Pendulum-v1", obs="c, s, w").replace("count 2", "grid 2")
+    assert only_error(text) == (4, 18, "gymnasium scenarios are resets with seeds seed, "
+                                       "seed+1, …; use `count`")
+    assert only_error(replace("system linear {", 'system linear "X" {')) == \
+        (3, 15, "system linear takes no quoted id")
+
+
+def test_kind_given_twice():
+    assert only_error(replace("input force", "input force\n    kind = static")) == \
+        (6, 5, "the kind of this system is given twice")
+
+
+def test_required_physical_parameters_and_layer_widths():
+    text = replace("""system linear {
+    state position, velocity
+    input force
+    A = [[1, dt], [0, 1]]
+    B = [[0.5 * dt^2], [dt]]
+}""", "system pendulum { state position, velocity  input force  dt = 0.05  m = 1  l = 1 }")
+    text = text.replace("backup lqr { Q = diag(1, 1)  R = diag(1) }", "backup linear { K = [[-20, -5]] }")
+    text = text.replace("stability decay: lyapunov(backup) <= 0.8 at final smoothness 50", "")
+    assert only_error(text) == (3, 1, "missing pendulum g")
+    assert only_error(replace("hidden = [64, 64]  ", "")) == (10, 1, "missing hidden")
+
+
+def test_quoted_strings_keep_escapes_and_non_ascii():
+    from scpo_spec.spec.format import format_spec
+    from scpo_spec.spec.scpo_reader import find_comments
+    text = replace('spec di "Double integrator"', 'spec di "say \\"hi\\" — dé\\\\x"')
+    spec = check(text).spec
+    assert spec.title.value == 'say "hi" — dé\\x'
+    once = format_spec(spec, find_comments(text))
+    twice = format_spec(check(once).spec, find_comments(once))
+    assert once == twice and 'spec di "say \\"hi\\" — dé\\\\x"' in once
+
+
+def test_yaml_name_list_written_as_one_string():
+    from tests.test_language_forms import YAML
+    y = check(YAML.replace("state: [theta, omega]", 'state: "theta, omega"'), path="t.yaml")
+    assert y.ok and [s.name for s in y.spec.system.states] == ["theta", "omega"]

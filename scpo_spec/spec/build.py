@@ -117,6 +117,9 @@ class Builder:
         return None
 
     def signals(self, value: Value, what: str) -> list[M.Signal]:
+        if isinstance(value, Scalar) and isinstance(value.raw, str) and "," in value.raw:
+            value = Seq(span=value.span, items=[  # YAML `state: "a, b"` means [a, b]
+                Scalar(span=value.span, raw=part.strip()) for part in value.raw.split(",")])
         items = value.items if isinstance(value, Seq) else [value]
         out = []
         for item in items:
@@ -164,6 +167,10 @@ class Builder:
         for entry in block.entries:
             if entry.key in skip:
                 continue
+            if entry.key == "id" and "id" not in table:
+                self.diag.error(f"{what} takes no quoted id", entry.key_span,
+                                'only `system gymnasium "ENV-ID"` names something in quotes')
+                continue
             if entry.key not in table:
                 hint = did_you_mean(entry.key, table) or f"{what} accepts {one_of(table)}"
                 self.diag.error(f"unknown entry '{entry.key}' in {what}", entry.key_span, hint)
@@ -192,6 +199,9 @@ class Builder:
             self.diag.error(f"{what} needs a kind", block.span,
                             f"one of {one_of(kinds)}, e.g. `{what} {kinds[0]} {{ … }}`")
             return None
+        for extra in kind_entries[1:]:
+            self.diag.error(f"the kind of this {what} is given twice", extra.key_span,
+                            f"it is the word after `{what}`; remove this entry")
         got = self.word(kind_entries[0].value, f"{what} kind")
         if got is None:
             return None

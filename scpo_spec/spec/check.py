@@ -20,8 +20,8 @@ from scpo_spec.spec.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
 from scpo_spec.spec.source import Span
 
 REQUIRED_SECTIONS = ("system", "policy", "scenarios", "objective", "train")
-SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "cos", "quad",
-                    "lyapunov")
+SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "cos", "tan",
+                    "quad", "lyapunov")
 RESERVED = ("state", "input", "backup", "spectral_radius", *BUILTIN_CONSTANTS)
 MAX_SCENARIOS = 1_000_000
 
@@ -153,8 +153,10 @@ class Checker:
                 integer=False, owner: M.Node | None = None, required=False) -> float | None:
         if q is None:
             if required:
+                key = what.split()[-1]
+                sep = "= " if isinstance(owner, M.PendulumSystem) else ""
                 self.error(f"missing {what}", owner.span if owner is not None else None,
-                           f"add `{what.split()[-1]} …`")
+                           f"add `{key} {sep}…`")
             return None
         if q.value is None:
             return None
@@ -202,10 +204,10 @@ class Checker:
                 self.error("a pendulum has two states (angle, angular velocity) and one input "
                            f"(torque); got {self.n} and {self.m}", system.span,
                            "write `state theta, omega  input torque`")
-            self._number(system.dt, "pendulum dt", positive=True)
-            self._number(system.g, "pendulum g", nonnegative=True)
-            self._number(system.m, "pendulum m", positive=True)
-            self._number(system.l, "pendulum l", positive=True)
+            for name, check in (("dt", "positive"), ("g", "nonnegative"), ("m", "positive"),
+                                ("l", "positive")):
+                self._number(getattr(system, name), f"pendulum {name}", required=True,
+                             owner=system, **{check: True})
         elif isinstance(system, M.GymnasiumSystem):
             self._check_gymnasium(system)
 
@@ -214,6 +216,10 @@ class Checker:
             import gymnasium
         except ImportError:  # pragma: no cover - gymnasium is a dependency
             self.error("gymnasium is not installed", system.env_id.span)
+            return
+        if system.env_id is None:
+            self.error("a gymnasium system needs the environment's id", system.span,
+                       'write `system gymnasium "Pendulum-v1" { … }`')
             return
         env_id = system.env_id.value
         if env_id not in gymnasium.registry:
@@ -275,7 +281,9 @@ class Checker:
         if policy is None:
             return
         if isinstance(policy, M.MlpPolicy):
-            if policy.hidden is not None and policy.hidden.value is not None:
+            if policy.hidden is None:
+                self.error("missing hidden", policy.span, "add `hidden = [64, 64]` (layer widths)")
+            elif policy.hidden.value is not None:
                 h = np.asarray(policy.hidden.value, dtype=np.float64)
                 if h.ndim == 0:
                     h = h.reshape(1)
@@ -329,9 +337,12 @@ class Checker:
             self.error("give either `count` or `grid`, not both", sc.grid.span)
         elif sc.count is None and sc.grid is None:
             self.error("scenarios need `count N` (random) or `grid N` (per axis)", sc.span)
-        if grid is not None and self.n and grid ** max(self.n, 1) > MAX_SCENARIOS:
-            self.error(f"grid {grid:g} over {self.n} states makes {grid ** self.n:.3g} "
-                       f"scenarios (more than {MAX_SCENARIOS})", sc.grid.span,
+        if gym and sc.grid is not None:
+            self.error("gymnasium scenarios are resets with seeds seed, seed+1, …; use `count`",
+                       sc.grid.span)
+        elif grid is not None and self.n and int(grid) ** self.n > MAX_SCENARIOS:
+            self.error(f"grid {int(grid)} over {self.n} states makes {int(grid) ** self.n:,} "
+                       f"scenarios (more than {MAX_SCENARIOS:,})", sc.grid.span,
                        "use `count` to sample instead")
         if count is not None and count > MAX_SCENARIOS:
             self.error(f"count {count:g} is more than {MAX_SCENARIOS} scenarios", sc.count.span)

@@ -194,7 +194,9 @@ def unparse(e: Node) -> str:
     if isinstance(e, Name):
         return e.id
     if isinstance(e, Str):
-        return '"' + e.value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        escaped = (e.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+                   .replace("\t", "\\t"))
+        return f'"{escaped}"'
     if isinstance(e, Call):
         return f"{e.func}({', '.join(unparse(a) for a in e.args)})"
     if isinstance(e, Vector):

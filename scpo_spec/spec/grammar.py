@@ -93,7 +93,7 @@ def syntax_diagnostic(source: Source, err: UnexpectedInput) -> Diagnostic:
         span = token_span(source, tok)
         expected = set(err.expected or ())
         text = str(tok)
-        hint = f"expected {_describe(expected)}"
+        hint = f"expected {_describe(expected)}" if expected else None
         if tok.type == "NAME" and ({"SECTION", "PROPERTY", "SPEC"} & expected):
             guess = did_you_mean(text, SECTION_WORDS)
             if guess:

@@ -90,7 +90,7 @@ class GymnasiumSystem(Node):
     """A registered gymnasium environment; observation components are the 'states'."""
 
     kind: Literal["gymnasium"] = "gymnasium"
-    env_id: Text
+    env_id: Text | None = None
     states: list[Signal]  # written `observation …`
     inputs: list[Signal]  # written `action …`
 
@@ -248,6 +248,17 @@ class Train(Node):
 # Defaults LANGUAGE.md gives for optional train entries.
 TRAIN_DEFAULTS = {"solver": "clarabel", "on_violation": "raise", "aggregate": "hard",
                   "backtrack": "armijo", "precision": "float64", "smoothness": "given"}
+
+# Every other optional entry and the value it takes when left out (section, entry) → value.
+# Anything not listed here (and not in TRAIN_DEFAULTS) is required, and `check` says so.
+DEFAULTS = {
+    ("policy mlp", "activation"): "tanh", ("policy mlp", "residual"): "none",
+    ("policy mlp", "seed"): 0, ("policy linear", "init"): "zero",
+    ("scenarios", "seed"): 0, ("scenarios", "holdout"): 0,
+    ("objective imitation", "seed"): 0, ("objective imitation", "loss"): "mse",
+    ("objective regression", "loss"): "mse", ("train", "seed"): 0,
+    ("optimizer sgd", "momentum"): 0,
+}
 
 
 class Spec(Node):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from lark import Token, Transformer, Tree, v_args
@@ -45,6 +46,14 @@ def find_comments(text: str) -> list[Comment]:
     return out
 
 
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+
+
+def unquote(token: str) -> str:
+    """The text of a STRING token: quotes removed, escapes (\\" \\\\ \\n \\t) decoded."""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), token[1:-1])
+
+
 class _ToDocument(Transformer):
     """Bottom-up conversion; rule names are the grammar's (and its aliases)."""
 
@@ -72,9 +81,7 @@ class _ToDocument(Transformer):
 
     @v_args(meta=True)
     def string(self, meta, children):
-        raw = str(children[0])[1:-1]
-        value = raw.encode("utf-8").decode("unicode_escape") if "\\" in raw else raw
-        return E.Str(value=value, span=self._span(meta))
+        return E.Str(value=unquote(str(children[0])), span=self._span(meta))
 
     @v_args(meta=True)
     def call(self, meta, children):
@@ -188,7 +195,7 @@ class _ToDocument(Transformer):
                          Scalar(span=self._tok(name), expr=E.Name(id=str(name),
                                                                   span=self._tok(name))))]
         if title is not None:
-            t = E.Str(value=str(title)[1:-1], span=self._tok(title))
+            t = E.Str(value=unquote(str(title)), span=self._tok(title))
             entries.append(Entry("title", self._tok(title), Scalar(span=t.span, expr=t)))
         return ("header", self._span(meta), entries)
 
@@ -202,7 +209,7 @@ class _ToDocument(Transformer):
     def section(self, meta, children):
         keyword, kind, label, block = children
         if label is not None:
-            text = str(label)[1:-1]
+            text = unquote(str(label))
             block.entries.insert(0, Entry("id", self._tok(label),
                                           Scalar(span=self._tok(label),
                                                  expr=E.Str(value=text,
