@@ -52,6 +52,16 @@ def errors(text: str, **kw) -> list[tuple[int, int, str]]:
             for d in check(text, **kw).diagnostics if d.severity == "error"]
 
 
+def as_pendulum(params: str = "dt = 0.05  g = 9.81  m = 1  l = 1") -> str:
+    """VALID with a pendulum system (and a linear backup, so no lyapunov(backup))."""
+    text = replace(VALID[VALID.index("system linear {"):VALID.index("}\n", VALID.index(
+        "system linear {")) + 1], f"system pendulum {{ state position, velocity  input force  "
+                                  f"{params} }}")
+    text = text.replace("backup lqr { Q = diag(1, 1)  R = diag(1) }",
+                        "backup linear { K = [[-20, -5]] }")
+    return text
+
+
 def replace(old: str, new: str, text: str = VALID) -> str:
     assert old in text, old
     return text.replace(old, new, 1)

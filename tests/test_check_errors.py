@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scpo_spec.cli import app
-from tests.helpers import VALID, check, errors, replace
+from tests.helpers import VALID, as_pendulum, check, errors, replace
 
 runner = CliRunner()
 
@@ -361,13 +361,7 @@ def test_kind_given_twice():
 
 
 def test_required_physical_parameters_and_layer_widths():
-    text = replace("""system linear {
-    state position, velocity
-    input force
-    A = [[1, dt], [0, 1]]
-    B = [[0.5 * dt^2], [dt]]
-}""", "system pendulum { state position, velocity  input force  dt = 0.05  m = 1  l = 1 }")
-    text = text.replace("backup lqr { Q = diag(1, 1)  R = diag(1) }", "backup linear { K = [[-20, -5]] }")
+    text = as_pendulum("dt = 0.05  m = 1  l = 1")
     text = text.replace("stability decay: lyapunov(backup) <= 0.8 at final smoothness 50", "")
     assert only_error(text) == (3, 1, "missing pendulum g")
     assert only_error(replace("hidden = [64, 64]  ", "")) == (10, 1, "missing hidden")

@@ -6,7 +6,7 @@ import pytest
 
 from scpo_spec.spec import expr as E
 from scpo_spec.spec import model as M
-from tests.helpers import VALID, check, replace
+from tests.helpers import VALID, as_pendulum, check, replace
 
 
 def spec_of(text, **kw):
@@ -56,14 +56,7 @@ def test_system_linear():
 
 
 def test_system_pendulum_on_one_line():
-    text = replace("""system linear {
-    state position, velocity
-    input force
-    A = [[1, dt], [0, 1]]
-    B = [[0.5 * dt^2], [dt]]
-}""", "system pendulum { state position, velocity  input force  dt = 0.05  g = 9.81  m = 1  "
-      "l = 1 }")
-    text = text.replace("backup lqr { Q = diag(1, 1)  R = diag(1) }", "backup linear { K = [[-20, -5]] }")
+    text = as_pendulum()
     text = text.replace("stability decay: lyapunov(backup) <= 0.8 at final smoothness 50",
                         "stability margin: spectral_radius <= 0.98 smoothness 20")
     s = spec_of(text)
