@@ -382,3 +382,9 @@ def test_yaml_name_list_written_as_one_string():
     from tests.test_language_forms import YAML
     y = check(YAML.replace("state: [theta, omega]", 'state: "theta, omega"'), path="t.yaml")
     assert y.ok and [s.name for s in y.spec.system.states] == ["theta", "omega"]
+
+
+def test_an_unbuildable_section_does_not_cascade():
+    text = replace("system linear {", "system lienar {", replace("optimizer sgd {", "optimizer sdg {"))
+    assert [e[2] for e in errors(text)] == ["unknown system kind 'lienar'",
+                                            "unknown optimizer kind 'sdg'"]

@@ -29,6 +29,8 @@ class Builder:
         self.source = source
         self.diag = diagnostics
         self.consts: dict[str, Any] = {}
+        # sections/blocks written but not built (already reported): checks do not call them missing
+        self.failed: set[str] = set()
 
     # ------------------------------------------------------------------ value converters
     def expr(self, value: Value, what: str) -> E.Node | None:
@@ -216,6 +218,7 @@ class Builder:
               variants: dict[str, tuple[type, dict[str, tuple[str, Callable]]]]):
         kind = self.kind_of(block, what, tuple(variants))
         if kind is None:
+            self.failed.add(what)
             return None
         cls, table = variants[kind]
         if isinstance(block, Scalar):
@@ -246,6 +249,7 @@ class Builder:
             if entry.key in sections and entry.key not in ("const", "constraints",
                                                             "stability"):
                 first = sections[entry.key].key_span
+                self.failed.add(entry.key)
                 self.diag.error(f"duplicate section '{entry.key}'", entry.key_span,
                                 f"a spec has one {entry.key} section; the first is at line "
                                 f"{first.line}" if first else None)
@@ -270,21 +274,20 @@ class Builder:
         if "title" in sections:
             spec.title = self.text(sections["title"].value, "title")
 
-        signal_list = lambda v, w: s(v, w)  # noqa: E731
         if "system" in sections:
             spec.system = self.typed(sections["system"].value, "system", {
-                "linear": (M.LinearSystem, {"state": ("states", signal_list),
-                                            "input": ("inputs", signal_list),
+                "linear": (M.LinearSystem, {"state": ("states", s),
+                                            "input": ("inputs", s),
                                             "A": ("A", q), "B": ("B", q)}),
-                "pendulum": (M.PendulumSystem, {"state": ("states", signal_list),
-                                                "input": ("inputs", signal_list),
+                "pendulum": (M.PendulumSystem, {"state": ("states", s),
+                                                "input": ("inputs", s),
                                                 "dt": ("dt", q), "g": ("g", q),
                                                 "m": ("m", q), "l": ("l", q)}),
-                "static": (M.StaticSystem, {"state": ("states", signal_list),
-                                            "input": ("inputs", signal_list)}),
+                "static": (M.StaticSystem, {"state": ("states", s),
+                                            "input": ("inputs", s)}),
                 "gymnasium": (M.GymnasiumSystem, {"id": ("env_id", self.text),
-                                                  "observation": ("states", signal_list),
-                                                  "action": ("inputs", signal_list)}),
+                                                  "observation": ("states", s),
+                                                  "action": ("inputs", s)}),
             })
         if "backup" in sections:
             spec.backup = self.typed(sections["backup"].value, "backup", {
@@ -313,8 +316,8 @@ class Builder:
                     "count": ("count", q), "seed": ("seed", q),
                     "loss": ("loss", ident(LOSSES))}),
                 "regression": (M.RegressionObjective, {
-                    "data": ("data", self.text), "inputs": ("inputs", signal_list),
-                    "targets": ("targets", signal_list), "loss": ("loss", ident(LOSSES))}),
+                    "data": ("data", self.text), "inputs": ("inputs", s),
+                    "targets": ("targets", s), "loss": ("loss", ident(LOSSES))}),
                 "cost": (M.CostObjective, {"stage": ("stage", self.formula),
                                            "terminal": ("terminal", self.formula)}),
             })
@@ -364,6 +367,7 @@ class Builder:
     def build_scenarios(self, block: Value) -> M.Scenarios | None:
         if not isinstance(block, Map):
             self.diag.error("scenarios must be a block", getattr(block, "span", None))
+            self.failed.add("scenarios")
             return None
         initial: list[M.InitialRange] = []
         others = Map(span=block.span, entries=[])
@@ -403,6 +407,7 @@ class Builder:
     def build_train(self, block: Value) -> M.Train | None:
         if not isinstance(block, Map):
             self.diag.error("train must be a block", getattr(block, "span", None))
+            self.failed.add("train")
             return None
         q, ident = self.quantity, self.ident
         optimizer = lambda v, w: self.typed(v, "optimizer", {  # noqa: E731

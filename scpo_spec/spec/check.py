@@ -38,8 +38,10 @@ class Ty:
 
 
 class Checker:
-    def __init__(self, spec: M.Spec, diagnostics: Collector, base_dir: Path | None):
+    def __init__(self, spec: M.Spec, diagnostics: Collector, base_dir: Path | None,
+                 unbuilt: set[str] = frozenset()):
         self.spec = spec
+        self.unbuilt = unbuilt
         self.diag = diagnostics
         self.base_dir = base_dir
         self.consts = {c.name: c.value.value for c in spec.consts if c.value.value is not None}
@@ -78,18 +80,12 @@ class Checker:
             self.error("missing `spec NAME` header", where,
                        'start the file with `spec my_spec "What it is for"`')
         for section in REQUIRED_SECTIONS:
-            if getattr(self.spec, section) is None and not self._section_failed(section):
+            if getattr(self.spec, section) is None and section not in self.unbuilt:
                 self.error(f"missing section '{section}'", where,
                            f"every spec needs one `{section}` section")
         if not self.spec.constraints and not self.spec.stability:
             self.error("no constraint or stability margin", where,
                        "a spec needs at least one `constraint NAME: FORMULA` or `stability` line")
-
-    def _section_failed(self, section: str) -> bool:
-        """True when the section was written but could not be built (already reported)."""
-        return any(d.message.startswith((f"unknown {section} kind", f"{section} needs a kind",
-                                         f"{section} must be", f"duplicate section '{section}'"))
-                   for d in self.diag.items)
 
     # ---------------------------------------------------------------- names
     def _check_signal_names(self) -> None:
@@ -498,6 +494,8 @@ class Checker:
                 self.error(f"constant '{e.id}' is a matrix; use it inside quad(P, …)", e.span)
                 return None
             return Ty("num", size=1 if value.ndim == 0 else value.shape[0])
+        if self.spec.system is None:  # signals unknown (no system, or one that failed): no guess
+            return Ty("num", policy=True)
         if e.id == "backup":
             self.error("'backup' names a controller, not a value", e.span,
                        "use lyapunov(backup) for its Lyapunov function")
@@ -659,12 +657,12 @@ class Checker:
                                "the final step)", e.span)
 
     def _check_regression(self, obj: M.RegressionObjective) -> None:
-        for sig in obj.inputs:
+        for sig in obj.inputs if self.spec.system is not None else []:
             if sig.name not in self.states:
                 self.error(f"regression input '{sig.name}' is not a state of the system",
                            sig.span, did_you_mean(sig.name, self.states)
                            or f"the model reads {one_of(self.states)}")
-        for sig in obj.targets:
+        for sig in obj.targets if self.spec.system is not None else []:
             if sig.name not in self.inputs:
                 self.error(f"regression target '{sig.name}' is not an input of the system",
                            sig.span, did_you_mean(sig.name, self.inputs)
@@ -719,7 +717,7 @@ class Checker:
         if tr is None:
             return
         self._number(tr.steps, "steps", positive=True, integer=True, required=True, owner=tr)
-        if tr.optimizer is None and not self._section_failed("optimizer"):
+        if tr.optimizer is None and "optimizer" not in self.unbuilt:
             self.error("missing optimizer", tr.span, "add `optimizer sgd { lr = 0.01 }`")
         elif tr.optimizer is not None:
             self._number(tr.optimizer.lr, "lr", positive=True, required=True,
@@ -760,5 +758,8 @@ def _as_int(q: M.Quantity | None) -> int | None:
     return int(v) if v == int(v) and v > 0 else None
 
 
-def check_model(spec: M.Spec, diagnostics: Collector, base_dir: Path | None) -> None:
-    Checker(spec, diagnostics, base_dir).run()
+def check_model(spec: M.Spec, diagnostics: Collector, base_dir: Path | None,
+                unbuilt: set[str] = frozenset()) -> None:
+    """Run every semantic check; `unbuilt` names sections that were written but could not be
+    built (already reported, so not 'missing')."""
+    Checker(spec, diagnostics, base_dir, unbuilt).run()

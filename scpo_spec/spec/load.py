@@ -68,9 +68,10 @@ def check_text(text: str, path: str = "<spec>", syntax: str | None = None,
     collector = Collector()
     collector.items.extend(diagnostics)
     try:
-        spec = Builder(source, collector).build(doc, path)
+        builder = Builder(source, collector)
+        spec = builder.build(doc, path)
         if run_checks:
-            check_model(spec, collector, base_dir)
+            check_model(spec, collector, base_dir, builder.failed)
     except RecursionError:
         collector.error("nesting is too deep", source.span_at(0))
         spec = None
