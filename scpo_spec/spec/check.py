@@ -126,7 +126,7 @@ class Checker:
             if required and owner is not None:
                 self.error(f"missing {what}", owner.span)
             return None
-        if q.value is None:
+        if q.value is None or self.spec.system is None:  # no dimensions to check against
             return None
         a = np.asarray(q.value, dtype=np.float64)
         if cols is None:
