@@ -15,6 +15,7 @@ from scpo_spec.spec.diagnostics import render, to_json
 from scpo_spec.spec.format import format_spec
 from scpo_spec.spec.load import CheckResult, check_file, parse_model, read_source, syntax_of
 from scpo_spec.spec.scpo_reader import find_comments
+from scpo_spec.spec.yaml_reader import count_comments
 from scpo_spec.spec.yaml_writer import format_yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -96,6 +97,11 @@ def fmt(file: Path = typer.Argument(..., help="A spec file."),
     """Print the spec in canonical layout (comments kept; running it twice changes nothing)."""
     result, text = _model_of(file)
     if syntax_of(str(file)) == "yaml":
+        comments = count_comments(text)
+        if comments:
+            err.print(f"[red]✗[/] {file}: has {comments} comment(s), which a YAML rewrite cannot "
+                      "keep; not formatted (nothing was changed)")
+            raise typer.Exit(1)
         formatted = format_yaml(result.spec)
     else:
         formatted = format_spec(result.spec, find_comments(text))
@@ -120,13 +126,17 @@ def convert(file: Path = typer.Argument(..., help="A spec file."),
             ) -> None:
     """Write a spec in the other syntax (same model: converting back gives the same spec)."""
     result, text = _model_of(file)
-    comments = find_comments(text) if syntax_of(str(file)) == "scpo" else []
+    from_yaml = syntax_of(str(file)) == "yaml"
+    comments = [] if from_yaml else find_comments(text)
     if to == Syntax.yaml:
         converted = format_yaml(result.spec)
-        if comments:
-            err.print(f"[yellow]note:[/] {len(comments)} comment(s) are not carried into YAML")
+        lost = count_comments(text) if from_yaml else len(comments)
     else:
         converted = format_spec(result.spec, comments)
+        lost = count_comments(text) if from_yaml else 0
+    if lost:
+        err.print(f"[yellow]note:[/] {lost} comment(s) are not carried over (YAML comments "
+                  "cannot be read or written)")
     if output is not None:
         output.write_text(converted, encoding="utf-8")
         err.print(f"wrote {output}")

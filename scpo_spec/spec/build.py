@@ -43,7 +43,11 @@ class Builder:
                 self.diag.error(f"{what}: expected a value, got {str(raw).lower()}", value.span)
                 return None
             if isinstance(raw, (int, float)):
-                return E.Num(value=float(raw), span=value.span)
+                try:
+                    number = float(raw)
+                except OverflowError:
+                    number = float("inf")
+                return E.Num(value=number, span=value.span)
             if isinstance(raw, str):
                 line = value.span.line if value.span else 1
                 col = (value.span.column + (1 if value.quoted else 0)) if value.span else 1

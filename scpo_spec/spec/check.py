@@ -388,6 +388,9 @@ class Checker:
     def infer(self, e: E.Node) -> Ty | None:
         """Type of an expression; reports (and returns None for) anything ill-formed."""
         if isinstance(e, E.Num):
+            if not math.isfinite(e.value):
+                self.error("number too large", e.span)
+                return None
             return Ty("num")
         if isinstance(e, E.Name):
             return self._name_type(e)

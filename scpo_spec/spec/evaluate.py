@@ -11,6 +11,7 @@ from scpo_spec.spec import expr as E
 from scpo_spec.spec.source import Span
 
 BUILTIN_CONSTANTS = {"pi": math.pi}
+MAX_SIZE = 1000  # the largest vector length or matrix side a spec may build
 
 
 class EvalError(Exception):
@@ -36,11 +37,15 @@ def _shape_words(x: np.ndarray) -> str:
 def _diag(args, span):
     values = [np.asarray(a) for a in args]
     if len(values) == 1 and values[0].ndim == 1:
+        if values[0].shape[0] > MAX_SIZE:
+            raise EvalError(f"diag of more than {MAX_SIZE} numbers", span)
         return np.diag(values[0])
     if any(v.ndim != 0 for v in values):
         raise EvalError("diag takes numbers, diag(1, 2), or one vector, diag([1, 2])", span)
     if not values:
         raise EvalError("diag needs at least one number", span)
+    if len(values) > MAX_SIZE:
+        raise EvalError(f"diag of more than {MAX_SIZE} numbers", span)
     return np.diag(np.array(values, dtype=np.float64))
 
 
@@ -48,8 +53,8 @@ def _eye(args, span):
     if len(args) != 1 or np.asarray(args[0]).ndim != 0:
         raise EvalError("eye takes one size, eye(2)", span)
     n = float(args[0])
-    if n != int(n) or not 1 <= n <= 10_000:
-        raise EvalError(f"eye needs a whole size between 1 and 10000, got {n:g}", span)
+    if n != int(n) or not 1 <= n <= MAX_SIZE:
+        raise EvalError(f"eye needs a whole size between 1 and {MAX_SIZE}, got {n:g}", span)
     return np.eye(int(n))
 
 

@@ -221,6 +221,7 @@ def unparse(e: Node) -> str:
             if e.postfix:
                 return f"{wrap(e.body, _PREC['compare'])} at final"
             return f"at final {wrap(e.body, _PREC['temporal'])}"
-        window = f"[{unparse(e.window.start)}:{unparse(e.window.end)}]" if e.window else ""
+        window = (f"[{wrap(e.window.start, _PREC['+'])}:{wrap(e.window.end, _PREC['+'])}]"
+                  if e.window else "")
         return f"{e.op}{window} {wrap(e.body, _PREC['temporal'])}"
     raise TypeError(f"cannot unparse {type(e).__name__}")

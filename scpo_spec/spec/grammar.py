@@ -12,7 +12,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from scpo_spec.spec.diagnostics import Diagnostic, did_you_mean
 from scpo_spec.spec.source import Source, Span
 
-MAX_DEPTH = 64          # nesting beyond this is refused with a diagnostic (no recursion blow-ups)
+MAX_DEPTH = 200         # nesting beyond this is refused with a diagnostic (no recursion blow-ups)
 MAX_BYTES = 4 * 2**20   # a spec is a page of text, not megabytes
 
 SECTION_WORDS = ("spec", "const", "system", "backup", "policy", "scenarios", "constraint",

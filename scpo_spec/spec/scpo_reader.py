@@ -27,7 +27,7 @@ class Comment:
 def find_comments(text: str) -> list[Comment]:
     """Every `# …` comment (outside strings); strings never span lines, so a line scan is exact."""
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # lark counts '\n' only
         in_string, escaped = False, False
         for col, ch in enumerate(line):
             if in_string:

@@ -39,9 +39,9 @@ class Source:
 
     def line(self, number: int) -> str:
         if not self._lines:
-            self._lines = self.text.splitlines() or [""]
+            self._lines = self.text.split("\n")  # as lark counts lines
         if 1 <= number <= len(self._lines):
-            return self._lines[number - 1]
+            return self._lines[number - 1].rstrip("\r")
         return ""
 
     def span_at(self, offset: int, length: int = 1) -> Span:

@@ -9,6 +9,8 @@ from scpo_spec.spec.document import Entry, Map, Scalar, Seq, Value
 from scpo_spec.spec.grammar import MAX_DEPTH
 from scpo_spec.spec.source import Source, Span
 
+MAX_NODES = 100_000  # YAML aliases can expand exponentially ("billion laughs")
+
 
 def _span(source: Source, node: yaml.Node) -> Span:
     start, end = node.start_mark, node.end_mark
@@ -21,8 +23,16 @@ class _Convert:
         self.source = source
         self.constructor = yaml.SafeLoader("")
         self.errors: list[Diagnostic] = []
+        self.budget = MAX_NODES
 
     def value(self, node: yaml.Node, depth: int = 0) -> Value | None:
+        self.budget -= 1
+        if self.budget < 0:
+            if self.budget == -1:
+                self.errors.append(Diagnostic(
+                    message=f"the document expands to more than {MAX_NODES} values "
+                            "(aliases repeated inside aliases?)", span=_span(self.source, node)))
+            return None
         if depth > MAX_DEPTH:
             self.errors.append(Diagnostic(message=f"nesting is too deep (more than {MAX_DEPTH} "
                                                   "levels)", span=_span(self.source, node)))
@@ -82,3 +92,23 @@ def read_yaml(source: Source) -> tuple[Map | None, list[Diagnostic]]:
     convert = _Convert(source)
     doc = convert.value(root)
     return doc, convert.errors
+
+
+def count_comments(text: str) -> int:
+    """How many `# …` comments a YAML text holds (outside quoted scalars).
+
+    PyYAML drops comments, so `fmt` and `convert` use this to refuse or warn instead of
+    silently losing them."""
+    count = 0
+    for line in text.split("\n"):
+        quote = None
+        for i, ch in enumerate(line):
+            if quote:
+                if ch == quote:
+                    quote = None
+            elif ch in "'\"" and (i == 0 or line[i - 1] in " \t[{,:-"):
+                quote = ch
+            elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
+                count += 1
+                break
+    return count
