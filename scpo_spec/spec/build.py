@@ -4,6 +4,7 @@ ranges are left to check.py."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from scpo_spec.spec import expr as E
@@ -34,7 +35,18 @@ class Builder:
 
     # ------------------------------------------------------------------ value converters
     def expr(self, value: Value, what: str) -> E.Node | None:
-        """Any value as an expression tree (YAML strings are parsed here, in place)."""
+        """Any value as an expression tree (YAML strings are parsed here, in place); a literal
+        beyond float range is an error here, so no later stage ever sees an infinite number."""
+        tree = self._expr(value, what)
+        if tree is not None:
+            for node in E.walk(tree):
+                if isinstance(node, E.Num) and not math.isfinite(node.value):
+                    self.diag.error("number too large", node.span,
+                                    "numbers must fit a 64-bit float (about 1.8e308)")
+                    return None
+        return tree
+
+    def _expr(self, value: Value, what: str) -> E.Node | None:
         if isinstance(value, Scalar):
             if value.expr is not None:
                 return value.expr
@@ -58,7 +70,7 @@ class Builder:
             self.diag.error(f"{what}: unsupported value {raw!r}", value.span)
             return None
         if isinstance(value, Seq):
-            items = [self.expr(i, what) for i in value.items]
+            items = [self._expr(i, what) for i in value.items]
             if any(i is None for i in items):
                 return None
             return E.Vector(items=items, span=value.span)
@@ -361,6 +373,7 @@ class Builder:
         if absent:
             self.diag.error(f"{section} is missing its {' and '.join(absent)}", item.span)
         if "name" not in values or "formula" not in values:
+            self.failed.add("properties")
             return None
         return M.Property(section=section, span=item.span, **values)
 

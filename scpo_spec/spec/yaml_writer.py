@@ -116,7 +116,9 @@ def format_yaml(spec: M.Spec) -> str:
     data = to_yaml_data(spec)
     parts = []
     for key, value in data.items():  # top-level sections as blocks, separated by blank lines
-        text = yaml.dump(_Block({key: value}), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+        # allow_unicode=False: non-ASCII is escaped, so no character (U+0085, U+2028, …) can be
+        # read back by YAML as a line break
+        text = yaml.dump(_Block({key: value}), Dumper=_Dumper, sort_keys=False, allow_unicode=False,
                          width=100, default_flow_style=False)
         parts.append(text)
     return "\n".join(parts)
