@@ -15,6 +15,7 @@ from scpo_spec.spec.diagnostics import render, to_json
 from scpo_spec.spec.format import format_spec
 from scpo_spec.spec.load import CheckResult, check_file, parse_model, read_source, syntax_of
 from scpo_spec.spec.scpo_reader import find_comments
+from scpo_spec.spec.source import Source
 from scpo_spec.spec.yaml_reader import count_comments
 from scpo_spec.spec.yaml_writer import format_yaml
 
@@ -75,7 +76,6 @@ def _model_of(file: Path) -> tuple[CheckResult, str]:
         _usage(f"no such file: {file}")
     source, problems = read_source(file)
     if source is None:
-        from scpo_spec.spec.source import Source
         r = CheckResult(Source(path=str(file), text=""), None, problems)
         _report([r])
         raise typer.Exit(1)
