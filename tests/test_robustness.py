@@ -1093,3 +1093,15 @@ def test_fixed_yaml_writer_nel_in_string():
     spec = parse_model(text, path="n.scpo").spec
     twin = parse_model(format_yaml(spec), path="n.yaml")
     assert twin.ok and twin.spec.title.value == "a\x85b"
+
+
+def test_fixed_duplicate_initial_range_is_a_build_error():
+    """A duplicated `initial` range is refused when the model is built, so `convert` cannot
+    turn it into a different, valid YAML twin (was: a check error only; the YAML mapping kept
+    one of the two)."""
+    text = READY_SCPO.replace("    initial velocity",
+                              "    initial position in [-1, 1]\n    initial velocity", 1)
+    assert text != READY_SCPO
+    parsed = parse_model(text, path=str(SCPO_SPECS[0]))
+    assert not parsed.ok
+    assert [d.message for d in parsed.diagnostics] == ["duplicate initial range for 'position'"]

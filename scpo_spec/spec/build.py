@@ -390,7 +390,14 @@ class Builder:
         others = Map(span=block.span, entries=[])
         for entry in block.entries:
             if entry.key == "initial":
-                initial.extend(self._initial(entry))
+                for rng in self._initial(entry):
+                    first = next((r for r in initial if r.signal.name == rng.signal.name), None)
+                    if first is not None:  # a build error: the YAML twin (a mapping) could not
+                        self.diag.error(   # hold both, so fmt/convert must refuse, not drop one
+                            f"duplicate initial range for '{rng.signal.name}'", rng.signal.span,
+                            f"first given at line {first.span.line}" if first.span else None)
+                    else:
+                        initial.append(rng)
             else:
                 others.entries.append(entry)
         q = self.quantity

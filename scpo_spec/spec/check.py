@@ -310,9 +310,6 @@ class Checker:
                 self.error("gymnasium scenarios start from env.reset(seed); `initial` ranges "
                            "do not apply", rng.span)
                 continue
-            if name in given:
-                self.error(f"duplicate initial range for '{name}'", rng.signal.span)
-                continue
             if name in self.inputs:
                 self.error(f"'{name}' is an input; initial ranges are for states",
                            rng.signal.span)
