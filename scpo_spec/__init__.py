@@ -1,13 +1,21 @@
 """scpo-spec: train neural policies that never leave a safe operating regime.
 
 The data flow is one-way: text → parse → model → check → compile → engine → audit → report.
-This package currently provides the first half: the `.scpo`/YAML language, its typed model and
-the checks (`scpo check`).
+`load_spec` gives the checked model of a spec; `load_run` gives a trained run back (its spec and
+its policy as a torch module).  torch is imported only when a run is loaded.
 """
 
 from scpo_spec.spec.load import load_spec, check_text, check_file
 from scpo_spec.spec.diagnostics import Diagnostic, SpecError
 from scpo_spec.spec.model import Spec
 
-__all__ = ["load_spec", "check_text", "check_file", "Diagnostic", "SpecError", "Spec"]
+
+
+def load_run(run_dir):
+    """A run directory → `Run` with `.spec` and `.policy` (float64 (N, n) → (N, m))."""
+    from scpo_spec.engine.run import load_run as _load_run
+    return _load_run(run_dir)
+
+
+__all__ = ["load_run", "load_spec", "check_text", "check_file", "Diagnostic", "SpecError", "Spec"]
 __version__ = "0.1.0"

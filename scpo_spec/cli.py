@@ -43,6 +43,8 @@ def _report(results: list[CheckResult], console: Console = err) -> None:
 @app.command()
 def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml, .yml)."),
           as_json: bool = typer.Option(False, "--json", help="Print diagnostics as JSON."),
+          rollout: bool = typer.Option(False, "--rollout",
+                                       help="Also evaluate g(θ₀): can training start?"),
           ) -> None:
     """Check spec files: syntax, names, shapes, ranges, formulas, data files, environments."""
     missing = [f for f in files if not f.exists()]
@@ -68,7 +70,45 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
                           f"{extra}")
         if len(results) > 1:
             out.print(f"{len(results) - len(failed)} of {len(results)} specs are valid")
+    if rollout and not as_json:
+        for r, f in zip(results, files):
+            if r.ok and not _rollout_check(r, f):
+                failed.append(r)
     raise typer.Exit(1 if failed else 0)
+
+
+def _rollout_check(result: CheckResult, file: Path) -> bool:
+    """Evaluate every metric at θ₀ and say whether training may start."""
+    from rich.table import Table
+
+    compiled = _compile_or_exit(result, file)
+    g = compiled.evaluator(compiled.family.theta0[None])[0].tolist()
+    table = Table(title=f"{file}: g(θ₀) on {compiled.evaluator.x0.shape[0]} scenarios, "
+                        f"horizon {compiled.evaluator.horizon}")
+    for col in ("metric", "g(θ₀)", "needs ≤", "", "where"):
+        table.add_column(col)
+    safe = True
+    for m, v in zip(compiled.metrics, g):
+        ok = v <= -m.margin
+        safe &= ok
+        table.add_row(m.name, f"{v:.6g}", f"{-m.margin:g}", "[green]✓[/]" if ok else "[red]✗[/]",
+                      m.location)
+    out.print(table)
+    if safe:
+        out.print(f"[green]✓[/] {file}: θ₀ is safe; training can start")
+    else:
+        out.print(f"[red]✗[/] {file}: θ₀ violates a metric; training would refuse to start")
+    return safe
+
+
+def _compile_or_exit(result: CheckResult, file: Path):
+    from scpo_spec.compile.problem import compile_spec
+    from scpo_spec.policies.backup import BackupError
+    try:
+        return compile_spec(result.spec, file.resolve().parent)
+    except BackupError as e:
+        err.print(f"[red]error:[/] {file}: {e}")
+        raise typer.Exit(1)
 
 
 def _model_of(file: Path) -> tuple[CheckResult, str]:
@@ -142,6 +182,136 @@ def convert(file: Path = typer.Argument(..., help="A spec file."),
         err.print(f"wrote {output}")
     else:
         sys.stdout.write(converted)
+
+
+def _checked(file: Path) -> CheckResult:
+    """A spec that passed `check`, or exit 1 with its diagnostics."""
+    if not file.exists():
+        _usage(f"no such file: {file}")
+    result = check_file(file)
+    if not result.ok:
+        _report([result])
+        err.print(f"[red]✗[/] {file}: fix the errors above first (`scpo check {file}`)")
+        raise typer.Exit(1)
+    return result
+
+
+class Emit(str, Enum):
+    qcqp = "qcqp"
+    metrics = "metrics"
+
+
+@app.command("compile")
+def compile_(file: Path = typer.Argument(..., help="A spec file."),
+             emit: Emit = typer.Option(Emit.qcqp, "--emit",
+                                       help="qcqp: the projection problem; metrics: the metric tree."),
+             ) -> None:
+    """Print what a spec compiles to: the projection QCQP or the metric tree."""
+    from scpo_spec.compile.describe import describe_metric
+    from scpo_spec.compile.projection import ProjectionTemplate, SolverUnavailable
+    result = _checked(file)
+    compiled = _compile_or_exit(result, file)
+    s, ev = compiled.settings, compiled.evaluator
+    if emit == Emit.metrics:
+        consts = {c.name: c.value.value for c in result.spec.consts}
+        states = [x.name for x in result.spec.system.states]
+        inputs = [x.name for x in result.spec.system.inputs]
+        tau = s.tau if s.aggregate == "smooth" else None
+        out.print(f"{len(ev.metrics)} metrics over {ev.x0.shape[0]} scenarios, horizon "
+                  f"{ev.horizon} (states t = 0…{ev.horizon}, inputs t = 0…{ev.horizon - 1}); "
+                  "safe iff g ≤ −margin", markup=False)
+        for m, prop in zip(ev.metrics, result.spec.properties):
+            out.print(f"\n{m.section} {m.name}   {m.location}", markup=False)
+            out.print(f"  as written : {m.formula}", markup=False)
+            out.print("  compiled   : g = " + describe_metric(prop.formula, consts, states, inputs,
+                                                          ev.horizon, tau), markup=False)
+            ell = "estimated" if m.smoothness is None else f"{m.smoothness:g}"
+            out.print(f"  margin {m.margin:g}   smoothness ℓ = {ell}"
+                      + (f"   lipschitz {m.lipschitz:g}" if m.lipschitz else ""), markup=False)
+        return
+    n = 2 + s.directions
+    try:
+        template = ProjectionTemplate(len(ev.metrics), n, compiled.family.d, s.radius,
+                                      ev.margins, ev.names, s.solver)
+    except SolverUnavailable as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1)
+    kinds = ["s (raw step)", "previous update", f"{s.directions} probes (ν = {s.perturbation:g})"]
+    out.print(f"QCQP of {file} (d = {compiled.family.d} weights, k = {len(ev.metrics)} metrics, "
+              f"n = {n} candidates)\n", markup=False)
+    out.print(template.describe(kinds, [m.smoothness for m in ev.metrics],
+                                [m.location for m in ev.metrics]), markup=False)
+
+
+@app.command()
+def train(file: Path = typer.Argument(..., help="A spec file."),
+          out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory "
+                                                 "(default runs/NAME; never overwritten)."),
+          steps: Optional[int] = typer.Option(None, "--steps", min=0,
+                                              help="Total steps (default: the spec's)."),
+          resume: bool = typer.Option(False, "--resume",
+                                      help="Continue the run in --out from its last step."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+          ) -> None:
+    """Train with SCPO: every accepted iterate certified and verified safe, every step logged."""
+    from scpo_spec.compile.projection import SolverUnavailable
+    from scpo_spec.engine.progress import TrainingProgress
+    from scpo_spec.engine.run import RunError, train as run_training
+    from scpo_spec.engine.train import UnsafeStart
+    from scpo_spec.policies.backup import BackupError
+    result = _checked(file)
+    progress = TrainingProgress(err, enabled=not quiet)
+    progress.total = steps if steps is not None else int(result.spec.train.steps)
+    try:
+        with progress:
+            res = run_training(file, result.spec, result.source.text, out=out_dir, steps=steps,
+                               resume=resume, on_start=progress.start, on_step=progress.update)
+    except UnsafeStart as e:
+        err.print("[red]error:[/] training refuses to start: the initial policy θ₀ violates "
+                  "a safety metric on the scenarios")
+        for name, value, margin, loc in e.violated:
+            err.print(f"  {loc or file}: '{name}' = {value:.6g}, must be ≤ {-margin:g}")
+        err.print("  hint: start from a safe policy (e.g. `residual = backup` or `init = backup`) "
+                  "or revisit the bounds")
+        raise typer.Exit(1)
+    except (RunError, SolverUnavailable, BackupError) as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: everything up to the last step is logged; continue "
+                  f"with `scpo train {file} --out RUN --resume`")
+        raise typer.Exit(130)
+    progress.summary(out, res)
+    raise typer.Exit(0 if res.ended == "completed" else 1)
+
+
+@app.command()
+def audit(run: Path = typer.Argument(..., help="A run directory."),
+          as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+          ) -> None:
+    """Re-verify a run from its log alone: the hash chain and every certificate (no torch)."""
+    from scpo_spec.audit.verify import audit_run
+    if not run.is_dir():
+        _usage(f"not a run directory: {run}")
+    res = audit_run(run)
+    if as_json:
+        sys.stdout.write(json.dumps(res.as_dict(), indent=2) + "\n")
+    else:
+        mark = lambda ok: "[green]✓[/]" if ok else "[red]✗[/]"  # noqa: E731
+        out.print(f"{mark(res.chain_ok)} hash chain ({res.steps} steps; head {res.head[:16]}…)")
+        out.print(f"{mark(res.certificates_ok)} certificates recomputed from the log")
+        out.print(f"{mark(res.accepted_violations == 0)} accepted iterates violating a metric: "
+                  f"{res.accepted_violations}")
+        out.print(f"  accepted {res.accepted}, rejected {res.rejected}, refutations "
+                  f"{res.refutations}; loss {res.loss_first:.6g} → {res.loss_last:.6g}"
+                  if res.loss_first is not None else "  no initial record")
+        for name, v in res.worst.items():
+            out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
+        for p in res.problems:
+            out.print("problem: " + p, markup=False, style="red")
+        out.print(("[green]audit passed[/]" if res.ok else "[red]audit FAILED[/]")
+                  + f": {run}")
+    raise typer.Exit(0 if res.ok else 1)
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -1,0 +1,102 @@
+"""RolloutEvaluator: a batch of C weight vectors → their k safety metrics, in one batched torch
+computation over candidates × scenarios × steps (float64, no autograd: the metrics are only ever
+evaluated, never differentiated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scpo_spec.compile.signals import Compiled, Trace
+from scpo_spec.policies.policy import PolicyFamily
+from scpo_spec.systems.dynamics import Dynamics
+
+DTYPE = torch.float64
+
+
+@dataclass
+class Metric:
+    """One compiled safety metric g_i(θ) ≤ 0."""
+
+    name: str
+    section: str          # constraint | stability
+    formula: str          # as written (unparsed)
+    margin: float
+    smoothness: float | None
+    lipschitz: float | None
+    per_scenario: Compiled  # Trace → violation (C, S, 1, 1)
+    location: str = ""    # FILE:LINE
+
+
+class RolloutEvaluator:
+    """Rolls C candidates out on S scenarios for T steps and reduces the k metrics."""
+
+    def __init__(self, dynamics: Dynamics, family: PolicyFamily, metrics: list[Metric],
+                 initial_states: np.ndarray, horizon: int, reducer):
+        self.dynamics, self.family, self.metrics = dynamics, family, metrics
+        self.x0 = torch.as_tensor(initial_states, dtype=DTYPE)
+        self.horizon = horizon
+        self.reducer = reducer
+        self.needs_spectral = any("spectral_radius" in m.formula for m in metrics)
+        if self.needs_spectral:
+            A, B = dynamics.linearisation()
+            self._A = torch.as_tensor(A, dtype=DTYPE)
+            self._B = torch.as_tensor(B, dtype=DTYPE)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.metrics]
+
+    @property
+    def margins(self) -> np.ndarray:
+        return np.array([m.margin for m in self.metrics], dtype=np.float64)
+
+    def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """States (C, S, T+1, n) and inputs (C, S, T, m); differentiable if called with grad."""
+        x0 = self.x0 if x0 is None else x0
+        C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
+        x = x0.expand(C, S, n)
+        states, inputs = [x], []
+        for _ in range(T):
+            u = self.family.forward(thetas, x)
+            x = self.dynamics.step(x, u)
+            states.append(x)
+            inputs.append(u)
+        return torch.stack(states, dim=2), torch.stack(inputs, dim=2).reshape(C, S, T, m)
+
+    def spectral_radius(self, thetas: torch.Tensor) -> torch.Tensor:
+        """ρ(A + B ∂π/∂x(0)) per candidate (C,)."""
+        J = self.family.jacobian_at_origin(thetas)
+        closed = self._A + self._B @ J
+        return torch.linalg.eigvals(closed).abs().amax(dim=1)
+
+    @torch.no_grad()
+    def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
+        """Violations (C, S, k) before the max over scenarios; +inf for a scenario whose rollout
+        left the finite numbers (NaN/inf is unsafe, never accepted)."""
+        thetas = torch.as_tensor(thetas, dtype=DTYPE)
+        X, U = self.rollout(thetas, x0)
+        trace = Trace(X, U, self.spectral_radius(thetas) if self.needs_spectral else None)
+        S = X.shape[1]
+        cols = []
+        for metric in self.metrics:
+            v = metric.per_scenario(trace).t  # (C|1, S|1, 1, 1)
+            cols.append(v.reshape(v.shape[0], v.shape[1]).expand(thetas.shape[0], S))
+        h = torch.stack(cols, dim=2)
+        finite = torch.isfinite(X).flatten(2).all(2) & torch.isfinite(U).flatten(2).all(2)
+        h = torch.where(finite.unsqueeze(2) & torch.isfinite(h), h, torch.inf)
+        if trace.spectral_radius is not None:  # a non-finite linearisation is unsafe too
+            bad = ~torch.isfinite(trace.spectral_radius)
+            h = torch.where(bad.view(-1, 1, 1), torch.inf, h)
+        return h
+
+    @torch.no_grad()
+    def __call__(self, thetas: torch.Tensor) -> torch.Tensor:
+        """Metrics (C, k): the max over scenarios of each per-scenario violation (smooth
+        upper bound under `aggregate smooth(τ)`); +inf where any number was not finite."""
+        h = self.per_scenario(thetas)
+        g = self.reducer.max(h, 1).squeeze(1)
+        return torch.where(torch.isfinite(g), g, torch.inf)

@@ -1,0 +1,116 @@
+"""The training objective L(θ), differentiable with autograd (unlike the safety metrics).
+
+- imitation: the expert's actions on states drawn once from the spec's distribution;
+- regression: the CSV data (path relative to the spec);
+- cost: Σ_t stage(x_t, u_t) + terminal(x_T) along the rollouts of the training scenarios,
+  averaged over scenarios (a differentiable rollout).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from scpo_spec.compile.signals import ExpressionCompiler, Trace
+from scpo_spec.spec.model import (CostObjective, ImitationObjective, NormalStates,
+                                  RegressionObjective, Spec)
+
+DTYPE = torch.float64
+
+LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
+
+
+class Objective:
+    """L(θ) for one weight vector θ (d,); `describe` says what it is in one line."""
+
+    describe = ""
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SupervisedObjective(Objective):
+    """loss(π_θ(X), Y) on a fixed data set: imitation and regression."""
+
+    def __init__(self, family, X: np.ndarray, Y: np.ndarray, loss: str, describe: str):
+        self.family = family
+        self.X = torch.as_tensor(X, dtype=DTYPE).unsqueeze(0)
+        self.Y = torch.as_tensor(Y, dtype=DTYPE).unsqueeze(0)
+        self.loss = LOSSES[loss]
+        self.describe = describe
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.family.forward(theta.unsqueeze(0), self.X), self.Y)
+
+
+class CostRollout(Objective):
+    """Mean over the training scenarios of Σ_t stage + terminal, through a differentiable rollout."""
+
+    def __init__(self, evaluator, stage, terminal, describe: str):
+        self.evaluator, self.stage, self.terminal = evaluator, stage, terminal
+        self.describe = describe
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        X, U = self.evaluator.rollout(theta.unsqueeze(0))
+        trace = Trace(X, U)
+        total = torch.zeros((), dtype=DTYPE)
+        if self.stage is not None:
+            total = total + self.stage(trace).t.sum(dim=(2, 3)).mean()
+        if self.terminal is not None:
+            total = total + self.terminal(trace).t[:, :, -1].sum(dim=-1).mean()
+        return total
+
+
+class DataError(Exception):
+    """The objective's data file cannot be read (check reports this with a location first)."""
+
+
+def read_columns(path: Path, names: list[str]) -> np.ndarray:
+    """The named columns of a CSV file with a header row, as float64 (rows, len(names))."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header = [h.strip() for h in rows[0]]
+    try:
+        idx = [header.index(n) for n in names]
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from None
+    body = [r for r in rows[1:] if any(c.strip() for c in r)]
+    return np.array([[float(r[i]) for i in idx] for r in body], dtype=np.float64)
+
+
+def make_objective(spec: Spec, family, evaluator, compiler: ExpressionCompiler,
+                   base_dir: Path) -> Objective:
+    obj = spec.objective
+    if isinstance(obj, ImitationObjective):
+        n = family.n
+        seed = int(obj.seed) if obj.seed is not None else 0
+        rng = np.random.default_rng(seed)
+        count = int(obj.count)
+        dist = obj.states
+        if isinstance(dist, NormalStates):
+            X = rng.normal(dist.mean.array(), dist.std.array(), size=(count, n))
+        else:
+            X = rng.uniform(dist.low.array(), dist.high.array(), size=(count, n))
+        K = obj.expert.K.array().reshape(family.m, n)
+        bias = obj.expert.bias.array().reshape(-1) if obj.expert.bias is not None else 0.0
+        Y = X @ K.T + bias
+        loss = obj.loss.name if obj.loss else "mse"
+        return SupervisedObjective(family, X, Y, loss,
+                                   f"imitation of a linear expert, {loss} on {count} states")
+    if isinstance(obj, RegressionObjective):
+        path = (base_dir / obj.data.value).resolve()
+        X = read_columns(path, [s.name for s in obj.inputs])
+        Y = read_columns(path, [s.name for s in obj.targets])
+        loss = obj.loss.name if obj.loss else "mse"
+        return SupervisedObjective(family, X, Y, loss,
+                                   f"regression, {loss} on {len(X)} rows of {obj.data.value}")
+    if isinstance(obj, CostObjective):
+        stage = compiler.value(obj.stage) if obj.stage is not None else None
+        terminal = compiler.value(obj.terminal) if obj.terminal is not None else None
+        return CostRollout(evaluator, stage, terminal,
+                           "rollout cost (Σ stage + terminal, mean over scenarios)")
+    raise NotImplementedError(f"objective kind '{obj.kind}'")

@@ -1,0 +1,114 @@
+"""Everything the engine needs from a checked spec, built once: the plant, the backup, the
+policy family and θ₀, the rollout evaluator for the k metrics, the objective and the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scpo_spec.compile.evaluator import Metric, RolloutEvaluator
+from scpo_spec.compile.objective import Objective, make_objective
+from scpo_spec.compile.scenarios import holdout_states, training_states
+from scpo_spec.compile.signals import ExpressionCompiler, Reducer
+from scpo_spec.policies.backup import Backup, make_backup
+from scpo_spec.policies.policy import PolicyFamily, make_policy
+from scpo_spec.spec.expr import unparse
+from scpo_spec.spec.model import TRAIN_DEFAULTS, Spec
+from scpo_spec.systems.dynamics import Dynamics, make_dynamics
+
+
+@dataclass
+class Settings:
+    """The `train` section with its defaults filled in."""
+
+    steps: int
+    optimizer: str
+    lr: float
+    momentum: float
+    directions: int
+    perturbation: float
+    radius: float
+    margin: float
+    solver: str
+    seed: int
+    on_violation: str
+    aggregate: str
+    tau: float | None
+    backtrack: str
+    smoothness: str
+
+    @classmethod
+    def of(cls, spec: Spec) -> Settings:
+        t = spec.train
+        ident = lambda node, key: node.name if node is not None else TRAIN_DEFAULTS[key]  # noqa: E731
+        opt = t.optimizer
+        return cls(steps=int(t.steps), optimizer=opt.kind, lr=float(opt.lr),
+                   momentum=float(getattr(opt, "momentum", None) or 0.0),
+                   directions=int(t.directions), perturbation=float(t.perturbation),
+                   radius=float(t.radius), margin=float(t.margin),
+                   solver=ident(t.solver, "solver"), seed=int(t.seed) if t.seed is not None else 0,
+                   on_violation=ident(t.on_violation, "on_violation"),
+                   aggregate=t.aggregate.kind if t.aggregate is not None else "hard",
+                   tau=float(t.aggregate.tau) if t.aggregate is not None and t.aggregate.tau
+                   is not None else None,
+                   backtrack=ident(t.backtrack, "backtrack"),
+                   smoothness=ident(t.smoothness, "smoothness"))
+
+
+@dataclass
+class CompiledSpec:
+    spec: Spec
+    settings: Settings
+    dynamics: Dynamics
+    backup: Backup | None
+    family: PolicyFamily
+    evaluator: RolloutEvaluator
+    objective: Objective
+    compiler: ExpressionCompiler = field(repr=False)
+
+    @property
+    def metrics(self) -> list[Metric]:
+        return self.evaluator.metrics
+
+    def holdout_evaluator(self, count: int | None = None) -> RolloutEvaluator:
+        """The same metrics on the spec's fresh holdout scenarios."""
+        ev = self.evaluator
+        return RolloutEvaluator(ev.dynamics, ev.family, ev.metrics, holdout_states(self.spec, count),
+                                ev.horizon, ev.reducer)
+
+
+def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
+    """Compile a spec that passed `check` (its data paths are relative to `base_dir`)."""
+    settings = Settings.of(spec)
+    dynamics = make_dynamics(spec)
+    backup = make_backup(spec, dynamics)
+    family = make_policy(spec, dynamics.n, dynamics.m, backup)
+    consts = {c.name: c.value.value for c in spec.consts}
+    tau = settings.tau if settings.aggregate == "smooth" else None
+    compiler = ExpressionCompiler([s.name for s in spec.system.states],
+                                  [s.name for s in spec.system.inputs], consts,
+                                  backup.P if backup is not None else None, Reducer(tau))
+    metrics = []
+    for prop in spec.properties:
+        span = prop.name.span
+        metrics.append(Metric(
+            name=prop.name.name, section=prop.section, formula=unparse(prop.formula),
+            margin=float(prop.margin) if prop.margin is not None else settings.margin,
+            smoothness=float(prop.smoothness) if prop.smoothness is not None else None,
+            lipschitz=float(prop.lipschitz) if prop.lipschitz is not None else None,
+            per_scenario=compiler.formula(prop.formula),
+            location=f"{span.file}:{span.line}" if span is not None else ""))
+    horizon = int(spec.scenarios.horizon)
+    evaluator = RolloutEvaluator(dynamics, family, metrics, training_states(spec), horizon,
+                                 compiler.reduce)
+    base = base_dir if base_dir is not None else (
+        Path(spec.path).resolve().parent if spec.path else Path.cwd())
+    objective = make_objective(spec, family, evaluator, compiler, base)
+    return CompiledSpec(spec, settings, dynamics, backup, family, evaluator, objective, compiler)
+
+
+def theta_array(theta: torch.Tensor) -> np.ndarray:
+    return theta.detach().cpu().numpy().astype(np.float64, copy=False)

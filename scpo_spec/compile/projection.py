@@ -1,0 +1,140 @@
+"""ProjectionTemplate: the QCQP of ALGORITHM.md step 5 as a cvxpy DPP problem, built once per spec.
+
+    minimise    ‖Rξ − Qᵀs‖²                               (= ‖Dξ − s‖², s is a column of D)
+    subject to  g0_i + E_i ξ + ‖R_i ξ‖² + w_iᵀ|ξ| ≤ −margin_i     i = 1..k
+                ‖Rξ‖ ≤ r
+
+with D = QR, E_i = G_i − g0_i·1ᵀ, R_i = √(ℓ_i/2)·R and w_i = (ℓ_i/2)·diag(S): ℓ is folded into
+the parameters so the problem stays DPP, and each step is a re-solve with new parameter values.
+The certificate itself is recomputed in float64 numpy from (g0, G, S, ℓ, ξ) — the numbers the
+audit log keeps — never taken from the solver.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import cvxpy as cp
+import numpy as np
+
+SOLVERS = {"clarabel": "CLARABEL", "gurobi": "GUROBI", "scs": "SCS"}
+
+
+class SolverUnavailable(Exception):
+    """The spec names a solver that is not installed."""
+
+
+def certificate(g0: np.ndarray, G: np.ndarray, S: np.ndarray, ell: np.ndarray,
+                xi: np.ndarray) -> np.ndarray:
+    """The upper bound of ALGORITHM.md step 4 on g_i(θ + Dξ), per metric (k,)."""
+    quad = float(xi @ S @ xi) + float(np.abs(xi) @ np.diag(S))
+    return (1.0 - xi.sum()) * g0 + G @ xi + 0.5 * ell * quad
+
+
+def certified_scale(g0, G, S, ell, xi, bound) -> float:
+    """The largest α ∈ [0, 1] with certificate(αξ) ≤ bound (the region is convex and holds 0):
+    repairs a solver answer that is feasible only to its tolerance."""
+    if np.all(certificate(g0, G, S, ell, xi) <= bound):
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if np.all(certificate(g0, G, S, ell, mid * xi) <= bound):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class Solution:
+    status: str
+    xi: np.ndarray | None
+    solve_time: float
+    objective: float | None
+
+
+class ProjectionTemplate:
+    """The DPP problem for k metrics, n candidates and d weights (R has min(d, n) rows)."""
+
+    def __init__(self, k: int, n: int, d: int, radius: float, margins: np.ndarray,
+                 names: list[str], solver: str = "clarabel"):
+        self.k, self.n, self.d, self.radius = k, n, d, radius
+        self.names, self.margins = names, np.asarray(margins, dtype=np.float64)
+        self.solver_name = solver
+        self.solver = SOLVERS[solver]
+        if self.solver not in cp.installed_solvers():
+            extra = " (pip install 'scpo-spec[gurobi]')" if solver == "gurobi" else ""
+            raise SolverUnavailable(f"solver '{solver}' is not installed{extra}; installed: "
+                                    + ", ".join(s.lower() for s in cp.installed_solvers()))
+        rows = min(d, n)
+        self.rows = rows
+        self.g0 = cp.Parameter(k, name="g0")
+        self.E = cp.Parameter((k, n), name="E")
+        self.R = cp.Parameter((rows, n), name="R")
+        self.target = cp.Parameter(rows, name="target")
+        self.R_ell = [cp.Parameter((rows, n), name=f"R_{i}") for i in range(k)]
+        self.w = cp.Parameter((k, n), nonneg=True, name="w")
+        self.xi = cp.Variable(n, name="xi")
+        self.abs_xi = cp.Variable(n, name="abs_xi")
+        self.constraints = [
+            self.g0[i] + self.E[i] @ self.xi + cp.sum_squares(self.R_ell[i] @ self.xi)
+            + self.w[i] @ self.abs_xi <= -self.margins[i]
+            for i in range(k)
+        ]
+        self.constraints += [self.abs_xi >= self.xi, self.abs_xi >= -self.xi,
+                             cp.norm(self.R @ self.xi, 2) <= radius]
+        self.problem = cp.Problem(cp.Minimize(cp.sum_squares(self.R @ self.xi - self.target)),
+                                  self.constraints)
+        assert self.problem.is_dpp()
+
+    def solve(self, g0: np.ndarray, G: np.ndarray, R: np.ndarray, Qt_s: np.ndarray,
+              S: np.ndarray, ell: np.ndarray) -> Solution:
+        """Re-solve with new data; any solver error or non-optimal status gives xi = None."""
+        self.g0.value = g0
+        self.E.value = G - g0[:, None]
+        self.R.value = R
+        self.target.value = Qt_s
+        half = 0.5 * ell
+        for i in range(self.k):
+            self.R_ell[i].value = np.sqrt(half[i]) * R
+        self.w.value = np.maximum(np.outer(half, np.diag(S)), 0.0)
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():  # an inaccurate solve is logged and rejected instead
+                warnings.simplefilter("ignore", UserWarning)
+                self.problem.solve(solver=self.solver)
+            status = str(self.problem.status)
+        except (cp.error.SolverError, ValueError, ArithmeticError) as err:
+            return Solution(f"solver_error: {err}".strip()[:300], None,
+                            time.perf_counter() - start, None)
+        elapsed = time.perf_counter() - start
+        if status != cp.OPTIMAL or self.xi.value is None or not np.all(np.isfinite(self.xi.value)):
+            return Solution(status, None, elapsed, None)
+        return Solution(status, np.asarray(self.xi.value, dtype=np.float64), elapsed,
+                        float(self.problem.value))
+
+    def describe(self, kinds: list[str], ells: list[float | None], locations: list[str]) -> str:
+        """The template as readable math, with the constraint names (`scpo compile --emit qcqp`)."""
+        n, k = self.n, self.k
+        lines = [f"variables   ξ ∈ ℝ^{n}   (one weight per candidate: {', '.join(kinds)})",
+                 f"data        D = [d_1 … d_{n}] ∈ ℝ^({self.d}×{n}) = Q R,  S = DᵀD,  "
+                 f"G ∈ ℝ^({k}×{n}) with G_ij = g_i(θ + d_j),  g0 = g(θ)",
+                 "",
+                 "minimise    ‖R ξ − Qᵀ s‖²                    (= ‖D ξ − s‖², s the raw step)",
+                 "subject to"]
+        width = max(len(nm) for nm in self.names) if self.names else 0
+        for i, name in enumerate(self.names):
+            ell = "estimated" if ells[i] is None else f"{ells[i]:g}"
+            where = f"   {locations[i]}" if locations[i] else ""
+            lines.append(f"  [{name:<{width}}]  (1 − 1ᵀξ)·g0[{i}] + G[{i},:] ξ "
+                         f"+ (ℓ_{i}/2)(ξᵀSξ + diag(S)ᵀ|ξ|) ≤ −{self.margins[i]:g}"
+                         f"   ℓ_{i} = {ell}{where}")
+        lines.append(f"  [{'trust':<{width}}]  ‖R ξ‖ ≤ {self.radius:g}             (‖D ξ‖ ≤ r)")
+        lines += ["",
+                  f"DPP parameters: g0 ({k}), E = G − g0·1ᵀ ({k}×{n}), R ({self.rows}×{n}), "
+                  f"Qᵀs ({self.rows}), R_i = √(ℓ_i/2)·R, w_i = (ℓ_i/2)·diag(S) ≥ 0",
+                  f"solver: {self.solver_name}; built once, re-solved every step"]
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The safe-by-induction training loop of ALGORITHM.md."""

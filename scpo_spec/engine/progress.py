@@ -1,0 +1,61 @@
+"""The rich progress bar of `scpo train` (loss, worst margin, accept rate) and its summary."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class TrainingProgress:
+    def __init__(self, console: Console, enabled: bool = True):
+        self.console, self.enabled = console, enabled
+        self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                 console=console, disable=not enabled, transient=False)
+        self.task = None
+        self.refutations = 0
+        self.names: list[str] = []
+        self.margins = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    total: int | None = None
+
+    def start(self, trainer, state, run_dir) -> None:
+        self.names, self.margins = trainer.ev.names, trainer.margins
+        self.console.print(f"run [bold]{run_dir}[/]: d = {trainer.d} weights, k = {trainer.k} "
+                           f"metrics, n = {trainer.n} candidates/step, "
+                           f"{trainer.ev.x0.shape[0]} scenarios × {trainer.ev.horizon} steps")
+        self.task = self.progress.add_task("train", total=self.total, completed=state.step,
+                                           info=self._info(state))
+
+    def _info(self, state) -> str:
+        worst = max(state.g + self.margins) if len(state.g) else 0.0
+        rate = state.accepted / state.step if state.step else 1.0
+        return (f"loss {state.loss:.4g}  worst g+margin {worst:.3g}  accept {rate:.0%}  "
+                f"refuted {self.refutations}")
+
+    def update(self, report, state) -> None:
+        self.refutations += report.refutations
+        self.progress.update(self.task, completed=state.step, info=self._info(state))
+
+    def summary(self, console: Console, res) -> None:
+        from scpo_spec.audit.verify import audit_run
+        a = audit_run(res.run_dir)
+        table = Table(title=f"{res.run_dir}: {res.ended}")
+        for col in ("metric", "worst over accepted iterates", "needs ≤", "largest ℓ used"):
+            table.add_column(col)
+        for name, m in zip(self.names, self.margins):
+            table.add_row(name, f"{a.worst[name]:.6g}", f"{-m:g}", f"{a.ell_max[name]:g}")
+        console.print(table)
+        console.print(f"steps {a.steps}: accepted {a.accepted}, rejected {a.rejected}, "
+                      f"refutations {a.refutations}, accepted violations "
+                      f"{a.accepted_violations}; loss {a.loss_first:.6g} → {a.loss_last:.6g}")
+        console.print(("[green]audit passed[/]" if a.ok else "[red]audit FAILED[/]")
+                      + f" (re-check with `scpo audit {res.run_dir}`)")

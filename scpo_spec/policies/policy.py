@@ -1,0 +1,167 @@
+"""Policy families: the map from a flat weight vector θ to a controller.
+
+The flat layout is exactly `torch.nn.utils.parameters_to_vector` of the matching torch module
+(per layer: weight row-major, then bias), so a trained θ loads straight into `module()`.  The
+batched forward evaluates C candidate weight vectors on C×B states with one `baddbmm` per layer:
+this is the hot path of every rollout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from scpo_spec.policies.backup import Backup
+from scpo_spec.spec.model import LinearPolicy, MlpPolicy, Spec
+
+DTYPE = torch.float64
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu,
+               "gelu": nn.functional.gelu, "sigmoid": torch.sigmoid,
+               "softplus": nn.functional.softplus, "identity": lambda z: z}
+MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU,
+           "sigmoid": nn.Sigmoid, "softplus": nn.Softplus, "identity": nn.Identity}
+
+
+def _activation_slope(name: str, z: torch.Tensor) -> torch.Tensor:
+    """σ'(z), exactly (used for the policy's Jacobian at the origin)."""
+    if name == "tanh":
+        return 1 - torch.tanh(z) ** 2
+    if name == "relu":
+        return (z > 0).to(z.dtype)
+    if name == "elu":
+        return torch.where(z > 0, torch.ones_like(z), torch.exp(z))
+    if name == "gelu":
+        return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    if name in ("sigmoid", "softplus"):
+        s = torch.sigmoid(z)
+        return s * (1 - s) if name == "sigmoid" else s
+    return torch.ones_like(z)
+
+
+class PolicyModule(nn.Module):
+    """A trained policy as a plain torch module: float64 states (N, n) → actions (N, m)."""
+
+    def __init__(self, net: nn.Module, backup_gain: np.ndarray | None):
+        super().__init__()
+        self.net = net
+        gain = torch.zeros(0) if backup_gain is None else torch.as_tensor(backup_gain, dtype=DTYPE)
+        self.register_buffer("backup_gain", gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.net(x)
+        if self.backup_gain.numel():
+            u = u + x @ self.backup_gain.T
+        return u
+
+
+@dataclass
+class PolicyFamily:
+    """Layers (out, in) of an MLP (one layer, no bias, for a linear policy), an activation
+    between layers, and an optional fixed backup gain added to the output (`residual = backup`)."""
+
+    n: int
+    m: int
+    layers: list[tuple[int, int]]
+    bias: bool
+    activation: str
+    backup_gain: np.ndarray | None
+    theta0: torch.Tensor = field(repr=False)
+
+    def __post_init__(self):
+        self.d = int(self.theta0.numel())
+        self._gain_t = (None if self.backup_gain is None
+                        else torch.as_tensor(self.backup_gain, dtype=DTYPE).T.contiguous())
+        self._act = ACTIVATIONS[self.activation]
+
+    # ---- torch module view ----
+    def module(self, theta: torch.Tensor | None = None) -> PolicyModule:
+        """A torch module holding θ (θ₀ when omitted)."""
+        net = _build_net(self.layers, self.bias, self.activation)
+        theta = self.theta0 if theta is None else torch.as_tensor(theta, dtype=DTYPE)
+        nn.utils.vector_to_parameters(theta.detach().clone(), net.parameters())
+        return PolicyModule(net, self.backup_gain).to(DTYPE)
+
+    # ---- batched functional forward ----
+    def _unpack(self, theta: torch.Tensor):
+        """Views of every layer's weight (C, out, in) and bias (C, 1, out)."""
+        C = theta.shape[0]
+        offset = 0
+        for out, inp in self.layers:
+            W = theta[:, offset:offset + out * inp].view(C, out, inp)
+            offset += out * inp
+            b = None
+            if self.bias:
+                b = theta[:, offset:offset + out].view(C, 1, out)
+                offset += out
+            yield W, b
+
+    def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Actions (C, B, m) of C candidates θ (C, d) on their states x (C, B, n)."""
+        h = x
+        layers = list(self._unpack(theta))
+        for i, (W, b) in enumerate(layers):
+            h = torch.bmm(h, W.transpose(1, 2)) if b is None else torch.baddbmm(b, h, W.transpose(1, 2))
+            if i < len(layers) - 1:
+                h = self._act(h)
+        if self._gain_t is not None:
+            h = h + x @ self._gain_t
+        return h
+
+    def jacobian_at_origin(self, theta: torch.Tensor) -> torch.Tensor:
+        """∂π/∂x at x = 0 for each candidate: (C, m, n), exact (chain rule through the layers)."""
+        C = theta.shape[0]
+        z = torch.zeros(C, 1, self.n, dtype=theta.dtype)
+        J = torch.eye(self.n, dtype=theta.dtype).expand(C, self.n, self.n)
+        layers = list(self._unpack(theta))
+        h = z
+        for i, (W, b) in enumerate(layers):
+            pre = torch.bmm(h, W.transpose(1, 2)) if b is None else torch.baddbmm(b, h, W.transpose(1, 2))
+            J = torch.bmm(W, J)
+            if i < len(layers) - 1:
+                J = _activation_slope(self.activation, pre).transpose(1, 2) * J
+                h = self._act(pre)
+        if self._gain_t is not None:
+            J = J + self._gain_t.T
+        return J
+
+
+def _build_net(layers, bias: bool, activation: str) -> nn.Sequential:
+    modules: list[nn.Module] = []
+    for i, (out, inp) in enumerate(layers):
+        modules.append(nn.Linear(inp, out, bias=bias, dtype=DTYPE))
+        if i < len(layers) - 1:
+            modules.append(MODULES[activation]())
+    return nn.Sequential(*modules)
+
+
+def make_policy(spec: Spec, n: int, m: int, backup: Backup | None) -> PolicyFamily:
+    """The policy family of a checked spec and its initial weights θ₀ (float64)."""
+    policy = spec.policy
+    if isinstance(policy, MlpPolicy):
+        widths = [int(h) for h in np.atleast_1d(policy.hidden.array())]
+        sizes = [n, *widths, m]
+        layers = [(sizes[i + 1], sizes[i]) for i in range(len(sizes) - 1)]
+        activation = policy.activation.name if policy.activation else "tanh"
+        residual = policy.residual is not None and policy.residual.name == "backup"
+        seed = int(policy.seed) if policy.seed is not None else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # PyTorch's default init, reproducible from the spec's seed
+            net = _build_net(layers, True, activation)
+        if residual:  # the net's last layer at zero: the first policy is exactly the backup
+            last = net[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        theta0 = nn.utils.parameters_to_vector(net.parameters()).detach().to(DTYPE)
+        return PolicyFamily(n, m, layers, True, activation,
+                            backup.K if residual and backup is not None else None, theta0)
+    if isinstance(policy, LinearPolicy):
+        init = policy.init.name if policy.init else "zero"
+        K = backup.K if init == "backup" and backup is not None else np.zeros((m, n))
+        theta0 = torch.as_tensor(np.asarray(K, dtype=np.float64).reshape(-1), dtype=DTYPE)
+        return PolicyFamily(n, m, [(m, n)], False, "identity", None, theta0)
+    raise NotImplementedError(f"policy kind '{policy.kind}'")
