@@ -6,6 +6,11 @@
 
 with D = QR, E_i = G_i − g0_i·1ᵀ, R_i = √(ℓ_i/2)·R and w_i = (ℓ_i/2)·diag(S): ℓ is folded into
 the parameters so the problem stays DPP, and each step is a re-solve with new parameter values.
+
+The engine solves it in scaled coordinates η_j = ‖d_j‖·ξ_j (D's columns normalised): the raw step
+has norm ~r and the probes ~ν ≪ r, and without the scaling the solver sees ξ of very different
+sizes and loses accuracy right where it matters, near the boundary.  `solve` takes the data of
+either form; the engine passes the scaled one and maps η back to ξ.
 The certificate itself is recomputed in float64 numpy from (g0, G, S, ℓ, ξ) — the numbers the
 audit log keeps — never taken from the solver.
 """
@@ -90,17 +95,18 @@ class ProjectionTemplate:
                                   self.constraints)
         assert self.problem.is_dpp()
 
-    def solve(self, g0: np.ndarray, G: np.ndarray, R: np.ndarray, Qt_s: np.ndarray,
-              S: np.ndarray, ell: np.ndarray) -> Solution:
-        """Re-solve with new data; any solver error or non-optimal status gives xi = None."""
+    def solve(self, g0: np.ndarray, E: np.ndarray, R: np.ndarray, Qt_s: np.ndarray,
+              diag_weights: np.ndarray, ell: np.ndarray) -> Solution:
+        """Re-solve with new data (E = G − g0·1ᵀ, diag_weights = diag(S) in the unscaled form);
+        any solver error or non-optimal status gives xi = None."""
         self.g0.value = g0
-        self.E.value = G - g0[:, None]
+        self.E.value = E
         self.R.value = R
         self.target.value = Qt_s
         half = 0.5 * ell
         for i in range(self.k):
             self.R_ell[i].value = np.sqrt(half[i]) * R
-        self.w.value = np.maximum(np.outer(half, np.diag(S)), 0.0)
+        self.w.value = np.maximum(np.outer(half, diag_weights), 0.0)
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():  # an inaccurate solve is logged and rejected instead

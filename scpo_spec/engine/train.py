@@ -152,7 +152,11 @@ class Trainer:
         nu = self.probe_scale(state)
         z = torch.randn(self.s.directions, self.d, generator=self.generator, dtype=DTYPE)
         probes = nu * z / z.norm(dim=1, keepdim=True)
-        D = torch.cat([raw[None], state.previous[None], probes], dim=0)  # (n, d): rows d_j
+        previous = state.previous
+        if state.accepted == 0 or not float(previous.norm()) > 0:  # no update yet: one more probe
+            extra = torch.randn(self.d, generator=self.generator, dtype=DTYPE)
+            previous = nu * extra / extra.norm()
+        D = torch.cat([raw[None], previous[None], probes], dim=0)  # (n, d): rows d_j
         cap = self.probe_cap(state)
         if cap is not None:
             norms = D.norm(dim=1, keepdim=True)
@@ -164,10 +168,15 @@ class Trainer:
         timing["rollouts"] += time.perf_counter() - t
         Dn = D.T.cpu().numpy()  # (d, n)
         S = Dn.T @ Dn
-        Q, R = np.linalg.qr(Dn, mode="reduced")
+        # the QCQP in scaled coordinates η_j = ‖d_j‖ ξ_j (unit columns): better conditioned
+        norms = np.linalg.norm(Dn, axis=0)
+        norms = np.where(norms > 0, norms, 1.0)
+        Q, R = np.linalg.qr(Dn / norms, mode="reduced")
         target = Q.T @ Dn[:, 0]
+        E_scaled = (G - state.g[:, None]) / norms
         record.update({"grad_norm": float(grad.norm()), "raw_norm": raw_norm, "nu": nu,
-                       "probe_cap": cap, "bank": ["raw", "previous"] + ["probe"] * self.s.directions,
+                       "probe_cap": cap, "bank": ["raw", "previous" if previous is state.previous else "probe"]
+                       + ["probe"] * self.s.directions,
                        "bank_norms": np.sqrt(np.maximum(np.diag(S), 0)), "G": G, "S": S,
                        "target": target})
 
@@ -181,7 +190,7 @@ class Trainer:
             entry: dict = {"ell": ell.copy()}
             tries.append(entry)
             t = time.perf_counter()
-            sol = self.template.solve(state.g, G, R, target, S, ell)
+            sol = self.template.solve(state.g, E_scaled, R, target, norms, ell)
             timing["qcqp"] += time.perf_counter() - t
             entry.update({"status": sol.status, "solve_time": sol.solve_time,
                           "objective": sol.objective})
@@ -189,7 +198,7 @@ class Trainer:
                 reason = f"solver: {sol.status}"
                 entry["outcome"] = "solver_failed"
                 break
-            xi = sol.xi
+            xi = sol.xi / norms
             scale = certified_scale(state.g, G, S, ell, xi, -self.margins)
             entry["xi_solver"] = xi
             xi = scale * xi
