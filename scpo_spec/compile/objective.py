@@ -58,8 +58,8 @@ class CostRollout(Objective):
         X, U = self.evaluator.rollout(theta.unsqueeze(0))
         trace = Trace(X, U)
         total = torch.zeros((), dtype=DTYPE)
-        if self.stage is not None:
-            total = total + self.stage(trace).t.sum(dim=(2, 3)).mean()
+        if self.stage is not None:  # t = 0 … T−1, also when the stage reads states only
+            total = total + self.stage(trace).t[:, :, :U.shape[2]].sum(dim=(2, 3)).mean()
         if self.terminal is not None:
             total = total + self.terminal(trace).t[:, :, -1].sum(dim=-1).mean()
         return total

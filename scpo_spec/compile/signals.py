@@ -2,9 +2,10 @@
 
 A trace holds the states x_0 … x_T (C, S, T+1, n) and inputs u_0 … u_{T−1} (C, S, T, m) of C
 candidates on S scenarios.  Every sub-expression evaluates to a `Val`: a tensor (C, S, L, K) with
-L the steps it is read at (T+1 over states, T once it reads an input; combining the two keeps
-the common steps t = 0 … T−1, as LANGUAGE.md says) or L = 1 when it does not depend on time, and
-K its components.  Formulas follow the robustness semantics: an atom is its violation, `and`/
+L the steps it is read at (T+1 over states, T once it reads an input: arithmetic mixing the two
+keeps the common steps t = 0 … T−1, as LANGUAGE.md says) or L = 1 when it does not depend on
+time, and K its components.  Atoms joined by `and`/`or` each keep their own steps: at t = T only
+the state atoms have a value and decide alone, and `at final` reads each atom at its last step.  Formulas follow the robustness semantics: an atom is its violation, `and`/
 `always`/components take the max, `or`/`eventually` the min.  With `aggregate smooth(τ)` every
 max becomes τ·logsumexp(·/τ), an upper bound of the max, so a certified smooth metric certifies
 the hard one (the mins stay hard: a min of upper bounds is an upper bound of the min).
@@ -110,15 +111,23 @@ class ExpressionCompiler:
             parts = [self.bool(a) for a in e.args]
             conj = isinstance(e, E.And)
 
+            neutral = -torch.inf if conj else torch.inf
+
             def junction(trace):
+                # each atom keeps its own steps (states 0…T, inputs 0…T−1): where one side has
+                # no value (t = T for an input atom) the other side alone decides
                 vals = [p(trace) for p in parts]
-                steps = min(v.steps for v in vals if v.timed) if any(v.timed for v in vals) else 1
-                ts = [(v.t[:, :, :steps] if v.timed else v.t) for v in vals]
+                steps = max(v.steps for v in vals if v.timed) if any(v.timed for v in vals) else 1
+                ts = [(_pad(v.t, steps, neutral) if v.timed else v.t) for v in vals]
                 stacked = torch.stack(torch.broadcast_tensors(*ts), dim=0)
                 out = reduce.max(stacked, 0) if conj else reduce.min(stacked, 0)
                 return Val(out[0], any(v.timed for v in vals))
             return junction
         if isinstance(e, E.Temporal):
+            if e.op == "final" and isinstance(e.body, (E.And, E.Or)):
+                # `at final` reads each atom at its own last step: T for states, T−1 for inputs
+                parts = [E.Temporal(op="final", body=a, span=e.span) for a in e.body.args]
+                return self.bool(type(e.body)(args=parts, span=e.body.span))
             body = self.bool(e.body)
             window = None
             if e.window is not None:
@@ -244,6 +253,15 @@ def _align(a: Val, b: Val) -> tuple[torch.Tensor, torch.Tensor]:
         steps = min(x.shape[2], y.shape[2])
         x, y = x[:, :, :steps], y[:, :, :steps]
     return x, y
+
+
+def _pad(t: torch.Tensor, steps: int, value: float) -> torch.Tensor:
+    """Extend the step axis to `steps` with a neutral value (−inf for `and`, +inf for `or`)."""
+    missing = steps - t.shape[2]
+    if missing <= 0:
+        return t
+    fill = torch.full((*t.shape[:2], missing, t.shape[3]), value, dtype=t.dtype)
+    return torch.cat([t, fill.expand(t.shape[0], t.shape[1], missing, t.shape[3])], dim=2)
 
 
 def _quad(v: Val, P: torch.Tensor) -> Val:
