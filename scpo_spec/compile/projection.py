@@ -131,14 +131,14 @@ class ProjectionTemplate:
                  "",
                  "minimise    ‖R ξ − Qᵀ s‖²                    (= ‖D ξ − s‖², s the raw step)",
                  "subject to"]
-        width = max(len(nm) for nm in self.names) if self.names else 0
+        width = max([5, *(len(nm) for nm in self.names)])
         for i, name in enumerate(self.names):
             ell = "estimated" if ells[i] is None else f"{ells[i]:g}"
             where = f"   {locations[i]}" if locations[i] else ""
-            lines.append(f"  [{name:<{width}}]  (1 − 1ᵀξ)·g0[{i}] + G[{i},:] ξ "
+            lines.append(f"  {'[' + name + ']':<{width + 2}}  (1 − 1ᵀξ)·g0[{i}] + G[{i},:] ξ "
                          f"+ (ℓ_{i}/2)(ξᵀSξ + diag(S)ᵀ|ξ|) ≤ −{self.margins[i]:g}"
                          f"   ℓ_{i} = {ell}{where}")
-        lines.append(f"  [{'trust':<{width}}]  ‖R ξ‖ ≤ {self.radius:g}             (‖D ξ‖ ≤ r)")
+        lines.append(f"  {'[trust]':<{width + 2}}  ‖R ξ‖ ≤ {self.radius:g}             (‖D ξ‖ ≤ r)")
         lines += ["",
                   f"DPP parameters: g0 ({k}), E = G − g0·1ᵀ ({k}×{n}), R ({self.rows}×{n}), "
                   f"Qᵀs ({self.rows}), R_i = √(ℓ_i/2)·R, w_i = (ℓ_i/2)·diag(S) ≥ 0",
