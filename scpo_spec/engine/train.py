@@ -166,13 +166,15 @@ class Trainer:
         t = time.perf_counter()
         G = self.metrics(state.theta[None] + D).T  # (k, n)
         timing["rollouts"] += time.perf_counter() - t
-        Dn = D.T.cpu().numpy()  # (d, n)
-        S = Dn.T @ Dn
+        # the d-sized algebra stays in torch (one thread pool: numpy's BLAS threads spinning
+        # next to torch's made the rollouts twice as slow on 2 cores); only n-sized data leave
+        S = (D @ D.T).numpy()
         # the QCQP in scaled coordinates η_j = ‖d_j‖ ξ_j (unit columns): better conditioned
-        norms = np.linalg.norm(Dn, axis=0)
-        norms = np.where(norms > 0, norms, 1.0)
-        Q, R = np.linalg.qr(Dn / norms, mode="reduced")
-        target = Q.T @ Dn[:, 0]
+        norms_t = D.norm(dim=1)
+        norms_t = torch.where(norms_t > 0, norms_t, torch.ones_like(norms_t))
+        Q, R = torch.linalg.qr((D / norms_t[:, None]).T, mode="reduced")
+        target = (Q.T @ D[0]).numpy()
+        R, norms = R.numpy(), norms_t.numpy()
         E_scaled = (G - state.g[:, None]) / norms
         record.update({"grad_norm": float(grad.norm()), "raw_norm": raw_norm, "nu": nu,
                        "probe_cap": cap, "bank": ["raw", "previous" if previous is state.previous else "probe"]
@@ -185,7 +187,7 @@ class Trainer:
         tries, accepted, reason = [], False, ""
         new_theta, new_g, new_loss, update = state.theta, state.g, state.loss, None
         refuted_any = np.zeros(self.k, dtype=bool)
-        gD = (Dn.T @ grad.cpu().numpy())  # ∇Lᵀd_j
+        gD = (D @ grad).numpy()  # ∇Lᵀd_j
         for attempt in range(MAX_TRIES):
             entry: dict = {"ell": ell.copy()}
             tries.append(entry)
@@ -213,7 +215,7 @@ class Trainer:
             xi = alpha * xi
             bound = certificate(state.g, G, S, ell, xi)
             entry.update({"xi": xi, "alpha": alpha, "repair": scale, "certificate": bound})
-            candidate = state.theta + torch.as_tensor(Dn @ xi, dtype=DTYPE)
+            candidate = state.theta + torch.as_tensor(xi, dtype=DTYPE) @ D
             # 7. verification by rollout
             t = time.perf_counter()
             g_new = self.metrics(candidate[None])[0]
