@@ -184,3 +184,43 @@ def test_a_second_run_never_overwrites_the_first(tmp_path):
     # same spec and seeds: the same log, step for step
     assert first.head == second.head or audit_run(first.run_dir).worst == \
         audit_run(second.run_dir).worst
+
+
+@pytest.mark.parametrize("solver", ["clarabel", "scs", "gurobi"])
+def test_every_solver_trains_safely(solver, tmp_path):
+    import cvxpy as cp
+    if solver.upper() not in cp.installed_solvers():
+        pytest.skip(f"{solver} is not installed (extra)")
+    text = small_di(steps=6, extra=f"solver {solver}")
+    res = train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run")
+    a = audit_run(res.run_dir)
+    assert a.ok and a.accepted_violations == 0
+    assert a.accepted >= 3 and a.loss_last < a.loss_first
+
+
+def test_smooth_aggregate_and_estimated_smoothness_train_safely(tmp_path):
+    text = small_di(steps=8, extra="aggregate smooth(0.01)\n    smoothness estimate")
+    text = text.replace("smoothness 50\n", "\n", 1)  # position_limit: no constant, estimated
+    res = train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run")
+    a = audit_run(res.run_dir)
+    assert a.ok and a.accepted_violations == 0 and a.loss_last < a.loss_first
+    import json
+    header = json.loads((res.run_dir / "audit.jsonl").read_text().splitlines()[0])
+    estimated = {m["name"]: m["estimated"] for m in header["metrics"]}
+    assert estimated == {"position_limit": True, "force_limit": False, "margin": False}
+
+
+def test_lipschitz_keeps_every_candidate_short(tmp_path):
+    text = small_di(steps=5).replace("smoothness POS_ELL", "")
+    text = small_di(steps=5).replace("always abs(position) <= 1.5   smoothness 50",
+                                     "always abs(position) <= 1.5   smoothness 50  lipschitz 5")
+    assert "lipschitz 5" in text
+    import json
+    res = train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run")
+    steps = [json.loads(l) for l in (res.run_dir / "audit.jsonl").read_text().splitlines()
+             if '"type":"step"' in l]
+    for r in steps:
+        cap = -r["g0"][0] / 5
+        assert r["probe_cap"] == pytest.approx(cap)
+        assert max(r["bank_norms"]) <= cap * (1 + 1e-9)
+        assert max(np.array(r["G"])[0]) <= 0  # every evaluated candidate stayed safe

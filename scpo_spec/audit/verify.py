@@ -158,7 +158,7 @@ def _check_records(records: list[dict], res: AuditResult, run_dir: Path) -> None
             else:
                 res.rejected += 1
         elif kind == "end":
-            res.complete = True
+            res.complete = rec is records[-1]  # a later resume reopens the run
             if theta is not None and rec["theta"] != theta:
                 fail(f"record {seq}: the final policy is not the last accepted one")
         else:
