@@ -243,9 +243,10 @@ class Trainer:
             reason = f"refuted {MAX_TRIES} times: update rejected"
 
         # bookkeeping: ℓ relaxes back toward the floor where not refuted this step
-        if self.estimated.any():
-            seen = np.array([max([np.max(np.r_[0.0, e.get("observed_curvature", [0.0] * self.k)[i]])
-                                  for e in tries]) for i in range(self.k)])
+        if self.estimated.any():  # `smoothness estimate`: the floor follows what was observed
+            observed = [e["observed_curvature"] for e in tries if "observed_curvature" in e]
+            seen = np.max(np.vstack([np.zeros(self.k), *observed]), axis=0)
+            seen = np.where(np.isfinite(seen), seen, 0.0)  # a NaN rollout says nothing about ℓ
             floor = np.where(self.estimated, np.maximum(state.ell_floor, 2 * seen), state.ell_floor)
         else:
             floor = state.ell_floor
