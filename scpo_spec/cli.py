@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from scpo_spec.spec.diagnostics import render, to_json
 from scpo_spec.spec.format import format_spec
@@ -30,8 +31,13 @@ class Syntax(str, Enum):
     scpo = "scpo"
 
 
+def _esc(value) -> str:
+    """Text from users (paths, messages) printed literally, never read as rich markup."""
+    return escape(str(value))
+
+
 def _usage(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {_esc(message)}")
     raise typer.Exit(2)
 
 
@@ -83,7 +89,7 @@ def _rollout_check(result: CheckResult, file: Path) -> bool:
 
     compiled = _compile_or_exit(result, file)
     g = compiled.evaluator(compiled.family.theta0[None])[0].tolist()
-    table = Table(title=f"{file}: g(θ₀) on {compiled.evaluator.x0.shape[0]} scenarios, "
+    table = Table(title=f"{_esc(file)}: g(θ₀) on {compiled.evaluator.x0.shape[0]} scenarios, "
                         f"horizon {compiled.evaluator.horizon}")
     for col in ("metric", "g(θ₀)", "needs ≤", "", "where"):
         table.add_column(col)
@@ -95,9 +101,9 @@ def _rollout_check(result: CheckResult, file: Path) -> bool:
                       m.location)
     out.print(table)
     if safe:
-        out.print(f"[green]✓[/] {file}: θ₀ is safe; training can start")
+        out.print(f"[green]✓[/] {_esc(file)}: θ₀ is safe; training can start")
     else:
-        out.print(f"[red]✗[/] {file}: θ₀ violates a metric; training would refuse to start")
+        out.print(f"[red]✗[/] {_esc(file)}: θ₀ violates a metric; training would refuse to start")
     return safe
 
 
@@ -107,7 +113,7 @@ def _compile_or_exit(result: CheckResult, file: Path):
     try:
         return compile_spec(result.spec, file.resolve().parent)
     except BackupError as e:
-        err.print(f"[red]error:[/] {file}: {e}")
+        err.print(f"[red]error:[/] {_esc(file)}: {_esc(e)}")
         raise typer.Exit(1)
 
 
@@ -122,7 +128,7 @@ def _model_of(file: Path) -> tuple[CheckResult, str]:
     result = parse_model(source.text, path=source.path)
     if not result.ok:
         _report([result])
-        err.print(f"[red]✗[/] {file}: not rewritten (fix the errors above first; nothing was "
+        err.print(f"[red]✗[/] {_esc(file)}: not rewritten (fix the errors above first; nothing was "
                   "changed)")
         raise typer.Exit(1)
     return result, source.text
@@ -139,7 +145,7 @@ def fmt(file: Path = typer.Argument(..., help="A spec file."),
     if syntax_of(str(file)) == "yaml":
         comments = count_comments(text)
         if comments:
-            err.print(f"[red]✗[/] {file}: has {comments} comment(s), which a YAML rewrite cannot "
+            err.print(f"[red]✗[/] {_esc(file)}: has {comments} comment(s), which a YAML rewrite cannot "
                       "keep; not formatted (nothing was changed)")
             raise typer.Exit(1)
         formatted = format_yaml(result.spec)
@@ -147,13 +153,13 @@ def fmt(file: Path = typer.Argument(..., help="A spec file."),
         formatted = format_spec(result.spec, find_comments(text))
     if check_only:
         if formatted != text:
-            err.print(f"{file}: not canonically formatted (run `scpo fmt -w {file}`)")
+            err.print(f"{_esc(file)}: not canonically formatted (run `scpo fmt -w {_esc(file)}`)")
             raise typer.Exit(1)
         raise typer.Exit(0)
     if write:
         if formatted != text:
             file.write_text(formatted, encoding="utf-8")
-        err.print(f"formatted {file}")
+        err.print(f"formatted {_esc(file)}")
     else:
         sys.stdout.write(formatted)
 
@@ -191,7 +197,7 @@ def _checked(file: Path) -> CheckResult:
     result = check_file(file)
     if not result.ok:
         _report([result])
-        err.print(f"[red]✗[/] {file}: fix the errors above first (`scpo check {file}`)")
+        err.print(f"[red]✗[/] {_esc(file)}: fix the errors above first (`scpo check {_esc(file)}`)")
         raise typer.Exit(1)
     return result
 
@@ -234,10 +240,10 @@ def compile_(file: Path = typer.Argument(..., help="A spec file."),
         template = ProjectionTemplate(len(ev.metrics), n, compiled.family.d, s.radius,
                                       ev.margins, ev.names, s.solver)
     except SolverUnavailable as e:
-        err.print(f"[red]error:[/] {e}")
+        err.print(f"[red]error:[/] {_esc(e)}")
         raise typer.Exit(1)
     kinds = ["s (raw step)", "previous update", f"{s.directions} probes (ν = {s.perturbation:g})"]
-    out.print(f"QCQP of {file} (d = {compiled.family.d} weights, k = {len(ev.metrics)} metrics, "
+    out.print(f"QCQP of {_esc(file)} (d = {compiled.family.d} weights, k = {len(ev.metrics)} metrics, "
               f"n = {n} candidates)\n", markup=False)
     out.print(template.describe(kinds, [m.smoothness for m in ev.metrics],
                                 [m.location for m in ev.metrics]), markup=False)
@@ -270,16 +276,16 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         err.print("[red]error:[/] training refuses to start: the initial policy θ₀ violates "
                   "a safety metric on the scenarios")
         for name, value, margin, loc in e.violated:
-            err.print(f"  {loc or file}: '{name}' = {value:.6g}, must be ≤ {-margin:g}")
+            err.print(f"  {_esc(loc or file)}: '{name}' = {value:.6g}, must be ≤ {-margin:g}")
         err.print("  hint: start from a safe policy (e.g. `residual = backup` or `init = backup`) "
                   "or revisit the bounds")
         raise typer.Exit(1)
     except (RunError, SolverUnavailable, BackupError) as e:
-        err.print(f"[red]error:[/] {e}")
+        err.print(f"[red]error:[/] {_esc(e)}")
         raise typer.Exit(1)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: everything up to the last step is logged; continue "
-                  f"with `scpo train {file} --out RUN --resume`")
+                  f"with `scpo train {_esc(file)} --out RUN --resume`")
         raise typer.Exit(130)
     progress.summary(out, res)
     raise typer.Exit(0 if res.ended == "completed" else 1)
@@ -310,7 +316,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
         for p in res.problems:
             out.print("problem: " + p, markup=False, style="red")
         out.print(("[green]audit passed[/]" if res.ok else "[red]audit FAILED[/]")
-                  + f": {run}")
+                  + f": {_esc(run)}")
     raise typer.Exit(0 if res.ok else 1)
 
 

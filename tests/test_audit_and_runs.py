@@ -260,13 +260,14 @@ def test_train_cli_rejects_an_invalid_spec(tmp_path):
     assert result.exit_code == 1 and "unknown activation" in result.output
 
 
-def test_train_cli_unknown_solver_is_a_clear_error(tmp_path):
-    spec = write_spec(tmp_path, small_di(extra="solver gurobi"))
+def test_train_cli_missing_solver_is_a_clear_error(tmp_path, monkeypatch):
     import cvxpy as cp
-    if "GUROBI" in cp.installed_solvers():
-        pytest.skip("gurobi is installed here")
+    installed = [s for s in cp.installed_solvers() if s != "GUROBI"]
+    monkeypatch.setattr(cp, "installed_solvers", lambda: installed)  # as without the extra
+    spec = write_spec(tmp_path, small_di(extra="solver gurobi"))
     result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "not installed" in result.output
+    assert "scpo-spec[gurobi]" in result.output and "Traceback" not in result.output
 
 
 def test_check_rollout(tmp_path):

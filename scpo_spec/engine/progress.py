@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -29,7 +30,7 @@ class TrainingProgress:
 
     def start(self, trainer, state, run_dir) -> None:
         self.names, self.margins = trainer.ev.names, trainer.margins
-        self.console.print(f"run [bold]{run_dir}[/]: d = {trainer.d} weights, k = {trainer.k} "
+        self.console.print(f"run [bold]{escape(str(run_dir))}[/]: d = {trainer.d} weights, k = {trainer.k} "
                            f"metrics, n = {trainer.n} candidates/step, "
                            f"{trainer.ev.x0.shape[0]} scenarios × {trainer.ev.horizon} steps")
         self.task = self.progress.add_task("train", total=self.total, completed=state.step,
@@ -48,7 +49,7 @@ class TrainingProgress:
     def summary(self, console: Console, res) -> None:
         from scpo_spec.audit.verify import audit_run
         a = audit_run(res.run_dir)
-        table = Table(title=f"{res.run_dir}: {res.ended}")
+        table = Table(title=escape(f"{res.run_dir}: {res.ended}"))
         for col in ("metric", "worst over accepted iterates", "needs ≤", "largest ℓ used"):
             table.add_column(col)
         for name, m in zip(self.names, self.margins):
@@ -58,4 +59,4 @@ class TrainingProgress:
                       f"refutations {a.refutations}, accepted violations "
                       f"{a.accepted_violations}; loss {a.loss_first:.6g} → {a.loss_last:.6g}")
         console.print(("[green]audit passed[/]" if a.ok else "[red]audit FAILED[/]")
-                      + f" (re-check with `scpo audit {res.run_dir}`)")
+                      + escape(f" (re-check with `scpo audit {res.run_dir}`)"))
