@@ -258,6 +258,8 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
           resume: bool = typer.Option(False, "--resume",
                                       help="Continue the run in --out from its last step."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+          no_report: bool = typer.Option(False, "--no-report",
+                                         help="Do not write RUN/report.html at the end."),
           ) -> None:
     """Train with SCPO: every accepted iterate certified and verified safe, every step logged."""
     from scpo_spec.compile.projection import SolverUnavailable
@@ -288,6 +290,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
                   f"with `scpo train {_esc(file)} --out RUN --resume`")
         raise typer.Exit(130)
     progress.summary(out, res)
+    if not no_report:
+        evidence, target = _write_report(res.run_dir, ReportFormat.html, None)
+        _say_verdict(evidence, target)
     raise typer.Exit(0 if res.ended == "completed" else 1)
 
 
@@ -318,6 +323,45 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
         out.print(("[green]audit passed[/]" if res.ok else "[red]audit FAILED[/]")
                   + f": {_esc(run)}")
     raise typer.Exit(0 if res.ok else 1)
+
+
+class ReportFormat(str, Enum):
+    html = "html"
+    md = "md"
+
+
+def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path]):
+    from scpo_spec.report import gather, write_report
+    evidence = gather(run)
+    target = output or run / f"report.{fmt.value}"
+    write_report(evidence, target, fmt.value)
+    return evidence, target
+
+
+def _say_verdict(evidence, target: Path) -> None:
+    if evidence.certified:
+        out.print(f"[green bold]CERTIFIED[/]: report {_esc(target)}")
+    else:
+        out.print(f"[red bold]NOT CERTIFIED[/] ({_esc('; '.join(evidence.failures))}): report "
+                  f"{_esc(target)}")
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="A run directory."),
+           fmt: ReportFormat = typer.Option(ReportFormat.html, "--format",
+                                            help="html (standalone page) or md (for review)."),
+           output: Optional[Path] = typer.Option(None, "--out", "-o",
+                                                 help="Where to write (default RUN/report.html|md)."),
+           ) -> None:
+    """Write the certification report of a run (from its log and checkpoint; never re-trains)."""
+    if not (run / "audit.jsonl").is_file():
+        _usage(f"not a run directory (no audit.jsonl): {run}")
+    try:
+        evidence, target = _write_report(run, fmt, output)
+    except (ValueError, OSError) as e:
+        err.print(f"[red]error:[/] {_esc(e)}")
+        raise typer.Exit(1)
+    _say_verdict(evidence, target)
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -54,7 +54,7 @@ B_DI = np.array([[0.005], [0.1]])
 
 # An unstable linear plant with a linear policy (specs/linear_stability.scpo), shortened.
 UNSTABLE = edit((ROOT / "specs" / "linear_stability.scpo").read_text(encoding="utf-8"),
-                ("count 64", "count 6"), ("horizon 40", "horizon 8"))
+                ("grid 16", "count 6"), ("horizon 40", "horizon 8"))
 A_UN = np.array([[1.005, 0.1002], [0.1002, 1.005]])
 B_UN = np.array([[0.005], [0.1002]])
 

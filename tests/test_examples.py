@@ -7,7 +7,8 @@ def test_inspect_spec_example(root):
                           str(root / "specs" / "double_integrator.scpo")],
                          capture_output=True, text=True, check=True).stdout
     assert "system linear: states ['position', 'velocity'], inputs ['force']" in out
-    assert "stability decay: lyapunov(backup) <= 0.8 at final  (ℓ = 50.0)" in out
+    assert "constraint settle: eventually[40:60] norm(state) <= 0.1  (ℓ = 80.0)" in out
+    assert "stability margin: spectral_radius <= 0.98  (ℓ = 20.0)" in out
 
 
 def test_inspect_spec_example_reports_errors(tmp_path, root):

@@ -31,6 +31,8 @@ def _plain(x: Any) -> Any:
     """JSON-ready: numpy arrays and scalars to lists/floats (repr round-trips float64)."""
     if isinstance(x, np.ndarray):
         return x.tolist()
+    if hasattr(x, "detach") and hasattr(x, "tolist"):  # a torch tensor, without importing torch
+        return x.detach().cpu().tolist()
     if isinstance(x, (np.floating,)):
         return float(x)
     if isinstance(x, (np.integer,)):

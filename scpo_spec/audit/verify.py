@@ -57,6 +57,7 @@ class AuditResult:
     head: str = GENESIS
     problems: list = field(default_factory=list)
     ell_max: dict = field(default_factory=dict)
+    holdout: dict | None = None  # the holdout record of the last completed segment, if any
 
     @property
     def ok(self) -> bool:
@@ -157,6 +158,10 @@ def _check_records(records: list[dict], res: AuditResult, run_dir: Path) -> None
                 accept_iterate(theta, g, f"step {rec['step']}")
             else:
                 res.rejected += 1
+        elif kind == "holdout":
+            res.holdout = {k: v for k, v in rec.items() if k not in ("seq", "prev", "type")}
+            if theta is not None and rec.get("theta") != theta:
+                fail(f"record {seq}: the holdout was run on a policy that is not the last accepted")
         elif kind == "end":
             res.complete = rec is records[-1]  # a later resume reopens the run
             if theta is not None and rec["theta"] != theta:

@@ -127,6 +127,8 @@ def _loop(trainer, state, run_dir, total, on_start, on_step) -> TrainResult:
                             "g": state.g, "loss": state.loss})
         trainer.log.close()
         raise
+    from scpo_spec.engine.holdout import validate_holdout
+    trainer.log.append({**validate_holdout(trainer.c, state.theta), "theta": theta_hash(state.theta)})
     head = trainer.log.append({"type": "end", "reason": ended, "steps": state.step,
                                "accepted": state.accepted, "theta": theta_hash(state.theta),
                                "g": state.g, "loss": state.loss})

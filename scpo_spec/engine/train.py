@@ -233,6 +233,9 @@ class Trainer:
                 break
             entry["outcome"] = "refuted"
             entry["refuted"] = [self.ev.names[i] for i in np.flatnonzero(refuted)]
+            t = time.perf_counter()
+            entry["counterexample"] = self.counterexample(candidate, refuted)
+            timing["rollouts"] += time.perf_counter() - t
             refuted_any |= refuted
             if self.s.on_violation == "stop":
                 reason = "refuted: " + ", ".join(entry["refuted"]) + " (on_violation stop)"
@@ -270,6 +273,19 @@ class Trainer:
                             int(sum(e.get("outcome") == "refuted" for e in tries)),
                             record["update_norm"])
         return new_state, report, record
+
+    @torch.no_grad()
+    def counterexample(self, candidate: torch.Tensor, refuted: np.ndarray) -> dict:
+        """For each refuted metric, the scenario where the rejected candidate did worst, and
+        that scenario's rollout (states and inputs): the evidence that the certificate failed."""
+        h = self.ev.per_scenario(candidate[None])[0]  # (S, k)
+        out = {}
+        for i in np.flatnonzero(refuted):
+            j = int(torch.argmax(torch.nan_to_num(h[:, i], nan=torch.inf)))
+            X, U = self.ev.rollout(candidate[None], self.ev.x0[j:j + 1])
+            out[self.ev.names[i]] = {"scenario": j, "x0": self.ev.x0[j], "value": float(h[j, i]),
+                                     "states": X[0, 0], "inputs": U[0, 0]}
+        return out
 
     @torch.no_grad()
     def backtrack(self, theta, D, xi, loss0, slope) -> tuple[float | None, float]:
