@@ -35,7 +35,8 @@ def test_ready_spec_trains_in_full(path, tmp_path):
     assert a.accepted_violations == 0
     assert a.loss_last < a.loss_first
     assert a.accepted > 0.5 * a.steps
-    assert a.holdout is not None and a.holdout["violations"] == 0  # the report can certify
+    if check_file(path).spec.scenarios.holdout is not None:  # the report can certify
+        assert a.holdout["count"] > 0 and a.holdout["violations"] == 0, a.holdout
 
 
 @pytest.mark.slow

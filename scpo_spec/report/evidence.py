@@ -52,6 +52,14 @@ class Evidence:
     checks: list = field(default_factory=list)
 
     @property
+    def holdout_bound(self) -> float | None:
+        """ln(1/β)/N when the holdout found no violation (recomputed, not read from the log)."""
+        h = self.holdout
+        if not h or not h.get("count") or h.get("violations") != 0:
+            return None
+        return math.log(1 / float(h.get("beta") or 1e-6)) / h["count"]
+
+    @property
     def certified(self) -> bool:
         return all(c.ok for c in self.checks)
 
