@@ -77,6 +77,15 @@ class RolloutEvaluator:
     def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
         """Violations (C, S, k) before the max over scenarios; +inf for a scenario whose rollout
         left the finite numbers (NaN/inf is unsafe, never accepted)."""
+        return self._violations(thetas, x0)
+
+    def differentiable_metrics(self, thetas: torch.Tensor) -> torch.Tensor:
+        """Metrics (C, k) with autograd, for the soft-penalty *baseline* only: the SCPO engine
+        never differentiates a safety metric (it only evaluates them, under no_grad)."""
+        g = self.reducer.max(self._violations(thetas, None), 1).squeeze(1)
+        return torch.where(torch.isfinite(g), g, torch.inf)
+
+    def _violations(self, thetas: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
         thetas = torch.as_tensor(thetas, dtype=DTYPE)
         X, U = self.rollout(thetas, x0)
         trace = Trace(X, U, self.spectral_radius(thetas) if self.needs_spectral else None)
