@@ -336,6 +336,8 @@ class Builder:
                     "targets": ("targets", s), "loss": ("loss", ident(LOSSES))}),
                 "cost": (M.CostObjective, {"stage": ("stage", self.formula),
                                            "terminal": ("terminal", self.formula)}),
+                "return": (M.ReturnObjective, {"population": ("population", q),
+                                               "sigma": ("sigma", q), "seed": ("seed", q)}),
             })
         if "train" in sections:
             spec.train = self.build_train(sections["train"].value)
@@ -437,6 +439,10 @@ class Builder:
         optimizer = lambda v, w: self.typed(v, "optimizer", {  # noqa: E731
             "sgd": (M.SgdOptimizer, {"lr": ("lr", q), "momentum": ("momentum", q)}),
             "adam": (M.AdamOptimizer, {"lr": ("lr", q)})})
+        executor = lambda v, w: self.typed(v, "executor", {  # noqa: E731
+            "local": (M.LocalExecutor, {}),
+            "ray": (M.RayExecutor, {"address": ("address", self.text),
+                                    "workers": ("workers", q)})})
         values = self.fields(block, "train", {
             "steps": ("steps", q), "optimizer": ("optimizer", optimizer),
             "directions": ("directions", q), "perturbation": ("perturbation", q),
@@ -447,5 +453,6 @@ class Builder:
             "backtrack": ("backtrack", ident(BACKTRACK)),
             "precision": ("precision", ident(PRECISIONS)),
             "smoothness": ("smoothness", ident(SMOOTHNESS_MODES)),
+            "executor": ("executor", executor),
         }, skip=())
         return M.Train(span=block.span, **values)

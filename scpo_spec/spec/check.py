@@ -635,6 +635,15 @@ class Checker:
             self._number(obj.seed, "seed", nonnegative=True, integer=True)
         elif isinstance(obj, M.RegressionObjective):
             self._check_regression(obj)
+        elif isinstance(obj, M.ReturnObjective):
+            if self.spec.system is not None and not isinstance(self.spec.system,
+                                                              M.GymnasiumSystem):
+                self.error(f"objective return needs a gymnasium system (its rewards); a "
+                           f"'{self.spec.system.kind}' system has none", obj.span,
+                           "use `objective cost { stage … }` for a model-based system")
+            self._number(obj.population, "population", positive=True, integer=True)
+            self._number(obj.sigma, "sigma", positive=True)
+            self._number(obj.seed, "seed", nonnegative=True, integer=True)
         elif isinstance(obj, M.CostObjective):
             if obj.stage is None:
                 self.error("a cost objective needs a stage cost", obj.span,
@@ -736,6 +745,13 @@ class Checker:
         self._number(tr.seed, "seed", nonnegative=True, integer=True)
         if tr.aggregate is not None and tr.aggregate.kind == "smooth":
             self._number(tr.aggregate.tau, "smooth temperature", positive=True)
+        if isinstance(tr.executor, M.RayExecutor):
+            self._number(tr.executor.workers, "workers", positive=True, integer=True)
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                self.diag.warning("executor ray: ray is not installed", tr.executor.span,
+                                  "pip install 'scpo-spec[ray]'")
         if tr.solver is not None and tr.solver.name == "gurobi":
             try:
                 import gurobipy  # noqa: F401

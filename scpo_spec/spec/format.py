@@ -17,7 +17,8 @@ INDENT = "    "
 # Sections whose entries LANGUAGE.md writes as `key = value`; the rest as `key value`.
 _ASSIGN_STYLE = (M.LinearSystem, M.PendulumSystem, M.StaticSystem, M.GymnasiumSystem,
                  M.LqrBackup, M.LinearBackup, M.MlpPolicy, M.LinearPolicy, M.LinearExpert,
-                 M.NormalStates, M.UniformStates, M.SgdOptimizer, M.AdamOptimizer)
+                 M.NormalStates, M.UniformStates, M.SgdOptimizer, M.AdamOptimizer,
+                 M.RayExecutor)
 
 
 @dataclass
@@ -58,6 +59,8 @@ def _inline_block(node: M.Node) -> str:
     kind = getattr(node, "kind", "")
     parts = [f"{k} {_sep(node)}{value_text(v)}" for k, v in entries(node)]
     body = "  ".join(parts)
+    if not body and isinstance(node, M.LocalExecutor):
+        return kind  # `executor local`: a kind with nothing to set
     return f"{kind} {{ {body} }}" if body else f"{kind} {{ }}"
 
 

@@ -203,8 +203,18 @@ class CostObjective(Node):
     terminal: Expr | None = None
 
 
-Objective = Annotated[Union[ImitationObjective, RegressionObjective, CostObjective],
-                      Field(discriminator="kind")]
+class ReturnObjective(Node):
+    """Maximise the episode return (sum of the environment's rewards) over the scenarios, with an
+    antithetic evolution-strategies gradient estimate: `population` pairs θ ± σε per step."""
+
+    kind: Literal["return"] = "return"
+    population: Quantity | None = None
+    sigma: Quantity | None = None
+    seed: Quantity | None = None
+
+
+Objective = Annotated[Union[ImitationObjective, RegressionObjective, CostObjective,
+                            ReturnObjective], Field(discriminator="kind")]
 
 
 # ---- train ----
@@ -220,6 +230,24 @@ class AdamOptimizer(Node):
 
 
 Optimizer = Annotated[Union[SgdOptimizer, AdamOptimizer], Field(discriminator="kind")]
+
+
+class LocalExecutor(Node):
+    """Rollouts in this process (batched torch, or one gymnasium vector environment)."""
+
+    kind: Literal["local"] = "local"
+
+
+class RayExecutor(Node):
+    """Candidate rollouts spread over a Ray cluster (`address`, else RAY_ADDRESS, else a local
+    Ray instance), in `workers` tasks per evaluation."""
+
+    kind: Literal["ray"] = "ray"
+    address: Text | None = None
+    workers: Quantity | None = None
+
+
+Executor = Annotated[Union[LocalExecutor, RayExecutor], Field(discriminator="kind")]
 
 
 class Aggregate(Node):
@@ -243,6 +271,7 @@ class Train(Node):
     backtrack: Ident | None = None
     precision: Ident | None = None
     smoothness: Ident | None = None
+    executor: Executor | None = None
 
 
 # Defaults LANGUAGE.md gives for optional train entries.
@@ -258,6 +287,9 @@ DEFAULTS = {
     ("objective imitation", "seed"): 0, ("objective imitation", "loss"): "mse",
     ("objective regression", "loss"): "mse", ("train", "seed"): 0,
     ("optimizer sgd", "momentum"): 0,
+    ("objective return", "population"): 8, ("objective return", "sigma"): 0.02,
+    ("objective return", "seed"): 0, ("train", "executor"): "local",
+    ("executor ray", "workers"): 2,
 }
 
 
