@@ -39,6 +39,9 @@ class Settings:
     tau: float | None
     backtrack: str
     smoothness: str
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_workers: int = 2
 
     @classmethod
     def of(cls, spec: Spec) -> Settings:
@@ -55,7 +58,12 @@ class Settings:
                    tau=float(t.aggregate.tau) if t.aggregate is not None and t.aggregate.tau
                    is not None else None,
                    backtrack=ident(t.backtrack, "backtrack"),
-                   smoothness=ident(t.smoothness, "smoothness"))
+                   smoothness=ident(t.smoothness, "smoothness"),
+                   executor=t.executor.kind if t.executor is not None else "local",
+                   ray_address=(t.executor.address.value if getattr(t.executor, "address", None)
+                                is not None else None),
+                   ray_workers=(int(t.executor.workers) if getattr(t.executor, "workers", None)
+                                is not None else 2))
 
 
 @dataclass
