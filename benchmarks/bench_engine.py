@@ -414,6 +414,9 @@ def run_all(repeat: int, devices: list[torch.device]) -> None:
         except Exception as e:  # noqa: BLE001 — a spec that does not compile is skipped
             skipped.append((path.name, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
             continue
+        if compiled.dynamics.kind == "gymnasium":  # gym rollouts: benchmarks/bench_gym.py
+            skipped.append((path.name, "gymnasium system (see benchmarks/bench_gym.py)"))
+            continue
         thetas = candidates(compiled)
         shape = shape_of(compiled, thetas.shape[0])
         f2 = figure2(compiled, thetas, repeat)

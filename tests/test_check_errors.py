@@ -198,7 +198,7 @@ system gymnasium "{env}" {{ observation {obs}  action torque }}
 policy mlp {{ hidden = [8] }}
 scenarios {{ count 2  horizon 5 }}
 constraint t: always torque in [-2, 2] smoothness 10
-objective cost {{ stage quad(eye(1), input) }}
+objective return {{ }}
 train {{ steps 1 optimizer sgd {{ lr = 0.1 }} directions 1 perturbation 1e-3 radius 0.1
         margin 0 }}
 """

@@ -1,6 +1,7 @@
 """RolloutEvaluator: a batch of C weight vectors → their k safety metrics, in one batched torch
 computation over candidates × scenarios × steps (float64, no autograd: the metrics are only ever
-evaluated, never differentiated)."""
+evaluated, never differentiated).  A gymnasium system is rolled out in one gymnasium vector
+environment instead (scpo_spec.systems.gym_rollout), with the same (states, inputs) layout."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from scpo_spec.compile.signals import Compiled, Trace
 from scpo_spec.policies.policy import PolicyFamily
 from scpo_spec.systems.dynamics import Dynamics
+from scpo_spec.systems.gym_rollout import GymRollout
 
 DTYPE = torch.float64
 
@@ -31,12 +33,18 @@ class Metric:
 
 
 class RolloutEvaluator:
-    """Rolls C candidates out on S scenarios for T steps and reduces the k metrics."""
+    """Rolls C candidates out on S scenarios for T steps and reduces the k metrics.
+
+    `initial_states` are the scenarios' x₀ (S, n); for a gymnasium system, their reset seeds (S,),
+    kept as an int64 `x0` (a subset of it selects scenarios the same way)."""
 
     def __init__(self, dynamics: Dynamics, family: PolicyFamily, metrics: list[Metric],
                  initial_states: np.ndarray, horizon: int, reducer):
         self.dynamics, self.family, self.metrics = dynamics, family, metrics
-        self.x0 = torch.as_tensor(initial_states, dtype=DTYPE)
+        self.gym = (GymRollout(dynamics.env_id, dynamics.n, dynamics.m)
+                    if dynamics.kind == "gymnasium" else None)
+        self.x0 = torch.as_tensor(initial_states,
+                                  dtype=torch.int64 if self.gym is not None else DTYPE)
         self.horizon = horizon
         self.reducer = reducer
         self.needs_spectral = any("spectral_radius" in m.formula for m in metrics)
@@ -55,8 +63,12 @@ class RolloutEvaluator:
 
     def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """States (C, S, T+1, n) and inputs (C, S, T, m); differentiable if called with grad."""
+        """States (C, S, T+1, n) and inputs (C, S, T, m); differentiable if called with grad
+        (except for a gymnasium system, whose environment is never differentiable)."""
         x0 = self.x0 if x0 is None else x0
+        if self.gym is not None:
+            X, U, _ = self.gym.rollout(self.family.forward, thetas, x0, self.horizon)
+            return X, U
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
         x = x0.expand(C, S, n)
         states, inputs = [x], []
@@ -66,6 +78,16 @@ class RolloutEvaluator:
             states.append(x)
             inputs.append(u)
         return torch.stack(states, dim=2), torch.stack(inputs, dim=2).reshape(C, S, T, m)
+
+    def rollout_returns(self, thetas: torch.Tensor, x0: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gymnasium systems only: states, inputs and the episode returns (C, S), the sum of the
+        environment's rewards until the episode ended (or the horizon)."""
+        if self.gym is None:
+            raise ValueError(f"a '{self.dynamics.kind}' system has no rewards (episode returns "
+                             "need a gymnasium system)")
+        return self.gym.rollout(self.family.forward, thetas, self.x0 if x0 is None else x0,
+                                self.horizon)
 
     def spectral_radius(self, thetas: torch.Tensor) -> torch.Tensor:
         """ρ(A + B ∂π/∂x(0)) per candidate (C,)."""

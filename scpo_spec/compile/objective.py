@@ -3,7 +3,10 @@
 - imitation: the expert's actions on states drawn once from the spec's distribution;
 - regression: the CSV data (path relative to the spec);
 - cost: Σ_t stage(x_t, u_t) + terminal(x_T) along the rollouts of the training scenarios,
-  averaged over scenarios (a differentiable rollout).
+  averaged over scenarios (a differentiable rollout);
+- return (gymnasium systems): minus the mean episode return over the training scenarios; not
+  differentiable, so it brings its own `loss_and_grad`, an antithetic evolution-strategies
+  estimate (the Trainer uses an objective's `loss_and_grad` when it has one, autograd otherwise).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import torch
 from torch.nn import functional as F
 
 from scpo_spec.compile.signals import ExpressionCompiler, Trace
-from scpo_spec.spec.model import (CostObjective, ImitationObjective, NormalStates,
-                                  RegressionObjective, Spec)
+from scpo_spec.spec.model import (DEFAULTS, CostObjective, ImitationObjective, NormalStates,
+                                  RegressionObjective, ReturnObjective, Spec)
 
 DTYPE = torch.float64
 
@@ -63,6 +66,47 @@ class CostRollout(Objective):
         if self.terminal is not None:
             total = total + self.terminal(trace).t[:, :, -1].sum(dim=-1).mean()
         return total
+
+
+class EpisodeReturn(Objective):
+    """L(θ) = −(mean over the training scenarios of the episode return), and its gradient by
+    antithetic evolution strategies: with ε_1 … ε_P ~ N(0, I) drawn from the objective's own
+    seeded generator (advanced on every call, so each step gets fresh directions; its state is
+    part of the Trainer's checkpoint), and R̄ the mean return over the scenarios,
+
+        ∇L(θ) ≈ −Σ_i (R̄(θ + σε_i) − R̄(θ − σε_i)) ε_i / (2σP),
+
+    from ONE batched rollout of the 2P + 1 candidates θ, θ ± σε_i on the same seeds (common
+    random numbers: the difference of a pair sees only the effect of ±σε_i)."""
+
+    def __init__(self, evaluator, population: int, sigma: float, seed: int, describe: str):
+        self.evaluator = evaluator
+        self.population, self.sigma, self.seed = int(population), float(sigma), int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.describe = describe
+
+    @torch.no_grad()
+    def mean_returns(self, thetas: torch.Tensor) -> torch.Tensor:
+        """Mean episode return over the training scenarios, per candidate (C,)."""
+        _, _, R = self.evaluator.rollout_returns(torch.as_tensor(thetas, dtype=DTYPE))
+        return R.mean(dim=1)
+
+    @torch.no_grad()
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        return -self.mean_returns(theta.detach()[None])[0]
+
+    @torch.no_grad()
+    def loss_and_grad(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """(L(θ), the ES estimate of ∇L(θ)); L(θ) comes from the same batched rollout."""
+        theta = theta.detach().to(DTYPE)
+        P, sigma = self.population, self.sigma
+        eps = torch.randn(P, theta.numel(), generator=self.generator, dtype=DTYPE)
+        R = self.mean_returns(torch.cat([theta[None], theta + sigma * eps,
+                                         theta - sigma * eps]))
+        diff = R[1:P + 1] - R[P + 1:]
+        diff = torch.where(torch.isfinite(diff), diff, torch.zeros_like(diff))
+        grad_return = (diff @ eps) / (2 * sigma * P)
+        return float(-R[0]), -grad_return
 
 
 class DataError(Exception):
@@ -113,4 +157,13 @@ def make_objective(spec: Spec, family, evaluator, compiler: ExpressionCompiler,
         terminal = compiler.value(obj.terminal) if obj.terminal is not None else None
         return CostRollout(evaluator, stage, terminal,
                            "rollout cost (Σ stage + terminal, mean over scenarios)")
+    if isinstance(obj, ReturnObjective):
+        default = {key: DEFAULTS[("objective return", key)]
+                   for key in ("population", "sigma", "seed")}
+        population = int(obj.population if obj.population is not None else default["population"])
+        sigma = float(obj.sigma if obj.sigma is not None else default["sigma"])
+        seed = int(obj.seed if obj.seed is not None else default["seed"])
+        return EpisodeReturn(evaluator, population, sigma, seed,
+                             f"minus the mean episode return; antithetic ES gradient "
+                             f"({population} pairs, sigma {sigma:g})")
     raise NotImplementedError(f"objective kind '{obj.kind}'")

@@ -1,5 +1,9 @@
 """The scenarios' initial states: a seeded uniform draw from the box, or a full grid; and the
-holdout draw, a separate stream of the same seed so it never repeats a training scenario."""
+holdout draw, a separate stream of the same seed so it never repeats a training scenario.
+
+For a gymnasium system a scenario is `env.reset(seed=…)`, so the "initial states" are the reset
+seeds, an int64 vector: seed, seed + 1, …, seed + count − 1 for training and
+seed + GYM_HOLDOUT_OFFSET + j for the holdout (a disjoint range)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import itertools
 
 import numpy as np
 
-from scpo_spec.spec.model import Spec
+from scpo_spec.spec.model import GymnasiumSystem, Spec
+
+GYM_HOLDOUT_OFFSET = 1_000_000  # holdout reset seeds start this far above the training ones
 
 
 def initial_box(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
@@ -24,6 +30,9 @@ def training_states(spec: Spec) -> np.ndarray:
     """(S, n) float64: `grid G` → every combination of G evenly spaced points per axis
     (numpy.linspace, endpoints included); `count N` → N uniform draws with `seed`."""
     sc = spec.scenarios
+    if isinstance(spec.system, GymnasiumSystem):  # reset seeds (S,)
+        seed = int(sc.seed) if sc.seed is not None else 0
+        return np.arange(seed, seed + int(sc.count), dtype=np.int64)
     lo, hi = initial_box(spec)
     if sc.grid is not None:
         G = int(sc.grid)
@@ -37,6 +46,9 @@ def holdout_states(spec: Spec, count: int | None = None) -> np.ndarray:
     """Fresh uniform draws from the same box (stream [seed, 1], disjoint from the training one)."""
     sc = spec.scenarios
     count = int(sc.holdout) if count is None and sc.holdout is not None else int(count or 0)
-    lo, hi = initial_box(spec)
     seed = int(sc.seed) if sc.seed is not None else 0
+    if isinstance(spec.system, GymnasiumSystem):  # reset seeds (N,), disjoint from training's
+        start = seed + GYM_HOLDOUT_OFFSET
+        return np.arange(start, start + count, dtype=np.int64)
+    lo, hi = initial_box(spec)
     return np.random.default_rng([seed, 1]).uniform(lo, hi, size=(count, len(lo)))

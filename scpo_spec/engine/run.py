@@ -21,6 +21,7 @@ import torch
 
 from scpo_spec.audit.log import FORMAT, LOG_NAME, AuditWriter, LogError, read_lines
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
+from scpo_spec.compile.ray_executor import RayUnavailable, use_executor
 from scpo_spec.engine.train import State, StepReport, Trainer, UnsafeStart, run_steps, theta_hash
 from scpo_spec.spec.load import check_text, syntax_of
 from scpo_spec.spec.model import Spec
@@ -32,7 +33,7 @@ class RunError(Exception):
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("scpo-spec", "torch", "cvxpy", "clarabel", "numpy", "scipy", "gurobipy"):
+    for pkg in ("scpo-spec", "torch", "cvxpy", "clarabel", "numpy", "scipy", "gurobipy", "ray"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -97,6 +98,29 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
           on_step: Callable[[StepReport, State], None] | None = None) -> TrainResult:
     """Train a checked spec, logging every step under `out` (default runs/NAME)."""
     compiled = compile_spec(spec, spec_path.resolve().parent)
+    executor = _executor(compiled, spec_text, spec_path)
+    try:
+        return _train(compiled, spec_path, spec, spec_text, out, steps, resume, on_start, on_step)
+    except RayUnavailable as e:  # a worker lost mid-run: the steps before it are logged
+        raise RunError(f"{e} (continue with --resume)") from None
+    finally:
+        if executor is not None:
+            executor.close()  # the actors; Ray itself only if this run started it
+
+
+def _executor(compiled: CompiledSpec, spec_text: str, spec_path: Path):
+    """`executor ray`: each step's candidate bank is rolled out on Ray actors (one-candidate
+    calls, θ₀ and the verifications, stay in this process: same numbers, less overhead)."""
+    if compiled.settings.executor != "ray":
+        return None
+    try:
+        return use_executor(compiled, spec_text, spec_path)
+    except RayUnavailable as e:
+        raise RunError(str(e)) from None
+
+
+def _train(compiled, spec_path, spec, spec_text, out, steps, resume, on_start,
+           on_step) -> TrainResult:
     total = steps if steps is not None else compiled.settings.steps
     if resume:
         run_dir = out if out is not None else Path("runs") / spec.name.name

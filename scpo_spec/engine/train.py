@@ -115,6 +115,11 @@ class Trainer:
         return float(self.c.objective(theta))
 
     def loss_and_grad(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """L(θ) and ∇L(θ): the objective's own estimate where it has one (`objective return`,
+        whose gymnasium rollouts are not differentiable), else autograd."""
+        own = getattr(self.c.objective, "loss_and_grad", None)
+        if own is not None:
+            return own(theta)
         theta = theta.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             L = self.c.objective(theta)
@@ -283,7 +288,7 @@ class Trainer:
         for i in np.flatnonzero(refuted):
             j = int(torch.argmax(torch.nan_to_num(h[:, i], nan=torch.inf)))
             X, U = self.ev.rollout(candidate[None], self.ev.x0[j:j + 1])
-            out[self.ev.names[i]] = {"scenario": j, "x0": self.ev.x0[j], "value": float(h[j, i]),
+            out[self.ev.names[i]] = {"scenario": j, "x0": X[0, 0, 0], "value": float(h[j, i]),
                                      "states": X[0, 0], "inputs": U[0, 0]}
         return out
 
@@ -312,6 +317,9 @@ class Trainer:
                    "ell_floor": state.ell_floor, "previous": state.previous, "step": state.step,
                    "accepted": state.accepted, "optimizer": self.optimizer.state,
                    "generator": self.generator.get_state(), "head": head, "seq": seq}
+        objective_generator = getattr(self.c.objective, "generator", None)
+        if objective_generator is not None:  # `objective return`: its ES directions' stream
+            payload["objective_generator"] = objective_generator.get_state()
         tmp = self.run_dir / "checkpoint.pt.tmp"
         torch.save(payload, tmp)
         os.replace(tmp, self.run_dir / "checkpoint.pt")
@@ -319,6 +327,8 @@ class Trainer:
     def restore(self, payload: dict) -> State:
         self.optimizer.state = payload["optimizer"]
         self.generator.set_state(payload["generator"])
+        if "objective_generator" in payload:
+            self.c.objective.generator.set_state(payload["objective_generator"])
         return State(theta=payload["theta"], g=np.asarray(payload["g"]), loss=payload["loss"],
                      ell=np.asarray(payload["ell"]), ell_floor=np.asarray(payload["ell_floor"]),
                      previous=payload["previous"], step=payload["step"],

@@ -645,6 +645,11 @@ class Checker:
             self._number(obj.sigma, "sigma", positive=True)
             self._number(obj.seed, "seed", nonnegative=True, integer=True)
         elif isinstance(obj, M.CostObjective):
+            if isinstance(self.spec.system, M.GymnasiumSystem):
+                self.error("objective cost needs a model-based system (a differentiable "
+                           "rollout); a gymnasium environment is not differentiable", obj.span,
+                           "use `objective return { … }` (the environment's rewards) or "
+                           "`objective imitation { … }`")
             if obj.stage is None:
                 self.error("a cost objective needs a stage cost", obj.span,
                            "add `stage quad(Q, state) + quad(R, input)`")

@@ -12,14 +12,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scpo_spec.spec.model import LinearSystem, PendulumSystem, Spec, StaticSystem
+from scpo_spec.spec.model import (GymnasiumSystem, LinearSystem, PendulumSystem, Spec,
+                                  StaticSystem)
 
 DTYPE = torch.float64
 
 
 @dataclass
 class Dynamics:
-    """A discrete-time plant. `static` plants keep x constant (the policy is a model y = f(x))."""
+    """A discrete-time plant. `static` plants keep x constant (the policy is a model y = f(x));
+    `gymnasium` plants have no torch step: their environment `env_id` is rolled out by
+    `scpo_spec.systems.gym_rollout.GymRollout`."""
 
     kind: str
     n: int
@@ -30,6 +33,7 @@ class Dynamics:
     g: float = 0.0
     mass: float = 1.0
     length: float = 1.0
+    env_id: str | None = None         # gymnasium: the registered environment id
 
     def __post_init__(self):
         if self.A is not None:
@@ -45,6 +49,9 @@ class Dynamics:
                 + (3 / (self.mass * self.length ** 2)) * u[..., 0]
             omega = omega + self.dt * accel
             return torch.stack((theta + self.dt * omega, omega), dim=-1)
+        if self.kind == "gymnasium":
+            raise ValueError(f"a gymnasium system ('{self.env_id}') is stepped by its environment "
+                             "(scpo_spec.systems.gym_rollout), not in torch")
         return x  # static
 
     def linearisation(self) -> tuple[np.ndarray, np.ndarray]:
@@ -72,5 +79,6 @@ def make_dynamics(spec: Spec) -> Dynamics:
                         mass=float(system.m), length=float(system.l))
     if isinstance(system, StaticSystem):
         return Dynamics("static", n, m)
-    raise NotImplementedError(f"'{system.kind}' systems are rolled out by their environment "
-                              "(not supported by this engine yet)")
+    if isinstance(system, GymnasiumSystem):
+        return Dynamics("gymnasium", n, m, env_id=system.env_id.value)
+    raise NotImplementedError(f"'{system.kind}' systems")

@@ -1,0 +1,145 @@
+"""`train { executor ray { … } }`: the same metrics and the same run as `executor local`.
+
+One local Ray instance for the whole module (started by the fixture, so the evaluators under
+test find Ray running and leave it alone). Skipped where ray is not installed, except the
+"not installed" message itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from scpo_spec.audit.log import LOG_NAME, read_lines
+from scpo_spec.audit.verify import audit_run
+from scpo_spec.cli import app
+from scpo_spec.compile.problem import compile_spec
+from scpo_spec.compile.ray_executor import RayEvaluator, RayUnavailable, connect
+from scpo_spec.engine.run import RunError, train
+from tests.engine_specs import small_di, spec_of, write_spec
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="ray is not installed (pip install 'scpo-spec[ray]')")
+RAY2 = "executor ray { workers = 2 }"
+UNREACHABLE = 'executor ray { address = "127.0.0.1:1"  workers = 2 }'  # nothing listens on port 1
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()
+
+
+@needs_ray
+def test_ray_and_local_metrics_are_identical(ray_instance, tmp_path):
+    text = small_di(steps=4, extra=RAY2)
+    spec = spec_of(text, tmp_path)
+    compiled = compile_spec(spec, tmp_path)
+    local = compiled.evaluator
+    ev = RayEvaluator(local, text, str(tmp_path / "spec.scpo"), tmp_path, workers=2)
+    try:
+        assert not ev._started  # Ray was running already: not ours to shut down
+        gen = torch.Generator().manual_seed(0)
+        theta0 = compiled.family.theta0
+        for C, scale in ((1, 0.1), (2, 0.1), (7, 0.3), (18, 0.3), (64, 1.0), (65, 30.0)):
+            thetas = theta0[None] + scale * torch.randn(C, compiled.family.d, generator=gen,
+                                                        dtype=torch.float64)
+            if C == 65:
+                thetas[[3, 40], 0] = torch.nan  # rollouts leave the finite numbers: +inf
+            a, b = local(thetas), ev(thetas)
+            assert b.dtype == torch.float64 and b.shape == (C, len(local.metrics))
+            assert torch.equal(a, b), C  # bit for bit, +inf (unsafe) entries included
+            assert torch.equal(local.per_scenario(thetas), ev.per_scenario(thetas))
+            x0 = local.x0[2:5]
+            assert torch.equal(local.per_scenario(thetas, x0), ev.per_scenario(thetas, x0))
+        assert torch.isinf(a).any() and torch.isfinite(a).any()  # the last batch has both
+        assert ev.names == local.names and np.array_equal(ev.margins, local.margins)
+        assert ev.horizon == local.horizon and ev.x0 is local.x0 and ev.family is local.family
+    finally:
+        ev.close()
+    assert ray_instance.is_initialized()
+
+
+@needs_ray
+def test_gymnasium_rollouts_on_ray_are_identical(ray_instance, tmp_path, root):
+    """A gymnasium system's scenarios are int64 reset seeds, not float64 states."""
+    text = (root / "specs" / "gym_pendulum.scpo").read_text(encoding="utf-8")
+    text = text.replace("count 16", "count 4").replace("horizon 100", "horizon 20")
+    compiled = compile_spec(spec_of(text, tmp_path), tmp_path)
+    local = compiled.evaluator
+    ev = RayEvaluator(local, text, str(tmp_path / "spec.scpo"), tmp_path, workers=2)
+    try:
+        gen = torch.Generator().manual_seed(1)
+        thetas = compiled.family.theta0[None] + 0.05 * torch.randn(
+            6, compiled.family.d, generator=gen, dtype=torch.float64)
+        assert torch.equal(local(thetas), ev(thetas))
+        x0 = local.x0[1:3]
+        assert x0.dtype == torch.int64
+        assert torch.equal(local.per_scenario(thetas, x0), ev.per_scenario(thetas, x0))
+    finally:
+        ev.close()
+
+
+def _steps(run_dir):
+    lines, _ = read_lines(run_dir / LOG_NAME)
+    steps = [ln.record for ln in lines if ln.record.get("type") == "step"]
+    return ([s["G"] for s in steps], [[t.get("verified") for t in s["tries"]] for s in steps],
+            [s["accepted"] for s in steps])
+
+
+@needs_ray
+def test_ray_and_local_training_give_the_same_run(ray_instance, tmp_path, monkeypatch):
+    spread, original = [], RayEvaluator._spread
+
+    def counted(self, method, *args):
+        spread.append(method)
+        return original(self, method, *args)
+    monkeypatch.setattr(RayEvaluator, "_spread", counted)
+    runs = {}
+    for name, extra in (("local", "executor local"), ("ray", RAY2)):
+        base = tmp_path / name
+        base.mkdir()
+        text = small_di(steps=4, extra=extra)
+        res = train(write_spec(base, text), spec_of(text, base), text, out=base / "run")
+        assert res.ended == "completed"
+        runs[name] = res
+    a, b = audit_run(runs["local"].run_dir), audit_run(runs["ray"].run_dir)
+    assert a.ok and b.ok
+    assert a.worst == b.worst and a.accepted == b.accepted and a.accepted > 0
+    assert a.loss_last == b.loss_last and a.refutations == b.refutations
+    assert _steps(runs["local"].run_dir) == _steps(runs["ray"].run_dir)
+    assert torch.equal(runs["local"].state.theta, runs["ray"].state.theta)
+    assert spread == ["metrics"] * 4  # each step's bank went to the actors (θ₀ and the
+    # single-candidate verifications stayed local)
+    assert ray_instance.is_initialized()  # the run did not start Ray, so it left it running
+
+
+def test_missing_ray_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(RayUnavailable, match=r"pip install 'scpo-spec\[ray\]'"):
+        connect(None, 2)
+    text = small_di(steps=2, extra=RAY2)
+    with pytest.raises(RunError, match="ray is not installed"):
+        train(write_spec(tmp_path, text), spec_of(text, tmp_path), text, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@needs_ray
+def test_unreachable_cluster_is_refused_quickly_by_the_cli(tmp_path, monkeypatch):
+    import ray
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as if no Ray were running here
+    spec = write_spec(tmp_path, small_di(steps=2, extra=UNREACHABLE))
+    result = CliRunner().invoke(app, ["train", str(spec), "--out", str(tmp_path / "run"), "-q",
+                                      "--no-report"])
+    assert result.exit_code == 1
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
