@@ -21,6 +21,17 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _finish(fig, ax, title: str, ylabel: str) -> bytes:
+    """The styling every report plot shares, then the PNG."""
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.25)
+    return _png(fig)
+
+
 def _finite_top(values: np.ndarray, fallback: float) -> float:
     finite = values[np.isfinite(values)]
     return float(finite.max()) if finite.size else fallback
@@ -46,13 +57,7 @@ def metric_plot(ev: Evidence, i: int) -> bytes:
                    label="rejected candidates (verified)")
     for x in s.failed_x:
         ax.axvline(x, color="#e67e22", lw=0.5, alpha=0.5)
-    ax.set_title(f"{m['section']} {m['name']}:  {m['formula']}", fontsize=9, loc="left")
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel("g", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.25)
-    return _png(fig)
+    return _finish(fig, ax, f"{m['section']} {m['name']}:  {m['formula']}", "g")
 
 
 def loss_plot(ev: Evidence) -> bytes:
@@ -63,13 +68,7 @@ def loss_plot(ev: Evidence) -> bytes:
     if pts:
         ax.scatter(*zip(*pts), marker="x", color="#c0392b", s=28, zorder=3,
                    label="rejected candidates")
-    ax.set_title(f"loss — {ev.header.get('objective', '')}", fontsize=9, loc="left")
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel("L(θ)", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.25)
-    return _png(fig)
+    return _finish(fig, ax, f"loss — {ev.header.get('objective', '')}", "L(θ)")
 
 
 def all_plots(ev: Evidence) -> list[tuple[str, str, bytes]]:
