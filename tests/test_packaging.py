@@ -15,6 +15,8 @@ def test_wheel_ships_the_grammar_and_works_from_it(root, tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert "scpo_spec/grammars/scpo.lark" in names
+        for template in ("report.html.j2", "report.md.j2"):  # the report renders from the wheel
+            assert f"scpo_spec/report/templates/{template}" in names
         assert zf.read("scpo_spec/grammars/scpo.lark") == \
             (root / "grammars" / "scpo.lark").read_bytes()
         zf.extractall(tmp_path / "site")
