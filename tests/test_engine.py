@@ -10,7 +10,8 @@ import torch
 from tests.engine_specs import small_di, spec_of
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.compile.problem import compile_spec
-from scpo_spec.compile.projection import ProjectionTemplate, Solution, certificate
+from scpo_spec.compile.certificate import certificate
+from scpo_spec.compile.projection import ProjectionTemplate, Solution
 from scpo_spec.engine.run import train
 from scpo_spec.engine.train import Trainer, UnsafeStart
 

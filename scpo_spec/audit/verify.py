@@ -13,14 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from scpo_spec.audit.log import GENESIS, LOG_NAME, LogLine, read_lines, sha256_hex
+from scpo_spec.compile.certificate import certificate
 
 REL_TOL = 1e-9  # a recomputed certificate must match the logged one to this relative precision
-
-
-def certificate(g0, G, S, ell, xi) -> np.ndarray:
-    """ALGORITHM.md step 4: (1 − 1ᵀξ)·g0 + Gξ + (ℓ/2)(ξᵀSξ + |ξ|ᵀdiag(S)), per metric."""
-    quad = float(xi @ S @ xi) + float(np.abs(xi) @ np.diag(S))
-    return (1.0 - xi.sum()) * g0 + G @ xi + 0.5 * ell * quad
 
 
 def verify_chain(lines: list[LogLine]) -> list[str]:
@@ -58,6 +53,7 @@ class AuditResult:
     problems: list = field(default_factory=list)
     ell_max: dict = field(default_factory=dict)
     holdout: dict | None = None  # the holdout record of the last completed segment, if any
+    final_theta: str | None = None  # hash of the last accepted policy
 
     @property
     def ok(self) -> bool:
@@ -168,6 +164,7 @@ def _check_records(records: list[dict], res: AuditResult, run_dir: Path) -> None
                 fail(f"record {seq}: the final policy is not the last accepted one")
         else:
             fail(f"record {seq}: unknown record type {kind!r}")
+    res.final_theta = theta
 
 
 def _check_step(rec, theta, g, margins, spec_ell, names, res, fail) -> None:

@@ -35,6 +35,16 @@ class Objective:
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def loss_and_grad(self, theta: torch.Tensor, extra=None) -> tuple[float, torch.Tensor]:
+        """(L(θ), ∇(L + extra)(θ)) by autograd; `extra` is a baseline's penalty term (SCPO
+        passes none).  Objectives whose rollouts are not differentiable override this."""
+        theta = theta.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            L = self(theta)
+            total = L if extra is None else L + extra(theta)
+            (grad,) = torch.autograd.grad(total, theta)
+        return float(L.detach()), grad
+
 
 class SupervisedObjective(Objective):
     """loss(π_θ(X), Y) on a fixed data set: imitation and regression."""
@@ -96,8 +106,11 @@ class EpisodeReturn(Objective):
         return -self.mean_returns(theta.detach()[None])[0]
 
     @torch.no_grad()
-    def loss_and_grad(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """(L(θ), the ES estimate of ∇L(θ)); L(θ) comes from the same batched rollout."""
+    def loss_and_grad(self, theta: torch.Tensor, extra=None) -> tuple[float, torch.Tensor]:
+        """(L(θ), the ES estimate of ∇L(θ)); L(θ) comes from the same batched rollout.
+        A differentiable `extra` term cannot be added to an estimate: it is refused."""
+        if extra is not None:
+            raise ValueError("objective return has no autograd gradient to add a penalty to")
         theta = theta.detach().to(DTYPE)
         P, sigma = self.population, self.sigma
         eps = torch.randn(P, theta.numel(), generator=self.generator, dtype=DTYPE)

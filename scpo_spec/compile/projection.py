@@ -24,18 +24,13 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
+from scpo_spec.compile.certificate import certificate
+
 SOLVERS = {"clarabel": "CLARABEL", "gurobi": "GUROBI", "scs": "SCS"}
 
 
 class SolverUnavailable(Exception):
     """The spec names a solver that is not installed."""
-
-
-def certificate(g0: np.ndarray, G: np.ndarray, S: np.ndarray, ell: np.ndarray,
-                xi: np.ndarray) -> np.ndarray:
-    """The upper bound of ALGORITHM.md step 4 on g_i(θ + Dξ), per metric (k,)."""
-    quad = float(xi @ S @ xi) + float(np.abs(xi) @ np.diag(S))
-    return (1.0 - xi.sum()) * g0 + G @ xi + 0.5 * ell * quad
 
 
 def certified_scale(g0, G, S, ell, xi, bound) -> float:

@@ -61,18 +61,6 @@ class MethodResult:
         return out
 
 
-def _loss_and_grad(compiled: CompiledSpec, theta: torch.Tensor, extra=None):
-    own = getattr(compiled.objective, "loss_and_grad", None)
-    if own is not None and extra is None:  # `objective return`: its ES estimate
-        return own(theta)
-    theta = theta.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        L = compiled.objective(theta)
-        total = L if extra is None else L + extra(theta)
-        (grad,) = torch.autograd.grad(total, theta)
-    return float(L.detach()), grad
-
-
 def _raw_step(compiled: CompiledSpec, opt: Optimizer, grad: torch.Tensor) -> torch.Tensor:
     step, state = opt.propose(grad)
     opt.commit(state)
@@ -106,7 +94,7 @@ def run_unconstrained(compiled: CompiledSpec, steps: int, penalty: bool = False)
     with torch.no_grad():
         res.deploy(0, _metrics(compiled, theta), float(compiled.objective(theta)))
     for step in range(steps):
-        _, grad = _loss_and_grad(compiled, theta, soft if penalty else None)
+        _, grad = compiled.objective.loss_and_grad(theta, soft if penalty else None)
         res.rollouts += int(penalty)
         if not torch.all(torch.isfinite(grad)):
             break  # diverged: nothing more to deploy
@@ -166,7 +154,7 @@ def run_full_fd(compiled: CompiledSpec, steps: int, max_tries: int = 6) -> Metho
         res.deploy(0, g0, float(compiled.objective(theta)))
     eye = torch.eye(d, dtype=DTYPE) * h
     for step in range(steps):
-        _, grad = _loss_and_grad(compiled, theta)
+        _, grad = compiled.objective.loss_and_grad(theta)
         raw = _raw_step(compiled, opt, grad)
         G = np.concatenate([ev(theta[None] + eye[i:i + FD_CHUNK]).numpy()
                             for i in range(0, d, FD_CHUNK)]).T  # (k, d)

@@ -20,7 +20,8 @@ import torch
 
 from scpo_spec.audit.log import AuditWriter
 from scpo_spec.compile.problem import CompiledSpec
-from scpo_spec.compile.projection import ProjectionTemplate, certificate, certified_scale
+from scpo_spec.compile.certificate import certificate, certificate_terms
+from scpo_spec.compile.projection import ProjectionTemplate, certified_scale
 from scpo_spec.engine.optimizers import Optimizer
 
 DTYPE = torch.float64
@@ -115,16 +116,8 @@ class Trainer:
         return float(self.c.objective(theta))
 
     def loss_and_grad(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """L(θ) and ∇L(θ): the objective's own estimate where it has one (`objective return`,
-        whose gymnasium rollouts are not differentiable), else autograd."""
-        own = getattr(self.c.objective, "loss_and_grad", None)
-        if own is not None:
-            return own(theta)
-        theta = theta.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            L = self.c.objective(theta)
-            (grad,) = torch.autograd.grad(L, theta)
-        return float(L.detach()), grad
+        """L(θ) and ∇L(θ): autograd, or the objective's own estimate (`objective return`)."""
+        return self.c.objective.loss_and_grad(theta)
 
     def probe_scale(self, state: State) -> float:
         """ν, shrunk near the boundary so the probes' curvature terms fit in the slack left."""
@@ -225,8 +218,7 @@ class Trainer:
             t = time.perf_counter()
             g_new = self.metrics(candidate[None])[0]
             timing["rollouts"] += time.perf_counter() - t
-            lin = (1.0 - xi.sum()) * state.g + G @ xi
-            quad = float(xi @ S @ xi) + float(np.abs(xi) @ np.diag(S))
+            lin, quad = certificate_terms(state.g, G, S, xi)
             observed = 2 * (g_new - lin) / quad if quad > 0 else np.zeros(self.k)
             entry.update({"verified": g_new, "observed_curvature": observed, "loss": cand_loss})
             refuted = ~(g_new <= -self.margins)

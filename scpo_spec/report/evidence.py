@@ -90,7 +90,7 @@ def gather(run_dir: str | Path, compute_holdout: bool = True) -> Evidence:
         audit.problems.append(f"the step records cannot be read: {type(err).__name__}: {err}")
         series, rejected, refutations = Series(), [], []
     end = next((r for r in reversed(records) if r.get("type") == "end"), None)
-    final_theta = _final_theta(records)
+    final_theta = audit.final_theta
     holdout, source = _holdout(audit, final_theta, run_dir, spec, header, compute_holdout)
     metrics = _metric_rows(header, audit, spec, holdout)
     ev = Evidence(run_dir, header, records, audit, spec, metrics, series, rejected, refutations,
@@ -108,16 +108,6 @@ def _spec_of(header: dict):
     if result.spec is None:
         return None
     return result.spec
-
-
-def _final_theta(records: list) -> str | None:
-    theta = None
-    for r in records:
-        if r.get("type") == "init":
-            theta = r.get("theta")
-        elif r.get("type") == "step" and r.get("accepted"):
-            theta = r.get("theta_next")
-    return theta
 
 
 def _series(records: list, header: dict):
@@ -220,12 +210,11 @@ def _checks(ev: Evidence) -> list[Check]:
                      "no holdout validation: the spec declares no `holdout` scenarios"
                      if h is not None else f"holdout {ev.holdout_source}")
     else:
-        ok = h.get("violations") == 0
-        beta = float(h.get("beta") or 1e-6)
-        bound = math.log(1 / beta) / h["count"]  # recomputed, not read from the log
+        ok = ev.holdout_bound is not None
         hold = Check("holdout validation", ok,
                      f"0 of {h['count']} fresh scenarios violate; P(violation) ≤ "
-                     f"{bound:.3g} with confidence 1 − {beta:g}" if ok else
+                     f"{ev.holdout_bound:.3g} with confidence 1 − {float(h.get('beta') or 1e-6):g}"
+                     if ok else
                      f"{h.get('violations')} of {h['count']} fresh scenarios violate")
     return [chain, certs, viol, hold]
 
