@@ -289,9 +289,11 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         err.print("[yellow]interrupted[/]: everything up to the last step is logged; continue "
                   f"with `scpo train {_esc(file)} --out RUN --resume`")
         raise typer.Exit(130)
-    progress.summary(out, res)
-    if not no_report:
+    if no_report:
+        progress.summary(out, res)
+    else:  # the report audits the run; the summary reuses that audit
         evidence, target = _write_report(res.run_dir, ReportFormat.html, None)
+        progress.summary(out, res, evidence.audit)
         _say_verdict(evidence, target)
     raise typer.Exit(0 if res.ended == "completed" else 1)
 

@@ -46,9 +46,10 @@ class TrainingProgress:
         self.refutations += report.refutations
         self.progress.update(self.task, completed=state.step, info=self._info(state))
 
-    def summary(self, console: Console, res) -> None:
+    def summary(self, console: Console, res, audit=None) -> None:
+        """The run's table and counts, from its audit (made here unless one is given)."""
         from scpo_spec.audit.verify import audit_run
-        a = audit_run(res.run_dir)
+        a = audit if audit is not None else audit_run(res.run_dir)
         table = Table(title=escape(f"{res.run_dir}: {res.ended}"))
         for col in ("metric", "worst over accepted iterates", "needs ≤", "largest ℓ used"):
             table.add_column(col)
