@@ -39,7 +39,7 @@ from rich.table import Table
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
 from scpo_spec.engine.train import Trainer, UnsafeStart
 from scpo_spec.policies.policy import ACTIVATIONS
-from scpo_spec.spec.load import load_spec
+from scpo_spec.language.load import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = ROOT / "specs" / "double_integrator.scpo"

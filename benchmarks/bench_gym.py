@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.problem import compile_spec
-from scpo_spec.spec.load import load_spec
+from scpo_spec.language.load import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = ROOT / "specs" / "gym_pendulum.scpo"

@@ -31,7 +31,7 @@ import torch
 
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.compile.ray_executor import RayEvaluator, connect
-from scpo_spec.spec.load import load_spec
+from scpo_spec.language.load import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = ROOT / "specs" / "double_integrator.scpo"

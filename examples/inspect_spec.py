@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from scpo_spec import SpecError, load_spec
-from scpo_spec.spec.expr import unparse
+from scpo_spec.language.expr import unparse
 
 
 def describe(path: str) -> str:

@@ -38,7 +38,7 @@ def run_scpo(path: Path, steps: int, runs: Path):
     from scpo_spec.engine.baselines import MethodResult
     from scpo_spec.engine.run import train
     from scpo_spec.report import gather, write_report
-    from scpo_spec.spec.load import check_file
+    from scpo_spec.language.load import check_file
 
     result = check_file(path)
     start = time.perf_counter()
@@ -63,7 +63,7 @@ def run_scpo(path: Path, steps: int, runs: Path):
 def run_experiment(name: str, quick: bool, runs: Path) -> tuple[dict, list]:
     from scpo_spec.compile.problem import compile_spec
     from scpo_spec.engine.baselines import run_full_fd, run_unconstrained
-    from scpo_spec.spec.load import load_spec
+    from scpo_spec.language.load import load_spec
 
     path = ROOT / EXPERIMENTS[name]
     spec = load_spec(path)

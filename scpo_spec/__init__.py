@@ -5,9 +5,9 @@ The data flow is one-way: text → parse → model → check → compile → eng
 its policy as a torch module).  torch is imported only when a run is loaded.
 """
 
-from scpo_spec.spec.load import load_spec, check_text, check_file
-from scpo_spec.spec.diagnostics import Diagnostic, SpecError
-from scpo_spec.spec.model import Spec
+from scpo_spec.language.load import load_spec, check_text, check_file
+from scpo_spec.language.diagnostics import Diagnostic, SpecError
+from scpo_spec.language.model import Spec
 
 
 

@@ -12,13 +12,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from scpo_spec.spec.diagnostics import render, to_json
-from scpo_spec.spec.format import format_spec
-from scpo_spec.spec.load import CheckResult, check_file, parse_model, read_source, syntax_of
-from scpo_spec.spec.scpo_reader import find_comments
-from scpo_spec.spec.source import Source
-from scpo_spec.spec.yaml_reader import count_comments
-from scpo_spec.spec.yaml_writer import format_yaml
+from scpo_spec.language.diagnostics import render, to_json
+from scpo_spec.language.format import format_spec
+from scpo_spec.language.load import CheckResult, check_file, parse_model, read_source, syntax_of
+from scpo_spec.language.scpo_reader import find_comments
+from scpo_spec.language.source import Source
+from scpo_spec.language.yaml_reader import count_comments
+from scpo_spec.language.yaml_writer import format_yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Safety specs for constrained policy optimisation (SCPO).")

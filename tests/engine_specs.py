@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from scpo_spec.spec.load import check_text
+from scpo_spec.language.load import check_text
 
 SMALL_DI = """\
 spec small_di "Small double integrator, malicious expert"

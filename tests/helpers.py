@@ -1,6 +1,6 @@
 """Small helpers shared by the language tests."""
 
-from scpo_spec.spec.load import check_text
+from scpo_spec.language.load import check_text
 
 VALID = """\
 spec di "Double integrator"

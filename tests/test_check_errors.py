@@ -368,8 +368,8 @@ def test_required_physical_parameters_and_layer_widths():
 
 
 def test_quoted_strings_keep_escapes_and_non_ascii():
-    from scpo_spec.spec.format import format_spec
-    from scpo_spec.spec.scpo_reader import find_comments
+    from scpo_spec.language.format import format_spec
+    from scpo_spec.language.scpo_reader import find_comments
     text = replace('spec di "Double integrator"', 'spec di "say \\"hi\\" — dé\\\\x"')
     spec = check(text).spec
     assert spec.title.value == 'say "hi" — dé\\x'

@@ -38,16 +38,16 @@ import numpy as np
 import pytest
 import yaml
 
-from scpo_spec.spec import build as B
-from scpo_spec.spec import check as C
-from scpo_spec.spec import evaluate as EV
-from scpo_spec.spec import model as M
-from scpo_spec.spec.build import Builder
-from scpo_spec.spec.diagnostics import Collector
-from scpo_spec.spec.document import Map
-from scpo_spec.spec.load import check_text, parse_model
-from scpo_spec.spec.scpo_reader import read_scpo
-from scpo_spec.spec.source import Source
+from scpo_spec.language import build as B
+from scpo_spec.language import check as C
+from scpo_spec.language import evaluate as EV
+from scpo_spec.language import model as M
+from scpo_spec.language.build import Builder
+from scpo_spec.language.diagnostics import Collector
+from scpo_spec.language.document import Map
+from scpo_spec.language.load import check_text, parse_model
+from scpo_spec.language.scpo_reader import read_scpo
+from scpo_spec.language.source import Source
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "language.md"

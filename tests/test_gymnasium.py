@@ -17,7 +17,7 @@ from scpo_spec.compile.scenarios import GYM_HOLDOUT_OFFSET
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.run import train
 from scpo_spec.engine.train import Trainer
-from scpo_spec.spec.load import check_text
+from scpo_spec.language.load import check_text
 
 DTYPE = torch.float64
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from scpo_spec.spec import expr as E
-from scpo_spec.spec import model as M
+from scpo_spec.language import expr as E
+from scpo_spec.language import model as M
 from tests.helpers import VALID, as_pendulum, check, replace
 
 

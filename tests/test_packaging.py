@@ -21,7 +21,7 @@ def test_wheel_ships_the_grammar_and_works_from_it(root, tmp_path):
             (root / "grammars" / "scpo.lark").read_bytes()
         zf.extractall(tmp_path / "site")
     # import the unpacked wheel (not the checkout) and parse a spec with its packaged grammar
-    code = ("import scpo_spec, scpo_spec.spec.grammar as g; "
+    code = ("import scpo_spec, scpo_spec.language.grammar as g; "
             "assert 'site' in scpo_spec.__file__; "
             "assert g.grammar_text() == open(r'%s').read(); "
             "r = scpo_spec.check_file(r'%s'); assert r.ok, r.diagnostics" %
@@ -30,5 +30,5 @@ def test_wheel_ships_the_grammar_and_works_from_it(root, tmp_path):
 
 
 def test_parser_is_built_once():
-    from scpo_spec.spec.grammar import parser
+    from scpo_spec.language.grammar import parser
     assert parser() is parser()

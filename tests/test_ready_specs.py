@@ -3,7 +3,7 @@
 import pytest
 
 from scpo_spec import load_spec
-from scpo_spec.spec.load import check_file
+from scpo_spec.language.load import check_file
 from tests.conftest import SPECS
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.engine.run import train
-from scpo_spec.spec.load import check_file
+from scpo_spec.language.load import check_file
 from tests.conftest import SPECS
 
 

@@ -14,7 +14,7 @@ from scpo_spec.audit.log import sha256_hex
 from scpo_spec.cli import app
 from scpo_spec.engine.run import train
 from scpo_spec.report import gather, write_report
-from scpo_spec.spec.load import check_file
+from scpo_spec.language.load import check_file
 from tests.conftest import ROOT, SPECS
 from tests.engine_specs import small_di, spec_of, write_spec
 

@@ -25,13 +25,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from scpo_spec.cli import app
-from scpo_spec.spec import expr as E
-from scpo_spec.spec.diagnostics import Diagnostic, render, to_json
-from scpo_spec.spec.format import format_spec
-from scpo_spec.spec.load import CheckResult, check_text, parse_model
-from scpo_spec.spec.scpo_reader import find_comments, parse_expression
-from scpo_spec.spec.source import Source
-from scpo_spec.spec.yaml_writer import format_yaml
+from scpo_spec.language import expr as E
+from scpo_spec.language.diagnostics import Diagnostic, render, to_json
+from scpo_spec.language.format import format_spec
+from scpo_spec.language.load import CheckResult, check_text, parse_model
+from scpo_spec.language.scpo_reader import find_comments, parse_expression
+from scpo_spec.language.source import Source
+from scpo_spec.language.yaml_writer import format_yaml
 from tests.conftest import ROOT, SPECS
 
 # st.recursive over model nodes makes hypothesis warn about the size of its own repr
@@ -949,7 +949,7 @@ def _in_subprocess(code: str, timeout: float = 60, memory_gib: float = 2.0,
 def _check_in_subprocess(text: str, syntax: str = "scpo", timeout: float = 60):
     proc = _in_subprocess(f"""
         import sys
-        from scpo_spec.spec.load import check_text
+        from scpo_spec.language.load import check_text
         r = check_text(sys.stdin.read(), path="f.{syntax}", syntax={syntax!r})
         print("OK", [d.message for d in r.diagnostics])
     """, timeout=timeout, stdin=text)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from scpo_spec.spec import expr as E
-from scpo_spec.spec.evaluate import evaluate
-from scpo_spec.spec.expr import format_number, unparse
+from scpo_spec.language import expr as E
+from scpo_spec.language.evaluate import evaluate
+from scpo_spec.language.expr import format_number, unparse
 
 
 def describe_metric(formula: E.Node, consts: dict, states: list[str], inputs: list[str],

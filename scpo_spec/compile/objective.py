@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from scpo_spec.compile.signals import ExpressionCompiler, Trace
-from scpo_spec.spec.model import (DEFAULTS, CostObjective, ImitationObjective, NormalStates,
+from scpo_spec.language.model import (DEFAULTS, CostObjective, ImitationObjective, NormalStates,
                                   RegressionObjective, ReturnObjective, Spec)
 
 DTYPE = torch.float64

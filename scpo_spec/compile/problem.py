@@ -15,8 +15,8 @@ from scpo_spec.compile.scenarios import holdout_states, training_states
 from scpo_spec.compile.signals import ExpressionCompiler, Reducer
 from scpo_spec.policies.backup import Backup, make_backup
 from scpo_spec.policies.policy import PolicyFamily, make_policy
-from scpo_spec.spec.expr import unparse
-from scpo_spec.spec.model import TRAIN_DEFAULTS, Spec
+from scpo_spec.language.expr import unparse
+from scpo_spec.language.model import TRAIN_DEFAULTS, Spec
 from scpo_spec.systems.dynamics import Dynamics, make_dynamics
 
 

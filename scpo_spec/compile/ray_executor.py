@@ -54,7 +54,7 @@ class EvaluatorWorker:
 
     def __init__(self, spec_text: str, path: str, base_dir: str | None):
         from scpo_spec.compile.problem import compile_spec
-        from scpo_spec.spec.load import check_text
+        from scpo_spec.language.load import check_text
         base = Path(base_dir) if base_dir is not None else None
         result = check_text(spec_text, path=path, base_dir=base)
         if result.spec is None or not result.ok:

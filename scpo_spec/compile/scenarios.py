@@ -11,7 +11,7 @@ import itertools
 
 import numpy as np
 
-from scpo_spec.spec.model import GymnasiumSystem, Spec
+from scpo_spec.language.model import GymnasiumSystem, Spec
 
 GYM_HOLDOUT_OFFSET = 1_000_000  # holdout reset seeds start this far above the training ones
 

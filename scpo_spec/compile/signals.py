@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scpo_spec.spec import expr as E
-from scpo_spec.spec.evaluate import evaluate
+from scpo_spec.language import expr as E
+from scpo_spec.language.evaluate import evaluate
 
 DTYPE = torch.float64
 LYAPUNOV_FLOOR = 1e-12  # V(x_0) below this counts as this (a scenario starting at the origin)

@@ -23,8 +23,8 @@ from scpo_spec.audit.log import FORMAT, LOG_NAME, AuditWriter, LogError, read_li
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
 from scpo_spec.compile.ray_executor import RayUnavailable, use_executor
 from scpo_spec.engine.train import State, StepReport, Trainer, UnsafeStart, run_steps, theta_hash
-from scpo_spec.spec.load import check_text, syntax_of
-from scpo_spec.spec.model import Spec
+from scpo_spec.language.load import check_text, syntax_of
+from scpo_spec.language.model import Spec
 
 
 class RunError(Exception):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from scpo_spec.spec.model import LinearBackup, LqrBackup, Spec
+from scpo_spec.language.model import LinearBackup, LqrBackup, Spec
 from scpo_spec.systems.dynamics import Dynamics
 
 

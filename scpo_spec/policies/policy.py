@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from scpo_spec.policies.backup import Backup
-from scpo_spec.spec.model import LinearPolicy, MlpPolicy, Spec
+from scpo_spec.language.model import LinearPolicy, MlpPolicy, Spec
 
 DTYPE = torch.float64
 

@@ -100,7 +100,7 @@ def gather(run_dir: str | Path, compute_holdout: bool = True) -> Evidence:
 
 
 def _spec_of(header: dict):
-    from scpo_spec.spec.load import check_text
+    from scpo_spec.language.load import check_text
     spec = header["spec"]
     origin = Path(spec.get("resolved") or spec["path"])
     result = check_text(spec["text"], path=spec["path"], base_dir=origin.parent,

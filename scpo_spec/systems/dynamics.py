@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scpo_spec.spec.model import (GymnasiumSystem, LinearSystem, PendulumSystem, Spec,
+from scpo_spec.language.model import (GymnasiumSystem, LinearSystem, PendulumSystem, Spec,
                                   StaticSystem)
 
 DTYPE = torch.float64

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from lark import Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedInput, VisitError
 
-from scpo_spec.spec import expr as E
-from scpo_spec.spec.diagnostics import Diagnostic
-from scpo_spec.spec.document import Entry, Map, Scalar, Seq
-from scpo_spec.spec.grammar import MAX_DEPTH, deepest_span, depth_of, parser, syntax_diagnostic, \
+from scpo_spec.language import expr as E
+from scpo_spec.language.diagnostics import Diagnostic
+from scpo_spec.language.document import Entry, Map, Scalar, Seq
+from scpo_spec.language.grammar import MAX_DEPTH, deepest_span, depth_of, parser, syntax_diagnostic, \
     token_span, tree_span
-from scpo_spec.spec.source import Source, Span
+from scpo_spec.language.source import Source, Span
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import Field
 
-from scpo_spec.spec.expr import Expr, Node
+from scpo_spec.language.expr import Expr, Node
 
 
 class Quantity(Node):

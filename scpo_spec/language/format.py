@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scpo_spec.spec import expr as E
-from scpo_spec.spec import model as M
-from scpo_spec.spec.layout import entries
-from scpo_spec.spec.scpo_reader import Comment
-from scpo_spec.spec.source import Span
+from scpo_spec.language import expr as E
+from scpo_spec.language import model as M
+from scpo_spec.language.layout import entries
+from scpo_spec.language.scpo_reader import Comment
+from scpo_spec.language.source import Span
 
 INDENT = "    "
 # Sections whose entries LANGUAGE.md writes as `key = value`; the rest as `key value`.

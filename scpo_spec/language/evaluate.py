@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from scpo_spec.spec import expr as E
-from scpo_spec.spec.source import Span
+from scpo_spec.language import expr as E
+from scpo_spec.language.source import Span
 
 BUILTIN_CONSTANTS = {"pi": math.pi}
 MAX_SIZE = 1000  # the largest vector length or matrix side a spec may build

@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from scpo_spec.spec import expr as E
-from scpo_spec.spec import model as M
-from scpo_spec.spec.layout import entries
+from scpo_spec.language import expr as E
+from scpo_spec.language import model as M
+from scpo_spec.language.layout import entries
 
 
 def _literal(e: E.Node) -> Any:

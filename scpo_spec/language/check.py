@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.spec import expr as E
-from scpo_spec.spec import model as M
-from scpo_spec.spec.diagnostics import Collector, did_you_mean, one_of
-from scpo_spec.spec.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
-from scpo_spec.spec.source import Span
+from scpo_spec.language import expr as E
+from scpo_spec.language import model as M
+from scpo_spec.language.diagnostics import Collector, did_you_mean, one_of
+from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
+from scpo_spec.language.source import Span
 
 REQUIRED_SECTIONS = ("system", "policy", "scenarios", "objective", "train")
 SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "cos", "tan",

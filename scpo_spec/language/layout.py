@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from scpo_spec.spec import model as M
+from scpo_spec.language import model as M
 
 SECTIONS = ("system", "backup", "policy", "scenarios", "constraints", "stability", "objective",
             "train")

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from scpo_spec.spec.expr import Node as ExprNode
-from scpo_spec.spec.source import Span
+from scpo_spec.language.expr import Node as ExprNode
+from scpo_spec.language.source import Span
 
 
 @dataclass

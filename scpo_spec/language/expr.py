@@ -11,7 +11,7 @@ from typing import Annotated, Iterator, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scpo_spec.spec.source import Span
+from scpo_spec.language.source import Span
 
 
 class Node(BaseModel):

@@ -7,13 +7,13 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from scpo_spec.spec import expr as E
-from scpo_spec.spec import model as M
-from scpo_spec.spec.diagnostics import Collector, did_you_mean, one_of
-from scpo_spec.spec.document import Entry, Map, Scalar, Seq, Value
-from scpo_spec.spec.evaluate import EvalError, evaluate, to_plain
-from scpo_spec.spec.scpo_reader import parse_expression
-from scpo_spec.spec.source import Source, Span
+from scpo_spec.language import expr as E
+from scpo_spec.language import model as M
+from scpo_spec.language.diagnostics import Collector, did_you_mean, one_of
+from scpo_spec.language.document import Entry, Map, Scalar, Seq, Value
+from scpo_spec.language.evaluate import EvalError, evaluate, to_plain
+from scpo_spec.language.scpo_reader import parse_expression
+from scpo_spec.language.source import Source, Span
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "sigmoid", "softplus", "identity")
 SOLVERS = ("clarabel", "gurobi", "scs")

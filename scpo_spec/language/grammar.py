@@ -9,8 +9,8 @@ from pathlib import Path
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from scpo_spec.spec.diagnostics import Diagnostic, did_you_mean
-from scpo_spec.spec.source import Source, Span
+from scpo_spec.language.diagnostics import Diagnostic, did_you_mean
+from scpo_spec.language.source import Source, Span
 
 MAX_DEPTH = 200         # nesting beyond this is refused with a diagnostic (no recursion blow-ups)
 MAX_BYTES = 4 * 2**20   # a spec is a page of text, not megabytes

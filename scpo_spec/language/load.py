@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scpo_spec.spec.build import Builder
-from scpo_spec.spec.check import check_model
-from scpo_spec.spec.diagnostics import Collector, Diagnostic, SpecError
-from scpo_spec.spec.document import Map
-from scpo_spec.spec.grammar import MAX_BYTES
-from scpo_spec.spec.model import Spec
-from scpo_spec.spec.scpo_reader import read_scpo
-from scpo_spec.spec.source import Source, Span
-from scpo_spec.spec.yaml_reader import read_yaml
+from scpo_spec.language.build import Builder
+from scpo_spec.language.check import check_model
+from scpo_spec.language.diagnostics import Collector, Diagnostic, SpecError
+from scpo_spec.language.document import Map
+from scpo_spec.language.grammar import MAX_BYTES
+from scpo_spec.language.model import Spec
+from scpo_spec.language.scpo_reader import read_scpo
+from scpo_spec.language.source import Source, Span
+from scpo_spec.language.yaml_reader import read_yaml
 
 YAML_SUFFIXES = (".yaml", ".yml")
 

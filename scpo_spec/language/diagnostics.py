@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.text import Text
 
-from scpo_spec.spec.source import Source, Span
+from scpo_spec.language.source import Source, Span
 
 Severity = Literal["error", "warning"]
 

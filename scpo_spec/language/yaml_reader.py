@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import yaml
 
-from scpo_spec.spec.diagnostics import Diagnostic
-from scpo_spec.spec.document import Entry, Map, Scalar, Seq, Value
-from scpo_spec.spec.grammar import MAX_DEPTH
-from scpo_spec.spec.source import Source, Span
+from scpo_spec.language.diagnostics import Diagnostic
+from scpo_spec.language.document import Entry, Map, Scalar, Seq, Value
+from scpo_spec.language.grammar import MAX_DEPTH
+from scpo_spec.language.source import Source, Span
 
 MAX_NODES = 100_000  # YAML aliases can expand exponentially ("billion laughs")
 
