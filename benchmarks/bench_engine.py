@@ -43,7 +43,7 @@ from scpo_spec.language.load import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = ROOT / "specs" / "double_integrator.scpo"
-DTYPE = torch.float64
+from scpo_spec.dtype import DTYPE
 PHASES = ("rollouts", "qcqp", "gradient", "other")
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -144,17 +144,17 @@ def figure1(compiled: CompiledSpec, steps: int, warmup: int) -> StepTiming | str
     except UnsafeStart as e:
         return str(e)
     for _ in range(warmup):  # first-call costs (cvxpy canonicalisation, allocator) excluded
-        state, _, _ = trainer.step(state)
+        state, _ = trainer.step(state)
     per_step = {p: [] for p in PHASES}
     wall, accepted, verifications = 0.0, 0, 0
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, report, record = trainer.step(state)
+        state, record = trainer.step(state)
         wall += time.perf_counter() - t0
         for phase in PHASES:
-            per_step[phase].append(record["timing"][phase])
-        accepted += int(report.accepted)
-        verifications += sum("verified" in e for e in record["tries"])
+            per_step[phase].append(record.timing[phase])
+        accepted += int(record.accepted)
+        verifications += sum(e.verified is not None for e in record.tries)
     return StepTiming(steps, accepted, {p: float(np.mean(v)) for p, v in per_step.items()},
                       {p: float(np.median(v)) for p, v in per_step.items()}, wall / steps,
                       verifications / steps, warmup)

@@ -34,7 +34,7 @@ from scpo_spec.language.load import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = ROOT / "specs" / "gym_pendulum.scpo"
-DTYPE = torch.float64
+from scpo_spec.dtype import DTYPE
 
 
 def loop_rollout(env, family, thetas, seeds, horizon):

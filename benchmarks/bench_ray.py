@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from scpo_spec.compile.problem import compile_spec
-from scpo_spec.compile.ray_executor import RayEvaluator, connect
+from scpo_spec.engine.executors.ray import RayEvaluator, connect
 from scpo_spec.language.load import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,6 @@ def main() -> None:
                     "else a local instance)")
     args = ap.parse_args()
 
-    spec_text = args.spec.read_text(encoding="utf-8")
     spec = load_spec(args.spec)
     compiled = compile_spec(spec, args.spec.resolve().parent)
     local, fam = compiled.evaluator, compiled.family
@@ -92,8 +91,8 @@ def main() -> None:
     start_s, roundtrip_s = {}, {}
     for W in args.workers:
         t = time.perf_counter()
-        ev = RayEvaluator(local, spec_text, str(args.spec), args.spec.resolve().parent,
-                          workers=W, address=args.address)
+        ev = RayEvaluator(local, spec, args.spec.resolve().parent, workers=W,
+                          address=args.address)
         start_s[W] = time.perf_counter() - t
         try:
             actor = ev._actors[0]

@@ -1,7 +1,14 @@
-"""The `scpo` command line (typer + rich).  Exit codes: 0 ok, 1 a spec has errors, 2 usage."""
+"""The `scpo` command line (typer + rich).
+
+Exit codes: 0 ok (for `train`: CERTIFIED); 1 a spec has errors, a run is refused, or `train`
+ended NOT CERTIFIED / its audit failed; 2 usage errors (and `train` given a spec with errors);
+130 interrupted.  Every error scpo-spec raises on purpose is a `ScpoError`, printed in one
+place (`main`); anything else escaping is a bug.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from enum import Enum
@@ -12,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from scpo_spec.errors import ScpoError
 from scpo_spec.language.diagnostics import render, to_json
 from scpo_spec.language.format import format_spec
 from scpo_spec.language.load import CheckResult, check_file, parse_model, read_source, syntax_of
@@ -31,6 +39,25 @@ class Syntax(str, Enum):
     scpo = "scpo"
 
 
+def command(*args, **kwargs):
+    """`app.command`, with every ScpoError (and OSError: a read-only folder, a full disk)
+    printed the same way and turned into its exit code: the one place errors are shown."""
+    def register(f):
+        @functools.wraps(f)
+        def handled(*a, **k):
+            try:
+                return f(*a, **k)
+            except ScpoError as e:
+                err.print(f"[red]error:[/] {_esc(e)}")
+                raise typer.Exit(e.exit_code)
+            except OSError as e:
+                err.print(f"[red]error:[/] {_esc(e.strerror or e)}"
+                          + (f": {_esc(e.filename)}" if e.filename else ""))
+                raise typer.Exit(1)
+        return app.command(*args, **kwargs)(handled)
+    return register
+
+
 def _esc(value) -> str:
     """Text from users (paths, messages) printed literally, never read as rich markup."""
     return escape(str(value))
@@ -46,7 +73,7 @@ def _report(results: list[CheckResult], console: Console = err) -> None:
         render(r.diagnostics, {r.source.path: r.source}, console)
 
 
-@app.command()
+@command()
 def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml, .yml)."),
           as_json: bool = typer.Option(False, "--json", help="Print diagnostics as JSON."),
           rollout: bool = typer.Option(False, "--rollout",
@@ -97,7 +124,7 @@ def _rollout_check(result: CheckResult, file: Path) -> bool:
     for m, v in zip(compiled.metrics, g):
         ok = v <= -m.margin
         safe &= ok
-        table.add_row(m.name, f"{v:.6g}", f"{-m.margin:g}", "[green]✓[/]" if ok else "[red]✗[/]",
+        table.add_row(m.name, f"{v:.6g}", _bound(m.margin), "[green]✓[/]" if ok else "[red]✗[/]",
                       m.location)
     out.print(table)
     if safe:
@@ -109,12 +136,7 @@ def _rollout_check(result: CheckResult, file: Path) -> bool:
 
 def _compile_or_exit(result: CheckResult, file: Path):
     from scpo_spec.compile.problem import compile_spec
-    from scpo_spec.policies.backup import BackupError
-    try:
-        return compile_spec(result.spec, file.resolve().parent)
-    except BackupError as e:
-        err.print(f"[red]error:[/] {_esc(file)}: {_esc(e)}")
-        raise typer.Exit(1)
+    return compile_spec(result.spec, file.resolve().parent)
 
 
 def _model_of(file: Path) -> tuple[CheckResult, str]:
@@ -134,7 +156,7 @@ def _model_of(file: Path) -> tuple[CheckResult, str]:
     return result, source.text
 
 
-@app.command()
+@command()
 def fmt(file: Path = typer.Argument(..., help="A spec file."),
         write: bool = typer.Option(False, "--write", "-w", help="Rewrite the file in place."),
         check_only: bool = typer.Option(False, "--check",
@@ -164,7 +186,7 @@ def fmt(file: Path = typer.Argument(..., help="A spec file."),
         sys.stdout.write(formatted)
 
 
-@app.command()
+@command()
 def convert(file: Path = typer.Argument(..., help="A spec file."),
             to: Syntax = typer.Option(..., "--to", help="The syntax to write: yaml or scpo."),
             output: Optional[Path] = typer.Option(None, "--out", "-o",
@@ -190,15 +212,15 @@ def convert(file: Path = typer.Argument(..., help="A spec file."),
         sys.stdout.write(converted)
 
 
-def _checked(file: Path) -> CheckResult:
-    """A spec that passed `check`, or exit 1 with its diagnostics."""
+def _checked(file: Path, code: int = 1) -> CheckResult:
+    """A spec that passed `check`, or exit `code` with its diagnostics."""
     if not file.exists():
         _usage(f"no such file: {file}")
     result = check_file(file)
     if not result.ok:
         _report([result])
         err.print(f"[red]✗[/] {_esc(file)}: fix the errors above first (`scpo check {_esc(file)}`)")
-        raise typer.Exit(1)
+        raise typer.Exit(code)
     return result
 
 
@@ -207,14 +229,14 @@ class Emit(str, Enum):
     metrics = "metrics"
 
 
-@app.command("compile")
+@command("compile")
 def compile_(file: Path = typer.Argument(..., help="A spec file."),
              emit: Emit = typer.Option(Emit.qcqp, "--emit",
                                        help="qcqp: the projection problem; metrics: the metric tree."),
              ) -> None:
     """Print what a spec compiles to: the projection QCQP or the metric tree."""
     from scpo_spec.compile.describe import describe_metric
-    from scpo_spec.compile.projection import ProjectionTemplate, SolverUnavailable
+    from scpo_spec.compile.projection import ProjectionTemplate
     result = _checked(file)
     compiled = _compile_or_exit(result, file)
     s, ev = compiled.settings, compiled.evaluator
@@ -235,13 +257,9 @@ def compile_(file: Path = typer.Argument(..., help="A spec file."),
             out.print(f"  margin {m.margin:g}   smoothness ℓ = {ell}"
                       + (f"   lipschitz {m.lipschitz:g}" if m.lipschitz else ""), markup=False)
         return
-    n = 2 + s.directions
-    try:
-        template = ProjectionTemplate(len(ev.metrics), n, compiled.family.d, s.radius,
-                                      ev.margins, ev.names, s.solver)
-    except SolverUnavailable as e:
-        err.print(f"[red]error:[/] {_esc(e)}")
-        raise typer.Exit(1)
+    n = s.bank_size
+    template = ProjectionTemplate(len(ev.metrics), n, compiled.family.d, s.radius,
+                                  ev.margins, ev.names, s.solver)
     kinds = ["s (raw step)", "previous update", f"{s.directions} probes (ν = {s.perturbation:g})"]
     out.print(f"QCQP of {_esc(file)} (d = {compiled.family.d} weights, k = {len(ev.metrics)} metrics, "
               f"n = {n} candidates)\n", markup=False)
@@ -249,7 +267,7 @@ def compile_(file: Path = typer.Argument(..., help="A spec file."),
                                 [m.location for m in ev.metrics]), markup=False)
 
 
-@app.command()
+@command()
 def train(file: Path = typer.Argument(..., help="A spec file."),
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory "
                                                  "(default runs/NAME; never overwritten)."),
@@ -260,71 +278,119 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
           no_report: bool = typer.Option(False, "--no-report",
                                          help="Do not write RUN/report.html at the end."),
+          sign: Optional[Path] = typer.Option(None, "--sign", help="Sign the log's head with "
+                                              "this Ed25519 private key (`scpo keygen`)."),
           ) -> None:
-    """Train with SCPO: every accepted iterate certified and verified safe, every step logged."""
-    from scpo_spec.compile.projection import SolverUnavailable
-    from scpo_spec.engine.progress import TrainingProgress
-    from scpo_spec.engine.run import RunError, train as run_training
+    """Train with SCPO: every accepted iterate certified and verified safe, every step logged.
+    Exit 0 CERTIFIED; 1 not certified or the audit failed; 2 a usage or spec error; 130
+    interrupted (resumable).  The last line is the log's head hash: keep it to anchor the log."""
+    from scpo_spec.audit.verify import audit_run
+    from scpo_spec.engine.run import train as run_training
     from scpo_spec.engine.train import UnsafeStart
-    from scpo_spec.policies.backup import BackupError
-    result = _checked(file)
+    from scpo_spec.progress import TrainingProgress
+    result = _checked(file, code=2)
     progress = TrainingProgress(err, enabled=not quiet)
     progress.total = steps if steps is not None else int(result.spec.train.steps)
+    run_path = [out_dir]
+    def started(trainer, state, run_dir):  # noqa: E306 - the real path, for the Ctrl-C hint
+        run_path[0] = run_dir
+        progress.start(trainer, state, run_dir)
     try:
         with progress:
             res = run_training(file, result.spec, result.source.text, out=out_dir, steps=steps,
-                               resume=resume, on_start=progress.start, on_step=progress.update)
+                               resume=resume, on_start=started, on_step=progress.update)
     except UnsafeStart as e:
         err.print("[red]error:[/] training refuses to start: the initial policy θ₀ violates "
                   "a safety metric on the scenarios")
         for name, value, margin, loc in e.violated:
-            err.print(f"  {_esc(loc or file)}: '{name}' = {value:.6g}, must be ≤ {-margin:g}")
+            err.print(f"  {_esc(loc or file)}: '{name}' = {value:.6g}, must be ≤ {_bound(margin)}")
         err.print("  hint: start from a safe policy (e.g. `residual = backup` or `init = backup`) "
                   "or revisit the bounds")
         raise typer.Exit(1)
-    except (RunError, SolverUnavailable, BackupError) as e:
-        err.print(f"[red]error:[/] {_esc(e)}")
-        raise typer.Exit(1)
     except KeyboardInterrupt:
+        where = _esc(run_path[0] or "RUN")
         err.print("[yellow]interrupted[/]: everything up to the last step is logged; continue "
-                  f"with `scpo train {_esc(file)} --out RUN --resume`")
+                  f"with `scpo train {_esc(file)} --out {where} --resume`")
         raise typer.Exit(130)
+    if sign is not None:
+        from scpo_spec.audit.rundir import RunDir
+        from scpo_spec.audit.signing import sign_head
+        sign_head(sign, res.head, RunDir(res.run_dir).signature)
     if no_report:
-        progress.summary(out, res)
+        audit = audit_run(res.run_dir)
+        progress.summary(out, res, audit)
+        certified = audit.ok and audit.complete and res.ended == "completed"
     else:  # the report audits the run; the summary reuses that audit
         evidence, target = _write_report(res.run_dir, ReportFormat.html, None)
         progress.summary(out, res, evidence.audit)
         _say_verdict(evidence, target)
-    raise typer.Exit(0 if res.ended == "completed" else 1)
+        certified = evidence.certified
+    if sign is not None:
+        out.print(f"signed: {_esc(res.run_dir / 'signature.json')}", markup=False)
+    out.print(f"head {res.head}", markup=False)
+    raise typer.Exit(0 if certified else 1)
 
 
-@app.command()
+def _bound(margin: float) -> str:
+    """'≤ −margin' as a reader expects it (no '-0')."""
+    return f"{-margin:g}" if margin else "0"
+
+
+@command()
 def audit(run: Path = typer.Argument(..., help="A run directory."),
           as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+          head: Optional[str] = typer.Option(None, "--head", help="Fail unless the chain ends "
+                                             "exactly at this hash (printed by `scpo train`)."),
+          key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 public key: fail "
+                                             "unless RUN/signature.json signs the head with it."),
+          allow_incomplete: bool = typer.Option(False, "--allow-incomplete",
+                                                help="Pass a run that has no end record yet."),
           ) -> None:
-    """Re-verify a run from its log alone: the hash chain and every certificate (no torch)."""
+    """Re-verify a run from its log alone: the hash chain and every certificate (no torch).
+    Exit 0 passed; 1 any failure, or a run that did not end (unless --allow-incomplete)."""
     from scpo_spec.audit.verify import audit_run
     if not run.is_dir():
         _usage(f"not a run directory: {run}")
-    res = audit_run(run)
+    res = audit_run(run, head=head, key=key)
+    passed = res.ok and (res.complete or allow_incomplete)
     if as_json:
-        sys.stdout.write(json.dumps(res.as_dict(), indent=2) + "\n")
-    else:
-        mark = lambda ok: "[green]✓[/]" if ok else "[red]✗[/]"  # noqa: E731
-        out.print(f"{mark(res.chain_ok)} hash chain ({res.steps} steps; head {res.head[:16]}…)")
-        out.print(f"{mark(res.certificates_ok)} certificates recomputed from the log")
-        out.print(f"{mark(res.accepted_violations == 0)} accepted iterates violating a metric: "
-                  f"{res.accepted_violations}")
-        out.print(f"  accepted {res.accepted}, rejected {res.rejected}, refutations "
-                  f"{res.refutations}; loss {res.loss_first:.6g} → {res.loss_last:.6g}"
-                  if res.loss_first is not None else "  no initial record")
-        for name, v in res.worst.items():
-            out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
-        for p in res.problems:
-            out.print("problem: " + p, markup=False, style="red")
-        out.print(("[green]audit passed[/]" if res.ok else "[red]audit FAILED[/]")
-                  + f": {_esc(run)}")
-    raise typer.Exit(0 if res.ok else 1)
+        sys.stdout.write(json.dumps({**res.as_dict(), "passed": passed}, indent=2) + "\n")
+        raise typer.Exit(0 if passed else 1)
+    mark = lambda ok: "[green]✓[/]" if ok else "[red]✗[/]"  # noqa: E731
+    out.print(f"{mark(res.chain_ok)} hash chain ({res.steps} steps; head {res.head})")
+    if res.anchored is not None:
+        out.print(f"{mark(res.anchored)} the chain ends at the given head")
+    if res.signature is not None:
+        out.print(f"{mark(res.signature == 'valid')} signature: {_esc(res.signature)}")
+    out.print(f"{mark(res.certificates_ok)} certificates recomputed from the log")
+    out.print(f"{mark(res.accepted_violations == 0)} accepted iterates violating a metric: "
+              f"{res.accepted_violations}")
+    out.print(f"{mark(res.complete)} run complete"
+              + (f" ({_esc(res.end_reason)})" if res.complete else
+                 ": no end record after the last step (killed or cut short)"))
+    out.print(f"  accepted {res.accepted}, rejected {res.rejected}, refutations "
+              f"{res.refutations}; loss {res.loss_first:.6g} → {res.loss_last:.6g}"
+              if res.loss_first is not None else "  no initial record")
+    for name, v in res.worst.items():
+        out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
+    for p in res.problems:
+        out.print("problem: " + p, markup=False, style="red")
+    if head is None and res.signature is None:
+        out.print("note: without --head or --key this proves the log is consistent, not that it "
+                  "is the log the run wrote (a rewritten, re-hashed log is consistent too)",
+                  markup=False, style="dim")
+    out.print(("[green]audit passed[/]" if passed else "[red]audit FAILED[/]")
+              + f": {_esc(run)}")
+    raise typer.Exit(0 if passed else 1)
+
+
+@command()
+def keygen(key: Path = typer.Argument(..., help="Where to write the private key (the public "
+                                      "key goes to KEY.pub).")) -> None:
+    """Make an Ed25519 key pair for `scpo train --sign KEY` and `scpo audit --key KEY.pub`."""
+    from scpo_spec.audit.signing import keygen as make_key
+    public = make_key(key)
+    out.print(f"private key {_esc(key)} (keep it secret); public key {_esc(public)}")
 
 
 class ReportFormat(str, Enum):
@@ -332,10 +398,11 @@ class ReportFormat(str, Enum):
     md = "md"
 
 
-def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path]):
+def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Path | None = None):
+    from scpo_spec.audit.rundir import RunDir
     from scpo_spec.report import gather, write_report
-    evidence = gather(run)
-    target = output or run / f"report.{fmt.value}"
+    evidence = gather(run, key=key)
+    target = output or RunDir(run).report(fmt.value)
     write_report(evidence, target, fmt.value)
     return evidence, target
 
@@ -348,21 +415,22 @@ def _say_verdict(evidence, target: Path) -> None:
                   f"{_esc(target)}")
 
 
-@app.command()
+@command()
 def report(run: Path = typer.Argument(..., help="A run directory."),
            fmt: ReportFormat = typer.Option(ReportFormat.html, "--format",
                                             help="html (standalone page) or md (for review)."),
            output: Optional[Path] = typer.Option(None, "--out", "-o",
                                                  help="Where to write (default RUN/report.html|md)."),
+           key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 public key the "
+                                              "run's signature must verify with."),
            ) -> None:
-    """Write the certification report of a run (from its log and checkpoint; never re-trains)."""
-    if not (run / "audit.jsonl").is_file():
+    """Write the certification report of a run (from its log and state file; never re-trains,
+    never imports or unpickles anything from the run).  Exit 0 when the report was written,
+    whatever its verdict (the verdict is printed; `scpo audit` is the pass/fail check)."""
+    from scpo_spec.audit.rundir import RunDir
+    if not RunDir(run).is_run():
         _usage(f"not a run directory (no audit.jsonl): {run}")
-    try:
-        evidence, target = _write_report(run, fmt, output)
-    except (ValueError, OSError) as e:
-        err.print(f"[red]error:[/] {_esc(e)}")
-        raise typer.Exit(1)
+    evidence, target = _write_report(run, fmt, output, key)
     _say_verdict(evidence, target)
 
 

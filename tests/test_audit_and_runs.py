@@ -216,10 +216,9 @@ def test_load_run_gives_the_spec_and_a_usable_policy(finished_run):
     x = torch.tensor([[0.5, -0.2], [0.0, 0.0], [-1.0, 0.3]], dtype=torch.float64)
     u = r.policy(x)
     assert u.shape == (3, 1) and u.dtype == torch.float64
-    ckpt = torch.load(finished_run / "checkpoint.pt", weights_only=False)
     from scpo_spec.compile.problem import compile_spec
     family = compile_spec(r.spec, finished_run).family
-    expected = family.forward(ckpt["theta"][None], x[None])[0]
+    expected = family.forward(r.theta[None], x[None])[0]
     assert torch.allclose(u, expected, atol=1e-12)
     last = [json.loads(l) for l in lines_of(finished_run)][-1]
     from scpo_spec.engine.train import theta_hash
@@ -239,7 +238,8 @@ def test_train_cli_end_to_end(tmp_path):
     result = runner.invoke(app, ["train", str(spec), "--out", str(run)])
     assert result.exit_code == 0, result.output
     assert "audit passed" in result.output
-    assert (run / "audit.jsonl").exists() and (run / "checkpoint.pt").exists()
+    assert (run / "audit.jsonl").exists() and (run / "state.npz").exists()
+    assert not list(run.glob("*.pt"))  # nothing pickled in a run
     assert (run / "spec.scpo").read_text() == spec.read_text()
 
 
@@ -257,7 +257,7 @@ def test_train_cli_refuses_an_unsafe_start_with_the_location(tmp_path):
 def test_train_cli_rejects_an_invalid_spec(tmp_path):
     spec = write_spec(tmp_path, small_di().replace("tanh", "tanhh"))
     result = runner.invoke(app, ["train", str(spec)])
-    assert result.exit_code == 1 and "unknown activation" in result.output
+    assert result.exit_code == 2 and "unknown activation" in result.output  # a spec error: 2
 
 
 def test_train_cli_missing_solver_is_a_clear_error(tmp_path, monkeypatch):

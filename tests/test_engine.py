@@ -136,10 +136,10 @@ def test_nan_rollouts_are_unsafe_and_never_accepted(tmp_path, monkeypatch):
     assert np.all(np.isinf(t.metrics(state.theta[None])))
     before = state.theta.clone()
     for _ in range(3):
-        state, report, record = t.step(state)
-        assert not report.accepted
+        state, record = t.step(state)
+        assert not record.accepted
         assert torch.equal(state.theta, before)
-        outcomes = [tr["outcome"] for tr in record["tries"]]
+        outcomes = [tr.outcome for tr in record.tries]
         assert "accepted" not in outcomes and "refuted" in outcomes
 
 
@@ -148,10 +148,10 @@ def test_solver_failure_rejects_the_step(tmp_path, monkeypatch):
     state = t.initial_state()
     monkeypatch.setattr(t.template, "solve",
                         lambda *a, **k: Solution("infeasible_inaccurate", None, 0.0, None))
-    new, report, record = t.step(state)
-    assert not report.accepted and report.reason == "solver: infeasible_inaccurate"
+    new, record = t.step(state)
+    assert not record.accepted and record.reason == "solver: infeasible_inaccurate"
     assert torch.equal(new.theta, state.theta) and np.array_equal(new.g, state.g)
-    assert record["tries"][0]["outcome"] == "solver_failed"
+    assert record.tries[0].outcome == "solver_failed"
 
 
 def test_solver_exception_rejects_the_step(tmp_path, monkeypatch):
@@ -162,8 +162,8 @@ def test_solver_exception_rejects_the_step(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise cp.error.SolverError("simulated failure")
     monkeypatch.setattr(t.template.problem, "solve", boom)
-    new, report, _ = t.step(state)
-    assert not report.accepted and "simulated failure" in report.reason
+    new, record = t.step(state)
+    assert not record.accepted and "simulated failure" in record.reason
     assert torch.equal(new.theta, state.theta)
 
 

@@ -20,7 +20,7 @@ from scpo_spec.audit.log import LOG_NAME, read_lines
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.cli import app
 from scpo_spec.compile.problem import compile_spec
-from scpo_spec.compile.ray_executor import RayEvaluator, RayUnavailable, connect
+from scpo_spec.engine.executors.ray import RayEvaluator, RayUnavailable, connect
 from scpo_spec.engine.run import RunError, train
 from tests.engine_specs import small_di, spec_of, write_spec
 
@@ -45,7 +45,7 @@ def test_ray_and_local_metrics_are_identical(ray_instance, tmp_path):
     spec = spec_of(text, tmp_path)
     compiled = compile_spec(spec, tmp_path)
     local = compiled.evaluator
-    ev = RayEvaluator(local, text, str(tmp_path / "spec.scpo"), tmp_path, workers=2)
+    ev = RayEvaluator(local, spec, tmp_path, workers=2)
     try:
         assert not ev._started  # Ray was running already: not ours to shut down
         gen = torch.Generator().manual_seed(0)
@@ -63,7 +63,7 @@ def test_ray_and_local_metrics_are_identical(ray_instance, tmp_path):
             assert torch.equal(local.per_scenario(thetas, x0), ev.per_scenario(thetas, x0))
         assert torch.isinf(a).any() and torch.isfinite(a).any()  # the last batch has both
         assert ev.names == local.names and np.array_equal(ev.margins, local.margins)
-        assert ev.horizon == local.horizon and ev.x0 is local.x0 and ev.family is local.family
+        assert ev.horizon == local.horizon and ev.x0 is local.x0 and ev.metrics is local.metrics
     finally:
         ev.close()
     assert ray_instance.is_initialized()
@@ -74,9 +74,10 @@ def test_gymnasium_rollouts_on_ray_are_identical(ray_instance, tmp_path, root):
     """A gymnasium system's scenarios are int64 reset seeds, not float64 states."""
     text = (root / "specs" / "gym_pendulum.scpo").read_text(encoding="utf-8")
     text = text.replace("count 16", "count 4").replace("horizon 100", "horizon 20")
-    compiled = compile_spec(spec_of(text, tmp_path), tmp_path)
+    spec = spec_of(text, tmp_path)
+    compiled = compile_spec(spec, tmp_path)
     local = compiled.evaluator
-    ev = RayEvaluator(local, text, str(tmp_path / "spec.scpo"), tmp_path, workers=2)
+    ev = RayEvaluator(local, spec, tmp_path, workers=2)
     try:
         gen = torch.Generator().manual_seed(1)
         thetas = compiled.family.theta0[None] + 0.05 * torch.randn(

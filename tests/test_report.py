@@ -47,7 +47,7 @@ def test_the_report_of_every_ready_spec_renders(path, tmp_path):
         for prop in spec.properties:
             assert prop.name.name in page
             assert f"{path.relative_to(ROOT) if path.is_absolute() else path}" or True
-        assert ev.header["spec"]["sha256"] in page and ev.audit.head in page
+        assert ev.header.spec["sha256"] in page and ev.audit.head in page
         assert "scpo audit" in page
     assert html.count('<figure class="plot">') == 1 + len(spec.properties)
     assert len(list((tmp_path / "report_plots").glob("*.png"))) == 1 + len(spec.properties)

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from scpo_spec.errors import ScpoError
+
 GENESIS = "0" * 64
-LOG_NAME = "audit.jsonl"
+LOG_NAME = "audit.jsonl"  # inside a run directory: scpo_spec.audit.rundir
 FORMAT = "scpo-audit/1"
 
 
@@ -49,7 +51,7 @@ def encode(record: dict) -> bytes:
     return json.dumps(_plain(record), separators=(",", ":"), allow_nan=True).encode() + b"\n"
 
 
-class LogError(Exception):
+class LogError(ScpoError):
     """The log cannot be read or continued."""
 
 
@@ -79,28 +81,26 @@ def read_lines(path: Path) -> tuple[list[LogLine], bytes]:
 
 
 class AuditWriter:
-    """Appends chained records; `head` is the hash of the last line written."""
+    """Appends chained lines; `head` is the hash of the last line written, `seq` the next seq."""
 
     def __init__(self, path: Path, head: str = GENESIS, seq: int = 0):
         self.path, self.head, self.seq = path, head, seq
         self._file = open(path, "ab")
 
     @classmethod
-    def create(cls, run_dir: Path) -> AuditWriter:
-        path = run_dir / LOG_NAME
+    def create(cls, path: Path) -> AuditWriter:
         if path.exists():
             raise LogError(f"{path} already exists; a log is never overwritten")
         return cls(path)
 
     @classmethod
-    def reopen(cls, run_dir: Path) -> AuditWriter:
-        """Continue an existing chain (for --resume); a torn tail is moved to audit.torn."""
-        path = run_dir / LOG_NAME
+    def reopen(cls, path: Path, torn: Path) -> AuditWriter:
+        """Continue an existing chain (for --resume); a torn tail is moved to `torn`."""
         if not path.exists():
             raise LogError(f"{path} does not exist: nothing to resume")
         lines, tail = read_lines(path)
         if tail:
-            with open(run_dir / "audit.torn", "ab") as f:
+            with open(torn, "ab") as f:
                 f.write(tail + b"\n")
             with open(path, "rb+") as f:
                 f.truncate(path.stat().st_size - len(tail))
@@ -108,16 +108,21 @@ class AuditWriter:
             raise LogError(f"{path} is empty")
         return cls(path, sha256_hex(lines[-1].raw), len(lines))
 
-    def append(self, record: dict) -> str:
-        """Write one record (adding seq and prev), flush and fsync; returns the new head."""
-        record = {"seq": self.seq, "prev": self.head, **record}
-        line = encode(record)
+    def line(self, record: dict) -> bytes:
+        """The next line for `record` (seq and prev added), not yet written."""
+        return encode({"seq": self.seq, "prev": self.head, **record})
+
+    def write(self, line: bytes) -> str:
+        """Append a line made by `line`, flush and fsync; returns the new head."""
         self._file.write(line)
         self._file.flush()
         os.fsync(self._file.fileno())
         self.head = sha256_hex(line)
         self.seq += 1
         return self.head
+
+    def append(self, record: dict) -> str:
+        return self.write(self.line(record))
 
     def close(self) -> None:
         self._file.close()

@@ -1,6 +1,8 @@
 """`scpo audit`: re-verify a run from its log alone — the hash chain, every certificate
-recomputed from the logged numbers (g0, G, S, ℓ, ξ), the continuity of the accepted iterates and
-their verified metrics.  numpy only: auditing needs neither torch nor the solver.
+recomputed from the logged numbers (g0, G, S, ℓ, ξ) after checking those numbers are what a
+certificate may rest on (S a Gram matrix of the logged bank, everything finite), the continuity
+of the accepted iterates, their verified metrics, and that the run ended.  numpy only: auditing
+needs neither torch nor the solver.  Every comparison is written so that NaN fails it.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.audit.log import GENESIS, LOG_NAME, LogLine, read_lines, sha256_hex
+from scpo_spec.audit.log import GENESIS, LogLine, read_lines, sha256_hex
+from scpo_spec.audit.records import (End, Header, Holdout, Init, RecordError, Resume, Step,
+                                     parse_record)
+from scpo_spec.audit.rundir import RunDir
 from scpo_spec.compile.certificate import certificate
 
-REL_TOL = 1e-9  # a recomputed certificate must match the logged one to this relative precision
+REL_TOL = 1e-9   # a recomputed certificate must match the logged one to this relative precision
+GRAM_TOL = 1e-9  # S must be symmetric and PSD, diag(S) = ‖d_j‖², to this relative precision
+STALL_STREAK = 5          # this many rejected steps in a row is a stall
+STALL_ELL_GROWTH = 1e3    # so is ℓ grown beyond this factor of the spec's value
 
 
 def verify_chain(lines: list[LogLine]) -> list[str]:
@@ -52,12 +60,18 @@ class AuditResult:
     head: str = GENESIS
     problems: list = field(default_factory=list)
     ell_max: dict = field(default_factory=dict)
+    ell_spec: dict = field(default_factory=dict)
     holdout: dict | None = None  # the holdout record of the last completed segment, if any
     final_theta: str | None = None  # hash of the last accepted policy
+    end_reason: str | None = None
+    stall: dict | None = None    # the metric that blocked training, when it stalled
+    anchored: bool | None = None  # --head given: the chain ends exactly there
+    signature: str | None = None  # "valid", "invalid: …", or None when not checked
 
     @property
     def ok(self) -> bool:
-        return self.chain_ok and self.certificates_ok and self.accepted_violations == 0
+        return (self.chain_ok and self.certificates_ok and self.accepted_violations == 0
+                and self.anchored is not False and self.signature in (None, "valid"))
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in vars(self).items()}
@@ -65,20 +79,18 @@ class AuditResult:
         return out
 
 
-def _arr(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
-
-
-def audit_run(run_dir: str | Path) -> AuditResult:
-    """Audit a run directory (never raises on a bad log: problems are reported)."""
-    run_dir = Path(run_dir)
+def audit_run(run_dir: str | Path, head: str | None = None,
+              key: Path | None = None) -> AuditResult:
+    """Audit a run directory (never raises on a bad log: problems are reported).  With `head`,
+    the chain must end exactly at that hash (an anchor kept outside the run); with `key` (an
+    Ed25519 public key file), RUN/signature.json must sign the chain's head with it."""
+    run = RunDir(run_dir)
     res = AuditResult()
-    path = run_dir / LOG_NAME
-    if not path.exists():
+    if not run.is_run():
         res.chain_ok = res.certificates_ok = False
-        res.problems.append(f"{path}: no such file")
+        res.problems.append(f"{run.log}: no such file")
         return res
-    lines, tail = read_lines(path)
+    lines, tail = read_lines(run.log)
     if tail:
         res.problems.append(f"the log ends with a torn line ({len(tail)} bytes): the run was "
                             "killed mid-write")
@@ -88,121 +100,211 @@ def audit_run(run_dir: str | Path) -> AuditResult:
         res.problems += chain
     if lines:
         res.head = sha256_hex(lines[-1].raw)
+    if head is not None:
+        res.anchored = res.head == head.strip().lower()
+        if not res.anchored:
+            res.problems.append(f"the chain ends at {res.head}, not at the anchor {head.strip()}"
+                                " (the log was changed, cut or extended since)")
+    if key is not None:
+        from scpo_spec.audit.signing import verify_signature
+        res.signature = verify_signature(run.signature, res.head, key)
+        if res.signature != "valid":
+            res.problems.append(f"signature {res.signature}")
     try:
-        _check_records([ln.record for ln in lines], res, run_dir)
-    except (KeyError, TypeError, ValueError, IndexError) as err:
+        records = [parse_record(ln.record, i) for i, ln in enumerate(lines)]
+    except RecordError as err:
         res.certificates_ok = False
-        res.problems.append(f"a record lacks what the audit needs: {type(err).__name__}: {err}")
+        res.problems.append(f"a record cannot be read: {err}")
+        return res
+    _check_records(records, res)
     return res
 
 
-def _check_records(records: list[dict], res: AuditResult, run_dir: Path) -> None:
-    def fail(msg):
-        res.certificates_ok = False
-        res.problems.append(msg)
+class _Audit:
+    """Walks the records in order, keeping the last accepted policy and its g."""
 
-    if not records or records[0].get("type") != "header":
-        fail("the log does not start with a header record")
-        return
-    head = records[0]
-    spec = head["spec"]
-    if hashlib.sha256(spec["text"].encode()).hexdigest() != spec["sha256"]:
-        fail("the spec text in the header does not match its SHA-256")
-    metrics = head["metrics"]
-    names = [m["name"] for m in metrics]
-    margins = _arr([m["margin"] for m in metrics])
-    spec_ell = [m["smoothness"] for m in metrics]
-    res.worst = {n: -math.inf for n in names}
-    res.worst_step = {n: None for n in names}
-    res.ell_max = {n: (s if s is not None else 0.0) for n, s in zip(names, spec_ell)}
-    accepted_thetas: set[str] = set()
-    theta, g = None, None
+    def __init__(self, header: Header, res: AuditResult):
+        self.res = res
+        self.names = header.metric_names
+        self.margins = np.array([float(m.get("margin", 0.0)) for m in header.metrics])
+        self.spec_ell = [m.get("smoothness") for m in header.metrics]
+        res.worst = {n: -math.inf for n in self.names}
+        res.worst_step = {n: None for n in self.names}
+        res.ell_spec = {n: s for n, s in zip(self.names, self.spec_ell)}
+        res.ell_max = {n: (s if s is not None else 0.0) for n, s in zip(self.names, self.spec_ell)}
+        self.accepted: set[str] = set()
+        self.theta: str | None = None
+        self.g: np.ndarray | None = None
+        self.streak: list[Step] = []   # rejected steps since the last accepted one
 
-    def accept_iterate(theta_hash, values, where):
-        values = _arr(values)
-        accepted_thetas.add(theta_hash)
+    def fail(self, msg: str) -> None:
+        self.res.certificates_ok = False
+        self.res.problems.append(msg)
+
+    def shape(self, values: np.ndarray, where: str) -> bool:
+        if values.shape != (len(self.names),):
+            self.fail(f"{where}: {values.shape} values for {len(self.names)} metrics")
+            return False
+        return True
+
+    def accept(self, theta: str, values: np.ndarray, where: str) -> None:
+        res = self.res
+        if not self.shape(values, where):
+            return
+        self.accepted.add(theta)
+        self.theta, self.g = theta, values
         if np.any(~(values <= 0)):
             res.accepted_violations += 1
             res.problems.append(f"{where}: an accepted policy violates "
-                                + ", ".join(n for n, v in zip(names, values) if not v <= 0))
-        elif np.any(~(values <= -margins)):
-            fail(f"{where}: an accepted policy is not certified safe (g > −margin)")
-        for n, v in zip(names, values):
-            if v > res.worst[n] or res.worst_step[n] is None:
+                                + ", ".join(n for n, v in zip(self.names, values) if not v <= 0))
+        elif np.any(~(values <= -self.margins)):
+            self.fail(f"{where}: an accepted policy is not certified safe (g > −margin)")
+        for n, v in zip(self.names, values):
+            if not v <= res.worst[n] or res.worst_step[n] is None:
                 res.worst[n], res.worst_step[n] = float(v), where
 
-    for rec in records[1:]:
-        kind = rec.get("type")
-        seq = rec.get("seq")
-        if kind == "init":
-            theta, g = rec["theta"], _arr(rec["g"])
-            res.loss_first = res.loss_last = rec["loss"]
-            accept_iterate(theta, g, "θ₀")
-        elif kind == "resume":
-            if rec["theta"] not in accepted_thetas:
-                fail(f"record {seq}: resumed from a policy the log never accepted")
-            theta, g = rec["theta"], _arr(rec["g"])
-            if np.any(~(g <= -margins)):
-                fail(f"record {seq}: resumed from a policy that does not verify safe")
-        elif kind == "step":
-            _check_step(rec, theta, g, margins, spec_ell, names, res, fail)
+    def step(self, rec: Step) -> None:
+        where = f"step {rec.step}"
+        if self.theta is None:
+            self.fail(f"{where}: a step before the initial policy was logged")
+            return
+        if rec.theta != self.theta:
+            self.fail(f"{where}: starts from a policy that is not the last accepted one")
+        if not np.array_equal(rec.g0, self.g):
+            self.fail(f"{where}: g0 is not the verified g of the policy it starts from")
+        if not self._bank_ok(rec, where):
+            return
+        for i, t in enumerate(rec.tries):
+            self._try(rec, i, where)
+        last = rec.tries[-1] if rec.tries else None
+        if rec.accepted:
+            if last is None or last.outcome != "accepted" or last.certificate is None \
+                    or last.verified is None:
+                self.fail(f"{where}: accepted without a certified, verified try")
+            elif not np.array_equal(last.verified, rec.g_next):
+                self.fail(f"{where}: the accepted g is not the verified one")
+        elif rec.theta_next != rec.theta:
+            self.fail(f"{where}: a rejected step changed the policy")
+
+    def _bank_ok(self, rec: Step, where: str) -> bool:
+        """G, S and the bank norms are finite, S is the Gram matrix of a real bank (symmetric,
+        PSD, diag(S) = ‖d_j‖²): a certificate rests on these numbers."""
+        k, G, S = len(self.names), rec.G, rec.S
+        n = S.shape[0] if S.ndim == 2 else -1
+        if G.ndim != 2 or G.shape[0] != k or S.shape != (n, n) or G.shape[1] != n:
+            self.fail(f"{where}: G {G.shape} and S {S.shape} do not fit {k} metrics")
+            return False
+        if not (np.all(np.isfinite(G)) and np.all(np.isfinite(S))):
+            self.fail(f"{where}: G or S holds a non-finite number")
+            return False
+        scale = max(1.0, float(np.max(np.abs(np.diag(S))))) if n else 1.0
+        if not np.all(np.abs(S - S.T) <= GRAM_TOL * scale):
+            self.fail(f"{where}: S is not symmetric")
+            return False
+        if n and not float(np.min(np.linalg.eigvalsh(S))) >= -GRAM_TOL * scale:
+            self.fail(f"{where}: S is not positive semidefinite (not a Gram matrix DᵀD)")
+            return False
+        norms = rec.bank_norms
+        if norms is None or norms.shape != (n,) or \
+                not np.all(np.abs(np.diag(S) - norms ** 2) <= GRAM_TOL * scale):
+            self.fail(f"{where}: diag(S) is not the logged bank norms squared")
+            return False
+        return True
+
+    def _try(self, rec: Step, i: int, where: str) -> None:
+        t, res = rec.tries[i], self.res
+        if t.ell.shape != (len(self.names),) or not np.all(t.ell > 0):
+            self.fail(f"{where}, try {i + 1}: ℓ must be one positive number per metric")
+            return
+        for n, e, s in zip(self.names, t.ell, self.spec_ell):
+            if s is not None and not e >= s:
+                self.fail(f"{where}: ℓ for '{n}' is {e:g}, below the spec's {s:g}")
+            res.ell_max[n] = max(res.ell_max[n], float(e))
+        if t.outcome == "refuted":
+            res.refutations += 1
+        if t.certificate is None:
+            return
+        if t.xi is None or t.xi.shape != (rec.S.shape[0],) or not np.all(np.isfinite(t.xi)):
+            self.fail(f"{where}, try {i + 1}: ξ is missing, of the wrong size or not finite")
+            return
+        bound = certificate(rec.g0, rec.G, rec.S, t.ell, t.xi)
+        scale = np.maximum(1.0, np.abs(bound))
+        if not (t.certificate.shape == bound.shape
+                and np.all(np.abs(bound - t.certificate) <= REL_TOL * scale)):
+            self.fail(f"{where}, try {i + 1}: the logged certificate does not recompute")
+        if not np.all(bound <= -self.margins + REL_TOL * scale):
+            self.fail(f"{where}, try {i + 1}: the certificate does not prove g ≤ −margin")
+
+
+def _check_records(records: list, res: AuditResult) -> None:
+    if not records or not isinstance(records[0], Header):
+        res.certificates_ok = False
+        res.problems.append("the log does not start with a header record")
+        return
+    header = records[0]
+    if hashlib.sha256(str(header.spec.get("text", "")).encode()).hexdigest() \
+            != header.spec.get("sha256"):
+        res.certificates_ok = False
+        res.problems.append("the spec text in the header does not match its SHA-256")
+    a = _Audit(header, res)
+    for seq, rec in enumerate(records[1:], start=1):
+        if isinstance(rec, Init):
+            if a.theta is not None:
+                a.fail(f"record {seq}: a second initial policy")
+            res.loss_first = res.loss_last = rec.loss
+            a.accept(rec.theta, rec.g, "θ₀")
+        elif isinstance(rec, Resume):
+            if rec.theta not in a.accepted:
+                a.fail(f"record {seq}: resumed from a policy the log never accepted")
+            a.theta = rec.theta
+            if not a.shape(rec.g, f"record {seq}") or np.any(~(rec.g <= -a.margins)):
+                a.fail(f"record {seq}: resumed from a policy that does not verify safe")
+            else:
+                a.g = rec.g
+        elif isinstance(rec, Step):
+            a.step(rec)
             res.steps += 1
-            if rec["accepted"]:
+            if rec.accepted:
                 res.accepted += 1
-                theta, g = rec["theta_next"], _arr(rec["g_next"])
-                res.loss_last = rec["loss_next"]
-                accept_iterate(theta, g, f"step {rec['step']}")
+                res.loss_last = rec.loss_next
+                a.accept(rec.theta_next, rec.g_next, f"step {rec.step}")
+                a.streak = []
             else:
                 res.rejected += 1
-        elif kind == "holdout":
-            res.holdout = {k: v for k, v in rec.items() if k not in ("seq", "prev", "type")}
-            if theta is not None and rec.get("theta") != theta:
-                fail(f"record {seq}: the holdout was run on a policy that is not the last accepted")
-        elif kind == "end":
+                a.streak.append(rec)
+        elif isinstance(rec, Holdout):
+            res.holdout = {k: v for k, v in rec.to_dict().items() if k != "type"}
+            if a.theta is not None and rec.theta != a.theta:
+                a.fail(f"record {seq}: the holdout was run on a policy that is not the last "
+                       "accepted")
+        elif isinstance(rec, End):
             res.complete = rec is records[-1]  # a later resume reopens the run
-            if theta is not None and rec["theta"] != theta:
-                fail(f"record {seq}: the final policy is not the last accepted one")
+            res.end_reason = rec.reason
+            if a.theta is not None and rec.theta != a.theta:
+                a.fail(f"record {seq}: the final policy is not the last accepted one")
         else:
-            fail(f"record {seq}: unknown record type {kind!r}")
-    res.final_theta = theta
+            a.fail(f"record {seq}: a second header")
+    res.final_theta = a.theta
+    res.stall = _stall(a, res)
 
 
-def _check_step(rec, theta, g, margins, spec_ell, names, res, fail) -> None:
-    where = f"step {rec['step']}"
-    if theta is None:
-        fail(f"{where}: a step before the initial policy was logged")
-        return
-    if rec["theta"] != theta:
-        fail(f"{where}: starts from a policy that is not the last accepted one")
-    g0 = _arr(rec["g0"])
-    if not np.array_equal(g0, g):
-        fail(f"{where}: g0 is not the verified g of the policy it starts from")
-    G, S = _arr(rec["G"]), _arr(rec["S"])
-    tries = rec["tries"]
-    for t_i, entry in enumerate(tries):
-        ell = _arr(entry["ell"])
-        for n, e, s in zip(names, ell, spec_ell):
-            if s is not None and e < s:
-                fail(f"{where}: ℓ for '{n}' is {e:g}, below the spec's {s:g}")
-            res.ell_max[n] = max(res.ell_max[n], float(e))
-        if entry.get("outcome") == "refuted":
-            res.refutations += 1
-        if "certificate" not in entry:
-            continue
-        xi = _arr(entry["xi"])
-        bound = certificate(g0, G, S, ell, xi)
-        logged = _arr(entry["certificate"])
-        scale = np.maximum(1.0, np.abs(bound))
-        if np.any(np.abs(bound - logged) > REL_TOL * scale):
-            fail(f"{where}, try {t_i + 1}: the logged certificate does not recompute")
-        if np.any(bound > -margins + REL_TOL * scale):
-            fail(f"{where}, try {t_i + 1}: the certificate does not prove g ≤ −margin")
-    if rec["accepted"]:
-        last = tries[-1] if tries else {}
-        if last.get("outcome") != "accepted" or "certificate" not in last:
-            fail(f"{where}: accepted without a certified, verified try")
-        elif not np.array_equal(_arr(last["verified"]), _arr(rec["g_next"])):
-            fail(f"{where}: the accepted g is not the verified one")
-    else:
-        if rec["theta_next"] != rec["theta"]:
-            fail(f"{where}: a rejected step changed the policy")
+def _stall(a: _Audit, res: AuditResult) -> dict | None:
+    """The metric that blocked training, if it stalled: rejected steps in a row at the end, or
+    ℓ grown more than STALL_ELL_GROWTH-fold over the spec's value."""
+    growth = {n: res.ell_max[n] / s for n, s in res.ell_spec.items() if s}
+    grown = max(growth, key=growth.get) if growth else None
+    if len(a.streak) < STALL_STREAK and (grown is None or growth[grown] <= STALL_ELL_GROWTH):
+        return None
+    counts: dict[str, int] = {}
+    scenario = None
+    for rec in a.streak or []:
+        for t in rec.tries:
+            for n in t.refuted:
+                counts[n] = counts.get(n, 0) + 1
+                sc = t.counterexample.get(n, {}) if isinstance(t.counterexample, dict) else {}
+                if isinstance(sc, dict) and "scenario" in sc:
+                    scenario = {"index": sc.get("scenario"), "x0": sc.get("x0")}
+    metric = max(counts, key=counts.get) if counts else grown
+    return {"metric": metric, "rejected_in_a_row": len(a.streak),
+            "ell_growth": growth.get(metric) if metric in growth else None,
+            "scenario": scenario}

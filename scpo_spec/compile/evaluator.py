@@ -6,6 +6,7 @@ environment instead (scpo_spec.systems.gym_rollout), with the same (states, inpu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from scpo_spec.policies.policy import PolicyFamily
 from scpo_spec.systems.dynamics import Dynamics
 from scpo_spec.systems.gym_rollout import GymRollout
 
-DTYPE = torch.float64
+from scpo_spec.dtype import DTYPE
 
 
 @dataclass
@@ -30,6 +31,31 @@ class Metric:
     lipschitz: float | None
     per_scenario: Compiled  # Trace → violation (C, S, 1, 1)
     location: str = ""    # FILE:LINE
+    uses_linearisation: bool = False  # reads spectral_radius (the closed loop at the origin)
+
+
+class Evaluator(Protocol):
+    """What the engine needs of an evaluator: metrics of a batch of weight vectors, per scenario
+    or reduced, and rollouts (for counterexamples).  `RolloutEvaluator` evaluates in this
+    process; an executor (scpo_spec.engine.executors) may spread the same calls elsewhere."""
+
+    metrics: list[Metric]
+    x0: torch.Tensor
+    horizon: int
+
+    @property
+    def names(self) -> list[str]: ...
+
+    @property
+    def margins(self) -> np.ndarray: ...
+
+    def __call__(self, thetas: torch.Tensor) -> torch.Tensor: ...
+
+    def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None
+                     ) -> torch.Tensor: ...
+
+    def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class RolloutEvaluator:
@@ -47,7 +73,7 @@ class RolloutEvaluator:
                                   dtype=torch.int64 if self.gym is not None else DTYPE)
         self.horizon = horizon
         self.reducer = reducer
-        self.needs_spectral = any("spectral_radius" in m.formula for m in metrics)
+        self.needs_spectral = any(m.uses_linearisation for m in metrics)
         if self.needs_spectral:
             A, B = dynamics.linearisation()
             self._A = torch.as_tensor(A, dtype=DTYPE)

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from scpo_spec.errors import ScpoError
 from scpo_spec.compile.signals import ExpressionCompiler, Trace
 from scpo_spec.language.model import (DEFAULTS, CostObjective, ImitationObjective, NormalStates,
                                   RegressionObjective, ReturnObjective, Spec)
 
-DTYPE = torch.float64
+from scpo_spec.dtype import DTYPE
 
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 
@@ -122,7 +123,7 @@ class EpisodeReturn(Objective):
         return float(-R[0]), -grad_return
 
 
-class DataError(Exception):
+class DataError(ScpoError):
     """The objective's data file cannot be read (check reports this with a location first)."""
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from scpo_spec.compile.evaluator import Metric, RolloutEvaluator
 from scpo_spec.compile.objective import Objective, make_objective
@@ -15,7 +13,7 @@ from scpo_spec.compile.scenarios import holdout_states, training_states
 from scpo_spec.compile.signals import ExpressionCompiler, Reducer
 from scpo_spec.policies.backup import Backup, make_backup
 from scpo_spec.policies.policy import PolicyFamily, make_policy
-from scpo_spec.language.expr import unparse
+from scpo_spec.language.expr import names, unparse
 from scpo_spec.language.model import TRAIN_DEFAULTS, Spec
 from scpo_spec.systems.dynamics import Dynamics, make_dynamics
 
@@ -42,6 +40,11 @@ class Settings:
     executor: str = "local"
     ray_address: str | None = None
     ray_workers: int = 2
+
+    @property
+    def bank_size(self) -> int:
+        """n: candidates per step — the raw step, the previous update and the probes."""
+        return 2 + self.directions
 
     @classmethod
     def of(cls, spec: Spec) -> Settings:
@@ -108,7 +111,8 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
             smoothness=float(prop.smoothness) if prop.smoothness is not None else None,
             lipschitz=float(prop.lipschitz) if prop.lipschitz is not None else None,
             per_scenario=compiler.formula(prop.formula),
-            location=f"{span.file}:{span.line}" if span is not None else ""))
+            location=f"{span.file}:{span.line}" if span is not None else "",
+            uses_linearisation=any(n.id == "spectral_radius" for n in names(prop.formula))))
     horizon = int(spec.scenarios.horizon)
     evaluator = RolloutEvaluator(dynamics, family, metrics, training_states(spec), horizon,
                                  compiler.reduce)
@@ -117,6 +121,3 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     objective = make_objective(spec, family, evaluator, compiler, base)
     return CompiledSpec(spec, settings, dynamics, backup, family, evaluator, objective, compiler)
 
-
-def theta_array(theta: torch.Tensor) -> np.ndarray:
-    return theta.detach().cpu().numpy().astype(np.float64, copy=False)

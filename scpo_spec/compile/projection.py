@@ -7,12 +7,14 @@
 with D = QR, E_i = G_i − g0_i·1ᵀ, R_i = √(ℓ_i/2)·R and w_i = (ℓ_i/2)·diag(S): ℓ is folded into
 the parameters so the problem stays DPP, and each step is a re-solve with new parameter values.
 
-The engine solves it in scaled coordinates η_j = ‖d_j‖·ξ_j (D's columns normalised): the raw step
+`bank` prepares a step's data once (S = DᵀD, the QR of D, the scaled slopes); `project` solves
+at one ℓ.  It works in scaled coordinates η_j = ‖d_j‖·ξ_j (D's columns normalised): the raw step
 has norm ~r and the probes ~ν ≪ r, and without the scaling the solver sees ξ of very different
-sizes and loses accuracy right where it matters, near the boundary.  `solve` takes the data of
-either form; the engine passes the scaled one and maps η back to ξ.
-The certificate itself is recomputed in float64 numpy from (g0, G, S, ℓ, ξ) — the numbers the
-audit log keeps — never taken from the solver.
+sizes and loses accuracy right where it matters, near the boundary.  It maps η back to ξ and
+scales ξ until the certificate, recomputed in float64 numpy from (g0, G, S, ℓ, ξ) — the numbers
+the audit log keeps — proves g ≤ −margin: the certificate is never taken from the solver.
+A candidate whose rollout was not finite is dropped from the bank (its direction zeroed, its
+column set to g0) rather than failing the whole step.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from dataclasses import dataclass
 
 import cvxpy as cp
 import numpy as np
+import torch
 
+from scpo_spec.errors import ScpoError
 from scpo_spec.compile.certificate import certificate
 
 SOLVERS = {"clarabel": "CLARABEL", "gurobi": "GUROBI", "scs": "SCS"}
 
 
-class SolverUnavailable(Exception):
+class SolverUnavailable(ScpoError):
     """The spec names a solver that is not installed."""
 
 
@@ -46,6 +50,33 @@ def certified_scale(g0, G, S, ell, xi, bound) -> float:
         else:
             hi = mid
     return lo
+
+
+@dataclass
+class Bank:
+    """One step's candidate bank, in the forms the QCQP and the audit need."""
+
+    D: torch.Tensor         # (n, d) candidate directions d_j (dropped ones zeroed)
+    G: np.ndarray           # (k, n) g(θ + d_j) (dropped columns set to g0)
+    g0: np.ndarray          # (k,)
+    S: np.ndarray           # (n, n) DᵀD
+    norms: np.ndarray       # (n,) ‖d_j‖ (1 for a zero direction)
+    R: np.ndarray           # (min(n, d), n) D/‖d‖ = QR
+    target: np.ndarray      # Qᵀs, s the raw step (D's first row)
+    E_scaled: np.ndarray    # (G − g0)/‖d‖
+    dropped: list[int]      # candidates whose rollout was not finite
+
+
+@dataclass
+class Projection:
+    """A solve at one ℓ: the certified ξ (None if the solver failed) and how it was obtained."""
+
+    status: str
+    xi: np.ndarray | None       # certified: certificate(ξ) ≤ −margin in float64
+    xi_solver: np.ndarray | None
+    scale: float | None         # the factor that made the solver's ξ certify (1 if it did)
+    solve_time: float
+    objective: float | None
 
 
 @dataclass
@@ -89,6 +120,35 @@ class ProjectionTemplate:
         self.problem = cp.Problem(cp.Minimize(cp.sum_squares(self.R @ self.xi - self.target)),
                                   self.constraints)
         assert self.problem.is_dpp()
+
+    def bank(self, D: torch.Tensor, G: np.ndarray, g0: np.ndarray) -> Bank:
+        """The step's data for every ℓ tried: Gram matrix, QR of the normalised directions and the
+        scaled slopes.  The d-sized algebra stays in torch (one thread pool: numpy's BLAS threads
+        spinning next to torch's made the rollouts twice as slow on 2 cores)."""
+        G = np.array(G, dtype=np.float64)
+        dropped = [j for j in range(G.shape[1]) if not np.all(np.isfinite(G[:, j]))]
+        if dropped:
+            D = D.clone()
+            D[dropped] = 0.0
+            G[:, dropped] = g0[:, None]
+        S = (D @ D.T).numpy()
+        norms_t = D.norm(dim=1)
+        norms_t = torch.where(norms_t > 0, norms_t, torch.ones_like(norms_t))
+        Q, R = torch.linalg.qr((D / norms_t[:, None]).T, mode="reduced")
+        norms = norms_t.numpy()
+        return Bank(D, G, g0, S, norms, R.numpy(), (Q.T @ D[0]).numpy(),
+                    (G - g0[:, None]) / norms, dropped)
+
+    def project(self, bank: Bank, ell: np.ndarray) -> Projection:
+        """Solve at ℓ and return ξ scaled back until its float64 certificate holds."""
+        sol = self.solve(bank.g0, bank.E_scaled, bank.R, bank.target, bank.norms, ell)
+        if sol.xi is None:
+            return Projection(sol.status, None, None, None, sol.solve_time, None)
+        xi_solver = sol.xi / bank.norms
+        xi_solver[bank.dropped] = 0.0
+        scale = certified_scale(bank.g0, bank.G, bank.S, ell, xi_solver, -self.margins)
+        return Projection(sol.status, scale * xi_solver, xi_solver, scale, sol.solve_time,
+                          sol.objective)
 
     def solve(self, g0: np.ndarray, E: np.ndarray, R: np.ndarray, Qt_s: np.ndarray,
               diag_weights: np.ndarray, ell: np.ndarray) -> Solution:

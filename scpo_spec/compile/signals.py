@@ -22,7 +22,7 @@ import torch
 from scpo_spec.language import expr as E
 from scpo_spec.language.evaluate import evaluate
 
-DTYPE = torch.float64
+from scpo_spec.dtype import DTYPE
 LYAPUNOV_FLOOR = 1e-12  # V(x_0) below this counts as this (a scenario starting at the origin)
 
 

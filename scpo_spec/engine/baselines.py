@@ -26,7 +26,7 @@ from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.compile.projection import SOLVERS
 from scpo_spec.engine.optimizers import Optimizer
 
-DTYPE = torch.float64
+from scpo_spec.dtype import DTYPE
 PENALTY_WEIGHT = 1.0
 FD_MAX_ROLLOUTS = 2000   # full_fd runs only where d + 1 candidates per step stay below this
 FD_CHUNK = 512

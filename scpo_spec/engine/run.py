@@ -1,16 +1,19 @@
-"""A training run on disk: create or resume its directory, write the header, θ₀'s record and
-the end record around the loop, and load a finished run back (`scpo_spec.load_run`).
+"""A training run on disk: create or resume its directory (scpo_spec.audit.rundir), log the
+header, θ₀, every step and the end, save the state bound to each record, and load a finished run
+back (`scpo_spec.load_run`).
 
-    RUN/spec.scpo        the spec, verbatim (its SHA-256 is in the log's header)
-    RUN/audit.jsonl      the hash-chained log (scpo_spec.audit.log)
-    RUN/checkpoint.pt    θ, optimizer and generator state after the last step (for --resume)
+Every record is committed the same way: the state file is written first, carrying the record's
+line and its head hash, then the line is appended; Ctrl-C is held off for those two writes, so an
+interrupted run stops between records and its end record names the step actually reached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import platform
+import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,16 +22,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scpo_spec.audit.log import FORMAT, LOG_NAME, AuditWriter, LogError, read_lines
+from scpo_spec.audit.log import FORMAT, AuditWriter, sha256_hex
+from scpo_spec.audit.records import End, Header, Holdout, Init, Record, Resume, Step
+from scpo_spec.audit.rundir import RunDir, RunError, StateFile
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
-from scpo_spec.compile.ray_executor import RayUnavailable, use_executor
-from scpo_spec.engine.train import State, StepReport, Trainer, UnsafeStart, run_steps, theta_hash
-from scpo_spec.language.load import check_text, syntax_of
+from scpo_spec.dtype import DTYPE
+from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
+from scpo_spec.engine.holdout import validate_holdout
+from scpo_spec.engine.train import State, Trainer, theta_hash
+from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
 
-
-class RunError(Exception):
-    """A run directory that cannot be created, resumed or loaded (the message says why)."""
+__all__ = ["Run", "RunError", "TrainResult", "load_run", "train"]
 
 
 def versions() -> dict:
@@ -50,38 +55,102 @@ def fresh_dir(base: Path) -> Path:
     return candidate
 
 
-def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Trainer) -> dict:
+def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Trainer) -> Header:
     spec, s = compiled.spec, compiled.settings
     data = None
-    obj = spec.objective
-    if obj.kind == "regression":
-        path = (spec_path.resolve().parent / obj.data.value)
-        data = {"path": obj.data.value, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {
-        "type": "header", "format": FORMAT,
-        "spec": {"name": spec.name.name if spec.name else None, "path": str(spec_path),
-                 "resolved": str(spec_path.resolve()), "sha256":
-                     hashlib.sha256(spec_text.encode()).hexdigest(), "text": spec_text,
-                 "syntax": syntax_of(str(spec_path))},
-        "data": data,
-        "settings": vars(s),
-        "seeds": {"train": s.seed, "policy": _policy_seed(spec), "scenarios":
-                  int(spec.scenarios.seed) if spec.scenarios.seed is not None else 0},
-        "metrics": [{"name": m.name, "section": m.section, "formula": m.formula,
-                     "margin": m.margin, "smoothness": m.smoothness, "lipschitz": m.lipschitz,
-                     "location": m.location, "estimated": m.smoothness is None}
-                    for m in compiled.metrics],
-        "dimensions": {"d": compiled.family.d, "n": trainer.n, "k": trainer.k,
-                       "scenarios": int(compiled.evaluator.x0.shape[0]),
-                       "horizon": compiled.evaluator.horizon},
-        "objective": compiled.objective.describe,
-        "versions": versions(),
-        "command": " ".join(sys.argv),
-    }
+    if spec.objective.kind == "regression":
+        path = spec_path.resolve().parent / spec.objective.data.value
+        data = {"path": spec.objective.data.value,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return Header(
+        format=FORMAT,
+        spec={"name": spec.name.name if spec.name else None, "path": str(spec_path),
+              "resolved": str(spec_path.resolve()), "sha256": sha256_hex(spec_text.encode()),
+              "text": spec_text, "syntax": syntax_of(str(spec_path))},
+        data=data, settings=vars(s),
+        seeds={"train": s.seed, "policy": _policy_seed(spec), "scenarios":
+               int(spec.scenarios.seed) if spec.scenarios.seed is not None else 0},
+        metrics=[{"name": m.name, "section": m.section, "formula": m.formula,
+                  "margin": m.margin, "smoothness": m.smoothness, "lipschitz": m.lipschitz,
+                  "location": m.location, "estimated": m.smoothness is None}
+                 for m in compiled.metrics],
+        dimensions={"d": compiled.family.d, "n": trainer.n, "k": trainer.k,
+                    "scenarios": int(compiled.evaluator.x0.shape[0]),
+                    "horizon": compiled.evaluator.horizon},
+        objective=compiled.objective.describe, versions=versions(), command=" ".join(sys.argv))
 
 
 def _policy_seed(spec: Spec):
     return int(spec.policy.seed) if getattr(spec.policy, "seed", None) is not None else None
+
+
+# ---- the state file: State ⇄ arrays (no pickle) ----
+def _state_file(trainer: Trainer, state: State, head: str, seq: int,
+                pending: bytes | None) -> StateFile:
+    arrays = {"theta": state.theta.numpy(), "previous": state.previous.numpy(), "g": state.g,
+              "ell": state.ell, "ell_floor": state.ell_floor,
+              "generator": trainer.generator.get_state().numpy()}
+    arrays.update({f"opt_{k}": v.numpy() for k, v in trainer.optimizer.state.items() if k != "t"})
+    objective_generator = getattr(trainer.c.objective, "generator", None)
+    if objective_generator is not None:  # `objective return`: its ES directions' stream
+        arrays["objective_generator"] = objective_generator.get_state().numpy()
+    return StateFile(head=head, seq=seq, theta=theta_hash(state.theta), step=state.step,
+                     accepted=state.accepted, loss=float(state.loss),
+                     optimizer_t=int(trainer.optimizer.state["t"]), arrays=arrays,
+                     pending=pending)
+
+
+def _restore(trainer: Trainer, saved: StateFile) -> State:
+    a = saved.arrays
+    tensor = lambda x: torch.from_numpy(np.array(x, dtype=np.float64))  # noqa: E731
+    trainer.optimizer.state = {"t": saved.optimizer_t,
+                               **{k[4:]: tensor(v) for k, v in a.items() if k.startswith("opt_")}}
+    trainer.generator.set_state(torch.from_numpy(np.array(a["generator"], dtype=np.uint8)))
+    if "objective_generator" in a:
+        trainer.c.objective.generator.set_state(
+            torch.from_numpy(np.array(a["objective_generator"], dtype=np.uint8)))
+    return State(theta=tensor(a["theta"]), g=np.array(a["g"], dtype=np.float64), loss=saved.loss,
+                 ell=np.array(a["ell"], dtype=np.float64),
+                 ell_floor=np.array(a["ell_floor"], dtype=np.float64),
+                 previous=tensor(a["previous"]), step=saved.step, accepted=saved.accepted,
+                 optimizer=trainer.optimizer.state)
+
+
+@contextmanager
+def _hold_interrupts():
+    """Ctrl-C during the two writes of a commit is delivered right after them."""
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    except ValueError:  # not the main thread: nothing to hold
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
+class Recorder:
+    """Appends records to the log and keeps the state file bound to the last one."""
+
+    def __init__(self, run: RunDir, log: AuditWriter, trainer: Trainer):
+        self.run, self.log, self.trainer = run, log, trainer
+        self.state: State | None = None  # the state of the last record committed
+
+    def commit(self, record: Record, state: State) -> str:
+        line = self.log.line(record.to_dict())
+        head = sha256_hex(line)
+        with _hold_interrupts():
+            self.run.write_state(_state_file(self.trainer, state, head, self.log.seq, line))
+            self.log.write(line)
+            self.state = state
+        return head
+
+    def close(self) -> None:
+        self.log.close()
 
 
 @dataclass
@@ -95,108 +164,103 @@ class TrainResult:
 def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
           steps: int | None = None, resume: bool = False,
           on_start: Callable[[Trainer, State, Path], None] | None = None,
-          on_step: Callable[[StepReport, State], None] | None = None) -> TrainResult:
+          on_step: Callable[[Step, State], None] | None = None) -> TrainResult:
     """Train a checked spec, logging every step under `out` (default runs/NAME)."""
     compiled = compile_spec(spec, spec_path.resolve().parent)
-    executor = _executor(compiled, spec_text, spec_path)
     try:
-        return _train(compiled, spec_path, spec, spec_text, out, steps, resume, on_start, on_step)
+        evaluator = open_evaluator(compiled, spec_path.resolve().parent)
+    except RayUnavailable as e:
+        raise RunError(str(e)) from None
+    try:
+        total = steps if steps is not None else compiled.settings.steps
+        if resume:
+            run = RunDir(out if out is not None else Path("runs") / spec.name.name)
+            recorder, state = _resume(run, Trainer(compiled, evaluator), spec_text, total)
+        else:
+            recorder, state = _create(Trainer(compiled, evaluator), spec_path, spec, spec_text,
+                                      out)
+        if on_start is not None:
+            on_start(recorder.trainer, state, recorder.run.path)
+        return _loop(recorder, state, total, on_step)
     except RayUnavailable as e:  # a worker lost mid-run: the steps before it are logged
         raise RunError(f"{e} (continue with --resume)") from None
     finally:
-        if executor is not None:
-            executor.close()  # the actors; Ray itself only if this run started it
+        close_evaluator(evaluator)  # Ray's actors; Ray itself only if this run started it
 
 
-def _executor(compiled: CompiledSpec, spec_text: str, spec_path: Path):
-    """`executor ray`: each step's candidate bank is rolled out on Ray actors (one-candidate
-    calls, θ₀ and the verifications, stay in this process: same numbers, less overhead)."""
-    if compiled.settings.executor != "ray":
-        return None
-    try:
-        return use_executor(compiled, spec_text, spec_path)
-    except RayUnavailable as e:
-        raise RunError(str(e)) from None
-
-
-def _train(compiled, spec_path, spec, spec_text, out, steps, resume, on_start,
-           on_step) -> TrainResult:
-    total = steps if steps is not None else compiled.settings.steps
-    if resume:
-        run_dir = out if out is not None else Path("runs") / spec.name.name
-        return _resume(run_dir, compiled, spec_text, total, on_start, on_step)
-    trainer = Trainer(compiled)
+def _create(trainer: Trainer, spec_path, spec, spec_text, out) -> tuple[Recorder, State]:
+    compiled = trainer.c
     state = trainer.initial_state()  # raises UnsafeStart before anything is written
-    run_dir = fresh_dir(out if out is not None else Path("runs") / spec.name.name)
-    run_dir.mkdir(parents=True)
-    (run_dir / f"spec{spec_path.suffix or '.scpo'}").write_text(spec_text, encoding="utf-8")
-    log = AuditWriter.create(run_dir)
-    trainer.log, trainer.run_dir = log, run_dir
-    log.append(header(compiled, spec_text, spec_path, trainer))
-    head = log.append({"type": "init", "theta": theta_hash(state.theta), "g": state.g,
-                       "loss": state.loss, "ell": state.ell, "margins": trainer.margins})
-    trainer.checkpoint(state, head, log.seq)
-    return _loop(trainer, state, run_dir, total, on_start, on_step)
+    run = RunDir(fresh_dir(out if out is not None else Path("runs") / spec.name.name))
+    run.path.mkdir(parents=True)
+    run.spec_file(spec_path.suffix).write_text(spec_text, encoding="utf-8")
+    recorder = Recorder(run, AuditWriter.create(run.log), trainer)
+    recorder.commit(header(compiled, spec_text, spec_path, trainer), state)
+    recorder.commit(Init(theta=theta_hash(state.theta), g=state.g, loss=state.loss,
+                         ell=state.ell, margins=trainer.margins), state)
+    return recorder, state
 
 
-def _loop(trainer, state, run_dir, total, on_start, on_step) -> TrainResult:
-    if on_start is not None:
-        on_start(trainer, state, run_dir)
+def _loop(recorder: Recorder, state: State, total: int, on_step) -> TrainResult:
+    trainer, ended = recorder.trainer, "completed"
     try:
-        state, ended = run_steps(trainer, state, total, on_step)
-    except KeyboardInterrupt:
-        ended = f"interrupted after step {state.step}"
-        trainer.log.append({"type": "end", "reason": ended, "steps": state.step,
-                            "accepted": state.accepted, "theta": theta_hash(state.theta),
-                            "g": state.g, "loss": state.loss})
-        trainer.log.close()
+        while state.step < total:
+            new_state, record = trainer.step(state)
+            recorder.commit(record, new_state)
+            state = new_state
+            if on_step is not None:
+                on_step(record, state)
+            if record.stopped:
+                ended = f"stopped at step {record.step}: {record.reason}"
+                break
+    except KeyboardInterrupt:  # the end record names the last state committed
+        state = recorder.state
+        recorder.commit(_end(f"interrupted after step {state.step}", state), state)
+        recorder.close()
         raise
-    from scpo_spec.engine.holdout import validate_holdout
-    trainer.log.append({**validate_holdout(trainer.c, state.theta), "theta": theta_hash(state.theta)})
-    head = trainer.log.append({"type": "end", "reason": ended, "steps": state.step,
-                               "accepted": state.accepted, "theta": theta_hash(state.theta),
-                               "g": state.g, "loss": state.loss})
-    trainer.checkpoint(state, head, trainer.log.seq)
-    trainer.log.close()
-    return TrainResult(run_dir, state, ended, head)
+    holdout = {**validate_holdout(trainer.c, state.theta), "theta": theta_hash(state.theta)}
+    recorder.commit(Holdout.from_dict(holdout, "holdout"), state)
+    head = recorder.commit(_end(ended, state), state)
+    recorder.close()
+    return TrainResult(recorder.run.path, state, ended, head)
 
 
-def _resume(run_dir: Path, compiled: CompiledSpec, spec_text: str, total: int,
-            on_start, on_step) -> TrainResult:
-    log_path, ckpt = run_dir / LOG_NAME, run_dir / "checkpoint.pt"
-    if not log_path.exists() or not ckpt.exists():
-        raise RunError(f"{run_dir} is not a run that can be resumed (it needs {LOG_NAME} and "
-                       "checkpoint.pt)")
-    lines, _ = read_lines(log_path)
-    first = lines[0].record if lines else {}
-    if first.get("type") != "header":
-        raise RunError(f"{log_path} does not start with a header record")
-    if first["spec"]["sha256"] != hashlib.sha256(spec_text.encode()).hexdigest():
-        raise RunError(f"the spec changed since {run_dir} started (SHA-256 differs); resume "
-                       "with the same spec, or start a new run")
+def _end(reason: str, state: State) -> End:
+    return End(reason=reason, steps=state.step, accepted=state.accepted,
+               theta=theta_hash(state.theta), g=state.g, loss=state.loss)
+
+
+def _resume(run: RunDir, trainer: Trainer, spec_text: str,
+            total: int) -> tuple[Recorder, State]:
     from scpo_spec.audit.verify import verify_chain  # numpy only
+    if not run.is_run():
+        raise RunError(f"{run.path} is not a run that can be resumed (no {run.log.name})")
+    lines, _ = run.lines()
+    if run.header().spec.get("sha256") != sha256_hex(spec_text.encode()):
+        raise RunError(f"the spec changed since {run.path} started (SHA-256 differs); resume "
+                       "with the same spec, or start a new run")
     problems = verify_chain(lines)
     if problems:
-        raise RunError(f"{log_path} fails its hash chain ({problems[0]}); refusing to extend it")
-    log = AuditWriter.reopen(run_dir)
-    trainer = Trainer(compiled, log, run_dir)
-    payload = torch.load(ckpt, weights_only=False)
-    state = trainer.restore(payload)
+        raise RunError(f"{run.log} fails its hash chain ({problems[0]}); refusing to extend it")
+    saved, pending = run.bound_state(lines)
+    log = AuditWriter.reopen(run.log, run.torn)
+    if pending:  # killed between the state write and the append: finish the append
+        log.write(saved.pending)
+    state = _restore(trainer, saved)
+    recorder = Recorder(run, log, trainer)
     if state.step >= total:
-        log.close()
-        raise RunError(f"{run_dir} has already taken {state.step} steps (asked for {total}); "
+        recorder.close()
+        raise RunError(f"{run.path} has already taken {state.step} steps (asked for {total}); "
                        "pass a larger --steps to continue")
     g = trainer.metrics(state.theta[None])[0]
-    logged_steps = sum(1 for ln in lines if ln.record.get("type") == "step")
-    state.step = max(state.step, logged_steps)
-    log.append({"type": "resume", "from_step": state.step, "theta": theta_hash(state.theta),
-                "g": g, "g_checkpoint": state.g, "loss": state.loss, "ell": state.ell,
-                "checkpoint_head": payload.get("head")})
-    if not np.all(g <= -trainer.margins):  # cannot happen for a checkpoint the run wrote
-        log.close()
-        raise RunError("the checkpoint's policy does not verify safe; refusing to resume")
+    if not np.all(g <= -trainer.margins):  # cannot happen for a state the run wrote
+        recorder.close()
+        raise RunError(f"the policy in {run.state} does not verify safe; refusing to resume")
+    recorder.commit(Resume(from_step=state.step, theta=theta_hash(state.theta), g=g,
+                           g_checkpoint=state.g, loss=state.loss, ell=state.ell,
+                           checkpoint_head=saved.head), state)
     state.g = g
-    return _loop(trainer, state, run_dir, total, on_start, on_step)
+    return recorder, state
 
 
 # ---- using what was trained ----
@@ -208,33 +272,26 @@ class Run:
     spec: Spec
     policy: torch.nn.Module
     theta: torch.Tensor
-    header: dict
+    header: Header
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Load a run directory: `.spec` (the model), `.policy` (float64 (N, n) → (N, m))."""
-    run_dir = Path(run_dir)
-    log_path, ckpt = run_dir / LOG_NAME, run_dir / "checkpoint.pt"
-    if not log_path.exists():
-        raise RunError(f"{run_dir} is not a run directory (no {LOG_NAME})")
-    lines, _ = read_lines(log_path)
-    first = lines[0].record if lines else {}
-    if first.get("type") != "header":
-        raise RunError(f"{log_path} does not start with a header record")
-    text = first["spec"]["text"]
-    origin = Path(first["spec"].get("resolved", ""))
-    result = check_text(text, path=first["spec"]["path"], base_dir=origin.parent,
-                        syntax=first["spec"].get("syntax"))
-    if result.spec is None or not result.ok:
-        result = check_text(text, path=first["spec"]["path"], syntax=first["spec"].get("syntax"),
-                            run_checks=False)
-    spec = result.spec
-    if spec is None:
-        raise RunError(f"the spec stored in {log_path} does not build")
+    """A run directory whose log audits clean: `.spec` (the model) and `.policy` (float64
+    (N, n) → (N, m)), the last policy the log accepted — never a state file the log disowns."""
+    from scpo_spec.audit.verify import audit_run
     from scpo_spec.policies import make_backup, make_policy
     from scpo_spec.systems import make_dynamics
+    run = RunDir(run_dir)
+    head = run.header()
+    spec, _ = run.checked_spec(head)
+    audit = audit_run(run.path)
+    if not (audit.chain_ok and audit.certificates_ok):
+        raise RunError(f"{run.path} does not pass `scpo audit` ({audit.problems[0]}); "
+                       "not loading its policy")
+    theta = torch.from_numpy(run.final_theta(audit.final_theta)).to(DTYPE)
     dynamics = make_dynamics(spec)
     family = make_policy(spec, dynamics.n, dynamics.m, make_backup(spec, dynamics))
-    theta = torch.load(ckpt, weights_only=False)["theta"] if ckpt.exists() else family.theta0
-    policy = family.module(theta).eval()
-    return Run(run_dir, spec, policy, theta, first)
+    if theta.shape != family.theta0.shape:
+        raise RunError(f"{run.state} holds {theta.numel()} weights; the spec's policy has "
+                       f"{family.d}")
+    return Run(run.path, spec, family.module(theta).eval(), theta, head)

@@ -1,30 +1,30 @@
-"""The safe-by-induction loop of ALGORITHM.md, one step at a time, every step logged.
+"""The safe-by-induction step of ALGORITHM.md.
 
 Read top to bottom: `Trainer.step` is steps 1–7 of ALGORITHM.md.  Only verified candidates
 become the policy, θ₀ is verified before the first step, so every accepted iterate is safe on the
-scenarios.  Each step's record carries the numbers its certificate is made of (g0, G, S, ℓ, ξ), so
-`scpo audit` recomputes it without torch.
+scenarios.  Each step returns its record, which carries the numbers its certificate is made of
+(g0, G, S, ℓ, ξ), so `scpo audit` recomputes it without torch; the trainer itself writes nothing
+(scpo_spec.engine.run logs the records and saves the state).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from scpo_spec.audit.log import AuditWriter
-from scpo_spec.compile.problem import CompiledSpec
+from scpo_spec.audit.records import Step, Try, theta_sha256
 from scpo_spec.compile.certificate import certificate, certificate_terms
-from scpo_spec.compile.projection import ProjectionTemplate, certified_scale
+from scpo_spec.compile.evaluator import Evaluator
+from scpo_spec.compile.problem import CompiledSpec
+from scpo_spec.compile.projection import Bank, ProjectionTemplate
+from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.optimizers import Optimizer
+from scpo_spec.errors import ScpoError
 
-DTYPE = torch.float64
 MAX_TRIES = 6          # re-solves with doubled ℓ after a refutation, per step
 ARMIJO_C = 1e-4        # sufficient-decrease constant
 ARMIJO_HALVINGS = 10
@@ -34,11 +34,28 @@ PROBE_FLOOR = 1e-4     # ν never shrinks below this fraction of the spec's ν
 
 
 def theta_hash(theta: torch.Tensor) -> str:
-    """SHA-256 of θ's float64 little-endian bytes."""
-    return hashlib.sha256(theta.detach().cpu().numpy().astype("<f8").tobytes()).hexdigest()
+    """SHA-256 of θ's float64 little-endian bytes (the log's name for a policy)."""
+    return theta_sha256(theta.detach().cpu().numpy())
 
 
-class UnsafeStart(Exception):
+class Timer:
+    """Seconds per phase of a step (gradient, rollouts, qcqp; the rest is `other`)."""
+
+    def __init__(self):
+        self.start, self.phases = time.perf_counter(), {"rollouts": 0.0, "qcqp": 0.0,
+                                                        "gradient": 0.0}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t = time.perf_counter()
+        yield
+        self.phases[phase] += time.perf_counter() - t
+
+    def done(self) -> dict:
+        return {**self.phases, "other": time.perf_counter() - self.start - sum(self.phases.values())}
+
+
+class UnsafeStart(ScpoError):
     """θ₀ violates a metric: training refuses to start."""
 
     def __init__(self, violated: list[tuple[str, float, float, str]]):
@@ -61,30 +78,18 @@ class State:
     step: int = 0                  # steps taken (accepted or not)
     accepted: int = 0
     optimizer: dict = field(default_factory=lambda: {"t": 0})
-    generator: torch.Tensor | None = None
-
-
-@dataclass
-class StepReport:
-    step: int
-    accepted: bool
-    reason: str
-    loss: float
-    g: np.ndarray
-    refutations: int
-    update_norm: float
 
 
 class Trainer:
-    def __init__(self, compiled: CompiledSpec, log: AuditWriter | None = None,
-                 run_dir: Path | None = None):
+    def __init__(self, compiled: CompiledSpec, evaluator: Evaluator | None = None):
+        """`evaluator`: where candidates are rolled out (an executor's; the compiled one's by
+        default)."""
         self.c = compiled
         self.s = compiled.settings
-        self.ev = compiled.evaluator
+        self.ev = evaluator if evaluator is not None else compiled.evaluator
         self.family = compiled.family
-        self.log, self.run_dir = log, run_dir
         self.k, self.d = len(self.ev.metrics), self.family.d
-        self.n = 2 + self.s.directions  # raw step, previous update, probes
+        self.n = self.s.bank_size
         self.margins = self.ev.margins
         self.template = ProjectionTemplate(self.k, self.n, self.d, self.s.radius, self.margins,
                                            self.ev.names, self.s.solver)
@@ -131,145 +136,117 @@ class Trainer:
         return float(max(min(caps), 0.0)) if caps else None
 
     # ---- one step: ALGORITHM.md 1–7 ----
-    def step(self, state: State) -> tuple[State, StepReport, dict]:
-        t_start = time.perf_counter()
-        timing = {"rollouts": 0.0, "qcqp": 0.0, "gradient": 0.0}
-        record: dict = {"type": "step", "step": state.step, "theta": theta_hash(state.theta),
-                        "g0": state.g, "loss": state.loss}
-
-        # 1. raw step, clipped to the trust radius
-        t = time.perf_counter()
-        loss, grad = self.loss_and_grad(state.theta)
-        raw, opt_state = self.optimizer.propose(grad)
-        timing["gradient"] += time.perf_counter() - t
+    def step(self, state: State) -> tuple[State, Step]:
+        """One step from a verified θ: returns the next state and the step's record (it writes
+        nothing: the run logs the record and saves the state)."""
+        timer = Timer()
+        with timer("gradient"):  # 1. the raw step s, clipped to the trust radius
+            loss, grad = self.loss_and_grad(state.theta)
+            raw, opt_state = self.optimizer.propose(grad)
         raw_norm = float(raw.norm())
-        if raw_norm > self.s.radius:
-            raw = raw * (self.s.radius / raw_norm)
+        raw = raw * (self.s.radius / raw_norm) if raw_norm > self.s.radius else raw
+        D, kinds, nu, cap = self.candidate_bank(state, raw)  # 2. raw, previous update, probes
+        with timer("rollouts"):  # 3. every candidate, one batched evaluation
+            G = self.metrics(state.theta[None] + D).T  # (k, n)
+        bank = self.template.bank(D, G, state.g)
+        # 4–7. project, backtrack, verify; on refutation double ℓ and re-solve
+        tries, accepted, reason = self.solve_and_verify(state, bank, grad, loss, timer)
+        win = tries[-1] if accepted else None
+        refuted = np.array([[n in t.refuted for n in self.ev.names] for t in tries]).any(axis=0)
+        ell_next, floor = self.next_ell(state, tries, refuted)
+        theta_next = state.theta + torch.as_tensor(win.xi, dtype=DTYPE) @ bank.D if win else state.theta
+        update = theta_next - state.theta if win else state.previous
+        new_state = State(theta=theta_next, g=win.verified if win else state.g,
+                          loss=win.loss if win else loss, ell=ell_next, ell_floor=floor,
+                          previous=update, step=state.step + 1,
+                          accepted=state.accepted + int(accepted), optimizer=opt_state)
+        # the optimizer's moments take in every gradient seen (a rejected step must not leave
+        # it proposing the same raw step forever)
+        self.optimizer.commit(opt_state)
+        record = Step(
+            step=state.step, theta=theta_hash(state.theta), g0=state.g, loss=state.loss,
+            G=bank.G, S=bank.S, tries=tries, accepted=accepted, reason=reason,
+            theta_next=theta_hash(theta_next), g_next=new_state.g, loss_next=new_state.loss,
+            bank_norms=np.sqrt(np.maximum(np.diag(bank.S), 0)), target=bank.target,
+            grad_norm=float(grad.norm()), raw_norm=raw_norm, nu=nu, probe_cap=cap, bank=kinds,
+            dropped=bank.dropped, update_norm=float(update.norm()) if win else 0.0,
+            ell_next=ell_next, timing=timer.done(),
+            stopped=tries[-1].outcome == "refuted" and self.s.on_violation == "stop")
+        return new_state, record
 
-        # 2. candidate bank: raw step, previous accepted update, random probes
+    def candidate_bank(self, state: State, raw: torch.Tensor):
+        """D (n, d): the raw step, the previous accepted update (a probe before the first) and
+        random probes of norm ν, each cut to the `lipschitz` cap when there is one."""
         nu = self.probe_scale(state)
         z = torch.randn(self.s.directions, self.d, generator=self.generator, dtype=DTYPE)
         probes = nu * z / z.norm(dim=1, keepdim=True)
-        previous = state.previous
+        previous, kinds = state.previous, ["raw", "previous"] + ["probe"] * self.s.directions
         if state.accepted == 0 or not float(previous.norm()) > 0:  # no update yet: one more probe
             extra = torch.randn(self.d, generator=self.generator, dtype=DTYPE)
-            previous = nu * extra / extra.norm()
-        D = torch.cat([raw[None], previous[None], probes], dim=0)  # (n, d): rows d_j
+            previous, kinds[1] = nu * extra / extra.norm(), "probe"
+        D = torch.cat([raw[None], previous[None], probes], dim=0)
         cap = self.probe_cap(state)
         if cap is not None:
             norms = D.norm(dim=1, keepdim=True)
             D = torch.where(norms > cap, D * (cap / norms.clamp_min(1e-300)), D)
+        return D, kinds, nu, cap
 
-        # 3. rollouts of every candidate: one batched evaluation
-        t = time.perf_counter()
-        G = self.metrics(state.theta[None] + D).T  # (k, n)
-        timing["rollouts"] += time.perf_counter() - t
-        # the d-sized algebra stays in torch (one thread pool: numpy's BLAS threads spinning
-        # next to torch's made the rollouts twice as slow on 2 cores); only n-sized data leave
-        S = (D @ D.T).numpy()
-        # the QCQP in scaled coordinates η_j = ‖d_j‖ ξ_j (unit columns): better conditioned
-        norms_t = D.norm(dim=1)
-        norms_t = torch.where(norms_t > 0, norms_t, torch.ones_like(norms_t))
-        Q, R = torch.linalg.qr((D / norms_t[:, None]).T, mode="reduced")
-        target = (Q.T @ D[0]).numpy()
-        R, norms = R.numpy(), norms_t.numpy()
-        E_scaled = (G - state.g[:, None]) / norms
-        record.update({"grad_norm": float(grad.norm()), "raw_norm": raw_norm, "nu": nu,
-                       "probe_cap": cap, "bank": ["raw", "previous" if previous is state.previous else "probe"]
-                       + ["probe"] * self.s.directions,
-                       "bank_norms": np.sqrt(np.maximum(np.diag(S), 0)), "G": G, "S": S,
-                       "target": target})
-
-        # 4–7. project, backtrack, verify; on refutation double ℓ and re-solve
-        ell = state.ell.copy()
-        tries, accepted, reason = [], False, ""
-        new_theta, new_g, new_loss, update = state.theta, state.g, state.loss, None
-        refuted_any = np.zeros(self.k, dtype=bool)
-        gD = (D @ grad).numpy()  # ∇Lᵀd_j
+    def solve_and_verify(self, state: State, bank: Bank, grad: torch.Tensor, loss: float,
+                         timer: Timer) -> tuple[list[Try], bool, str]:
+        """Steps 4–7 at ℓ, then at ℓ doubled for each refuted metric, up to MAX_TRIES."""
+        ell, tries, reason = state.ell.copy(), [], f"refuted {MAX_TRIES} times: update rejected"
+        gD = (bank.D @ grad).numpy()  # ∇Lᵀd_j
         for attempt in range(MAX_TRIES):
-            entry: dict = {"ell": ell.copy()}
+            with timer("qcqp"):
+                p = self.template.project(bank, ell)
+            entry = Try(ell=ell.copy(), status=p.status, solve_time=p.solve_time,
+                        objective=p.objective)
             tries.append(entry)
-            t = time.perf_counter()
-            sol = self.template.solve(state.g, E_scaled, R, target, norms, ell)
-            timing["qcqp"] += time.perf_counter() - t
-            entry.update({"status": sol.status, "solve_time": sol.solve_time,
-                          "objective": sol.objective})
-            if sol.xi is None:
-                reason = f"solver: {sol.status}"
-                entry["outcome"] = "solver_failed"
-                break
-            xi = sol.xi / norms
-            scale = certified_scale(state.g, G, S, ell, xi, -self.margins)
-            entry["xi_solver"] = xi
-            xi = scale * xi
-            # 6. Armijo backtracking on the loss (a shortened step stays certified)
-            t = time.perf_counter()
-            alpha, cand_loss = self.backtrack(state.theta, D, xi, loss, float(gD @ xi))
-            timing["gradient"] += time.perf_counter() - t
+            if p.xi is None:
+                entry.outcome = "solver_failed"
+                return tries, False, f"solver: {p.status}"
+            entry.xi_solver, entry.repair = p.xi_solver, p.scale
+            with timer("gradient"):  # 6. Armijo backtracking (a shortened step stays certified)
+                alpha, cand_loss = self.backtrack(state.theta, bank.D, p.xi, loss, float(gD @ p.xi))
             if alpha is None:
-                entry.update({"outcome": "no_descent", "xi": xi, "repair": scale})
-                reason = "no loss decrease along the certified step"
-                break
-            xi = alpha * xi
-            bound = certificate(state.g, G, S, ell, xi)
-            entry.update({"xi": xi, "alpha": alpha, "repair": scale, "certificate": bound})
-            candidate = state.theta + torch.as_tensor(xi, dtype=DTYPE) @ D
-            # 7. verification by rollout
-            t = time.perf_counter()
-            g_new = self.metrics(candidate[None])[0]
-            timing["rollouts"] += time.perf_counter() - t
-            lin, quad = certificate_terms(state.g, G, S, xi)
-            observed = 2 * (g_new - lin) / quad if quad > 0 else np.zeros(self.k)
-            entry.update({"verified": g_new, "observed_curvature": observed, "loss": cand_loss})
-            refuted = ~(g_new <= -self.margins)
+                entry.outcome, entry.xi = "no_descent", p.xi
+                return tries, False, "no loss decrease along the certified step"
+            xi = alpha * p.xi
+            entry.xi, entry.alpha, entry.loss = xi, alpha, cand_loss
+            entry.certificate = certificate(bank.g0, bank.G, bank.S, ell, xi)
+            candidate = state.theta + torch.as_tensor(xi, dtype=DTYPE) @ bank.D
+            with timer("rollouts"):  # 7. verification by rollout
+                entry.verified = self.metrics(candidate[None])[0]
+            lin, quad = certificate_terms(bank.g0, bank.G, bank.S, xi)
+            entry.observed_curvature = (2 * (entry.verified - lin) / quad if quad > 0
+                                        else np.zeros(self.k))
+            refuted = ~(entry.verified <= -self.margins)
             if not refuted.any():
-                entry["outcome"] = "accepted"
-                accepted, reason = True, "verified"
-                new_theta, new_g, new_loss = candidate, g_new, cand_loss
-                update = candidate - state.theta
-                break
-            entry["outcome"] = "refuted"
-            entry["refuted"] = [self.ev.names[i] for i in np.flatnonzero(refuted)]
-            t = time.perf_counter()
-            entry["counterexample"] = self.counterexample(candidate, refuted)
-            timing["rollouts"] += time.perf_counter() - t
-            refuted_any |= refuted
+                entry.outcome = "accepted"
+                return tries, True, "verified"
+            entry.outcome = "refuted"
+            entry.refuted = [self.ev.names[i] for i in np.flatnonzero(refuted)]
+            with timer("rollouts"):
+                entry.counterexample = self.counterexample(candidate, refuted)
             if self.s.on_violation == "stop":
-                reason = "refuted: " + ", ".join(entry["refuted"]) + " (on_violation stop)"
-                break
+                return tries, False, "refuted: " + ", ".join(entry.refuted) + " (on_violation stop)"
             ell = np.where(refuted, 2 * ell, ell)
-            reason = f"refuted {attempt + 1} time(s); ℓ doubled for " + ", ".join(entry["refuted"])
-        else:
-            reason = f"refuted {MAX_TRIES} times: update rejected"
+        return tries, False, reason
 
-        # bookkeeping: ℓ relaxes back toward the floor where not refuted this step
-        if self.estimated.any():  # `smoothness estimate`: the floor follows what was observed
-            observed = [e["observed_curvature"] for e in tries if "observed_curvature" in e]
+    def next_ell(self, state: State, tries: list[Try], refuted: np.ndarray):
+        """ℓ relaxes by ELL_RELAX back toward its floor where not refuted this step; under
+        `smoothness estimate` the floor follows the curvature observed."""
+        floor = state.ell_floor
+        if self.estimated.any():
+            observed = [t.observed_curvature for t in tries if t.observed_curvature is not None]
             seen = np.max(np.vstack([np.zeros(self.k), *observed]), axis=0)
             seen = np.where(np.isfinite(seen), seen, 0.0)  # a NaN rollout says nothing about ℓ
-            floor = np.where(self.estimated, np.maximum(state.ell_floor, 2 * seen), state.ell_floor)
-        else:
-            floor = state.ell_floor
-        ell_next = np.where(refuted_any, np.maximum(ell, floor),
-                            np.maximum(floor, ell * ELL_RELAX))
-        new_state = State(theta=new_theta, g=new_g, loss=new_loss if accepted else loss,
-                          ell=ell_next, ell_floor=floor,
-                          previous=update if update is not None else state.previous,
-                          step=state.step + 1, accepted=state.accepted + int(accepted),
-                          optimizer=opt_state)
-        # the optimizer's moments take in every gradient seen (a rejected step must not leave
-        # it proposing the same raw step forever)
-        self.optimizer.commit(opt_state)
-        timing["other"] = time.perf_counter() - t_start - sum(timing.values())
-        record.update({"tries": tries, "accepted": accepted, "reason": reason,
-                       "theta_next": theta_hash(new_theta), "g_next": new_g,
-                       "loss_next": new_state.loss,
-                       "update_norm": float(update.norm()) if update is not None else 0.0,
-                       "ell_next": ell_next, "timing": timing})
-        report = StepReport(state.step, accepted, reason, new_state.loss, new_g,
-                            int(sum(e.get("outcome") == "refuted" for e in tries)),
-                            record["update_norm"])
-        return new_state, report, record
+            floor = np.where(self.estimated, np.maximum(floor, 2 * seen), floor)
+        last = tries[-1]
+        ell = last.ell
+        if last.outcome == "refuted" and self.s.on_violation != "stop":  # doubled for the next
+            ell = np.where([n in last.refuted for n in self.ev.names], 2 * ell, ell)
+        return np.where(refuted, np.maximum(ell, floor), np.maximum(floor, ell * ELL_RELAX)), floor
 
     @torch.no_grad()
     def counterexample(self, candidate: torch.Tensor, refuted: np.ndarray) -> dict:
@@ -300,44 +277,3 @@ class Trainer:
                 best = (alpha, La)
             alpha /= 2
         return best
-
-    # ---- checkpoints ----
-    def checkpoint(self, state: State, head: str, seq: int) -> None:
-        if self.run_dir is None:
-            return
-        payload = {"theta": state.theta, "g": state.g, "loss": state.loss, "ell": state.ell,
-                   "ell_floor": state.ell_floor, "previous": state.previous, "step": state.step,
-                   "accepted": state.accepted, "optimizer": self.optimizer.state,
-                   "generator": self.generator.get_state(), "head": head, "seq": seq}
-        objective_generator = getattr(self.c.objective, "generator", None)
-        if objective_generator is not None:  # `objective return`: its ES directions' stream
-            payload["objective_generator"] = objective_generator.get_state()
-        tmp = self.run_dir / "checkpoint.pt.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, self.run_dir / "checkpoint.pt")
-
-    def restore(self, payload: dict) -> State:
-        self.optimizer.state = payload["optimizer"]
-        self.generator.set_state(payload["generator"])
-        if "objective_generator" in payload:
-            self.c.objective.generator.set_state(payload["objective_generator"])
-        return State(theta=payload["theta"], g=np.asarray(payload["g"]), loss=payload["loss"],
-                     ell=np.asarray(payload["ell"]), ell_floor=np.asarray(payload["ell_floor"]),
-                     previous=payload["previous"], step=payload["step"],
-                     accepted=payload["accepted"], optimizer=payload["optimizer"])
-
-
-def run_steps(trainer: Trainer, state: State, steps: int,
-              on_step: Callable[[StepReport, State], None] | None = None) -> tuple[State, str]:
-    """Take steps until `steps` have been taken in all; log and checkpoint after each one.
-    Returns the final state and why it ended."""
-    while state.step < steps:
-        state, report, record = trainer.step(state)
-        if trainer.log is not None:
-            head = trainer.log.append(record)
-            trainer.checkpoint(state, head, trainer.log.seq)
-        if on_step is not None:
-            on_step(report, state)
-        if not report.accepted and trainer.s.on_violation == "stop" and "on_violation" in report.reason:
-            return state, f"stopped at step {report.step}: {report.reason}"
-    return state, "completed"

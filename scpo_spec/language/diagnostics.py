@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.text import Text
 
+from scpo_spec.errors import ScpoError
 from scpo_spec.language.source import Source, Span
 
 Severity = Literal["error", "warning"]
@@ -34,7 +35,7 @@ class Diagnostic(BaseModel):
         return f"{where}{self.severity}: {self.message}"
 
 
-class SpecError(Exception):
+class SpecError(ScpoError):
     """Raised by `load_spec` when a spec has errors; carries every diagnostic, sorted."""
 
     def __init__(self, diagnostics: list[Diagnostic]):

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from scpo_spec.errors import ScpoError
 from scpo_spec.language import expr as E
 from scpo_spec.language.source import Span
 
@@ -14,7 +15,7 @@ BUILTIN_CONSTANTS = {"pi": math.pi}
 MAX_SIZE = 1000  # the largest vector length or matrix side a spec may build
 
 
-class EvalError(Exception):
+class EvalError(ScpoError):
     def __init__(self, message: str, span: Span | None, hint: str | None = None):
         super().__init__(message)
         self.message, self.span, self.hint = message, span, hint

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from scpo_spec.errors import ScpoError
 from scpo_spec.language.model import LinearBackup, LqrBackup, Spec
 from scpo_spec.systems.dynamics import Dynamics
 
 
-class BackupError(Exception):
+class BackupError(ScpoError):
     """The backup cannot be built (e.g. the Riccati equation has no stabilising solution)."""
 
 

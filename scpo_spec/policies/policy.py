@@ -18,7 +18,7 @@ from torch import nn
 from scpo_spec.policies.backup import Backup
 from scpo_spec.language.model import LinearPolicy, MlpPolicy, Spec
 
-DTYPE = torch.float64
+from scpo_spec.dtype import DTYPE
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu,
                "gelu": nn.functional.gelu, "sigmoid": torch.sigmoid,

@@ -1,6 +1,7 @@
-"""Everything the report shows, gathered from the run directory alone: the audit (chain and
-certificates, recomputed), the spec as stored in the log, the per-step series, the rejected
-updates and the holdout validation — and the verdict that follows from them."""
+"""Everything the report shows, gathered from the run directory alone (through
+scpo_spec.audit.rundir: nothing in it is unpickled or imported): the audit (chain and
+certificates, recomputed), the spec as stored in the log and checked again, the per-step series,
+the rejected updates and the holdout validation — and the verdict that follows from them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.audit.log import LOG_NAME, read_lines
+from scpo_spec.errors import ScpoError
+from scpo_spec.audit.records import Header, Holdout, Init, Record, Step
+from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.audit.verify import AuditResult, audit_run
+
+VACUOUS_BOUND = 1.0  # a holdout bound ln(1/β)/N at or above this says nothing
 
 
 @dataclass
@@ -37,8 +42,8 @@ class Series:
 @dataclass
 class Evidence:
     run_dir: Path
-    header: dict
-    records: list
+    header: Header
+    records: list[Record]
     audit: AuditResult
     spec: object | None
     metrics: list                 # dicts: header metric + compiled text + evidence
@@ -48,16 +53,21 @@ class Evidence:
     holdout: dict | None
     holdout_source: str
     final_theta: str | None
-    end: dict | None
+    end: object | None
+    spec_problem: str | None = None   # why the stored spec could not be used, if it could not
+    signature: str | None = None      # "valid", "invalid: …", or None (unsigned)
     checks: list = field(default_factory=list)
 
     @property
     def holdout_bound(self) -> float | None:
         """ln(1/β)/N when the holdout found no violation (recomputed, not read from the log)."""
         h = self.holdout
-        if not h or not h.get("count") or h.get("violations") != 0:
+        if not h:
             return None
-        return math.log(1 / float(h.get("beta") or 1e-6)) / h["count"]
+        try:
+            return Holdout.from_dict(h, "holdout").recomputed_bound
+        except ScpoError:
+            return None
 
     @property
     def certified(self) -> bool:
@@ -69,99 +79,94 @@ class Evidence:
         return [f"{c.name} ({c.detail})" for c in self.checks if not c.ok]
 
 
-def gather(run_dir: str | Path, compute_holdout: bool = True) -> Evidence:
-    """Read and re-verify a run; raises FileNotFoundError / ValueError only for a directory that
-    is not a run at all (no log, or no header)."""
-    run_dir = Path(run_dir)
-    path = run_dir / LOG_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no {LOG_NAME})")
-    lines, _ = read_lines(path)
-    records = [ln.record for ln in lines]
-    if not records or records[0].get("type") != "header":
-        raise ValueError(f"{path} does not start with a header record")
-    header = records[0]
-    audit = audit_run(run_dir)
-    spec = _spec_of(header)
+def gather(run_dir: str | Path, compute_holdout: bool = True,
+           key: Path | None = None) -> Evidence:
+    """Read and re-verify a run; RunError only for a directory that is not a run at all (no log,
+    or no header).  `key`: an Ed25519 public key the head's signature must verify with."""
+    run = RunDir(run_dir)
+    header = run.header()
+    audit = audit_run(run.path, key=key)
     try:
-        series, rejected, refutations = _series(records, header)
-    except (KeyError, TypeError, ValueError, IndexError) as err:  # a damaged log still reports
+        records = run.records()
+    except RunError as err:  # a damaged log still reports (the audit says what is wrong)
+        records = []
         audit.certificates_ok = False
-        audit.problems.append(f"the step records cannot be read: {type(err).__name__}: {err}")
-        series, rejected, refutations = Series(), [], []
-    end = next((r for r in reversed(records) if r.get("type") == "end"), None)
-    final_theta = audit.final_theta
-    holdout, source = _holdout(audit, final_theta, run_dir, spec, header, compute_holdout)
+        audit.problems.append(str(err))
+    spec, base, spec_problem = None, None, None
+    try:
+        spec, base = run.checked_spec(header)
+    except RunError as err:
+        spec_problem = str(err)
+    series, rejected, refutations = _series(records)
+    end = next((r for r in reversed(records) if r.TYPE == "end"), None)
+    holdout, source = _holdout(audit, run, spec, base, compute_holdout)
     metrics = _metric_rows(header, audit, spec, holdout)
-    ev = Evidence(run_dir, header, records, audit, spec, metrics, series, rejected, refutations,
-                  holdout, source, final_theta, end)
+    ev = Evidence(run.path, header, records, audit, spec, metrics, series, rejected, refutations,
+                  holdout, source, audit.final_theta, end, spec_problem,
+                  _signature(run, audit.head, key))
     ev.checks = _checks(ev)
     return ev
 
 
-def _spec_of(header: dict):
-    from scpo_spec.language.load import check_text
-    spec = header["spec"]
-    origin = Path(spec.get("resolved") or spec["path"])
-    result = check_text(spec["text"], path=spec["path"], base_dir=origin.parent,
-                        syntax=spec.get("syntax"))
-    if result.spec is None:
+def _signature(run: RunDir, head: str, key: Path | None) -> str | None:
+    from scpo_spec.audit.signing import verify_signature
+    if not run.signature.exists() and key is None:
         return None
-    return result.spec
+    return verify_signature(run.signature, head, key)
 
 
-def _series(records: list, header: dict):
+def _series(records: list[Record]):
     s = Series()
     rejected, refutations = [], []
     for r in records:
-        kind = r.get("type")
-        if kind == "init":
+        if isinstance(r, Init):
             s.accepted_x.append(0)
-            s.accepted_g.append(r["g"])
-            s.accepted_loss.append(r["loss"])
-        elif kind == "step":
-            x = r["step"] + 1
-            if r["accepted"]:
+            s.accepted_g.append(r.g)
+            s.accepted_loss.append(r.loss)
+        elif isinstance(r, Step):
+            x = r.step + 1
+            if r.accepted:
                 s.accepted_x.append(x)
-                s.accepted_g.append(r["g_next"])
-                s.accepted_loss.append(r["loss_next"])
+                s.accepted_g.append(r.g_next)
+                s.accepted_loss.append(r.loss_next)
             else:
-                rejected.append({"step": r["step"], "reason": r["reason"], "tries": len(r["tries"]),
-                                 "outcomes": [t.get("outcome") for t in r["tries"]]})
-            for t in r["tries"]:
-                if t.get("outcome") == "refuted":
+                rejected.append({"step": r.step, "reason": r.reason, "tries": len(r.tries),
+                                 "outcomes": [t.outcome for t in r.tries]})
+            for t in r.tries:
+                if t.outcome == "refuted":
                     s.rejected_x.append(x)
-                    s.rejected_g.append(t["verified"])
-                    s.rejected_loss.append(t.get("loss"))
-                    refutations.append({"step": r["step"], "metrics": t.get("refuted", []),
-                                        "ell": t["ell"], "certificate": t["certificate"],
-                                        "verified": t["verified"],
-                                        "observed": t.get("observed_curvature"),
-                                        "counterexample": t.get("counterexample", {})})
-            if not r["accepted"] and not any(t.get("outcome") == "refuted" for t in r["tries"]):
+                    s.rejected_g.append(t.verified)
+                    s.rejected_loss.append(t.loss)
+                    refutations.append({"step": r.step, "metrics": t.refuted,
+                                        "ell": _list(t.ell), "certificate": _list(t.certificate),
+                                        "verified": _list(t.verified),
+                                        "observed": _list(t.observed_curvature),
+                                        "counterexample": t.counterexample})
+            if not r.accepted and r.refutations == 0:
                 s.failed_x.append(x)
     return s, rejected, refutations
 
 
-def _holdout(audit, final_theta, run_dir, spec, header, compute):
+def _list(x) -> list | None:
+    """An array as a plain list (templates test sequences for truth)."""
+    return None if x is None else np.asarray(x).tolist()
+
+
+def _holdout(audit: AuditResult, run: RunDir, spec, base, compute: bool):
     h = audit.holdout
-    if h is not None and h.get("theta") == final_theta:
+    if h is not None and h.get("theta") == audit.final_theta:
         return h, "logged at the end of training (in the hash chain)"
     if not compute or spec is None:
         return None, "not available"
-    ckpt = run_dir / "checkpoint.pt"
-    if not ckpt.exists():
-        return None, "not available (no checkpoint)"
+    try:
+        theta_np = run.final_theta(audit.final_theta)
+    except RunError as err:
+        return None, f"not available ({err})"
     import torch
 
     from scpo_spec.compile.problem import compile_spec
     from scpo_spec.engine.holdout import validate_holdout
-    from scpo_spec.engine.train import theta_hash
-    theta = torch.load(ckpt, weights_only=False)["theta"]
-    if theta_hash(theta) != final_theta:
-        return None, "not available (the checkpoint is not the last accepted policy)"
-    origin = Path(header["spec"].get("resolved") or header["spec"]["path"])
-    h = validate_holdout(compile_spec(spec, origin.parent), theta)
+    h = validate_holdout(compile_spec(spec, base), torch.from_numpy(theta_np))
     return h, "computed when this report was made (the run logged none for its final policy)"
 
 
@@ -170,10 +175,10 @@ def _metric_rows(header, audit, spec, holdout) -> list:
     rows = []
     props = spec.properties if spec is not None else []
     consts = {c.name: c.value.value for c in spec.consts} if spec is not None else {}
-    settings = header["settings"]
+    settings = header.settings
     tau = settings.get("tau") if settings.get("aggregate") == "smooth" else None
-    horizon = header["dimensions"]["horizon"]
-    for i, m in enumerate(header["metrics"]):
+    horizon = header.dimensions.get("horizon")
+    for i, m in enumerate(header.metrics):
         compiled = ""
         if i < len(props):
             compiled = describe_metric(props[i].formula, consts,
@@ -191,6 +196,7 @@ def _metric_rows(header, audit, spec, holdout) -> list:
 
 
 def _checks(ev: Evidence) -> list[Check]:
+    """The verdict's parts: CERTIFIED only when every one holds."""
     a = ev.audit
     chain = Check("hash chain", a.chain_ok,
                   f"{len(ev.records)} records verify; head {a.head}" if a.chain_ok else
@@ -204,19 +210,40 @@ def _checks(ev: Evidence) -> list[Check]:
                  f"none of the {a.accepted + 1} accepted iterates (θ₀ included) violates"
                  if a.accepted_violations == 0
                  else f"{a.accepted_violations} accepted iterate(s) violate")
+    ended = Check("run complete", a.complete and a.end_reason is not None,
+                  f"the log ends with its end record ({a.end_reason})" if a.complete else
+                  "the log has no end record after its last step: the run was killed or cut "
+                  "short (resume it with `scpo train … --resume`)")
+    spec = Check("stored spec checks", ev.spec_problem is None,
+                 "the spec in the header passes `scpo check` again"
+                 if ev.spec_problem is None else ev.spec_problem)
+    checks = [chain, certs, viol, ended, spec, _holdout_check(ev)]
+    if ev.signature is not None and not ev.signature.startswith("unverified"):
+        checks.append(Check("signature", ev.signature == "valid",
+                            "the head is signed with the given Ed25519 key"
+                            if ev.signature == "valid" else ev.signature))
+    return checks
+
+
+def _holdout_check(ev: Evidence) -> Check:
     h = ev.holdout
     if h is None or not h.get("count"):
-        hold = Check("holdout validation", False,
+        return Check("holdout validation", False,
                      "no holdout validation: the spec declares no `holdout` scenarios"
                      if h is not None else f"holdout {ev.holdout_source}")
-    else:
-        ok = ev.holdout_bound is not None
-        hold = Check("holdout validation", ok,
-                     f"0 of {h['count']} fresh scenarios violate; P(violation) ≤ "
-                     f"{ev.holdout_bound:.3g} with confidence 1 − {float(h.get('beta') or 1e-6):g}"
-                     if ok else
+    bound = ev.holdout_bound
+    beta = float(h.get("beta") or 0)
+    if bound is None:
+        return Check("holdout validation", False,
                      f"{h.get('violations')} of {h['count']} fresh scenarios violate")
-    return [chain, certs, viol, hold]
+    if not bound < VACUOUS_BOUND:
+        return Check("holdout validation", False,
+                     f"0 of {h['count']} fresh scenarios violate, but the bound P(violation) ≤ "
+                     f"{bound:.3g} says nothing (it needs more than ln(1/β) = "
+                     f"{math.log(1 / beta):.3g} scenarios)")
+    return Check("holdout validation", True,
+                 f"0 of {h['count']} fresh scenarios violate; P(violation) ≤ {bound:.3g} with "
+                 f"confidence 1 − {beta:g}")
 
 
 def fmt(x, digits: int = 6) -> str:

@@ -68,7 +68,7 @@ def loss_plot(ev: Evidence) -> bytes:
     if pts:
         ax.scatter(*zip(*pts), marker="x", color="#c0392b", s=28, zorder=3,
                    label="rejected candidates")
-    return _finish(fig, ax, f"loss — {ev.header.get('objective', '')}", "L(θ)")
+    return _finish(fig, ax, f"loss — {ev.header.objective or ''}", "L(θ)")
 
 
 def all_plots(ev: Evidence) -> list[tuple[str, str, bytes]]:

@@ -15,7 +15,7 @@ import torch
 from scpo_spec.language.model import (GymnasiumSystem, LinearSystem, PendulumSystem, Spec,
                                   StaticSystem)
 
-DTYPE = torch.float64
+from scpo_spec.dtype import DTYPE
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-DTYPE = torch.float64
+from scpo_spec.dtype import DTYPE
 CACHED_SIZES = 6   # vector environments kept open, one per batch size (C·S) seen recently
 
 

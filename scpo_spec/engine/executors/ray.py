@@ -1,11 +1,11 @@
 """`train { executor ray { address = "…"  workers = N } }`: the candidate bank's rollouts spread
 over Ray actors.
 
-`RayEvaluator` has the interface of `RolloutEvaluator` (`__call__`, `per_scenario`, `names`,
-`margins`, `metrics`, `x0`, `horizon`, `rollout`, …). A batch of C candidates is cut into
+`RayEvaluator` is an `Evaluator` (scpo_spec.compile.evaluator): `__call__`, `per_scenario`,
+`rollout`, `names`, `margins`, `metrics`, `x0`, `horizon`. A batch of C candidates is cut into
 `workers` contiguous chunks of rows; each chunk is evaluated by one actor with the ordinary
-batched evaluator, and the results are concatenated in order. Each actor compiles the spec once
-from its text (`check_text` + `compile_spec`), so nothing but the spec text and θ rows travel.
+batched evaluator, and the results are concatenated in order. Each actor compiles the checked
+spec model it is sent (`compile_spec`; nothing re-reads the text), then only θ rows travel.
 The metrics are float64 computations of the same code on the same rows, so they are identical
 to the local executor's (tests/test_ray.py checks bit-for-bit equality); single-candidate calls
 (θ₀, the verification of a step's candidate, counterexamples, holdout) stay in this process.
@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scpo_spec.compile.evaluator import DTYPE, RolloutEvaluator
+from scpo_spec.errors import ScpoError
+from scpo_spec.compile.evaluator import RolloutEvaluator
+from scpo_spec.dtype import DTYPE
 
 INSTALL_HINT = "pip install 'scpo-spec[ray]'"
 PROBE_TIMEOUT_S = 5.0      # TCP check of a cluster address (ray.init would retry for minutes)
@@ -34,7 +36,7 @@ READY_TIMEOUT_S = 300.0    # actors compiling the spec (and waiting for CPUs on 
 LOCAL_BELOW = 2            # batches with fewer rows than this are evaluated in this process
 
 
-class RayUnavailable(Exception):
+class RayUnavailable(ScpoError):
     """Ray is not installed, the cluster cannot be reached or the workers could not start."""
 
 
@@ -52,15 +54,9 @@ class EvaluatorWorker:
     """A Ray actor (wrapped with `ray.remote` at connection time): one compiled spec, many
     batched evaluations."""
 
-    def __init__(self, spec_text: str, path: str, base_dir: str | None):
+    def __init__(self, spec, base_dir: str | None):
         from scpo_spec.compile.problem import compile_spec
-        from scpo_spec.language.load import check_text
-        base = Path(base_dir) if base_dir is not None else None
-        result = check_text(spec_text, path=path, base_dir=base)
-        if result.spec is None or not result.ok:
-            errors = [d.headline() for d in result.diagnostics if d.severity == "error"]
-            raise ValueError(f"the spec does not check on the worker: {'; '.join(errors[:3])}")
-        self.ev = compile_spec(result.spec, base).evaluator
+        self.ev = compile_spec(spec, Path(base_dir) if base_dir is not None else None).evaluator
 
     def fingerprint(self) -> str:
         return fingerprint(self.ev)
@@ -115,10 +111,10 @@ def connect(address: str | None, workers: int):
 
 
 class RayEvaluator:
-    """`RolloutEvaluator`'s interface; batches of ≥ LOCAL_BELOW rows run on `workers` actors."""
+    """An `Evaluator`; batches of ≥ LOCAL_BELOW rows run on `workers` actors."""
 
-    def __init__(self, local: RolloutEvaluator, spec_text: str, path: str,
-                 base_dir: Path | str | None, workers: int = 2, address: str | None = None,
+    def __init__(self, local: RolloutEvaluator, spec, base_dir: Path | str | None,
+                 workers: int = 2, address: str | None = None,
                  local_below: int = LOCAL_BELOW):
         self.local, self.workers, self.local_below = local, int(workers), int(local_below)
         self._ray, self._started = connect(address, self.workers)
@@ -127,7 +123,7 @@ class RayEvaluator:
         try:
             actor = ray.remote(EvaluatorWorker).options(num_cpus=1, scheduling_strategy="SPREAD")
             base = str(base_dir) if base_dir is not None else None
-            self._actors = [actor.remote(spec_text, str(path), base) for _ in range(self.workers)]
+            self._actors = [actor.remote(spec, base) for _ in range(self.workers)]
             ready, pending = ray.wait([a.fingerprint.remote() for a in self._actors],
                                       num_returns=len(self._actors), timeout=READY_TIMEOUT_S)
             if pending:
@@ -150,7 +146,7 @@ class RayEvaluator:
             self.close()
             raise
 
-    # ---- the RolloutEvaluator interface ----
+    # ---- the Evaluator interface ----
     @property
     def metrics(self):
         return self.local.metrics
@@ -173,11 +169,6 @@ class RayEvaluator:
 
     def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None):
         return self.local.rollout(thetas, x0)
-
-    def __getattr__(self, name):  # dynamics, family, reducer, differentiable_metrics, …
-        if name == "local":
-            raise AttributeError(name)
-        return getattr(self.local, name)
 
     @torch.no_grad()
     def __call__(self, thetas: torch.Tensor) -> torch.Tensor:
@@ -218,16 +209,3 @@ class RayEvaluator:
         if self._started and ray.is_initialized():
             ray.shutdown()
         self._started = False
-
-
-def use_executor(compiled, spec_text: str, spec_path: Path) -> RayEvaluator | None:
-    """Under `executor ray`, replace `compiled.evaluator` (the candidate bank and verification)
-    with a RayEvaluator and return it (close it when the run ends); otherwise None. The
-    objective keeps the local evaluator (its rollouts are differentiated, never sent away)."""
-    s = compiled.settings
-    if s.executor != "ray":
-        return None
-    ev = RayEvaluator(compiled.evaluator, spec_text, str(spec_path),
-                      spec_path.resolve().parent, workers=s.ray_workers, address=s.ray_address)
-    compiled.evaluator = ev
-    return ev

@@ -1,4 +1,5 @@
-"""The rich progress bar of `scpo train` (loss, worst margin, accept rate) and its summary."""
+"""The rich progress bar of `scpo train` (loss, worst margin, accept rate) and its end summary
+(from the run's audit, which the CLI makes once for the report and the summary)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from scpo_spec.audit.verify import STALL_STREAK
 
 
 class TrainingProgress:
@@ -39,17 +42,20 @@ class TrainingProgress:
     def _info(self, state) -> str:
         worst = max(state.g + self.margins) if len(state.g) else 0.0
         rate = state.accepted / state.step if state.step else 1.0
+        stalled = (f"  STALLED: {self.rejected_in_a_row} rejected in a row"
+                   if self.rejected_in_a_row >= STALL_STREAK else "")
         return (f"loss {state.loss:.4g}  worst g+margin {worst:.3g}  accept {rate:.0%}  "
-                f"refuted {self.refutations}")
+                f"refuted {self.refutations}{stalled}")
 
-    def update(self, report, state) -> None:
-        self.refutations += report.refutations
+    def update(self, record, state) -> None:
+        self.refutations += record.refutations
+        self.rejected_in_a_row = 0 if record.accepted else self.rejected_in_a_row + 1
         self.progress.update(self.task, completed=state.step, info=self._info(state))
 
-    def summary(self, console: Console, res, audit=None) -> None:
-        """The run's table and counts, from its audit (made here unless one is given)."""
-        from scpo_spec.audit.verify import audit_run
-        a = audit if audit is not None else audit_run(res.run_dir)
+    rejected_in_a_row = 0
+
+    def summary(self, console: Console, res, a) -> None:
+        """The run's table and counts, from its audit `a`."""
         table = Table(title=escape(f"{res.run_dir}: {res.ended}"))
         for col in ("metric", "worst over accepted iterates", "needs ≤", "largest ℓ used"):
             table.add_column(col)
@@ -59,5 +65,19 @@ class TrainingProgress:
         console.print(f"steps {a.steps}: accepted {a.accepted}, rejected {a.rejected}, "
                       f"refutations {a.refutations}, accepted violations "
                       f"{a.accepted_violations}; loss {a.loss_first:.6g} → {a.loss_last:.6g}")
+        if a.stall:
+            console.print(escape(stall_message(a)), style="yellow")
         console.print(("[green]audit passed[/]" if a.ok else "[red]audit FAILED[/]")
                       + escape(f" (re-check with `scpo audit {res.run_dir}`)"))
+
+
+def stall_message(a) -> str:
+    """What blocked training, and what to try (from the audit's stall analysis)."""
+    s = a.stall
+    growth = f"; its ℓ grew {s['ell_growth']:.3g}-fold" if s.get("ell_growth") else ""
+    where = (f", worst on scenario {s['scenario']['index']} (x₀ = {s['scenario']['x0']})"
+             if s.get("scenario") else "")
+    return (f"stalled: '{s['metric']}' blocked training ({s['rejected_in_a_row']} steps rejected "
+            f"in a row{growth}{where}). hint: its certificate keeps being refuted — the metric "
+            "is not smooth there (check the scenario: a Lyapunov ratio with V(x₀) ≈ 0, a bound "
+            "touched at t = 0), or raise its `smoothness` ℓ / lower r")

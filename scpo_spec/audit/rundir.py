@@ -1,0 +1,233 @@
+"""The run directory, owned here: its file names, its header, the checked spec rebuilt from the
+header once, and the state file bound to the log.  numpy only; nothing in a run is unpickled or
+imported.
+
+    RUN/spec.scpo|yaml   the spec, verbatim (its SHA-256 is in the header)
+    RUN/audit.jsonl      the hash-chained log (scpo_spec.audit.log), typed records (.records)
+    RUN/state.npz        θ, the optimizer's moments, the generators and ℓ after the last record,
+                         with that record's head hash and θ's hash: a state file belongs to one
+                         point of the log, and every reader checks that it does
+    RUN/signature.json   optional Ed25519 signature of the head (scpo train --sign)
+    RUN/report.html|md   the certification report
+
+A state file is written *before* the record it belongs to is appended, and carries that record's
+line (`pending`): a kill between the two leaves a state one record ahead of the log, and
+`--resume` completes the append instead of losing or repeating the step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scpo_spec.audit.log import LOG_NAME, LogLine, read_lines, sha256_hex
+from scpo_spec.audit.records import Header, Record, RecordError, parse_record, theta_sha256
+from scpo_spec.errors import ScpoError
+
+STATE_NAME = "state.npz"
+STATE_FORMAT = "scpo-state/1"
+SIGNATURE_NAME = "signature.json"
+TORN_NAME = "audit.torn"
+LEGACY_CHECKPOINT = "checkpoint.pt"
+SPEC_STEM = "spec"
+
+
+class RunError(ScpoError):
+    """A run directory that cannot be created, resumed or loaded (the message says why)."""
+
+
+@dataclass
+class StateFile:
+    """What `--resume` needs to continue exactly, and what binds it to the log."""
+
+    head: str                       # the head hash of the log record this state belongs to
+    seq: int                        # that record's seq
+    theta: str                      # θ's SHA-256 (its float64 bytes)
+    step: int
+    accepted: int
+    loss: float
+    optimizer_t: int
+    arrays: dict = field(default_factory=dict)   # theta, previous, g, ell, ell_floor, opt_*, …
+    pending: bytes | None = None    # the record's line, until the log holds it
+
+
+class RunDir:
+    """Paths and reads of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ---- paths ----
+    @property
+    def log(self) -> Path:
+        return self.path / LOG_NAME
+
+    @property
+    def state(self) -> Path:
+        return self.path / STATE_NAME
+
+    @property
+    def signature(self) -> Path:
+        return self.path / SIGNATURE_NAME
+
+    @property
+    def torn(self) -> Path:
+        return self.path / TORN_NAME
+
+    def spec_file(self, suffix: str) -> Path:
+        return self.path / f"{SPEC_STEM}{suffix or '.scpo'}"
+
+    def report(self, fmt: str) -> Path:
+        return self.path / f"report.{fmt}"
+
+    def is_run(self) -> bool:
+        return self.log.is_file()
+
+    # ---- the log ----
+    def lines(self) -> tuple[list[LogLine], bytes]:
+        if not self.is_run():
+            raise RunError(f"{self.path} is not a run directory (no {LOG_NAME})")
+        try:
+            return read_lines(self.log)
+        except OSError as e:
+            raise RunError(f"cannot read {self.log}: {e.strerror or e}") from None
+
+    def header(self) -> Header:
+        lines, _ = self.lines()
+        if not lines:
+            raise RunError(f"{self.log} is empty")
+        try:
+            rec = parse_record(lines[0].record, 0)
+        except RecordError as e:
+            raise RunError(f"{self.log} does not start with a readable header ({e})") from None
+        if not isinstance(rec, Header):
+            raise RunError(f"{self.log} does not start with a header record")
+        return rec
+
+    def records(self) -> list[Record]:
+        """Every record, typed (RunError naming the first unreadable one)."""
+        lines, _ = self.lines()
+        try:
+            return [parse_record(ln.record, i) for i, ln in enumerate(lines)]
+        except RecordError as e:
+            raise RunError(f"{self.log}: {e}") from None
+
+    def head(self) -> str:
+        lines, _ = self.lines()
+        return sha256_hex(lines[-1].raw) if lines else "0" * 64
+
+    # ---- the spec, rebuilt once from the header ----
+    def checked_spec(self, header: Header | None = None):
+        """The spec stored in the header, checked as `scpo check` would (its data files relative
+        to where the spec was), or RunError.  A spec that names a module (a gymnasium id
+        `module:Env`) is refused: reading a run never imports code it names."""
+        from scpo_spec.language.load import check_text, parse_model
+        header = header or self.header()
+        spec = header.spec
+        text, path = spec.get("text"), spec.get("path")
+        if not isinstance(text, str) or not isinstance(path, str):
+            raise RunError(f"{self.log}: the header holds no spec text")
+        if sha256_hex(text.encode()) != spec.get("sha256"):
+            raise RunError(f"{self.log}: the spec text in the header does not match its SHA-256")
+        parsed = parse_model(text, path=path, syntax=spec.get("syntax"))  # builds, runs nothing
+        if parsed.spec is not None and _names_a_module(parsed.spec):
+            raise RunError(f"the spec stored in {self.log} names a Python module (`module:Env`); "
+                           "a run directory is data, and reading it never imports code")
+        origin = Path(spec.get("resolved") or path)
+        result = check_text(text, path=path, base_dir=origin.parent, syntax=spec.get("syntax"))
+        if result.spec is None or not result.ok:
+            first = next((d.headline() for d in result.diagnostics if d.severity == "error"),
+                         "it does not build")
+            raise RunError(f"the spec stored in {self.log} fails `scpo check` ({first}); "
+                           "refusing to read the run as that spec")
+        return result.spec, origin.parent
+
+    # ---- the state file ----
+    def write_state(self, state: StateFile) -> None:
+        """Atomically replace the state file (written, fsync'ed, renamed)."""
+        meta = {"format": STATE_FORMAT, "head": state.head, "seq": state.seq,
+                "theta": state.theta, "step": state.step, "accepted": state.accepted,
+                "loss": state.loss, "optimizer_t": state.optimizer_t}
+        arrays = {f"a_{k}": np.ascontiguousarray(v) for k, v in state.arrays.items()}
+        arrays["meta"] = np.frombuffer(json.dumps(meta, allow_nan=True).encode(), dtype=np.uint8)
+        if state.pending is not None:
+            arrays["pending"] = np.frombuffer(state.pending, dtype=np.uint8)
+        tmp = self.path / (STATE_NAME + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state)
+
+    def read_state(self) -> StateFile:
+        """The state file, read without pickle and checked against its own θ hash."""
+        if not self.state.exists():
+            if (self.path / LEGACY_CHECKPOINT).exists():
+                raise RunError(f"{self.path / LEGACY_CHECKPOINT} was written by an older "
+                               "scpo-spec as a pickle, which is never loaded (unpickling runs "
+                               "code); audit its log with `scpo audit`, or train again")
+            raise RunError(f"{self.path} has no {STATE_NAME}")
+        try:
+            with np.load(self.state, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+            meta = json.loads(bytes(data.pop("meta")).decode())
+            if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, expected {STATE_FORMAT}")
+            pending = data.pop("pending", None)
+            state = StateFile(head=str(meta["head"]), seq=int(meta["seq"]),
+                              theta=str(meta["theta"]), step=int(meta["step"]),
+                              accepted=int(meta["accepted"]), loss=float(meta["loss"]),
+                              optimizer_t=int(meta["optimizer_t"]),
+                              arrays={k[2:]: v for k, v in data.items() if k.startswith("a_")},
+                              pending=bytes(pending) if pending is not None else None)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+                UnicodeDecodeError) as e:
+            raise RunError(f"{self.state} cannot be read ({type(e).__name__}: {e}); it is "
+                           "damaged or not a state file") from None
+        if "theta" not in state.arrays or theta_sha256(state.arrays["theta"]) != state.theta:
+            raise RunError(f"{self.state}: θ does not match the hash stored with it")
+        return state
+
+    def bound_state(self, lines: list[LogLine] | None = None) -> tuple[StateFile, bool]:
+        """The state file and whether its record is still pending, after checking that it
+        belongs to this log: either to the last record, or to the very next one (a kill between
+        the state write and the append).  RunError names the file and the record otherwise."""
+        state = self.read_state()
+        if lines is None:
+            lines, _ = self.lines()
+        head = sha256_hex(lines[-1].raw) if lines else "0" * 64
+        if state.head == head and state.seq == len(lines) - 1:
+            return state, False
+        if (state.pending is not None and sha256_hex(state.pending) == state.head
+                and state.seq == len(lines)):
+            try:
+                prev = json.loads(state.pending).get("prev")
+            except (ValueError, AttributeError):
+                prev = None
+            if prev == head:
+                return state, True
+        known = {sha256_hex(ln.raw): i for i, ln in enumerate(lines)}
+        where = (f"record {known[state.head]}, not the last one ({len(lines) - 1})"
+                 if state.head in known else "no record of this log")
+        raise RunError(f"{self.state} belongs to {where} of {self.log} (its head "
+                       f"{state.head[:16]}…, the log's {head[:16]}…); the state and the log "
+                       "do not go together")
+
+    def final_theta(self, expected_hash: str | None) -> np.ndarray:
+        """θ of the state file, which must be the log's last accepted policy `expected_hash`."""
+        state, _ = self.bound_state()
+        if expected_hash is None or state.theta != expected_hash:
+            raise RunError(f"{self.state} holds a policy ({state.theta[:16]}…) that is not the "
+                           f"last one the log accepted ({str(expected_hash)[:16]}…)")
+        return np.asarray(state.arrays["theta"], dtype=np.float64)
+
+
+def _names_a_module(spec) -> bool:
+    """A gymnasium id of the `module:EnvId` form: gymnasium would import the module to make it."""
+    env_id = getattr(spec.system, "env_id", None)
+    return env_id is not None and ":" in str(getattr(env_id, "value", env_id))
