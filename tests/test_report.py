@@ -15,6 +15,7 @@ from scpo_spec.audit.log import sha256_hex
 from scpo_spec.cli import app
 from scpo_spec.engine.run import train
 from scpo_spec.report import gather, write_report
+from scpo_spec.report.render import md_code, md_fence, md_text
 from scpo_spec.language.load import check_file
 from tests.conftest import ROOT, SPECS
 from tests.engine_specs import small_di, spec_of, write_spec
@@ -337,3 +338,18 @@ def test_spec_text_is_text_in_the_markdown_report(payload_run, tmp_path):
     text = "".join(dom.text)
     for payload in PAYLOADS:
         assert payload in text, payload
+
+
+@pytest.mark.parametrize("text", ["a|b", "`x`", "``", "a ``` b ````", " lead", "<b>x</b>", "x\ny",
+                                  "*em* [l](u) &amp; \\|", "~~~"])
+def test_markdown_escapes_round_trip(text):
+    """Text, a table cell, a code span (in a table and out) and a fence each render back to
+    exactly the text (new lines in one-line places become spaces)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    md = (f"| {md_text(text)} | {md_code(text, table=True)} |\n|---|---|\n| x | y |\n\n"
+          f"{md_text(text)} {md_code(text)}\n\n{md_fence(text)}\n")
+    dom = _Dom(markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(md))
+    line = text.replace("\n", " ")
+    assert [dom.text_of(el) for el in dom.all("th")] == [line.strip(), line]  # cells are trimmed
+    assert [dom.text_of(el) for el in dom.all("code")] == [line, line, text + "\n"]
+    assert dom.text_of(dom.all("p")[0]) == f"{line.lstrip()} {line}"

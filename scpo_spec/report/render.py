@@ -26,13 +26,13 @@ class Md(str):
     """Markdown this module built itself (a code span, a fence, a link target): printed as is."""
 
 
-_MD_SPECIAL = re.compile(r"([\\`*<>\[\]|&])")
+_MD_SPECIAL = re.compile(r"([\\`*<>\[\]|&~#])")
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 
 
 def md_text(value) -> str:
-    """Plain text for a Markdown line or table cell: no HTML (`<`), no code span, link or
-    emphasis, no cell break (`|`), no new line or row."""
+    """Plain text for a Markdown line or table cell: no HTML (`<`), no code span, link,
+    emphasis or fence (`~~~`), no cell break (`|`), no new line or row."""
     return _MD_SPECIAL.sub(r"\\\1", _NEWLINES.sub(" ", str(value)))
 
 
