@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from scpo_spec.audit.log import sha256_hex
 from scpo_spec.cli import app
 from scpo_spec.engine.run import train
 from scpo_spec.report import gather, write_report
+from scpo_spec.report.render import md_code, md_fence, md_text
 from scpo_spec.language.load import check_file
 from tests.conftest import ROOT, SPECS
 from tests.engine_specs import small_di, spec_of, write_spec
@@ -168,3 +170,186 @@ def test_the_html_report_shows_in_headless_chromium(small_run, tmp_path):
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (2400, 1200)
     assert len({tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}) > 50
+
+
+# --- spec text is data, never markup -------------------------------------------------------------
+# Every string the spec author controls — the title, comments, the data path, the spec's file name,
+# the run directory — carries payloads that would run script, restyle the page or draw a fake
+# green banner over a NOT CERTIFIED run (no holdout) if a report pasted them in as markup.
+HIDE = "</pre><style>#verdict{display:none}</style>"
+BANNER = '<div class="verdict certified" style="background:#e3f4e8">CERTIFIED</div>'
+TITLE = "<img src=x onerror=alert(2)></pre><script>alert(3)</script><style>body{display:none}</style> | ```"
+DATA = "d/<script>alert(4)</script>.csv"
+SPEC_NAME = "<img src=x onerror=alert(5)>|`p`.scpo"
+RUN_NAME = "run<svg onload=alert(6)>"
+PAYLOAD_SPEC = f"""\
+# {HIDE}{BANNER}
+# <script>document.title='PWNED'</script> ``` | <img src=x onerror=alert(1)> `x`
+spec payload "{TITLE}"
+system static {{ state x  input y }}
+policy mlp {{ hidden = [4]  activation = tanh  seed = 0 }}
+scenarios {{
+    initial x in [-3, 3]
+    grid 4
+    seed 0
+    horizon 1
+}}
+constraint band: always abs(y) <= 1.4   smoothness 20   # {HIDE}
+objective regression {{ data "{DATA}"  inputs x  targets y  loss mse }}
+train {{
+    steps 2
+    optimizer adam {{ lr = 1e-2 }}
+    directions 4
+    perturbation 1e-3
+    radius 0.5
+    margin 1e-6
+    seed 0
+}}
+"""
+PAYLOADS = [HIDE, BANNER, TITLE, DATA, SPEC_NAME, RUN_NAME, "<script>document.title='PWNED'</script>"]
+
+
+class _Dom(HTMLParser):
+    """Every element (tag, attributes, the text inside it) of an HTML document, as parsed."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.elements, self._open, self.text = [], [], []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        el = {"tag": tag, "attrs": dict(attrs), "text": []}
+        self.elements.append(el)
+        if tag not in ("img", "meta", "br", "hr", "input", "link"):
+            self._open.append(el)
+
+    def handle_endtag(self, tag):
+        while self._open and self._open.pop()["tag"] != tag:
+            pass
+
+    def handle_data(self, data):
+        self.text.append(data)
+        for el in self._open:
+            el["text"].append(data)
+
+    def all(self, tag: str) -> list:
+        return [el for el in self.elements if el["tag"] == tag]
+
+    def text_of(self, el) -> str:
+        return "".join(el["text"])
+
+
+@pytest.fixture(scope="module")
+def payload_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("payload")
+    data = base / DATA
+    data.parent.mkdir(parents=True)
+    data.write_text("".join((ROOT / "data" / "harmful.csv").read_text().splitlines(True)[:30]))
+    spec = write_spec(base, PAYLOAD_SPEC, name=SPEC_NAME)
+    return spec, trained(spec, base / RUN_NAME, steps=2)
+
+
+def _no_injected_markup(dom: _Dom, allowed_scripts: int = 0):
+    """No element or attribute that a payload could have brought in."""
+    assert len(dom.all("script")) == allowed_scripts
+    assert not dom.all("svg") and not dom.all("iframe") and not dom.all("object")
+    for el in dom.elements:
+        events = [a for a in el["attrs"] if a.startswith("on")]
+        style = el["attrs"].get("style")  # only Markdown's column alignment sets one
+        assert not events and style in (None, "text-align:right"), el
+
+
+GUARD = "<script>window.alert = () => { document.documentElement.dataset.alerted = 1 }</script>"
+PROBE = """<script>window.addEventListener('load', () => {
+  const v = document.getElementById('verdict'), s = getComputedStyle(v), r = v.getBoundingClientRect();
+  document.body.dataset.verdictShown = +(s.display !== 'none' && s.visibility === 'visible'
+    && +s.opacity === 1 && r.width > 300 && r.height > 10 && v.offsetParent !== null);
+  document.body.dataset.verdict = v.innerText.trim();
+  document.body.dataset.bodyShown = +(getComputedStyle(document.body).display !== 'none');
+});</script>"""
+
+
+@pytest.fixture(scope="module")
+def payload_dom(payload_run, tmp_path_factory):
+    """The payload run's HTML report as Chromium holds it after load (scripts run), with a guard
+    that records a dialog instead of blocking on it and a probe of what a reader sees."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    tmp = tmp_path_factory.mktemp("payload_html")
+    ev = gather(payload_run[1])
+    html = write_report(ev, tmp / "report.html").read_text()
+    head, _, tail = html.rpartition("</body>")
+    probed = tmp / "probed.html"
+    probed.write_text((head + PROBE + "</body>" + tail).replace("<head>", "<head>" + GUARD, 1))
+    dom = subprocess.run([CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={tmp / 'profile'}",
+                          "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()],
+                         capture_output=True, text=True, timeout=60).stdout
+    return ev, _Dom(dom)
+
+
+def test_spec_text_is_text_in_the_html_report_in_headless_chromium(payload_dom):
+    """No payload ran or became an element; each is on the page as text."""
+    ev, dom = payload_dom
+    assert "data-alerted" not in dom.all("html")[0]["attrs"]
+    _no_injected_markup(dom, allowed_scripts=2)  # guard and probe: the report has no script
+    assert [dom.text_of(s) for s in dom.all("script")] == [GUARD[8:-9], PROBE[8:-9]]
+    assert len(dom.all("style")) == 1             # the report's own, in <head>
+    assert dom.text_of(dom.all("title")[0]) == "Certification report — payload"
+    imgs = dom.all("img")
+    assert len(imgs) == 2 and all(i["attrs"]["src"].startswith("data:image/png;base64,") for i in imgs)
+    assert dom.text_of(dom.all("pre")[0]) == PAYLOAD_SPEC   # the spec, verbatim, as text
+    text = "".join(dom.text)
+    for payload in PAYLOADS:
+        assert payload in text, payload
+
+
+def test_spec_text_cannot_hide_or_forge_the_verdict(payload_dom):
+    """`</pre><style>#verdict{display:none}</style>` and a look-alike green banner stay text:
+    the one verdict on the page is laid out, visible, and says NOT CERTIFIED."""
+    ev, dom = payload_dom
+    assert not ev.certified
+    body = dom.all("body")[0]["attrs"]
+    assert body["data-body-shown"] == "1" and body["data-verdict-shown"] == "1"
+    assert body["data-verdict"].startswith("NOT CERTIFIED — fails: holdout validation")
+    assert [el["attrs"].get("id") for el in dom.elements].count("verdict") == 1
+    classes = [el["attrs"].get("class", "").split() for el in dom.elements]
+    assert sum("verdict" in c for c in classes) == 1 and not any("certified" in c for c in classes)
+    assert HIDE in "".join(dom.text) and BANNER in "".join(dom.text)
+
+
+def test_spec_text_is_text_in_the_markdown_report(payload_run, tmp_path):
+    """The Markdown report rendered as CommonMark + tables with raw HTML on: the spec stays one
+    code block, the cells stay cells, and no payload becomes an element."""
+    markdown_it = pytest.importorskip("markdown_it")
+    spec, run = payload_run
+    ev = gather(run)
+    md = write_report(ev, tmp_path / "report.md", "md").read_text()
+    dom = _Dom(markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(md))
+    _no_injected_markup(dom)
+    assert not dom.all("style") and not dom.all("div")
+    srcs = [i["attrs"]["src"] for i in dom.all("img")]
+    assert len(srcs) == 2 and all(re.fullmatch(r"report_plots/[\w.]+\.png", s) for s in srcs)
+    blocks = [dom.text_of(c) for c in dom.all("code") if "\n" in dom.text_of(c)]
+    assert PAYLOAD_SPEC in blocks                              # the spec, verbatim, in one block
+    row = next(tr for tr in dom.all("tr") if "band" in dom.text_of(tr) and "abs(y)" in dom.text_of(tr))
+    cells = [el for el in dom.elements[dom.elements.index(row) + 1:] if el["tag"] == "td"]
+    assert dom.text_of(cells[1]) == ev.metrics[0]["location"]  # a `|` in the file name stays in its cell
+    assert ev.metrics[0]["location"].startswith(str(spec))
+    text = "".join(dom.text)
+    for payload in PAYLOADS:
+        assert payload in text, payload
+
+
+@pytest.mark.parametrize("text", ["a|b", "`x`", "``", "a ``` b ````", " lead", "<b>x</b>", "x\ny",
+                                  "*em* [l](u) &amp; \\|", "~~~"])
+def test_markdown_escapes_round_trip(text):
+    """Text, a table cell, a code span (in a table and out) and a fence each render back to
+    exactly the text (new lines in one-line places become spaces)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    md = (f"| {md_text(text)} | {md_code(text, table=True)} |\n|---|---|\n| x | y |\n\n"
+          f"{md_text(text)} {md_code(text)}\n\n{md_fence(text)}\n")
+    dom = _Dom(markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(md))
+    line = text.replace("\n", " ")
+    assert [dom.text_of(el) for el in dom.all("th")] == [line.strip(), line]  # cells are trimmed
+    assert [dom.text_of(el) for el in dom.all("code")] == [line, line, text + "\n"]
+    assert dom.text_of(dom.all("p")[0]) == f"{line.lstrip()} {line}"

@@ -1,22 +1,83 @@
 """Render the evidence as a standalone HTML page (plots embedded as data URIs, opens offline)
-or as Markdown for code review (plots written next to it)."""
+or as Markdown for code review (plots written next to it).
+
+Everything a spec or a run carries — the title, comments, file names, data paths, the run
+directory, log text — is data written by whoever wrote the spec: the HTML page escapes every value
+(autoescape on; nothing is marked safe, so no value can become markup — not even the data URIs,
+which escaping leaves intact), so no spec text can run script, restyle the page or hide the
+verdict.  The Markdown page does the same by hand: every printed value is backslash-escaped
+unless it is a code span or fence built here, sized so the content cannot close it."""
 
 from __future__ import annotations
 
 import base64
+import re
+import shlex
 from pathlib import Path
+from urllib.parse import quote
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from scpo_spec.report.evidence import Evidence, fmt
 from scpo_spec.report.plots import all_plots
 
 
-def _env() -> Environment:
+class Md(str):
+    """Markdown this module built itself (a code span, a fence, a link target): printed as is."""
+
+
+_MD_SPECIAL = re.compile(r"([\\`*<>\[\]|&~#])")
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+def md_text(value) -> str:
+    """Plain text for a Markdown line or table cell: no HTML (`<`), no code span, link,
+    emphasis or fence (`~~~`), no cell break (`|`), no new line or row."""
+    return _MD_SPECIAL.sub(r"\\\1", _NEWLINES.sub(" ", str(value)))
+
+
+def _md_finalize(value):
+    return value if isinstance(value, Md) else md_text(value)
+
+
+def _ticks(text: str) -> int:
+    return max((len(run) for run in re.findall(r"`+", text)), default=0)
+
+
+def md_code(value, table: bool = False) -> Md:
+    """An inline code span that the content cannot close: delimited by one backtick more than its
+    longest backtick run; in a table, `|` escaped (GFM splits cells before reading spans)."""
+    text = _NEWLINES.sub(" ", str(value))
+    if not text:
+        return Md("")
+    if table:
+        text = text.replace("|", "\\|")
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""
+    fence = "`" * (_ticks(text) + 1)
+    return Md(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def md_fence(value) -> Md:
+    """A fenced code block that the content cannot close: a fence longer than any backtick run in
+    it (a line of three backticks in a spec comment would end a three-backtick fence)."""
+    text = str(value)
+    if not text.endswith("\n"):
+        text += "\n"
+    fence = "`" * max(3, _ticks(text) + 1)
+    return Md(f"{fence}\n{text}{fence}")
+
+
+def _env(html: bool) -> Environment:
+    """The HTML environment escapes every value: `autoescape=True` rather than
+    `select_autoescape(["html"])`, which matches `*.html` only and so left `report.html.j2`
+    unescaped."""
     env = Environment(loader=PackageLoader("scpo_spec.report", "templates"),
-                      autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+                      autoescape=html, finalize=None if html else _md_finalize,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt
+    env.filters["sh"] = lambda v: shlex.quote(str(v))  # a path pasted into a shell stays one word
+    env.filters["code"] = md_code
+    env.filters["fence"] = md_fence
     env.filters["short"] = lambda h: (h or "—")[:16] + "…" if h else "—"
     return env
 
@@ -24,16 +85,17 @@ def _env() -> Environment:
 def write_report(ev: Evidence, out: Path, fmt_: str = "html") -> Path:
     """Write the report to `out` (Markdown also writes `<stem>_plots/*.png`)."""
     plots = all_plots(ev)
-    env = _env()
     if fmt_ == "md":
+        env = _env(html=False)
         plot_dir = out.parent / f"{out.stem}_plots"
         plot_dir.mkdir(parents=True, exist_ok=True)
         images = []
         for stem, caption, png in plots:
             (plot_dir / f"{stem}.png").write_bytes(png)
-            images.append({"caption": caption, "src": f"{plot_dir.name}/{stem}.png"})
+            images.append({"caption": caption, "src": Md(quote(f"{plot_dir.name}/{stem}.png"))})
         text = env.get_template("report.md.j2").render(ev=ev, images=images)
     else:
+        env = _env(html=True)
         images = [{"caption": c, "src": "data:image/png;base64," + base64.b64encode(p).decode()}
                   for _, c, p in plots]
         text = env.get_template("report.html.j2").render(ev=ev, images=images)
