@@ -117,7 +117,7 @@ def _rollout_check(result: CheckResult, file: Path) -> bool:
     for m, v in zip(compiled.metrics, g):
         ok = v <= -m.margin
         safe &= ok
-        table.add_row(m.name, f"{v:.6g}", f"{-m.margin:g}", "[green]✓[/]" if ok else "[red]✗[/]",
+        table.add_row(m.name, f"{v:.6g}", _bound(m.margin), "[green]✓[/]" if ok else "[red]✗[/]",
                       m.location)
     out.print(table)
     if safe:
@@ -125,6 +125,11 @@ def _rollout_check(result: CheckResult, file: Path) -> bool:
     else:
         out.print(f"[red]✗[/] {_esc(file)}: θ₀ violates a metric; training would refuse to start")
     return safe
+
+
+def _bound(margin: float) -> str:
+    """The bound −margin that a metric must stay under, as printed: `0`, never `-0`."""
+    return f"{-margin + 0.0:g}"  # + 0.0 turns -0.0 into 0.0
 
 
 def _compile_or_exit(result: CheckResult, file: Path):
