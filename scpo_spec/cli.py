@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -32,6 +33,25 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Safety specs for constrained policy optimisation (SCPO).")
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
+
+
+def _version(value: bool) -> None:
+    """`scpo --version`: the installed distribution's version (what a bug report needs)."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            number = version("scpo-spec")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            from scpo_spec import __version__ as number
+        out.print(f"scpo {number}", markup=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(show_version: bool = typer.Option(False, "--version", callback=_version,
+                                            is_eager=True, help="Print the version and exit."),
+          ) -> None:
+    """Safety specs for constrained policy optimisation (SCPO)."""
 
 
 class Syntax(str, Enum):
@@ -64,7 +84,7 @@ def _esc(value) -> str:
 
 
 def _usage(message: str) -> None:
-    err.print(f"[bold red]error:[/] {_esc(message)}")
+    err.print(f"[bold red]error:[/] {_esc(message)}", soft_wrap=True)  # paths stay whole
     raise typer.Exit(2)
 
 
@@ -134,80 +154,161 @@ def _rollout_check(result: CheckResult, file: Path) -> bool:
     return safe
 
 
+def _bound(margin: float) -> str:
+    """The bound −margin that a metric must stay under, as printed: `0`, never `-0`."""
+    return f"{-margin + 0.0:g}"  # + 0.0 turns -0.0 into 0.0
+
+
 def _compile_or_exit(result: CheckResult, file: Path):
     from scpo_spec.compile.problem import compile_spec
     return compile_spec(result.spec, file.resolve().parent)
 
 
-def _model_of(file: Path) -> tuple[CheckResult, str]:
-    if not file.exists():
-        _usage(f"no such file: {file}")
+def _read_model(file: Path, action: str = "rewritten") -> tuple[CheckResult, str] | None:
+    """The model and text of a file that reads completely, or None after printing why not."""
     source, problems = read_source(file)
     if source is None:
-        r = CheckResult(Source(path=str(file), text=""), None, problems)
-        _report([r])
-        raise typer.Exit(1)
+        _report([CheckResult(Source(path=str(file), text=""), None, problems)])
+        return None
     result = parse_model(source.text, path=source.path)
     if not result.ok:
         _report([result])
-        err.print(f"[red]✗[/] {_esc(file)}: not rewritten (fix the errors above first; nothing was "
-                  "changed)")
-        raise typer.Exit(1)
+        err.print(f"[red]✗[/] {_esc(file)}: not {action} (fix the errors above first; nothing was "
+                  "changed)", soft_wrap=True)
+        return None
     return result, source.text
 
 
-@command()
-def fmt(file: Path = typer.Argument(..., help="A spec file."),
-        write: bool = typer.Option(False, "--write", "-w", help="Rewrite the file in place."),
-        check_only: bool = typer.Option(False, "--check",
-                                        help="Exit 1 if the file is not canonically formatted."),
-        ) -> None:
-    """Print the spec in canonical layout (comments kept; running it twice changes nothing)."""
-    result, text = _model_of(file)
+def _model_of(file: Path) -> tuple[CheckResult, str]:
+    if not file.exists():
+        _usage(f"no such file: {file}")
+    model = _read_model(file)
+    if model is None:
+        raise typer.Exit(1)
+    return model
+
+
+def _canonical(file: Path, result: CheckResult, text: str) -> str | None:
+    """The canonical text of a file that read completely; None (after saying why) for a YAML file
+    with comments, which a rewrite would lose."""
     if syntax_of(str(file)) == "yaml":
         comments = count_comments(text)
         if comments:
-            err.print(f"[red]✗[/] {_esc(file)}: has {comments} comment(s), which a YAML rewrite cannot "
-                      "keep; not formatted (nothing was changed)")
-            raise typer.Exit(1)
-        formatted = format_yaml(result.spec)
-    else:
-        formatted = format_spec(result.spec, find_comments(text))
-    if check_only:
-        if formatted != text:
-            err.print(f"{_esc(file)}: not canonically formatted (run `scpo fmt -w {_esc(file)}`)")
-            raise typer.Exit(1)
-        raise typer.Exit(0)
-    if write:
-        if formatted != text:
-            file.write_text(formatted, encoding="utf-8")
-        err.print(f"formatted {_esc(file)}")
-    else:
-        sys.stdout.write(formatted)
+            err.print(f"[red]✗[/] {_esc(file)}: has {comments} comment(s), which a YAML rewrite "
+                      "cannot keep; not formatted (nothing was changed)", soft_wrap=True)
+            return None
+        return format_yaml(result.spec)
+    return format_spec(result.spec, find_comments(text))
+
+
+def _write(target: Path, text: str) -> bool:
+    """Write a file, or say why it cannot be written (no traceback) and return False."""
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as e:
+        err.print(f"[red]error:[/] cannot write {_esc(target)}: {_esc(e.strerror or e)}",
+                  soft_wrap=True)
+        return False
+    return True
+
+
+@command()
+def fmt(files: List[Path] = typer.Argument(..., help="Spec files."),
+        write: bool = typer.Option(False, "--write", "-w", help="Rewrite each file in place."),
+        check_only: bool = typer.Option(False, "--check",
+                                        help="List the files that are not canonically formatted "
+                                             "(exit 1 if any); change nothing."),
+        ) -> None:
+    """Print the spec in canonical layout (comments kept; running it twice changes nothing).
+
+    One FILE is printed to stdout; several need -w or --check.  Exit 0 when done (or, with
+    --check, when every file is canonical); 1 when a file has errors, is not canonical (--check)
+    or cannot be written; 2 for a usage error (a missing file, several files without -w/--check).
+    """
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        _usage(f"no such file: {', '.join(map(str, missing))}")
+    if len(files) > 1 and not (write or check_only):
+        _usage("several files: add -w to rewrite them or --check to list the ones not canonical "
+               "(one file is printed to stdout)")
+    failed = False
+    for file in files:
+        model = _read_model(file, "formatted" if check_only else "rewritten")
+        formatted = model and _canonical(file, *model)
+        if formatted is None:
+            failed = True
+            continue
+        text = model[1]
+        if check_only:
+            if formatted != text:
+                err.print(f"{_esc(file)}: not canonically formatted (run `scpo fmt -w "
+                          f"{_esc(file)}`)", soft_wrap=True)
+                failed = True
+        elif write:
+            if formatted != text and not _write(file, formatted):
+                failed = True
+                continue
+            err.print(f"formatted {_esc(file)}", soft_wrap=True)
+        else:
+            sys.stdout.write(formatted)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _relocated(spec, source: Path, target: Path):
+    """The spec with its relative data path rewritten to point at the same file from `target`'s
+    folder (paths in a spec are relative to the spec file), and the (old, new) path or None."""
+    obj = spec.objective
+    data = getattr(obj, "data", None)
+    if data is None or Path(data.value).is_absolute():
+        return spec, None
+    real = os.path.join(source.resolve().parent, data.value)
+    moved = Path(os.path.relpath(real, target.resolve().parent)).as_posix()
+    if moved == data.value:
+        return spec, None
+    obj = obj.model_copy(update={"data": data.model_copy(update={"value": moved})})
+    return spec.model_copy(update={"objective": obj}), (data.value, moved)
 
 
 @command()
 def convert(file: Path = typer.Argument(..., help="A spec file."),
             to: Syntax = typer.Option(..., "--to", help="The syntax to write: yaml or scpo."),
             output: Optional[Path] = typer.Option(None, "--out", "-o",
-                                                  help="Write here instead of stdout."),
+                                                  help="Write here instead of stdout (a relative "
+                                                       "data path is rewritten for this folder)."),
             ) -> None:
-    """Write a spec in the other syntax (same model: converting back gives the same spec)."""
+    """Write a spec in the other syntax (same model: converting back gives the same spec).
+
+    Exit 0 when written; 1 when the spec has errors or OUT cannot be written; 2 for a usage error
+    (a missing FILE, an OUT that is a directory or whose folder does not exist).
+    """
+    if output is not None:
+        if output.is_dir():
+            _usage(f"--out {output} is a directory; give a file name, e.g. {output / file.stem}"
+                   f".{to.value}")
+        if not output.resolve().parent.is_dir():
+            _usage(f"--out {output}: the folder {output.parent} does not exist")
     result, text = _model_of(file)
+    spec = result.spec
+    if output is not None:
+        spec, moved = _relocated(spec, file, output)
+        if moved:
+            err.print(f"[yellow]note:[/] data path {_esc(moved[0])} → {_esc(moved[1])} (relative "
+                      f"to {_esc(output)})", soft_wrap=True)
     from_yaml = syntax_of(str(file)) == "yaml"
     comments = [] if from_yaml else find_comments(text)
     if to == Syntax.yaml:
-        converted = format_yaml(result.spec)
+        converted = format_yaml(spec)
         lost = count_comments(text) if from_yaml else len(comments)
     else:
-        converted = format_spec(result.spec, comments)
+        converted = format_spec(spec, comments)
         lost = count_comments(text) if from_yaml else 0
     if lost:
         err.print(f"[yellow]note:[/] {lost} comment(s) are not carried over (YAML comments "
                   "cannot be read or written)")
     if output is not None:
-        output.write_text(converted, encoding="utf-8")
-        err.print(f"wrote {output}")
+        if not _write(output, converted):
+            raise typer.Exit(1)
+        err.print(f"wrote {_esc(output)}", soft_wrap=True)
     else:
         sys.stdout.write(converted)
 
@@ -329,11 +430,6 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         out.print(f"signed: {_esc(res.run_dir / 'signature.json')}", markup=False)
     out.print(f"head {res.head}", markup=False)
     raise typer.Exit(0 if certified else 1)
-
-
-def _bound(margin: float) -> str:
-    """'≤ −margin' as a reader expects it (no '-0')."""
-    return f"{-margin:g}" if margin else "0"
 
 
 @command()

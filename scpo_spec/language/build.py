@@ -258,9 +258,13 @@ class Builder:
                  "constraints", "stability", "objective", "train")
         for entry in doc.entries:
             if entry.key not in known:
+                guess = did_you_mean(entry.key, known)
                 self.diag.error(f"unknown section '{entry.key}'", entry.key_span,
-                                did_you_mean(entry.key, known)
-                                or f"sections are {one_of(known)}")
+                                guess or f"sections are {one_of(known)}")
+                if guess:  # written, though misspelt: not also "missing"
+                    word = guess.split("'")[1]
+                    self.failed.add("properties" if word in ("constraints", "stability")
+                                    else word)
                 continue
             if entry.key in sections and entry.key not in ("const", "constraints",
                                                             "stability"):

@@ -498,7 +498,8 @@ class Checker:
             self.error("'backup' names a controller, not a value", e.span,
                        "use lyapunov(backup) for its Lyapunov function")
             return None
-        known = [*self.states, *self.inputs, *self.consts, "state", "input", "spectral_radius"]
+        known = [*self.states, *self.inputs, *self.consts, "state", "input", "spectral_radius",
+                 *FORMULA_KEYWORDS]  # `alway abs(p) <= 1` reads as a name: did you mean always?
         self.error(f"unknown name '{e.id}'", e.span,
                    did_you_mean(e.id, known) or
                    (f"signals are {one_of([*self.states, *self.inputs])}"
@@ -526,6 +527,8 @@ class Checker:
             if v is None:
                 return None
             if P.ndim == 0 and v.size == 1:
+                return _join([v], "num")
+            if self.spec.system is None:  # signal sizes unknown: no size to compare with
                 return _join([v], "num")
             if P.ndim != 2 or P.shape != (v.size, v.size):
                 shape = "a number" if P.ndim == 0 else "×".join(map(str, P.shape))
@@ -686,13 +689,21 @@ class Checker:
             return
         base = self.base_dir or Path.cwd()
         path = (base / obj.data.value)
+        if path.is_dir():
+            self.error(f"data file '{obj.data.value}' is a directory, not a CSV file",
+                       obj.data.span, f"{path} (paths are relative to the spec)")
+            return
         if not path.is_file():
             self.error(f"data file '{obj.data.value}' does not exist", obj.data.span,
                        f"looked for {path} (paths are relative to the spec)")
             return
         try:
             with path.open(newline="", encoding="utf-8") as fh:
-                rows = list(csv.reader(fh))
+                reader = csv.reader(fh)
+                rows, lines = [], []  # a quoted field may span lines: keep each row's line
+                for row in reader:
+                    rows.append(row)
+                    lines.append(reader.line_num)
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             self.error(f"cannot read data file '{obj.data.value}': {err}", obj.data.span)
             return
@@ -710,18 +721,23 @@ class Checker:
             self.error(f"data file '{obj.data.value}' has no data rows", obj.data.span)
             return
         index = [header.index(w) for w in wanted]
-        for number, row in enumerate(rows[1:], start=2):
+        for number, row in zip(lines[1:], rows[1:]):
             if not any(c.strip() for c in row):
                 continue
-            try:
-                values = [float(row[i]) for i in index]
-            except (ValueError, IndexError):
-                self.error(f"data file '{obj.data.value}', row {number}: not a number in "
-                           f"{one_of(wanted)}", obj.data.span)
-                return
+            values = []
+            for name, i in zip(wanted, index):
+                cell = row[i] if i < len(row) else None
+                try:
+                    values.append(float(cell))
+                except (TypeError, ValueError):
+                    what = "is missing" if cell is None else f"{_shown(cell)} is not a number"
+                    self.error(f"data file '{obj.data.value}', line {number}, column '{name}': "
+                               f"{what}", obj.data.span)
+                    return
             if not all(math.isfinite(v) for v in values):
-                self.error(f"data file '{obj.data.value}', row {number}: a value is not "
-                           "finite", obj.data.span)
+                bad = next(n for n, v in zip(wanted, values) if not math.isfinite(v))
+                self.error(f"data file '{obj.data.value}', line {number}, column '{bad}': the "
+                           "value is not finite", obj.data.span)
                 return
 
     def _check_train(self) -> None:
@@ -782,3 +798,12 @@ def check_model(spec: M.Spec, diagnostics: Collector, base_dir: Path | None,
     """Run every semantic check; `unbuilt` names sections that were written but could not be
     built (already reported, so not 'missing')."""
     Checker(spec, diagnostics, base_dir, unbuilt).run()
+
+
+FORMULA_KEYWORDS = ("always", "eventually", "and", "or", "in", "at", "final")
+
+
+def _shown(cell: str, limit: int = 20) -> str:
+    """A CSV cell quoted for a message: control characters escaped, long values cut short."""
+    text = cell if len(cell) <= limit else cell[:limit] + "…"
+    return repr(text) if not text.isprintable() else f"'{text}'"

@@ -156,12 +156,26 @@ def format_number(value: float) -> str:
     """Shortest text that reads back to the same float; integers without a decimal point."""
     if math.isfinite(value) and value == int(value) and abs(value) < 1e16:
         return str(int(value))
-    text = repr(float(value))
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        sign = "-" if exponent.startswith("-") else ""
-        text = f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
+    text = _short_exponent(repr(float(value)))
+    if "e" not in text and 0 < abs(value) < 1:  # 1e-3 rather than 0.001: what specs write
+        scientific = _short_exponent(f"{value:.16e}")
+        mantissa, exponent = scientific.split("e")
+        for digits in range(1, 18):  # the shortest mantissa that reads back exactly
+            candidate = f"{float(mantissa):.{digits - 1}f}".rstrip("0").rstrip(".") + "e" + exponent
+            if float(candidate) == value:
+                if len(candidate) < len(text):
+                    text = candidate
+                break
     return text
+
+
+def _short_exponent(text: str) -> str:
+    """`1e-06` → `1e-6`: the exponent without padding zeros or a plus sign."""
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    sign = "-" if exponent.startswith("-") else ""
+    return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
 
 
 def _prec(e: Node) -> int:

@@ -14,6 +14,7 @@ from scpo_spec.language.scpo_reader import Comment
 from scpo_spec.language.source import Span
 
 INDENT = "    "
+WIDTH = 100  # a short section with a kind stays on one line up to this width
 # Sections whose entries LANGUAGE.md writes as `key = value`; the rest as `key value`.
 _ASSIGN_STYLE = (M.LinearSystem, M.PendulumSystem, M.StaticSystem, M.GymnasiumSystem,
                  M.LqrBackup, M.LinearBackup, M.MlpPolicy, M.LinearPolicy, M.LinearExpert,
@@ -29,6 +30,7 @@ class Line:
     leading: list[str] = field(default_factory=list)
     trailing: list[str] = field(default_factory=list)
     blank_before: bool = False
+    end: tuple[int, int] | None = None  # a one-line section: comments inside it go with it
 
 
 def _start(span: Span | None) -> tuple[int, int] | None:
@@ -68,9 +70,35 @@ def _sep(node: M.Node) -> str:
     return "= " if isinstance(node, _ASSIGN_STYLE) else ""
 
 
+def _entry_text(node: M.Node, key: str, value) -> str:
+    if isinstance(value, M.Node) and hasattr(value, "kind") and not isinstance(value, M.Aggregate):
+        return f"{key} {_inline_block(value)}"
+    if isinstance(value, list):  # signal names: `state theta, omega`
+        return f"{key} {value_text(value)}"
+    return f"{key} {_sep(node)}{value_text(value)}"
+
+
+def _one_line(head: str, node: M.Node) -> str | None:
+    """`backup lqr { Q = diag(1, 1)  R = diag(1) }`: how the shipped specs write a short section
+    with a kind; None when it has nested blocks or would not fit.  Decided by the model alone,
+    so the layout never depends on the source's (comments go before or after the line)."""
+    if not isinstance(getattr(node, "kind", None), str):
+        return None
+    items = [(k, v) for k, v in entries(node) if not (k == "id" and isinstance(
+        node, M.GymnasiumSystem))]
+    if not items or any(isinstance(v, M.Node) and hasattr(v, "kind") and not isinstance(
+            v, M.Aggregate) for _, v in items):
+        return None
+    text = f"{head} {{ " + "  ".join(_entry_text(node, k, v) for k, v in items) + " }"
+    return text if len(text) <= WIDTH else None
+
+
 def _section(keyword: str, node: M.Node, label: str = "") -> list[Line]:
     kind = getattr(node, "kind", None)
     head = " ".join(p for p in (keyword, kind if isinstance(kind, str) else None, label) if p)
+    short = _one_line(head, node)
+    if short is not None:
+        return [Line(short, _start(node.span), blank_before=True, end=_end(node.span))]
     lines = [Line(f"{head} {{", _start(node.span), blank_before=True)]
     for key, value in entries(node):
         if key == "id" and isinstance(node, M.GymnasiumSystem):
@@ -82,25 +110,28 @@ def _section(keyword: str, node: M.Node, label: str = "") -> list[Line]:
             continue
         anchor = _start(getattr(value, "span", None) or (value[0].span if isinstance(
             value, list) and value else None))
-        if isinstance(value, M.Node) and hasattr(value, "kind") and not isinstance(
-                value, M.Aggregate):
-            text = f"{key} {_inline_block(value)}"
-        elif isinstance(value, list):  # signal names: `state theta, omega`
-            text = f"{key} {value_text(value)}"
-        else:
-            text = f"{key} {_sep(node)}{value_text(value)}"
-        lines.append(Line(text, anchor, indent=1))
+        lines.append(Line(_entry_text(node, key, value), anchor, indent=1))
     lines.append(Line("}", _end(node.span)))
     return lines
 
 
-def _property(prop: M.Property) -> Line:
-    text = f"{prop.section} {prop.name.name}: {E.unparse(prop.formula)}"
-    for option in ("smoothness", "margin", "lipschitz"):
-        q = getattr(prop, option)
-        if q is not None:
-            text += f"  {option} {value_text(q)}"
-    return Line(text, _start(prop.span))
+def _properties(group: list[M.Property]) -> list[Line]:
+    """One line each, in columns (name, formula, options) as the shipped specs align them; the
+    options column is only aligned while the formulas are short enough for it to stay readable."""
+    heads = [f"{p.section} {p.name.name}:" for p in group]
+    formulas = [E.unparse(p.formula) for p in group]
+    options = ["  ".join(f"{o} {value_text(getattr(p, o))}" for o in ("smoothness", "margin",
+                                                                       "lipschitz")
+                         if getattr(p, o) is not None) for p in group]
+    wh = max(map(len, heads), default=0)
+    wf = max(map(len, formulas), default=0)
+    lines = []
+    for i, (prop, head, formula, opts) in enumerate(zip(group, heads, formulas, options)):
+        text = f"{head.ljust(wh)} {formula}"
+        if opts:
+            text = (text.ljust(wh + 1 + wf) if wh + 1 + wf <= WIDTH - 30 else text) + "  " + opts
+        lines.append(Line(text, _start(prop.span), blank_before=i == 0))
+    return lines
 
 
 def layout(spec: M.Spec) -> list[Line]:
@@ -122,10 +153,7 @@ def layout(spec: M.Spec) -> list[Line]:
     if spec.scenarios is not None:
         lines += _section("scenarios", spec.scenarios)
     for group in (spec.constraints, spec.stability):
-        for i, prop in enumerate(group):
-            line = _property(prop)
-            line.blank_before = i == 0
-            lines.append(line)
+        lines += _properties(group)
     if spec.objective is not None:
         lines += _section("objective", spec.objective)
     if spec.train is not None:
@@ -139,7 +167,10 @@ def attach_comments(lines: list[Line], comments: list[Comment]) -> list[str]:
     anchored = [(ln.anchor, i) for i, ln in enumerate(lines) if ln.anchor is not None]
     for c in comments:
         pos = (c.line, c.column)
-        if c.own_line:
+        inside = [ln for ln in lines if ln.end is not None and ln.anchor < pos < ln.end]
+        if inside:  # within a section now written on one line: before it, or after it
+            (inside[0].leading if c.own_line else inside[0].trailing).append(c.text)
+        elif c.own_line:
             after = [i for a, i in anchored if a > pos]
             if after:
                 lines[min(after, key=lambda i: lines[i].anchor)].leading.append(c.text)
@@ -156,20 +187,45 @@ def attach_comments(lines: list[Line], comments: list[Comment]) -> list[str]:
     return tail
 
 
+def _align_trailing(rows: list[tuple[str, str | None]]) -> list[str]:
+    """Trailing comments of a run of code lines (same indent, no blank or comment line between)
+    start in one column, as the shipped specs write them."""
+    out = [code if note is None else f"{code}  {note}" for code, note in rows]
+    run: list[int] = []
+
+    def flush() -> None:
+        noted = [i for i in run if rows[i][1] is not None]
+        if len(noted) > 1:
+            col = max(len(rows[i][0]) for i in noted) + 2
+            for i in noted:
+                out[i] = rows[i][0].ljust(col) + rows[i][1]
+        run.clear()
+
+    def indent(text: str) -> int:
+        return len(text) - len(text.lstrip(" "))
+
+    for i, (code, _) in enumerate(rows):
+        if not code.strip() or code.lstrip().startswith("#") or (
+                run and indent(code) != indent(rows[run[-1]][0])):
+            flush()
+        if code.strip() and not code.lstrip().startswith("#"):
+            run.append(i)
+    flush()
+    return out
+
+
 def format_spec(spec: M.Spec, comments: list[Comment] | None = None) -> str:
     """Canonical `.scpo` text of a model."""
     lines = layout(spec)
     tail = attach_comments(lines, comments or [])
-    out: list[str] = []
+    rows: list[tuple[str, str | None]] = []  # (code or own-line comment or "", trailing comment)
     for ln in lines:
-        if ln.blank_before and out:
-            out.append("")
+        if ln.blank_before and rows:
+            rows.append(("", None))
         pad = INDENT * ln.indent
-        out.extend(pad + c for c in ln.leading)
-        text = pad + ln.text
-        if ln.trailing:
-            text += "  " + " ".join(ln.trailing)
-        out.append(text)
+        rows.extend((pad + c, None) for c in ln.leading)
+        rows.append((pad + ln.text, " ".join(ln.trailing) if ln.trailing else None))
+    out = _align_trailing(rows)
     if tail:
         if out:
             out.append("")

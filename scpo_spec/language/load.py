@@ -69,6 +69,7 @@ def check_text(text: str, path: str = "<spec>", syntax: str | None = None,
     collector.items.extend(diagnostics)
     try:
         builder = Builder(source, collector)
+        builder.failed |= _misspelt_sections(diagnostics)
         spec = builder.build(doc, path)
         if run_checks:
             check_model(spec, collector, base_dir, builder.failed)
@@ -76,6 +77,17 @@ def check_text(text: str, path: str = "<spec>", syntax: str | None = None,
         collector.error("nesting is too deep", source.span_at(0))
         spec = None
     return CheckResult(source, spec, collector.sorted())
+
+
+def _misspelt_sections(diagnostics: list[Diagnostic]) -> set[str]:
+    """Sections the reader skipped as misspelt (`sytem`, did you mean 'system'?): written, so
+    the checks must not also call them missing."""
+    out = set()
+    for d in diagnostics:
+        if d.message.startswith("unknown section") and d.hint and d.hint.startswith("did you mean"):
+            word = d.hint.split("'")[1]
+            out.add("properties" if word in ("constraint", "stability") else word)
+    return out
 
 
 def read_source(path: Path) -> tuple[Source | None, list[Diagnostic]]:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from lark import Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedInput, VisitError
+from lark.exceptions import UnexpectedToken, UnexpectedInput, VisitError
 
 from scpo_spec.language import expr as E
 from scpo_spec.language.diagnostics import Diagnostic
@@ -245,10 +245,22 @@ PROPERTY_LISTS = {"constraint": "constraints", "stability": "stability"}
 
 def read_scpo(source: Source) -> tuple[Map | None, list[Diagnostic]]:
     """Parse `.scpo` text into the document tree; never raises on bad input."""
-    try:
-        tree = parser().parse(source.text, start="start")
-    except UnexpectedInput as err:
-        return None, [syntax_diagnostic(source, err)]
+    text, skipped = source.text, []
+    while True:
+        try:
+            tree = parser().parse(text, start="start")
+            break
+        except UnexpectedInput as err:
+            diagnostic = syntax_diagnostic(source, err)
+            cut = _unknown_item(text, err) if len(skipped) < 50 else None
+            if cut is None:
+                return None, [*skipped, diagnostic]
+            # an unknown top-level word: report it, blank its item out (keeping every line and
+            # column), and read on so the other errors are still found
+            skipped.append(diagnostic)
+            start, end = cut
+            text = text[:start] + "".join(c if c == "\n" else " " for c in text[start:end]) \
+                + text[end:]
     if depth_of(tree) > MAX_DEPTH:
         return None, [Diagnostic(message=f"nesting is too deep (more than {MAX_DEPTH} levels)",
                                  span=deepest_span(source, tree),
@@ -258,7 +270,44 @@ def read_scpo(source: Source) -> tuple[Map | None, list[Diagnostic]]:
     except VisitError as err:  # pragma: no cover - a bug in the transformer, reported cleanly
         return None, [Diagnostic(message=f"internal error while reading: {err.orig_exc}",
                                  span=None)]
-    return assemble(items, source), []
+    return assemble(items, source), skipped
+
+
+def _unknown_item(text: str, err: UnexpectedInput) -> tuple[int, int] | None:
+    """Where an unknown section or property starts and ends (its `{ … }` block, or else its
+    line), when `err` is a name where a top-level item should start; None otherwise."""
+    if not isinstance(err, UnexpectedToken) or err.token.type != "NAME" or not (
+            {"SECTION", "PROPERTY", "SPEC"} & set(err.expected or ())):
+        return None
+    start = err.token.start_pos
+    if start is None:
+        return None
+    depth, in_string, escaped, i = 0, False, False, start
+    while i < len(text):
+        c = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"' or c == "\n":
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c == "#":
+            while i < len(text) and text[i] != "\n":
+                i += 1
+            continue
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth <= 0:
+                return start, i + 1
+        elif c == "\n" and depth == 0:
+            return start, i
+        i += 1
+    return (start, len(text)) if depth == 0 else None
 
 
 def assemble(items, source: Source) -> Map:

@@ -51,7 +51,11 @@ class _Convert:
             return Seq(span=span, items=[i for i in items if i is not None])
         if isinstance(node, yaml.MappingNode):
             out = Map(span=span)
-            for key, val in node.value:
+            pairs = list(node.value)
+            while pairs:
+                key, val = pairs.pop(0)
+                if node.flow_style and _opens(val) > 0:
+                    val = _rejoin(self, key, val, pairs)
                 if not isinstance(key, yaml.ScalarNode):
                     self.errors.append(Diagnostic(message="a key must be a plain name",
                                                   span=_span(self.source, key)))
@@ -62,6 +66,44 @@ class _Convert:
             return out
         self.errors.append(Diagnostic(message="unsupported YAML node", span=span))
         return None
+
+
+def _opens(node: yaml.Node) -> int:
+    """Brackets a plain (unquoted) scalar leaves open: a formula YAML cut at a comma."""
+    if not isinstance(node, yaml.ScalarNode) or node.style:
+        return 0
+    text = node.value
+    return text.count("(") + text.count("[") - text.count(")") - text.count("]")
+
+
+def _rejoin(self: _Convert, key: yaml.Node, val: yaml.ScalarNode, pairs: list) -> yaml.Node:
+    """`{kind: cost, stage: quad(diag(1, 1), state)}`: YAML splits an unquoted formula at its
+    commas into a value and bogus keys (`1)`, `state)`).  Glue the pieces back into one value, so
+    the rest is checked as written, and say once that the formula must be quoted."""
+    depth, used = _opens(val), 0
+    end = val.end_mark
+    for k, v in pairs:
+        if depth <= 0:
+            break
+        used += 1
+        for part in (k, v):
+            if isinstance(part, yaml.ScalarNode) and not part.style:
+                depth += _opens(part)
+                if part.value:
+                    end = part.end_mark
+            else:
+                return val  # not a formula cut at commas: leave it to the usual errors
+    if depth != 0:
+        return val
+    text = self.source.text[val.start_mark.index:end.index]
+    del pairs[:used]
+    joined = yaml.ScalarNode("tag:yaml.org,2002:str", text, val.start_mark, end, style=None)
+    self.errors.append(Diagnostic(
+        message="this formula is not quoted, so YAML split it at its commas",
+        span=_span(self.source, joined),
+        hint=f'quote the formula: {key.value}: "{text}"'))
+    return joined
+
 
 
 def read_yaml(source: Source) -> tuple[Map | None, list[Diagnostic]]:
