@@ -22,7 +22,7 @@ from scpo_spec.language.source import Span
 REQUIRED_SECTIONS = ("system", "policy", "scenarios", "objective", "train")
 SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "cos", "tan",
                     "quad", "lyapunov")
-RESERVED = ("state", "input", "backup", "spectral_radius", *BUILTIN_CONSTANTS)
+RESERVED = ("state", "input", "backup", "spectral_radius", "until", "not", *BUILTIN_CONSTANTS)
 MAX_SCENARIOS = 1_000_000
 
 
