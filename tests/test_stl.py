@@ -1,8 +1,8 @@
 """STL, complete (LANGUAGE-v2.md): nested temporal operators, `until`, `not`, `->`.
 
-Hand-computed traces for each operator (the three formulas that used to mean something else are
-regression tests with exact values), every form through parse → check → fmt → YAML → compile →
-describe, and a property test against rtamt's discrete-time offline robustness.
+Hand-computed traces for each operator (the three formulas that used to mean something else
+are regression tests with exact values), every form through parse → check → fmt → YAML →
+compile → describe, and a property test against rtamt's discrete-time offline robustness.
 """
 
 from __future__ import annotations

@@ -199,7 +199,8 @@ def implicit_always(e: Node) -> Node:
 
 def push_final(e: Temporal) -> Node:
     """`at final` over a Boolean connective reads each operand at its own last step (x_T for a
-    state atom, u_{T−1} for an input atom): `at final (p and u)` is `at final p and at final u`."""
+    state atom, u_{T−1} for an input atom): `at final (p and u)` is
+    `at final p and at final u`."""
     body = e.body
 
     def final(b: Node) -> Node:
