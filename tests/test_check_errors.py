@@ -253,17 +253,61 @@ def test_formula_type_errors():
         (19, 35, "unknown function 'foo'")
 
 
-def test_windows_must_fit_the_horizon():
+def test_windows_are_cut_at_the_end_of_the_rollout():
+    """A window running past the last step is cut there (STL, complete), not an error."""
+    assert errors(replace("always abs(position) <= 2.5",
+                          "eventually[40:70] norm(state) <= 0.1")) == []
+    assert errors(replace("always force in [-4, 4]", "always[0:60] force in [-4, 4]")) == []
+
+
+def test_empty_windows_are_located_errors():
+    """A window that holds no sample where it is read (was: any window past the end)."""
     assert only_error(replace("always abs(position) <= 2.5",
-                              "eventually[40:70] norm(state) <= 0.1")) == \
-        (19, 38, "window [40:70] runs past the end of the rollout (states run to step 60 for "
-                 "horizon 60)")
-    assert only_error(replace("always force in [-4, 4]", "always[0:60] force in [-4, 4]")) == \
-        (20, 31, "window [0:60] runs past the end of the rollout (inputs run to step 59 for "
-                 "horizon 60)")
+                              "eventually[61:70] norm(state) <= 0.1")) == \
+        (19, 38, "window [61:70] holds no sample (states run to step 60 for horizon 60)")
+    assert only_error(replace("always force in [-4, 4]", "always[60:60] force in [-4, 4]")) == \
+        (20, 31, "window [60:60] holds no sample (inputs run to step 59 for horizon 60)")
+    # nested: the unbounded `always` reads the inner window up to t = 60, where [2:3] is empty
+    assert only_error(replace("always abs(position) <= 2.5",
+                              "always eventually[2:3] abs(position) <= 2.5")) == \
+        (19, 45, "window [2:3] holds no sample at step 60, where an enclosing window reads it "
+                 "(states run to step 60 for horizon 60)")
+    d = check(replace("always abs(position) <= 2.5",
+                      "always eventually[2:3] abs(position) <= 2.5")).diagnostics[0]
+    assert d.hint == "end the enclosing window by step 58 (or start this one earlier)"
+    assert errors(replace("always abs(position) <= 2.5",
+                          "always[0:58] eventually[2:3] abs(position) <= 2.5")) == []
+    # `at final` reads its operand at the last step only
+    assert only_error(replace("always abs(position) <= 2.5",
+                              "at final eventually[1:2] abs(position) <= 2.5")) == \
+        (19, 47, "window [1:2] holds no sample at step 60, where `at final` reads it "
+                 "(states run to step 60 for horizon 60)")
+    # a mixed atom lives on t = 0 … 59
+    assert only_error(replace("always abs(position) <= 2.5",
+                              "eventually[60:60] (position <= 1 and force <= 1)")) == \
+        (19, 38, "window [60:60] holds no sample (inputs run to step 59 for horizon 60)")
+    # until: ψ must have a sample in [t+a, t+b]
+    assert only_error(replace("always abs(position) <= 2.5",
+                              "position <= 1 until[61:62] velocity <= 1")) == \
+        (19, 47, "window [61:62] holds no sample (states run to step 60 for horizon 60)")
+
+
+def test_bad_windows():
     assert only_error(replace("always abs(position) <= 2.5",
                               "always[10:5] abs(position) <= 2.5")) == \
         (19, 34, "reversed window [10:5]")
+    assert only_error(replace("always abs(position) <= 2.5",
+                              "position <= 1 until[3:1] velocity <= 1")) == \
+        (19, 47, "reversed window [3:1]")
+    assert only_error(replace("always abs(position) <= 2.5",
+                              "position <= 1 until[0.5:1] velocity <= 1")) == \
+        (19, 48, "window bounds are step numbers (whole, ≥ 0), got 0.5")
+    assert only_error(replace("always abs(position) <= 2.5",
+                              "position <= 1 until[0:position] velocity <= 1")) == \
+        (19, 50, "window bounds must be constant: unknown constant 'position'")
+    assert only_error(replace("always abs(position) <= 2.5",
+                              "not (position + 1) -> velocity <= 1")) == \
+        (19, 33, "expected a condition here, got a value")
 
 
 def test_quad_shape():

@@ -359,14 +359,19 @@ CASES = {
         lambda: np.maximum(POS[..., T] - 0.3, FORCE[..., T - 1] - 1),
     "at final (position <= 0.3 or force <= 1)":
         lambda: np.minimum(POS[..., T] - 0.3, FORCE[..., T - 1] - 1),
-    "always (position <= 0.3 and force <= 1)":            # x_T is still checked
+    # a connective of a state and an input atom lives on their common steps t = 0 … T−1
+    "always (position <= 0.3 and force <= 1)":
+        lambda: np.maximum(POS[..., :T] - 0.3, FORCE - 1).max(-1),
+    "always position <= 0.3 and always force <= 1":         # x_T is checked here
         lambda: np.maximum((POS - 0.3).max(-1), (FORCE - 1).max(-1)),
-    "position <= 0.3 and force <= 1":
+    "position <= 0.3 and force <= 1":                       # each bare conjunct every step
         lambda: np.maximum((POS - 0.3).max(-1), (FORCE - 1).max(-1)),
-    "always (position <= 0.3 or force <= 1)":             # at t = T only the state atom
-        lambda: np.maximum(np.minimum(POS[..., :T] - 0.3, FORCE - 1).max(-1), POS[..., T] - 0.3),
-    "eventually (position <= 0.3 and force <= 1)":
-        lambda: np.minimum(np.maximum(POS[..., :T] - 0.3, FORCE - 1).min(-1), POS[..., T] - 0.3),
+    "always (position <= 0.3 or force <= 1)":
+        lambda: np.minimum(POS[..., :T] - 0.3, FORCE - 1).max(-1),
+    "position <= 0.3 or force <= 1":                        # a bare `or`: always (… or …)
+        lambda: np.minimum(POS[..., :T] - 0.3, FORCE - 1).max(-1),
+    "eventually (position <= 0.3 and force <= 1)":          # was "met" by x_T alone
+        lambda: np.maximum(POS[..., :T] - 0.3, FORCE - 1).min(-1),
     "always position <= 0.3 and eventually velocity <= 0.1":
         lambda: np.maximum((POS - 0.3).max(-1), (VEL - 0.1).min(-1)),
     "always position <= 0.3 or eventually velocity <= 0.1":

@@ -844,7 +844,8 @@ def test_cli_subprocess_has_no_traceback(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 5. unparse is the exact inverse of parse_expression
 
-_EXPR_KEYWORDS = {"always", "eventually", "at", "final", "and", "or", "in", "spec", "const",
+_EXPR_KEYWORDS = {"always", "eventually", "at", "final", "and", "or", "in", "not", "until",
+                  "spec", "const",
                   "constraint", "stability", "system", "backup", "policy", "scenarios",
                   "objective", "train"}
 names = (st.sampled_from(["x", "position", "theta", "state", "input", "dt", "pi", "inf", "nan",
@@ -885,6 +886,11 @@ def _extend(child):
                   st.none() | st.builds(lambda a, b: E.Window(start=a, end=b), arith, arith),
                   child),
         st.builds(lambda b, p: E.Temporal(op="final", body=b, postfix=p), child, st.booleans()),
+        st.builds(lambda a: E.Not(arg=a), child),
+        st.builds(lambda a, b: E.Implies(left=a, right=b), child, child),
+        st.builds(lambda a, w, b: E.Until(left=a, right=b, window=w), child,
+                  st.none() | st.builds(lambda a, b: E.Window(start=a, end=b), arith, arith),
+                  child),
     )
 
 
@@ -915,6 +921,9 @@ test_unparse_parse_is_an_exact_inverse, test_unparse_parse_is_an_exact_inverse_s
     "at final always x <= 1", "always [1, 2]", "always [x]", "x in [1, 2] and y in [3, 4]",
     "(a and b) and c", "a or (b or c)", "abs(x,)", "f()", "[]", "[[1, 2], [3, 4]]",
     "quad(diag(1, 0.1), state) + quad(diag(0.01), input)", '"a\\"b"',
+    "not -x", "not not a", "a -> b -> c", "(a -> b) -> c", "a until (b until c)",
+    "(a until b) until[1:2] c", "always a until b", "not a until b", "x - -1 -> y", "x->y",
+    "a until[1:2] always [1, 2]", "at final (a -> b)", "a at final until b",
 ])
 def test_canonical_text_parses_back(text):
     """parse → unparse → parse is stable for hand-picked tricky inputs."""

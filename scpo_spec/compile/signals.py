@@ -4,11 +4,22 @@ A trace holds the states x_0 … x_T (C, S, T+1, n) and inputs u_0 … u_{T−1}
 candidates on S scenarios.  Every sub-expression evaluates to a `Val`: a tensor (C, S, L, K) with
 L the steps it is read at (T+1 over states, T once it reads an input: arithmetic mixing the two
 keeps the common steps t = 0 … T−1, as LANGUAGE.md says) or L = 1 when it does not depend on
-time, and K its components.  Atoms joined by `and`/`or` each keep their own steps: at t = T only
-the state atoms have a value and decide alone, and `at final` reads each atom at its last step.  Formulas follow the robustness semantics: an atom is its violation, `and`/
-`always`/components take the max, `or`/`eventually` the min.  With `aggregate smooth(τ)` every
-max becomes τ·logsumexp(·/τ), an upper bound of the max, so a certified smooth metric certifies
-the hard one (the mins stay hard: a min of upper bounds is an upper bound of the min).
+time, and K its components.
+
+Formulas follow discrete-time STL robustness semantics, written as violations h = −ρ: an atom is
+its violation per step, `and` is the max, `or` the min, `not` the negation, `always[a:b]` the max
+over the window [t+a, t+b] and `eventually[a:b]` the min, both cut at the operand's last sample;
+`until` is the textbook discrete-time one (rtamt's).  A Boolean combination lives on the common
+steps of its operands (a formula mixing a state and an input atom on t = 0 … T−1); a temporal
+operator keeps its operand's steps.  The metric is h at t = 0 of the formula after
+`implicit_always` (a part with no temporal operator means every step).  Each compiled formula
+computes only the leading steps its reader needs, so an empty window (which `check` rejects) is
+never evaluated.
+
+With `aggregate smooth(τ)` every max becomes τ·logsumexp(·/τ), an upper bound of the max, so a
+certified smooth metric certifies the hard one (the mins stay hard: a min of upper bounds is an
+upper bound of the min).  Under `not` and on the left of `->` everything stays hard: a negated
+upper bound would be a lower bound.
 """
 
 from __future__ import annotations
@@ -60,6 +71,21 @@ class Reducer:
     def min(x: torch.Tensor, dim: int) -> torch.Tensor:
         return x.amin(dim=dim, keepdim=True)
 
+    def cummax(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Running max along `dim` (smooth: τ·logcumsumexp, again an upper bound)."""
+        if self.tau is None:
+            return torch.cummax(x, dim=dim).values
+        return self.tau * torch.logcumsumexp(x / self.tau, dim=dim)
+
+    def suffix(self, x: torch.Tensor, dim: int, is_max: bool) -> torch.Tensor:
+        """out[t] = max (or min) of x[t:] along `dim`."""
+        flipped = torch.flip(x, [dim])
+        out = self.cummax(flipped, dim) if is_max else -torch.cummax(-flipped, dim=dim).values
+        return torch.flip(out, [dim])
+
+
+HARD = Reducer()
+
 
 Compiled = Callable[[Trace], Val]
 
@@ -75,24 +101,22 @@ class ExpressionCompiler:
 
     # ---- formulas: → a violation per candidate and scenario, (C, S, 1, 1) ----
     def formula(self, e: E.Node) -> Compiled:
-        """A metric body: formula → per-scenario violation; untimed atoms mean every step."""
-        body = self.bool(e)
-        reduce = self.reduce
+        """A metric body: h at t = 0 of the formula (untimed parts mean every step)."""
+        body = self.bool(E.implicit_always(e))
 
         def per_scenario(trace: Trace) -> Val:
-            v = body(trace)
-            if v.timed:  # no temporal operator: the atom must hold at every step
-                return Val(reduce.max(v.t, 2), False)
-            return v
+            return Val(body(trace, 1).t[:, :, :1], False)
         return per_scenario
 
-    def bool(self, e: E.Node) -> Compiled:
-        reduce = self.reduce
+    def bool(self, e: E.Node, reduce: Reducer | None = None) -> Callable[[Trace, int | None], Val]:
+        """Formula → f(trace, need): its violation signal (C, S, L, 1) on at least its first
+        `need` steps (all of them for None), never past its own last step."""
+        reduce = self.reduce if reduce is None else reduce
         if isinstance(e, E.Compare):
             left, right = self.value(e.left), self.value(e.right)
             upper = e.op in ("<=", "<")
 
-            def compare(trace):
+            def compare(trace, need):
                 a, b = left(trace), right(trace)
                 t = _align(a, b)
                 h = (t[0] - t[1]) if upper else (t[1] - t[0])
@@ -102,52 +126,80 @@ class ExpressionCompiler:
             arg = self.value(e.arg)
             lo, hi = (float(v) for v in evaluate(e.interval, self.consts))
 
-            def within(trace):
+            def within(trace, need):
                 a = arg(trace)
                 h = torch.maximum(lo - a.t, a.t - hi)
                 return Val(reduce.max(h, 3), a.timed)
             return within
         if isinstance(e, (E.And, E.Or)):
-            parts = [self.bool(a) for a in e.args]
+            parts = [self.bool(a, reduce) for a in e.args]
             conj = isinstance(e, E.And)
 
-            neutral = -torch.inf if conj else torch.inf
-
-            def junction(trace):
-                # each atom keeps its own steps (states 0…T, inputs 0…T−1): where one side has
-                # no value (t = T for an input atom) the other side alone decides
-                vals = [p(trace) for p in parts]
-                steps = max(v.steps for v in vals if v.timed) if any(v.timed for v in vals) else 1
-                ts = [(_pad(v.t, steps, neutral) if v.timed else v.t) for v in vals]
-                stacked = torch.stack(torch.broadcast_tensors(*ts), dim=0)
+            def junction(trace, need):
+                ts, timed = _common([p(trace, need) for p in parts])
+                stacked = torch.stack(ts, dim=0)
                 out = reduce.max(stacked, 0) if conj else reduce.min(stacked, 0)
-                return Val(out[0], any(v.timed for v in vals))
+                return Val(out[0], timed)
             return junction
-        if isinstance(e, E.Temporal):
-            if e.op == "final" and isinstance(e.body, (E.And, E.Or)):
-                # `at final` reads each atom at its own last step: T for states, T−1 for inputs
-                parts = [E.Temporal(op="final", body=a, span=e.span) for a in e.body.args]
-                return self.bool(type(e.body)(args=parts, span=e.body.span))
-            body = self.bool(e.body)
-            window = None
-            if e.window is not None:
-                window = (int(evaluate(e.window.start, self.consts)),
-                          int(evaluate(e.window.end, self.consts)))
-            op = e.op
+        if isinstance(e, E.Not):
+            arg = self.bool(e.arg, HARD)
+            return lambda trace, need: _map(arg(trace, need), torch.neg)
+        if isinstance(e, E.Implies):
+            left, right = self.bool(e.left, HARD), self.bool(e.right, reduce)
 
-            def temporal(trace):
-                v = body(trace)
+            def implies(trace, need):  # h = min(−h_φ, h_ψ): `not φ or ψ`
+                (a, b), timed = _common([left(trace, need), right(trace, need)])
+                return Val(torch.minimum(-a, b), timed)
+            return implies
+        if isinstance(e, E.Until):
+            return self._until(e, reduce)
+        if isinstance(e, E.Temporal):
+            if e.op == "final":
+                pushed = E.push_final(e)
+                if pushed is not e:  # each operand of a connective at its own last step
+                    return self.bool(pushed, reduce)
+                body = self.bool(e.body, reduce)
+
+                def final(trace, need):
+                    v = body(trace, None)
+                    return Val(v.t[:, :, -1:], False) if v.timed else v
+                return final
+            body = self.bool(e.body, reduce)
+            a, b = self._window(e.window)
+            is_max = e.op == "always"
+
+            def temporal(trace, need):
+                v = body(trace, None if need is None or b is None else need + b)
                 if not v.timed:
                     return v
-                t = v.t
-                if op == "final":
-                    return Val(t[:, :, -1:], False)
-                if window is not None:
-                    t = t[:, :, window[0]:window[1] + 1]
-                out = reduce.max(t, 2) if op == "always" else reduce.min(t, 2)
-                return Val(out, False)
+                return Val(_sliding(v.t, a, b, need, reduce, is_max), True)
             return temporal
         raise TypeError(f"not a formula: {type(e).__name__}")
+
+    def _window(self, w: E.Window | None) -> tuple[int, int | None]:
+        if w is None:
+            return 0, None
+        return (int(evaluate(w.start, self.consts)), int(evaluate(w.end, self.consts)))
+
+    def _until(self, e: E.Until, reduce: Reducer):
+        left, right = self.bool(e.left, reduce), self.bool(e.right, reduce)
+        a, b = self._window(e.window)
+
+        def until(trace, need):
+            reach = None if need is None or b is None else need + b
+            phi, psi = left(trace, reach), right(trace, reach)
+            if not phi.timed and not psi.timed:  # constants: ψ at t' = t, or φ and ψ
+                h = psi.t if a == 0 else reduce.max(torch.stack(
+                    torch.broadcast_tensors(phi.t, psi.t)), 0)[0]
+                return Val(h, False)
+            (hphi, hpsi), _ = _common([phi, psi])
+            L = hphi.shape[2]
+            n = L if need is None else min(need, L)
+            if b is None and n > 1:
+                return Val(_until_unbounded(hphi, hpsi, a, n, reduce), True)
+            return Val(_until_bounded(hphi, hpsi, a, L - 1 if b is None else b, n, reduce),
+                       True)
+        return until
 
     # ---- values: → Val ----
     def value(self, e: E.Node) -> Compiled:
@@ -255,13 +307,80 @@ def _align(a: Val, b: Val) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _pad(t: torch.Tensor, steps: int, value: float) -> torch.Tensor:
-    """Extend the step axis to `steps` with a neutral value (−inf for `and`, +inf for `or`)."""
+def _common(vals: list[Val]) -> tuple[list[torch.Tensor], bool]:
+    """Operands of a connective on their common steps (a state atom's x_T has no partner in an
+    input atom: the combination lives on t = 0 … T−1), broadcast to one shape."""
+    timed = [v.t.shape[2] for v in vals if v.timed]
+    steps = min(timed) if timed else 1
+    ts = [v.t[:, :, :steps] if v.timed else v.t for v in vals]
+    return list(torch.broadcast_tensors(*ts)), bool(timed)
+
+
+def _fill(t: torch.Tensor, steps: int, value: float) -> torch.Tensor:
+    """Extend the step axis to `steps` with a constant."""
     missing = steps - t.shape[2]
     if missing <= 0:
         return t
     fill = torch.full((*t.shape[:2], missing, t.shape[3]), value, dtype=t.dtype)
-    return torch.cat([t, fill.expand(t.shape[0], t.shape[1], missing, t.shape[3])], dim=2)
+    return torch.cat([t, fill], dim=2)
+
+
+def _sliding(x: torch.Tensor, a: int, b: int | None, need: int | None, reduce: Reducer,
+             is_max: bool) -> torch.Tensor:
+    """out[t] = max (min) of x over [t+a, t+b] cut at x's last step, for the first `need` steps.
+
+    An empty window (t + a past the end; `check` makes sure none is read) is the neutral −∞
+    for max and +∞ for min, as in rtamt."""
+    L = x.shape[2]
+    n = L if need is None else min(need, L)
+    neutral = -torch.inf if is_max else torch.inf
+    red = (lambda t, d: reduce.max(t, d)) if is_max else Reducer.min
+    if n == 1:  # the metric's own t = 0: one reduction, as cheap as before
+        seg = x[:, :, a:L if b is None else b + 1]
+        return red(seg, 2) if seg.shape[2] else _fill(x[:, :, :0], 1, neutral)
+    if b is None:
+        out = reduce.suffix(x[:, :, a:], 2, is_max) if is_max else \
+            HARD.suffix(x[:, :, a:], 2, False)
+        return _fill(out, n, neutral)[:, :, :n]
+    w = b - a + 1
+    seg = _fill(x[:, :, a:a + n - 1 + w], n - 1 + w, neutral)
+    return red(seg.unfold(2, w, 1), 4)[..., 0]
+
+
+def _until_bounded(phi: torch.Tensor, psi: torch.Tensor, a: int, b: int, n: int,
+                   reduce: Reducer) -> torch.Tensor:
+    """h(t) = min over t' ∈ [t+a, t+b] (cut) of max(h_ψ(t'), max over [t, t'−1] of h_φ)."""
+    L, w = phi.shape[2], b + 1
+    span = n - 1 + w
+
+    def windows(x):  # (C, S, n, 1, w): x[t + k]; past the end filled with 0, masked below
+        return _fill(x[:, :, :span], span, 0.0).unfold(2, w, 1)
+    P, Q = windows(phi), windows(psi)
+    before = reduce.cummax(P, 4)  # max over [t, t+k]; shifted: over [t, t+k−1]
+    before = torch.cat([torch.full_like(before[..., :1], -torch.inf), before[..., :-1]], 4)
+    val = reduce.max(torch.stack([Q, before], 0), 0)[0]
+    t = torch.arange(n).view(n, 1, 1)
+    k = torch.arange(w).view(1, 1, w)
+    valid = (t + k <= L - 1) & (k >= a)
+    return torch.where(valid, val, torch.inf).amin(4)
+
+
+def _until_unbounded(phi: torch.Tensor, psi: torch.Tensor, a: int, n: int,
+                     reduce: Reducer) -> torch.Tensor:
+    """`until[a:]` for many t, backwards in time: U(t) = min(h_ψ(t), max(h_φ(t), U(t+1))) is
+    `until[0:]`; a > 0 adds φ on [t, t+a−1]: h(t) = max(max h_φ[t, t+a−1], U(t+a))."""
+    L = phi.shape[2]
+    out = [psi[:, :, L - 1:L]]
+    for t in range(L - 2, -1, -1):
+        later = reduce.max(torch.stack(torch.broadcast_tensors(phi[:, :, t:t + 1], out[-1])),
+                           0)[0]
+        out.append(torch.minimum(psi[:, :, t:t + 1], later))
+    U = torch.cat(out[::-1], dim=2)
+    if a == 0:
+        return U[:, :, :n]
+    shifted = _fill(U[:, :, a:a + n], n, torch.inf)
+    first = _sliding(phi, 0, a - 1, n, reduce, True)
+    return reduce.max(torch.stack(torch.broadcast_tensors(first, shifted)), 0)[0]
 
 
 def _quad(v: Val, P: torch.Tensor) -> Val:

@@ -22,7 +22,7 @@ from scpo_spec.language.source import Span
 REQUIRED_SECTIONS = ("system", "policy", "scenarios", "objective", "train")
 SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "cos", "tan",
                     "quad", "lyapunov")
-RESERVED = ("state", "input", "backup", "spectral_radius", *BUILTIN_CONSTANTS)
+RESERVED = ("state", "input", "backup", "spectral_radius", "until", "not", *BUILTIN_CONSTANTS)
 MAX_SCENARIOS = 1_000_000
 
 
@@ -372,6 +372,8 @@ class Checker:
                     self.error(f"{prop.section} '{name}' does not depend on the policy: it "
                                "reads no signal, so its metric can never change",
                                prop.formula.span, "refer to a state or input signal")
+                elif self.horizon is not None:
+                    self._check_times(E.implicit_always(prop.formula), 0, 0)
             if prop.smoothness is None:
                 if not estimate:
                     self.error(f"{prop.section} '{name}' has no smoothness constant",
@@ -434,17 +436,21 @@ class Checker:
                                       span=e.interval.span), "this constraint",
                            allow_point=False)
             return None if a is None else _join([a], "bool")
-        if isinstance(e, (E.And, E.Or)):
-            tys = [self._bool(a) for a in e.args]
+        if isinstance(e, (E.And, E.Or, E.Implies, E.Until)):
+            tys = [self._bool(a) for a in _operands(e)]
+            if isinstance(e, E.Until) and e.window is not None:
+                self._check_window(e)
             if any(t is None for t in tys):
                 return None
             return _join(tys, "bool")
+        if isinstance(e, E.Not):
+            return self._bool(e.arg)
         if isinstance(e, E.Temporal):
             body = self._bool(e.body)
             if body is None:
                 return None
             if e.window is not None:
-                self._check_window(e, body)
+                self._check_window(e)
             return body
         return None
 
@@ -583,32 +589,91 @@ class Checker:
             return None
         return _join(tys, "num", size=1 if f == "norm" else tys[0].size)
 
-    def _check_window(self, e: E.Temporal, body: Ty) -> None:
+    def _check_window(self, e: E.Temporal | E.Until) -> tuple[int, int] | None:
+        """The window's bounds (whole, ≥ 0, in order); None after reporting what is wrong."""
         bounds = []
         for b in (e.window.start, e.window.end):
             try:
                 v = float(evaluate(b, self.consts))
             except EvalError as err:
                 self.error(f"window bounds must be constant: {err.message}", err.span or b.span)
-                return
+                return None
             except TypeError:
                 self.error("window bounds must be numbers", b.span)
-                return
+                return None
             if v != int(v) or v < 0:
                 self.error(f"window bounds are step numbers (whole, ≥ 0), got {v:g}", b.span)
-                return
+                return None
             bounds.append(int(v))
         a, b = bounds
         if a > b:
             self.error(f"reversed window [{a}:{b}]", e.window.span,
                        "the first step comes first; both ends are included")
-            return
-        if self.horizon is not None:
-            last = self.horizon - 1 if body.inputs else self.horizon
-            if b > last:
-                what = "inputs run to" if body.inputs else "states run to"
-                self.error(f"window [{a}:{b}] runs past the end of the rollout ({what} step "
-                           f"{last} for horizon {self.horizon})", e.window.span)
+            return None
+        return a, b
+
+    # ---------------------------------------------------------------- time bases and windows
+    def _last(self, e: E.Node) -> int | None:
+        return E.last_step(e, self.states, self.inputs, self.horizon)
+
+    def _check_times(self, e: E.Node, lo: int, hi: int,
+                     reader: str = "an enclosing window") -> None:
+        """Report every window that holds no sample at a step t ∈ [lo, hi] where `e` is read
+        (t = 0 for the whole formula; an enclosing window widens the range)."""
+        if isinstance(e, (E.And, E.Or, E.Implies)):
+            for a in _operands(e):
+                self._check_times(a, lo, hi, reader)
+        elif isinstance(e, E.Not):
+            self._check_times(e.arg, lo, hi, reader)
+        elif isinstance(e, E.Temporal) and e.op == "final":
+            pushed = E.push_final(e)
+            if pushed is not e:
+                self._check_times(pushed, lo, hi, reader)
+            else:
+                last = self._last(e.body)
+                self._check_times(e.body, last or 0, last or 0, "`at final`")
+        elif isinstance(e, (E.Temporal, E.Until)):
+            a, b = (0, None)
+            if e.window is not None:
+                bounds = self._window_bounds(e.window)
+                if bounds is None:
+                    return
+                a, b = bounds
+            last = self._last(e)
+            if last is None:
+                return
+            if hi + a > last:
+                self._empty_window(e, a, b, hi, last, reader)
+                return
+            end = last if b is None else min(hi + b, last)
+            if isinstance(e, E.Until):
+                self._check_times(e.right, lo + a, end)
+                if end - 1 >= lo:
+                    self._check_times(e.left, lo, end - 1)
+            else:
+                self._check_times(e.body, lo + a, end)
+
+    def _window_bounds(self, w: E.Window) -> tuple[int, int] | None:
+        try:
+            a, b = (float(evaluate(x, self.consts)) for x in (w.start, w.end))
+        except (EvalError, TypeError):
+            return None
+        return (int(a), int(b)) if a == int(a) and b == int(b) and 0 <= a <= b else None
+
+    def _empty_window(self, e: E.Temporal | E.Until, a: int, b: int | None, at: int,
+                      last: int, reader: str) -> None:
+        what = "inputs run" if last < self.horizon else "states run"
+        window = f"[{a}:{b}]" if b is not None else f"[{a}:]"
+        where = "" if at == 0 else f" at step {at}, where {reader} reads it"
+        if at == 0:
+            hint = (f"a window is cut at the last step but must reach it: start it at step "
+                    f"{last} at the latest")
+        elif reader == "`at final`":
+            hint = "at the last step only a window starting at 0 holds a sample"
+        else:
+            hint = f"end the enclosing window by step {last - a} (or start this one earlier)"
+        self.error(f"window {window} holds no sample{where} ({what} to step {last} for horizon "
+                   f"{self.horizon})", e.window.span if e.window is not None else e.span, hint)
 
     # ---------------------------------------------------------------- objective and train
     def _check_objective(self) -> None:
@@ -800,10 +865,15 @@ def check_model(spec: M.Spec, diagnostics: Collector, base_dir: Path | None,
     Checker(spec, diagnostics, base_dir, unbuilt).run()
 
 
-FORMULA_KEYWORDS = ("always", "eventually", "and", "or", "in", "at", "final")
+FORMULA_KEYWORDS = ("always", "eventually", "and", "or", "in", "at", "final", "not", "until")
 
 
 def _shown(cell: str, limit: int = 20) -> str:
     """A CSV cell quoted for a message: control characters escaped, long values cut short."""
     text = cell if len(cell) <= limit else cell[:limit] + "…"
     return repr(text) if not text.isprintable() else f"'{text}'"
+
+
+def _operands(e: E.Node) -> list[E.Node]:
+    """The formula operands of a Boolean connective or of `until`."""
+    return list(e.args) if isinstance(e, (E.And, E.Or)) else [e.left, e.right]

@@ -87,6 +87,21 @@ class Or(Node):
     args: list[Expr]
 
 
+class Not(Node):
+    """`not φ`: robustness −ρ(φ)."""
+
+    node: Literal["not"] = "not"
+    arg: Expr
+
+
+class Implies(Node):
+    """`φ -> ψ`: robustness max(−ρ(φ), ρ(ψ)), i.e. `not φ or ψ`."""
+
+    node: Literal["implies"] = "implies"
+    left: Expr
+    right: Expr
+
+
 class Window(Node):
     start: Expr
     end: Expr
@@ -102,15 +117,28 @@ class Temporal(Node):
     postfix: bool = False  # written `φ at final` rather than `at final φ`
 
 
+class Until(Node):
+    """`φ until[a:b] ψ` (no window: [0:∞)): ψ at some t' in the window, φ on every step from t
+    up to t' − 1 (the discrete-time definition; rtamt's too)."""
+
+    node: Literal["until"] = "until"
+    left: Expr
+    right: Expr
+    window: Window | None = None
+
+
 Expr = Annotated[
-    Union[Num, Name, Str, Call, Vector, Unary, Binary, Compare, Within, And, Or, Temporal],
+    Union[Num, Name, Str, Call, Vector, Unary, Binary, Compare, Within, And, Or, Not, Implies,
+          Temporal, Until],
     Field(discriminator="node"),
 ]
 
-for _cls in (Call, Vector, Unary, Binary, Compare, Within, And, Or, Window, Temporal):
+for _cls in (Call, Vector, Unary, Binary, Compare, Within, And, Or, Not, Implies, Window,
+             Temporal, Until):
     _cls.model_rebuild()
 
-FORMULA_NODES = (Compare, Within, And, Or, Temporal)
+FORMULA_NODES = (Compare, Within, And, Or, Not, Implies, Temporal, Until)
+TEMPORAL_NODES = (Temporal, Until)
 EXPR_NODES = (Num, Name, Str, Call, Vector, Unary, Binary, *FORMULA_NODES)
 
 
@@ -121,8 +149,12 @@ def children(e: Node) -> list[Node]:
         return list(e.items)
     if isinstance(e, Unary):
         return [e.arg]
-    if isinstance(e, (Binary, Compare)):
+    if isinstance(e, (Binary, Compare, Implies)):
         return [e.left, e.right]
+    if isinstance(e, Not):
+        return [e.arg]
+    if isinstance(e, Until):
+        return ([e.window.start, e.window.end] if e.window else []) + [e.left, e.right]
     if isinstance(e, Within):
         return [e.arg, e.interval]
     if isinstance(e, (And, Or)):
@@ -145,11 +177,72 @@ def names(e: Node) -> Iterator[Name]:
     return (n for n in walk(e) if isinstance(n, Name))
 
 
+def temporal_free(e: Node) -> bool:
+    """No `always`/`eventually`/`at final`/`until` anywhere inside."""
+    return not any(isinstance(n, TEMPORAL_NODES) for n in walk(e))
+
+
+def implicit_always(e: Node) -> Node:
+    """The formula a metric evaluates at t = 0: a part with no temporal operator, joined to the
+    rest by `and`/`or` only, means every step (`p and eventually q` is `always p and eventually
+    q`).  Each conjunct gets its own `always`, so `p and u` still checks x_T for the state atom
+    p; a temporal-free `or` is wrapped whole (`always (p or u)`).  Under `not`/`->` nothing is
+    added: there the formula is plain STL at t = 0."""
+    if isinstance(e, And):
+        return And(args=[implicit_always(a) for a in e.args], span=e.span)
+    if temporal_free(e):
+        return Temporal(op="always", body=e, span=e.span)
+    if isinstance(e, Or):
+        return Or(args=[implicit_always(a) for a in e.args], span=e.span)
+    return e
+
+
+def push_final(e: Temporal) -> Node:
+    """`at final` over a Boolean connective reads each operand at its own last step (x_T for a
+    state atom, u_{T−1} for an input atom): `at final (p and u)` is
+    `at final p and at final u`."""
+    body = e.body
+
+    def final(b: Node) -> Node:
+        return push_final(Temporal(op="final", body=b, span=e.span))
+    if isinstance(body, (And, Or)):
+        return type(body)(args=[final(a) for a in body.args], span=body.span)
+    if isinstance(body, Not):
+        return Not(arg=final(body.arg), span=body.span)
+    if isinstance(body, Implies):
+        return Implies(left=final(body.left), right=final(body.right), span=body.span)
+    return e
+
+
+def last_step(e: Node, states: list[str], inputs: list[str], horizon: int) -> int | None:
+    """The last step of a sub-formula's signal: T if it reads states only, T − 1 once it reads an
+    input (the common steps, as for `position + force`); None if it does not depend on the
+    step.  Temporal operators keep their operand's steps; `at final` is a constant."""
+    if isinstance(e, Temporal):
+        return None if e.op == "final" else last_step(e.body, states, inputs, horizon)
+    if isinstance(e, Not):
+        return last_step(e.arg, states, inputs, horizon)
+    if isinstance(e, (And, Or, Implies, Until)):
+        operands = e.args if isinstance(e, (And, Or)) else [e.left, e.right]
+        lasts = [s for s in (last_step(a, states, inputs, horizon) for a in operands)
+                 if s is not None]
+        return min(lasts) if lasts else None
+    reads_inputs = reads_states = False
+    for n in walk(e):
+        if isinstance(n, Name):
+            reads_inputs |= n.id in inputs or n.id == "input"
+            reads_states |= n.id in states or n.id == "state"
+        reads_states |= isinstance(n, Call) and n.func == "lyapunov"
+    if reads_inputs:
+        return horizon - 1
+    return horizon if reads_states else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Unparsing: the canonical text of an expression (used by `fmt` and the YAML writer).
 
-_PREC = {"or": 1, "and": 2, "temporal": 3, "compare": 4, "+": 5, "-": 5, "*": 6, "/": 6,
-         "unary": 7, "^": 8, "atom": 9}
+_PREC = {"implies": 1, "or": 2, "and": 3, "until": 4, "temporal": 5, "compare": 6, "+": 7,
+         "-": 7, "*": 8, "/": 8, "unary": 9, "^": 10, "atom": 11}
 
 
 def format_number(value: float) -> str:
@@ -179,6 +272,12 @@ def _short_exponent(text: str) -> str:
 
 
 def _prec(e: Node) -> int:
+    if isinstance(e, Implies):
+        return _PREC["implies"]
+    if isinstance(e, Until):
+        return _PREC["until"]
+    if isinstance(e, Not):
+        return _PREC["temporal"]
     if isinstance(e, Or):
         return _PREC["or"]
     if isinstance(e, And):
@@ -223,19 +322,31 @@ def unparse(e: Node) -> str:
             return f"{wrap(e.left, _PREC['atom'])}^{wrap(e.right, _PREC['unary'])}"
         return f"{wrap(e.left, p)} {e.op} {wrap(e.right, p + 1)}"
     if isinstance(e, Compare):
-        return f"{wrap(e.left, 5)} {e.op} {wrap(e.right, 5)}"
+        return f"{wrap(e.left, _PREC['+'])} {e.op} {wrap(e.right, _PREC['+'])}"
     if isinstance(e, Within):
-        return f"{wrap(e.arg, 5)} in {wrap(e.interval, 5)}"
+        return f"{wrap(e.arg, _PREC['+'])} in {wrap(e.interval, _PREC['+'])}"
     if isinstance(e, And):
-        return " and ".join(wrap(a, _PREC["temporal"]) for a in e.args)
+        return " and ".join(wrap(a, _PREC["until"]) for a in e.args)
     if isinstance(e, Or):
         return " or ".join(wrap(a, _PREC["and"]) for a in e.args)
+    if isinstance(e, Implies):  # right-associative: a -> b -> c is a -> (b -> c)
+        return f"{wrap(e.left, _PREC['or'])} -> {wrap(e.right, _PREC['implies'])}"
+    if isinstance(e, Not):
+        return f"not {wrap(e.arg, _PREC['temporal'])}"
+    if isinstance(e, Until):  # not associative: both operands are prefix-level
+        return (f"{wrap(e.left, _PREC['temporal'])} until{_window(e.window)} "
+                f"{wrap(e.right, _PREC['temporal'])}")
     if isinstance(e, Temporal):
         if e.op == "final":
             if e.postfix:
                 return f"{wrap(e.body, _PREC['compare'])} at final"
             return f"at final {wrap(e.body, _PREC['temporal'])}"
-        window = (f"[{wrap(e.window.start, _PREC['+'])}:{wrap(e.window.end, _PREC['+'])}]"
-                  if e.window else "")
-        return f"{e.op}{window} {wrap(e.body, _PREC['temporal'])}"
+        return f"{e.op}{_window(e.window)} {wrap(e.body, _PREC['temporal'])}"
     raise TypeError(f"cannot unparse {type(e).__name__}")
+
+
+def _window(w: Window | None) -> str:
+    if w is None:
+        return ""
+    bound = (lambda b: f"({unparse(b)})" if _prec(b) < _PREC["+"] else unparse(b))
+    return f"[{bound(w.start)}:{bound(w.end)}]"

@@ -23,7 +23,8 @@ _TOKEN_WORDS = {
     "RPAR": "')'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "NAME": "a name",
     "NUMBER": "a number", "STRING": "a string", "SECTION": "a section", "PROPERTY":
     "'constraint' or 'stability'", "SPEC": "'spec'", "CONST": "'const'", "TEMPORAL":
-    "'always' or 'eventually'", "AT": "'at'", "FINAL": "'final'", "AND": "'and'", "OR": "'or'",
+    "'always' or 'eventually'", "UNTIL": "'until'", "NOT": "'not'", "IMPLIES": "'->'",
+    "AT": "'at'", "FINAL": "'final'", "AND": "'and'", "OR": "'or'",
     "IN": "'in'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
     "CIRCUMFLEX": "'^'", "LESSTHAN": "'<'", "MORETHAN": "'>'", "$END": "end of file",
     "__ANON_0": "'<='", "__ANON_1": "'>='",

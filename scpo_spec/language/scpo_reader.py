@@ -139,6 +139,20 @@ class _ToDocument(Transformer):
         return E.Or(args=args, span=self._span(meta))
 
     @v_args(meta=True)
+    def implies(self, meta, children):
+        left, _, right = children
+        return E.Implies(left=left, right=right, span=self._span(meta))
+
+    @v_args(meta=True)
+    def not_(self, meta, children):
+        return E.Not(arg=children[-1], span=self._span(meta))
+
+    @v_args(meta=True)
+    def until(self, meta, children):
+        left, _, window, right = children
+        return E.Until(left=left, right=right, window=window, span=self._span(meta))
+
+    @v_args(meta=True)
     def window(self, meta, children):
         return E.Window(start=children[0], end=children[1], span=self._span(meta))
 
