@@ -209,14 +209,17 @@ class Checker:
             self._check_gymnasium(system)
 
     def _check_gymnasium(self, system: M.GymnasiumSystem) -> None:
-        try:
-            import gymnasium
-        except ImportError:  # pragma: no cover - gymnasium is a dependency
-            self.error("gymnasium is not installed", system.env_id.span)
-            return
         if system.env_id is None:
             self.error("a gymnasium system needs the environment's id", system.span,
                        'write `system gymnasium "Pendulum-v1" { … }`')
+        try:
+            import gymnasium
+        except ImportError:  # a broken install: say so where the system is declared
+            self.error("gymnasium is not installed",
+                       system.env_id.span if system.env_id is not None else system.span,
+                       "pip install gymnasium")
+            return
+        if system.env_id is None:
             return
         env_id = system.env_id.value
         if env_id not in gymnasium.registry:
