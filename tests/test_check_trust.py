@@ -146,6 +146,14 @@ def test_malformed_number_is_reported_where_it_is_written(junk):
     assert errors(text) == [(31, 18, f"malformed number '{junk}'")]
 
 
+def test_cli_malformed_number(tmp_path):
+    f = tmp_path / "n.scpo"
+    f.write_text(replace("perturbation 1e-3", "perturbation 1e-3e"))
+    result = runner.invoke(app, ["check", str(f)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{f}:31:18: error: malformed number '1e-3e'" in result.output
+
+
 def test_valid_numbers_still_read():
     spec = check(replace("perturbation 1e-3", "perturbation 1.5E-3")).spec
     assert spec.train.perturbation.value == 1.5e-3
