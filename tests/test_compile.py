@@ -594,7 +594,10 @@ def test_evaluator_works_without_grad_and_returns_float64():
 
 @pytest.mark.parametrize("G", [2, 4, 5])
 def test_grid_gives_every_combination_of_linspace_points(G):
-    c = compiled(replace("count 64", f"grid {G}"))
+    # an odd grid holds the origin, where lyapunov(backup) is undefined (a check error)
+    c = compiled(replace("stability decay: lyapunov(backup) <= 0.8 at final",
+                         "stability decay: spectral_radius <= 0.99",
+                         replace("count 64", f"grid {G}")))
     x0 = training_states(c.spec)
     assert x0.shape == (G ** 2, 2) and x0.dtype == np.float64
     want = {(p, v) for p in np.linspace(-1, 1, G) for v in np.linspace(-0.5, 0.5, G)}

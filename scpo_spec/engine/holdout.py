@@ -8,32 +8,46 @@ sample; the bound is about that distribution, not about every initial state in t
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from scpo_spec.compile.problem import CompiledSpec
+from scpo_spec.compile.scenarios import HOLDOUT_BETA, holdout_bound, holdout_chunk
 
-BETA = 1e-6
+BETA = HOLDOUT_BETA
 
 
-def validate_holdout(compiled: CompiledSpec, theta: torch.Tensor, beta: float = BETA) -> dict:
-    """Per-metric worst value and violation count on the holdout scenarios, and the bound."""
+def holdout_violations(ev, theta: torch.Tensor, chunk: int) -> np.ndarray:
+    """Per-scenario violations (N, k) of θ, rolled out `chunk` scenarios at a time: every
+    scenario is independent of the others, so this equals one batch over all N while a large
+    holdout's rollout (N × (T+1) × n floats, and more) never sits in memory at once."""
+    N = ev.x0.shape[0]
+    parts = [ev.per_scenario(theta[None], ev.x0[i:i + chunk])[0].numpy()
+             for i in range(0, N, max(int(chunk), 1))]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, len(ev.metrics)))
+
+
+def validate_holdout(compiled: CompiledSpec, theta: torch.Tensor, beta: float = BETA,
+                     chunk: int | None = None) -> dict:
+    """Per-metric worst value and violation count on the holdout scenarios, and the bound.
+    The scenarios are evaluated `chunk` at a time (default: as many as fit HOLDOUT_CHUNK_BYTES)."""
     count = int(compiled.spec.scenarios.holdout) if compiled.spec.scenarios.holdout is not None else 0
     names = [m.name for m in compiled.metrics]
     if count <= 0:
         return {"type": "holdout", "count": 0, "violations": None, "bound": None, "beta": beta,
                 "worst": {}, "violations_per_metric": {}}
     ev = compiled.holdout_evaluator(count)
-    h = ev.per_scenario(theta[None])[0].numpy()  # (N, k): hard per-scenario violations
+    if chunk is None:
+        chunk = holdout_chunk(ev.horizon, compiled.dynamics.n, compiled.dynamics.m,
+                              [out for out, _ in compiled.family.layers[:-1]])
+    h = holdout_violations(ev, theta, chunk)  # (N, k): hard per-scenario violations
     bad = ~(h <= 0)
     violations = int(bad.any(axis=1).sum())
     worst_idx = np.argmax(np.where(np.isfinite(h), h, np.inf), axis=0)
     return {
         "type": "holdout", "count": count, "beta": beta,
         "violations": violations,
-        "bound": math.log(1 / beta) / count if violations == 0 else None,
+        "bound": holdout_bound(count, beta) if violations == 0 else None,
         "worst": {n: float(h[worst_idx[i], i]) for i, n in enumerate(names)},
         "worst_scenario": {n: {"index": int(worst_idx[i]),
                                "x0": ev.x0[worst_idx[i]].tolist()} for i, n in enumerate(names)},

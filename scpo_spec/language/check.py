@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from scpo_spec.compile.scenarios import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, holdout_bound, \
+    rollout_bytes, training_states
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
-from scpo_spec.language.diagnostics import Collector, did_you_mean, one_of
+from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
 from scpo_spec.language.source import Span
 
@@ -24,6 +27,9 @@ SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "c
                     "quad", "lyapunov")
 RESERVED = ("state", "input", "backup", "spectral_radius", "until", "not", *BUILTIN_CONSTANTS)
 MAX_SCENARIOS = 1_000_000
+LYAPUNOV_FLOOR = 1e-12  # = compile.signals.LYAPUNOV_FLOOR: V(x₀) at or below it divides by ~0
+MEMORY_SHARE = 0.5      # an evaluation that needs more than this share of the machine is refused
+HOLDOUT_USEFUL = 0.05  # a holdout bound above this (5 %) is warned about: it certifies little
 
 
 @dataclass
@@ -68,6 +74,9 @@ class Checker:
         self._check_properties()
         self._check_objective()
         self._check_train()
+        if not self.diag.has_errors:  # these need a model whose parts are all valid
+            self._check_lyapunov_starts()
+            self._check_resources()
 
     def _file_start(self) -> Span | None:
         if self.spec.path is None:
@@ -209,14 +218,17 @@ class Checker:
             self._check_gymnasium(system)
 
     def _check_gymnasium(self, system: M.GymnasiumSystem) -> None:
-        try:
-            import gymnasium
-        except ImportError:  # pragma: no cover - gymnasium is a dependency
-            self.error("gymnasium is not installed", system.env_id.span)
-            return
         if system.env_id is None:
             self.error("a gymnasium system needs the environment's id", system.span,
                        'write `system gymnasium "Pendulum-v1" { … }`')
+        try:
+            import gymnasium
+        except ImportError:  # a broken install: say so where the system is declared
+            self.error("gymnasium is not installed",
+                       system.env_id.span if system.env_id is not None else system.span,
+                       "pip install gymnasium")
+            return
+        if system.env_id is None:
             return
         env_id = system.env_id.value
         if env_id not in gymnasium.registry:
@@ -341,7 +353,15 @@ class Checker:
         if count is not None and count > MAX_SCENARIOS:
             self.error(f"count {count:g} is more than {MAX_SCENARIOS} scenarios", sc.count.span)
         self._number(sc.seed, "seed", nonnegative=True, integer=True)
-        self._number(sc.holdout, "holdout", nonnegative=True, integer=True)
+        holdout = self._number(sc.holdout, "holdout", nonnegative=True, integer=True)
+        bound = holdout_bound(int(holdout)) if holdout is not None and holdout < 1e18 else None
+        if bound is not None and bound > HOLDOUT_USEFUL:
+            enough = math.ceil(math.log(1 / HOLDOUT_BETA) / HOLDOUT_USEFUL)
+            self.diag.warning(f"holdout {int(holdout)} bounds P(violation) only by ln(1/β)/N = "
+                              f"{bound:.3g} (β = {HOLDOUT_BETA:g}): above "
+                              f"{HOLDOUT_USEFUL * 100:g} %, so it certifies nothing useful",
+                              sc.holdout.span, f"holdout {enough} or more gives a bound of at "
+                                               f"most {HOLDOUT_USEFUL * 100:g} %")
         if isinstance(self.spec.system, M.StaticSystem):
             h = self._number(sc.horizon, "horizon", positive=True, integer=True)
             if h is not None and h != 1:
@@ -770,7 +790,8 @@ class Checker:
                     rows.append(row)
                     lines.append(reader.line_num)
         except (OSError, UnicodeDecodeError, csv.Error) as err:
-            self.error(f"cannot read data file '{obj.data.value}': {err}", obj.data.span)
+            self.error(f"cannot read data file '{obj.data.value}': {excerpt(str(err), 120)}",
+                       obj.data.span)
             return
         if not rows:
             self.error(f"data file '{obj.data.value}' is empty", obj.data.span)
@@ -780,7 +801,7 @@ class Checker:
         absent = [w for w in wanted if w not in header]
         if absent:
             self.error(f"data file '{obj.data.value}' has no column {one_of(absent)}",
-                       obj.data.span, f"its header is {', '.join(header)}")
+                       obj.data.span, f"its header is {excerpt(', '.join(header))}")
             return
         if len(rows) < 2:
             self.error(f"data file '{obj.data.value}' has no data rows", obj.data.span)
@@ -844,6 +865,176 @@ class Checker:
             except ImportError:
                 self.diag.warning("solver gurobi: gurobipy is not installed", tr.solver.span,
                                   "pip install 'scpo-spec[gurobi]'")
+
+    # ---------------------------------------------------------------- whole-spec checks
+    def _lyapunov_matrix(self, arg: E.Node) -> np.ndarray | None:
+        """P of lyapunov(arg): a constant matrix, or the LQR backup's Riccati solution computed
+        as compile does (on the linearisation), so that V(x₀) can be checked before training."""
+        if isinstance(arg, E.Name) and arg.id == "backup":
+            system, backup = self.spec.system, self.spec.backup
+            if not isinstance(backup, M.LqrBackup):
+                return None
+            if isinstance(system, M.LinearSystem):
+                A, B = system.A.array().reshape(self.n, self.n), \
+                    system.B.array().reshape(self.n, self.m)
+            elif isinstance(system, M.PendulumSystem):
+                A, B = pendulum_linearisation(system)
+            else:
+                return None
+            import scipy.linalg
+            try:
+                P = scipy.linalg.solve_discrete_are(A, B, backup.Q.array().reshape(self.n, self.n),
+                                                    backup.R.array().reshape(self.m, self.m))
+            except (np.linalg.LinAlgError, ValueError):
+                return None  # no backup at all: compile reports it
+            return (P + P.T) / 2
+        try:
+            P = np.asarray(evaluate(arg, self.consts), dtype=np.float64)
+        except (EvalError, TypeError, ValueError):
+            return None
+        return P if P.shape == (self.n, self.n) else None
+
+    def _check_lyapunov_starts(self) -> None:
+        """lyapunov(…) is the ratio V(x_t)/V(x₀): a scenario with V(x₀) = 0 makes it undefined
+        (huge), every update is refuted and training stalls.  A grid is checked point by point;
+        uniform draws land on V = 0 with probability 0 unless V vanishes on the whole box (a
+        point range at the origin, or a box inside P's null space), which is checked exactly."""
+        sc, system = self.spec.scenarios, self.spec.system
+        if sc is None or system is None or isinstance(system, M.GymnasiumSystem) or not self.n:
+            return
+        calls = [(prop, node) for prop in self.spec.properties for node in E.walk(prop.formula)
+                 if isinstance(node, E.Call) and node.func == "lyapunov" and len(node.args) == 1]
+        if not calls:
+            return
+        names = [s.name for s in system.states]
+        lo, hi = np.zeros(self.n), np.zeros(self.n)
+        for rng in sc.initial:
+            lo[names.index(rng.signal.name)], hi[names.index(rng.signal.name)] = \
+                rng.interval.array()
+        grid = training_states(self.spec) if sc.grid is not None else None
+        for prop, call in calls:
+            P = self._lyapunov_matrix(call.args[0])
+            if P is None:
+                continue
+            what = f"{prop.section} '{prop.name.name}': {E.unparse(call)} is undefined for"
+            center, half = (lo + hi) / 2, (hi - lo) / 2
+            # max of √V over the box ≤ √V(c) + Σ |wᵢ| √Pᵢᵢ (the triangle inequality in P's norm)
+            top = math.sqrt(max(center @ P @ center, 0.0)) + float(
+                np.abs(half) @ np.sqrt(np.clip(np.diag(P), 0, None)))
+            if top ** 2 <= LYAPUNOV_FLOOR:
+                self.error(f"{what} every scenario: V(x₀) = 0 on the whole initial box",
+                           sc.span, "V(x₀) divides the ratio V(x_t)/V(x₀); give the initial "
+                                    "ranges room away from V's zeros (the origin)")
+                continue
+            if grid is None:
+                continue
+            V = np.einsum("si,ij,sj->s", grid, P, grid)
+            bad = np.flatnonzero(V <= LYAPUNOV_FLOOR)
+            if bad.size:
+                x0 = ", ".join(f"{v:g}" for v in grid[bad[0]] + 0.0)
+                more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+                self.error(f"{what} {bad.size} of the {len(grid)} grid scenarios: V(x₀) = 0 at "
+                           f"x₀ = [{x0}]{more}", sc.grid.span,
+                           "V(x₀) divides the ratio V(x_t)/V(x₀); an even grid size keeps a "
+                           "grid over a symmetric box off the origin")
+
+    def _check_resources(self) -> None:
+        """Refuse what cannot fit this machine's memory, with the estimate, before a training
+        run dies of MemoryError after its last step (the holdout) or at its first."""
+        total = machine_memory()
+        est = memory_estimate(self.spec)
+        if total is None or est is None:
+            return
+        limit = MEMORY_SHARE * total
+        have = f"this machine has {_bytes(total)}"
+        hint = f"a spec may use at most {MEMORY_SHARE:.0%} of the machine's memory"
+        if est.bank > limit:
+            policy = self.spec.policy
+            where = policy.hidden.span if isinstance(policy, M.MlpPolicy) and \
+                est.policy_part >= est.bank / 2 else (sc_span(self.spec) or policy.span)
+            self.error(f"one evaluation of the candidate bank needs about {_bytes(est.bank)} "
+                       f"({est.candidates} candidates × {est.scenarios:,} scenarios × "
+                       f"{est.horizon + 1} steps, {est.weights:,} weights each); {have}",
+                       where, f"{hint}: use fewer scenarios, a shorter horizon, fewer "
+                              "directions or a smaller policy")
+        elif est.holdout > limit:  # (θ is in both: a refused bank says it first)
+            self.error(f"the holdout evaluation needs about {_bytes(est.holdout)} "
+                       f"({est.holdout_count:,} scenarios); {have}", self.spec.scenarios.holdout.span,
+                       f"{hint}: 10,000 holdout scenarios already bound P(violation) by "
+                       f"{holdout_bound(10_000):.2%}")
+
+
+def pendulum_linearisation(system: M.PendulumSystem) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) of the pendulum at the upright origin; the same numbers as
+    systems.dynamics.Dynamics.linearisation (a test keeps them equal), without importing torch."""
+    dt, g, mass, length = (float(system.dt), float(system.g), float(system.m), float(system.l))
+    a = 3 * g / (2 * length)
+    b = 3 / (mass * length ** 2)
+    return (np.array([[1 + dt * dt * a, dt], [dt * a, 1.0]]),
+            np.array([[dt * dt * b], [dt * b]]))
+
+
+def machine_memory() -> int | None:
+    """Total physical memory in bytes (POSIX sysconf), or None where the platform cannot say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclass
+class MemoryEstimate:
+    candidates: int      # 2 + directions: θ, θ ± probes
+    scenarios: int
+    horizon: int
+    weights: int         # d, the policy's parameter count
+    policy_part: int     # bytes of activations and weights in `bank`
+    bank: int            # bytes of one evaluation of the candidate bank
+    holdout_count: int
+    holdout: int         # bytes of the holdout evaluation (chunked rollouts, all x₀ and results)
+
+
+def memory_estimate(spec: M.Spec) -> MemoryEstimate | None:
+    """The memory of one bank evaluation and of the holdout evaluation of a valid spec (None
+    where the spec does not say enough, e.g. a policy kind whose size is unknown here)."""
+    system, sc, tr, policy = spec.system, spec.scenarios, spec.train, spec.policy
+    if system is None or sc is None or tr is None or policy is None or tr.directions is None:
+        return None
+    n, m = len(system.states), len(system.inputs)
+    if isinstance(policy, M.MlpPolicy):
+        widths = [int(w) for w in np.atleast_1d(policy.hidden.array())]
+        sizes = [n, *widths, m]
+        weights = sum((sizes[i] + 1) * sizes[i + 1] for i in range(len(sizes) - 1))
+    elif isinstance(policy, M.LinearPolicy):
+        widths, weights = [], n * m
+    else:
+        return None
+    S = int(float(sc.grid)) ** n if sc.grid is not None else \
+        int(float(sc.count)) if sc.count is not None else None
+    if S is None:
+        return None
+    T = int(float(sc.horizon)) if sc.horizon is not None else 1
+    C = 2 + int(float(tr.directions))
+    bank = rollout_bytes(C, S, T, n, m, widths, weights)
+    policy_part = 8 * (sum(widths) * C * S + weights * C)
+    N = int(float(sc.holdout)) if sc.holdout is not None else 0
+    k = len(spec.properties)
+    holdout = 0 if N <= 0 else 8 * N * (n + 2 * k) + min(
+        rollout_bytes(1, N, T, n, m, widths, weights), HOLDOUT_CHUNK_BYTES + 8 * weights)
+    return MemoryEstimate(C, S, T, weights, policy_part, bank, N, holdout)
+
+
+def sc_span(spec: M.Spec) -> Span | None:
+    sc = spec.scenarios
+    q = sc.grid if sc.grid is not None else sc.count
+    return q.span if q is not None else sc.span
+
+
+def _bytes(b: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if b >= size:
+            return f"{b / size:.1f} {unit}"
+    return f"{b / 2**10:.1f} KiB"
 
 
 def _join(tys: list[Ty], kind: str, size: int = 1) -> Ty:

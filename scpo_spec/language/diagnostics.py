@@ -79,6 +79,14 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
+def excerpt(text: str, limit: int = 80) -> str:
+    """A short, printable excerpt of file content for a message: control and other
+    non-printable characters escaped, cut to `limit` characters.  A data path may name any file
+    (`/proc/self/environ`), and diagnostics travel (`--json`, logs): never echo more than this."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit + 1])
+    return shown if len(shown) <= limit and len(text) <= limit else shown[:limit] + "…"
+
+
 def one_of(choices: Iterable[str]) -> str:
     return ", ".join(f"'{c}'" for c in sorted(choices))
 

@@ -21,7 +21,7 @@ SECTION_WORDS = ("spec", "const", "system", "backup", "policy", "scenarios", "co
 _TOKEN_WORDS = {
     "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "LPAR": "'('",
     "RPAR": "')'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "NAME": "a name",
-    "NUMBER": "a number", "STRING": "a string", "SECTION": "a section", "PROPERTY":
+    "NUMBER": "a number", "BAD_NUMBER": "a number", "STRING": "a string", "SECTION": "a section", "PROPERTY":
     "'constraint' or 'stability'", "SPEC": "'spec'", "CONST": "'const'", "TEMPORAL":
     "'always' or 'eventually'", "UNTIL": "'until'", "NOT": "'not'", "IMPLIES": "'->'",
     "AT": "'at'", "FINAL": "'final'", "AND": "'and'", "OR": "'or'",
@@ -67,6 +67,13 @@ def _describe(expected: set[str]) -> str:
     return ", ".join(words)
 
 
+def malformed_number(span: Span, text: str) -> Diagnostic:
+    """A number run into other characters (`1e-3e`), reported where it is written."""
+    return Diagnostic(message=f"malformed number '{text}'", span=span,
+                      hint="numbers are written like 12, 0.5, .5, 1e-3 or 2.5E+4; separate a "
+                           "number from what follows with a space")
+
+
 def syntax_diagnostic(source: Source, err: UnexpectedInput) -> Diagnostic:
     """One clear, located message for a lark syntax error."""
     if isinstance(err, UnexpectedCharacters):
@@ -92,6 +99,8 @@ def syntax_diagnostic(source: Source, err: UnexpectedInput) -> Diagnostic:
     if isinstance(err, UnexpectedToken):
         tok = err.token
         span = token_span(source, tok)
+        if tok.type == "BAD_NUMBER":
+            return malformed_number(span, str(tok))
         expected = set(err.expected or ())
         text = str(tok)
         hint = f"expected {_describe(expected)}" if expected else None

@@ -11,8 +11,8 @@ from lark.exceptions import UnexpectedToken, UnexpectedInput, VisitError
 from scpo_spec.language import expr as E
 from scpo_spec.language.diagnostics import Diagnostic
 from scpo_spec.language.document import Entry, Map, Scalar, Seq
-from scpo_spec.language.grammar import MAX_DEPTH, deepest_span, depth_of, parser, syntax_diagnostic, \
-    token_span, tree_span
+from scpo_spec.language.grammar import MAX_DEPTH, deepest_span, depth_of, malformed_number, \
+    parser, syntax_diagnostic, token_span, tree_span
 from scpo_spec.language.source import Source, Span
 
 
@@ -54,6 +54,14 @@ def unquote(token: str) -> str:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), token[1:-1])
 
 
+class MalformedNumber(Exception):
+    """A BAD_NUMBER token reached the tree: reported as one located diagnostic."""
+
+    def __init__(self, diagnostic: Diagnostic):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
 class _ToDocument(Transformer):
     """Bottom-up conversion; rule names are the grammar's (and its aliases)."""
 
@@ -71,6 +79,10 @@ class _ToDocument(Transformer):
         return token_span(self.source, tok)
 
     # ---- expressions ----
+    @v_args(meta=True)
+    def bad_number(self, meta, children):
+        raise MalformedNumber(malformed_number(self._tok(children[0]), str(children[0])))
+
     @v_args(meta=True)
     def number(self, meta, children):
         return E.Num(value=float(children[0]), span=self._span(meta))
@@ -281,9 +293,11 @@ def read_scpo(source: Source) -> tuple[Map | None, list[Diagnostic]]:
                                  hint="split the expression with `const` definitions")]
     try:
         items = _ToDocument(source).transform(tree)
-    except VisitError as err:  # pragma: no cover - a bug in the transformer, reported cleanly
-        return None, [Diagnostic(message=f"internal error while reading: {err.orig_exc}",
-                                 span=None)]
+    except VisitError as err:
+        if isinstance(err.orig_exc, MalformedNumber):
+            return None, [err.orig_exc.diagnostic]
+        return None, [Diagnostic(  # pragma: no cover - a bug in the transformer, reported cleanly
+            message=f"internal error while reading: {err.orig_exc}", span=None)]
     return assemble(items, source), skipped
 
 
@@ -363,7 +377,12 @@ def parse_expression(text: str, source: Source, line: int = 1, column: int = 1) 
         return None, [Diagnostic(message=f"nesting is too deep (more than {MAX_DEPTH} levels)",
                                  span=Span(file=source.path, line=line, column=column,
                                            end_line=line, end_column=column + 1))]
-    result = _ToDocument(inner).transform(tree)
+    try:
+        result = _ToDocument(inner).transform(tree)
+    except VisitError as err:
+        if isinstance(err.orig_exc, MalformedNumber):
+            return None, [_shift(err.orig_exc.diagnostic, line, column)]
+        raise
     if line != 1 or column != 1:
         for node in E.walk(result):
             if node.span is not None:
