@@ -65,13 +65,14 @@ class AuditResult:
     final_theta: str | None = None  # hash of the last accepted policy
     end_reason: str | None = None
     stall: dict | None = None    # the metric that blocked training, when it stalled
+    state_ok: bool = True         # RUN/state.npz, if any, belongs to this log and its last θ
     anchored: bool | None = None  # --head given: the chain ends exactly there
     signature: str | None = None  # "valid", "invalid: …", or None when not checked
 
     @property
     def ok(self) -> bool:
         return (self.chain_ok and self.certificates_ok and self.accepted_violations == 0
-                and self.anchored is not False and self.signature in (None, "valid"))
+                and self.state_ok and self.anchored is not False and self.signature in (None, "valid"))
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in vars(self).items()}
@@ -117,7 +118,29 @@ def audit_run(run_dir: str | Path, head: str | None = None,
         res.problems.append(f"a record cannot be read: {err}")
         return res
     _check_records(records, res)
+    _check_state(run, lines, res)
     return res
+
+
+def _check_state(run: RunDir, lines: list[LogLine], res: AuditResult) -> None:
+    """The state file is what `--resume`, `load_run` and the report take θ from: it must belong
+    to this log (its head) and hold the last accepted policy (its θ hash)."""
+    from scpo_spec.audit.rundir import LEGACY_CHECKPOINT, RunError
+    if not run.state.exists():
+        if (run.path / LEGACY_CHECKPOINT).exists():
+            res.problems.append(f"{run.path / LEGACY_CHECKPOINT} is a pickle from an older "
+                                "scpo-spec; it is not read (the log alone was audited)")
+        return
+    try:
+        state, _ = run.bound_state(lines)
+    except RunError as err:
+        res.state_ok = False
+        res.problems.append(str(err))
+        return
+    if res.final_theta is not None and state.theta != res.final_theta:
+        res.state_ok = False
+        res.problems.append(f"{run.state} holds a policy ({state.theta[:16]}…) that is not the "
+                            f"last one the log accepted ({res.final_theta[:16]}…)")
 
 
 class _Audit:

@@ -215,7 +215,7 @@ def _checks(ev: Evidence) -> list[Check]:
                   "the log has no end record after its last step: the run was killed or cut "
                   "short (resume it with `scpo train … --resume`)")
     spec = Check("stored spec checks", ev.spec_problem is None,
-                 "the spec in the header passes `scpo check` again"
+                 "the spec in the header passes scpo check again"
                  if ev.spec_problem is None else ev.spec_problem)
     checks = [chain, certs, viol, ended, spec, _holdout_check(ev)]
     if ev.signature is not None and not ev.signature.startswith("unverified"):
