@@ -453,7 +453,8 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
         sys.stdout.write(json.dumps({**res.as_dict(), "passed": passed}, indent=2) + "\n")
         raise typer.Exit(0 if passed else 1)
     mark = lambda ok: "[green]✓[/]" if ok else "[red]✗[/]"  # noqa: E731
-    out.print(f"{mark(res.chain_ok)} hash chain ({res.steps} steps; head {res.head})")
+    out.print(f"{mark(res.chain_ok)} hash chain ({res.steps} steps; head {res.head})",
+              soft_wrap=True)
     if res.anchored is not None:
         out.print(f"{mark(res.anchored)} the chain ends at the given head")
     if res.signature is not None:
@@ -470,7 +471,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     for name, v in res.worst.items():
         out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
     for p in res.problems:
-        out.print("problem: " + p, markup=False, style="red")
+        out.print("problem: " + p, markup=False, style="red", soft_wrap=True)
     if head is None and res.signature is None:
         out.print("note: without --head or --key this proves the log is consistent, not that it "
                   "is the log the run wrote (a rewritten, re-hashed log is consistent too)",

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from scpo_spec.audit.verify import STALL_STREAK
+from scpo_spec.audit.verify import STALL_STREAK, describe_stall
 
 
 class TrainingProgress:
@@ -66,18 +66,6 @@ class TrainingProgress:
                       f"refutations {a.refutations}, accepted violations "
                       f"{a.accepted_violations}; loss {a.loss_first:.6g} → {a.loss_last:.6g}")
         if a.stall:
-            console.print(escape(stall_message(a)), style="yellow")
+            console.print(escape(describe_stall(a.stall)), style="yellow")
         console.print(("[green]audit passed[/]" if a.ok else "[red]audit FAILED[/]")
                       + escape(f" (re-check with `scpo audit {res.run_dir}`)"))
-
-
-def stall_message(a) -> str:
-    """What blocked training, and what to try (from the audit's stall analysis)."""
-    s = a.stall
-    growth = f"; its ℓ grew {s['ell_growth']:.3g}-fold" if s.get("ell_growth") else ""
-    where = (f", worst on scenario {s['scenario']['index']} (x₀ = {s['scenario']['x0']})"
-             if s.get("scenario") else "")
-    return (f"stalled: '{s['metric']}' blocked training ({s['rejected_in_a_row']} steps rejected "
-            f"in a row{growth}{where}). hint: its certificate keeps being refuted — the metric "
-            "is not smooth there (check the scenario: a Lyapunov ratio with V(x₀) ≈ 0, a bound "
-            "touched at t = 0), or raise its `smoothness` ℓ / lower r")

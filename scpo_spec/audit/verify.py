@@ -159,6 +159,8 @@ class _Audit:
         self.theta: str | None = None
         self.g: np.ndarray | None = None
         self.streak: list[Step] = []   # rejected steps since the last accepted one
+        self.longest: list[Step] = []  # the longest such run
+        self.all_steps: list[Step] = []
 
     def fail(self, msg: str) -> None:
         self.res.certificates_ok = False
@@ -286,6 +288,7 @@ def _check_records(records: list, res: AuditResult) -> None:
                 a.g = rec.g
         elif isinstance(rec, Step):
             a.step(rec)
+            a.all_steps.append(rec)
             res.steps += 1
             if rec.accepted:
                 res.accepted += 1
@@ -295,6 +298,8 @@ def _check_records(records: list, res: AuditResult) -> None:
             else:
                 res.rejected += 1
                 a.streak.append(rec)
+                if len(a.streak) > len(a.longest):
+                    a.longest = list(a.streak)
         elif isinstance(rec, Holdout):
             res.holdout = {k: v for k, v in rec.to_dict().items() if k != "type"}
             if a.theta is not None and rec.theta != a.theta:
@@ -312,22 +317,49 @@ def _check_records(records: list, res: AuditResult) -> None:
 
 
 def _stall(a: _Audit, res: AuditResult) -> dict | None:
-    """The metric that blocked training, if it stalled: rejected steps in a row at the end, or
-    ℓ grown more than STALL_ELL_GROWTH-fold over the spec's value."""
+    """What held training back, if anything did: the longest run of rejected steps when it
+    reaches STALL_STREAK ("rejected"), else ℓ grown more than STALL_ELL_GROWTH-fold over the
+    spec's value ("ell").  Names the metric refuted most in that stretch, the scenario of its
+    last counterexample, ℓ's growth, or the solver's complaint when nothing was refuted."""
     growth = {n: res.ell_max[n] / s for n, s in res.ell_spec.items() if s}
     grown = max(growth, key=growth.get) if growth else None
-    if len(a.streak) < STALL_STREAK and (grown is None or growth[grown] <= STALL_ELL_GROWTH):
+    streak = a.longest
+    if len(streak) < STALL_STREAK and (grown is None or not growth[grown] > STALL_ELL_GROWTH):
         return None
+    stretch = streak if len(streak) >= STALL_STREAK else a.all_steps
     counts: dict[str, int] = {}
-    scenario = None
-    for rec in a.streak or []:
+    scenario, reasons = None, []
+    for rec in stretch:
+        reasons.append(rec.reason)
         for t in rec.tries:
             for n in t.refuted:
                 counts[n] = counts.get(n, 0) + 1
-                sc = t.counterexample.get(n, {}) if isinstance(t.counterexample, dict) else {}
-                if isinstance(sc, dict) and "scenario" in sc:
-                    scenario = {"index": sc.get("scenario"), "x0": sc.get("x0")}
-    metric = max(counts, key=counts.get) if counts else grown
-    return {"metric": metric, "rejected_in_a_row": len(a.streak),
+                cx = t.counterexample.get(n) if isinstance(t.counterexample, dict) else None
+                if isinstance(cx, dict) and "scenario" in cx:
+                    scenario = {"index": cx.get("scenario"), "x0": cx.get("x0")}
+    metric = max(counts, key=counts.get) if counts else (None if streak else grown)
+    return {"kind": "rejected" if len(streak) >= STALL_STREAK else "ell", "metric": metric,
+            "rejected_in_a_row": len(streak), "from_step": streak[0].step if streak else None,
             "ell_growth": growth.get(metric) if metric in growth else None,
-            "scenario": scenario}
+            "scenario": scenario, "reason": max(set(reasons), key=reasons.count) if streak
+            and not counts else None}
+
+
+def describe_stall(s: dict) -> str:
+    """What held training back, and what to try, in words (the CLI summary and the report)."""
+    growth = f"; its ℓ grew {s['ell_growth']:.3g}-fold" if s.get("ell_growth") else ""
+    where = (f", worst on scenario {s['scenario']['index']} (x₀ = {s['scenario']['x0']})"
+             if s.get("scenario") else "")
+    if s["kind"] == "rejected" and s.get("metric") is None:
+        return (f"stalled: {s['rejected_in_a_row']} steps rejected in a row from step "
+                f"{s['from_step']} ({s['reason']}). hint: the projection had no usable answer "
+                "there: the constraints leave almost no room (g close to −margin) or the solver is "
+                "inaccurate; try another `solver` (scs, gurobi) or smaller margins")
+    head = (f"stalled: '{s['metric']}' blocked training ({s['rejected_in_a_row']} steps "
+            f"rejected in a row from step {s['from_step']}{growth}{where})"
+            if s["kind"] == "rejected" else
+            f"hard going: the certificate of '{s['metric']}' was refuted again and again"
+            f"{growth}{where}")
+    return (head + ". hint: the metric is not ℓ-smooth there (a Lyapunov ratio with V(x₀) ≈ 0, "
+            "a bound touched at t = 0); every accepted update was still verified by rollout. "
+            "Raise its `smoothness` ℓ or lower r (docs/tuning.md)")

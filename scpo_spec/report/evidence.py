@@ -14,7 +14,7 @@ import numpy as np
 from scpo_spec.errors import ScpoError
 from scpo_spec.audit.records import Header, Holdout, Init, Record, Step
 from scpo_spec.audit.rundir import RunDir, RunError
-from scpo_spec.audit.verify import AuditResult, audit_run
+from scpo_spec.audit.verify import AuditResult, audit_run, describe_stall
 
 VACUOUS_BOUND = 1.0  # a holdout bound ln(1/β)/N at or above this says nothing
 
@@ -68,6 +68,11 @@ class Evidence:
             return Holdout.from_dict(h, "holdout").recomputed_bound
         except ScpoError:
             return None
+
+    @property
+    def stall_text(self) -> str:
+        """What held training back, in words (empty when nothing did)."""
+        return describe_stall(self.audit.stall) if self.audit.stall else ""
 
     @property
     def certified(self) -> bool:
@@ -217,7 +222,11 @@ def _checks(ev: Evidence) -> list[Check]:
     spec = Check("stored spec checks", ev.spec_problem is None,
                  "the spec in the header passes scpo check again"
                  if ev.spec_problem is None else ev.spec_problem)
-    checks = [chain, certs, viol, ended, spec, _holdout_check(ev)]
+    state = Check("state file bound to the log", a.state_ok,
+                  "state.npz belongs to the log's last record and holds its last accepted θ"
+                  if a.state_ok else next((p for p in a.problems if "state.npz" in p),
+                                          "state.npz does not belong to this log"))
+    checks = [chain, certs, viol, ended, spec, state, _holdout_check(ev)]
     if ev.signature is not None and not ev.signature.startswith("unverified"):
         checks.append(Check("signature", ev.signature == "valid",
                             "the head is signed with the given Ed25519 key"
