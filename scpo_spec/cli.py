@@ -385,6 +385,7 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     """Train with SCPO: every accepted iterate certified and verified safe, every step logged.
     Exit 0 CERTIFIED; 1 not certified or the audit failed; 2 a usage or spec error; 130
     interrupted (resumable).  The last line is the log's head hash: keep it to anchor the log."""
+    from scpo_spec.audit.rundir import RunDir
     from scpo_spec.audit.verify import audit_run
     from scpo_spec.engine.run import train as run_training
     from scpo_spec.engine.train import UnsafeStart
@@ -413,10 +414,10 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         err.print("[yellow]interrupted[/]: everything up to the last step is logged; continue "
                   f"with `scpo train {_esc(file)} --out {where} --resume`")
         raise typer.Exit(130)
+    signature = RunDir(res.run_dir).signature
     if sign is not None:
-        from scpo_spec.audit.rundir import RunDir
         from scpo_spec.audit.signing import sign_head
-        sign_head(sign, res.head, RunDir(res.run_dir).signature)
+        sign_head(sign, res.head, signature)
     if no_report:
         audit = audit_run(res.run_dir)
         progress.summary(out, res, audit)
@@ -427,7 +428,7 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         _say_verdict(evidence, target)
         certified = evidence.certified
     if sign is not None:
-        out.print(f"signed: {_esc(res.run_dir / 'signature.json')}", markup=False)
+        out.print(f"signed: {signature}", markup=False)
     out.print(f"head {res.head}", markup=False)
     raise typer.Exit(0 if certified else 1)
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from scpo_spec.audit.log import LOG_NAME, read_lines
+from scpo_spec.audit.log import read_lines
+from scpo_spec.audit.rundir import RunDir
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.cli import app
 from scpo_spec.compile.problem import compile_spec
@@ -91,7 +92,7 @@ def test_gymnasium_rollouts_on_ray_are_identical(ray_instance, tmp_path, root):
 
 
 def _steps(run_dir):
-    lines, _ = read_lines(run_dir / LOG_NAME)
+    lines, _ = read_lines(RunDir(run_dir).log)
     steps = [ln.record for ln in lines if ln.record.get("type") == "step"]
     return ([s["G"] for s in steps], [[t.get("verified") for t in s["tries"]] for s in steps],
             [s["accepted"] for s in steps])

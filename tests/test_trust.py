@@ -397,3 +397,23 @@ def test_a_kill_between_state_and_log_is_completed_on_resume(tmp_path):
     assert after[:len(lines)] == lines
     final = audit_run(run)
     assert final.ok and final.complete, final.problems
+
+
+# ---- crashes from structure (issue: one owner for the run directory) ----
+def test_a_constant_named_like_spectral_radius_needs_no_linearisation(tmp_path):
+    """The evaluator asks the compiler which metrics read spectral_radius; it used to search the
+    formula text, so `spectral_radius_cap` on a static system (no linearisation) crashed
+    `scpo compile` after passing `check`."""
+    text = (ROOT / "specs" / "regression.scpo").read_text(encoding="utf-8")
+    text = text.replace("constraint band: always abs(y) <= 1.4",
+                        "const spectral_radius_cap = 1.4\n"
+                        "constraint band: always abs(y) <= spectral_radius_cap")
+    text = text.replace('"../data/harmful.csv"', f'"{ROOT / "data" / "harmful.csv"}"')
+    spec = write_spec(tmp_path, text)
+    assert runner.invoke(app, ["check", str(spec)]).exit_code == 0
+    for emit in ("metrics", "qcqp"):
+        result = runner.invoke(app, ["compile", str(spec), "--emit", emit])
+        assert result.exit_code == 0 and result.exception is None, result.output
+    compiled = compile_spec(spec_of(text, tmp_path), tmp_path)
+    assert not compiled.evaluator.needs_spectral
+    assert compiled.evaluator(compiled.family.theta0[None]).shape == (1, 1)

@@ -21,7 +21,6 @@ import numpy as np
 from scpo_spec.errors import ScpoError
 
 GENESIS = "0" * 64
-LOG_NAME = "audit.jsonl"  # inside a run directory: scpo_spec.audit.rundir
 FORMAT = "scpo-audit/1"
 
 

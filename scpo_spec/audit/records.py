@@ -10,7 +10,6 @@ Numbers that certificates are made of come back as float64 arrays.
 from __future__ import annotations
 
 import hashlib
-import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -19,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scpo_spec.errors import ScpoError
+from scpo_spec.language.scenarios import holdout_bound
 
 Vec = np.ndarray  # float64, one entry per metric (or per candidate)
 
@@ -218,9 +218,9 @@ class Holdout(Record):
     @property
     def recomputed_bound(self) -> float | None:
         """ln(1/β)/N when no scenario violated (recomputed, never read from the log)."""
-        if self.count <= 0 or self.violations != 0 or not 0 < self.beta < 1:
+        if self.violations != 0 or not 0 < self.beta < 1:
             return None
-        return math.log(1 / self.beta) / self.count
+        return holdout_bound(self.count, self.beta)
 
 
 @dataclass

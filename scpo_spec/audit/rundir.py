@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.audit.log import LOG_NAME, LogLine, read_lines, sha256_hex
+from scpo_spec.audit.log import LogLine, read_lines, sha256_hex
 from scpo_spec.audit.records import Header, Record, RecordError, parse_record, theta_sha256
 from scpo_spec.errors import ScpoError
 
+LOG_NAME = "audit.jsonl"
 STATE_NAME = "state.npz"
 STATE_FORMAT = "scpo-state/1"
 SIGNATURE_NAME = "signature.json"

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from scpo_spec.language.model import (DEFAULTS, CostObjective, ImitationObjectiv
                                   RegressionObjective, ReturnObjective, Spec)
 
 from scpo_spec.dtype import DTYPE
+from scpo_spec.language.data import TableError, read_columns
 
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 
@@ -127,17 +127,12 @@ class DataError(ScpoError):
     """The objective's data file cannot be read (check reports this with a location first)."""
 
 
-def read_columns(path: Path, names: list[str]) -> np.ndarray:
-    """The named columns of a CSV file with a header row, as float64 (rows, len(names))."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header = [h.strip() for h in rows[0]]
+def read_data(path: Path, names: list[str]) -> np.ndarray:
+    """The named CSV columns, read as `check` reads them (scpo_spec.language.data)."""
     try:
-        idx = [header.index(n) for n in names]
-    except ValueError as err:
-        raise DataError(f"{path}: {err}") from None
-    body = [r for r in rows[1:] if any(c.strip() for c in r)]
-    return np.array([[float(r[i]) for i in idx] for r in body], dtype=np.float64)
+        return read_columns(path, names)
+    except TableError as err:
+        raise DataError(err.message(str(path))) from None
 
 
 def make_objective(spec: Spec, family, evaluator, compiler: ExpressionCompiler,
@@ -161,8 +156,8 @@ def make_objective(spec: Spec, family, evaluator, compiler: ExpressionCompiler,
                                    f"imitation of a linear expert, {loss} on {count} states")
     if isinstance(obj, RegressionObjective):
         path = (base_dir / obj.data.value).resolve()
-        X = read_columns(path, [s.name for s in obj.inputs])
-        Y = read_columns(path, [s.name for s in obj.targets])
+        X = read_data(path, [s.name for s in obj.inputs])
+        Y = read_data(path, [s.name for s in obj.targets])
         loss = obj.loss.name if obj.loss else "mse"
         return SupervisedObjective(family, X, Y, loss,
                                    f"regression, {loss} on {len(X)} rows of {obj.data.value}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from scpo_spec.compile.evaluator import Metric, RolloutEvaluator
 from scpo_spec.compile.objective import Objective, make_objective
-from scpo_spec.compile.scenarios import holdout_states, training_states
+from scpo_spec.language.scenarios import holdout_states, training_states
 from scpo_spec.compile.signals import ExpressionCompiler, Reducer
 from scpo_spec.policies.backup import Backup, make_backup
 from scpo_spec.policies.policy import PolicyFamily, make_policy

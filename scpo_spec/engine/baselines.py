@@ -25,6 +25,7 @@ import torch
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.compile.projection import SOLVERS
 from scpo_spec.engine.optimizers import Optimizer
+from scpo_spec.engine.train import ELL_RELAX, ESTIMATE_START, MAX_TRIES
 
 from scpo_spec.dtype import DTYPE
 PENALTY_WEIGHT = 1.0
@@ -131,7 +132,7 @@ class FdProjection:
         return np.asarray(self.delta.value, dtype=np.float64)
 
 
-def run_full_fd(compiled: CompiledSpec, steps: int, max_tries: int = 6) -> MethodResult:
+def run_full_fd(compiled: CompiledSpec, steps: int, max_tries: int = MAX_TRIES) -> MethodResult:
     """Coordinate finite differences with a verified quadratic-bound projection."""
     res = MethodResult("full_fd")
     d, ev = compiled.family.d, compiled.evaluator
@@ -142,7 +143,7 @@ def run_full_fd(compiled: CompiledSpec, steps: int, max_tries: int = 6) -> Metho
     start = time.perf_counter()
     s = compiled.settings
     margins = ev.margins
-    spec_ell = np.array([m.smoothness or 1.0 for m in ev.metrics])
+    spec_ell = np.array([m.smoothness or ESTIMATE_START for m in ev.metrics])
     ell = spec_ell.copy()
     h = s.perturbation
     projection = FdProjection(len(margins), d, s.radius, margins, s.solver)
@@ -175,6 +176,6 @@ def run_full_fd(compiled: CompiledSpec, steps: int, max_tries: int = 6) -> Metho
                     res.deploy(step + 1, g0, float(compiled.objective(theta)))
                 break
             ell = np.where(g_new <= -margins, ell, 2 * ell)
-        ell = np.maximum(spec_ell, ell * 0.9)
+        ell = np.maximum(spec_ell, ell * ELL_RELAX)
     res.seconds = time.perf_counter() - start
     return res

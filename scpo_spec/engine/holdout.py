@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.problem import CompiledSpec
-from scpo_spec.compile.scenarios import HOLDOUT_BETA, holdout_bound, holdout_chunk
+from scpo_spec.language.scenarios import HOLDOUT_BETA, holdout_bound, holdout_chunk
 
 BETA = HOLDOUT_BETA
 

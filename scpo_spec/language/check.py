@@ -6,7 +6,6 @@ user sees all their mistakes at once, sorted by position.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from dataclasses import dataclass
@@ -14,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.compile.scenarios import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, holdout_bound, \
+from scpo_spec.language.scenarios import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, holdout_bound, \
     rollout_bytes, training_states
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
+from scpo_spec.language.data import TableError, read_columns
 from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
 from scpo_spec.language.source import Span
@@ -783,48 +783,9 @@ class Checker:
                        f"looked for {path} (paths are relative to the spec)")
             return
         try:
-            with path.open(newline="", encoding="utf-8") as fh:
-                reader = csv.reader(fh)
-                rows, lines = [], []  # a quoted field may span lines: keep each row's line
-                for row in reader:
-                    rows.append(row)
-                    lines.append(reader.line_num)
-        except (OSError, UnicodeDecodeError, csv.Error) as err:
-            self.error(f"cannot read data file '{obj.data.value}': {excerpt(str(err), 120)}",
-                       obj.data.span)
-            return
-        if not rows:
-            self.error(f"data file '{obj.data.value}' is empty", obj.data.span)
-            return
-        header = [h.strip() for h in rows[0]]
-        wanted = [s.name for s in [*obj.inputs, *obj.targets]]
-        absent = [w for w in wanted if w not in header]
-        if absent:
-            self.error(f"data file '{obj.data.value}' has no column {one_of(absent)}",
-                       obj.data.span, f"its header is {excerpt(', '.join(header))}")
-            return
-        if len(rows) < 2:
-            self.error(f"data file '{obj.data.value}' has no data rows", obj.data.span)
-            return
-        index = [header.index(w) for w in wanted]
-        for number, row in zip(lines[1:], rows[1:]):
-            if not any(c.strip() for c in row):
-                continue
-            values = []
-            for name, i in zip(wanted, index):
-                cell = row[i] if i < len(row) else None
-                try:
-                    values.append(float(cell))
-                except (TypeError, ValueError):
-                    what = "is missing" if cell is None else f"{_shown(cell)} is not a number"
-                    self.error(f"data file '{obj.data.value}', line {number}, column '{name}': "
-                               f"{what}", obj.data.span)
-                    return
-            if not all(math.isfinite(v) for v in values):
-                bad = next(n for n, v in zip(wanted, values) if not math.isfinite(v))
-                self.error(f"data file '{obj.data.value}', line {number}, column '{bad}': the "
-                           "value is not finite", obj.data.span)
-                return
+            read_columns(path, [s.name for s in [*obj.inputs, *obj.targets]])
+        except TableError as err:
+            self.error(err.message(obj.data.value), obj.data.span, err.hint)
 
     def _check_train(self) -> None:
         tr = self.spec.train
@@ -1057,12 +1018,6 @@ def check_model(spec: M.Spec, diagnostics: Collector, base_dir: Path | None,
 
 
 FORMULA_KEYWORDS = ("always", "eventually", "and", "or", "in", "at", "final", "not", "until")
-
-
-def _shown(cell: str, limit: int = 20) -> str:
-    """A CSV cell quoted for a message: control characters escaped, long values cut short."""
-    text = cell if len(cell) <= limit else cell[:limit] + "…"
-    return repr(text) if not text.isprintable() else f"'{text}'"
 
 
 def _operands(e: E.Node) -> list[E.Node]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from scpo_spec.errors import ScpoError
 from scpo_spec.audit.records import Header, Holdout, Init, Record, Step
-from scpo_spec.audit.rundir import RunDir, RunError
+from scpo_spec.audit.rundir import STATE_NAME, RunDir, RunError
 from scpo_spec.audit.verify import AuditResult, audit_run, describe_stall
 
 VACUOUS_BOUND = 1.0  # a holdout bound ln(1/β)/N at or above this says nothing
@@ -224,7 +224,7 @@ def _checks(ev: Evidence) -> list[Check]:
                  if ev.spec_problem is None else ev.spec_problem)
     state = Check("state file bound to the log", a.state_ok,
                   "state.npz belongs to the log's last record and holds its last accepted θ"
-                  if a.state_ok else next((p for p in a.problems if "state.npz" in p),
+                  if a.state_ok else next((p for p in a.problems if STATE_NAME in p),
                                           "state.npz does not belong to this log"))
     checks = [chain, certs, viol, ended, spec, state, _holdout_check(ev)]
     if ev.signature is not None and not ev.signature.startswith("unverified"):
