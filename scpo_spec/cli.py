@@ -106,9 +106,17 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
     results = [check_file(f) for f in files]
     failed = [r for r in results if not r.ok]
     if as_json:
-        payload = {"ok": not failed, "files": [
-            {"file": r.source.path, "ok": r.ok, "diagnostics": to_json(r.diagnostics)}
-            for r in results]}
+        objects = []
+        for r, f in zip(results, files):
+            obj = {"file": r.source.path, "ok": r.ok, "diagnostics": to_json(r.diagnostics)}
+            if rollout and r.ok:  # g(θ₀) per metric, and whether training may start
+                compiled, g = _initial_metrics(r, f)
+                obj["metrics"] = {m.name: v for m, v in zip(compiled.metrics, g)}
+                obj["safe"] = all(v <= -m.margin for m, v in zip(compiled.metrics, g))
+                if not obj["safe"]:
+                    failed.append(r)
+            objects.append(obj)
+        payload = {"ok": not failed, "files": objects}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
         _report(results, out)  # diagnostics and summary on one stream, in order (like ruff)
@@ -130,12 +138,17 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
     raise typer.Exit(1 if failed else 0)
 
 
+def _initial_metrics(result: CheckResult, file: Path):
+    """The compiled spec and g(θ₀), one float per metric."""
+    compiled = _compile_or_exit(result, file)
+    return compiled, compiled.evaluator(compiled.family.theta0[None])[0].tolist()
+
+
 def _rollout_check(result: CheckResult, file: Path) -> bool:
     """Evaluate every metric at θ₀ and say whether training may start."""
     from rich.table import Table
 
-    compiled = _compile_or_exit(result, file)
-    g = compiled.evaluator(compiled.family.theta0[None])[0].tolist()
+    compiled, g = _initial_metrics(result, file)
     table = Table(title=f"{_esc(file)}: g(θ₀) on {compiled.evaluator.x0.shape[0]} scenarios, "
                         f"horizon {compiled.evaluator.horizon}")
     for col in ("metric", "g(θ₀)", "needs ≤", "", "where"):

@@ -417,3 +417,19 @@ def test_a_constant_named_like_spectral_radius_needs_no_linearisation(tmp_path):
     compiled = compile_spec(spec_of(text, tmp_path), tmp_path)
     assert not compiled.evaluator.needs_spectral
     assert compiled.evaluator(compiled.family.theta0[None]).shape == (1, 1)
+
+
+def test_check_rollout_json_reports_each_metric_at_theta0(tmp_path):
+    """LANGUAGE-v2 "CLI": each file's object holds `metrics` (name → g(θ₀)) and `safe`."""
+    safe = write_spec(tmp_path, small_di(), "safe.scpo")
+    unsafe = write_spec(tmp_path, small_di().replace("abs(position) <= 1.5",
+                                                     "abs(position) <= 0.5"), "unsafe.scpo")
+    result = runner.invoke(app, ["check", str(safe), str(unsafe), "--json", "--rollout"])
+    assert result.exit_code == 1
+    files = json.loads(result.stdout)["files"]
+    assert set(files[0]["metrics"]) == {"position_limit", "force_limit", "margin"}
+    assert files[0]["safe"] is True and files[1]["safe"] is False
+    assert files[1]["metrics"]["position_limit"] > 0
+    compiled = compile_spec(spec_of(small_di(), tmp_path), tmp_path)
+    g = compiled.evaluator(compiled.family.theta0[None])[0].tolist()
+    assert list(files[0]["metrics"].values()) == g
