@@ -151,10 +151,11 @@ class Trainer:
         bank = self.template.bank(D, G, state.g)
         # 4–7. project, backtrack, verify; on refutation double ℓ and re-solve
         tries, accepted, reason = self.solve_and_verify(state, bank, grad, loss, timer)
-        win = tries[-1] if accepted else None
+        win = tries[-1] if accepted else None  # the verified try, whose θ + Dξ becomes θ
         refuted = np.array([[n in t.refuted for n in self.ev.names] for t in tries]).any(axis=0)
         ell_next, floor = self.next_ell(state, tries, refuted)
-        theta_next = state.theta + torch.as_tensor(win.xi, dtype=DTYPE) @ bank.D if win else state.theta
+        theta_next = (state.theta + torch.as_tensor(win.xi, dtype=DTYPE) @ bank.D if win
+                      else state.theta)
         update = theta_next - state.theta if win else state.previous
         new_state = State(theta=theta_next, g=win.verified if win else state.g,
                           loss=win.loss if win else loss, ell=ell_next, ell_floor=floor,
