@@ -438,6 +438,8 @@ class Run:
     def _roll(self, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The engine's own batched rollout (one candidate: this run's θ) for `steps` steps."""
         from scpo_spec.compile.evaluator import RolloutEvaluator
+        if steps == 0 and not self._is_gym:  # the engine's loop needs one step to stack
+            return x[:, None, :], x.new_zeros(x.shape[0], 0, self._dynamics.m)
         ev = RolloutEvaluator(self._dynamics, self._family, [], x.detach().numpy(), steps, None)
         try:
             states, inputs = ev.rollout(self.theta[None], x)
