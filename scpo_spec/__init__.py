@@ -1,8 +1,9 @@
 """scpo-spec: train neural policies that never leave a safe operating regime.
 
 The data flow is one-way: text → parse → model → check → compile → engine → audit → report.
-`load_spec` gives the checked model of a spec; `load_run` gives a trained run back (its spec and
-its policy as a torch module).  torch is imported only when a run is loaded.
+`load_spec` gives the checked model of a spec; `load_run` gives a trained run back (its spec, its
+policy, rollouts and metrics: see README.md "Python API").  torch is imported only when a run is
+loaded.
 """
 
 from scpo_spec.language.load import load_spec, check_text, check_file
@@ -12,7 +13,9 @@ from scpo_spec.language.model import Spec
 
 
 def load_run(run_dir):
-    """A run directory → `Run` with `.spec` and `.policy` (float64 (N, n) → (N, m))."""
+    """A run directory that passes `scpo audit` → `Run`: `.spec`, `.policy` (numpy or torch
+    states (n,) or (N, n), any float dtype, computed in float64, returned as given), `.simulate`,
+    `.metrics` and the spec's values (`horizon`, `state_names`, … , `spec_summary()`)."""
     from scpo_spec.engine.run import load_run as _load_run
     return _load_run(run_dir)
 

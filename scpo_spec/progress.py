@@ -1,7 +1,13 @@
 """The rich progress bar of `scpo train` (loss, worst margin, accept rate) and its end summary
-(from the run's audit, which the CLI makes once for the report and the summary)."""
+(from the run's audit, which the CLI makes once for the report and the summary).
+
+When the console is not a terminal (a CI log, a pipe, a file) a live bar cannot redraw: rich
+would print it once, cut to 80 columns.  There the bar is replaced by plain, unwrapped lines,
+one every tenth of the run or every PLAIN_SECONDS, whichever comes first, and one at the end."""
 
 from __future__ import annotations
+
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -10,13 +16,20 @@ from rich.table import Table
 
 from scpo_spec.audit.verify import STALL_STREAK, describe_stall
 
+PLAIN_SECONDS = 10.0  # the longest gap between two plain progress lines
+PLAIN_LINES = 10      # plain lines per run (at most, plus the time-driven ones)
+
 
 class TrainingProgress:
     def __init__(self, console: Console, enabled: bool = True):
         self.console, self.enabled = console, enabled
+        self.plain = enabled and not console.is_terminal
         self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                 console=console, disable=not enabled, transient=False)
+                                 console=console, disable=not enabled or self.plain,
+                                 transient=False)
+        self._began = self._last_time = time.monotonic()
+        self._last_step = 0
         self.task = None
         self.refutations = 0
         self.names: list[str] = []
@@ -35,7 +48,10 @@ class TrainingProgress:
         self.names, self.margins = trainer.ev.names, trainer.margins
         self.console.print(f"run [bold]{escape(str(run_dir))}[/]: d = {trainer.d} weights, k = {trainer.k} "
                            f"metrics, n = {trainer.n} candidates/step, "
-                           f"{trainer.ev.x0.shape[0]} scenarios × {trainer.ev.horizon} steps")
+                           f"{trainer.ev.x0.shape[0]} scenarios × {trainer.ev.horizon} steps",
+                           soft_wrap=self.plain)
+        self._began = self._last_time = time.monotonic()
+        self._last_step = state.step
         self.task = self.progress.add_task("train", total=self.total, completed=state.step,
                                            info=self._info(state))
 
@@ -51,6 +67,23 @@ class TrainingProgress:
         self.refutations += record.refutations
         self.rejected_in_a_row = 0 if record.accepted else self.rejected_in_a_row + 1
         self.progress.update(self.task, completed=state.step, info=self._info(state))
+        if self.plain:
+            self._plain_line(record, state)
+
+    def _plain_line(self, record, state) -> None:
+        """One unwrapped line when a tenth of the run or PLAIN_SECONDS passed, and at the end."""
+        now = time.monotonic()
+        every = max(1, (self.total or 0) // PLAIN_LINES)
+        last = self.total is not None and state.step >= self.total
+        if not (last or record.stopped or state.step - self._last_step >= every
+                or now - self._last_time >= PLAIN_SECONDS):
+            return
+        self._last_step, self._last_time = state.step, now
+        elapsed = int(now - self._began)
+        of = f"/{self.total}" if self.total is not None else ""
+        self.console.print(f"train step {state.step}{of}  {self._info(state)}  "
+                           f"{elapsed // 60}:{elapsed % 60:02d}", markup=False,
+                           highlight=False, soft_wrap=True)
 
     rejected_in_a_row = 0
 

@@ -264,26 +264,206 @@ def _resume(run: RunDir, trainer: Trainer, spec_text: str,
 
 
 # ---- using what was trained ----
+# (imported here, not at the top: this section is the Python API, kept apart from training)
+from contextlib import nullcontext  # noqa: E402
+from dataclasses import field  # noqa: E402
+from typing import TYPE_CHECKING, NamedTuple  # noqa: E402
+
+if TYPE_CHECKING:
+    from scpo_spec.policies.policy import PolicyFamily
+    from scpo_spec.systems.dynamics import Dynamics
+
+
+class Trajectory(NamedTuple):
+    """`Run.simulate`'s result: states (…, T+1, n) and inputs (…, T, m); unpacks as a pair."""
+
+    states: torch.Tensor | np.ndarray
+    inputs: torch.Tensor | np.ndarray
+
+
 @dataclass
 class Run:
-    """A finished (or interrupted) run: its spec, and its last accepted policy as a torch module."""
+    """A finished (or interrupted) run: its spec, and its last accepted policy as a torch module.
+
+    `.policy` takes numpy or torch states, (n,) or (N, n), any float dtype, and computes in
+    float64 (numpy in → numpy out; torch in → float64 torch out).  The properties read the spec
+    only (no rollout); `simulate` and `metrics` roll the policy out on the spec's own plant."""
 
     path: Path
     spec: Spec
     policy: torch.nn.Module
     theta: torch.Tensor
     header: Header
+    base_dir: Path | None = None  # where the spec's data paths are relative to
+    _family: PolicyFamily | None = field(default=None, repr=False, compare=False)
+    _dynamics: Dynamics | None = field(default=None, repr=False, compare=False)
+    _compiled: CompiledSpec | None = field(default=None, repr=False, compare=False)
+
+    # ---- the spec's values, read without touching the policy ----
+    @property
+    def horizon(self) -> int:
+        """T: the steps of every scenario's rollout (`simulate`'s default)."""
+        return int(self.spec.scenarios.horizon)
+
+    @property
+    def state_names(self) -> list[str]:
+        """The columns of a state, in order (a gymnasium system's observation components)."""
+        return [s.name for s in self.spec.system.states]
+
+    @property
+    def input_names(self) -> list[str]:
+        """The columns of an input (the policy's output), in order."""
+        return [s.name for s in self.spec.system.inputs]
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The safety metrics, in the spec's order (the keys of `metrics()`)."""
+        return [p.name.name for p in self.spec.properties]
+
+    @property
+    def margins(self) -> dict[str, float]:
+        """Metric → its margin: every accepted policy had g ≤ −margin on the scenarios."""
+        return {str(m["name"]): float(m["margin"]) for m in self.header.metrics}
+
+    @property
+    def initial_box(self) -> dict[str, tuple[float, float]]:
+        """State → (lo, hi) of the scenarios' initial states ({} for a gymnasium system, whose
+        environment's reset draws them)."""
+        from scpo_spec.compile.scenarios import initial_box
+        if self._is_gym:
+            return {}
+        lo, hi = initial_box(self.spec)
+        return {name: (float(a), float(b)) for name, a, b in zip(self.state_names, lo, hi)}
+
+    @property
+    def scenarios(self) -> np.ndarray:
+        """The training scenarios: initial states (S, n) float64, or reset seeds (S,) int64 for a
+        gymnasium system — exactly those every certificate was verified on."""
+        from scpo_spec.compile.scenarios import training_states
+        return training_states(self.spec)
+
+    def spec_summary(self) -> dict:
+        """The spec's shape in one plain dict (JSON-ready): name, system, sizes, names, horizon,
+        scenario count, initial box, and each metric's section, formula and margin."""
+        return {"name": self.spec.name.name if self.spec.name else None,
+                "system": self.spec.system.kind, "n": len(self.state_names),
+                "m": len(self.input_names), "states": self.state_names,
+                "inputs": self.input_names, "horizon": self.horizon,
+                "scenarios": int(self.header.dimensions.get("scenarios", 0)),
+                "initial_box": {k: list(v) for k, v in self.initial_box.items()},
+                "metrics": [{"name": m["name"], "section": m["section"], "formula": m["formula"],
+                             "margin": m["margin"]} for m in self.header.metrics]}
+
+    # ---- rolling the policy out ----
+    @property
+    def _is_gym(self) -> bool:
+        return self.spec.system.kind == "gymnasium"
+
+    def simulate(self, x0=None, steps: int | None = None, *, seeds=None) -> Trajectory:
+        """Roll the final policy out on the spec's own plant, exactly as training's rollouts do.
+
+        x0: one initial state (n,) → states (T+1, n), inputs (T, m); or a batch (B, n) → (B, …);
+        default: the spec's training scenarios.  steps: T, default the spec's horizon.  Numpy
+        (or a list) in → numpy out; torch in → float64 torch out (differentiable in x0).
+
+        A gymnasium system's state cannot be set: its environment's reset puts it somewhere
+        from a seed.  So for those, pass `seeds` (one int → one episode, or a sequence), not x0;
+        the episodes run in the environment (gymnasium must be installed) and come back as
+        numpy.  An episode that ends early keeps its last observation (as in training)."""
+        steps = self.horizon if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be ≥ 0 (got {steps})")
+        if self._is_gym:
+            if x0 is not None:
+                raise ValueError(f"'{self.spec.system.env_id.value}' is a gymnasium system: its "
+                                 "initial state is set by the environment's reset, not by x0; "
+                                 "pass seeds=… (reset seeds) instead")
+            chosen = self.scenarios if seeds is None else seeds
+            single = np.ndim(chosen) == 0
+            x = torch.as_tensor(np.atleast_1d(np.asarray(chosen, dtype=np.int64)))
+            states, inputs = self._roll(x, steps)
+            states, inputs = states.numpy(), inputs.numpy()
+            return Trajectory(states[0], inputs[0]) if single else Trajectory(states, inputs)
+        if seeds is not None:
+            raise ValueError(f"seeds are for gymnasium systems; a '{self.spec.system.kind}' "
+                             "system starts from x0")
+        as_torch = isinstance(x0, torch.Tensor)
+        x = self._states(self.scenarios if x0 is None else x0)
+        single = x.ndim == 1
+        with nullcontext() if as_torch else torch.no_grad():
+            states, inputs = self._roll(x[None] if single else x, steps)
+        if single:
+            states, inputs = states[0], inputs[0]
+        return (Trajectory(states, inputs) if as_torch
+                else Trajectory(states.numpy(), inputs.numpy()))
+
+    def metrics(self, x0=None, *, seeds=None) -> dict[str, float]:
+        """Metric name → g of the final policy: the value `scpo train` certified (≤ −margin) on
+        the spec's training scenarios, or the same metric over other initial states x0 (B, n)
+        (reset `seeds` for a gymnasium system).  +inf where a rollout left the finite numbers."""
+        compiled = self._compile()
+        ev = compiled.evaluator
+        try:
+            if x0 is None and seeds is None:
+                g = ev(self.theta[None])[0]
+            else:
+                if self._is_gym:
+                    if x0 is not None:
+                        raise ValueError("a gymnasium system's scenarios are reset seeds: pass "
+                                         "seeds=…, not x0")
+                    xs = torch.as_tensor(np.atleast_1d(np.asarray(seeds, dtype=np.int64)))
+                else:
+                    if seeds is not None:
+                        raise ValueError(f"seeds are for gymnasium systems; a "
+                                         f"'{self.spec.system.kind}' system starts from x0")
+                    xs = self._states(x0)
+                    xs = xs[None] if xs.ndim == 1 else xs
+                h = ev.per_scenario(self.theta[None], xs)
+                g = ev.reducer.max(h, 1).squeeze(1)[0]
+                g = torch.where(torch.isfinite(g), g, torch.inf)
+        finally:
+            if ev.gym is not None:
+                ev.gym.close()
+        return {name: float(v) for name, v in zip(ev.names, g.tolist())}
+
+    def _states(self, x0) -> torch.Tensor:
+        n = len(self.state_names)
+        x = (x0.to(DTYPE) if isinstance(x0, torch.Tensor)
+             else torch.from_numpy(np.array(x0, dtype=np.float64)))
+        if x.ndim not in (1, 2) or x.shape[-1] != n:
+            raise ValueError(f"initial states must have shape (n,) or (B, n) with n = {n} "
+                             f"({', '.join(self.state_names)}); got shape {tuple(x.shape)}")
+        return x
+
+    def _roll(self, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's own batched rollout (one candidate: this run's θ) for `steps` steps."""
+        from scpo_spec.compile.evaluator import RolloutEvaluator
+        if steps == 0 and not self._is_gym:  # the engine's loop needs one step to stack
+            return x[:, None, :], x.new_zeros(x.shape[0], 0, self._dynamics.m)
+        ev = RolloutEvaluator(self._dynamics, self._family, [], x.detach().numpy(), steps, None)
+        try:
+            states, inputs = ev.rollout(self.theta[None], x)
+        finally:
+            if ev.gym is not None:
+                ev.gym.close()
+        return states[0], inputs[0]
+
+    def _compile(self) -> CompiledSpec:
+        if self._compiled is None:
+            self._compiled = compile_spec(self.spec, self.base_dir)
+        return self._compiled
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """A run directory whose log audits clean: `.spec` (the model) and `.policy` (float64
-    (N, n) → (N, m)), the last policy the log accepted — never a state file the log disowns."""
+    """A run directory whose log audits clean: `.spec` (the model) and `.policy` (float64, numpy
+    or torch states (N, n) or (n,) → actions), the last policy the log accepted — never a state
+    file the log disowns.  See `Run` for `simulate`, `metrics` and the spec's values."""
     from scpo_spec.audit.verify import audit_run
     from scpo_spec.policies import make_backup, make_policy
     from scpo_spec.systems import make_dynamics
     run = RunDir(run_dir)
     head = run.header()
-    spec, _ = run.checked_spec(head)
+    spec, base_dir = run.checked_spec(head)
     audit = audit_run(run.path)
     if not (audit.chain_ok and audit.certificates_ok):
         raise RunError(f"{run.path} does not pass `scpo audit` ({audit.problems[0]}); "
@@ -294,4 +474,5 @@ def load_run(run_dir: str | Path) -> Run:
     if theta.shape != family.theta0.shape:
         raise RunError(f"{run.state} holds {theta.numel()} weights; the spec's policy has "
                        f"{family.d}")
-    return Run(run.path, spec, family.module(theta).eval(), theta, head)
+    return Run(run.path, spec, family.module(theta).eval(), theta, head, base_dir,
+               _family=family, _dynamics=dynamics)

@@ -44,15 +44,34 @@ def _activation_slope(name: str, z: torch.Tensor) -> torch.Tensor:
 
 
 class PolicyModule(nn.Module):
-    """A trained policy as a plain torch module: float64 states (N, n) → actions (N, m)."""
+    """A trained policy as a plain torch module: states (..., n) → actions (..., m), float64.
+
+    Callers hand it whatever they hold — a numpy array, a list, a float32 tensor, one state (n,)
+    — so the input is converted here rather than making every caller cast: the math is always
+    float64 (the precision the policy was trained and certified in), and the result is the same
+    kind as the input: a torch tensor in gives a float64 torch tensor out (on autograd's graph
+    if the input was); anything else gives a float64 numpy array.  Not the training hot path
+    (that is the batched `PolicyFamily.forward`)."""
 
     def __init__(self, net: nn.Module, backup_gain: np.ndarray | None):
         super().__init__()
         self.net = net
         gain = torch.zeros(0) if backup_gain is None else torch.as_tensor(backup_gain, dtype=DTYPE)
         self.register_buffer("backup_gain", gain)
+        first = next(mod for mod in net.modules() if isinstance(mod, nn.Linear))
+        self.n = first.in_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x) -> torch.Tensor | np.ndarray:
+        if isinstance(x, torch.Tensor):
+            return self._act(x.to(DTYPE))
+        x = np.asarray(x, dtype=np.float64)
+        with torch.no_grad():
+            return self._act(torch.from_numpy(x)).numpy()
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 0 or x.shape[-1] != self.n:
+            raise ValueError(f"the policy takes states of shape (n,) or (N, n) with n = {self.n}; "
+                             f"got shape {tuple(x.shape)}")
         u = self.net(x)
         if self.backup_gain.numel():
             u = u + x @ self.backup_gain.T
