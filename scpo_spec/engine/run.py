@@ -329,7 +329,7 @@ class Run:
     def initial_box(self) -> dict[str, tuple[float, float]]:
         """State → (lo, hi) of the scenarios' initial states ({} for a gymnasium system, whose
         environment's reset draws them)."""
-        from scpo_spec.compile.scenarios import initial_box
+        from scpo_spec.language.scenarios import initial_box
         if self._is_gym:
             return {}
         lo, hi = initial_box(self.spec)
@@ -339,7 +339,7 @@ class Run:
     def scenarios(self) -> np.ndarray:
         """The training scenarios: initial states (S, n) float64, or reset seeds (S,) int64 for a
         gymnasium system — exactly those every certificate was verified on."""
-        from scpo_spec.compile.scenarios import training_states
+        from scpo_spec.language.scenarios import training_states
         return training_states(self.spec)
 
     def spec_summary(self) -> dict:
