@@ -504,6 +504,103 @@ def keygen(key: Path = typer.Argument(..., help="Where to write the private key 
     out.print(f"private key {_esc(key)} (keep it secret); public key {_esc(public)}")
 
 
+def _g3(x: float) -> str:
+    """3 significant digits, short: 1.08e3 rather than 1.08e+03 (the table has many columns)."""
+    return f"{x:.3g}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
+
+
+_VERDICT_STYLE = {"refuted": "red", "not finite": "red", "tight": "yellow", "ok": "green",
+                  "loose": "yellow", "no ℓ": "yellow"}
+
+
+@command()
+def calibrate(file: Path = typer.Argument(..., help="A spec file."),
+              radii: int = typer.Option(5, "--radii", min=1, help="How many radii, geometric "
+                                        "from the spec's perturbation ν to its radius r."),
+              directions: int = typer.Option(32, "--directions", min=1,
+                                             help="Random unit directions (seeded by the "
+                                                  "spec's seed), plus −∇L(θ₀)."),
+              factor: float = typer.Option(2.0, "--factor", min=1.0,
+                                           help="Safety factor: suggested ℓ = factor × the "
+                                                "largest curvature observed."),
+              as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+              ) -> None:
+    """Probe every metric around θ₀ at several radii and print the curvature the rollouts show
+    (an ℓ below it is refuted) and a suggested ℓ.  Exit 0 when it ran; 1 when the spec has
+    errors; 2 for a usage error."""
+    from rich import box
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    from scpo_spec.engine.calibrate import STATEMENT
+    from scpo_spec.engine.calibrate import calibrate as run_calibration
+    result = _checked(file)
+    cal = run_calibration(_compile_or_exit(result, file), radii=radii, directions=directions,
+                          factor=factor)
+    if as_json:
+        sys.stdout.write(json.dumps(cal.as_dict(), indent=2) + "\n")
+        raise typer.Exit(0)
+    out.print(f"{_esc(file)}: d = {cal.d} weights; per radius ρ, the curvature c = |g(θ₀+ρu) + "
+              f"g(θ₀−ρu) − 2g(θ₀)| / ρ², the largest over {cal.directions} random unit directions "
+              "u" + (" and −∇L(θ₀) (*)" if cal.gradient else ""))
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False)
+    table.add_column("metric", no_wrap=True)
+    table.add_column("spec\nℓ", justify="right", no_wrap=True)
+    for rho in cal.radii:
+        table.add_column(f"ρ =\n{_g3(rho)}", justify="right", no_wrap=True)
+    table.add_column("suggested\nℓ", justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    starred = False
+    for m in cal.metrics:
+        cells = []
+        for j, c in enumerate(m.curvature):
+            if c != c:  # nothing finite at this radius
+                cells.append("[red]not finite[/]")
+                continue
+            star = cal.gradient and m.along_gradient[j] == c and c > 0
+            starred |= star
+            bad = f" [red]({m.nonfinite[j]}✗)[/]" if m.nonfinite[j] else ""
+            cells.append(f"{_g3(c)}{'*' if star else ''}{bad}")
+        table.add_row(_esc(m.name), "est." if m.spec_ell is None else f"{m.spec_ell:g}",
+                      *cells, "—" if m.suggested != m.suggested else f"{m.suggested:g}",
+                      f"[{_VERDICT_STYLE[m.verdict]}]{m.verdict}[/]")
+    # never squash the numbers into ellipses (a pipe is 80 columns): print at the natural width
+    natural = Measurement.get(out, out.options.update_width(1000), table).maximum
+    wide = Console(highlight=False, width=max(out.width, natural), file=out.file,
+                   force_terminal=out.is_terminal, no_color=out.no_color)
+    wide.print(table)
+    if starred:
+        out.print("* along −∇L(θ₀), the direction of the first raw step", markup=False)
+    for m in cal.metrics:
+        where = f" ({m.location})" if m.location else ""
+        if m.g0 > -m.margin:
+            out.print(f"'{m.name}': g(θ₀) = {m.g0:.6g} > {_bound(m.margin)}: training would "
+                      f"refuse to start{where}", markup=False, style="red")
+        if m.verdict == "refuted":
+            j = max(range(len(cal.radii)), key=lambda i: m.curvature[i]
+                    if m.curvature[i] == m.curvature[i] else -1.0)
+            out.print(f"'{m.name}': the spec's ℓ = {m.spec_ell:g} is refuted: c = "
+                      f"{_g3(m.observed)} at ρ = {_g3(cal.radii[j])} ≤ r, and the smoothness "
+                      f"assumption needs ℓ ≥ c{where}", markup=False)
+    kinked = [m for m in cal.metrics if m.kink]
+    if kinked:
+        out.print(", ".join(f"'{m.name}' (∝ ρ^-{m.growth:.2g})" for m in kinked)
+                  + ": the curvature grows as ρ shrinks, so g is not smooth at θ₀ (a max switching "
+                  "between scenarios or steps, or a double eigenvalue) and no ℓ covers the "
+                  "smallest steps; see docs/tuning.md", markup=False)
+    if cal.suggested_radius != cal.radius:
+        bad = [(rho, max(m.nonfinite[j] for m in cal.metrics))
+               for j, rho in enumerate(cal.radii) if any(m.nonfinite[j] for m in cal.metrics)]
+        hint = (f"radius {cal.suggested_radius:.3g} or less" if cal.suggested_radius
+                else "a radius below the smallest probed")
+        out.print("non-finite rollouts (the policy diverges or a metric is undefined there): "
+                  + ", ".join(f"{n} of {cal.samples.shape[1]} directions at ρ = {rho:.3g}"
+                              for rho, n in bad) + f"; try {hint}", markup=False, style="red")
+    out.print(f"suggested ℓ = {cal.factor:g} × the largest curvature observed at ρ ≤ r = "
+              f"{cal.radius:g}, rounded up.", markup=False)
+    out.print(f"note: {STATEMENT}.", markup=False)
+
+
 class ReportFormat(str, Enum):
     html = "html"
     md = "md"
