@@ -21,6 +21,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from scpo_spec.report.evidence import Evidence, fmt
 from scpo_spec.report.plots import all_plots
 
+FINAL = ("regression_fit", "trajectories")   # the final policy's pictures, in their own section
+
 
 class Md(str):
     """Markdown this module built itself (a code span, a fence, a link target): printed as is."""
@@ -67,6 +69,47 @@ def md_fence(value) -> Md:
     return Md(f"{fence}\n{text}{fence}")
 
 
+def shown_path(value) -> str:
+    """A path as the page shows it: relative to the current directory when inside it, else with
+    the home directory written ~ — a report travels, and an absolute home path says who made it
+    and where, not anything a reviewer needs."""
+    text = str(value)
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        if base == Path(base.anchor):  # a home (or cwd) of / would make every path relative
+            continue
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            continue
+        if str(rel) == ".":
+            return "~" if prefix else "."
+        return prefix + str(rel)
+    return text
+
+
+def sh_path(value) -> str:
+    """shown_path, quoted for a shell: one word, with a leading ~/ left outside the quotes so
+    the shell still expands it."""
+    text = shown_path(value)
+    if text.startswith("~/"):
+        return "~/" + shlex.quote(text[2:]) if text[2:] else "~"
+    return shlex.quote(text)
+
+
+def shown_command(command: str) -> str:
+    """The logged command line (sys.argv) with its program as a bare name (`scpo`, also for
+    `…/scpo_spec/cli.py`) and each absolute path shown by shown_path."""
+    words = str(command).split(" ")
+    if words and words[0]:
+        prog = Path(words[0])
+        words[0] = "scpo" if prog.name == "cli.py" and prog.parent.name == "scpo_spec" \
+            else prog.name
+    return " ".join([words[0], *(shown_path(w) if w.startswith("/") else w for w in words[1:])])
+
+
 def _env(html: bool) -> Environment:
     """The HTML environment escapes every value: `autoescape=True` rather than
     `select_autoescape(["html"])`, which matches `*.html` only and so left `report.html.j2`
@@ -76,6 +119,9 @@ def _env(html: bool) -> Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt
     env.filters["sh"] = lambda v: shlex.quote(str(v))  # a path pasted into a shell stays one word
+    env.filters["sh_path"] = sh_path
+    env.filters["shown"] = shown_path
+    env.filters["shown_command"] = shown_command
     env.filters["code"] = md_code
     env.filters["fence"] = md_fence
     env.filters["short"] = lambda h: (h or "—")[:16] + "…" if h else "—"
@@ -92,12 +138,14 @@ def write_report(ev: Evidence, out: Path, fmt_: str = "html") -> Path:
         images = []
         for stem, caption, png in plots:
             (plot_dir / f"{stem}.png").write_bytes(png)
-            images.append({"caption": caption, "src": Md(quote(f"{plot_dir.name}/{stem}.png"))})
+            images.append({"caption": caption, "stem": stem, "final": stem in FINAL,
+                           "src": Md(quote(f"{plot_dir.name}/{stem}.png"))})
         text = env.get_template("report.md.j2").render(ev=ev, images=images)
     else:
         env = _env(html=True)
-        images = [{"caption": c, "src": "data:image/png;base64," + base64.b64encode(p).decode()}
-                  for _, c, p in plots]
+        images = [{"caption": c, "stem": s, "final": s in FINAL,
+                   "src": "data:image/png;base64," + base64.b64encode(p).decode()}
+                  for s, c, p in plots]
         text = env.get_template("report.html.j2").render(ev=ev, images=images)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
