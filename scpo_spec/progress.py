@@ -42,7 +42,7 @@ class TrainingProgress:
     def _info(self, state) -> str:
         worst = max(state.g + self.margins) if len(state.g) else 0.0
         rate = state.accepted / state.step if state.step else 1.0
-        stalled = (f"  STALLED: {self.rejected_in_a_row} rejected in a row"
+        stalled = (f"  STALLED: {self.rejected_in_a_row} updates rejected in a row"
                    if self.rejected_in_a_row >= STALL_STREAK else "")
         return (f"loss {state.loss:.4g}  worst g+margin {worst:.3g}  accept {rate:.0%}  "
                 f"refuted {self.refutations}{stalled}")
@@ -62,8 +62,9 @@ class TrainingProgress:
         for name, m in zip(self.names, self.margins):
             table.add_row(name, f"{a.worst[name]:.6g}", f"{-m:g}", f"{a.ell_max[name]:g}")
         console.print(table)
-        console.print(f"steps {a.steps}: accepted {a.accepted}, rejected {a.rejected}, "
-                      f"refutations {a.refutations}, accepted violations "
+        console.print(f"steps {a.steps}: updates accepted {a.accepted}, rejected {a.rejected}; "
+                      f"certificates refuted {a.refutations} (each candidate discarded, ℓ "
+                      f"doubled, step re-solved); accepted policies violating "
                       f"{a.accepted_violations}; loss {a.loss_first:.6g} → {a.loss_last:.6g}")
         if a.stall:
             console.print(escape(stall_message(a)), style="yellow")
@@ -77,7 +78,7 @@ def stall_message(a) -> str:
     growth = f"; its ℓ grew {s['ell_growth']:.3g}-fold" if s.get("ell_growth") else ""
     where = (f", worst on scenario {s['scenario']['index']} (x₀ = {s['scenario']['x0']})"
              if s.get("scenario") else "")
-    return (f"stalled: '{s['metric']}' blocked training ({s['rejected_in_a_row']} steps rejected "
+    return (f"stalled: '{s['metric']}' blocked training ({s['rejected_in_a_row']} updates rejected "
             f"in a row{growth}{where}). hint: its certificate keeps being refuted — the metric "
             "is not smooth there (check the scenario: a Lyapunov ratio with V(x₀) ≈ 0, a bound "
             "touched at t = 0), or raise its `smoothness` ℓ / lower r")

@@ -128,7 +128,8 @@ def _atom_bound(a, signals, consts):
 # ---- the final policy's rollouts ----------------------------------------------------------------
 def trajectories(compiled, theta: np.ndarray) -> Trajectories | None:
     """Roll the final policy out on every training scenario, keep up to MAX_SCENARIOS: the worst
-    one per metric that differs between scenarios, then the one with the most slack, then #0."""
+    one per metric that differs between scenarios, then the one with the most slack, a median
+    one and #0 (by the largest of its metric values)."""
     import torch
     ev = compiled.evaluator
     if ev.horizon < 2:  # a static model: nothing moves (a regression gets its own plot)
@@ -143,7 +144,9 @@ def trajectories(compiled, theta: np.ndarray) -> Trajectories | None:
             if all(j != p for p, _ in picks):
                 picks.append((j, f"#{j}: worst for {name} (g = {col[j]:.3g})"))
     worst = np.max(h, axis=1)
-    for j, why in ((int(np.argmin(worst)), "most slack"), (0, "the first scenario")):
+    median = int(np.argsort(worst, kind="stable")[len(worst) // 2])
+    for j, why in ((int(np.argmin(worst)), "most slack"), (median, "a median one"),
+                   (0, "the first scenario")):
         if all(j != p for p, _ in picks):
             picks.append((j, f"#{j}: {why}"))
     picks = picks[:MAX_SCENARIOS]

@@ -112,14 +112,15 @@ def loss_figure(ev: Evidence):
 
 
 # ---- what the final policy does -----------------------------------------------------------------
-def _draw_bound(ax, b, shade_to) -> bool:
-    """Dashed red lines at a box bound, the outside shaded; True if anything was drawn."""
+def _draw_bound(ax, b, shade_to, label: str | None = None) -> bool:
+    """Dashed red lines at a box bound (the first one carries `label`), the outside shaded;
+    True if anything was drawn."""
     lo_y, hi_y = shade_to
     drawn = False
     for v, outside in ((b.hi, (b.hi, max(hi_y, b.hi))), (b.lo, (min(lo_y, b.lo), b.lo))):
         if v is None:
             continue
-        ax.axhline(v, color=RED, ls="--", lw=1.0)
+        ax.axhline(v, color=RED, ls="--", lw=1.0, label=None if drawn else label)
         ax.axhspan(*outside, color=RED, alpha=0.07, lw=0)
         drawn = True
     return drawn
@@ -196,9 +197,8 @@ def regression_figure(fit):
                    "verified.")
     vals = np.r_[fit.fx, fit.data_y if fit.data_y is not None else []]
     ylim = _limits(vals, fit.band)
-    if fit.band is not None and _draw_bound(ax, fit.band, ylim):
-        ax.plot([], [], color=RED, ls="--", lw=1.0,
-                label=f"safety band ({', '.join(fit.band.sources)}), outside shaded")
+    band = f"safety band ({', '.join(fit.band.sources)}), outside shaded" if fit.band else None
+    if fit.band is not None and _draw_bound(ax, fit.band, ylim, band):
         caption.append(f"Dashed red: the safety band of {', '.join(fit.band.sources)}, the "
                        "outside shaded; data outside it are labels the constraint forbids "
                        "the model to follow.")

@@ -13,11 +13,15 @@ from __future__ import annotations
 import base64
 import re
 import shlex
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from scpo_spec.errors import ScpoError
 from scpo_spec.report.evidence import Evidence, fmt
 from scpo_spec.report.plots import all_plots
 
@@ -128,8 +132,45 @@ def _env(html: bool) -> Environment:
     return env
 
 
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+class PdfError(ScpoError):
+    """The PDF could not be printed (no Chromium, or Chromium failed)."""
+
+
+def _print_pdf(html: Path, out: Path) -> None:
+    """Print `html` to `out` with headless Chromium (no header or footer: they would carry the
+    temporary file's absolute path and the date)."""
+    browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
+    if browser is None:
+        raise PdfError("`--format pdf` prints the HTML report with headless Chromium, and no "
+                       "`chromium` is on PATH (Debian: apt-get install chromium); or write "
+                       "`--format html` and print it from any browser")
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", f"--user-data-dir={profile}", "--no-pdf-header-footer",
+               "--print-to-pdf-no-header", f"--print-to-pdf={out}", html.as_uri()]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            raise PdfError(f"{browser} did not print the PDF within 180 s") from None
+    if not out.is_file() or out.stat().st_size == 0:
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        raise PdfError(f"{browser} did not write {out} (exit {proc.returncode})"
+                       + (": " + " | ".join(tail) if tail else ""))
+
+
 def write_report(ev: Evidence, out: Path, fmt_: str = "html") -> Path:
-    """Write the report to `out` (Markdown also writes `<stem>_plots/*.png`)."""
+    """Write the report to `out` (Markdown also writes `<stem>_plots/*.png`; PDF is the HTML
+    page printed by headless Chromium)."""
+    if fmt_ == "pdf":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)  # a stale PDF must not pass for this one
+        with tempfile.TemporaryDirectory() as tmp:
+            _print_pdf(write_report(ev, Path(tmp) / "report.html"), out.resolve())
+        return out
     plots = all_plots(ev)
     if fmt_ == "md":
         env = _env(html=False)
