@@ -117,11 +117,12 @@ def _draw_bound(ax, b, shade_to, label: str | None = None) -> bool:
     True if anything was drawn."""
     lo_y, hi_y = shade_to
     drawn = False
-    for v, outside in ((b.hi, (b.hi, max(hi_y, b.hi))), (b.lo, (min(lo_y, b.lo), b.lo))):
-        if v is None:
+    for v, upper in ((b.hi, True), (b.lo, False)):
+        if v is None:  # a one-sided bound
             continue
         ax.axhline(v, color=RED, ls="--", lw=1.0, label=None if drawn else label)
-        ax.axhspan(*outside, color=RED, alpha=0.07, lw=0)
+        ax.axhspan(*((v, max(hi_y, v)) if upper else (min(lo_y, v), v)), color=RED, alpha=0.07,
+                   lw=0)
         drawn = True
     return drawn
 
