@@ -479,8 +479,8 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     out.print(f"{mark(res.complete)} run complete"
               + (f" ({_esc(res.end_reason)})" if res.complete else
                  ": no end record after the last step (killed or cut short)"))
-    out.print(f"  accepted {res.accepted}, rejected {res.rejected}, refutations "
-              f"{res.refutations}; loss {res.loss_first:.6g} → {res.loss_last:.6g}"
+    out.print(f"  updates accepted {res.accepted}, rejected {res.rejected}; certificates "
+              f"refuted {res.refutations}; loss {res.loss_first:.6g} → {res.loss_last:.6g}"
               if res.loss_first is not None else "  no initial record")
     for name, v in res.worst.items():
         out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
@@ -604,6 +604,7 @@ def calibrate(file: Path = typer.Argument(..., help="A spec file."),
 class ReportFormat(str, Enum):
     html = "html"
     md = "md"
+    pdf = "pdf"
 
 
 def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Path | None = None):
@@ -626,9 +627,10 @@ def _say_verdict(evidence, target: Path) -> None:
 @command()
 def report(run: Path = typer.Argument(..., help="A run directory."),
            fmt: ReportFormat = typer.Option(ReportFormat.html, "--format",
-                                            help="html (standalone page) or md (for review)."),
-           output: Optional[Path] = typer.Option(None, "--out", "-o",
-                                                 help="Where to write (default RUN/report.html|md)."),
+                                            help="html (standalone page), md (for review) or "
+                                            "pdf (the page printed by headless Chromium)."),
+           output: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write "
+                                                 "(default RUN/report.html|md|pdf)."),
            key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 public key the "
                                               "run's signature must verify with."),
            ) -> None:

@@ -58,7 +58,7 @@ class TrainingProgress:
     def _info(self, state) -> str:
         worst = max(state.g + self.margins) if len(state.g) else 0.0
         rate = state.accepted / state.step if state.step else 1.0
-        stalled = (f"  STALLED: {self.rejected_in_a_row} rejected in a row"
+        stalled = (f"  STALLED: {self.rejected_in_a_row} updates rejected in a row"
                    if self.rejected_in_a_row >= STALL_STREAK else "")
         return (f"loss {state.loss:.4g}  worst g+margin {worst:.3g}  accept {rate:.0%}  "
                 f"refuted {self.refutations}{stalled}")
@@ -95,8 +95,9 @@ class TrainingProgress:
         for name, m in zip(self.names, self.margins):
             table.add_row(name, f"{a.worst[name]:.6g}", f"{-m:g}", f"{a.ell_max[name]:g}")
         console.print(table)
-        console.print(f"steps {a.steps}: accepted {a.accepted}, rejected {a.rejected}, "
-                      f"refutations {a.refutations}, accepted violations "
+        console.print(f"steps {a.steps}: updates accepted {a.accepted}, rejected {a.rejected}; "
+                      f"certificates refuted {a.refutations} (each candidate discarded, ℓ "
+                      f"doubled, step re-solved); accepted policies violating "
                       f"{a.accepted_violations}; loss {a.loss_first:.6g} → {a.loss_last:.6g}")
         if a.stall:
             console.print(escape(describe_stall(a.stall)), style="yellow")

@@ -52,7 +52,9 @@ def test_the_report_of_every_ready_spec_renders(path, tmp_path):
         assert ev.header.spec["sha256"] in page and ev.audit.head in page
         assert "scpo audit" in page
     assert html.count('<figure class="plot">') == 1 + len(spec.properties)
-    assert len(list((tmp_path / "report_plots").glob("*.png"))) == 1 + len(spec.properties)
+    # the loss, each metric, and the final policy: trajectories, or a regression's fit
+    assert len(list((tmp_path / "report_plots").glob("*.png"))) == 2 + len(spec.properties)
+    assert html.count('<figure class="final-plot"') == 1 and "Not drawn" not in html
     for m in ev.metrics:  # traceability: FILE:LINE of each constraint, as the log recorded it
         assert re.search(re.escape(m["location"]) + r"\b", html)
     if spec.scenarios.holdout is not None:
@@ -162,7 +164,7 @@ def test_the_html_report_shows_in_headless_chromium(small_run, tmp_path):
     attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body))
     assert attrs["verdict"].startswith(("CERTIFIED", "NOT CERTIFIED"))
     assert int(attrs["constraint-rows"]) == 3          # position_limit, force_limit, margin
-    assert int(attrs["images-shown"]) == 4             # loss + 3 metrics, decoded and laid out
+    assert int(attrs["images-shown"]) == 5             # loss, 3 metrics, trajectories: decoded, laid out
     shot = tmp_path / "shot.png"
     subprocess.run([*common, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120)
@@ -296,7 +298,7 @@ def test_spec_text_is_text_in_the_html_report_in_headless_chromium(payload_dom):
     assert len(dom.all("style")) == 1             # the report's own, in <head>
     assert dom.text_of(dom.all("title")[0]) == "Certification report — payload"
     imgs = dom.all("img")
-    assert len(imgs) == 2 and all(i["attrs"]["src"].startswith("data:image/png;base64,") for i in imgs)
+    assert len(imgs) == 3 and all(i["attrs"]["src"].startswith("data:image/png;base64,") for i in imgs)
     assert dom.text_of(dom.all("pre")[0]) == PAYLOAD_SPEC   # the spec, verbatim, as text
     text = "".join(dom.text)
     for payload in PAYLOADS:
@@ -328,7 +330,7 @@ def test_spec_text_is_text_in_the_markdown_report(payload_run, tmp_path):
     _no_injected_markup(dom)
     assert not dom.all("style") and not dom.all("div")
     srcs = [i["attrs"]["src"] for i in dom.all("img")]
-    assert len(srcs) == 2 and all(re.fullmatch(r"report_plots/[\w.]+\.png", s) for s in srcs)
+    assert len(srcs) == 3 and all(re.fullmatch(r"report_plots/[\w.]+\.png", s) for s in srcs)
     blocks = [dom.text_of(c) for c in dom.all("code") if "\n" in dom.text_of(c)]
     assert PAYLOAD_SPEC in blocks                              # the spec, verbatim, in one block
     row = next(tr for tr in dom.all("tr") if "band" in dom.text_of(tr) and "abs(y)" in dom.text_of(tr))
@@ -353,3 +355,245 @@ def test_markdown_escapes_round_trip(text):
     assert [dom.text_of(el) for el in dom.all("th")] == [line.strip(), line]  # cells are trimmed
     assert [dom.text_of(el) for el in dom.all("code")] == [line, line, text + "\n"]
     assert dom.text_of(dom.all("p")[0]) == f"{line.lstrip()} {line}"
+
+
+# --- what the report's pictures and words say -----------------------------------------------------
+from scpo_spec.report import plots  # noqa: E402
+from scpo_spec.report.final import box_bounds  # noqa: E402
+from scpo_spec.report.render import shown_command, shown_path  # noqa: E402
+
+
+def _legend(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def _legend_below_axes(fig) -> bool:
+    """The legend lies wholly under the axes it belongs to (it cannot cover a curve)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = next(a for a in fig.axes if a.get_legend())
+    return ax.get_legend().get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0
+
+
+def test_metric_plot_legend_and_caption_name_exactly_what_is_drawn(small_run):
+    ev = gather(small_run)
+    assert ev.series.refuted_x and not ev.series.failed_x
+    fig, caption = plots.metric_figure(ev, 0)
+    legend = _legend(fig)
+    assert legend[0] == "g of the accepted policies" and plots.REFUTED in legend
+    assert plots.NO_CANDIDATE not in legend and "Orange" not in caption  # nothing orange drawn
+    assert _legend_below_axes(fig)
+    assert fig.axes[0].lines[0].get_color() == plots.BLUE and caption.count("Blue:") == 1
+    assert f"Red ×: the {len(ev.series.refuted_x)} refuted candidate" in caption
+    assert "rejected candidate" not in caption
+    plt_close(fig)
+    ev.series.failed_x = [2, 5]    # an update rejected without a refuted candidate: orange lines
+    fig, caption = plots.metric_figure(ev, 0)
+    assert plots.NO_CANDIDATE in _legend(fig) and "Orange lines: the 2 updates rejected" in caption
+    assert sum(line.get_color() == plots.ORANGE for line in fig.axes[0].lines) == 2
+    plt_close(fig)
+    fig, caption = plots.loss_figure(ev)
+    assert fig.axes[0].lines[0].get_color() == plots.GREEN
+    assert caption.startswith("Loss over the steps. Green:") and "Blue" not in caption
+    assert _legend(fig) == ["loss of the accepted policies", plots.REFUTED]
+    assert _legend_below_axes(fig)
+    plt_close(fig)
+
+
+def plt_close(fig):
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_one_vocabulary_refuted_certificates_accepted_updates(small_run, tmp_path):
+    ev = gather(small_run)
+    html = write_report(ev, tmp_path / "r.html").read_text()
+    md = write_report(ev, tmp_path / "r.md", "md").read_text()
+    for page in (html, md):
+        assert "rejected candidate" not in page and "It was rejected" not in page
+        assert "refutations were caught and rejected" not in page
+        assert "certificate" in page and "discarded" in page
+    assert "<th>the step's update</th>" in html
+    if not ev.rejected:  # every step accepted in the end, some after refutations
+        assert ev.refuted_then_accepted > 0
+        assert "No update was rejected: all 8 were accepted (" in html
+    ended = {r["step"]: r["accepted"] for r in ev.refutations}
+    assert any(ended.values())  # a step whose certificate was refuted, then accepted
+    result = runner.invoke(app, ["audit", str(small_run)])
+    assert f"updates accepted {ev.audit.accepted}, rejected {ev.audit.rejected}; certificates " \
+           f"refuted {ev.audit.refutations}" in result.output
+
+
+def test_ell_growth_is_explained_where_it_happens(small_run, tmp_path):
+    ev = gather(small_run)
+    grew = ev.ell_grew
+    assert grew, "the understated ℓ should have grown"
+    html = write_report(ev, tmp_path / "r.html").read_text()
+    md = write_report(ev, tmp_path / "r.md", "md").read_text()
+    for m in grew:
+        assert f"ℓ for {m['name']} grew from {m['smoothness']:g} to" in html
+        assert f"ℓ for {m['name']} grew from {m['smoothness']:g} to" in md
+    for page in (html, md):
+        assert "more conservative" in page and "docs/tuning.md" in page
+        assert "not on ℓ" in page
+
+
+def test_trajectory_plot_of_the_final_policy_with_its_box_bounds(small_run, tmp_path):
+    ev = gather(small_run)
+    tr = ev.trajectories
+    assert tr is not None and 1 <= len(tr.scenarios) <= 4
+    assert len(set(tr.scenarios)) == len(tr.scenarios)
+    assert tr.states.shape[1:] == (21, 2) and tr.inputs.shape[1:] == (20, 1)
+    assert any("worst for position_limit" in label for label in tr.labels)
+    assert (tr.bounds["position"].lo, tr.bounds["position"].hi) == (-1.5, 1.5)
+    assert (tr.bounds["force"].lo, tr.bounds["force"].hi) == (-4, 4)
+    assert "velocity" not in tr.bounds
+    fig, caption = plots.trajectory_figure(tr)
+    pos, vel, force = fig.axes
+    dashed = lambda ax: sorted(l.get_ydata()[0] for l in ax.lines if l.get_linestyle() == "--")  # noqa: E731
+    assert dashed(pos) == [-1.5, 1.5] and dashed(force) == [-4, 4] and dashed(vel) == []
+    assert "box bound of a constraint (outside shaded)" in _legend(fig)
+    assert "position (position_limit), force (force_limit)" in caption
+    plt_close(fig)
+    html = write_report(ev, tmp_path / "r.html").read_text()
+    assert '<figure class="final-plot" id="trajectories">' in html
+    assert "Dashed red: the box bounds of position (position_limit)" in html
+
+
+def test_box_bounds_are_read_only_from_plain_boxes(tmp_path):
+    text = small_di().replace(
+        "constraint force_limit:    always force in [-4, 4]       smoothness FORCE_ELL".replace(
+            "FORCE_ELL", "50"),
+        "constraint force_limit:    always force in [-4, 4]       smoothness 50\n"
+        "constraint v_up: always (velocity <= 2 * dt * 10 and 3 >= force)  smoothness 50\n"
+        "constraint v_lo: always velocity >= -3  smoothness 50\n"
+        "constraint w: always[0:5] position <= 0.1  smoothness 50\n"
+        "constraint o: always (position <= 0.2 or velocity <= 0.1)  smoothness 50\n"
+        "constraint e: eventually position <= 0.3  smoothness 50\n")
+    spec = check_file(write_spec(tmp_path, text)).spec
+    b = box_bounds(spec)
+    assert set(b) == {"position", "force", "velocity"}
+    assert (b["position"].lo, b["position"].hi) == (-1.5, 1.5)   # w, o, e are no boxes
+    assert (b["force"].lo, b["force"].hi, b["force"].sources) == (-4, 3, ["force_limit", "v_up"])
+    assert (b["velocity"].lo, b["velocity"].hi) == (-3, 2)
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("regression")
+    text = (ROOT / "specs" / "regression.scpo").read_text()
+    text = text.replace('"../data/harmful.csv"', f'"{ROOT / "data" / "harmful.csv"}"')
+    return trained(write_spec(base, text.replace("holdout 1000", "holdout 300")), base / "run",
+                   steps=3)
+
+
+def test_regression_report_plots_the_fit_against_data_and_band(regression_run, tmp_path):
+    ev = gather(regression_run)
+    fit = ev.regression
+    assert fit is not None and ev.trajectories is None  # horizon 1: no trajectory to draw
+    rows = len((ROOT / "data" / "harmful.csv").read_text().strip().splitlines()) - 1
+    assert len(fit.data_x) == rows and len(fit.scenario_x) == 64
+    assert (fit.band.lo, fit.band.hi, fit.band.sources) == (-1.4, 1.4, ["band"])
+    fig, caption = plots.regression_figure(fit)
+    ax = fig.axes[0]
+    assert sorted(l.get_ydata()[0] for l in ax.lines if l.get_linestyle() == "--") == [-1.4, 1.4]
+    assert ax.collections[0].get_offsets().shape == (rows, 2)       # the data points
+    legend = _legend(fig)
+    assert legend[0] == f"data ({rows} rows)" and "final model y = f(x)" in legend
+    assert "safety band (band), outside shaded" in legend and _legend_below_axes(fig)
+    assert "Grey dots" in caption and "Dashed red: the safety band of band" in caption
+    plt_close(fig)
+    html = write_report(ev, tmp_path / "r.html").read_text()
+    assert '<figure class="final-plot" id="regression_fit">' in html
+
+
+def test_regression_plot_leaves_out_data_that_changed(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("".join((ROOT / "data" / "harmful.csv").read_text().splitlines(True)[:40]))
+    text = (ROOT / "specs" / "regression.scpo").read_text().replace('"../data/harmful.csv"',
+                                                                    '"d.csv"')
+    run = trained(write_spec(tmp_path, text.replace("grid 64", "grid 8")), tmp_path / "run", 1)
+    data.write_text(data.read_text() + "0.5,0.5\n")
+    ev = gather(run, compute_holdout=False)
+    assert ev.regression.data_x is None and "changed since the run" in ev.regression.data_note
+    fig, caption = plots.regression_figure(ev.regression)
+    assert "No data points: the data file d.csv changed since the run" in caption
+    plt_close(fig)
+
+
+def test_paths_are_shown_relative_never_absolute_home(tmp_path, monkeypatch):
+    home, work = tmp_path / "home" / "me", tmp_path / "home" / "me" / "proj"
+    work.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    cmd = f"{home}/venv/lib/scpo_spec/cli.py train {work}/specs/a.scpo --out {home}/runs/r -q"
+    assert shown_command(cmd) == "scpo train specs/a.scpo --out ~/runs/r -q"
+    assert shown_command(f"{home}/.venv/bin/scpo train x.scpo") == "scpo train x.scpo"
+    assert shown_path(work) == "." and shown_path("/opt/x") == "/opt/x"
+    assert shown_path("rel/x") == "rel/x"
+
+
+def test_the_command_row_has_no_absolute_local_path(small_run, tmp_path):
+    ev = gather(small_run)
+    ev.header.command = f"{ROOT}/scpo_spec/cli.py train {ROOT}/specs/x.scpo --out {Path.home()}/r"
+    html = write_report(ev, tmp_path / "r.html").read_text()
+    md = write_report(ev, tmp_path / "r.md", "md").read_text()
+    row = re.search(r"<th>command</th><td><code>([^<]*)</code>", html).group(1)
+    assert row == "scpo train specs/x.scpo --out ~/r"
+    assert "`scpo train specs/x.scpo --out ~/r`" in md
+    assert str(ROOT) + "/scpo_spec" not in html + md
+
+
+PDFTOTEXT = shutil.which("pdftotext")
+
+
+@pytest.mark.skipif(CHROMIUM is None or PDFTOTEXT is None,
+                    reason="needs chromium and pdftotext (.ci/run installs both)")
+def test_pdf_report_holds_the_verdict_and_the_head(small_run, tmp_path):
+    out = tmp_path / "report.pdf"
+    result = runner.invoke(app, ["report", str(small_run), "--format", "pdf", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(b"%PDF")
+    text = subprocess.run([PDFTOTEXT, str(out), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    ev = gather(small_run)
+    verdict = "CERTIFIED —" if ev.certified else "NOT CERTIFIED — fails:"
+    assert verdict in text and ("NOT CERTIFIED" in text) != ev.certified
+    assert ev.audit.head in re.sub(r"\s", "", text)
+    assert "The final policy" in text and "Refuted certificates" in text
+
+
+def test_pdf_without_chromium_says_what_is_missing(small_run, tmp_path, monkeypatch):
+    import scpo_spec.report.render as render
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
+    out = tmp_path / "r.pdf"
+    result = runner.invoke(app, ["report", str(small_run), "--format", "pdf", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "headless Chromium" in result.output and "apt-get install chromium" in result.output
+    assert not out.exists()
+
+
+def test_markdown_report_of_a_killed_run_says_it_stopped(tmp_path):
+    import signal
+    import sys
+    import time
+    spec = write_spec(tmp_path, small_di(steps=400))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "scpo_spec.cli", "train", str(spec), "--out",
+                             str(run), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "audit.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists()
+                                          and log.read_bytes().count(b'"type":"step"') >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert b'"type":"end"' not in log.read_bytes()
+    ev = gather(run)
+    md = write_report(ev, tmp_path / "r.md", "md").read_text()
+    assert not ev.certified and "**NOT CERTIFIED** — fails: run complete (" in md
+    assert re.search(r"^\| run complete \| ✗ \| the log has no end record after its last step: "
+                     r"the run was killed or cut short", md, re.M)
+    assert f"**The run stopped before its end:** the log has no end record after step " \
+           f"{ev.audit.steps}" in md
+    assert "- ended: no end record (the run stopped before its end)" in md

@@ -306,7 +306,8 @@ def _check_records(records: list, res: AuditResult) -> None:
                 a.fail(f"record {seq}: the holdout was run on a policy that is not the last "
                        "accepted")
         elif isinstance(rec, End):
-            res.complete = rec is records[-1]  # a later resume reopens the run
+            # the run ended, and not by an interrupt; a later resume reopens it
+            res.complete = rec is records[-1] and not rec.reason.startswith("interrupted")
             res.end_reason = rec.reason
             if a.theta is not None and rec.theta != a.theta:
                 a.fail(f"record {seq}: the final policy is not the last accepted one")
@@ -351,11 +352,11 @@ def describe_stall(s: dict) -> str:
     where = (f", worst on scenario {s['scenario']['index']} (x₀ = {s['scenario']['x0']})"
              if s.get("scenario") else "")
     if s["kind"] == "rejected" and s.get("metric") is None:
-        return (f"stalled: {s['rejected_in_a_row']} steps rejected in a row from step "
+        return (f"stalled: {s['rejected_in_a_row']} updates rejected in a row from step "
                 f"{s['from_step']} ({s['reason']}). hint: the projection had no usable answer "
                 "there: the constraints leave almost no room (g close to −margin) or the solver is "
                 "inaccurate; try another `solver` (scs, gurobi) or smaller margins")
-    head = (f"stalled: '{s['metric']}' blocked training ({s['rejected_in_a_row']} steps "
+    head = (f"stalled: '{s['metric']}' blocked training ({s['rejected_in_a_row']} updates "
             f"rejected in a row from step {s['from_step']}{growth}{where})"
             if s["kind"] == "rejected" else
             f"hard going: the certificate of '{s['metric']}' was refuted again and again"

@@ -1,7 +1,14 @@
 """Everything the report shows, gathered from the run directory alone (through
 scpo_spec.audit.rundir: nothing in it is unpickled or imported): the audit (chain and
 certificates, recomputed), the spec as stored in the log and checked again, the per-step series,
-the rejected updates and the holdout validation — and the verdict that follows from them."""
+the rejected updates, the refuted certificates, the holdout validation and the final policy's
+rollouts — and the verdict that follows from them.
+
+Vocabulary (the report, the docs and the terminal use it alike): each step proposes an *update*,
+which is accepted or rejected; a *candidate* is evaluated by rollout; its *certificate* (the
+bound g ≤ −margin that ℓ-smoothness promises) can be refuted by that rollout.  A refuted
+candidate doubles ℓ and the step is solved again, so a step with refutations may still end in an
+accepted update."""
 
 from __future__ import annotations
 
@@ -33,10 +40,10 @@ class Series:
     accepted_x: list = field(default_factory=list)
     accepted_g: list = field(default_factory=list)       # (iterates, k)
     accepted_loss: list = field(default_factory=list)
-    rejected_x: list = field(default_factory=list)       # refuted candidates (verified by rollout)
-    rejected_g: list = field(default_factory=list)
-    rejected_loss: list = field(default_factory=list)
-    failed_x: list = field(default_factory=list)         # rejected with no candidate rollout
+    refuted_x: list = field(default_factory=list)        # candidates whose certificate was refuted
+    refuted_g: list = field(default_factory=list)        # their g by rollout
+    refuted_loss: list = field(default_factory=list)
+    failed_x: list = field(default_factory=list)         # updates rejected with no refutation
 
 
 @dataclass
@@ -57,6 +64,19 @@ class Evidence:
     spec_problem: str | None = None   # why the stored spec could not be used, if it could not
     signature: str | None = None      # "valid", "invalid: …", or None (unsigned)
     checks: list = field(default_factory=list)
+    trajectories: object | None = None    # final.Trajectories: the final policy's rollouts
+    regression: object | None = None      # final.RegressionFit: f(x) against the data and band
+    final_note: str | None = None         # why the final policy could not be shown, if so
+
+    @property
+    def refuted_then_accepted(self) -> int:
+        """Steps whose certificates were refuted but whose update was finally accepted."""
+        return len({r["step"] for r in self.refutations if r["accepted"]})
+
+    @property
+    def ell_grew(self) -> list:
+        """The metrics whose ℓ rose above the spec's: where the spec's ℓ was too small."""
+        return [m for m in self.metrics if m.get("ell_growth") and m["ell_growth"] > 1.0]
 
     @property
     def holdout_bound(self) -> float | None:
@@ -85,9 +105,10 @@ class Evidence:
 
 
 def gather(run_dir: str | Path, compute_holdout: bool = True,
-           key: Path | None = None) -> Evidence:
+           key: Path | None = None, final_policy: bool = True) -> Evidence:
     """Read and re-verify a run; RunError only for a directory that is not a run at all (no log,
-    or no header).  `key`: an Ed25519 public key the head's signature must verify with."""
+    or no header).  `key`: an Ed25519 public key the head's signature must verify with;
+    `final_policy`: roll the final policy out for the report's trajectory/regression plots."""
     run = RunDir(run_dir)
     header = run.header()
     audit = audit_run(run.path, key=key)
@@ -104,13 +125,53 @@ def gather(run_dir: str | Path, compute_holdout: bool = True,
         spec_problem = str(err)
     series, rejected, refutations = _series(records)
     end = next((r for r in reversed(records) if r.TYPE == "end"), None)
-    holdout, source = _holdout(audit, run, spec, base, compute_holdout)
+    final = _Final(run, audit, spec, base)
+    holdout, source = _holdout(audit, final, compute_holdout)
     metrics = _metric_rows(header, audit, spec, holdout)
     ev = Evidence(run.path, header, records, audit, spec, metrics, series, rejected, refutations,
                   holdout, source, audit.final_theta, end, spec_problem,
                   _signature(run, audit.head, key))
     ev.checks = _checks(ev)
+    if final_policy:
+        ev.trajectories, ev.regression, ev.final_note = final.pictures(header)
     return ev
+
+
+class _Final:
+    """The final θ and the compiled spec, each made once and only when asked for (the holdout
+    and the pictures share them); `problem` says why one could not be had."""
+
+    def __init__(self, run: RunDir, audit: AuditResult, spec, base):
+        self.run, self.audit, self.spec, self.base = run, audit, spec, base
+        self._theta = self._compiled = None
+        self.problem: str | None = None if spec is not None else "the stored spec is unusable"
+
+    def theta(self):
+        if self._theta is None and self.problem is None:
+            try:
+                self._theta = self.run.final_theta(self.audit.final_theta)
+            except RunError as err:
+                self.problem = str(err)
+        return self._theta
+
+    def compiled(self):
+        if self._compiled is None and self.theta() is not None:
+            from scpo_spec.compile.problem import compile_spec
+            try:
+                self._compiled = compile_spec(self.spec, self.base)
+            except (ScpoError, OSError) as err:  # e.g. a regression's data file is gone
+                self.problem = f"the spec does not compile here ({err})"
+        return self._compiled
+
+    def pictures(self, header):
+        """(trajectories, regression fit, why neither) for the report."""
+        from scpo_spec.report.final import regression_fit, trajectories
+        compiled = self.compiled()
+        if compiled is None:
+            return None, None, self.problem
+        data = header.data or {}
+        return (trajectories(compiled, self._theta),
+                regression_fit(compiled, self._theta, self.base, data.get("sha256")), None)
 
 
 def _signature(run: RunDir, head: str, key: Path | None) -> str | None:
@@ -139,10 +200,11 @@ def _series(records: list[Record]):
                                  "outcomes": [t.outcome for t in r.tries]})
             for t in r.tries:
                 if t.outcome == "refuted":
-                    s.rejected_x.append(x)
-                    s.rejected_g.append(t.verified)
-                    s.rejected_loss.append(t.loss)
-                    refutations.append({"step": r.step, "metrics": t.refuted,
+                    s.refuted_x.append(x)
+                    s.refuted_g.append(t.verified)
+                    s.refuted_loss.append(t.loss)
+                    refutations.append({"step": r.step, "accepted": r.accepted,
+                                        "metrics": t.refuted,
                                         "ell": _list(t.ell), "certificate": _list(t.certificate),
                                         "verified": _list(t.verified),
                                         "observed": _list(t.observed_curvature),
@@ -157,21 +219,19 @@ def _list(x) -> list | None:
     return None if x is None else np.asarray(x).tolist()
 
 
-def _holdout(audit: AuditResult, run: RunDir, spec, base, compute: bool):
+def _holdout(audit: AuditResult, final: _Final, compute: bool):
     h = audit.holdout
     if h is not None and h.get("theta") == audit.final_theta:
         return h, "logged at the end of training (in the hash chain)"
-    if not compute or spec is None:
+    if not compute or final.spec is None:
         return None, "not available"
-    try:
-        theta_np = run.final_theta(audit.final_theta)
-    except RunError as err:
-        return None, f"not available ({err})"
+    compiled = final.compiled()
+    if compiled is None:
+        return None, f"not available ({final.problem})"
     import torch
 
-    from scpo_spec.compile.problem import compile_spec
     from scpo_spec.engine.holdout import validate_holdout
-    h = validate_holdout(compile_spec(spec, base), torch.from_numpy(theta_np))
+    h = validate_holdout(compiled, torch.from_numpy(final.theta()))
     return h, "computed when this report was made (the run logged none for its final policy)"
 
 
@@ -190,7 +250,10 @@ def _metric_rows(header, audit, spec, holdout) -> list:
                                        [s.name for s in spec.system.states],
                                        [s.name for s in spec.system.inputs], horizon, tau)
         worst = audit.worst.get(m["name"])
-        rows.append({**m, "compiled": compiled, "worst": worst,
+        ell_max, given = audit.ell_max.get(m["name"]), m.get("smoothness")
+        growth = (ell_max / given if isinstance(ell_max, (int, float)) and given
+                  and not m.get("estimated") else None)
+        rows.append({**m, "compiled": compiled, "worst": worst, "ell_growth": growth,
                      "worst_step": audit.worst_step.get(m["name"]),
                      "ell_max": audit.ell_max.get(m["name"]),
                      "slack": None if worst is None else -worst - m["margin"],
@@ -217,6 +280,8 @@ def _checks(ev: Evidence) -> list[Check]:
                  else f"{a.accepted_violations} accepted iterate(s) violate")
     ended = Check("run complete", a.complete and a.end_reason is not None,
                   f"the log ends with its end record ({a.end_reason})" if a.complete else
+                  f"the run was {a.end_reason} (resume it with `scpo train … --resume`)"
+                  if a.end_reason and a.end_reason.startswith("interrupted") else
                   "the log has no end record after its last step: the run was killed or cut "
                   "short (resume it with `scpo train … --resume`)")
     spec = Check("stored spec checks", ev.spec_problem is None,

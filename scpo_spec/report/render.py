@@ -13,13 +13,19 @@ from __future__ import annotations
 import base64
 import re
 import shlex
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from scpo_spec.errors import ScpoError
 from scpo_spec.report.evidence import Evidence, fmt
 from scpo_spec.report.plots import all_plots
+
+FINAL = ("regression_fit", "trajectories")   # the final policy's pictures, in their own section
 
 
 class Md(str):
@@ -67,6 +73,47 @@ def md_fence(value) -> Md:
     return Md(f"{fence}\n{text}{fence}")
 
 
+def shown_path(value) -> str:
+    """A path as the page shows it: relative to the current directory when inside it, else with
+    the home directory written ~ — a report travels, and an absolute home path says who made it
+    and where, not anything a reviewer needs."""
+    text = str(value)
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        if base == Path(base.anchor):  # a home (or cwd) of / would make every path relative
+            continue
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            continue
+        if str(rel) == ".":
+            return "~" if prefix else "."
+        return prefix + str(rel)
+    return text
+
+
+def sh_path(value) -> str:
+    """shown_path, quoted for a shell: one word, with a leading ~/ left outside the quotes so
+    the shell still expands it."""
+    text = shown_path(value)
+    if text.startswith("~/"):
+        return "~/" + shlex.quote(text[2:]) if text[2:] else "~"
+    return shlex.quote(text)
+
+
+def shown_command(command: str) -> str:
+    """The logged command line (sys.argv) with its program as a bare name (`scpo`, also for
+    `…/scpo_spec/cli.py`) and each absolute path shown by shown_path."""
+    words = str(command).split(" ")
+    if words and words[0]:
+        prog = Path(words[0])
+        words[0] = "scpo" if prog.name == "cli.py" and prog.parent.name == "scpo_spec" \
+            else prog.name
+    return " ".join([words[0], *(shown_path(w) if w.startswith("/") else w for w in words[1:])])
+
+
 def _env(html: bool) -> Environment:
     """The HTML environment escapes every value: `autoescape=True` rather than
     `select_autoescape(["html"])`, which matches `*.html` only and so left `report.html.j2`
@@ -76,14 +123,54 @@ def _env(html: bool) -> Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt
     env.filters["sh"] = lambda v: shlex.quote(str(v))  # a path pasted into a shell stays one word
+    env.filters["sh_path"] = sh_path
+    env.filters["shown"] = shown_path
+    env.filters["shown_command"] = shown_command
     env.filters["code"] = md_code
     env.filters["fence"] = md_fence
     env.filters["short"] = lambda h: (h or "—")[:16] + "…" if h else "—"
     return env
 
 
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+class PdfError(ScpoError):
+    """The PDF could not be printed (no Chromium, or Chromium failed)."""
+
+
+def _print_pdf(html: Path, out: Path) -> None:
+    """Print `html` to `out` with headless Chromium (no header or footer: they would carry the
+    temporary file's absolute path and the date)."""
+    browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
+    if browser is None:
+        raise PdfError("`--format pdf` prints the HTML report with headless Chromium, and no "
+                       "`chromium` is on PATH (Debian: apt-get install chromium); or write "
+                       "`--format html` and print it from any browser")
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", f"--user-data-dir={profile}", "--no-pdf-header-footer",
+               "--print-to-pdf-no-header", f"--print-to-pdf={out}", html.as_uri()]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            raise PdfError(f"{browser} did not print the PDF within 180 s") from None
+    if not out.is_file() or out.stat().st_size == 0:
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        raise PdfError(f"{browser} did not write {out} (exit {proc.returncode})"
+                       + (": " + " | ".join(tail) if tail else ""))
+
+
 def write_report(ev: Evidence, out: Path, fmt_: str = "html") -> Path:
-    """Write the report to `out` (Markdown also writes `<stem>_plots/*.png`)."""
+    """Write the report to `out` (Markdown also writes `<stem>_plots/*.png`; PDF is the HTML
+    page printed by headless Chromium)."""
+    if fmt_ == "pdf":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)  # a stale PDF must not pass for this one
+        with tempfile.TemporaryDirectory() as tmp:
+            _print_pdf(write_report(ev, Path(tmp) / "report.html"), out.resolve())
+        return out
     plots = all_plots(ev)
     if fmt_ == "md":
         env = _env(html=False)
@@ -92,12 +179,14 @@ def write_report(ev: Evidence, out: Path, fmt_: str = "html") -> Path:
         images = []
         for stem, caption, png in plots:
             (plot_dir / f"{stem}.png").write_bytes(png)
-            images.append({"caption": caption, "src": Md(quote(f"{plot_dir.name}/{stem}.png"))})
+            images.append({"caption": caption, "stem": stem, "final": stem in FINAL,
+                           "src": Md(quote(f"{plot_dir.name}/{stem}.png"))})
         text = env.get_template("report.md.j2").render(ev=ev, images=images)
     else:
         env = _env(html=True)
-        images = [{"caption": c, "src": "data:image/png;base64," + base64.b64encode(p).decode()}
-                  for _, c, p in plots]
+        images = [{"caption": c, "stem": s, "final": s in FINAL,
+                   "src": "data:image/png;base64," + base64.b64encode(p).decode()}
+                  for s, c, p in plots]
         text = env.get_template("report.html.j2").render(ev=ev, images=images)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
