@@ -22,8 +22,7 @@ from scpo_spec import load_run
 from scpo_spec.audit import log as log_module
 from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.cli import app
-from scpo_spec.engine.run import train
-from tests.engine_specs import small_di, spec_of, write_spec
+from tests.engine_specs import small_di, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # the code under test, not an installed copy
