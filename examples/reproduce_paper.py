@@ -36,13 +36,14 @@ def run_scpo(path: Path, steps: int, runs: Path):
     from scpo_spec.audit.log import read_lines
     from scpo_spec.audit.verify import audit_run
     from scpo_spec.engine.baselines import MethodResult
-    from scpo_spec.engine.run import train
+    from scpo_spec.engine.run import fresh_dir, train
     from scpo_spec.report import gather, write_report
     from scpo_spec.language.load import check_file
 
     result = check_file(path)
     start = time.perf_counter()
-    run = train(path, result.spec, result.source.text, out=runs / path.stem, steps=steps)
+    out = fresh_dir(runs / path.stem)  # a rerun lands next to the last one, never on it
+    run = train(path, result.spec, result.source.text, out=out, steps=steps)
     seconds = time.perf_counter() - start
     write_report(gather(run.run_dir), run.run_dir / "report.html")
     res = MethodResult("scpo", seconds=seconds, rollouts=1)

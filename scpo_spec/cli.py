@@ -8,9 +8,11 @@ place (`main`); anything else escaping is a bug.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -67,12 +69,12 @@ def command(*args, **kwargs):
         def handled(*a, **k):
             try:
                 return f(*a, **k)
-            except ScpoError as e:
-                err.print(f"[red]error:[/] {_esc(e)}")
+            except ScpoError as e:  # unwrapped: a path or command in it stays whole
+                err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
                 raise typer.Exit(e.exit_code)
             except OSError as e:
                 err.print(f"[red]error:[/] {_esc(e.strerror or e)}"
-                          + (f": {_esc(e.filename)}" if e.filename else ""))
+                          + (f": {_esc(e.filename)}" if e.filename else ""), soft_wrap=True)
                 raise typer.Exit(1)
         return app.command(*args, **kwargs)(handled)
     return register
@@ -381,14 +383,37 @@ def compile_(file: Path = typer.Argument(..., help="A spec file."),
                                 [m.location for m in ev.metrics]), markup=False)
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a supervisor, `kill`, a closing terminal's job control) stops training the way
+    Ctrl-C does: between two records, with an end record, exit 130 and a resumable run."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @command()
 def train(file: Path = typer.Argument(..., help="A spec file."),
-          out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory "
-                                                 "(default runs/NAME; never overwritten)."),
+          out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory, used "
+                                                 "exactly: a new or empty folder (one holding "
+                                                 "anything is refused: --resume or --force). "
+                                                 "Default: the first free runs/NAME, "
+                                                 "runs/NAME-2, …"),
           steps: Optional[int] = typer.Option(None, "--steps", min=0,
                                               help="Total steps (default: the spec's)."),
           resume: bool = typer.Option(False, "--resume",
                                       help="Continue the run in --out from its last step."),
+          force: bool = typer.Option(False, "--force", help="Start a new run in --out (or "
+                                     "runs/NAME) even if it holds one: the old run is moved "
+                                     "aside to OUT.old-N (printed), never deleted."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
           no_report: bool = typer.Option(False, "--no-report",
                                          help="Do not write RUN/report.html at the end."),
@@ -396,13 +421,17 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
                                               "this Ed25519 private key (`scpo keygen`)."),
           ) -> None:
     """Train with SCPO: every accepted iterate certified and verified safe, every step logged.
-    Exit 0 CERTIFIED; 1 not certified or the audit failed; 2 a usage or spec error; 130
-    interrupted (resumable).  The last line is the log's head hash: keep it to anchor the log."""
+    Exit 0 CERTIFIED; 1 not certified, the audit failed, or the run was refused or could not be
+    written (another process writing it, a read-only folder, a full disk: the message says what
+    is intact and how to --resume); 2 a usage or spec error; 130 interrupted by Ctrl-C or
+    SIGTERM (resumable).  The last line is the log's head hash: keep it to anchor the log."""
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.audit.verify import audit_run
     from scpo_spec.engine.run import train as run_training
     from scpo_spec.engine.train import UnsafeStart
     from scpo_spec.progress import TrainingProgress
+    if resume and force:
+        _usage("--resume continues the run in --out and --force starts a new one: give one")
     result = _checked(file, code=2)
     progress = TrainingProgress(err, enabled=not quiet)
     progress.total = steps if steps is not None else int(result.spec.train.steps)
@@ -410,10 +439,13 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     def started(trainer, state, run_dir):  # noqa: E306 - the real path, for the Ctrl-C hint
         run_path[0] = run_dir
         progress.start(trainer, state, run_dir)
+    def note(message: str) -> None:
+        err.print(f"[yellow]note:[/] {_esc(message)}", soft_wrap=True)
     try:
-        with progress:
+        with progress, _sigterm_interrupts():
             res = run_training(file, result.spec, result.source.text, out=out_dir, steps=steps,
-                               resume=resume, on_start=started, on_step=progress.update)
+                               resume=resume, on_start=started, on_step=progress.update,
+                               force=force, on_note=note)
     except UnsafeStart as e:
         err.print("[red]error:[/] training refuses to start: the initial policy θ₀ violates "
                   "a safety metric on the scenarios")

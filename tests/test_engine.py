@@ -177,14 +177,26 @@ def test_unsafe_start_is_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_second_run_never_overwrites_the_first(tmp_path):
+def test_a_second_run_never_overwrites_the_first(tmp_path, monkeypatch):
+    """Without --out: runs/NAME, then runs/NAME-2.  An explicit --out is used exactly: refused
+    when it holds a run, and --force moves the old run aside, never deleting it."""
+    from scpo_spec.engine.run import RunError
     text = small_di(steps=2)
-    first = train(tmp_path / "s.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run")
-    second = train(tmp_path / "s.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run")
-    assert first.run_dir == tmp_path / "run" and second.run_dir == tmp_path / "run-2"
+    monkeypatch.chdir(tmp_path)
+    first = train(tmp_path / "s.scpo", spec_of(text, tmp_path), text)
+    second = train(tmp_path / "s.scpo", spec_of(text, tmp_path), text)
+    assert first.run_dir == Path("runs/small_di") and second.run_dir == Path("runs/small_di-2")
     # same spec and seeds: the same log, step for step
     assert first.head == second.head or audit_run(first.run_dir).worst == \
         audit_run(second.run_dir).worst
+    with pytest.raises(RunError, match="already holds a run.*--resume.*--force"):
+        train(tmp_path / "s.scpo", spec_of(text, tmp_path), text, out=first.run_dir)
+    notes = []
+    third = train(tmp_path / "s.scpo", spec_of(text, tmp_path), text, out=first.run_dir,
+                  force=True, on_note=notes.append)
+    assert third.run_dir == first.run_dir
+    assert (tmp_path / "runs/small_di.old-1/audit.jsonl").read_bytes() != b""
+    assert notes and "small_di.old-1" in notes[0]
 
 
 @pytest.mark.parametrize("solver", ["clarabel", "scs", "gurobi"])

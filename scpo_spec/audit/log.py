@@ -84,7 +84,7 @@ class AuditWriter:
 
     def __init__(self, path: Path, head: str = GENESIS, seq: int = 0):
         self.path, self.head, self.seq = path, head, seq
-        self._file = open(path, "ab")
+        self._file = open(path, "ab", buffering=0)  # no hidden buffer to flush after a failure
 
     @classmethod
     def create(cls, path: Path) -> AuditWriter:
@@ -112,10 +112,22 @@ class AuditWriter:
         return encode({"seq": self.seq, "prev": self.head, **record})
 
     def write(self, line: bytes) -> str:
-        """Append a line made by `line`, flush and fsync; returns the new head."""
-        self._file.write(line)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Append a line made by `line` and fsync it; returns the new head.  A write that fails
+        (a full disk) is cut back off, so the log stays exactly the records before it, and the
+        OSError is raised with head and seq unchanged."""
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, size)  # frees space, never needs it
+            except OSError:
+                pass  # a torn tail is set aside by `reopen`
+            raise
         self.head = sha256_hex(line)
         self.seq += 1
         return self.head

@@ -9,14 +9,19 @@ imported.
                          point of the log, and every reader checks that it does
     RUN/signature.json   optional Ed25519 signature of the head (scpo train --sign)
     RUN/report.html|md   the certification report
+    RUN/run.lock         the one-writer lock of `scpo train` (flock; holds the writer's pid)
 
 A state file is written *before* the record it belongs to is appended, and carries that record's
 line (`pending`): a kill between the two leaves a state one record ahead of the log, and
-`--resume` completes the append instead of losing or repeating the step.
+`--resume` completes the append instead of losing or repeating the step.  An append that fails
+(a full disk) puts the previous state back (RUN/state.npz.prev, a second name for it kept during
+each commit), so the state and the log stay at the same record.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import zipfile
@@ -34,6 +39,7 @@ STATE_NAME = "state.npz"
 STATE_FORMAT = "scpo-state/1"
 SIGNATURE_NAME = "signature.json"
 TORN_NAME = "audit.torn"
+LOCK_NAME = "run.lock"
 LEGACY_CHECKPOINT = "checkpoint.pt"
 SPEC_STEM = "spec"
 
@@ -62,6 +68,8 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock_fd: int | None = None
+        self._undo: str | None = None  # how to take back the last write_state
 
     # ---- paths ----
     @property
@@ -80,6 +88,10 @@ class RunDir:
     def torn(self) -> Path:
         return self.path / TORN_NAME
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_NAME
+
     def spec_file(self, suffix: str) -> Path:
         return self.path / f"{SPEC_STEM}{suffix or '.scpo'}"
 
@@ -88,6 +100,48 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.log.is_file()
+
+    def is_empty(self) -> bool:
+        """No file but (perhaps) a lock left by a writer that died before writing anything."""
+        return all(p.name == LOCK_NAME for p in self.path.iterdir())
+
+    # ---- one writer per run ----
+    def lock(self) -> None:
+        """Take the run's writer lock, or RunError naming the process that holds it.
+
+        An flock on an open descriptor: the kernel releases it when the holder exits however it
+        exits (a SIGKILL included), so a lock left by a dead writer is simply taken over, and
+        there is no stale-lock heuristic to get wrong.  The holder's pid is written into the
+        file only so that the refusal can name it."""
+        if self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise RunError(f"cannot write in {self.path} ({e.strerror or e}); a run needs a "
+                           "writable folder (nothing was written)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunError(f"cannot lock {self.lock_file}: {e.strerror or e}") from None
+            who = f"pid {holder}" if holder.isdigit() else "a process that is starting"
+            raise RunError(f"{self.path} is being written by another scpo process ({who}); a "
+                           "run has one writer at a time: wait for it to end, or stop it and "
+                           "then --resume") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds without the pid
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
 
     # ---- the log ----
     def lines(self) -> tuple[list[LogLine], bytes]:
@@ -150,7 +204,8 @@ class RunDir:
 
     # ---- the state file ----
     def write_state(self, state: StateFile) -> None:
-        """Atomically replace the state file (written, fsync'ed, renamed)."""
+        """Atomically replace the state file (written, fsync'ed, renamed); the one it replaces
+        stays hard-linked as state.npz.prev until `keep_state` or `undo_state`."""
         meta = {"format": STATE_FORMAT, "head": state.head, "seq": state.seq,
                 "theta": state.theta, "step": state.step, "accepted": state.accepted,
                 "loss": state.loss, "optimizer_t": state.optimizer_t}
@@ -159,11 +214,48 @@ class RunDir:
         if state.pending is not None:
             arrays["pending"] = np.frombuffer(state.pending, dtype=np.uint8)
         tmp = self.path / (STATE_NAME + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            self._previous.unlink(missing_ok=True)
+            self._undo = "remove"
+            if self.state.exists():
+                try:
+                    os.link(self.state, self._previous)  # a name, not a copy: no space needed
+                    self._undo = "restore"
+                except OSError:  # no hard links here: an undo leaves the state one ahead
+                    self._undo = None
+            os.replace(tmp, self.state)
+        except OSError:  # a full disk: the previous state file stays, whole
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise
+
+    @property
+    def _previous(self) -> Path:
+        return self.path / (STATE_NAME + ".prev")
+
+    def keep_state(self) -> None:
+        """The record of the state just written is in the log: the previous state can go."""
+        self._undo = None
+        self._previous.unlink(missing_ok=True)
+
+    def undo_state(self) -> None:
+        """The record of the state just written could not be appended (a full disk): put the
+        previous state file back, so the state and the log stay at the same record and the run
+        audits clean.  Renames need no space; the first state file of a run just goes."""
+        try:
+            if self._undo == "restore":
+                os.replace(self._previous, self.state)
+            elif self._undo == "remove":
+                self.state.unlink(missing_ok=True)
+        except OSError:
+            pass  # the state stays one record ahead (`pending`), which --resume completes
+        self._undo = None
 
     def read_state(self) -> StateFile:
         """The state file, read without pickle and checked against its own θ hash."""

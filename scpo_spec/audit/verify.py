@@ -132,10 +132,15 @@ def _check_state(run: RunDir, lines: list[LogLine], res: AuditResult) -> None:
                                 "scpo-spec; it is not read (the log alone was audited)")
         return
     try:
-        state, _ = run.bound_state(lines)
+        state, pending = run.bound_state(lines)
     except RunError as err:
         res.state_ok = False
         res.problems.append(str(err))
+        return
+    if pending:  # killed between the state write and the append: the log itself is intact
+        res.problems.append(f"{run.state} holds one record the log does not have yet (the run "
+                            "was killed between its two writes); `scpo train … --resume` "
+                            "appends it")
         return
     if res.final_theta is not None and state.theta != res.final_theta:
         res.state_ok = False

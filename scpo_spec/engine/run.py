@@ -3,13 +3,20 @@ header, θ₀, every step and the end, save the state bound to each record, and 
 back (`scpo_spec.load_run`).
 
 Every record is committed the same way: the state file is written first, carrying the record's
-line and its head hash, then the line is appended; Ctrl-C is held off for those two writes, so an
-interrupted run stops between records and its end record names the step actually reached.
+line and its head hash, then the line is appended; Ctrl-C (and SIGTERM, when a handler turns it
+into KeyboardInterrupt, as `scpo train` does) is held off for those two writes, so an interrupted
+run stops between records and its end record names the step actually reached.  A write that
+fails (a full disk) leaves the log and state file as they were before it: the run stops with a
+RunError naming the last intact step and the command that continues it.
+
+One process writes a run at a time: `RunDir.lock`, held from creation or resume to the end.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import platform
 import signal
 import sys
@@ -30,7 +37,7 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
-from scpo_spec.language.load import syntax_of
+from scpo_spec.language.load import parse_model, syntax_of
 from scpo_spec.language.model import Spec
 
 __all__ = ["Run", "RunError", "TrainResult", "load_run", "train"]
@@ -47,12 +54,102 @@ def versions() -> dict:
 
 
 def fresh_dir(base: Path) -> Path:
-    """`base`, or `base-2`, `base-3`, … : an existing run is never overwritten."""
+    """`base`, or `base-2`, `base-3`, … : the first that does not exist (the default run
+    directory, runs/NAME, is never reused)."""
     candidate, i = base, 1
     while candidate.exists():
         i += 1
         candidate = base.with_name(f"{base.name}-{i}")
     return candidate
+
+
+def _aside_name(path: Path) -> Path:
+    i = 1
+    while path.with_name(f"{path.name}.old-{i}").exists():
+        i += 1
+    return path.with_name(f"{path.name}.old-{i}")
+
+
+def _new_run(out: Path | None, default: Path, force: bool, spec_path: Path,
+             note: Callable[[str], None]) -> tuple[RunDir, bool]:
+    """The locked directory of a new run, and whether this call made it.
+
+    Without `out` (and without `force`) the first free runs/NAME, runs/NAME-2, … is made (mkdir
+    is the atomic claim).  An explicit `out` is used exactly: a new or empty directory is fine; a
+    file, or a directory holding anything, is refused (use --resume to continue a run), except
+    that `force` first moves what is there aside to OUT.old-N: nothing is ever deleted."""
+    if out is None and not force:
+        candidate = default
+        while True:
+            candidate = fresh_dir(candidate)
+            try:
+                candidate.mkdir(parents=True)
+            except FileExistsError:  # another run claimed it just now
+                continue
+            except OSError as e:
+                raise RunError(f"cannot create {candidate}: {e.strerror or e}") from None
+            run = RunDir(candidate)
+            try:
+                run.lock()
+            except RunError:
+                candidate.rmdir()
+                raise
+            return run, True
+    path = out if out is not None else default
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--out {path} is a file, not a run directory; give a directory")
+    if path.is_dir() and not RunDir(path).is_empty():
+        if not force:
+            raise RunError(_occupied(path, spec_path))
+        old = RunDir(path)
+        old.lock()  # never move a run another process is writing
+        aside = _aside_name(path)
+        try:
+            os.rename(path, aside)
+        except OSError as e:
+            raise RunError(f"cannot move {path} aside to {aside}: {e.strerror or e}") from None
+        finally:
+            old.unlock()
+        note(f"--force: the previous {path} was moved aside to {aside}")
+    made = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create {path}: {e.strerror or e} (nothing was written)") from None
+    run = RunDir(path)
+    run.lock()
+    if not run.is_empty():  # another writer filled it between our look and the lock
+        run.unlock()
+        raise RunError(_occupied(path, spec_path))
+    return run, made
+
+
+def _occupied(path: Path, spec_path: Path) -> str:
+    if RunDir(path).is_run():
+        return (f"--out {path} already holds a run; continue it with `scpo train {spec_path} "
+                f"--out {path} --resume`, or add --force to move it aside to "
+                f"{_aside_name(path).name} and start a new run there")
+    return (f"--out {path} is not empty (and not a run); choose another --out, or add --force "
+            f"to move what is there aside to {_aside_name(path).name}")
+
+
+def _discard(run: RunDir, made: bool) -> None:
+    """Remove a run that failed before its first records were logged: nothing half-created."""
+    names = [run.log, run.state, run.path / (run.state.name + ".tmp"),
+             run.path / (run.state.name + ".prev"), run.torn,
+             *run.path.glob("spec.*")]
+    for f in names:
+        try:
+            f.unlink(missing_ok=True)
+        except OSError:
+            pass
+    run.unlock()
+    try:
+        run.lock_file.unlink(missing_ok=True)
+        if made:
+            run.path.rmdir()
+    except OSError:
+        pass
 
 
 def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Trainer) -> Header:
@@ -118,19 +215,23 @@ def _restore(trainer: Trainer, saved: StateFile) -> State:
 
 @contextmanager
 def _hold_interrupts():
-    """Ctrl-C during the two writes of a commit is delivered right after them."""
+    """Ctrl-C during the two writes of a commit is delivered right after them; so is SIGTERM
+    when a Python handler is installed for it.  Only signals with a Python handler are held: an
+    ignored one stays ignored, a default action (exiting) is left alone."""
     caught = []
+    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if callable(signal.getsignal(sig))]
     try:
-        previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+        previous = {sig: signal.signal(sig, lambda *a: caught.append(a)) for sig in held}
     except ValueError:  # not the main thread: nothing to hold
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum, frame in caught[:1]:
+            previous[signum](signum, frame)  # Python's SIGINT handler raises KeyboardInterrupt
 
 
 class Recorder:
@@ -141,11 +242,18 @@ class Recorder:
         self.state: State | None = None  # the state of the last record committed
 
     def commit(self, record: Record, state: State) -> str:
+        """Write the state file, then append the line; an OSError leaves both as they were
+        (the state file replaced atomically or put back, a partial line cut off)."""
         line = self.log.line(record.to_dict())
         head = sha256_hex(line)
         with _hold_interrupts():
             self.run.write_state(_state_file(self.trainer, state, head, self.log.seq, line))
-            self.log.write(line)
+            try:
+                self.log.write(line)
+            except OSError:
+                self.run.undo_state()
+                raise
+            self.run.keep_state()
             self.state = state
         return head
 
@@ -164,63 +272,114 @@ class TrainResult:
 def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
           steps: int | None = None, resume: bool = False,
           on_start: Callable[[Trainer, State, Path], None] | None = None,
-          on_step: Callable[[Step, State], None] | None = None) -> TrainResult:
-    """Train a checked spec, logging every step under `out` (default runs/NAME)."""
-    compiled = compile_spec(spec, spec_path.resolve().parent)
+          on_step: Callable[[Step, State], None] | None = None, force: bool = False,
+          on_note: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a checked spec, logging every step under `out` (see `_new_run` for which
+    directory; `resume` continues the run in `out`, default runs/NAME).  `on_note` hears what
+    the user should know but is no error (a run moved aside, a spec that changed only in
+    comments)."""
+    note = on_note or (lambda message: None)
+    run = None
+    if resume:  # a second writer is refused before any work
+        run = RunDir(out if out is not None else Path("runs") / spec.name.name)
+        if not run.is_run():
+            raise RunError(f"{run.path} is not a run that can be resumed (no {run.log.name})")
+        run.lock()
     try:
+        compiled = compile_spec(spec, spec_path.resolve().parent)
         evaluator = open_evaluator(compiled, spec_path.resolve().parent)
     except RayUnavailable as e:
+        if run is not None:
+            run.unlock()
         raise RunError(str(e)) from None
+    except BaseException:
+        if run is not None:
+            run.unlock()
+        raise
     try:
         total = steps if steps is not None else compiled.settings.steps
         if resume:
-            run = RunDir(out if out is not None else Path("runs") / spec.name.name)
-            recorder, state = _resume(run, Trainer(compiled, evaluator), spec_text, total)
+            recorder, state = _resume(run, Trainer(compiled, evaluator), spec_path, spec,
+                                      spec_text, total, note)
         else:
             recorder, state = _create(Trainer(compiled, evaluator), spec_path, spec, spec_text,
-                                      out)
+                                      out, force, note)
+            run = recorder.run
         if on_start is not None:
             on_start(recorder.trainer, state, recorder.run.path)
-        return _loop(recorder, state, total, on_step)
+        return _loop(recorder, state, total, on_step, spec_path)
     except RayUnavailable as e:  # a worker lost mid-run: the steps before it are logged
         raise RunError(f"{e} (continue with --resume)") from None
     finally:
+        if run is not None:
+            run.unlock()
         close_evaluator(evaluator)  # Ray's actors; Ray itself only if this run started it
 
 
-def _create(trainer: Trainer, spec_path, spec, spec_text, out) -> tuple[Recorder, State]:
+def _write_failed(e: OSError, recorder: Recorder, spec_path: Path) -> RunError:
+    """A write that failed mid-run: what is intact (counted from the log itself), and the
+    command that continues."""
+    recorder.close()
+    run = recorder.run.path
+    try:
+        lines, _ = recorder.run.lines()
+        step = sum(ln.record.get("type") == "step" for ln in lines)
+    except RunError:
+        step = "?"
+    what = f"{e.filename}" if e.filename else f"{recorder.run.log}"
+    return RunError(f"cannot write {what}: {e.strerror or e}. Nothing logged is lost: the log is "
+                    f"intact up to step {step} (`scpo audit {run} --allow-incomplete` checks "
+                    f"it). Free some space (or make {run} writable) and continue with "
+                    f"`scpo train {spec_path} --out {run} --resume`")
+
+
+def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
+            note) -> tuple[Recorder, State]:
     compiled = trainer.c
     state = trainer.initial_state()  # raises UnsafeStart before anything is written
-    run = RunDir(fresh_dir(out if out is not None else Path("runs") / spec.name.name))
-    run.path.mkdir(parents=True)
-    run.spec_file(spec_path.suffix).write_text(spec_text, encoding="utf-8")
-    recorder = Recorder(run, AuditWriter.create(run.log), trainer)
-    recorder.commit(header(compiled, spec_text, spec_path, trainer), state)
-    recorder.commit(Init(theta=theta_hash(state.theta), g=state.g, loss=state.loss,
-                         ell=state.ell, margins=trainer.margins), state)
+    run, made = _new_run(out, Path("runs") / spec.name.name, force, spec_path, note)
+    recorder = None
+    try:
+        run.spec_file(spec_path.suffix).write_text(spec_text, encoding="utf-8")
+        recorder = Recorder(run, AuditWriter.create(run.log), trainer)
+        recorder.commit(header(compiled, spec_text, spec_path, trainer), state)
+        recorder.commit(Init(theta=theta_hash(state.theta), g=state.g, loss=state.loss,
+                             ell=state.ell, margins=trainer.margins), state)
+    except BaseException as e:  # not started: leave nothing behind
+        if recorder is not None:
+            recorder.close()
+        _discard(run, made)
+        if isinstance(e, OSError):
+            raise RunError(f"cannot write {e.filename or run.log}: {e.strerror or e}; the run "
+                           f"did not start and nothing was kept in {run.path}") from None
+        raise
     return recorder, state
 
 
-def _loop(recorder: Recorder, state: State, total: int, on_step) -> TrainResult:
+def _loop(recorder: Recorder, state: State, total: int, on_step,
+          spec_path: Path) -> TrainResult:
     trainer, ended = recorder.trainer, "completed"
     try:
-        while state.step < total:
-            new_state, record = trainer.step(state)
-            recorder.commit(record, new_state)
-            state = new_state
-            if on_step is not None:
-                on_step(record, state)
-            if record.stopped:
-                ended = f"stopped at step {record.step}: {record.reason}"
-                break
-    except KeyboardInterrupt:  # the end record names the last state committed
-        state = recorder.state
-        recorder.commit(_end(f"interrupted after step {state.step}", state), state)
-        recorder.close()
-        raise
-    holdout = {**validate_holdout(trainer.c, state.theta), "theta": theta_hash(state.theta)}
-    recorder.commit(Holdout.from_dict(holdout, "holdout"), state)
-    head = recorder.commit(_end(ended, state), state)
+        try:
+            while state.step < total:
+                new_state, record = trainer.step(state)
+                recorder.commit(record, new_state)
+                state = new_state
+                if on_step is not None:
+                    on_step(record, state)
+                if record.stopped:
+                    ended = f"stopped at step {record.step}: {record.reason}"
+                    break
+        except KeyboardInterrupt:  # the end record names the last state committed
+            state = recorder.state
+            recorder.commit(_end(f"interrupted after step {state.step}", state), state)
+            recorder.close()
+            raise
+        holdout = {**validate_holdout(trainer.c, state.theta), "theta": theta_hash(state.theta)}
+        recorder.commit(Holdout.from_dict(holdout, "holdout"), state)
+        head = recorder.commit(_end(ended, state), state)
+    except OSError as e:
+        raise _write_failed(e, recorder, spec_path) from None
     recorder.close()
     return TrainResult(recorder.run.path, state, ended, head)
 
@@ -230,24 +389,46 @@ def _end(reason: str, state: State) -> End:
                theta=theta_hash(state.theta), g=state.g, loss=state.loss)
 
 
-def _resume(run: RunDir, trainer: Trainer, spec_text: str,
-            total: int) -> tuple[Recorder, State]:
+def _meaning(spec: Spec | None) -> str | None:
+    """What a spec says, without comments, layout or spelling of numbers: the model's dump
+    (spans and folded values are left out of it) as canonical JSON."""
+    if spec is None:
+        return None
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+
+
+def _spec_changed(stored: dict, spec_path: Path, spec: Spec, spec_text: str) -> bool:
+    """Whether the text differs from the one the run started with; RunError when the meaning
+    does (a comment or re-layout is no reason to refuse a resume, a changed bound is)."""
+    if stored.get("sha256") == sha256_hex(spec_text.encode()):
+        return False
+    text, path = stored.get("text"), stored.get("path")
+    before = (parse_model(text, path=path, syntax=stored.get("syntax")).spec
+              if isinstance(text, str) and isinstance(path, str) else None)
+    if _meaning(before) is None or _meaning(before) != _meaning(spec):
+        raise RunError(f"the spec changed since the run started: {spec_path} does not say what "
+                       "the spec stored in the run's header says (comments and layout aside); "
+                       "resume with the same spec, or start a new run")
+    return True
+
+
+def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_text: str,
+            total: int, note) -> tuple[Recorder, State]:
     from scpo_spec.audit.verify import verify_chain  # numpy only
-    if not run.is_run():
-        raise RunError(f"{run.path} is not a run that can be resumed (no {run.log.name})")
     lines, _ = run.lines()
-    if run.header().spec.get("sha256") != sha256_hex(spec_text.encode()):
-        raise RunError(f"the spec changed since {run.path} started (SHA-256 differs); resume "
-                       "with the same spec, or start a new run")
+    text_changed = _spec_changed(run.header().spec, spec_path, spec, spec_text)
     problems = verify_chain(lines)
     if problems:
         raise RunError(f"{run.log} fails its hash chain ({problems[0]}); refusing to extend it")
     saved, pending = run.bound_state(lines)
     log = AuditWriter.reopen(run.log, run.torn)
-    if pending:  # killed between the state write and the append: finish the append
-        log.write(saved.pending)
     state = _restore(trainer, saved)
     recorder = Recorder(run, log, trainer)
+    if pending:  # killed between the state write and the append: finish the append
+        try:
+            log.write(saved.pending)
+        except OSError as e:
+            raise _write_failed(e, recorder, spec_path) from None
     if state.step >= total:
         recorder.close()
         raise RunError(f"{run.path} has already taken {state.step} steps (asked for {total}); "
@@ -256,9 +437,16 @@ def _resume(run: RunDir, trainer: Trainer, spec_text: str,
     if not np.all(g <= -trainer.margins):  # cannot happen for a state the run wrote
         recorder.close()
         raise RunError(f"the policy in {run.state} does not verify safe; refusing to resume")
-    recorder.commit(Resume(from_step=state.step, theta=theta_hash(state.theta), g=g,
-                           g_checkpoint=state.g, loss=state.loss, ell=state.ell,
-                           checkpoint_head=saved.head), state)
+    try:
+        recorder.commit(Resume(from_step=state.step, theta=theta_hash(state.theta), g=g,
+                               g_checkpoint=state.g, loss=state.loss, ell=state.ell,
+                               checkpoint_head=saved.head, spec_text_changed=text_changed),
+                        state)
+    except OSError as e:
+        raise _write_failed(e, recorder, spec_path) from None
+    if text_changed:
+        note(f"{spec_path} differs from the spec the run started with only in comments or "
+             "layout; resuming (the resume record says so; the run keeps the original text)")
     state.g = g
     return recorder, state
 
