@@ -37,7 +37,7 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
-from scpo_spec.language.load import parse_model, syntax_of
+from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
 
 __all__ = ["Run", "RunError", "TrainResult", "load_run", "train"]
@@ -397,14 +397,16 @@ def _meaning(spec: Spec | None) -> str | None:
     return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
 
 
-def _spec_changed(stored: dict, spec_path: Path, spec: Spec, spec_text: str) -> bool:
+def _spec_changed(run: RunDir, spec_path: Path, spec: Spec, spec_text: str) -> bool:
     """Whether the text differs from the one the run started with; RunError when the meaning
     does (a comment or re-layout is no reason to refuse a resume, a changed bound is)."""
-    if stored.get("sha256") == sha256_hex(spec_text.encode()):
+    header = run.header()
+    if header.spec.get("sha256") == sha256_hex(spec_text.encode()):
         return False
-    text, path = stored.get("text"), stored.get("path")
-    before = (parse_model(text, path=path, syntax=stored.get("syntax")).spec
-              if isinstance(text, str) and isinstance(path, str) else None)
+    try:
+        before, _ = run.checked_spec(header)  # the stored text, read once, through the run
+    except RunError:
+        before = None
     if _meaning(before) is None or _meaning(before) != _meaning(spec):
         raise RunError(f"the spec changed since the run started: {spec_path} does not say what "
                        "the spec stored in the run's header says (comments and layout aside); "
@@ -416,7 +418,7 @@ def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_tex
             total: int, note) -> tuple[Recorder, State]:
     from scpo_spec.audit.verify import verify_chain  # numpy only
     lines, _ = run.lines()
-    text_changed = _spec_changed(run.header().spec, spec_path, spec, spec_text)
+    text_changed = _spec_changed(run, spec_path, spec, spec_text)
     problems = verify_chain(lines)
     if problems:
         raise RunError(f"{run.log} fails its hash chain ({problems[0]}); refusing to extend it")
