@@ -93,7 +93,7 @@ class TrainingProgress:
         for col in ("metric", "worst over accepted iterates", "needs ≤", "largest ℓ used"):
             table.add_column(col)
         for name, m in zip(self.names, self.margins):
-            table.add_row(name, f"{a.worst[name]:.6g}", f"{-m:g}", f"{a.ell_max[name]:g}")
+            table.add_row(name, f"{a.worst[name]:.6g}", f"{-m + 0.0:g}", f"{a.ell_max[name]:g}")
         console.print(table)
         console.print(f"steps {a.steps}: updates accepted {a.accepted}, rejected {a.rejected}; "
                       f"certificates refuted {a.refutations} (each candidate discarded, ℓ "

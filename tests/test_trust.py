@@ -433,3 +433,15 @@ def test_check_rollout_json_reports_each_metric_at_theta0(tmp_path):
     compiled = compile_spec(spec_of(small_di(), tmp_path), tmp_path)
     g = compiled.evaluator(compiled.family.theta0[None])[0].tolist()
     assert list(files[0]["metrics"].values()) == g
+
+
+def test_a_zero_margin_is_never_printed_as_minus_zero(tmp_path):
+    """`needs ≤ 0`, not `≤ -0`: the unsafe-start message and the end summary."""
+    text = small_di().replace("margin 1e-6", "margin 0").replace("abs(position) <= 1.5",
+                                                                 "abs(position) <= 0.5")
+    spec = write_spec(tmp_path, text)
+    result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "must be ≤ 0" in result.output and "-0" not in result.output
+    ok = write_spec(tmp_path, small_di(steps=1).replace("margin 1e-6", "margin 0"), "ok.scpo")
+    result = runner.invoke(app, ["train", str(ok), "--out", str(tmp_path / "r2"), "-q"])
+    assert result.exit_code == 0 and "-0 " not in result.output.replace("-0.", "")

@@ -60,7 +60,7 @@ class UnsafeStart(ScpoError):
 
     def __init__(self, violated: list[tuple[str, float, float, str]]):
         self.violated = violated  # (name, value, margin, location)
-        parts = [f"'{n}' = {v:.6g} (must be ≤ {-m:g}){f' at {loc}' if loc else ''}"
+        parts = [f"'{n}' = {v:.6g} (must be ≤ {-m + 0.0:g}){f' at {loc}' if loc else ''}"
                  for n, v, m, loc in violated]
         super().__init__("the initial policy θ₀ is not safe on the scenarios: " + "; ".join(parts))
 

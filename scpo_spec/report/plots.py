@@ -66,7 +66,8 @@ def metric_figure(ev: Evidence, i: int):
     fig, ax = plt.subplots(figsize=(7.0, 2.6))
     ax.plot(xs, ys, color=BLUE, lw=1.6, marker="." if len(xs) < 60 else None,
             label="g of the accepted policies")
-    ax.axhline(-m["margin"], color=RED, ls="--", lw=1.2, label=f"−margin = {-m['margin']:g}")
+    ax.axhline(-m["margin"], color=RED, ls="--", lw=1.2,
+               label=f"−margin = {-m['margin'] + 0.0:g}")  # + 0.0: never "-0"
     ax.axhline(0.0, color=GREY, lw=0.6, label="g = 0 (above: violated)")
     caption = [f"{m['name']} over the steps. Blue: g of the {len(xs)} accepted policies (θ₀ at "
                "step 0; an accepted update of step k at k + 1). Dashed red: −margin, which every "
