@@ -138,6 +138,23 @@ class RunDir:
             pass  # a full disk: the lock holds without the pid
         self._lock_fd = fd
 
+    def discard(self, made: bool) -> None:
+        """Remove a run that failed before its first records were logged (nothing is left
+        half-created); the folder itself too when this run `made` it."""
+        for f in [self.log, self.state, self.path / (STATE_NAME + ".tmp"), self._previous,
+                  self.torn, *self.path.glob(f"{SPEC_STEM}.*")]:
+            try:
+                f.unlink(missing_ok=True)
+            except OSError:
+                pass
+        self.unlock()
+        try:
+            self.lock_file.unlink(missing_ok=True)
+            if made:
+                self.path.rmdir()
+        except OSError:
+            pass
+
     def unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock

@@ -133,25 +133,6 @@ def _occupied(path: Path, spec_path: Path) -> str:
             f"to move what is there aside to {_aside_name(path).name}")
 
 
-def _discard(run: RunDir, made: bool) -> None:
-    """Remove a run that failed before its first records were logged: nothing half-created."""
-    names = [run.log, run.state, run.path / (run.state.name + ".tmp"),
-             run.path / (run.state.name + ".prev"), run.torn,
-             *run.path.glob("spec.*")]
-    for f in names:
-        try:
-            f.unlink(missing_ok=True)
-        except OSError:
-            pass
-    run.unlock()
-    try:
-        run.lock_file.unlink(missing_ok=True)
-        if made:
-            run.path.rmdir()
-    except OSError:
-        pass
-
-
 def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Trainer) -> Header:
     spec, s = compiled.spec, compiled.settings
     data = None
@@ -348,7 +329,7 @@ def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
     except BaseException as e:  # not started: leave nothing behind
         if recorder is not None:
             recorder.close()
-        _discard(run, made)
+        run.discard(made)
         if isinstance(e, OSError):
             raise RunError(f"cannot write {e.filename or run.log}: {e.strerror or e}; the run "
                            f"did not start and nothing was kept in {run.path}") from None
