@@ -6,6 +6,7 @@ import json
 import pytest
 
 from scpo_spec.audit.verify import audit_run
+from scpo_spec.report import gather
 from scpo_spec.engine.run import train
 from scpo_spec.language.load import check_file
 from tests.conftest import SPECS
@@ -35,8 +36,9 @@ def test_ready_spec_trains_in_full(path, tmp_path):
     assert a.accepted_violations == 0
     assert a.loss_last < a.loss_first
     assert a.accepted > 0.5 * a.steps
-    if check_file(path).spec.scenarios.holdout is not None:  # the report can certify
-        assert a.holdout["count"] > 0 and a.holdout["violations"] == 0, a.holdout
+    assert a.holdout["count"] > 0 and a.holdout["violations"] == 0, a.holdout
+    evidence = gather(res.run_dir)  # every ready spec ends CERTIFIED
+    assert evidence.certified, evidence.failures
 
 
 @pytest.mark.slow
