@@ -19,6 +19,7 @@ from scpo_spec.audit.verify import audit_run
 from scpo_spec.cli import app
 from scpo_spec.engine.run import train
 from tests.engine_specs import small_di, spec_of, write_spec
+from tests.forgery import copy_run, rechain
 
 runner = CliRunner()
 
@@ -31,31 +32,12 @@ def finished_run(tmp_path_factory):
     return res.run_dir
 
 
-def copy_run(src: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for f in src.iterdir():
-        (dst / f.name).write_bytes(f.read_bytes())
-    return dst
-
-
 def lines_of(run: Path) -> list[bytes]:
     return (run / "audit.jsonl").read_bytes().splitlines(keepends=True)
 
 
 def rewrite(run: Path, lines: list[bytes]) -> None:
     (run / "audit.jsonl").write_bytes(b"".join(lines))
-
-
-def rechain(lines: list[bytes]) -> list[bytes]:
-    """What a forger would do: recompute every prev hash after editing a record."""
-    out, prev = [], "0" * 64
-    for raw in lines:
-        rec = json.loads(raw)
-        rec["prev"] = prev
-        line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
-        out.append(line)
-        prev = sha256_hex(line)
-    return out
 
 
 # ---- the chain ----

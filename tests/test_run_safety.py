@@ -4,7 +4,6 @@ added to the spec before --resume.  Processes, signals, full disks and read-only
 real where the machine allows it (tmpfs mounts and `chattr +i` need root; root ignores chmod)."""
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from scpo_spec.audit import log as log_module
 from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.cli import app
 from tests.engine_specs import small_di, write_spec
+from tests.forgery import records
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # the code under test, not an installed copy
@@ -44,10 +44,6 @@ def wait_for_steps(run: Path, n: int, proc: subprocess.Popen, timeout: float = 9
         assert proc.poll() is None, f"exited early ({proc.returncode}): {proc.stderr.read()}"
         time.sleep(0.02)
     raise AssertionError(f"{run}: fewer than {n} steps after {timeout}s")
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(l) for l in (run / "audit.jsonl").read_bytes().splitlines()]
 
 
 def audit(run: Path, *extra: str) -> int:

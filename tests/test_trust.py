@@ -26,6 +26,7 @@ from scpo_spec.engine.train import Trainer
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.report import gather
 from tests.engine_specs import small_di, spec_of, write_spec
+from tests.forgery import copy_run, records, write_rechained
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,30 +39,6 @@ def genuine(tmp_path_factory):
     text = small_di(steps=6)
     res = train(base / "spec.scpo", spec_of(text, base), text, out=base / "run")
     return res.run_dir, res.head
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for f in src.iterdir():
-        if f.is_file():
-            (dst / f.name).write_bytes(f.read_bytes())
-    return dst
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "audit.jsonl").read_bytes().splitlines()]
-
-
-def write_rechained(run: Path, recs: list[dict]) -> str:
-    """What a forger would do after editing records: recompute every prev; returns the head."""
-    out, prev = [], "0" * 64
-    for i, rec in enumerate(recs):
-        rec = {**rec, "seq": i, "prev": prev}
-        line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
-        out.append(line)
-        prev = sha256_hex(line)
-    (run / "audit.jsonl").write_bytes(b"".join(out))
-    return prev
 
 
 class Payload:
@@ -188,11 +165,7 @@ def test_a_rehashed_log_passes_alone_but_not_against_its_anchor(genuine, tmp_pat
             for key in ("verified", "certificate"):
                 if t.get(key) is not None:
                     t[key][0] -= 0.5
-    new_head = write_rechained(run, recs)
-    rd = RunDir(run)
-    state = rd.read_state()
-    state.head, state.seq = new_head, len(recs) - 1
-    rd.write_state(state)
+    write_rechained(run, recs, rebind=True)
     alone = audit_run(run)
     assert alone.chain_ok and alone.certificates_ok, alone.problems
     anchored = runner.invoke(app, ["audit", str(run), "--head", head])
@@ -232,11 +205,7 @@ def _tamper_first_step(genuine, tmp_path, edit) -> Path:
     recs = records(run)
     step = next(r for r in recs if r["type"] == "step")
     edit(step)
-    head = write_rechained(run, recs)
-    rd = RunDir(run)
-    state = rd.read_state()
-    state.head = head
-    rd.write_state(state)
+    write_rechained(run, recs, rebind=True)
     return run
 
 
@@ -248,22 +217,22 @@ def test_a_scaled_negative_S_is_refused(genuine, tmp_path):
     assert any("positive semidefinite" in p or "bank norms" in p for p in res.problems)
 
 
+def _nan_certificates(step):
+    for t in step["tries"]:
+        if t.get("certificate") is not None:
+            t["certificate"] = [float("nan")] * len(t["certificate"])
+
+
 def test_nan_in_G_and_in_the_certificate_is_refused(genuine, tmp_path):
     def edit(step):
         step["G"][0][0] = float("nan")
-        for t in step["tries"]:
-            if t.get("certificate") is not None:
-                t["certificate"] = [float("nan")] * len(t["certificate"])
+        _nan_certificates(step)
     res = audit_run(_tamper_first_step(genuine, tmp_path, edit))
     assert not res.ok and any("non-finite" in p for p in res.problems)
 
 
 def test_nan_certificate_alone_is_refused(genuine, tmp_path):
-    def edit(step):
-        for t in step["tries"]:
-            if t.get("certificate") is not None:
-                t["certificate"] = [float("nan")] * len(t["certificate"])
-    res = audit_run(_tamper_first_step(genuine, tmp_path, edit))
+    res = audit_run(_tamper_first_step(genuine, tmp_path, _nan_certificates))
     assert not res.ok and any("does not recompute" in p for p in res.problems)
 
 
@@ -285,11 +254,7 @@ def test_a_log_cut_before_its_end_is_never_certified(genuine, tmp_path):
 def test_a_killed_run_audits_only_with_allow_incomplete(genuine, tmp_path):
     run = copy_run(genuine[0], tmp_path / "run")
     recs = [r for r in records(run) if r["type"] not in ("holdout", "end")]
-    head = write_rechained(run, recs)
-    rd = RunDir(run)
-    state = rd.read_state()
-    state.head, state.seq, state.pending = head, len(recs) - 1, None
-    rd.write_state(state)
+    write_rechained(run, recs, rebind=True)
     assert runner.invoke(app, ["audit", str(run)]).exit_code == 1
     ok = runner.invoke(app, ["audit", str(run), "--allow-incomplete"])
     assert ok.exit_code == 0, ok.output
