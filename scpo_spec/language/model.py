@@ -95,7 +95,47 @@ class GymnasiumSystem(Node):
     inputs: list[Signal]  # written `action …`
 
 
-System = Annotated[Union[LinearSystem, PendulumSystem, StaticSystem, GymnasiumSystem],
+class Equation(Node):
+    """One state's equation in a declared system: `next p = …` or `der p = …`."""
+
+    state: Signal
+    expr: Expr
+
+
+class DiscreteSystem(Node):
+    """x⁺ = f(x, u), declared: one `next` equation per state (any order)."""
+
+    kind: Literal["discrete"] = "discrete"
+    states: list[Signal]
+    inputs: list[Signal]
+    next: list[Equation] = Field(default_factory=list)
+
+
+class OdeSystem(Node):
+    """ẋ = f(x, u), declared: one `der` equation per state, integrated over each control period
+    dt (input held) with `substeps` steps of the `integrator`."""
+
+    kind: Literal["ode"] = "ode"
+    states: list[Signal]
+    inputs: list[Signal]
+    dt: Quantity | None = None
+    integrator: Ident | None = None   # rk4 (default) | euler | midpoint
+    substeps: Quantity | None = None  # default 1
+    der: list[Equation] = Field(default_factory=list)
+
+
+class PythonSystem(Node):
+    """x⁺ = f(x, u) computed by the author's callable `module:function` (float64 torch tensors,
+    any leading batch shape); imported only by `check` and `train` of the author's spec."""
+
+    kind: Literal["python"] = "python"
+    function: Text | None = None      # written as the section's label: "module:callable"
+    states: list[Signal]
+    inputs: list[Signal]
+
+
+System = Annotated[Union[LinearSystem, PendulumSystem, StaticSystem, GymnasiumSystem,
+                         DiscreteSystem, OdeSystem, PythonSystem],
                    Field(discriminator="kind")]
 
 
@@ -111,7 +151,14 @@ class LinearBackup(Node):
     K: Quantity | None = None
 
 
-Backup = Annotated[Union[LqrBackup, LinearBackup], Field(discriminator="kind")]
+class TorchBackup(Node):
+    """A frozen TorchScript controller, states (N, n) → inputs (N, m)."""
+
+    kind: Literal["torch"] = "torch"
+    file: Text | None = None
+
+
+Backup = Annotated[Union[LqrBackup, LinearBackup, TorchBackup], Field(discriminator="kind")]
 
 
 # ---- policy ----
@@ -128,7 +175,14 @@ class LinearPolicy(Node):
     init: Ident | None = None  # `backup` (start at the backup's gain) or `zero`
 
 
-Policy = Annotated[Union[MlpPolicy, LinearPolicy], Field(discriminator="kind")]
+class TorchPolicy(Node):
+    """A TorchScript policy whose parameters are θ (θ₀: the parameters in the file)."""
+
+    kind: Literal["torch"] = "torch"
+    file: Text | None = None
+
+
+Policy = Annotated[Union[MlpPolicy, LinearPolicy, TorchPolicy], Field(discriminator="kind")]
 
 
 # ---- scenarios ----
@@ -290,6 +344,7 @@ DEFAULTS = {
     ("objective return", "population"): 8, ("objective return", "sigma"): 0.02,
     ("objective return", "seed"): 0, ("train", "executor"): "local",
     ("executor ray", "workers"): 2,
+    ("system ode", "integrator"): "rk4", ("system ode", "substeps"): 1,
 }
 
 
