@@ -468,7 +468,7 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         progress.summary(out, res, audit)
         certified = audit.ok and audit.complete and res.ended == "completed"
     else:  # the report audits the run; the summary reuses that audit
-        evidence, target = _write_report(res.run_dir, ReportFormat.html, None)
+        evidence, target = _write_report(res.run_dir, ReportFormat.html, None, trust_code=True)
         progress.summary(out, res, evidence.audit)
         _say_verdict(evidence, target)
         certified = evidence.certified
@@ -639,10 +639,11 @@ class ReportFormat(str, Enum):
     pdf = "pdf"
 
 
-def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Path | None = None):
+def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Path | None = None,
+                  trust_code: bool = False):
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.report import gather, write_report
-    evidence = gather(run, key=key)
+    evidence = gather(run, key=key, trust_code=trust_code)
     target = output or RunDir(run).report(fmt.value)
     write_report(evidence, target, fmt.value)
     return evidence, target
@@ -665,14 +666,19 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
                                                  "(default RUN/report.html|md|pdf)."),
            key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 public key the "
                                               "run's signature must verify with."),
+           trust_code: bool = typer.Option(False, "--trust-code", help="Run the code the "
+                                           "run's spec names (a python plant, a TorchScript "
+                                           "backup…) to draw the final policy's rollouts, once "
+                                           "its files match the SHA-256 the run recorded."),
            ) -> None:
     """Write the certification report of a run (from its log and state file; never re-trains,
-    never imports or unpickles anything from the run).  Exit 0 when the report was written,
-    whatever its verdict (the verdict is printed; `scpo audit` is the pass/fail check)."""
+    never imports or unpickles anything from the run, and runs code the spec names only with
+    --trust-code).  Exit 0 when the report was written, whatever its verdict (the verdict is
+    printed; `scpo audit` is the pass/fail check)."""
     from scpo_spec.audit.rundir import RunDir
     if not RunDir(run).is_run():
         _usage(f"not a run directory (no audit.jsonl): {run}")
-    evidence, target = _write_report(run, fmt, output, key)
+    evidence, target = _write_report(run, fmt, output, key, trust_code)
     _say_verdict(evidence, target)
 
 

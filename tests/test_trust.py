@@ -99,7 +99,7 @@ def test_reading_a_run_never_imports_a_module_it_names(genuine, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     proc = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=120)
-    assert "refused:" in proc.stdout and "never imports code" in proc.stdout, proc.stdout
+    assert "refused:" in proc.stdout and "never runs the code" in proc.stdout, proc.stdout
     assert "NOT CERTIFIED" in proc.stdout and "Traceback" not in proc.stderr, proc.stderr
     assert not marker.exists()
 

@@ -148,6 +148,7 @@ class Header(Record):
     objective: Any = None
     versions: dict = field(default_factory=dict)
     command: str = ""
+    code: list | None = None   # the code the spec names: kind, target, file, sha256 each
 
     @property
     def metric_names(self) -> list[str]:

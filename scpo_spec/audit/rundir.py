@@ -194,10 +194,13 @@ class RunDir:
         return sha256_hex(lines[-1].raw) if lines else "0" * 64
 
     # ---- the spec, rebuilt once from the header ----
-    def checked_spec(self, header: Header | None = None):
+    def checked_spec(self, header: Header | None = None, trust_code: bool = False):
         """The spec stored in the header, checked as `scpo check` would (its data files relative
-        to where the spec was), or RunError.  A spec that names a module (a gymnasium id
-        `module:Env`) is refused: reading a run never imports code it names."""
+        to where the spec was), or RunError.  A spec that names code (a python plant, a
+        gymnasium `module:Env`, a TorchScript backup or policy) is checked without importing
+        or opening any of it; with `trust_code`, its files must first be exactly the ones the
+        header fingerprinted, and then the checks that run the code run too."""
+        from scpo_spec.language.code import names_code, unchanged
         from scpo_spec.language.load import check_text, parse_model
         header = header or self.header()
         spec = header.spec
@@ -206,12 +209,15 @@ class RunDir:
             raise RunError(f"{self.log}: the header holds no spec text")
         if sha256_hex(text.encode()) != spec.get("sha256"):
             raise RunError(f"{self.log}: the spec text in the header does not match its SHA-256")
-        parsed = parse_model(text, path=path, syntax=spec.get("syntax"))  # builds, runs nothing
-        if parsed.spec is not None and _names_a_module(parsed.spec):
-            raise RunError(f"the spec stored in {self.log} names a Python module (`module:Env`); "
-                           "a run directory is data, and reading it never imports code")
         origin = Path(spec.get("resolved") or path)
-        result = check_text(text, path=path, base_dir=origin.parent, syntax=spec.get("syntax"))
+        parsed = parse_model(text, path=path, syntax=spec.get("syntax"))  # builds, runs nothing
+        runs_code = parsed.spec is not None and names_code(parsed.spec)
+        if runs_code and trust_code:
+            problems = unchanged(header.code, parsed.spec, origin.parent)
+            if problems:
+                raise RunError(f"not trusting the code of {self.path}: {problems[0]}")
+        result = check_text(text, path=path, base_dir=origin.parent, syntax=spec.get("syntax"),
+                            run_code=trust_code or not runs_code)
         if result.spec is None or not result.ok:
             first = next((d.headline() for d in result.diagnostics if d.severity == "error"),
                          "it does not build")
@@ -335,9 +341,3 @@ class RunDir:
             raise RunError(f"{self.state} holds a policy ({state.theta[:16]}…) that is not the "
                            f"last one the log accepted ({str(expected_hash)[:16]}…)")
         return np.asarray(state.arrays["theta"], dtype=np.float64)
-
-
-def _names_a_module(spec) -> bool:
-    """A gymnasium id of the `module:EnvId` form: gymnasium would import the module to make it."""
-    env_id = getattr(spec.system, "env_id", None)
-    return env_id is not None and ":" in str(getattr(env_id, "value", env_id))

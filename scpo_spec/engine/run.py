@@ -37,6 +37,7 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
+from scpo_spec.language.code import identities
 from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
 
@@ -155,7 +156,8 @@ def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Tra
         dimensions={"d": compiled.family.d, "n": trainer.n, "k": trainer.k,
                     "scenarios": int(compiled.evaluator.x0.shape[0]),
                     "horizon": compiled.evaluator.horizon},
-        objective=compiled.objective.describe, versions=versions(), command=" ".join(sys.argv))
+        objective=compiled.objective.describe, versions=versions(), command=" ".join(sys.argv),
+        code=identities(spec, spec_path.resolve().parent) or None)
 
 
 def _policy_seed(spec: Spec):
@@ -625,16 +627,22 @@ class Run:
         return self._compiled
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, *, trust_code: bool = False) -> Run:
     """A run directory whose log audits clean: `.spec` (the model) and `.policy` (float64, numpy
     or torch states (N, n) or (n,) → actions), the last policy the log accepted — never a state
-    file the log disowns.  See `Run` for `simulate`, `metrics` and the spec's values."""
+    file the log disowns.  See `Run` for `simulate`, `metrics` and the spec's values.
+
+    A run whose spec names code (a python plant, a gymnasium `module:Env`, a TorchScript backup
+    or policy) is refused unless `trust_code`: then its files must hash as the run recorded."""
     from scpo_spec.audit.verify import audit_run
+    from scpo_spec.language.code import untrusted
     from scpo_spec.policies import make_backup, make_policy
     from scpo_spec.systems import make_dynamics
     run = RunDir(run_dir)
     head = run.header()
-    spec, base_dir = run.checked_spec(head)
+    spec, base_dir = run.checked_spec(head, trust_code=trust_code)
+    if not trust_code and untrusted(spec):
+        raise RunError(untrusted(spec))
     audit = audit_run(run.path)
     if not (audit.chain_ok and audit.certificates_ok):
         raise RunError(f"{run.path} does not pass `scpo audit` ({audit.problems[0]}); "

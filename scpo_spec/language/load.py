@@ -44,8 +44,10 @@ def parse_model(text: str, path: str = "<spec>", syntax: str | None = None) -> C
 
 
 def check_text(text: str, path: str = "<spec>", syntax: str | None = None,
-               base_dir: Path | None = None, run_checks: bool = True) -> CheckResult:
-    """Parse, build and check a spec given as text."""
+               base_dir: Path | None = None, run_checks: bool = True,
+               run_code: bool = True) -> CheckResult:
+    """Parse, build and check a spec given as text (`run_code` False: without importing or
+    opening any code it names — how a run directory's stored spec is checked)."""
     source = Source(path=path, text=text)
     syntax = syntax or syntax_of(path)
     if "\x00" in text:
@@ -72,7 +74,7 @@ def check_text(text: str, path: str = "<spec>", syntax: str | None = None,
         builder.failed |= _misspelt_sections(diagnostics)
         spec = builder.build(doc, path)
         if run_checks:
-            check_model(spec, collector, base_dir, builder.failed)
+            check_model(spec, collector, base_dir, builder.failed, run_code)
     except RecursionError:
         collector.error("nesting is too deep", source.span_at(0))
         spec = None

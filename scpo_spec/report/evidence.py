@@ -22,6 +22,7 @@ from scpo_spec.errors import ScpoError
 from scpo_spec.audit.records import Header, Holdout, Init, Record, Step
 from scpo_spec.audit.rundir import STATE_NAME, RunDir, RunError
 from scpo_spec.audit.verify import AuditResult, audit_run, describe_stall
+from scpo_spec.language.code import untrusted
 
 VACUOUS_BOUND = 1.0  # a holdout bound ln(1/β)/N at or above this says nothing
 
@@ -105,10 +106,12 @@ class Evidence:
 
 
 def gather(run_dir: str | Path, compute_holdout: bool = True,
-           key: Path | None = None, final_policy: bool = True) -> Evidence:
+           key: Path | None = None, final_policy: bool = True,
+           trust_code: bool = False) -> Evidence:
     """Read and re-verify a run; RunError only for a directory that is not a run at all (no log,
     or no header).  `key`: an Ed25519 public key the head's signature must verify with;
-    `final_policy`: roll the final policy out for the report's trajectory/regression plots."""
+    `final_policy`: roll the final policy out for the report's trajectory/regression plots;
+    `trust_code`: run the code the spec names (after checking its fingerprints) for them."""
     run = RunDir(run_dir)
     header = run.header()
     audit = audit_run(run.path, key=key)
@@ -120,12 +123,12 @@ def gather(run_dir: str | Path, compute_holdout: bool = True,
         audit.problems.append(str(err))
     spec, base, spec_problem = None, None, None
     try:
-        spec, base = run.checked_spec(header)
+        spec, base = run.checked_spec(header, trust_code=trust_code)
     except RunError as err:
         spec_problem = str(err)
     series, rejected, refutations = _series(records)
     end = next((r for r in reversed(records) if r.TYPE == "end"), None)
-    final = _Final(run, audit, spec, base)
+    final = _Final(run, audit, spec, base, trust_code)
     holdout, source = _holdout(audit, final, compute_holdout)
     metrics = _metric_rows(header, audit, spec, holdout)
     ev = Evidence(run.path, header, records, audit, spec, metrics, series, rejected, refutations,
@@ -141,10 +144,12 @@ class _Final:
     """The final θ and the compiled spec, each made once and only when asked for (the holdout
     and the pictures share them); `problem` says why one could not be had."""
 
-    def __init__(self, run: RunDir, audit: AuditResult, spec, base):
+    def __init__(self, run: RunDir, audit: AuditResult, spec, base, trust_code: bool = False):
         self.run, self.audit, self.spec, self.base = run, audit, spec, base
         self._theta = self._compiled = None
         self.problem: str | None = None if spec is not None else "the stored spec is unusable"
+        if spec is not None and not trust_code:
+            self.problem = untrusted(spec)  # rolling the policy out would run the run's code
 
     def theta(self):
         if self._theta is None and self.problem is None:

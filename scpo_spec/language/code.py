@@ -1,0 +1,168 @@
+"""The code a spec names — a `system python` callable, a gymnasium `module:EnvId`, a `backup
+torch` or `policy torch` file — found, imported and fingerprinted in one place.
+
+Importing a module or loading a file runs its author's code, so only `check` and `train` of the
+author's own spec do it.  A run's header keeps each piece's identity (its file's SHA-256, found
+here WITHOUT importing anything), so a reader who chooses to trust a run's code (`--trust-code`)
+runs exactly the code the run was trained with, or is refused.
+
+Modules are looked up in the spec's own directory first, then on the usual `sys.path` (an
+installed package, PYTHONPATH): a plant module kept next to its spec just works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.machinery
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from scpo_spec.errors import ScpoError
+from scpo_spec.language import model as M
+from scpo_spec.language.source import Span
+
+
+class CodeError(ScpoError):
+    """Code a spec names cannot be found, imported or trusted."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One piece of code a spec names: `kind` as written ("system python", …), `target` the
+    module (`module` or `module:attribute`) or the file path as written, and where."""
+
+    kind: str
+    target: str
+    span: Span | None
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind in ("backup torch", "policy torch")
+
+    @property
+    def module(self) -> str:
+        return self.target.split(":", 1)[0]
+
+
+def references(spec: M.Spec) -> list[Reference]:
+    """Every piece of code the spec names, in section order."""
+    out: list[Reference] = []
+    system = spec.system
+    if isinstance(system, M.PythonSystem) and system.function is not None:
+        out.append(Reference("system python", system.function.value, system.function.span))
+    if isinstance(system, M.GymnasiumSystem) and system.env_id is not None \
+            and ":" in system.env_id.value:
+        out.append(Reference("system gymnasium", system.env_id.value, system.env_id.span))
+    for section, node in (("backup", spec.backup), ("policy", spec.policy)):
+        if getattr(node, "kind", None) == "torch" and node.file is not None:
+            out.append(Reference(f"{section} torch", node.file.value, node.file.span))
+    return out
+
+
+def names_code(spec: M.Spec) -> bool:
+    return bool(references(spec))
+
+
+def import_module(name: str, base_dir: Path | None):
+    """Import `name` for the spec's author, searching `base_dir` first; CodeError naming what
+    went wrong (not found, or the import itself raised) instead of a traceback."""
+    added = base_dir is not None and str(base_dir) not in sys.path
+    if added:
+        sys.path.insert(0, str(base_dir))
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name and (name == err.name or name.startswith(err.name + ".")):
+            where = f" (looked in {base_dir} and on sys.path)" if base_dir else ""
+            raise CodeError(f"no module named '{name}'{where}") from None
+        raise CodeError(f"importing '{name}' failed: {_one_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - the author's module raised while importing
+        raise CodeError(f"importing '{name}' failed: {_one_line(err)}") from None
+    finally:
+        if added:
+            try:
+                sys.path.remove(str(base_dir))
+            except ValueError:  # pragma: no cover - the module removed it itself
+                pass
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def locate(ref: Reference, base_dir: Path | None) -> Path | None:
+    """The file behind a reference, found without importing or loading anything (a package's
+    `__init__` is not run: each level is looked up with the path finder alone)."""
+    if ref.is_file:
+        path = Path(ref.target)
+        return path if path.is_absolute() else (base_dir or Path.cwd()) / path
+    search = [str(base_dir)] if base_dir is not None else []
+    search += [p for p in sys.path if p not in search]
+    spec = None
+    for i, part in enumerate(ref.module.split(".")):
+        spec = importlib.machinery.PathFinder.find_spec(
+            ".".join(ref.module.split(".")[:i + 1]), search)
+        if spec is None:
+            return None
+        search = list(spec.submodule_search_locations or [])
+    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+        return None
+    return Path(spec.origin)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def identities(spec: M.Spec, base_dir: Path | None) -> list[dict]:
+    """What the run header records of each piece of code: kind, target, resolved file, SHA-256."""
+    out = []
+    for ref in references(spec):
+        path = locate(ref, base_dir)
+        if path is None or not path.is_file():
+            raise CodeError(f"{ref.kind} '{ref.target}': cannot find its file to fingerprint")
+        out.append({"kind": ref.kind, "target": ref.target, "file": str(path.resolve()),
+                    "sha256": sha256_file(path)})
+    return out
+
+
+def unchanged(recorded: list | None, spec: M.Spec, base_dir: Path | None) -> list[str]:
+    """Why the code a spec names is not the code a run recorded ([] when every file is found,
+    where it was, with the recorded SHA-256)."""
+    recorded = recorded or []
+    refs = references(spec)
+    by_key = {(r.get("kind"), r.get("target")): r for r in recorded if isinstance(r, dict)}
+    problems = []
+    for ref in refs:
+        entry = by_key.get((ref.kind, ref.target))
+        if entry is None:
+            problems.append(f"{ref.kind} '{ref.target}' has no fingerprint in the run's header")
+            continue
+        path = locate(ref, base_dir)
+        if path is None or not path.is_file():
+            problems.append(f"{ref.kind} '{ref.target}': its file is not found any more")
+        elif str(path.resolve()) != entry.get("file"):
+            problems.append(f"{ref.kind} '{ref.target}' now resolves to {path.resolve()}, not "
+                            f"{entry.get('file')} as when the run was trained")
+        elif sha256_file(path) != entry.get("sha256"):
+            problems.append(f"{ref.kind} '{ref.target}': {path} changed since the run was "
+                            "trained (its SHA-256 differs)")
+    return problems
+
+
+def untrusted(spec: M.Spec) -> str | None:
+    """Why a run's policy cannot be rolled out without trusting its code (None if it names none)."""
+    refs = references(spec)
+    if not refs:
+        return None
+    named = ", ".join(f"{r.kind} '{r.target}'" for r in refs)
+    return (f"the run's spec names code ({named}); a run directory is data, and reading it never "
+            "runs the code it names. Pass --trust-code (Python: trust_code=True) to run it, once "
+            "its files are checked against the SHA-256 the run recorded")

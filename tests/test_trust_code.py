@@ -1,0 +1,173 @@
+"""A run whose spec names code (here a gymnasium `module:EnvId` kept next to the spec) is data to
+every reader: `audit`, `report` and `load_run` never import the module unless told to trust it,
+and then only the exact file the run fingerprinted."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from scpo_spec.audit.rundir import RunDir, RunError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+MODULE = "scpo_trust_point"
+
+ENV = textwrap.dedent('''
+    import gymnasium as gym
+    import numpy as np
+
+    class Point(gym.Env):
+        """p⁺ = p + 0.1 v, v⁺ = v + 0.1 f; reward −p²."""
+
+        def __init__(self):
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+            self.action_space = gym.spaces.Box(-3.0, 3.0, (1,), np.float64)
+
+        def reset(self, seed=None, options=None):
+            super().reset(seed=seed)
+            self.x = self.np_random.uniform(-1, 1, size=2)
+            return self.x.copy(), {}
+
+        def step(self, action):
+            p, v = self.x
+            v = v + 0.1 * float(np.clip(action[0], -3, 3))
+            p = p + 0.1 * v
+            self.x = np.array([p, v])
+            return self.x.copy(), -p * p, False, False, {}
+
+    gym.register("PointTrust-v0", entry_point=f"{__name__}:Point")
+''')
+
+SPEC = f'''\
+spec point "A user's own gymnasium environment, kept next to the spec"
+system gymnasium "{MODULE}:PointTrust-v0" {{ observation p, v  action f }}
+backup linear {{ K = [[-1, -1.5]] }}
+policy mlp {{ hidden = [4]  activation = tanh  residual = backup  seed = 0 }}
+scenarios {{ count 4  seed 0  horizon 20  holdout 20 }}
+constraint force_limit: always f in [-3, 3]    smoothness 20
+constraint position:    always abs(p) <= 5     smoothness 20
+objective return {{ population 2  sigma 0.02  seed 0 }}
+train {{
+    steps 2
+    optimizer adam {{ lr = 0.01 }}
+    directions 2
+    perturbation 1e-3
+    radius 0.3
+    margin 1e-6
+    seed 0
+}}
+'''
+
+
+def _scpo(*args, cwd: Path, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "scpo_spec.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ,
+                               "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished run of the spec, trained by the CLI from the spec's own directory."""
+    home = tmp_path_factory.mktemp("user")
+    (home / f"{MODULE}.py").write_text(ENV, encoding="utf-8")
+    (home / "point.scpo").write_text(SPEC, encoding="utf-8")
+    proc = _scpo("train", "point.scpo", "--out", "run", cwd=home)
+    assert "CERTIFIED" in proc.stdout, proc.stdout
+    return home, home / "run"
+
+
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(
+                              Path(__file__).resolve().parents[1])})
+
+
+def test_the_header_fingerprints_the_module(trained):
+    home, run = trained
+    code = RunDir(run).header().code
+    assert code == [{"kind": "system gymnasium", "target": f"{MODULE}:PointTrust-v0",
+                     "file": str((home / f"{MODULE}.py").resolve()),
+                     "sha256": __import__("hashlib").sha256(
+                         (home / f"{MODULE}.py").read_bytes()).hexdigest()}]
+
+
+def test_readers_never_import_the_module_unless_trusted(trained):
+    home, run = trained
+    probe = textwrap.dedent(f'''
+        import sys, json
+        from scpo_spec.engine.run import load_run
+        from scpo_spec.report.evidence import gather
+        from scpo_spec.audit.verify import audit_run
+        out = {{}}
+        out["audit"] = audit_run({str(run)!r}).ok
+        ev = gather({str(run)!r})
+        out["certified"] = ev.certified
+        out["note"] = ev.final_note
+        try:
+            load_run({str(run)!r})
+            out["load"] = "loaded"
+        except Exception as e:
+            out["load"] = type(e).__name__ + ": " + str(e)
+        out["imported"] = {MODULE!r} in sys.modules
+        print(json.dumps(out))
+    ''')
+    proc = _python(probe, cwd=home)  # the module sits in the cwd: importable, if anyone tried
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["audit"] is True and out["certified"] is True
+    assert out["imported"] is False
+    assert out["load"].startswith("RunError") and "--trust-code" in out["load"]
+    assert "names code" in out["note"]
+
+
+def test_trusted_code_loads_and_matches_the_run(trained):
+    home, run = trained
+    probe = textwrap.dedent(f'''
+        import sys, json
+        from scpo_spec.engine.run import load_run
+        r = load_run({str(run)!r}, trust_code=True)
+        m = r.metrics()
+        print(json.dumps({{"imported": {MODULE!r} in sys.modules, "metrics": m}}))
+    ''')
+    proc = _python(probe, cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["imported"] is True
+    assert all(v <= -1e-6 for v in out["metrics"].values()), out
+
+
+def test_changed_code_is_not_trusted(trained, tmp_path):
+    home, run = trained
+    module = home / f"{MODULE}.py"
+    original = module.read_text(encoding="utf-8")
+    try:
+        module.write_text(original + "\n# edited after training\n", encoding="utf-8")
+        with pytest.raises(RunError, match="changed since the run was trained"):
+            RunDir(run).checked_spec(trust_code=True)
+        proc = _scpo("report", run, "--trust-code", "-o", tmp_path / "r.html", cwd=home,
+                     check=False)
+        assert proc.returncode == 0, proc.stderr      # the report is written …
+        assert "NOT CERTIFIED" in proc.stdout         # … and says the spec could not be used
+        assert "changed since the run was trained" in proc.stdout
+    finally:
+        module.write_text(original, encoding="utf-8")
+    assert RunDir(run).checked_spec(trust_code=True)[0] is not None
+
+
+def test_report_with_trust_code_draws_the_rollouts(trained, tmp_path):
+    home, run = trained
+    target = tmp_path / "report.md"
+    proc = _scpo("report", run, "--trust-code", "--format", "md", "-o", target, cwd=home)
+    assert "CERTIFIED" in proc.stdout
+    plain = tmp_path / "plain.md"
+    _scpo("report", run, "--format", "md", "-o", plain, cwd=home)
+    assert "--trust-code" in plain.read_text(encoding="utf-8")
+    assert "--trust-code" not in target.read_text(encoding="utf-8")
