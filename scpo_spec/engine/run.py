@@ -625,10 +625,12 @@ class Run:
         return self._compiled
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, trust_code: bool = False) -> Run:
     """A run directory whose log audits clean: `.spec` (the model) and `.policy` (float64, numpy
     or torch states (N, n) or (n,) → actions), the last policy the log accepted — never a state
-    file the log disowns.  See `Run` for `simulate`, `metrics` and the spec's values."""
+    file the log disowns.  See `Run` for `simulate`, `metrics` and the spec's values.
+    `trust_code`: accepted for runs whose spec names code (TorchScript files); the gate that
+    refuses such runs without it is not wired yet (TODO(lead), issue 11)."""
     from scpo_spec.audit.verify import audit_run
     from scpo_spec.policies import make_backup, make_policy
     from scpo_spec.systems import make_dynamics
@@ -641,7 +643,8 @@ def load_run(run_dir: str | Path) -> Run:
                        "not loading its policy")
     theta = torch.from_numpy(run.final_theta(audit.final_theta)).to(DTYPE)
     dynamics = make_dynamics(spec)
-    family = make_policy(spec, dynamics.n, dynamics.m, make_backup(spec, dynamics))
+    family = make_policy(spec, dynamics.n, dynamics.m, make_backup(spec, dynamics, base_dir),
+                         base_dir)
     if theta.shape != family.theta0.shape:
         raise RunError(f"{run.state} holds {theta.numel()} weights; the spec's policy has "
                        f"{family.d}")
