@@ -173,3 +173,22 @@ def test_cli_export(certified, uncertified, tmp_path, monkeypatch):
                               str(certified / "p.onnx")])
     assert res.exit_code == 1 and "inside the run directory" in res.output
     assert not (certified / "p.onnx").exists()
+
+
+def test_a_policy_without_backup_exports_too(tmp_path):
+    """The no-backup branch of PolicyCore (a `policy torch` / `policy mlp` without residual)
+    through the same scripting, ONNX writing and checking as `export_run`."""
+    from scpo_spec.export import _check_onnx, _script, _write_onnx
+    from scpo_spec.policies.policy import PolicyCore
+    torch.manual_seed(0)
+    core = PolicyCore(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
+                                          torch.nn.Linear(4, 2)).double(), None)
+    _write_onnx(_script(core), 3, {"format": "scpo-export/1", "forced": False},
+                tmp_path / "nb.onnx")
+    x = states(n=3)
+    expected = core(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(onnx_actions(tmp_path / "nb.onnx", x), expected, rtol=0, atol=1e-9)
+    assert _check_onnx(tmp_path / "nb.onnx", lambda s: core(torch.from_numpy(s)).detach().numpy(),
+                       3) <= 1e-9
+    assert read_onnx_metadata(tmp_path / "nb.onnx") == {"format": "scpo-export/1",
+                                                        "forced": False}

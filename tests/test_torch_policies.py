@@ -154,7 +154,8 @@ def test_check_errors_for_a_backup_file(tmp_path):
     save(NotFinite(), tmp_path / "ctrl.pt")
     assert "non-finite" in _one_error(spec, tmp_path)
     save(nn.Linear(3, 1), tmp_path / "ctrl.pt")  # expects 3 states; the plant has 2
-    assert "fails on a (4, 2) float64 batch of states: RuntimeError" in _one_error(spec, tmp_path)
+    msg = _one_error(spec, tmp_path)
+    assert "fails on a (4, 2) float64 batch of states: RuntimeError: mat1 and mat2" in msg, msg
     save(Saturated(lqr_gain(tmp_path)), tmp_path / "ctrl.pt")
     assert check_files(spec, tmp_path) == []
     # the compiler refuses a bad file the same way, as an error a user can cause

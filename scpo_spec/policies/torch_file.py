@@ -50,6 +50,18 @@ class TorchFileError(ScpoError):
         self.message, self.span = message, span
 
 
+def reason(e: BaseException) -> str:
+    """One line saying why torch failed: TorchScript's interpreter puts its own banner first and
+    the actual error (e.g. 'mat1 and mat2 shapes cannot be multiplied') last."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    line = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
+    for prefix in ("RuntimeError: ", "ValueError: "):
+        line = line.removeprefix(prefix)
+    return line.split(". ")[0][:200]  # the first sentence: the rest is torch's advice
+
+
 def resolve(file: Text, base_dir: Path | None, spec: Spec | None = None) -> Path:
     """The file's path: as written when absolute, else relative to the spec's directory."""
     path = Path(file.value).expanduser()
@@ -80,9 +92,8 @@ def load_torch_file(file: Text, base_dir: Path | None, n: int, m: int, what: str
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, ValueError, …
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise TorchFileError(f"{what} file '{file.value}' is not a TorchScript archive "
-                             f"(torch.jit.load: {first[:200]}); save it with "
+                             f"(torch.jit.load: {reason(e)}); save it with "
                              "torch.jit.save(torch.jit.script(module), path)", span) from None
     module = module.to(DTYPE).eval()
     for p in module.parameters():
@@ -92,9 +103,8 @@ def load_torch_file(file: Text, base_dir: Path | None, n: int, m: int, what: str
         with torch.no_grad():
             out = module(probe)
     except Exception as e:  # noqa: BLE001 - the author's code may raise anything
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise TorchFileError(f"{what} file '{file.value}' fails on a ({PROBE_BATCH}, {n}) "
-                             f"float64 batch of states: {type(e).__name__}: {first[:200]}",
+                             f"float64 batch of states: {type(e).__name__}: {reason(e)}",
                              span) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (PROBE_BATCH, m):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
