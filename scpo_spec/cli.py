@@ -1,7 +1,7 @@
 """The `scpo` command line (typer + rich).
 
-Exit codes: 0 ok (for `train`: CERTIFIED); 1 a spec has errors, a run is refused, or `train`
-ended NOT CERTIFIED / its audit failed; 2 usage errors (and `train` given a spec with errors);
+Exit codes: 0 ok (for `train`: CERTIFIED); 1 a spec has errors, a run is refused (`export`:
+a run NOT CERTIFIED without --force), or `train` ended NOT CERTIFIED / its audit failed; 2 usage errors (and `train` given a spec with errors);
 130 interrupted.  Every error scpo-spec raises on purpose is a `ScpoError`, printed in one
 place (`main`); anything else escaping is a bug.
 """
@@ -680,6 +680,42 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
         _usage(f"not a run directory (no audit.jsonl): {run}")
     evidence, target = _write_report(run, fmt, output, key, trust_code)
     _say_verdict(evidence, target)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@command()
+def export(run: Path = typer.Argument(..., help="A run directory."),
+           fmt: ExportFormat = typer.Option(..., "--format", help="onnx or torchscript."),
+           output: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write "
+                                                 "(default ./RUN-NAME.onnx or ./RUN-NAME.pt; "
+                                                 "never inside the run directory)."),
+           force: bool = typer.Option(False, "--force", help="Export a run that is NOT "
+                                      "CERTIFIED; the file says so (forced: true)."),
+           trust_code: bool = typer.Option(False, "--trust-code", help="Load the TorchScript "
+                                           "files the run's spec names (their SHA-256 is "
+                                           "checked against the run's header)."),
+           ) -> None:
+    """Write a run's certified policy (backup included, float64, states (N, n) → inputs (N, m))
+    as ONNX or TorchScript, its identity in the file's metadata: the spec's SHA-256, the audit
+    log's head hash, θ's hash and the verdict.  Exit 0 written; 1 the run is NOT CERTIFIED
+    (without --force), fails its audit, or the policy cannot be written; 2 usage errors."""
+    from scpo_spec.audit.rundir import RunDir
+    from scpo_spec.export import export_run
+    if not RunDir(run).is_run():
+        _usage(f"not a run directory (no audit.jsonl): {run}")
+    done = export_run(run, fmt.value, output, force=force, trust_code=trust_code)
+    meta = done.metadata
+    checked = ("" if done.max_error is None else
+               f"; matches the run's policy to {done.max_error:.1e} on 64 random states")
+    verdict = ("[green bold]CERTIFIED[/]" if meta["verdict"] == "CERTIFIED"
+               else "[red bold]NOT CERTIFIED[/] (forced)")
+    out.print(f"{verdict} policy written to {_esc(done.path)}{checked}", soft_wrap=True)
+    out.print(f"spec {meta['spec_sha256']}\nhead {meta['head']}\ntheta {meta['theta_sha256']}",
+              markup=False)
 
 
 def main() -> None:  # pragma: no cover - the console script

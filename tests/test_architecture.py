@@ -21,7 +21,8 @@ ALLOWED = {
     "engine": {"language", "systems", "policies", "compile", "audit", "dtype", "errors"},
     "report": {"language", "compile", "engine", "audit", "errors"},
     "progress": {"audit"},
-    "cli": {"language", "compile", "engine", "audit", "report", "progress", "errors"},
+    "export": {"language", "compile", "engine", "audit", "report", "dtype", "errors"},
+    "cli": {"language", "compile", "engine", "audit", "report", "progress", "export", "errors"},
     "__init__": {"language", "engine"},
 }
 

@@ -649,7 +649,8 @@ def load_run(run_dir: str | Path, *, trust_code: bool = False) -> Run:
                        "not loading its policy")
     theta = torch.from_numpy(run.final_theta(audit.final_theta)).to(DTYPE)
     dynamics = make_dynamics(spec)
-    family = make_policy(spec, dynamics.n, dynamics.m, make_backup(spec, dynamics))
+    family = make_policy(spec, dynamics.n, dynamics.m, make_backup(spec, dynamics, base_dir),
+                         base_dir)
     if theta.shape != family.theta0.shape:
         raise RunError(f"{run.state} holds {theta.numel()} weights; the spec's policy has "
                        f"{family.d}")

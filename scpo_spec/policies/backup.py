@@ -1,15 +1,21 @@
-"""The backup controller u = K x: an LQR gain from the discrete-time Riccati equation (its P
-kept for `lyapunov(backup)`), or a gain written in the spec."""
+"""The backup controller: u = K x with an LQR gain from the discrete-time Riccati equation (its P
+kept for `lyapunov(backup)`) or a gain written in the spec; or u = module(x), a frozen
+TorchScript controller (`backup torch { file }`), whose K is its Jacobian at the origin (what
+`spectral_radius` of a residual policy linearises)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
+import torch
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.language.model import LinearBackup, LqrBackup, Spec
+from scpo_spec.dtype import DTYPE
+from scpo_spec.language.model import LinearBackup, LqrBackup, Spec, TorchBackup
+from scpo_spec.policies.torch_file import TorchFileError, jacobian_at_origin, load_torch_file
 from scpo_spec.systems.dynamics import Dynamics
 
 
@@ -19,8 +25,35 @@ class BackupError(ScpoError):
 
 @dataclass
 class Backup:
-    K: np.ndarray                  # (m, n): u = K x
+    K: np.ndarray                  # (m, n): u = K x; a torch backup's Jacobian at the origin
     P: np.ndarray | None = None    # LQR: V(x) = xᵀ P x
+    module: torch.nn.Module | None = None  # torch: u = module(x) (float64, frozen, eval mode)
+
+    def __post_init__(self):
+        self._gain_t = torch.as_tensor(np.asarray(self.K, dtype=np.float64), dtype=DTYPE).T
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """u (..., m) for states x (..., n): one call of the module on all states at once."""
+        if self.module is None:
+            return x @ self._gain_t
+        lead = x.shape[:-1]
+        u = self.module(x.reshape(-1, x.shape[-1]))
+        return u.reshape(*lead, u.shape[-1])
+
+    def as_module(self) -> torch.nn.Module:
+        """The backup as a scriptable torch module states (N, n) → inputs (N, m)."""
+        return self.module if self.module is not None else GainModule(self.K)
+
+
+class GainModule(torch.nn.Module):
+    """u = K x as a (TorchScript-able) module."""
+
+    def __init__(self, K: np.ndarray):
+        super().__init__()
+        self.register_buffer("K", torch.as_tensor(np.asarray(K, dtype=np.float64), dtype=DTYPE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.K.T
 
 
 def lqr(A: np.ndarray, B: np.ndarray, Q: np.ndarray, R: np.ndarray) -> Backup:
@@ -33,8 +66,9 @@ def lqr(A: np.ndarray, B: np.ndarray, Q: np.ndarray, R: np.ndarray) -> Backup:
     return Backup(K=K, P=(P + P.T) / 2)
 
 
-def make_backup(spec: Spec, dynamics: Dynamics) -> Backup | None:
-    """The spec's backup, or None when it has none."""
+def make_backup(spec: Spec, dynamics: Dynamics, base_dir: Path | None = None) -> Backup | None:
+    """The spec's backup, or None when it has none (a torch file: relative to `base_dir`, the
+    spec's directory by default; TorchFileError when it cannot be used)."""
     backup = spec.backup
     n, m = dynamics.n, dynamics.m
     if isinstance(backup, LqrBackup):
@@ -42,4 +76,14 @@ def make_backup(spec: Spec, dynamics: Dynamics) -> Backup | None:
         return lqr(A, B, backup.Q.array().reshape(n, n), backup.R.array().reshape(m, m))
     if isinstance(backup, LinearBackup):
         return Backup(K=backup.K.array().reshape(m, n))
+    if isinstance(backup, TorchBackup):
+        module = load_torch_file(backup.file, base_dir, n, m, "backup", spec)
+        try:
+            K = jacobian_at_origin(module, n)
+        except Exception as e:  # noqa: BLE001 - the author's code
+            raise TorchFileError(f"backup file '{backup.file.value}': its Jacobian at the origin "
+                                 f"cannot be computed by autograd ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})",
+                                 backup.file.span) from None
+        return Backup(K=K, module=module)
     return None

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from scpo_spec.policies.backup import Backup
-from scpo_spec.language.model import LinearPolicy, MlpPolicy, Spec
+from scpo_spec.language.model import LinearPolicy, MlpPolicy, Spec, TorchPolicy
+from scpo_spec.policies.torch_file import load_policy_structure
 
 from scpo_spec.dtype import DTYPE
 
@@ -43,6 +45,23 @@ def _activation_slope(name: str, z: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(z)
 
 
+class PolicyCore(nn.Module):
+    """u = net(x) (+ backup(x)): tensors (N, n) → (N, m), float64, TorchScript-able — what
+    `scpo export` writes."""
+
+    def __init__(self, net: nn.Module, backup: nn.Module | None):
+        super().__init__()
+        self.net = net
+        self.has_backup = backup is not None
+        self.backup = backup if backup is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.net(x)
+        if self.has_backup:
+            u = u + self.backup(x)
+        return u
+
+
 class PolicyModule(nn.Module):
     """A trained policy as a plain torch module: states (..., n) → actions (..., m), float64.
 
@@ -51,13 +70,12 @@ class PolicyModule(nn.Module):
     float64 (the precision the policy was trained and certified in), and the result is the same
     kind as the input: a torch tensor in gives a float64 torch tensor out (on autograd's graph
     if the input was); anything else gives a float64 numpy array.  Not the training hot path
-    (that is the batched `PolicyFamily.forward`)."""
+    (that is the batched `PolicyFamily.forward`).  `.core` is the same policy on tensors only
+    (TorchScript-able; the backup, a gain or a TorchScript module, included)."""
 
-    def __init__(self, net: nn.Module, backup_gain: np.ndarray | None):
+    def __init__(self, net: nn.Module, backup: Backup | None):
         super().__init__()
-        self.net = net
-        gain = torch.zeros(0) if backup_gain is None else torch.as_tensor(backup_gain, dtype=DTYPE)
-        self.register_buffer("backup_gain", gain)
+        self.core = PolicyCore(net, backup.as_module() if backup is not None else None)
         first = next(mod for mod in net.modules() if isinstance(mod, nn.Linear))
         self.n = first.in_features
 
@@ -72,29 +90,29 @@ class PolicyModule(nn.Module):
         if x.ndim == 0 or x.shape[-1] != self.n:
             raise ValueError(f"the policy takes states of shape (n,) or (N, n) with n = {self.n}; "
                              f"got shape {tuple(x.shape)}")
-        u = self.net(x)
-        if self.backup_gain.numel():
-            u = u + x @ self.backup_gain.T
-        return u
+        lead = x.shape[:-1]
+        u = self.core(x.reshape(-1, self.n))
+        return u.reshape(*lead, u.shape[-1])
 
 
 @dataclass
 class PolicyFamily:
     """Layers (out, in) of an MLP (one layer, no bias, for a linear policy), an activation
-    between layers, and an optional fixed backup gain added to the output (`residual = backup`)."""
+    between layers, and an optional fixed backup added to the output (`residual = backup`): a
+    gain K x, or a frozen TorchScript controller called once on all C·B states."""
 
     n: int
     m: int
     layers: list[tuple[int, int]]
     bias: bool
     activation: str
-    backup_gain: np.ndarray | None
+    backup: Backup | None
     theta0: torch.Tensor = field(repr=False)
 
     def __post_init__(self):
         self.d = int(self.theta0.numel())
-        self._gain_t = (None if self.backup_gain is None
-                        else torch.as_tensor(self.backup_gain, dtype=DTYPE).T.contiguous())
+        self._gain_t = (None if self.backup is None
+                        else torch.as_tensor(self.backup.K, dtype=DTYPE).T.contiguous())
         self._act = ACTIVATIONS[self.activation]
 
     # ---- torch module view ----
@@ -103,7 +121,7 @@ class PolicyFamily:
         net = _build_net(self.layers, self.bias, self.activation)
         theta = self.theta0 if theta is None else torch.as_tensor(theta, dtype=DTYPE)
         nn.utils.vector_to_parameters(theta.detach().clone(), net.parameters())
-        return PolicyModule(net, self.backup_gain).to(DTYPE)
+        return PolicyModule(net, self.backup).to(DTYPE)
 
     # ---- batched functional forward ----
     def _unpack(self, theta: torch.Tensor):
@@ -127,8 +145,8 @@ class PolicyFamily:
             h = torch.bmm(h, W.transpose(1, 2)) if b is None else torch.baddbmm(b, h, W.transpose(1, 2))
             if i < len(layers) - 1:
                 h = self._act(h)
-        if self._gain_t is not None:
-            h = h + x @ self._gain_t
+        if self.backup is not None:
+            h = h + self.backup(x)  # a torch backup: one call on all C·B states
         return h
 
     def jacobian_at_origin(self, theta: torch.Tensor) -> torch.Tensor:
@@ -144,7 +162,7 @@ class PolicyFamily:
             if i < len(layers) - 1:
                 J = _activation_slope(self.activation, pre).transpose(1, 2) * J
                 h = self._act(pre)
-        if self._gain_t is not None:
+        if self._gain_t is not None:  # a torch backup's K is its Jacobian at the origin
             J = J + self._gain_t.T
         return J
 
@@ -158,8 +176,11 @@ def _build_net(layers, bias: bool, activation: str) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-def make_policy(spec: Spec, n: int, m: int, backup: Backup | None) -> PolicyFamily:
-    """The policy family of a checked spec and its initial weights θ₀ (float64)."""
+def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
+                base_dir: Path | None = None) -> PolicyFamily:
+    """The policy family of a checked spec and its initial weights θ₀ (float64); a `policy torch`
+    file (relative to `base_dir`, the spec's directory by default) is mapped exactly onto the
+    MLP family (TorchFileError when it is not a plain MLP)."""
     policy = spec.policy
     if isinstance(policy, MlpPolicy):
         widths = [int(h) for h in np.atleast_1d(policy.hidden.array())]
@@ -177,10 +198,14 @@ def make_policy(spec: Spec, n: int, m: int, backup: Backup | None) -> PolicyFami
             nn.init.zeros_(last.bias)
         theta0 = nn.utils.parameters_to_vector(net.parameters()).detach().to(DTYPE)
         return PolicyFamily(n, m, layers, True, activation,
-                            backup.K if residual and backup is not None else None, theta0)
+                            backup if residual and backup is not None else None, theta0)
     if isinstance(policy, LinearPolicy):
         init = policy.init.name if policy.init else "zero"
         K = backup.K if init == "backup" and backup is not None else np.zeros((m, n))
         theta0 = torch.as_tensor(np.asarray(K, dtype=np.float64).reshape(-1), dtype=DTYPE)
         return PolicyFamily(n, m, [(m, n)], False, "identity", None, theta0)
+    if isinstance(policy, TorchPolicy):
+        found = load_policy_structure(spec, base_dir)
+        return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,
+                            found.theta0.clone())
     raise NotImplementedError(f"policy kind '{policy.kind}'")
