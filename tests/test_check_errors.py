@@ -230,7 +230,7 @@ train { steps 1 optimizer sgd { lr = 0.1 } directions 1 perturbation 1e-3 radius
 """
     assert only_error(static) == (6, 14, "spectral_radius cannot be evaluated for a 'static' "
                                          "system: it needs dynamics linearisable at the origin "
-                                         "(linear or pendulum)")
+                                         "(linear, pendulum, discrete, ode or python)")
     text = replace("backup lqr { Q = diag(1, 1)  R = diag(1) }", "backup linear { K = [[-1, -2]] }")
     assert only_error(text) == (21, 27, "lyapunov(backup) needs an lqr backup (its Riccati P "
                                         "is V)")
