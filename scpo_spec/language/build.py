@@ -170,6 +170,7 @@ class Builder:
             self.diag.error(f"`{what}` holds equations: write `{what} STATE = EXPRESSION`, one "
                             "per state", getattr(value, "span", None),
                             f'in YAML: `{what}: {{p: "p + dt * v", v: "…"}}`')
+            self.failed.add(f"{what} *")  # written, though not as equations: none "missing"
             return None
         out: list[M.Equation] = []
         seen: dict[str, Entry] = {}
@@ -190,6 +191,20 @@ class Builder:
             out.append(M.Equation(state=M.Signal(name=entry.key, span=entry.key_span),
                                   expr=tree, span=span))
         return out
+
+    def _written_equations(self, block: Value) -> None:
+        """Equations under a wrong or misspelt word (`der` in a discrete system, `nxt p = …`)
+        were reported where written: their states are not also 'missing an equation'."""
+        if not isinstance(block, Map):
+            return
+        for entry in block.entries:
+            if entry.key not in ("next", "der") and isinstance(entry.value, Map) and not any(
+                    e.key == "kind" for e in entry.value.entries):
+                for target in entry.value.entries:
+                    self.failed |= {f"next {target.key}", f"der {target.key}"}
+            elif entry.key in ("next", "der") and isinstance(entry.value, Map):
+                other = "der" if entry.key == "next" else "next"
+                self.failed |= {f"{other} {t.key}" for t in entry.value.entries}
 
     def aggregate(self, value: Value, what: str) -> M.Aggregate | None:
         tree = self.expr(value, what)
@@ -365,6 +380,7 @@ class Builder:
                 "python": (M.PythonSystem, {"id": ("function", self.text),
                                             "state": ("states", s), "input": ("inputs", s)}),
             })
+            self._written_equations(sections["system"].value)
         if "backup" in sections:
             spec.backup = self.typed(sections["backup"].value, "backup", {
                 "lqr": (M.LqrBackup, {"Q": ("Q", q), "R": ("R", q)}),

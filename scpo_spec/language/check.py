@@ -256,7 +256,7 @@ class Checker:
             if self._check_equation_expr(eq, word):
                 self._check_finite_at_origin(eq, word)
         missing = [s for s in self.states if s not in given
-                   and f"{word} {s}" not in self.unbuilt]
+                   and f"{word} {s}" not in self.unbuilt and f"{word} *" not in self.unbuilt]
         if missing:
             plural = "s" if len(missing) > 1 else ""
             self.error(f"no `{word}` equation for state{plural} {one_of(missing)}", system.span,
@@ -473,12 +473,12 @@ class Checker:
                                policy.hidden.span)
             self._number(policy.seed, "policy seed", nonnegative=True, integer=True)
             if policy.residual is not None and policy.residual.name == "backup" \
-                    and self.spec.backup is None:
+                    and self.spec.backup is None and "backup" not in self.unbuilt:
                 self.error("residual = backup, but the spec has no backup section",
                            policy.residual.span, "add `backup lqr { Q = … R = … }`")
         elif isinstance(policy, M.LinearPolicy):
             if policy.init is not None and policy.init.name == "backup" \
-                    and self.spec.backup is None:
+                    and self.spec.backup is None and "backup" not in self.unbuilt:
                 self.error("init = backup, but the spec has no backup section",
                            policy.init.span, "add `backup lqr { Q = … R = … }`")
             elif policy.init is not None and policy.init.name == "backup" \
@@ -748,6 +748,8 @@ class Checker:
                 return None
             (arg,) = args
             if isinstance(arg, E.Name) and arg.id == "backup":
+                if self.spec.backup is None and "backup" in self.unbuilt:
+                    return None  # written, but its kind was wrong: reported there
                 if self.spec.backup is None:
                     self.error("lyapunov(backup) needs a backup section", arg.span,
                                "add `backup lqr { Q = … R = … }`")

@@ -196,6 +196,8 @@ def _eval(e: E.Node, consts: dict[str, Any]) -> np.ndarray:
         args = [_eval(a, consts) for a in e.args]
         try:
             return np.asarray(fn(args, e.span), dtype=np.float64)
+        except FloatingPointError as err:  # located at the call (log(0), sqrt(-1), …)
+            raise EvalError(f"arithmetic error: {err}", e.span) from None
         except EvalError as err:
             if err.message.startswith(("takes", "needs", "arguments")):
                 err.message = f"{e.func} {err.message}"
