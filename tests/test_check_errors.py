@@ -230,7 +230,7 @@ train { steps 1 optimizer sgd { lr = 0.1 } directions 1 perturbation 1e-3 radius
 """
     assert only_error(static) == (6, 14, "spectral_radius cannot be evaluated for a 'static' "
                                          "system: it needs dynamics linearisable at the origin "
-                                         "(linear or pendulum)")
+                                         "(linear, pendulum, discrete, ode or python)")
     text = replace("backup lqr { Q = diag(1, 1)  R = diag(1) }", "backup linear { K = [[-1, -2]] }")
     assert only_error(text) == (21, 27, "lyapunov(backup) needs an lqr backup (its Riccati P "
                                         "is V)")
@@ -432,3 +432,18 @@ def test_an_unbuildable_section_does_not_cascade():
     text = replace("system linear {", "system lienar {", replace("optimizer sgd {", "optimizer sdg {"))
     assert [e[2] for e in errors(text)] == ["unknown system kind 'lienar'",
                                             "unknown optimizer kind 'sdg'"]
+
+
+@pytest.mark.parametrize("equation, expected", [
+    ("next v = v + dt * g", (7, 23, "unknown name 'g'")),
+    ("next v = v + 1 / p", (7, 22, "the `next` equation of 'v' is not finite at the origin "
+                                   "(x = 0, u = 0): division by zero")),
+    ("next v = eventually v <= 1", (7, 14, "the `next` equation of 'v' is a value, not a "
+                                           "temporal operator")),
+    ("next q = v", (7, 10, "`next` equation for unknown state 'q'")),
+])
+def test_declared_system_equation_errors(equation, expected):
+    from tests.test_language_v2 import DISCRETE
+    text = DISCRETE.replace("next v = v + dt * f", equation)
+    found = errors(text)
+    assert expected in found, found

@@ -23,6 +23,15 @@ BACKTRACK = ("armijo", "none")
 PRECISIONS = ("float64",)
 SMOOTHNESS_MODES = ("given", "estimate")
 POLICY_INIT = ("backup", "zero")
+INTEGRATORS = ("rk4", "euler", "midpoint")  # = dynamics.INTEGRATORS
+
+# An entry written in the wrong kind of declared system: (message, hint), reported at its word.
+MISPLACED_DER = ("a discrete system's equations are written `next STATE = …`, not `der`",
+                 "`next x = …` gives x⁺, the next state; `der x = …` (the derivative ẋ) "
+                 "belongs to `system ode`")
+MISPLACED_NEXT = ("an ode system's equations are written `der STATE = …`, not `next`",
+                  "`der x = …` gives ẋ, the derivative; `next x = …` (the next state x⁺) "
+                  "belongs to `system discrete`")
 
 
 class Builder:
@@ -153,6 +162,50 @@ class Builder:
                     self.diag.error(f"{what}: expected a signal name", t.span)
         return out
 
+    def equations(self, value: Value, what: str) -> list[M.Equation] | None:
+        """`next p = …  next v = …` (.scpo) or `next: {p: "…", v: "…"}` (YAML): one equation per
+        state, in the order written.  A second equation for one state is reported here, where it
+        is written (the YAML twin, a mapping, could not hold both)."""
+        if not isinstance(value, Map):
+            self.diag.error(f"`{what}` holds equations: write `{what} STATE = EXPRESSION`, one "
+                            "per state", getattr(value, "span", None),
+                            f'in YAML: `{what}: {{p: "p + dt * v", v: "…"}}`')
+            self.failed.add(f"{what} *")  # written, though not as equations: none "missing"
+            return None
+        out: list[M.Equation] = []
+        seen: dict[str, Entry] = {}
+        for entry in value.entries:
+            if entry.key in seen:
+                first = seen[entry.key].key_span
+                self.diag.error(f"two equations for state '{entry.key}'", entry.key_span,
+                                f"the first is at line {first.line}; a state has exactly one "
+                                f"`{what}` equation" if first else None)
+                continue
+            seen[entry.key] = entry
+            tree = self.expr(entry.value, f"the {what} equation of '{entry.key}'")
+            if tree is None:
+                self.failed.add(f"{what} {entry.key}")  # written, though broken: not "missing"
+                continue
+            span = entry.key_span.to(tree.span) if entry.key_span and tree.span else \
+                entry.key_span
+            out.append(M.Equation(state=M.Signal(name=entry.key, span=entry.key_span),
+                                  expr=tree, span=span))
+        return out
+
+    def _written_equations(self, block: Value) -> None:
+        """Equations under a wrong or misspelt word (`der` in a discrete system, `nxt p = …`)
+        were reported where written: their states are not also 'missing an equation'."""
+        if not isinstance(block, Map):
+            return
+        for entry in block.entries:
+            if entry.key not in ("next", "der") and isinstance(entry.value, Map) and not any(
+                    e.key == "kind" for e in entry.value.entries):
+                for target in entry.value.entries:
+                    self.failed |= {f"next {target.key}", f"der {target.key}"}
+            elif entry.key in ("next", "der") and isinstance(entry.value, Map):
+                other = "der" if entry.key == "next" else "next"
+                self.failed |= {f"{other} {t.key}" for t in entry.value.entries}
+
     def aggregate(self, value: Value, what: str) -> M.Aggregate | None:
         tree = self.expr(value, what)
         if isinstance(tree, E.Name) and tree.id == "hard":
@@ -187,11 +240,17 @@ class Builder:
                 continue
             if entry.key == "id" and "id" not in table:
                 self.diag.error(f"{what} takes no quoted id", entry.key_span,
-                                'only `system gymnasium "ENV-ID"` names something in quotes')
+                                'only `system gymnasium "ENV-ID"` and `system python '
+                                '"module:function"` name something in quotes')
                 continue
+            accepted = [k for k, (name, _) in table.items() if name is not None]
             if entry.key not in table:
-                hint = did_you_mean(entry.key, table) or f"{what} accepts {one_of(table)}"
+                hint = did_you_mean(entry.key, accepted) or f"{what} accepts {one_of(accepted)}"
                 self.diag.error(f"unknown entry '{entry.key}' in {what}", entry.key_span, hint)
+                continue
+            if table[entry.key][0] is None:  # a word of another kind: (message, hint)
+                message, hint = table[entry.key][1]
+                self.diag.error(message, entry.key_span, hint)
                 continue
             if entry.key in seen:
                 first = seen[entry.key].key_span
@@ -308,11 +367,25 @@ class Builder:
                 "gymnasium": (M.GymnasiumSystem, {"id": ("env_id", self.text),
                                                   "observation": ("states", s),
                                                   "action": ("inputs", s)}),
+                "discrete": (M.DiscreteSystem, {"state": ("states", s),
+                                                "input": ("inputs", s),
+                                                "next": ("next", self.equations),
+                                                "der": (None, MISPLACED_DER)}),
+                "ode": (M.OdeSystem, {"state": ("states", s), "input": ("inputs", s),
+                                      "dt": ("dt", q),
+                                      "integrator": ("integrator", ident(INTEGRATORS)),
+                                      "substeps": ("substeps", q),
+                                      "der": ("der", self.equations),
+                                      "next": (None, MISPLACED_NEXT)}),
+                "python": (M.PythonSystem, {"id": ("function", self.text),
+                                            "state": ("states", s), "input": ("inputs", s)}),
             })
+            self._written_equations(sections["system"].value)
         if "backup" in sections:
             spec.backup = self.typed(sections["backup"].value, "backup", {
                 "lqr": (M.LqrBackup, {"Q": ("Q", q), "R": ("R", q)}),
                 "linear": (M.LinearBackup, {"K": ("K", q)}),
+                "torch": (M.TorchBackup, {"file": ("file", self.text)}),
             })
         if "policy" in sections:
             spec.policy = self.typed(sections["policy"].value, "policy", {
@@ -321,6 +394,7 @@ class Builder:
                                       "residual": ("residual", ident(("backup", "none"))),
                                       "seed": ("seed", q)}),
                 "linear": (M.LinearPolicy, {"init": ("init", ident(POLICY_INIT))}),
+                "torch": (M.TorchPolicy, {"file": ("file", self.text)}),
             })
         if "scenarios" in sections:
             spec.scenarios = self.build_scenarios(sections["scenarios"].value)

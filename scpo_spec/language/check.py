@@ -18,13 +18,23 @@ from scpo_spec.language.scenarios import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, hold
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
 from scpo_spec.language.data import TableError, read_columns
+from scpo_spec.language.code import one_line, spec_dir_on_path
+from scpo_spec.language.dynamics import linearisation
 from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
 from scpo_spec.language.source import Span
 
 REQUIRED_SECTIONS = ("system", "policy", "scenarios", "objective", "train")
 SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "cos", "tan",
-                    "quad", "lyapunov")
+                    "tanh", "atan2", "clip", "sign", "quad", "lyapunov")
+# Names a declared system's equation cannot read: it is a function of the named states, inputs
+# and constants at one step.
+NOT_IN_EQUATIONS = {
+    "state": "name the states one by one (an equation is one number per state)",
+    "input": "name the inputs one by one (an equation is one number per state)",
+    "spectral_radius": "spectral_radius is a property of the closed loop, not of the plant",
+    "backup": "an equation reads states, inputs and constants",
+}
 RESERVED = ("state", "input", "backup", "spectral_radius", "until", "not", *BUILTIN_CONSTANTS)
 MAX_SCENARIOS = 1_000_000
 LYAPUNOV_FLOOR = 1e-12  # = compile.signals.LYAPUNOV_FLOOR: V(x₀) at or below it divides by ~0
@@ -161,7 +171,7 @@ class Checker:
         if q is None:
             if required:
                 key = what.split()[-1]
-                sep = "= " if isinstance(owner, M.PendulumSystem) else ""
+                sep = "= " if isinstance(owner, (M.PendulumSystem, M.OdeSystem)) else ""
                 self.error(f"missing {what}", owner.span if owner is not None else None,
                            f"add `{key} {sep}…`")
             return None
@@ -217,6 +227,97 @@ class Checker:
                              owner=system, **{check: True})
         elif isinstance(system, M.GymnasiumSystem):
             self._check_gymnasium(system)
+        elif isinstance(system, M.DiscreteSystem):
+            self._check_equations(system, system.next, "next")
+        elif isinstance(system, M.OdeSystem):
+            self._number(system.dt, "ode dt", positive=True, required=True, owner=system)
+            self._number(system.substeps, "substeps", positive=True, integer=True)
+            self._check_equations(system, system.der, "der")
+        elif isinstance(system, M.PythonSystem):
+            self._check_python_function(system)
+
+    def _check_equations(self, system: M.DiscreteSystem | M.OdeSystem,
+                         equations: list[M.Equation], word: str) -> None:
+        """One equation per state (none missing, none unknown), each a scalar value of the
+        states, inputs and constants, finite at the origin (x = 0, u = 0)."""
+        given = set()
+        for eq in equations:
+            name = eq.state.name
+            if name not in self.states:
+                if name in self.inputs:
+                    self.error(f"'{name}' is an input; `{word}` equations are for states",
+                               eq.state.span, f"states are {one_of(self.states)}"
+                               if self.states else None)
+                else:
+                    self.error(f"`{word}` equation for unknown state '{name}'", eq.state.span,
+                               did_you_mean(name, self.states) or (
+                                   f"states are {one_of(self.states)}" if self.states
+                                   else "declare it: `state NAME, …`"))
+                continue
+            given.add(name)
+            if self._check_equation_expr(eq, word):
+                self._check_finite_at_origin(eq, word)
+        missing = [s for s in self.states if s not in given
+                   and f"{word} {s}" not in self.unbuilt and f"{word} *" not in self.unbuilt]
+        if missing:
+            plural = "s" if len(missing) > 1 else ""
+            self.error(f"no `{word}` equation for state{plural} {one_of(missing)}", system.span,
+                       f"every state has exactly one equation: add `{word} {missing[0]} = …`")
+
+    def _check_equation_expr(self, eq: M.Equation, word: str) -> bool:
+        """The right-hand side is a scalar value; True when it is (and can be evaluated)."""
+        what = f"the `{word}` equation of '{eq.state.name}'"
+        for node in E.walk(eq.expr):
+            if isinstance(node, E.FORMULA_NODES):
+                sort = "a temporal operator" if isinstance(node, (E.Temporal, E.Until)) \
+                    else "a condition"
+                self.error(f"{what} is a value, not {sort}", node.span,
+                           "an equation gives the state's next value (or derivative) from the "
+                           "states, inputs and constants at one step; use min, max, clip or "
+                           "sign for a switch")
+                return False
+            if isinstance(node, E.Name) and node.id in NOT_IN_EQUATIONS:
+                self.error(f"{what} cannot read '{node.id}'", node.span,
+                           NOT_IN_EQUATIONS[node.id])
+                return False
+            if isinstance(node, E.Call) and node.func == "lyapunov":
+                self.error(f"{what} cannot call lyapunov (a property of the closed loop)",
+                           node.span)
+                return False
+        t = self._num(eq.expr)
+        if t is None:
+            return False
+        if t.size != 1:
+            self.error(f"{what} must be a number, got a vector of {t.size}", eq.expr.span,
+                       "an equation gives one state's value")
+            return False
+        return True
+
+    def _check_finite_at_origin(self, eq: M.Equation, word: str) -> None:
+        env = dict(self.consts)
+        env.update({name: 0.0 for name in [*self.states, *self.inputs]})
+        try:
+            evaluate(eq.expr, env)
+        except EvalError as err:
+            self.error(f"the `{word}` equation of '{eq.state.name}' is not finite at the origin "
+                       f"(x = 0, u = 0): {err.message}", err.span or eq.expr.span,
+                       "the dynamics are linearised at the origin and every rollout may pass "
+                       "it; guard the expression (e.g. sqrt(x^2 + 1e-9), log(1 + x^2))")
+
+    def _check_python_function(self, system: M.PythonSystem) -> None:
+        """`system python "module:callable"`: the label's shape only (it is imported, needing
+        torch, when the spec is compiled; never here)."""
+        if system.function is None:
+            self.error("a python system needs its function", system.span,
+                       'write `system python "my_package.plant:dynamics" { state …  input … }`')
+            return
+        module, colon, func = system.function.value.partition(":")
+        if not colon or not func or not all(
+                part.isidentifier() for part in [*module.split("."), *func.split(".")]):
+            self.error(f"'{system.function.value}' is not `module:function`",
+                       system.function.span,
+                       'write the module path, a colon and the callable: '
+                       '"my_package.plant:dynamics"')
 
     def _check_gymnasium(self, system: M.GymnasiumSystem) -> None:
         if system.env_id is None:
@@ -234,10 +335,21 @@ class Checker:
         env_id = system.env_id.value
         if ":" in env_id and not self.run_code:  # registering it would import its module
             return
-        if env_id not in gymnasium.registry:
-            self.error(f"unknown gymnasium environment '{env_id}'", system.env_id.span,
-                       did_you_mean(env_id, gymnasium.registry.keys())
-                       or "it must be registered with gymnasium (`gymnasium.pprint_registry()`)")
+        if ":" in env_id:  # gymnasium's "module:EnvId": importing the module registers the id
+            if not self._import_env_module(env_id, system.env_id.span):
+                return
+            registered = env_id.partition(":")[2]
+        else:
+            registered = env_id
+        if registered not in gymnasium.registry:
+            module = env_id.partition(":")[0] if ":" in env_id else None
+            where = f" (after importing '{module}')" if module else ""
+            self.error(f"unknown gymnasium environment '{registered}'{where}",
+                       system.env_id.span,
+                       did_you_mean(registered, gymnasium.registry.keys())
+                       or (f"'{module}' must call gymnasium.register(id=\"{registered}\", …) "
+                           "when imported" if module else
+                           "it must be registered with gymnasium (`gymnasium.pprint_registry()`)"))
             return
         try:
             env = gymnasium.make(env_id)
@@ -265,8 +377,53 @@ class Checker:
                        f"but {self.n} are named",
                        system.states[0].span.to(system.states[-1].span))
 
+    def _import_env_module(self, env_id: str, span: Span | None) -> bool:
+        """Import the module of a "module:EnvId" gymnasium id (as gymnasium.make would), with
+        a located error for a missing module or one that fails to import.  Only `check` and
+        `train` of the author's own spec get here; a run directory never imports (audit/)."""
+        import importlib
+        module, _, name = env_id.partition(":")
+        if not module or not name or not all(p.isidentifier() for p in module.split(".")):
+            self.error(f"'{env_id}' is not `module:EnvId`", span,
+                       'write the module that registers the environment, a colon and its id: '
+                       '"my_package.envs:Cart-v0"')
+            return False
+        try:
+            with spec_dir_on_path(self.base_dir):
+                importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name is not None and (module == err.name or module.startswith(err.name + ".")):
+                self.error(f"module '{module}' not found (named by the gymnasium id "
+                           f"'{env_id}')", span,
+                           f"no module '{err.name}' next to the spec or on the Python path; "
+                           "keep it beside the spec, install its package, or add its folder "
+                           "to PYTHONPATH")
+                return False
+            self.error(f"importing module '{module}' failed: {one_line(err)}", span,
+                       "the module is imported so that it registers the environment")
+            return False
+        except BaseException as err:  # noqa: BLE001 - the author's code can raise anything
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            self.error(f"importing module '{module}' failed: {one_line(err)}", span,
+                       "the module is imported so that it registers the environment")
+            return False
+        return True
+
     def _linearisable(self) -> bool:
-        return isinstance(self.spec.system, (M.LinearSystem, M.PendulumSystem))
+        """Dynamics with a linearisation at the origin: built-in, declared, or the author's
+        python function (compile linearises that one by autograd; its numbers are not known
+        here, so the checks that need them skip it)."""
+        return isinstance(self.spec.system, LINEARISABLE)
+
+    def _declared_linearisation(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(A, B) of a declared system at the origin, by central differences of its numpy
+        one-step map (compile uses autograd on the torch map; a test keeps them close)."""
+        system = self.spec.system
+        try:
+            return linearisation(system, self.consts)
+        except (EvalError, KeyError, TypeError, ValueError, FloatingPointError):
+            return None  # an equation that cannot be evaluated: reported by its own check
 
     def _check_backup(self) -> None:
         backup = self.spec.backup
@@ -274,7 +431,8 @@ class Checker:
             return
         if isinstance(backup, M.LqrBackup):
             if not self._linearisable():
-                self.error(f"an lqr backup needs a linear or pendulum system, not "
+                self.error(f"an lqr backup needs a system linearisable at the origin (linear, "
+                           f"pendulum, discrete, ode or python), not "
                            f"'{self.spec.system.kind}'", backup.span,
                            "use `backup linear { K = … }`")
             Q = self._shape(backup.Q, self.n, self.n, "Q", owner=backup)
@@ -287,6 +445,23 @@ class Checker:
                 self.error("R must be symmetric positive definite", backup.R.span)
         elif isinstance(backup, M.LinearBackup):
             self._shape(backup.K, self.m, self.n, "K", owner=backup)
+        elif isinstance(backup, M.TorchBackup):
+            self._check_file(backup.file, "backup torch", "controller.pt", backup)
+
+    def _check_file(self, file: M.Text | None, what: str, example: str, owner: M.Node) -> None:
+        """A file a section names: given, and there (relative to the spec); never opened here."""
+        if file is None:
+            self.error(f"{what} needs a file", owner.span, f'add `file = "{example}"` (a '
+                       "TorchScript file, relative to the spec)")
+            return
+        base = self.base_dir or Path.cwd()
+        path = base / file.value
+        if path.is_dir():
+            self.error(f"'{file.value}' is a directory, not a TorchScript file", file.span,
+                       f"{path} (paths are relative to the spec)")
+        elif not path.is_file():
+            self.error(f"file '{file.value}' does not exist", file.span,
+                       f"looked for {path} (paths are relative to the spec)")
 
     def _check_policy(self) -> None:
         policy = self.spec.policy
@@ -304,14 +479,22 @@ class Checker:
                                policy.hidden.span)
             self._number(policy.seed, "policy seed", nonnegative=True, integer=True)
             if policy.residual is not None and policy.residual.name == "backup" \
-                    and self.spec.backup is None:
+                    and self.spec.backup is None and "backup" not in self.unbuilt:
                 self.error("residual = backup, but the spec has no backup section",
                            policy.residual.span, "add `backup lqr { Q = … R = … }`")
         elif isinstance(policy, M.LinearPolicy):
             if policy.init is not None and policy.init.name == "backup" \
-                    and self.spec.backup is None:
+                    and self.spec.backup is None and "backup" not in self.unbuilt:
                 self.error("init = backup, but the spec has no backup section",
                            policy.init.span, "add `backup lqr { Q = … R = … }`")
+            elif policy.init is not None and policy.init.name == "backup" \
+                    and isinstance(self.spec.backup, M.TorchBackup):
+                self.error("init = backup needs a linear or lqr backup (a gain K to start "
+                           "from); a torch backup has none", policy.init.span,
+                           "use `policy mlp { residual = backup }` to fine-tune on top of a "
+                           "torch controller, or `init = zero`")
+        elif isinstance(policy, M.TorchPolicy):
+            self._check_file(policy.file, "policy torch", "policy.pt", policy)
 
     def _check_scenarios(self) -> None:
         sc = self.spec.scenarios
@@ -512,7 +695,7 @@ class Checker:
             if self.spec.system is not None and not self._linearisable():
                 self.error(f"spectral_radius cannot be evaluated for a '{self.spec.system.kind}' "
                            "system: it needs dynamics linearisable at the origin "
-                           "(linear or pendulum)", e.span)
+                           "(linear, pendulum, discrete, ode or python)", e.span)
                 return None
             return Ty("num", policy=True)
         if e.id in self.consts or e.id in BUILTIN_CONSTANTS:
@@ -571,6 +754,8 @@ class Checker:
                 return None
             (arg,) = args
             if isinstance(arg, E.Name) and arg.id == "backup":
+                if self.spec.backup is None and "backup" in self.unbuilt:
+                    return None  # written, but its kind was wrong: reported there
                 if self.spec.backup is None:
                     self.error("lyapunov(backup) needs a backup section", arg.span,
                                "add `backup lqr { Q = … R = … }`")
@@ -606,6 +791,17 @@ class Checker:
                 if s is None:
                     return None
                 size = s
+            return _join(tys, "num", size=size)
+        if f in ("atan2", "clip"):
+            usage = "atan2(y, x)" if f == "atan2" else "clip(e, lo, hi)"
+            if len(tys) != (2 if f == "atan2" else 3):
+                self.error(f"{f} takes {2 if f == 'atan2' else 3} arguments: {usage}", e.span)
+                return None
+            size = tys[0].size
+            for t in tys[1:]:
+                size = self._broadcast(Ty("num", size=size), t, e)
+                if size is None:
+                    return None
             return _join(tys, "num", size=size)
         if len(tys) != 1:
             self.error(f"{f} takes exactly one argument", e.span)
@@ -843,8 +1039,13 @@ class Checker:
                     system.B.array().reshape(self.n, self.m)
             elif isinstance(system, M.PendulumSystem):
                 A, B = pendulum_linearisation(system)
+            elif isinstance(system, (M.DiscreteSystem, M.OdeSystem)):
+                AB = self._declared_linearisation()
+                if AB is None:
+                    return None
+                A, B = AB
             else:
-                return None
+                return None  # a python system: its linearisation is compile's (torch)
             import scipy.linalg
             try:
                 P = scipy.linalg.solve_discrete_are(A, B, backup.Q.array().reshape(self.n, self.n),
@@ -926,6 +1127,9 @@ class Checker:
                        f"({est.holdout_count:,} scenarios); {have}", self.spec.scenarios.holdout.span,
                        f"{hint}: 10,000 holdout scenarios already bound P(violation) by "
                        f"{holdout_bound(10_000):.2%}")
+
+
+LINEARISABLE = (M.LinearSystem, M.PendulumSystem, M.DiscreteSystem, M.OdeSystem, M.PythonSystem)
 
 
 def pendulum_linearisation(system: M.PendulumSystem) -> tuple[np.ndarray, np.ndarray]:

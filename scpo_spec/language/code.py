@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import importlib.machinery
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,21 +66,14 @@ def names_code(spec: M.Spec) -> bool:
     return bool(references(spec))
 
 
-def import_module(name: str, base_dir: Path | None):
-    """Import `name` for the spec's author, searching `base_dir` first; CodeError naming what
-    went wrong (not found, or the import itself raised) instead of a traceback."""
+@contextmanager
+def spec_dir_on_path(base_dir: Path | None):
+    """The spec's directory first on the import path while its code is imported."""
     added = base_dir is not None and str(base_dir) not in sys.path
     if added:
         sys.path.insert(0, str(base_dir))
     try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name and (name == err.name or name.startswith(err.name + ".")):
-            where = f" (looked in {base_dir} and on sys.path)" if base_dir else ""
-            raise CodeError(f"no module named '{name}'{where}") from None
-        raise CodeError(f"importing '{name}' failed: {_one_line(err)}") from None
-    except Exception as err:  # noqa: BLE001 - the author's module raised while importing
-        raise CodeError(f"importing '{name}' failed: {_one_line(err)}") from None
+        yield
     finally:
         if added:
             try:
@@ -88,7 +82,24 @@ def import_module(name: str, base_dir: Path | None):
                 pass
 
 
-def _one_line(err: BaseException) -> str:
+def import_module(name: str, base_dir: Path | None):
+    """Import `name` for the spec's author, searching `base_dir` first; CodeError naming what
+    went wrong (not found, or the import itself raised) instead of a traceback."""
+    try:
+        with spec_dir_on_path(base_dir):
+            return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name and (name == err.name or name.startswith(err.name + ".")):
+            where = f" (looked next to the spec, in {base_dir}, and on sys.path)" \
+                if base_dir else ""
+            raise CodeError(f"no module named '{name}'{where}") from None
+        raise CodeError(f"importing '{name}' failed: {one_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - the author's module raised while importing
+        raise CodeError(f"importing '{name}' failed: {one_line(err)}") from None
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 

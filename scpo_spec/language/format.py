@@ -17,9 +17,13 @@ INDENT = "    "
 WIDTH = 100  # a short section with a kind stays on one line up to this width
 # Sections whose entries LANGUAGE.md writes as `key = value`; the rest as `key value`.
 _ASSIGN_STYLE = (M.LinearSystem, M.PendulumSystem, M.StaticSystem, M.GymnasiumSystem,
-                 M.LqrBackup, M.LinearBackup, M.MlpPolicy, M.LinearPolicy, M.LinearExpert,
-                 M.NormalStates, M.UniformStates, M.SgdOptimizer, M.AdamOptimizer,
-                 M.RayExecutor)
+                 M.PythonSystem, M.LqrBackup, M.LinearBackup, M.TorchBackup, M.MlpPolicy,
+                 M.LinearPolicy, M.TorchPolicy, M.LinearExpert, M.NormalStates,
+                 M.UniformStates, M.SgdOptimizer, M.AdamOptimizer, M.RayExecutor)
+# `system ode`: `dt = 0.02` but `integrator rk4`, `substeps 1` (as LANGUAGE-v2.md writes them)
+_ASSIGN_KEYS = {M.OdeSystem: ("dt",)}
+# Systems whose quoted label is an entry of the model: written after the kind, not inside.
+_LABELLED = {M.GymnasiumSystem: "id", M.PythonSystem: "id"}
 
 
 @dataclass
@@ -59,15 +63,20 @@ def value_text(value) -> str:
 
 def _inline_block(node: M.Node) -> str:
     kind = getattr(node, "kind", "")
-    parts = [f"{k} {_sep(node)}{value_text(v)}" for k, v in entries(node)]
+    parts = [f"{k} {_sep(node, k)}{value_text(v)}" for k, v in entries(node)]
     body = "  ".join(parts)
     if not body and isinstance(node, M.LocalExecutor):
         return kind  # `executor local`: a kind with nothing to set
     return f"{kind} {{ {body} }}" if body else f"{kind} {{ }}"
 
 
-def _sep(node: M.Node) -> str:
-    return "= " if isinstance(node, _ASSIGN_STYLE) else ""
+def _sep(node: M.Node, key: str = "") -> str:
+    return "= " if isinstance(node, _ASSIGN_STYLE) or key in _ASSIGN_KEYS.get(type(node), ()) \
+        else ""
+
+
+def _is_equations(value) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], M.Equation)
 
 
 def _entry_text(node: M.Node, key: str, value) -> str:
@@ -75,7 +84,7 @@ def _entry_text(node: M.Node, key: str, value) -> str:
         return f"{key} {_inline_block(value)}"
     if isinstance(value, list):  # signal names: `state theta, omega`
         return f"{key} {value_text(value)}"
-    return f"{key} {_sep(node)}{value_text(value)}"
+    return f"{key} {_sep(node, key)}{value_text(value)}"
 
 
 def _one_line(head: str, node: M.Node) -> str | None:
@@ -84,11 +93,10 @@ def _one_line(head: str, node: M.Node) -> str | None:
     so the layout never depends on the source's (comments go before or after the line)."""
     if not isinstance(getattr(node, "kind", None), str):
         return None
-    items = [(k, v) for k, v in entries(node) if not (k == "id" and isinstance(
-        node, M.GymnasiumSystem))]
+    items = [(k, v) for k, v in entries(node) if not (k == _LABELLED.get(type(node)))]
     if not items or any(isinstance(v, M.Node) and hasattr(v, "kind") and not isinstance(
-            v, M.Aggregate) for _, v in items):
-        return None
+            v, M.Aggregate) or _is_equations(v) for _, v in items):
+        return None  # nested blocks and equations are written one per line
     text = f"{head} {{ " + "  ".join(_entry_text(node, k, v) for k, v in items) + " }"
     return text if len(text) <= WIDTH else None
 
@@ -101,7 +109,12 @@ def _section(keyword: str, node: M.Node, label: str = "") -> list[Line]:
         return [Line(short, _start(node.span), blank_before=True, end=_end(node.span))]
     lines = [Line(f"{head} {{", _start(node.span), blank_before=True)]
     for key, value in entries(node):
-        if key == "id" and isinstance(node, M.GymnasiumSystem):
+        if key == _LABELLED.get(type(node)):
+            continue
+        if _is_equations(value):  # `next p = …`, one line each, in the order written
+            for eq in value:
+                lines.append(Line(f"{key} {eq.state.name} = {E.unparse(eq.expr)}",
+                                  _start(eq.span), indent=1))
             continue
         if key == "initial":
             for rng in value:
@@ -144,6 +157,8 @@ def layout(spec: M.Spec) -> list[Line]:
                           _start(const.span), blank_before=(i == 0)))
     if spec.system is not None:
         label = value_text(spec.system.env_id) if isinstance(spec.system, M.GymnasiumSystem) \
+            and spec.system.env_id is not None else value_text(spec.system.function) \
+            if isinstance(spec.system, M.PythonSystem) and spec.system.function is not None \
             else ""
         lines += _section("system", spec.system, label)
     if spec.backup is not None:

@@ -12,6 +12,7 @@ SECTIONS = ("system", "backup", "policy", "scenarios", "constraints", "stability
 # model field → key, where the two differ
 _SYSTEM_KEYS = {"states": "state", "inputs": "input"}
 _GYM_KEYS = {"states": "observation", "inputs": "action", "env_id": "id"}
+_PYTHON_KEYS = {**_SYSTEM_KEYS, "function": "id"}  # the label: `system python "module:fn"`
 
 
 def entries(node: M.Node) -> Iterator[tuple[str, Any]]:
@@ -19,7 +20,10 @@ def entries(node: M.Node) -> Iterator[tuple[str, Any]]:
     `kind` is not included."""
     if isinstance(node, M.GymnasiumSystem):
         keys = _GYM_KEYS
-    elif isinstance(node, (M.LinearSystem, M.PendulumSystem, M.StaticSystem)):
+    elif isinstance(node, M.PythonSystem):
+        keys = _PYTHON_KEYS
+    elif isinstance(node, (M.LinearSystem, M.PendulumSystem, M.StaticSystem, M.DiscreteSystem,
+                           M.OdeSystem)):
         keys = _SYSTEM_KEYS
     else:
         keys = {}

@@ -62,6 +62,16 @@ class MalformedNumber(Exception):
         self.diagnostic = diagnostic
 
 
+@dataclass
+class _Equation:
+    """`next p = …` inside a block, before the block groups its equations."""
+
+    key: str
+    key_span: Span
+    span: Span | None
+    entry: Entry  # target → expression
+
+
 class _ToDocument(Transformer):
     """Bottom-up conversion; rule names are the grammar's (and its aliases)."""
 
@@ -184,7 +194,32 @@ class _ToDocument(Transformer):
     # ---- document structure ----
     @v_args(meta=True)
     def block(self, meta, children):
-        return Map(span=self._span(meta), entries=list(children))
+        """The block's entries; the equations of one word (`next p = …`, `next v = …`) become
+        ONE entry `next` whose value maps each state to its expression, in the order written
+        (duplicates kept, so the builder reports the second where it is written) — the shape
+        of the YAML twin's `next: {p: "…", v: "…"}`."""
+        entries: list[Entry] = []
+        groups: dict[str, Entry] = {}
+        for child in children:
+            if isinstance(child, _Equation):
+                group = groups.get(child.key)
+                if group is None:
+                    group = groups[child.key] = Entry(child.key, child.key_span,
+                                                      Map(span=child.span, entries=[]))
+                    entries.append(group)
+                group.value.entries.append(child.entry)
+                if group.value.span is not None and child.span is not None:
+                    group.value.span = group.value.span.to(child.span)
+            else:
+                entries.append(child)
+        return Map(span=self._span(meta), entries=entries)
+
+    @v_args(meta=True)
+    def equation(self, meta, children):
+        key, target, value = children
+        return _Equation(str(key), self._tok(key), self._span(meta),
+                         Entry(str(target), self._tok(target),
+                               Scalar(span=value.span, expr=value)))
 
     @v_args(meta=True)
     def assign(self, meta, children):

@@ -35,6 +35,8 @@ def _value(value) -> Any:
         return "hard" if value.kind == "hard" else f"smooth({E.unparse(value.tau.expr)})"
     if isinstance(value, list) and value and isinstance(value[0], M.Signal):
         return [s.name for s in value]
+    if isinstance(value, list) and value and isinstance(value[0], M.Equation):
+        return {eq.state.name: E.unparse(eq.expr) for eq in value}  # `next: {p: "…"}`
     if isinstance(value, list) and value and isinstance(value[0], M.InitialRange):
         return {r.signal.name: _value(r.interval) for r in value}
     if isinstance(value, E.EXPR_NODES):
