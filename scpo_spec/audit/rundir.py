@@ -48,6 +48,10 @@ class RunError(ScpoError):
     """A run directory that cannot be created, resumed or loaded (the message says why)."""
 
 
+class CodeChanged(RunError):
+    """The code a run's spec names is not the code the run fingerprinted (trust refused)."""
+
+
 @dataclass
 class StateFile:
     """What `--resume` needs to continue exactly, and what binds it to the log."""
@@ -215,7 +219,7 @@ class RunDir:
         if runs_code and trust_code:
             problems = unchanged(header.code, parsed.spec, origin.parent)
             if problems:
-                raise RunError(f"not trusting the code of {self.path}: {problems[0]}")
+                raise CodeChanged(f"not trusting the code of {self.path}: {problems[0]}")
         result = check_text(text, path=path, base_dir=origin.parent, syntax=spec.get("syntax"),
                             run_code=trust_code or not runs_code)
         if result.spec is None or not result.ok:

@@ -20,7 +20,7 @@ import numpy as np
 
 from scpo_spec.errors import ScpoError
 from scpo_spec.audit.records import Header, Holdout, Init, Record, Step
-from scpo_spec.audit.rundir import STATE_NAME, RunDir, RunError
+from scpo_spec.audit.rundir import STATE_NAME, CodeChanged, RunDir, RunError
 from scpo_spec.audit.verify import AuditResult, audit_run, describe_stall
 from scpo_spec.language.code import untrusted
 
@@ -121,14 +121,20 @@ def gather(run_dir: str | Path, compute_holdout: bool = True,
         records = []
         audit.certificates_ok = False
         audit.problems.append(str(err))
-    spec, base, spec_problem = None, None, None
+    spec, base, spec_problem, code_problem = None, None, None, None
     try:
-        spec, base = run.checked_spec(header, trust_code=trust_code)
+        try:
+            spec, base = run.checked_spec(header, trust_code=trust_code)
+        except CodeChanged as err:  # the run itself is still what it is: only the pictures go
+            spec, base = run.checked_spec(header)
+            trust_code, code_problem = False, str(err)
     except RunError as err:
         spec_problem = str(err)
     series, rejected, refutations = _series(records)
     end = next((r for r in reversed(records) if r.TYPE == "end"), None)
     final = _Final(run, audit, spec, base, trust_code)
+    if code_problem is not None and spec is not None:
+        final.problem = code_problem
     holdout, source = _holdout(audit, final, compute_holdout)
     metrics = _metric_rows(header, audit, spec, holdout)
     ev = Evidence(run.path, header, records, audit, spec, metrics, series, rejected, refutations,
