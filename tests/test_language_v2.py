@@ -683,3 +683,21 @@ def test_gymnasium_module_errors(tmp_path, monkeypatch):
     assert only(GYM.format(env="Pendulum-v9").replace("observation x, v",
                                                       "observation c, s, w")) == \
         (2, 18, "unknown gymnasium environment 'Pendulum-v9'")
+
+
+def test_fmt_breaks_a_long_equation_before_operators_and_reads_it_back():
+    """An equation longer than a line is written over several, broken at the shallowest bracket
+    depth that fits; the result reads back to the same model and formats to itself."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "specs" / "cartpole.scpo").read_text(encoding="utf-8")
+    spec = ok_spec(text)
+    out = format_spec(spec, find_comments(text))
+    assert max(len(ln) for ln in out.splitlines()) <= 100
+    assert "    der theta_dot = (g * sin(theta)" in out
+    assert "\n        / (mc + mp)) / (l * (4 / 3" in out  # a continuation line, at depth 0
+    again = ok_spec(out)
+    assert again.same_as(spec)
+    assert format_spec(again, find_comments(out)) == out
+    one_line = text.replace("\n        / (mc + mp)) / (l", " / (mc + mp)) / (l")
+    assert ok_spec(one_line).same_as(spec)

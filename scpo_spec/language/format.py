@@ -101,6 +101,37 @@ def _one_line(head: str, node: M.Node) -> str | None:
     return text if len(text) <= WIDTH else None
 
 
+_BREAKS = (" + ", " - ", " * ", " / ")
+
+
+def wrap(text: str, first: int, pad: str, width: int) -> str:
+    """An unparsed expression broken before binary operators so that its lines fit: the first
+    in `first` columns, the others in `width` after `pad`.  Each line ends at the shallowest
+    bracket depth that fits, the latest such operator (newlines are free inside an expression)."""
+    depth, spots = 0, []
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == " " and text[i:i + 3] in _BREAKS:
+            spots.append((i, depth))
+    lines, start = [], 0
+    while True:
+        room = first if not lines else width - len(pad)
+        if len(text) - start <= room:
+            break
+        fits = [(d, -i) for i, d in spots if start < i <= start + room]
+        later = [i for i, _ in spots if i > start]
+        if not fits and not later:
+            break
+        cut = -min(fits)[1] if fits else later[0]
+        lines.append(text[start:cut])
+        start = cut + 1
+    lines.append(text[start:])
+    return ("\n" + pad).join(lines)
+
+
 def _section(keyword: str, node: M.Node, label: str = "") -> list[Line]:
     kind = getattr(node, "kind", None)
     head = " ".join(p for p in (keyword, kind if isinstance(kind, str) else None, label) if p)
@@ -113,7 +144,9 @@ def _section(keyword: str, node: M.Node, label: str = "") -> list[Line]:
             continue
         if _is_equations(value):  # `next p = …`, one line each, in the order written
             for eq in value:
-                lines.append(Line(f"{key} {eq.state.name} = {E.unparse(eq.expr)}",
+                head = f"{key} {eq.state.name} = "
+                lines.append(Line(head + wrap(E.unparse(eq.expr), WIDTH - len(INDENT + head),
+                                              INDENT * 2, WIDTH),
                                   _start(eq.span), indent=1))
             continue
         if key == "initial":
@@ -220,10 +253,10 @@ def _align_trailing(rows: list[tuple[str, str | None]]) -> list[str]:
         return len(text) - len(text.lstrip(" "))
 
     for i, (code, _) in enumerate(rows):
-        if not code.strip() or code.lstrip().startswith("#") or (
+        if not code.strip() or code.lstrip().startswith("#") or "\n" in code or (
                 run and indent(code) != indent(rows[run[-1]][0])):
             flush()
-        if code.strip() and not code.lstrip().startswith("#"):
+        if code.strip() and not code.lstrip().startswith("#") and "\n" not in code:
             run.append(i)
     flush()
     return out
