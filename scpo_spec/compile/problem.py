@@ -94,7 +94,9 @@ class CompiledSpec:
 def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     """Compile a spec that passed `check` (its data paths are relative to `base_dir`)."""
     settings = Settings.of(spec)
-    dynamics = make_dynamics(spec)
+    base = base_dir if base_dir is not None else (
+        Path(spec.path).resolve().parent if spec.path else Path.cwd())
+    dynamics = make_dynamics(spec, base)
     backup = make_backup(spec, dynamics)
     family = make_policy(spec, dynamics.n, dynamics.m, backup)
     consts = {c.name: c.value.value for c in spec.consts}
@@ -116,8 +118,6 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     horizon = int(spec.scenarios.horizon)
     evaluator = RolloutEvaluator(dynamics, family, metrics, training_states(spec), horizon,
                                  compiler.reduce)
-    base = base_dir if base_dir is not None else (
-        Path(spec.path).resolve().parent if spec.path else Path.cwd())
     objective = make_objective(spec, family, evaluator, compiler, base)
     return CompiledSpec(spec, settings, dynamics, backup, family, evaluator, objective, compiler)
 
