@@ -477,3 +477,63 @@ def test_cli_check_and_train_report_a_bad_callable(tmp_path, monkeypatch):
     spec.system.function.value = "plant_cli:dynamics"  # fixed: check passes
     res = runner.invoke(cli.app, ["check", "--json", str(spec_file)])
     assert res.exit_code == 0 and json.loads(res.stdout)["ok"]
+
+
+# ---- gymnasium's own "module:EnvId" convention ----
+TINY_ENV = '''\
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+
+class Drift(gymnasium.Env):
+    """x⁺ = x + 0.1 clip(a, -1, 1), observed exactly; reward −x²."""
+
+    def __init__(self):
+        self.observation_space = spaces.Box(-10.0, 10.0, (1,), np.float64)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float64)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1, 1, size=1)
+        return self.x.copy(), {}
+
+    def step(self, a):
+        self.x = self.x + 0.1 * np.clip(a, -1.0, 1.0)
+        return self.x.copy(), float(-self.x[0] ** 2), False, False, {}
+
+
+gymnasium.register(id="TinyDrift-v0", entry_point=Drift, max_episode_steps=50)
+'''
+
+
+def test_a_gymnasium_module_env_id_imports_the_module_that_registers_it(tmp_path, monkeypatch):
+    """`system gymnasium "module:EnvId"`: gymnasium.make_vec (1.x) imports `module` itself, so
+    the id travels unchanged to the vector environment."""
+    import gymnasium
+
+    from scpo_spec.systems.gym_rollout import GymRollout
+    (tmp_path / "tiny_drift_env.py").write_text(TINY_ENV, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "TinyDrift-v0" not in gymnasium.registry
+    gym = GymRollout("tiny_drift_env:TinyDrift-v0", 1, 1)
+    thetas = torch.tensor([[-2.0], [0.5]], dtype=DTYPE)  # u = θ x
+
+    def policy(th, x):
+        return th.view(-1, 1, 1) * x
+    try:
+        X, U, returns = gym.rollout(policy, thetas, [0, 1, 2], 8)
+    finally:
+        gym.close()
+    assert "TinyDrift-v0" in gymnasium.registry  # the module registered it on import
+    assert X.shape == (2, 3, 9, 1) and U.shape == (2, 3, 8, 1)
+    for c in range(2):
+        for s in range(3):
+            x = X[c, s, 0, 0].item()
+            assert -1 <= x <= 1 and X[0, s, 0, 0] == X[1, s, 0, 0]  # same seed, same start
+            total = 0.0
+            for t in range(8):
+                x = x + 0.1 * float(np.clip(thetas[c, 0].item() * x, -1, 1))
+                total -= x ** 2
+                assert X[c, s, t + 1, 0].item() == pytest.approx(x, abs=1e-15)
+            assert returns[c, s].item() == pytest.approx(total, abs=1e-12)

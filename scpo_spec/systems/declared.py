@@ -30,10 +30,37 @@ class DeclaredSystemError(ScpoError):
 
 
 class EquationCompiler(ElementwiseCompiler[torch.Tensor]):
-    """A scalar expression of states, inputs and constants → ctx = (x, u) ↦ tensor (...)."""
+    """A scalar expression of states, inputs and constants → ctx = (x, u, memo) ↦ tensor (...).
+
+    A sub-expression written more than once across the system's equations (a cart-pole's shared
+    `temp` term, `sin(theta)`) is computed once per evaluation: its value is kept in `memo` for
+    the rest of that evaluation (common-subexpression elimination by canonical text)."""
+
+    plain = True
 
     def __init__(self, states: list[str], inputs: list[str], consts: dict):
         self.states, self.inputs, self.consts = states, inputs, consts
+        self._shared: dict[str, int] = {}   # canonical text → memo slot, for repeated ones
+        self._compiled: dict[str, Callable] = {}
+
+    def value(self, e: E.Node):
+        if not isinstance(e, (E.Binary, E.Unary, E.Call)):
+            return super().value(e)
+        key = E.unparse(e)
+        if key in self._compiled:
+            return self._compiled[key]
+        inner = super().value(e)
+        slot = self._shared.get(key)
+        if slot is not None and not isinstance(inner, Constant):
+            def shared(ctx, inner=inner, slot=slot):
+                memo = ctx[2]
+                v = memo[slot]
+                if v is None:
+                    v = memo[slot] = inner(ctx)
+                return v
+            inner = shared
+        self._compiled[key] = inner
+        return inner
 
     def constant(self, value: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(value, dtype=DTYPE)
@@ -77,11 +104,26 @@ class EquationCompiler(ElementwiseCompiler[torch.Tensor]):
                 f"a declared system needs exactly one `{what}` equation per state "
                 f"({', '.join(self.states)})" + (f"; missing: {', '.join(missing)}"
                                                  if missing else ""))
+        counts: dict[str, int] = {}
+        for eq in eqs:
+            for node in E.walk(eq.expr):
+                if isinstance(node, (E.Binary, E.Unary, E.Call)):
+                    key = E.unparse(node)
+                    counts[key] = counts.get(key, 0) + 1
+        self._shared = {k: i for i, k in enumerate(k for k, c in counts.items() if c > 1)}
+        self._compiled = {}
         parts = [self.value(by_state[s].expr) for s in self.states]
+        slots = len(self._shared)
+        constant = any(isinstance(p, Constant) for p in parts)
 
         def F(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-            ctx = (x, u)
+            ctx = (x, u, [None] * slots)
             outs = [p(ctx) for p in parts]
+            if not constant:
+                try:
+                    return torch.stack(outs, dim=-1)
+                except RuntimeError:  # x and u of different (broadcastable) batch shapes
+                    pass
             # a constant equation (`next p = 0`) still gives one value per batch entry
             return torch.stack(torch.broadcast_tensors(*outs, x[..., 0])[:-1], dim=-1)
         return F

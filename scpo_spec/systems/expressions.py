@@ -40,6 +40,7 @@ ELEMENTWISE: dict[str, tuple[int, Callable[..., torch.Tensor]]] = {
 BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div, "^": torch.pow}
 PAIRWISE = {"min": torch.minimum, "max": torch.maximum}  # min(a, b, …) / max(a, b, …)
+_ARITHMETIC = (torch.add, torch.sub, torch.mul, torch.div, torch.pow)
 
 
 class Constant:
@@ -52,6 +53,39 @@ class Constant:
 
     def __call__(self, ctx: Any):
         return self.value
+
+
+def _scalar(fn: Callable, c):
+    """A number operand of arithmetic as a Python float (the same float64, but torch's scalar
+    path: no tensor type promotion per call); tensors elsewhere (torch.atan2 needs them)."""
+    if fn in _ARITHMETIC and isinstance(c, torch.Tensor) and c.ndim == 0:
+        return c.item()
+    return c
+
+
+def _direct(fn: Callable, parts: Sequence[Callable]) -> Callable:
+    """ctx ↦ fn(*operands), with constant operands bound once (numbers as Python floats where
+    the result is bitwise the same: c + b, c · b, c − b as rsub; not c / b, whose Python form
+    multiplies by a reciprocal)."""
+    if len(parts) == 1:
+        a = parts[0]
+        return lambda ctx: fn(a(ctx))
+    if len(parts) == 2:
+        a, b = parts
+        if isinstance(a, Constant):
+            ca = a.value
+            if fn in (torch.add, torch.mul) and ca.ndim == 0:
+                ca = ca.item()
+                return lambda ctx: fn(b(ctx), ca)
+            if fn is torch.sub and ca.ndim == 0:
+                ca = ca.item()
+                return lambda ctx: torch.rsub(b(ctx), ca)
+            return lambda ctx: fn(ca, b(ctx))
+        if isinstance(b, Constant):
+            cb = _scalar(fn, b.value)
+            return lambda ctx: fn(a(ctx), cb)
+        return lambda ctx: fn(a(ctx), b(ctx))
+    return lambda ctx: fn(*[p(ctx) for p in parts])
 
 
 class ElementwiseCompiler(Generic[V]):
@@ -81,11 +115,17 @@ class ElementwiseCompiler(Generic[V]):
             return out
         return self.special(e)
 
+    # values are plain tensors that meet by broadcasting: `fn(a, b)` is called directly, one
+    # Python call less per operation on the hot path (declared dynamics)
+    plain = False
+
     def apply(self, fn: Callable, parts: Sequence[Callable[[Any], V]]) -> Callable[[Any], V]:
         """fn over the operands' values; folded now when every operand is a constant."""
         combine = self.combine
         if all(isinstance(p, Constant) for p in parts):
             return Constant(combine(fn, [p.value for p in parts]))
+        if self.plain:
+            return _direct(fn, parts)
         if len(parts) == 1:
             a = parts[0]
             return lambda ctx: combine(fn, (a(ctx),))
