@@ -95,6 +95,18 @@ def _report(results: list[CheckResult], console: Console = err) -> None:
         render(r.diagnostics, {r.source.path: r.source}, console)
 
 
+def _check_file(file: Path) -> CheckResult:
+    """The language checks, then — once they pass — the checks that run the author's code (a
+    `system python` callable): a bad callable is one more located error, the same exit code."""
+    result = check_file(file)
+    if result.ok:
+        from scpo_spec.compile.usercode import check_code
+        result.diagnostics = sorted([*result.diagnostics,
+                                     *check_code(result.spec, file.resolve().parent)],
+                                    key=lambda d: d.sort_key())
+    return result
+
+
 @command()
 def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml, .yml)."),
           as_json: bool = typer.Option(False, "--json", help="Print diagnostics as JSON."),
@@ -105,7 +117,7 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
     missing = [f for f in files if not f.exists()]
     if missing:
         _usage(f"no such file: {', '.join(map(str, missing))}")
-    results = [check_file(f) for f in files]
+    results = [_check_file(f) for f in files]
     failed = [r for r in results if not r.ok]
     if as_json:
         objects = []
@@ -332,7 +344,7 @@ def _checked(file: Path, code: int = 1) -> CheckResult:
     """A spec that passed `check`, or exit `code` with its diagnostics."""
     if not file.exists():
         _usage(f"no such file: {file}")
-    result = check_file(file)
+    result = _check_file(file)
     if not result.ok:
         _report([result])
         err.print(f"[red]✗[/] {_esc(file)}: fix the errors above first (`scpo check {_esc(file)}`)")

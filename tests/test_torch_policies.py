@@ -15,8 +15,7 @@ from scpo_spec.engine.run import train
 from scpo_spec.language.model import Text, TorchBackup, TorchPolicy
 from scpo_spec.language.source import Span
 from scpo_spec.policies.backup import make_backup
-from scpo_spec.policies.torch_file import (TorchFileError, check_files, code_identity,
-                                           file_sha256)
+from scpo_spec.policies.torch_file import TorchFileError, check_files
 from scpo_spec.report.evidence import gather
 from tests.engine_specs import small_di, spec_of
 
@@ -127,11 +126,12 @@ def test_backup_torch_trains_and_stays_certified(tmp_path):
 
 def test_backup_identity(tmp_path):
     path = save(Saturated(lqr_gain(tmp_path)), tmp_path / "ctrl.pt")
-    ident = code_identity(with_backup(tmp_path), tmp_path)
     import hashlib
-    assert ident == [{"kind": "backup torch", "file": "ctrl.pt",
-                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]
-    assert file_sha256(path) == ident[0]["sha256"]
+
+    from scpo_spec.language.code import identities
+    assert identities(with_backup(tmp_path), tmp_path) == [
+        {"kind": "backup torch", "target": "ctrl.pt", "file": str(path.resolve()),
+         "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]
 
 
 def _one_error(spec, base) -> str:

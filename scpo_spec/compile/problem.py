@@ -96,7 +96,7 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     settings = Settings.of(spec)
     base = base_dir if base_dir is not None else (
         Path(spec.path).resolve().parent if spec.path else Path.cwd())
-    dynamics = make_dynamics(spec)
+    dynamics = make_dynamics(spec, base)
     backup = make_backup(spec, dynamics, base)  # a torch file is relative to the spec
     family = make_policy(spec, dynamics.n, dynamics.m, backup, base)
     consts = {c.name: c.value.value for c in spec.consts}

@@ -32,6 +32,7 @@ import torch
 
 from scpo_spec.language import expr as E
 from scpo_spec.language.evaluate import evaluate
+from scpo_spec.systems.expressions import Constant, ElementwiseCompiler
 
 from scpo_spec.dtype import DTYPE
 LYAPUNOV_FLOOR = 1e-12  # V(x_0) below this counts as this (a scenario starting at the origin)
@@ -90,8 +91,11 @@ HARD = Reducer()
 Compiled = Callable[[Trace], Val]
 
 
-class ExpressionCompiler:
-    """Turns the expression tree of a checked spec into closures over a Trace."""
+class ExpressionCompiler(ElementwiseCompiler[Val]):
+    """Turns the expression tree of a checked spec into closures over a Trace.  The elementwise
+    arithmetic and functions are systems.expressions' (shared with declared dynamics); what is
+    here is what only a trace has: names of signals over time, norms, quadratic forms and
+    formulas."""
 
     def __init__(self, states: list[str], inputs: list[str], consts: dict,
                  lyapunov_backup: np.ndarray | None, reducer: Reducer):
@@ -201,26 +205,21 @@ class ExpressionCompiler:
                        True)
         return until
 
-    # ---- values: → Val ----
-    def value(self, e: E.Node) -> Compiled:
-        if isinstance(e, E.Num):
-            c = _const(e.value)
-            return lambda trace: c
-        if isinstance(e, E.Name):
-            return self._name(e.id)
-        if isinstance(e, E.Unary):
-            arg = self.value(e.arg)
-            return lambda trace: _map(arg(trace), torch.neg)
-        if isinstance(e, E.Binary):
-            return self._binary(e)
-        if isinstance(e, E.Vector):
-            c = _const(evaluate(e, self.consts))
-            return lambda trace: c
-        if isinstance(e, E.Call):
-            return self._call(e)
-        raise TypeError(f"not a value: {type(e).__name__}")
+    # ---- values: → Val (the elementwise part is ElementwiseCompiler.value) ----
+    def constant(self, value: np.ndarray) -> Val:
+        return _const(value)
 
-    def _name(self, name: str) -> Compiled:
+    def combine(self, fn, vals) -> Val:
+        """fn over operands on their common steps (states 0…T and inputs 0…T−1 meet on
+        0…T−1), as `position + force` reads them."""
+        timed = [v.t.shape[2] for v in vals if v.timed]
+        steps = min(timed) if timed else 1
+        if timed and max(timed) != steps:
+            return Val(fn(*[v.t[:, :, :steps] if v.timed else v.t for v in vals]), True)
+        return Val(fn(*[v.t for v in vals]), bool(timed))
+
+    def name(self, e: E.Name) -> Compiled:
+        name = e.id
         if name in self.states:
             i = self.states.index(name)
             return lambda trace: Val(trace.states[..., i:i + 1], True)
@@ -233,21 +232,13 @@ class ExpressionCompiler:
             return lambda trace: Val(trace.inputs, True)
         if name == "spectral_radius":
             return lambda trace: Val(trace.spectral_radius.view(-1, 1, 1, 1), False)
-        c = _const(evaluate(E.Name(id=name), self.consts))
-        return lambda trace: c
+        return Constant(_const(evaluate(E.Name(id=name), self.consts)))
 
-    def _binary(self, e: E.Binary) -> Compiled:
-        left, right = self.value(e.left), self.value(e.right)
-        op = {"+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div,
-              "^": torch.pow}[e.op]
-
-        def binary(trace):
-            a, b = left(trace), right(trace)
-            x, y = _align(a, b)
-            return Val(op(x, y), a.timed or b.timed)
-        return binary
-
-    def _call(self, e: E.Call) -> Compiled:
+    def special(self, e: E.Node) -> Compiled:
+        if isinstance(e, E.Vector):
+            return Constant(_const(evaluate(e, self.consts)))
+        if not isinstance(e, E.Call):
+            raise TypeError(f"not a value: {type(e).__name__}")
         f = e.func
         if f == "quad":
             P = torch.as_tensor(np.atleast_2d(evaluate(e.args[0], self.consts)), dtype=DTYPE)
@@ -265,28 +256,16 @@ class ExpressionCompiler:
                 V = _quad(Val(trace.states, True), P).t
                 return Val(V / V[:, :, :1].clamp_min(LYAPUNOV_FLOOR), True)
             return lyapunov
-        args = [self.value(a) for a in e.args]
         if f == "norm":
-            return lambda trace: _map(args[0](trace),
+            arg = self.value(e.args[0])
+            return lambda trace: _map(arg(trace),
                                       lambda t: torch.linalg.vector_norm(t, dim=3, keepdim=True))
-        if f in ("min", "max"):
-            if len(args) == 1:
-                red = (lambda t: t.amax(3, keepdim=True)) if f == "max" else \
-                    (lambda t: t.amin(3, keepdim=True))
-                return lambda trace: _map(args[0](trace), red)
-            pair = torch.maximum if f == "max" else torch.minimum
-
-            def extreme(trace):
-                vals = [a(trace) for a in args]
-                out = vals[0]
-                for v in vals[1:]:
-                    x, y = _align(out, v)
-                    out = Val(pair(x, y), out.timed or v.timed)
-                return out
-            return extreme
-        fn = {"abs": torch.abs, "sqrt": torch.sqrt, "exp": torch.exp, "log": torch.log,
-              "sin": torch.sin, "cos": torch.cos, "tan": torch.tan}[f]
-        return lambda trace: _map(args[0](trace), fn)
+        if f in ("min", "max") and len(e.args) == 1:  # over the components
+            arg = self.value(e.args[0])
+            red = (lambda t: t.amax(3, keepdim=True)) if f == "max" else \
+                (lambda t: t.amin(3, keepdim=True))
+            return lambda trace: _map(arg(trace), red)
+        raise TypeError(f"unknown function '{f}'")
 
 
 def _const(value) -> Val:

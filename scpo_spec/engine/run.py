@@ -648,7 +648,7 @@ def load_run(run_dir: str | Path, *, trust_code: bool = False) -> Run:
         raise RunError(f"{run.path} does not pass `scpo audit` ({audit.problems[0]}); "
                        "not loading its policy")
     theta = torch.from_numpy(run.final_theta(audit.final_theta)).to(DTYPE)
-    dynamics = make_dynamics(spec)
+    dynamics = make_dynamics(spec, base_dir)
     family = make_policy(spec, dynamics.n, dynamics.m, make_backup(spec, dynamics, base_dir),
                          base_dir)
     if theta.shape != family.theta0.shape:

@@ -85,6 +85,7 @@ def spec_dir_on_path(base_dir: Path | None):
 def import_module(name: str, base_dir: Path | None):
     """Import `name` for the spec's author, searching `base_dir` first; CodeError naming what
     went wrong (not found, or the import itself raised) instead of a traceback."""
+    importlib.invalidate_caches()  # a module written since the last import is seen
     try:
         with spec_dir_on_path(base_dir):
             return importlib.import_module(name)
@@ -93,9 +94,9 @@ def import_module(name: str, base_dir: Path | None):
             where = f" (looked next to the spec, in {base_dir}, and on sys.path)" \
                 if base_dir else ""
             raise CodeError(f"no module named '{name}'{where}") from None
-        raise CodeError(f"importing '{name}' failed: {one_line(err)}") from None
-    except Exception as err:  # noqa: BLE001 - the author's module raised while importing
-        raise CodeError(f"importing '{name}' failed: {one_line(err)}") from None
+        raise CodeError(f"importing module '{name}' failed: {one_line(err)}") from None
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - the author's module raised
+        raise CodeError(f"importing module '{name}' failed: {one_line(err)}") from None
 
 
 def one_line(err: BaseException) -> str:

@@ -16,7 +16,6 @@ MLP family (`mlp_structure`); anything else is refused with a message naming wha
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,10 +69,6 @@ def resolve(file: Text, base_dir: Path | None, spec: Spec | None = None) -> Path
     if base_dir is None:
         base_dir = Path(spec.path).resolve().parent if spec is not None and spec.path else Path.cwd()
     return Path(base_dir) / path
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_torch_file(file: Text, base_dir: Path | None, n: int, m: int, what: str,
@@ -220,22 +215,6 @@ def check_files(spec: Spec, base_dir: Path | None) -> list[Diagnostic]:
                                           "residual = backup }` with it as `backup torch`"
                                           if "not a structure" in e.message else None))
     return diagnostics
-
-
-def code_identity(spec: Spec, base_dir: Path | None) -> list[dict]:
-    """What code a spec names, for a run's header: each TorchScript file as written and the
-    SHA-256 of its bytes (a file that cannot be read: TorchFileError)."""
-    out = []
-    for kind, node in (("backup torch", spec.backup), ("policy torch", spec.policy)):
-        if isinstance(node, (TorchBackup, TorchPolicy)) and node.file is not None:
-            path = resolve(node.file, base_dir, spec)
-            try:
-                digest = file_sha256(path)
-            except OSError as e:
-                raise TorchFileError(f"{kind.split()[0]} file '{node.file.value}' cannot be "
-                                     f"read: {e.strerror or e}", node.file.span) from None
-            out.append({"kind": kind, "file": node.file.value, "sha256": digest})
-    return out
 
 
 def jacobian_at_origin(module: torch.nn.Module, n: int) -> np.ndarray:

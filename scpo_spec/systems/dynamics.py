@@ -2,20 +2,33 @@
 
 Every system maps states (..., n) and inputs (..., m) to next states (..., n), batched over any
 leading shape (candidates × scenarios), and offers its linearisation at the origin for
-`spectral_radius`.  Gymnasium systems are rolled out by their environments, not here.
+`spectral_radius`, `backup lqr` and `lyapunov(backup)`: in closed form for `linear` and
+`pendulum`, by autograd on the one-step map for declared (`discrete`, `ode`) and `python`
+systems — only the dynamics are differentiated, never a safety metric.  Gymnasium systems are
+rolled out by their environments, not here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from scpo_spec.language.model import (GymnasiumSystem, LinearSystem, PendulumSystem, Spec,
-                                  StaticSystem)
-
 from scpo_spec.dtype import DTYPE
+from scpo_spec.errors import ScpoError
+from scpo_spec.language.model import (DiscreteSystem, GymnasiumSystem, LinearSystem, OdeSystem,
+                                      PendulumSystem, PythonSystem, Spec, StaticSystem)
+from scpo_spec.systems.declared import compile_declared
+from scpo_spec.systems.user_code import PythonPlant
+
+MAPPED = ("discrete", "ode", "python")  # kinds whose step is a compiled or user map
+
+
+class LinearisationError(ScpoError):
+    """The one-step map cannot be differentiated at the origin (e.g. user code leaving torch)."""
 
 
 @dataclass
@@ -34,13 +47,18 @@ class Dynamics:
     mass: float = 1.0
     length: float = 1.0
     env_id: str | None = None         # gymnasium: the registered environment id
+    map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # discrete, ode,
+    #                                   python: the one-step map (a PythonPlant for python)
 
     def __post_init__(self):
         if self.A is not None:
             self._At = torch.as_tensor(self.A, dtype=DTYPE).T.contiguous()
             self._Bt = torch.as_tensor(self.B, dtype=DTYPE).T.contiguous()
+        self._linearised: tuple[np.ndarray, np.ndarray] | None = None
 
     def step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if self.map is not None:
+            return self.map(x, u)
         if self.kind == "linear":
             return x @ self._At + u @ self._Bt
         if self.kind == "pendulum":
@@ -64,11 +82,38 @@ class Dynamics:
             dt = self.dt
             return (np.array([[1 + dt * dt * a, dt], [dt * a, 1.0]]),
                     np.array([[dt * dt * b], [dt * b]]))
+        if self.map is not None:
+            if self._linearised is None:
+                self._linearised = self._autograd_linearisation()
+            return self._linearised
         raise ValueError(f"a '{self.kind}' system has no linearisation")
 
+    def _autograd_linearisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """∂F/∂x and ∂F/∂u of the one-step map at x = 0, u = 0 (a batch of one), by autograd."""
+        if isinstance(self.map, PythonPlant):
+            self.map.load()  # import and probe errors first, with their own messages
+        x0, u0 = torch.zeros(1, self.n, dtype=DTYPE), torch.zeros(1, self.m, dtype=DTYPE)
+        with torch.enable_grad():
+            probe = self.map(x0.requires_grad_(), u0.requires_grad_())
+            if not probe.requires_grad:
+                raise LinearisationError(
+                    f"the {self.kind} system's step is not differentiable at the origin (its "
+                    "result is not connected to x and u by torch operations), so it has no "
+                    "linearisation for spectral_radius, backup lqr or lyapunov(backup)")
+            try:
+                A, B = torch.autograd.functional.jacobian(
+                    lambda x, u: self.map(x[None], u[None])[0],
+                    (torch.zeros(self.n, dtype=DTYPE), torch.zeros(self.m, dtype=DTYPE)))
+            except RuntimeError as err:
+                raise LinearisationError(f"differentiating the {self.kind} system's step at the "
+                                         f"origin failed: {str(err).splitlines()[0]}") from None
+        return A.detach().numpy().copy(), B.detach().numpy().copy().reshape(self.n, self.m)
 
-def make_dynamics(spec: Spec) -> Dynamics:
-    """The torch plant of a checked spec."""
+
+
+def make_dynamics(spec: Spec, base_dir: Path | None = None) -> Dynamics:
+    """The torch plant of a checked spec (a python system's module is looked for in `base_dir`
+    first, and imported only when first stepped or linearised)."""
     system = spec.system
     n, m = len(system.states), len(system.inputs)
     if isinstance(system, LinearSystem):
@@ -81,4 +126,8 @@ def make_dynamics(spec: Spec) -> Dynamics:
         return Dynamics("static", n, m)
     if isinstance(system, GymnasiumSystem):
         return Dynamics("gymnasium", n, m, env_id=system.env_id.value)
+    if isinstance(system, (DiscreteSystem, OdeSystem)):
+        return Dynamics(system.kind, n, m, map=compile_declared(spec))
+    if isinstance(system, PythonSystem):
+        return Dynamics("python", n, m, map=PythonPlant(system.function.value, n, m, base_dir))
     raise NotImplementedError(f"'{system.kind}' systems")
