@@ -294,31 +294,102 @@ def _normalise(text: str) -> str:
     return "\n".join(ln.rstrip() for ln in text.strip("\n").splitlines())
 
 
+def _shell_env(folder: Path) -> dict:
+    """The environment a transcript runs in: `scpo` on the PATH (this checkout), no colour, a
+    100-column terminal."""
+    bin_dir = folder / ".bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "scpo"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m scpo_spec.cli "$@"\n')
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", NO_COLOR="1", TERM="dumb",
+               COLUMNS="100", PYTHONIOENCODING="utf-8",
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p))
+    return env
+
+
+def run_transcript(block: Block, folder: Path, env: dict) -> list[tuple[str, str, str]]:
+    """Run a console block's commands in `folder`: (command, output, expected) each."""
+    pairs = transcript(block)
+    script = ["set +e"]
+    for cmd, _ in pairs:
+        script.append(f"{cmd} 2>&1; __status=$?; printf '{SEPARATOR}\\n'; (exit $__status)")
+    run = subprocess.run(["bash", "-c", "\n".join(script)], cwd=folder, env=env,
+                         capture_output=True, text=True, encoding="utf-8", timeout=600)
+    outputs = run.stdout.split(SEPARATOR + "\n")[:len(pairs)]
+    assert len(outputs) == len(pairs), run.stdout + run.stderr
+    return [(cmd, got, expected) for (cmd, expected), got in zip(pairs, outputs)]
+
+
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 @pytest.mark.parametrize("block", CONSOLE, ids=ids)
 def test_console_transcript(block, tmp_path):
     for f in FILES:
         (tmp_path / f.file).write_text(f.text, encoding="utf-8")
     shutil.copytree(ROOT / "data", tmp_path / "data")
-    bin_dir = tmp_path / ".bin"
-    bin_dir.mkdir()
-    shim = bin_dir / "scpo"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m scpo_spec.cli "$@"\n')
-    shim.chmod(0o755)
-    pairs = transcript(block)
-    script = ["set +e"]
-    for cmd, _ in pairs:
-        script.append(f"{cmd} 2>&1; __status=$?; printf '{SEPARATOR}\\n'; (exit $__status)")
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", NO_COLOR="1", TERM="dumb",
-               COLUMNS="100", PYTHONIOENCODING="utf-8")
-    run = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, encoding="utf-8", timeout=300)
-    outputs = run.stdout.split(SEPARATOR + "\n")[:len(pairs)]
-    assert len(outputs) == len(pairs), run.stdout + run.stderr
-    for (cmd, expected), got in zip(pairs, outputs):
+    for cmd, got, expected in run_transcript(block, tmp_path, _shell_env(tmp_path)):
         assert _normalise(got) == _normalise(expected), (
             f"`{cmd}` printed:\n{got}\n--- but the document shows:\n{expected}")
+
+
+# --------------------------------------------------------------------------- the tutorial
+TUTORIAL = ROOT / "docs" / "tutorial.md"
+ELLIPSIS = "…"
+
+
+def glob_match(expected: str, got: str) -> bool:
+    """A transcript's output against what the page shows: a line `…` stands for any number of
+    lines, `…` inside a line for any text; everything else must be exactly there."""
+    want, have = _normalise(expected).splitlines(), _normalise(got).splitlines()
+
+    def line(pattern: str, text: str) -> bool:
+        parts = [re.escape(p) for p in pattern.split(ELLIPSIS)]
+        return re.fullmatch(".*".join(parts), text) is not None
+
+    def match(i: int, j: int) -> bool:
+        if i == len(want):
+            return j == len(have)
+        if want[i].strip() == ELLIPSIS:
+            return any(match(i + 1, k) for k in range(j, len(have) + 1))
+        return j < len(have) and line(want[i], have[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def test_glob_match_is_strict_where_the_page_is_explicit():
+    assert glob_match("a\n…\nz", "a\nb\nc\nz") and glob_match("a\n…\nz", "a\nz")
+    assert glob_match("loss … → …", "loss 8.2 → 3.5")
+    assert not glob_match("a\n…\nz", "a\nb")          # the last line must be there
+    assert not glob_match("a\nz", "a\nb\nz")           # no `…`: no extra line
+    assert not glob_match("exit 1", "exit 0")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_tutorial_runs_as_written(tmp_path):
+    """docs/tutorial.md from top to bottom in one fresh folder: its files written, its console
+    blocks run in order (train before export …) with their outputs compared, its Python run."""
+    blocks = read_blocks(TUTORIAL)
+    for b in blocks:
+        if b.file is not None:
+            (tmp_path / b.file).write_text(b.text, encoding="utf-8")
+    env = _shell_env(tmp_path)
+    ran = 0
+    for b in blocks:
+        if b.file is not None:
+            continue
+        if b.lang == "console":
+            for cmd, got, expected in run_transcript(b, tmp_path, env):
+                assert glob_match(expected, got), (
+                    f"docs/tutorial.md:{b.line}: `{cmd}` printed:\n{got}\n--- but the page "
+                    f"shows:\n{expected}")
+                ran += 1
+        elif b.lang == "python":
+            proc = subprocess.run([sys.executable, "-c", b.text], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, f"docs/tutorial.md:{b.line}:\n{proc.stderr}"
+            ran += 1
+    assert ran >= 8
 
 
 # --------------------------------------------------------------------------- python
