@@ -91,7 +91,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
         "states": run.state_names,
         "inputs": run.input_names,
         "dtype": "float64",
-        "code": list(getattr(run.header, "code", None) or []),
+        "code": list(run.header.code or []),
     }
     core = run.policy.core.eval()
     target = Path(output) if output is not None else default_output(run.path, fmt)

@@ -12,14 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from scpo_spec.audit.records import theta_sha256
-from scpo_spec.audit.rundir import RunDir
+from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.cli import app
 from scpo_spec.engine.run import load_run, train
 from scpo_spec.export import (ExportError, export_run, read_onnx_metadata,
                               read_torchscript_metadata)
-from scpo_spec.language.model import Text, TorchBackup
-from scpo_spec.language.source import Span
 from tests.engine_specs import small_di, spec_of, write_spec
 from tests.test_torch_policies import Saturated, lqr_gain
 
@@ -100,28 +98,19 @@ def test_torchscript_export_is_exact(certified, tmp_path):
     assert meta["verdict"] == "CERTIFIED" and meta["forced"] is False
 
 
-def test_export_with_a_torch_residual_backup(tmp_path, monkeypatch):
-    """`backup torch` + `policy mlp { residual = backup }`: the backup's TorchScript is inside
-    the exported file.  The parser reads `backup torch` on the language branch; until then the
-    run's stored spec is rebuilt here as that parser would build it."""
+def test_export_with_a_torch_residual_backup(tmp_path):
+    """`backup torch` + `policy mlp { residual = backup }`, written in the spec: the backup's
+    TorchScript is inside the exported file, and reading the run back runs that file only with
+    trust_code (after its SHA-256 matches the header's)."""
     torch.jit.save(torch.jit.script(Saturated(lqr_gain(tmp_path))), str(tmp_path / "ctrl.pt"))
-    text = small_di(steps=3)
-    span = Span(file="spec.scpo", line=9, column=22, end_line=9, end_column=34)
-
-    def torch_spec():
-        spec = spec_of(text, tmp_path)
-        spec.backup = TorchBackup(file=Text(value="ctrl.pt", span=span), span=span)
-        return spec
-
-    run = make_run(tmp_path, text, spec=torch_spec())
-    original = RunDir.checked_spec
-
-    def checked_spec(self, header=None, trust_code=False):
-        spec, base = original(self, header, trust_code)
-        spec.backup = torch_spec().backup
-        return spec, base
-
-    monkeypatch.setattr(RunDir, "checked_spec", checked_spec)
+    text = small_di(steps=3).replace("backup lqr { Q = diag(1, 1)  R = diag(1) }",
+                                     'backup torch { file = "ctrl.pt" }')
+    assert 'backup torch' in text
+    run = make_run(tmp_path, text)
+    with pytest.raises(RunError, match="--trust-code"):
+        load_run(run)
+    with pytest.raises(RunError, match="--trust-code"):
+        export_run(run, "onnx", tmp_path / "refused.onnx")
     loaded = load_run(run, trust_code=True)
     assert loaded.policy.core.has_backup
     assert isinstance(loaded.policy.core.backup, torch.jit.ScriptModule)  # not a gain
@@ -133,10 +122,14 @@ def test_export_with_a_torch_residual_backup(tmp_path, monkeypatch):
     for fmt, name in (("onnx", "b.onnx"), ("torchscript", "b.pt")):
         done = export_run(run, fmt, tmp_path / name, trust_code=True)
         assert done.metadata["verdict"] == "CERTIFIED"
+        assert [c["kind"] for c in done.metadata["code"]] == ["backup torch"]
     np.testing.assert_allclose(onnx_actions(tmp_path / "b.onnx", x), loaded.policy(x), rtol=0,
                                atol=1e-9)
     ts = torch.jit.load(str(tmp_path / "b.pt"))(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_array_equal(ts, loaded.policy(x))
+    (tmp_path / "ctrl.pt").write_bytes((tmp_path / "ctrl.pt").read_bytes() + b"\0")
+    with pytest.raises(RunError, match="changed since the run was trained"):
+        load_run(run, trust_code=True)
 
 
 def test_a_run_that_is_not_certified_is_refused_unless_forced(uncertified, tmp_path):
