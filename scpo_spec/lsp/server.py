@@ -106,14 +106,17 @@ class ScpoLanguageServer(LanguageServer):
         p = document.position_codec.position_from_client_units(document.lines, p)
         return lines, p.line, p.character
 
-    def model(self, uri: str, skip_line: int | None = None) -> CheckResult | None:
-        """A model for answers: the check of the current version; else the current text read
-        again without the checks (without line `skip_line`, the one being typed, which seldom
-        parses yet); else the last model that built."""
+    def model(self, uri: str, fresh: bool, skip_line: int | None = None) -> CheckResult | None:
+        """A model for answers: the check of the current version; else, for names (not
+        `fresh`), the last model that built, a few hundred ms old while typing; else the current
+        text read again without the checks (without line `skip_line`, the one being typed, which
+        seldom parses yet); else the last model that built."""
         doc = self.docs.setdefault(uri, _Doc())
         document = self.workspace.get_text_document(uri)
         if doc.checked is not None and doc.version == document.version and doc.checked.spec:
             return doc.checked
+        if not fresh and doc.built is not None:
+            return doc.built
         text = document.source
         if skip_line is not None:
             lines = text.split("\n")
@@ -155,7 +158,7 @@ async def did_close(ls: ScpoLanguageServer, params: T.DidCloseTextDocumentParams
 def hover(ls: ScpoLanguageServer, params: T.HoverParams) -> T.Hover | None:
     uri = params.text_document.uri
     lines, line, character = ls.from_client(ls.workspace.get_text_document(uri), params.position)
-    model = ls.model(uri)
+    model = ls.model(uri, fresh=False)
     text = analysis.hover(lines, line, character, model and model.spec,
                           ls.docs.get(uri, _Doc()).passed)
     if text is None:
@@ -168,7 +171,7 @@ def hover(ls: ScpoLanguageServer, params: T.HoverParams) -> T.Hover | None:
 def completion(ls: ScpoLanguageServer, params: T.CompletionParams) -> T.CompletionList:
     uri = params.text_document.uri
     lines, line, character = ls.from_client(ls.workspace.get_text_document(uri), params.position)
-    model = ls.model(uri, skip_line=line)
+    model = ls.model(uri, fresh=False, skip_line=line)
     items = analysis.completion(lines, line, character, model and model.spec)
     return T.CompletionList(is_incomplete=False, items=items)
 
@@ -178,7 +181,7 @@ def definition(ls: ScpoLanguageServer, params: T.DefinitionParams) -> T.Location
     uri = params.text_document.uri
     document = ls.workspace.get_text_document(uri)
     lines, line, character = ls.from_client(document, params.position)
-    model = ls.model(uri)
+    model = ls.model(uri, fresh=True)
     span = analysis.definition(lines, line, character, model and model.spec)
     if span is None:
         return None
@@ -190,7 +193,7 @@ def document_symbol(ls: ScpoLanguageServer,
                     params: T.DocumentSymbolParams) -> list[T.DocumentSymbol]:
     uri = params.text_document.uri
     document = ls.workspace.get_text_document(uri)
-    model = ls.model(uri)
+    model = ls.model(uri, fresh=True)
     found = analysis.symbols(model and model.spec)
 
     def convert(symbol: T.DocumentSymbol) -> T.DocumentSymbol:
