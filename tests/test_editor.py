@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from lark import Lark, Token, Tree
+from lark import Lark, Token
 
 from scpo_spec.language.build import vocabulary
 from scpo_spec.language.check import SIGNAL_FUNCTIONS
