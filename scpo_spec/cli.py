@@ -645,6 +645,15 @@ def calibrate(file: Path = typer.Argument(..., help="A spec file."),
     out.print(f"note: {STATEMENT}.", markup=False)
 
 
+@command()
+def lsp() -> None:
+    """Run the language server for editors (the Language Server Protocol on stdin/stdout):
+    diagnostics as you type, hover, completion, go to definition, outline, formatting; see
+    docs/editor.md."""
+    from scpo_spec.lsp.server import serve
+    serve()
+
+
 class ReportFormat(str, Enum):
     html = "html"
     md = "md"

@@ -41,6 +41,7 @@ class Builder:
         self.consts: dict[str, Any] = {}
         # sections/blocks written but not built (already reported): checks do not call them missing
         self.failed: set[str] = set()
+        self._tables: dict | None = None
 
     # ------------------------------------------------------------------ value converters
     def expr(self, value: Value, what: str) -> E.Node | None:
@@ -131,6 +132,7 @@ class Builder:
                                 did_you_mean(word, choices) or f"expected one of {one_of(choices)}")
                 return None
             return M.Ident(name=word, span=span)
+        convert.choices = choices  # the words an editor offers for this entry (vocabulary())
         return convert
 
     def text(self, value: Value, what: str) -> M.Text | None:
@@ -309,8 +311,6 @@ class Builder:
 
     # ------------------------------------------------------------------ sections
     def build(self, doc: Map, path: str | None) -> M.Spec:
-        q, s = self.quantity, self.signals
-        ident = self.ident
         sections: dict[str, Entry] = {}
         spec = M.Spec(span=doc.span, path=path)
         known = ("spec", "title", "const", "system", "backup", "policy", "scenarios",
@@ -353,73 +353,126 @@ class Builder:
         if "title" in sections:
             spec.title = self.text(sections["title"].value, "title")
 
+        tables = self.tables()
         if "system" in sections:
-            spec.system = self.typed(sections["system"].value, "system", {
-                "linear": (M.LinearSystem, {"state": ("states", s),
-                                            "input": ("inputs", s),
-                                            "A": ("A", q), "B": ("B", q)}),
-                "pendulum": (M.PendulumSystem, {"state": ("states", s),
-                                                "input": ("inputs", s),
-                                                "dt": ("dt", q), "g": ("g", q),
-                                                "m": ("m", q), "l": ("l", q)}),
-                "static": (M.StaticSystem, {"state": ("states", s),
-                                            "input": ("inputs", s)}),
-                "gymnasium": (M.GymnasiumSystem, {"id": ("env_id", self.text),
-                                                  "observation": ("states", s),
-                                                  "action": ("inputs", s)}),
-                "discrete": (M.DiscreteSystem, {"state": ("states", s),
-                                                "input": ("inputs", s),
-                                                "next": ("next", self.equations),
-                                                "der": (None, MISPLACED_DER)}),
-                "ode": (M.OdeSystem, {"state": ("states", s), "input": ("inputs", s),
-                                      "dt": ("dt", q),
-                                      "integrator": ("integrator", ident(INTEGRATORS)),
-                                      "substeps": ("substeps", q),
-                                      "der": ("der", self.equations),
-                                      "next": (None, MISPLACED_NEXT)}),
-                "python": (M.PythonSystem, {"id": ("function", self.text),
-                                            "state": ("states", s), "input": ("inputs", s)}),
-            })
+            spec.system = self.typed(sections["system"].value, "system", tables["system"])
             self._written_equations(sections["system"].value)
         if "backup" in sections:
-            spec.backup = self.typed(sections["backup"].value, "backup", {
-                "lqr": (M.LqrBackup, {"Q": ("Q", q), "R": ("R", q)}),
-                "linear": (M.LinearBackup, {"K": ("K", q)}),
-                "torch": (M.TorchBackup, {"file": ("file", self.text)}),
-            })
+            spec.backup = self.typed(sections["backup"].value, "backup", tables["backup"])
         if "policy" in sections:
-            spec.policy = self.typed(sections["policy"].value, "policy", {
-                "mlp": (M.MlpPolicy, {"hidden": ("hidden", q),
-                                      "activation": ("activation", ident(ACTIVATIONS)),
-                                      "residual": ("residual", ident(("backup", "none"))),
-                                      "seed": ("seed", q)}),
-                "linear": (M.LinearPolicy, {"init": ("init", ident(POLICY_INIT))}),
-                "torch": (M.TorchPolicy, {"file": ("file", self.text)}),
-            })
+            spec.policy = self.typed(sections["policy"].value, "policy", tables["policy"])
         if "scenarios" in sections:
             spec.scenarios = self.build_scenarios(sections["scenarios"].value)
         if "objective" in sections:
-            expert = lambda v, w: self.typed(v, "expert", {  # noqa: E731
-                "linear": (M.LinearExpert, {"K": ("K", q), "bias": ("bias", q)})})
-            states = lambda v, w: self.typed(v, "states", {  # noqa: E731
-                "normal": (M.NormalStates, {"mean": ("mean", q), "std": ("std", q)}),
-                "uniform": (M.UniformStates, {"low": ("low", q), "high": ("high", q)})})
-            spec.objective = self.typed(sections["objective"].value, "objective", {
-                "imitation": (M.ImitationObjective, {
-                    "expert": ("expert", expert), "states": ("states", states),
-                    "count": ("count", q), "seed": ("seed", q),
-                    "loss": ("loss", ident(LOSSES))}),
-                "regression": (M.RegressionObjective, {
-                    "data": ("data", self.text), "inputs": ("inputs", s),
-                    "targets": ("targets", s), "loss": ("loss", ident(LOSSES))}),
-                "cost": (M.CostObjective, {"stage": ("stage", self.formula),
-                                           "terminal": ("terminal", self.formula)}),
-                "return": (M.ReturnObjective, {"population": ("population", q),
-                                               "sigma": ("sigma", q), "seed": ("seed", q)}),
-            })
+            spec.objective = self.typed(sections["objective"].value, "objective",
+                                        tables["objective"])
         if "train" in sections:
             spec.train = self.build_train(sections["train"].value)
         return spec
+
+    def tables(self) -> dict[str, dict[str, tuple[type, dict[str, tuple[str | None, Any]]]]]:
+        """Each block with a kind → {kind: (model class, entry word → (field, converter))}: what
+        `build` converts with, and what `vocabulary()` (an editor's completions) reads."""
+        if self._tables is not None:
+            return self._tables
+        q, s = self.quantity, self.signals
+        ident = self.ident
+        out: dict[str, dict] = {}
+
+        def sub(what: str):  # a nested block with a kind, `optimizer adam { … }`
+            convert = lambda v, w: self.typed(v, what, out[what])  # noqa: E731
+            convert.block = what
+            return convert
+
+        out["system"] = {
+            "linear": (M.LinearSystem, {"state": ("states", s),
+                                        "input": ("inputs", s),
+                                        "A": ("A", q), "B": ("B", q)}),
+            "pendulum": (M.PendulumSystem, {"state": ("states", s),
+                                            "input": ("inputs", s),
+                                            "dt": ("dt", q), "g": ("g", q),
+                                            "m": ("m", q), "l": ("l", q)}),
+            "static": (M.StaticSystem, {"state": ("states", s),
+                                        "input": ("inputs", s)}),
+            "gymnasium": (M.GymnasiumSystem, {"id": ("env_id", self.text),
+                                              "observation": ("states", s),
+                                              "action": ("inputs", s)}),
+            "discrete": (M.DiscreteSystem, {"state": ("states", s),
+                                            "input": ("inputs", s),
+                                            "next": ("next", self.equations),
+                                            "der": (None, MISPLACED_DER)}),
+            "ode": (M.OdeSystem, {"state": ("states", s), "input": ("inputs", s),
+                                  "dt": ("dt", q),
+                                  "integrator": ("integrator", ident(INTEGRATORS)),
+                                  "substeps": ("substeps", q),
+                                  "der": ("der", self.equations),
+                                  "next": (None, MISPLACED_NEXT)}),
+            "python": (M.PythonSystem, {"id": ("function", self.text),
+                                        "state": ("states", s), "input": ("inputs", s)}),
+        }
+        out["backup"] = {
+            "lqr": (M.LqrBackup, {"Q": ("Q", q), "R": ("R", q)}),
+            "linear": (M.LinearBackup, {"K": ("K", q)}),
+            "torch": (M.TorchBackup, {"file": ("file", self.text)}),
+        }
+        out["policy"] = {
+            "mlp": (M.MlpPolicy, {"hidden": ("hidden", q),
+                                  "activation": ("activation", ident(ACTIVATIONS)),
+                                  "residual": ("residual", ident(("backup", "none"))),
+                                  "seed": ("seed", q)}),
+            "linear": (M.LinearPolicy, {"init": ("init", ident(POLICY_INIT))}),
+            "torch": (M.TorchPolicy, {"file": ("file", self.text)}),
+        }
+        out["expert"] = {"linear": (M.LinearExpert, {"K": ("K", q), "bias": ("bias", q)})}
+        out["states"] = {
+            "normal": (M.NormalStates, {"mean": ("mean", q), "std": ("std", q)}),
+            "uniform": (M.UniformStates, {"low": ("low", q), "high": ("high", q)})}
+        out["objective"] = {
+            "imitation": (M.ImitationObjective, {
+                "expert": ("expert", sub("expert")), "states": ("states", sub("states")),
+                "count": ("count", q), "seed": ("seed", q),
+                "loss": ("loss", ident(LOSSES))}),
+            "regression": (M.RegressionObjective, {
+                "data": ("data", self.text), "inputs": ("inputs", s),
+                "targets": ("targets", s), "loss": ("loss", ident(LOSSES))}),
+            "cost": (M.CostObjective, {"stage": ("stage", self.formula),
+                                       "terminal": ("terminal", self.formula)}),
+            "return": (M.ReturnObjective, {"population": ("population", q),
+                                           "sigma": ("sigma", q), "seed": ("seed", q)}),
+        }
+        out["optimizer"] = {
+            "sgd": (M.SgdOptimizer, {"lr": ("lr", q), "momentum": ("momentum", q)}),
+            "adam": (M.AdamOptimizer, {"lr": ("lr", q)})}
+        out["executor"] = {
+            "local": (M.LocalExecutor, {}),
+            "ray": (M.RayExecutor, {"address": ("address", self.text),
+                                    "workers": ("workers", q)})}
+        out["train"] = {"": (M.Train, {
+            "steps": ("steps", q), "optimizer": ("optimizer", sub("optimizer")),
+            "directions": ("directions", q), "perturbation": ("perturbation", q),
+            "radius": ("radius", q), "margin": ("margin", q),
+            "solver": ("solver", ident(SOLVERS)), "seed": ("seed", q),
+            "on_violation": ("on_violation", ident(ON_VIOLATION)),
+            "aggregate": ("aggregate", self.aggregate),
+            "backtrack": ("backtrack", ident(BACKTRACK)),
+            "precision": ("precision", ident(PRECISIONS)),
+            "smoothness": ("smoothness", ident(SMOOTHNESS_MODES)),
+            "executor": ("executor", sub("executor")),
+        })}
+        out["scenarios"] = {"": (M.Scenarios, {
+            "count": ("count", q), "grid": ("grid", q), "seed": ("seed", q),
+            "horizon": ("horizon", q), "holdout": ("holdout", q),
+            "initial": ("initial", None)})}
+        for section in ("constraint", "stability"):
+            out[section] = {"": (M.Property, {
+                "name": ("name", lambda v, w, section=section: self._name(v, f"{section} name")),
+                "formula": ("formula", self.formula),
+                "smoothness": ("smoothness", self.quantity),
+                "margin": ("margin", self.quantity),
+                "lipschitz": ("lipschitz", self.quantity),
+            })}
+        self._tables = out
+        return out
 
     def build_consts(self, value: Value, spec: M.Spec) -> None:
         if not isinstance(value, Map):
@@ -442,13 +495,7 @@ class Builder:
             self.diag.error(f"each {section} must be a mapping with name and formula",
                             getattr(item, "span", None))
             return None
-        values = self.fields(item, section, {
-            "name": ("name", lambda v, w: self._name(v, f"{section} name")),
-            "formula": ("formula", self.formula),
-            "smoothness": ("smoothness", self.quantity),
-            "margin": ("margin", self.quantity),
-            "lipschitz": ("lipschitz", self.quantity),
-        }, skip=())
+        values = self.fields(item, section, self.tables()[section][""][1], skip=())
         absent = [k for k in ("name", "formula") if k not in item.keys()]
         if absent:
             self.diag.error(f"{section} is missing its {' and '.join(absent)}", item.span)
@@ -480,11 +527,7 @@ class Builder:
                         initial.append(rng)
             else:
                 others.entries.append(entry)
-        q = self.quantity
-        values = self.fields(others, "scenarios", {
-            "count": ("count", q), "grid": ("grid", q), "seed": ("seed", q),
-            "horizon": ("horizon", q), "holdout": ("holdout", q),
-            "initial": ("initial", None)}, skip=())
+        values = self.fields(others, "scenarios", self.tables()["scenarios"][""][1], skip=())
         return M.Scenarios(span=block.span, initial=initial, **values)
 
     def _initial(self, entry: Entry) -> list[M.InitialRange]:
@@ -513,24 +556,27 @@ class Builder:
             self.diag.error("train must be a block", getattr(block, "span", None))
             self.failed.add("train")
             return None
-        q, ident = self.quantity, self.ident
-        optimizer = lambda v, w: self.typed(v, "optimizer", {  # noqa: E731
-            "sgd": (M.SgdOptimizer, {"lr": ("lr", q), "momentum": ("momentum", q)}),
-            "adam": (M.AdamOptimizer, {"lr": ("lr", q)})})
-        executor = lambda v, w: self.typed(v, "executor", {  # noqa: E731
-            "local": (M.LocalExecutor, {}),
-            "ray": (M.RayExecutor, {"address": ("address", self.text),
-                                    "workers": ("workers", q)})})
-        values = self.fields(block, "train", {
-            "steps": ("steps", q), "optimizer": ("optimizer", optimizer),
-            "directions": ("directions", q), "perturbation": ("perturbation", q),
-            "radius": ("radius", q), "margin": ("margin", q),
-            "solver": ("solver", ident(SOLVERS)), "seed": ("seed", q),
-            "on_violation": ("on_violation", ident(ON_VIOLATION)),
-            "aggregate": ("aggregate", self.aggregate),
-            "backtrack": ("backtrack", ident(BACKTRACK)),
-            "precision": ("precision", ident(PRECISIONS)),
-            "smoothness": ("smoothness", ident(SMOOTHNESS_MODES)),
-            "executor": ("executor", executor),
-        }, skip=())
+        values = self.fields(block, "train", self.tables()["train"][""][1], skip=())
         return M.Train(span=block.span, **values)
+
+
+def vocabulary() -> dict[str, dict[str, dict[str, tuple[str, ...]]]]:
+    """What each block accepts, read from the builder's own tables (so an editor's completions
+    never drift from what `check` accepts): block → kind ("" for a block without kinds: train,
+    scenarios, constraint, stability) → entry word → the words its value may be (a nested block's
+    kinds, a choice's words; empty: any value)."""
+    tables = Builder(Source(path="<vocabulary>", text=""), Collector()).tables()
+    out: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {}
+    for block, kinds in tables.items():
+        out[block] = {}
+        for kind, (_, table) in kinds.items():
+            words = {}
+            for word, (name, convert) in table.items():
+                if name is None or word == "id":  # a word of another kind; the quoted label
+                    continue
+                if hasattr(convert, "block"):
+                    words[word] = tuple(tables[convert.block])
+                else:
+                    words[word] = tuple(getattr(convert, "choices", ()))
+            out[block][kind] = words
+    return out
