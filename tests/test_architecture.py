@@ -22,7 +22,9 @@ ALLOWED = {
     "report": {"language", "compile", "engine", "audit", "errors"},
     "progress": {"audit"},
     "export": {"language", "compile", "engine", "audit", "report", "dtype", "errors"},
-    "cli": {"language", "compile", "engine", "audit", "report", "progress", "export", "errors"},
+    "tracking": {"audit", "report", "errors"},
+    "cli": {"language", "compile", "engine", "audit", "report", "progress", "export", "tracking",
+            "errors"},
     "__init__": {"language", "engine"},
 }
 
@@ -74,7 +76,7 @@ def test_language_and_audit_load_without_torch():
 
 def test_only_rundir_names_the_run_files():
     names = re.compile(r"""["'](audit\.jsonl|state\.npz|checkpoint\.pt|signature\.json|"""
-                       r"""audit\.torn)["']""")
+                       r"""audit\.torn|tensorboard)["']""")
     offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                  if p.name != "rundir.py" and names.search(p.read_text(encoding="utf-8"))]
     assert not offenders
