@@ -616,8 +616,9 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
                 f"{r.loss_first:.4g} → {r.loss_last:.4g}")
         worst = ("—" if r.worst_metric is None else
                  f"{r.worst_metric} {r.worst_value:.3g} (≤ {r.worst_bound:g})")
+        failed = "; ".join(f.split(" (")[0] for f in r.failures or [])  # --json: in full
         verdict = ("[green]CERTIFIED[/]" if r.verdict == "CERTIFIED" else
-                   f"[red]NOT CERTIFIED[/]: {_esc('; '.join(r.failures or []))}")
+                   f"[red]NOT CERTIFIED[/]: {_esc(failed)}")
         table.add_row(_esc(r.path), _esc(r.spec or "?"), str(r.steps),
                       f"{r.accepted}/{r.rejected}", loss, _esc(worst), verdict,
                       (r.head or "")[:12], when(r.started), when(r.ended))

@@ -32,28 +32,31 @@ class Tracking:
         self.events = None
         self.scalars: Scalars | None = None
         self.run_dir: Path | None = None
-        self.head: str | None = None
-        self.ended = False
+        self.off = not tensorboard and not mlflow_uri  # nothing asked for
 
     # ---- the engine's listener ----
     def record(self, run_dir: Path, record: Record) -> None:
-        if self.scalars is None:
-            self._start(run_dir, record)
-        point = self.scalars.point(record) if self.scalars is not None else None
+        """The engine's `on_record`: never raises (but KeyboardInterrupt)."""
+        if self.off:
+            return
+        try:
+            if self.scalars is None:
+                self._start(run_dir, record)
+            point = self.scalars.point(record)
+        except Exception as e:  # noqa: BLE001 - a record tracking cannot read stops tracking
+            self.warn(f"tracking off for the rest of this run ({_reason(e)}); training and its "
+                      "audit log go on")
+            self.close()
+            self.off = True
+            return
         if point is not None:
             self._each("write", point)
         if isinstance(record, End):
-            self.ended = True
             self._close_events()  # flushed and closed at the end of training
 
     def _start(self, run_dir: Path, record: Record) -> None:
         self.run_dir = run_dir
-        try:
-            header = record if isinstance(record, Header) else RunDir(run_dir).header()
-        except Exception as e:  # noqa: BLE001 - never a reason to stop training
-            self.warn(f"tracking off: cannot read the header of {run_dir} ({e})")
-            self.tensorboard, self.mlflow = False, None
-            return
+        header = record if isinstance(record, Header) else RunDir(run_dir).header()
         self.scalars = Scalars(header)
         if self.tensorboard:
             self._guard("TensorBoard", self._open_events, run_dir)
