@@ -442,8 +442,11 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     """Train with SCPO: every accepted iterate certified and verified safe, every step logged.
     Exit 0 CERTIFIED; 1 not certified, the audit failed, or the run was refused or could not be
     written (another process writing it, a read-only folder, a full disk: the message says what
-    is intact and how to --resume); 2 a usage or spec error; 130 interrupted by Ctrl-C or
-    SIGTERM (resumable).  The last line is the log's head hash: keep it to anchor the log."""
+    is intact and how to --resume); 2 a usage or spec error, or an --mlflow (or
+    MLFLOW_TRACKING_URI) that cannot be used (mlflow not installed, a URI it refuses), said
+    before training starts; 130 interrupted by Ctrl-C or SIGTERM (resumable).  TensorBoard
+    event files go to RUN/tensorboard/ (a failure to write them warns once, never stops the run).
+    The last line is the log's head hash: keep it to anchor the log."""
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.audit.verify import audit_run
     from scpo_spec.engine.run import train as run_training

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from scpo_spec.audit.rundir import RunDir
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.cli import app
 from tests.engine_specs import small_di, write_spec
-from tests.test_run_safety import read_only, tmpfs
+from tests.test_run_safety import ENV, read_only, tmpfs, wait_for_steps
 
 pytest.importorskip("tensorboard")
 mlflow = pytest.importorskip("mlflow")
@@ -29,6 +31,13 @@ runner = CliRunner()
 STEPS = 5
 # MLflow 3 keeps its file store only on request; the tests want a store with no server or DB
 MLFLOW_ENV = {"MLFLOW_ALLOW_FILE_STORE": "true"}
+
+
+@pytest.fixture(autouse=True)
+def _file_store(monkeypatch):
+    """The tests' own MlflowClient reads the file store too."""
+    for k, v in MLFLOW_ENV.items():
+        monkeypatch.setenv(k, v)
 
 
 def invoke(args, env=None):
@@ -213,6 +222,28 @@ def test_mlflow_holds_params_metrics_artifacts_and_the_verdict(tracked):
     assert "CERTIFIED" in result.output
     assert mlrun.data.tags["scpo.head"] == audit_run(run).head
     assert mlrun.info.status == "FINISHED"
+
+
+def test_an_interrupted_training_ends_its_mlflow_run_killed_with_every_logged_step(tmp_path):
+    spec = write_spec(tmp_path, small_di(steps=60))
+    run, store = tmp_path / "run", store_uri(tmp_path / "mlruns")
+    proc = subprocess.Popen([sys.executable, "-m", "scpo_spec.cli", "train", str(spec), "--out",
+                             str(run), "-q", "--mlflow", store], env={**ENV, **MLFLOW_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_steps(run, 3, proc)
+        proc.send_signal(signal.SIGTERM)  # `scpo train` stops as on Ctrl-C
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    steps = audit_run(run).steps
+    client = MlflowClient(store)
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("small_di").experiment_id])
+    assert mlrun.info.status == "KILLED" and "verdict" not in mlrun.data.tags
+    logged = sorted(m.step for m in client.get_metric_history(mlrun.info.run_id, "loss"))
+    assert logged == list(range(steps + 1))
+    assert set(scalars(run)["loss"]) == set(range(steps + 1))  # the event file was flushed
 
 
 def test_mlflow_asked_for_but_missing_stops_before_training(tmp_path, monkeypatch):
