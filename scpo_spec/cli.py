@@ -431,20 +431,31 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
                                          help="Do not write RUN/report.html at the end."),
           sign: Optional[Path] = typer.Option(None, "--sign", help="Sign the log's head with "
                                               "this Ed25519 private key (`scpo keygen`)."),
+          no_tensorboard: bool = typer.Option(False, "--no-tensorboard",
+                                              help="Do not write TensorBoard event files to "
+                                                   "RUN/tensorboard/."),
+          mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+                                               help="Also track the run in MLflow at this "
+                                                    "tracking URI (default: "
+                                                    "$MLFLOW_TRACKING_URI, if set)."),
           ) -> None:
     """Train with SCPO: every accepted iterate certified and verified safe, every step logged.
     Exit 0 CERTIFIED; 1 not certified, the audit failed, or the run was refused or could not be
     written (another process writing it, a read-only folder, a full disk: the message says what
-    is intact and how to --resume); 2 a usage or spec error; 130 interrupted by Ctrl-C or
-    SIGTERM (resumable).  The last line is the log's head hash: keep it to anchor the log."""
+    is intact and how to --resume); 2 a usage or spec error, or an --mlflow (or
+    MLFLOW_TRACKING_URI) that cannot be used (mlflow not installed, a URI it refuses), said
+    before training starts; 130 interrupted by Ctrl-C or SIGTERM (resumable).  TensorBoard
+    event files go to RUN/tensorboard/ (a failure to write them warns once, never stops the run).
+    The last line is the log's head hash: keep it to anchor the log."""
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.audit.verify import audit_run
     from scpo_spec.engine.run import train as run_training
-    from scpo_spec.engine.train import UnsafeStart
     from scpo_spec.progress import TrainingProgress
     if resume and force:
         _usage("--resume continues the run in --out and --force starts a new one: give one")
     result = _checked(file, code=2)
+    tracking = _tracking(result.spec.name.name, not no_tensorboard,
+                         mlflow or os.environ.get("MLFLOW_TRACKING_URI") or None)
     progress = TrainingProgress(err, enabled=not quiet)
     progress.total = steps if steps is not None else int(result.spec.train.steps)
     run_path = [out_dir]
@@ -457,8 +468,55 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         with progress, _sigterm_interrupts():
             res = run_training(file, result.spec, result.source.text, out=out_dir, steps=steps,
                                resume=resume, on_start=started, on_step=progress.update,
-                               force=force, on_note=note)
-    except UnsafeStart as e:
+                               force=force, on_note=note, on_record=tracking.record)
+    except BaseException as e:
+        tracking.close(interrupted=isinstance(e, KeyboardInterrupt))
+        _train_failed(e, file, run_path[0])
+        raise
+    signature = RunDir(res.run_dir).signature
+    if sign is not None:
+        from scpo_spec.audit.signing import sign_head
+        sign_head(sign, res.head, signature)
+    try:
+        if no_report:
+            audit = audit_run(res.run_dir)
+            progress.summary(out, res, audit)
+            certified = audit.ok and audit.complete and res.ended == "completed"
+            report_file = None
+        else:  # the report audits the run; the summary reuses that audit
+            evidence, report_file = _write_report(res.run_dir, ReportFormat.html, None,
+                                                  trust_code=True)
+            progress.summary(out, res, evidence.audit)
+            _say_verdict(evidence, report_file)
+            certified = evidence.certified
+    except BaseException:
+        tracking.close()
+        raise
+    tracking.finish("CERTIFIED" if certified else "NOT CERTIFIED",
+                    [p for p in (report_file, RunDir(res.run_dir).log) if p is not None],
+                    res.head)
+    if sign is not None:
+        out.print(f"signed: {signature}", markup=False)
+    out.print(f"head {res.head}", markup=False)
+    raise typer.Exit(0 if certified else 1)
+
+
+def _tracking(experiment: str, tensorboard: bool, mlflow_uri: str | None):
+    """TensorBoard and MLflow for one `scpo train` (MLflow opened now: an unusable --mlflow is
+    an error before training starts)."""
+    from scpo_spec.tracking import Tracking
+
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/] {_esc(message)}", soft_wrap=True)
+    return Tracking(tensorboard=tensorboard, mlflow_uri=mlflow_uri, experiment=experiment,
+                    warn=warn)
+
+
+def _train_failed(e: BaseException, file: Path, run_dir) -> None:
+    """A training that refused to start or was interrupted: say so, exit with its code (any
+    other error goes on to the `command` decorator)."""
+    from scpo_spec.engine.train import UnsafeStart
+    if isinstance(e, UnsafeStart):
         err.print("[red]error:[/] training refuses to start: the initial policy θ₀ violates "
                   "a safety metric on the scenarios")
         for name, value, margin, loc in e.violated:
@@ -466,28 +524,10 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         err.print("  hint: start from a safe policy (e.g. `residual = backup` or `init = backup`) "
                   "or revisit the bounds")
         raise typer.Exit(1)
-    except KeyboardInterrupt:
-        where = _esc(run_path[0] or "RUN")
+    if isinstance(e, KeyboardInterrupt):
         err.print("[yellow]interrupted[/]: everything up to the last step is logged; continue "
-                  f"with `scpo train {_esc(file)} --out {where} --resume`")
+                  f"with `scpo train {_esc(file)} --out {_esc(run_dir or 'RUN')} --resume`")
         raise typer.Exit(130)
-    signature = RunDir(res.run_dir).signature
-    if sign is not None:
-        from scpo_spec.audit.signing import sign_head
-        sign_head(sign, res.head, signature)
-    if no_report:
-        audit = audit_run(res.run_dir)
-        progress.summary(out, res, audit)
-        certified = audit.ok and audit.complete and res.ended == "completed"
-    else:  # the report audits the run; the summary reuses that audit
-        evidence, target = _write_report(res.run_dir, ReportFormat.html, None, trust_code=True)
-        progress.summary(out, res, evidence.audit)
-        _say_verdict(evidence, target)
-        certified = evidence.certified
-    if sign is not None:
-        out.print(f"signed: {signature}", markup=False)
-    out.print(f"head {res.head}", markup=False)
-    raise typer.Exit(0 if certified else 1)
 
 
 @command()
@@ -537,6 +577,58 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     out.print(("[green]audit passed[/]" if passed else "[red]audit FAILED[/]")
               + f": {_esc(run)}")
     raise typer.Exit(0 if passed else 1)
+
+
+@command()
+def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (searched two "
+                                       "levels down), or one run directory."),
+         as_json: bool = typer.Option(False, "--json", help="Print a JSON list of objects."),
+         ) -> None:
+    """List the runs under FOLDER (default runs/), oldest first: spec, steps, accepted/rejected,
+    loss first → last, the metric closest to its bound, the verdict (as `scpo report` gives it,
+    from the log: the holdout as logged, nothing re-run), the head hash, and when it started and
+    last wrote (file times).  A directory that cannot be read is a BROKEN row saying why.
+    Exit 0 listed (whatever the verdicts); 2 FOLDER does not exist."""
+    from rich import box
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    from scpo_spec.tracking.runs import list_runs
+    if not folder.is_dir():
+        _usage(f"no such folder: {folder}")
+    rows = list_runs(folder)
+    if as_json:
+        sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+        return
+    if not rows:
+        out.print(f"no runs under {_esc(folder)}")
+        return
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    for col, justify in (("run", "left"), ("spec", "left"), ("steps", "right"),
+                         ("acc/rej", "right"), ("loss first → last", "right"),
+                         ("closest to its bound", "left"), ("verdict", "left"),
+                         ("head", "left"), ("started (UTC)", "left"), ("ended (UTC)", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "verdict")
+    when = lambda iso: iso.replace("T", " ")[:19] if iso else "—"  # noqa: E731
+    for r in rows:
+        if r.problem is not None:
+            table.add_row(_esc(r.path), "", "", "", "", "", f"[red]BROKEN[/]: {_esc(r.problem)}",
+                          "", when(r.started), when(r.ended))
+            continue
+        loss = ("—" if r.loss_first is None else
+                f"{r.loss_first:.4g} → {r.loss_last:.4g}")
+        worst = ("—" if r.worst_metric is None else
+                 f"{r.worst_metric} {r.worst_value:.3g} (≤ {r.worst_bound:g})")
+        failed = "; ".join(f.split(" (")[0] for f in r.failures or [])  # --json: in full
+        verdict = ("[green]CERTIFIED[/]" if r.verdict == "CERTIFIED" else
+                   f"[red]NOT CERTIFIED[/]: {_esc(failed)}")
+        table.add_row(_esc(r.path), _esc(r.spec or "?"), str(r.steps),
+                      f"{r.accepted}/{r.rejected}", loss, _esc(worst), verdict,
+                      (r.head or "")[:12], when(r.started), when(r.ended))
+    natural = Measurement.get(out, out.options.update_width(240), table).maximum
+    wide = Console(highlight=False, width=max(out.width, natural), file=out.file,
+                   force_terminal=out.is_terminal, no_color=out.no_color)
+    wide.print(table)
 
 
 @command()

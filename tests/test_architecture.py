@@ -23,8 +23,9 @@ ALLOWED = {
     "progress": {"audit"},
     "export": {"language", "compile", "engine", "audit", "report", "dtype", "errors"},
     "lsp": {"language", "compile", "errors"},
+    "tracking": {"audit", "report", "errors"},
     "cli": {"language", "compile", "engine", "audit", "report", "progress", "export", "lsp",
-            "errors"},
+            "tracking", "errors"},
     "__init__": {"language", "engine"},
 }
 
@@ -76,7 +77,7 @@ def test_language_and_audit_load_without_torch():
 
 def test_only_rundir_names_the_run_files():
     names = re.compile(r"""["'](audit\.jsonl|state\.npz|checkpoint\.pt|signature\.json|"""
-                       r"""audit\.torn)["']""")
+                       r"""audit\.torn|tensorboard)["']""")
     offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                  if p.name != "rundir.py" and names.search(p.read_text(encoding="utf-8"))]
     assert not offenders

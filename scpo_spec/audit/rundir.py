@@ -10,6 +10,9 @@ imported.
     RUN/signature.json   optional Ed25519 signature of the head (scpo train --sign)
     RUN/report.html|md   the certification report
     RUN/run.lock         the one-writer lock of `scpo train` (flock; holds the writer's pid)
+    RUN/tensorboard/     TensorBoard event files (scpo_spec/tracking), written from the committed
+                         records; not part of the certificate: audit, report and resume never
+                         read it, and a missing or damaged one changes nothing
 
 A state file is written *before* the record it belongs to is appended, and carries that record's
 line (`pending`): a kill between the two leaves a state one record ahead of the log, and
@@ -24,6 +27,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +44,7 @@ STATE_FORMAT = "scpo-state/1"
 SIGNATURE_NAME = "signature.json"
 TORN_NAME = "audit.torn"
 LOCK_NAME = "run.lock"
+TENSORBOARD_NAME = "tensorboard"
 LEGACY_CHECKPOINT = "checkpoint.pt"
 SPEC_STEM = "spec"
 
@@ -96,8 +101,16 @@ class RunDir:
     def lock_file(self) -> Path:
         return self.path / LOCK_NAME
 
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_NAME
+
     def spec_file(self, suffix: str) -> Path:
         return self.path / f"{SPEC_STEM}{suffix or '.scpo'}"
+
+    def spec_files(self) -> list[Path]:
+        """The spec copies the run holds (one, written when the run was created)."""
+        return sorted(self.path.glob(f"{SPEC_STEM}.*"))
 
     def report(self, fmt: str) -> Path:
         return self.path / f"report.{fmt}"
@@ -151,6 +164,7 @@ class RunDir:
                 f.unlink(missing_ok=True)
             except OSError:
                 pass
+        shutil.rmtree(self.tensorboard, ignore_errors=True)
         self.unlock()
         try:
             self.lock_file.unlink(missing_ok=True)

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from scpo_spec.audit.log import FORMAT, AuditWriter, sha256_hex
-from scpo_spec.audit.records import End, Header, Holdout, Init, Record, Resume, Step
+from scpo_spec.audit.records import (End, Header, Holdout, Init, Record, Resume, Step,
+                                     parse_record)
 from scpo_spec.audit.rundir import RunDir, RunError, StateFile
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
 from scpo_spec.dtype import DTYPE
@@ -220,9 +221,11 @@ def _hold_interrupts():
 class Recorder:
     """Appends records to the log and keeps the state file bound to the last one."""
 
-    def __init__(self, run: RunDir, log: AuditWriter, trainer: Trainer):
+    def __init__(self, run: RunDir, log: AuditWriter, trainer: Trainer,
+                 on_record: Callable[[Path, Record], None] | None = None):
         self.run, self.log, self.trainer = run, log, trainer
         self.state: State | None = None  # the state of the last record committed
+        self.on_record = on_record  # hears each record once it is in the log (tracking)
 
     def commit(self, record: Record, state: State) -> str:
         """Write the state file, then append the line; an OSError leaves both as they were
@@ -238,6 +241,8 @@ class Recorder:
                 raise
             self.run.keep_state()
             self.state = state
+        if self.on_record is not None:  # after the log holds it: a listener sees only what
+            self.on_record(self.run.path, record)  # the audit log says, never more
         return head
 
     def close(self) -> None:
@@ -256,11 +261,13 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
           steps: int | None = None, resume: bool = False,
           on_start: Callable[[Trainer, State, Path], None] | None = None,
           on_step: Callable[[Step, State], None] | None = None, force: bool = False,
-          on_note: Callable[[str], None] | None = None) -> TrainResult:
+          on_note: Callable[[str], None] | None = None,
+          on_record: Callable[[Path, Record], None] | None = None) -> TrainResult:
     """Train a checked spec, logging every step under `out` (see `_new_run` for which
     directory; `resume` continues the run in `out`, default runs/NAME).  `on_note` hears what
     the user should know but is no error (a run moved aside, a spec that changed only in
-    comments)."""
+    comments); `on_record(run_dir, record)` hears every record right after it is committed to
+    the log (the tracking of scpo_spec/tracking: TensorBoard, MLflow)."""
     note = on_note or (lambda message: None)
     run = None
     if resume:  # a second writer is refused before any work
@@ -283,10 +290,10 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
         total = steps if steps is not None else compiled.settings.steps
         if resume:
             recorder, state = _resume(run, Trainer(compiled, evaluator), spec_path, spec,
-                                      spec_text, total, note)
+                                      spec_text, total, note, on_record)
         else:
             recorder, state = _create(Trainer(compiled, evaluator), spec_path, spec, spec_text,
-                                      out, force, note)
+                                      out, force, note, on_record)
             run = recorder.run
         if on_start is not None:
             on_start(recorder.trainer, state, recorder.run.path)
@@ -317,14 +324,14 @@ def _write_failed(e: OSError, recorder: Recorder, spec_path: Path) -> RunError:
 
 
 def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
-            note) -> tuple[Recorder, State]:
+            note, on_record=None) -> tuple[Recorder, State]:
     compiled = trainer.c
     state = trainer.initial_state()  # raises UnsafeStart before anything is written
     run, made = _new_run(out, Path("runs") / spec.name.name, force, spec_path, note)
     recorder = None
     try:
         run.spec_file(spec_path.suffix).write_text(spec_text, encoding="utf-8")
-        recorder = Recorder(run, AuditWriter.create(run.log), trainer)
+        recorder = Recorder(run, AuditWriter.create(run.log), trainer, on_record)
         recorder.commit(header(compiled, spec_text, spec_path, trainer), state)
         recorder.commit(Init(theta=theta_hash(state.theta), g=state.g, loss=state.loss,
                              ell=state.ell, margins=trainer.margins), state)
@@ -398,7 +405,7 @@ def _spec_changed(run: RunDir, spec_path: Path, spec: Spec, spec_text: str) -> b
 
 
 def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_text: str,
-            total: int, note) -> tuple[Recorder, State]:
+            total: int, note, on_record=None) -> tuple[Recorder, State]:
     from scpo_spec.audit.verify import verify_chain  # numpy only
     lines, _ = run.lines()
     text_changed = _spec_changed(run, spec_path, spec, spec_text)
@@ -408,12 +415,14 @@ def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_tex
     saved, pending = run.bound_state(lines)
     log = AuditWriter.reopen(run.log, run.torn)
     state = _restore(trainer, saved)
-    recorder = Recorder(run, log, trainer)
+    recorder = Recorder(run, log, trainer, on_record)
     if pending:  # killed between the state write and the append: finish the append
         try:
             log.write(saved.pending)
         except OSError as e:
             raise _write_failed(e, recorder, spec_path) from None
+        if on_record is not None:  # the listeners hear the completed record too
+            on_record(run.path, parse_record(json.loads(saved.pending)))
     if state.step >= total:
         recorder.close()
         raise RunError(f"{run.path} has already taken {state.step} steps (asked for {total}); "
