@@ -241,8 +241,9 @@ class Recorder:
                 raise
             self.run.keep_state()
             self.state = state
-        if self.on_record is not None:  # after the log holds it: a listener sees only what
-            self.on_record(self.run.path, record)  # the audit log says, never more
+            if self.on_record is not None:  # after the log holds it (a listener sees only what
+                # the audit log says), and before a held Ctrl-C: every logged record is heard
+                self.on_record(self.run.path, record)
         return head
 
     def close(self) -> None:
