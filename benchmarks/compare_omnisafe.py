@@ -509,7 +509,6 @@ class StepCounter:
 
 
 def run_scpo(name: str, runs: Path, log) -> tuple[dict, dict]:
-    import torch
     from scpo_spec.audit.log import read_lines
     from scpo_spec.audit.verify import audit_run
     from scpo_spec.engine.run import fresh_dir, train
@@ -548,16 +547,18 @@ def run_scpo(name: str, runs: Path, log) -> tuple[dict, dict]:
     return row, curves
 
 
-def run_task(name: str, py: Path, budget: dict, runs: Path, log) -> tuple[dict, dict, list]:
+def run_task(name: str, py: Path, budget: dict, runs: Path, log, algos=tuple(ALGOS),
+             scpo: bool = True) -> tuple[dict, dict, list]:
     _, _, compiled = load(name)
     plain_path, plain = plain_variant(name)
     cfg = task_config(name, compiled)
     cfg_path = WORK / f"task_{name}.json"
     cfg_path.write_text(json.dumps(cfg, indent=1))
     rows, curves = {}, {}
-    rows["scpo"], curves_scpo = run_scpo(name, runs, log)
-    curves.update(curves_scpo)
-    for algo in ALGOS:
+    if scpo:
+        rows["scpo"], curves_scpo = run_scpo(name, runs, log)
+        curves.update(curves_scpo)
+    for algo in algos:
         per_seed, total_seconds, total_steps, version = [], 0.0, 0, None
         for seed in range(budget["seeds"]):
             res = run_omnisafe(py, name, algo, seed, budget, cfg_path, hidden_of(plain), log)
@@ -586,8 +587,9 @@ def run_task(name: str, py: Path, budget: dict, runs: Path, log) -> tuple[dict, 
                       "worst_per_metric": np.max(g, axis=0).tolist(),
                       "violating_per_metric": (g > 0).sum(axis=0).tolist()}
         curves[algo] = per_seed
-    rows["scpo"]["worst_per_metric"] = np.max(curves["scpo"][0]["g"], axis=0).tolist()
-    rows["scpo"]["violating_per_metric"] = (curves["scpo"][0]["g"] > 0).sum(axis=0).tolist()
+    if scpo:
+        rows["scpo"]["worst_per_metric"] = np.max(curves["scpo"][0]["g"], axis=0).tolist()
+        rows["scpo"]["violating_per_metric"] = (curves["scpo"][0]["g"] > 0).sum(axis=0).tolist()
     metrics = [m.name for m in compiled.metrics]
     log(f"  {name}: evaluated on the spec's {len(compiled.evaluator.x0)} scenarios with "
         f"{plain_path.relative_to(ROOT)} for OmniSafe's actors")
@@ -642,9 +644,19 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "omnisafe",
                     help="SCPO's run directories (default runs/omnisafe)")
     ap.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--algos", nargs="*", default=list(ALGOS), choices=list(ALGOS),
+                    help="OmniSafe algorithms to run (default both)")
+    ap.add_argument("--no-scpo", action="store_true", help="run only OmniSafe")
+    ap.add_argument("--seeds", type=int, help="override the budget's number of seeds")
+    ap.add_argument("--steps", type=int, help="override the environment steps per OmniSafe run")
+    ap.add_argument("--epoch", type=int, help="override OmniSafe's steps_per_epoch")
     args = ap.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    budget = BUDGET[args.quick]
+    budget = dict(BUDGET[args.quick])
+    for key, value in (("seeds", args.seeds), ("total_steps", args.steps),
+                       ("steps_per_epoch", args.epoch)):
+        if value is not None:
+            budget[key] = value
     WORK.mkdir(parents=True, exist_ok=True)
     try:
         py = ensure_venv(log)
@@ -663,7 +675,8 @@ def main(argv=None) -> int:
     all_rows, start = {}, time.perf_counter()
     for name in args.tasks:
         log(f"{name}:")
-        rows, curves, metrics = run_task(name, py, budget, args.runs, log)
+        rows, curves, metrics = run_task(name, py, budget, args.runs, log, args.algos,
+                                         not args.no_scpo)
         all_rows[name] = rows
         if args.plots:
             args.plots.mkdir(parents=True, exist_ok=True)
