@@ -95,6 +95,23 @@ class RolloutEvaluator:
         if self.gym is not None:
             X, U, _ = self.gym.rollout(self.family.forward, thetas, x0, self.horizon)
             return X, U
+        if torch.is_grad_enabled():  # the cost objective's differentiable rollout
+            return self._rollout_autograd(thetas, x0)
+        C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
+        # time-major buffers: X[t] and U[t] are contiguous (C, S, ·) blocks, written in place
+        X = torch.empty(T + 1, C, S, n, dtype=thetas.dtype, device=thetas.device)
+        U = torch.empty(T, C, S, m, dtype=thetas.dtype, device=thetas.device)
+        X[0].copy_(x0.expand(C, S, n))
+        policy, step_into = self.family.batched(thetas), self.dynamics.step_into
+        for t in range(T):
+            policy(X[t], out=U[t])
+            step_into(X[t], U[t], X[t + 1])
+        # one copy into the (C, S, T, ·) layout the metrics read (the old torch.stack's layout)
+        return X.permute(1, 2, 0, 3).contiguous(), U.permute(1, 2, 0, 3).contiguous()
+
+    def _rollout_autograd(self, thetas: torch.Tensor, x0: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rollout on autograd's graph (nothing written in place)."""
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
         x = x0.expand(C, S, n)
         states, inputs = [x], []
