@@ -168,3 +168,19 @@ def test_batched_forward_with_fast_tanh_is_forward_to_1e_12():
     x = torch.randn(4, 9, c.family.n, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert close(c.family.batched(thetas)(x), c.family.forward(thetas, x), 1e-14)
+
+
+def test_doubled_hidden_layers_give_the_undoubled_fast_tanh_bit_for_bit():
+    """2(Wh + b) = (2W)h + 2b exactly: the pre-doubled layers change no bit of 2σ(2z) − 1."""
+    from scpo_spec.policies.policy import tanh_via_sigmoid_
+    c = compiled_of("double_integrator.scpo")
+    fam, thetas = c.family, bank_of(c, C=4, scale=1.0)
+    x = torch.randn(4, 9, fam.n, dtype=DTYPE, generator=torch.Generator().manual_seed(3)) * 5
+    h, layers = x, list(fam._unpack(thetas))
+    for i, (W, b) in enumerate(layers):
+        h = torch.baddbmm(b, h, W.transpose(1, 2))
+        if i < len(layers) - 1:
+            h = tanh_via_sigmoid_(h.clone())
+    h = h + fam.backup(x)
+    with torch.no_grad():
+        assert same(fam.batched(thetas)(x), h)

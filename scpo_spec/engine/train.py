@@ -78,6 +78,14 @@ class State:
     step: int = 0                  # steps taken (accepted or not)
     accepted: int = 0
     optimizer: dict = field(default_factory=lambda: {"t": 0})
+    theta_sha: str | None = field(default=None, repr=False)  # cached theta_hash(theta)
+
+    def theta_sha256(self) -> str:
+        """theta_hash(θ), computed once per state (the step record, the next step's record
+        and the state file all name the same θ: one SHA-256 of d floats per step, not three)."""
+        if self.theta_sha is None:
+            self.theta_sha = theta_hash(self.theta)
+        return self.theta_sha
 
 
 class Trainer:
@@ -160,14 +168,15 @@ class Trainer:
         new_state = State(theta=theta_next, g=win.verified if win else state.g,
                           loss=win.loss if win else loss, ell=ell_next, ell_floor=floor,
                           previous=update, step=state.step + 1,
-                          accepted=state.accepted + int(accepted), optimizer=opt_state)
+                          accepted=state.accepted + int(accepted), optimizer=opt_state,
+                          theta_sha=None if win else state.theta_sha)
         # the optimizer's moments take in every gradient seen (a rejected step must not leave
         # it proposing the same raw step forever)
         self.optimizer.commit(opt_state)
         record = Step(
-            step=state.step, theta=theta_hash(state.theta), g0=state.g, loss=state.loss,
+            step=state.step, theta=state.theta_sha256(), g0=state.g, loss=state.loss,
             G=bank.G, S=bank.S, tries=tries, accepted=accepted, reason=reason,
-            theta_next=theta_hash(theta_next), g_next=new_state.g, loss_next=new_state.loss,
+            theta_next=new_state.theta_sha256(), g_next=new_state.g, loss_next=new_state.loss,
             bank_norms=np.sqrt(np.maximum(np.diag(bank.S), 0)), target=bank.target,
             grad_norm=float(grad.norm()), raw_norm=raw_norm, nu=nu, probe_cap=cap, bank=kinds,
             dropped=bank.dropped, update_norm=float(update.norm()) if win else 0.0,
