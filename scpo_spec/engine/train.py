@@ -39,11 +39,14 @@ def theta_hash(theta: torch.Tensor) -> str:
 
 
 class Timer:
-    """Seconds per phase of a step (gradient, rollouts, qcqp; the rest is `other`)."""
+    """Seconds per phase of a step: gradient, rollouts (the bank's batched evaluation and the
+    counterexamples), verification (each try's rollout of its candidate), bank (the probes,
+    the Gram matrix, the QR), qcqp, hashing (θ's SHA-256); the rest is `other`."""
 
     def __init__(self):
-        self.start, self.phases = time.perf_counter(), {"rollouts": 0.0, "qcqp": 0.0,
-                                                        "gradient": 0.0}
+        self.start = time.perf_counter()
+        self.phases = {"rollouts": 0.0, "verification": 0.0, "bank": 0.0, "qcqp": 0.0,
+                       "gradient": 0.0, "hashing": 0.0}
 
     @contextmanager
     def __call__(self, phase: str):
@@ -153,10 +156,12 @@ class Trainer:
             raw, opt_state = self.optimizer.propose(grad)
         raw_norm = float(raw.norm())
         raw = raw * (self.s.radius / raw_norm) if raw_norm > self.s.radius else raw
-        D, kinds, nu, cap = self.candidate_bank(state, raw)  # 2. raw, previous update, probes
+        with timer("bank"):  # 2. raw, previous update, probes
+            D, kinds, nu, cap = self.candidate_bank(state, raw)
         with timer("rollouts"):  # 3. every candidate, one batched evaluation
             G = self.metrics(state.theta[None] + D).T  # (k, n)
-        bank = self.template.bank(D, G, state.g)
+        with timer("bank"):
+            bank = self.template.bank(D, G, state.g)
         # 4–7. project, backtrack, verify; on refutation double ℓ and re-solve
         tries, accepted, reason = self.solve_and_verify(state, bank, grad, loss, timer)
         win = tries[-1] if accepted else None  # the verified try, whose θ + Dξ becomes θ
@@ -173,10 +178,12 @@ class Trainer:
         # the optimizer's moments take in every gradient seen (a rejected step must not leave
         # it proposing the same raw step forever)
         self.optimizer.commit(opt_state)
+        with timer("hashing"):
+            hashes = state.theta_sha256(), new_state.theta_sha256()
         record = Step(
-            step=state.step, theta=state.theta_sha256(), g0=state.g, loss=state.loss,
+            step=state.step, theta=hashes[0], g0=state.g, loss=state.loss,
             G=bank.G, S=bank.S, tries=tries, accepted=accepted, reason=reason,
-            theta_next=new_state.theta_sha256(), g_next=new_state.g, loss_next=new_state.loss,
+            theta_next=hashes[1], g_next=new_state.g, loss_next=new_state.loss,
             bank_norms=np.sqrt(np.maximum(np.diag(bank.S), 0)), target=bank.target,
             grad_norm=float(grad.norm()), raw_norm=raw_norm, nu=nu, probe_cap=cap, bank=kinds,
             dropped=bank.dropped, update_norm=float(update.norm()) if win else 0.0,
@@ -225,7 +232,7 @@ class Trainer:
             entry.xi, entry.alpha, entry.loss = xi, alpha, cand_loss
             entry.certificate = certificate(bank.g0, bank.G, bank.S, ell, xi)
             candidate = state.theta + torch.as_tensor(xi, dtype=DTYPE) @ bank.D
-            with timer("rollouts"):  # 7. verification by rollout
+            with timer("verification"):  # 7. verification by rollout
                 entry.verified = self.metrics(candidate[None])[0]
             lin, quad = certificate_terms(bank.g0, bank.G, bank.S, xi)
             entry.observed_curvature = (2 * (entry.verified - lin) / quad if quad > 0
