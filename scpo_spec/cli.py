@@ -431,6 +431,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
                                          help="Do not write RUN/report.html at the end."),
           sign: Optional[Path] = typer.Option(None, "--sign", help="Sign the log's head with "
                                               "this Ed25519 private key (`scpo keygen`)."),
+          device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda: where the "
+                                               "rollouts and the bank run (default: the spec's "
+                                               "`train { device }`, else cpu)."),
           ) -> None:
     """Train with SCPO: every accepted iterate certified and verified safe, every step logged.
     Exit 0 CERTIFIED; 1 not certified, the audit failed, or the run was refused or could not be
@@ -445,6 +448,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     if resume and force:
         _usage("--resume continues the run in --out and --force starts a new one: give one")
     result = _checked(file, code=2)
+    if device is not None:  # overrides `train { device }`; refused like it without a GPU
+        from scpo_spec.compile.usercode import set_device
+        set_device(result.spec, device, _usage)
     progress = TrainingProgress(err, enabled=not quiet)
     progress.total = steps if steps is not None else int(result.spec.train.steps)
     run_path = [out_dir]

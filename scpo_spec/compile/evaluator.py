@@ -62,13 +62,20 @@ class RolloutEvaluator:
     """Rolls C candidates out on S scenarios for T steps and reduces the k metrics.
 
     `initial_states` are the scenarios' x₀ (S, n); for a gymnasium system, their reset seeds (S,),
-    kept as an int64 `x0` (a subset of it selects scenarios the same way)."""
+    kept as an int64 `x0` (a subset of it selects scenarios the same way).
+
+    `device` (`train { device cuda }`): where the rollout runs — the policy's matmuls and the
+    plant, in float64.  Everything handed out is on the CPU (x0, the metrics, rollouts), and
+    the metrics are reduced on the CPU from the trajectory copied back (one pass over
+    C·S·(T+1)·(n+m) numbers): the numbers a certificate is made of are computed by the same
+    code wherever the rollout ran.  A gymnasium system always rolls out on the CPU."""
 
     def __init__(self, dynamics: Dynamics, family: PolicyFamily, metrics: list[Metric],
-                 initial_states: np.ndarray, horizon: int, reducer):
+                 initial_states: np.ndarray, horizon: int, reducer, device: str = "cpu"):
         self.dynamics, self.family, self.metrics = dynamics, family, metrics
         self.gym = (GymRollout(dynamics.env_id, dynamics.n, dynamics.m)
                     if dynamics.kind == "gymnasium" else None)
+        self.device = torch.device("cpu" if self.gym is not None else device)
         self.x0 = torch.as_tensor(initial_states,
                                   dtype=torch.int64 if self.gym is not None else DTYPE)
         self.horizon = horizon
@@ -95,6 +102,12 @@ class RolloutEvaluator:
         if self.gym is not None:
             X, U, _ = self.gym.rollout(self.family.forward, thetas, x0, self.horizon)
             return X, U
+        X, U = self._rollout_on_device(thetas, x0)
+        return X.cpu(), U.cpu()
+
+    def _rollout_on_device(self, thetas: torch.Tensor, x0: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        thetas, x0 = thetas.to(self.device), x0.to(self.device)
         if torch.is_grad_enabled():  # the cost objective's differentiable rollout
             return self._rollout_autograd(thetas, x0)
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
@@ -134,7 +147,7 @@ class RolloutEvaluator:
 
     def spectral_radius(self, thetas: torch.Tensor) -> torch.Tensor:
         """ρ(A + B ∂π/∂x(0)) per candidate (C,)."""
-        J = self.family.jacobian_at_origin(thetas)
+        J = self.family.jacobian_at_origin(thetas.cpu())
         closed = self._A + self._B @ J
         return torch.linalg.eigvals(closed).abs().amax(dim=1)
 

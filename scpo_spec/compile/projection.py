@@ -131,12 +131,12 @@ class ProjectionTemplate:
             D = D.clone()
             D[dropped] = 0.0
             G[:, dropped] = g0[:, None]
-        S = (D @ D.T).numpy()
+        S = (D @ D.T).cpu().numpy()
         norms_t = D.norm(dim=1)
         norms_t = torch.where(norms_t > 0, norms_t, torch.ones_like(norms_t))
         Q, R = torch.linalg.qr((D / norms_t[:, None]).T, mode="reduced")
-        norms = norms_t.numpy()
-        return Bank(D, G, g0, S, norms, R.numpy(), (Q.T @ D[0]).numpy(),
+        norms = norms_t.cpu().numpy()
+        return Bank(D, G, g0, S, norms, R.cpu().numpy(), (Q.T @ D[0]).cpu().numpy(),
                     (G - g0[:, None]) / norms, dropped)
 
     def project(self, bank: Bank, ell: np.ndarray) -> Projection:

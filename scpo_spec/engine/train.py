@@ -106,6 +106,9 @@ class Trainer:
                                            self.ev.names, self.s.solver)
         self.optimizer = Optimizer(self.s.optimizer, self.s.lr, self.s.momentum)
         self.generator = torch.Generator().manual_seed(self.s.seed)
+        # `device cuda`: the bank (D, its Gram matrix and QR) and the rollouts live there; θ,
+        # the state, the objective and every certificate number stay on the CPU (float64)
+        self.device = getattr(self.ev, "device", torch.device("cpu"))
         self.estimated = np.array([m.smoothness is None for m in self.ev.metrics])
         self.spec_ell = np.array([m.smoothness if m.smoothness is not None else ESTIMATE_START
                                   for m in self.ev.metrics], dtype=np.float64)
@@ -159,7 +162,7 @@ class Trainer:
         with timer("bank"):  # 2. raw, previous update, probes
             D, kinds, nu, cap = self.candidate_bank(state, raw)
         with timer("rollouts"):  # 3. every candidate, one batched evaluation
-            G = self.metrics(state.theta[None] + D).T  # (k, n)
+            G = self.metrics(state.theta.to(D.device)[None] + D).T  # (k, n)
         with timer("bank"):
             bank = self.template.bank(D, G, state.g)
         # 4–7. project, backtrack, verify; on refutation double ℓ and re-solve
@@ -167,8 +170,7 @@ class Trainer:
         win = tries[-1] if accepted else None  # the verified try, whose θ + Dξ becomes θ
         refuted = np.array([[n in t.refuted for n in self.ev.names] for t in tries]).any(axis=0)
         ell_next, floor = self.next_ell(state, tries, refuted)
-        theta_next = (state.theta + torch.as_tensor(win.xi, dtype=DTYPE) @ bank.D if win
-                      else state.theta)
+        theta_next = (state.theta + self.combine(win.xi, bank.D) if win else state.theta)
         update = theta_next - state.theta if win else state.previous
         new_state = State(theta=theta_next, g=win.verified if win else state.g,
                           loss=win.loss if win else loss, ell=ell_next, ell_floor=floor,
@@ -201,7 +203,7 @@ class Trainer:
         if state.accepted == 0 or not float(previous.norm()) > 0:  # no update yet: one more probe
             extra = torch.randn(self.d, generator=self.generator, dtype=DTYPE)
             previous, kinds[1] = nu * extra / extra.norm(), "probe"
-        D = torch.cat([raw[None], previous[None], probes], dim=0)
+        D = torch.cat([raw[None], previous[None], probes], dim=0).to(self.device)
         cap = self.probe_cap(state)
         if cap is not None:
             norms = D.norm(dim=1, keepdim=True)
@@ -212,7 +214,7 @@ class Trainer:
                          timer: Timer) -> tuple[list[Try], bool, str]:
         """Steps 4–7 at ℓ, then at ℓ doubled for each refuted metric, up to MAX_TRIES."""
         ell, tries, reason = state.ell.copy(), [], f"refuted {MAX_TRIES} times: update rejected"
-        gD = (bank.D @ grad).numpy()  # ∇Lᵀd_j
+        gD = (bank.D @ grad.to(bank.D.device)).cpu().numpy()  # ∇Lᵀd_j
         for attempt in range(MAX_TRIES):
             with timer("qcqp"):
                 p = self.template.project(bank, ell)
@@ -231,7 +233,7 @@ class Trainer:
             xi = alpha * p.xi
             entry.xi, entry.alpha, entry.loss = xi, alpha, cand_loss
             entry.certificate = certificate(bank.g0, bank.G, bank.S, ell, xi)
-            candidate = state.theta + torch.as_tensor(xi, dtype=DTYPE) @ bank.D
+            candidate = state.theta + self.combine(xi, bank.D)
             with timer("verification"):  # 7. verification by rollout
                 entry.verified = self.metrics(candidate[None])[0]
             lin, quad = certificate_terms(bank.g0, bank.G, bank.S, xi)
@@ -265,6 +267,11 @@ class Trainer:
             ell = np.where([n in last.refuted for n in self.ev.names], 2 * ell, ell)
         return np.where(refuted, np.maximum(ell, floor), np.maximum(floor, ell * ELL_RELAX)), floor
 
+    @staticmethod
+    def combine(xi: np.ndarray, D: torch.Tensor) -> torch.Tensor:
+        """Dᵀξ = Σ_j ξ_j d_j (d,), on the CPU whatever D's device."""
+        return (torch.as_tensor(xi, dtype=DTYPE, device=D.device) @ D).cpu()
+
     @torch.no_grad()
     def counterexample(self, candidate: torch.Tensor, refuted: np.ndarray) -> dict:
         """For each refuted metric, the scenario where the rejected candidate did worst, and
@@ -282,7 +289,7 @@ class Trainer:
     def backtrack(self, theta, D, xi, loss0, slope) -> tuple[float | None, float]:
         """Armijo: halve until L(θ + αDξ) ≤ L(θ) + c·α·∇Lᵀ(Dξ); without backtracking, α = 1.
         None when no tried α lowers the loss at all."""
-        direction = torch.as_tensor(xi, dtype=DTYPE) @ D
+        direction = self.combine(xi, D)
         if self.s.backtrack == "none":
             return 1.0, self.loss(theta + direction)
         best, alpha = (None, loss0), 1.0

@@ -21,6 +21,7 @@ LOSSES = ("mse", "mae", "huber")
 ON_VIOLATION = ("raise", "stop")
 BACKTRACK = ("armijo", "none")
 PRECISIONS = ("float64",)
+DEVICES = ("cpu", "cuda")
 SMOOTHNESS_MODES = ("given", "estimate")
 POLICY_INIT = ("backup", "zero")
 INTEGRATORS = ("rk4", "euler", "midpoint")  # = dynamics.INTEGRATORS
@@ -532,5 +533,6 @@ class Builder:
             "precision": ("precision", ident(PRECISIONS)),
             "smoothness": ("smoothness", ident(SMOOTHNESS_MODES)),
             "executor": ("executor", executor),
+            "device": ("device", ident(DEVICES)),
         }, skip=())
         return M.Train(span=block.span, **values)

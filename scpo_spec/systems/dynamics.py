@@ -55,6 +55,7 @@ class Dynamics:
             self._At = torch.as_tensor(self.A, dtype=DTYPE).T.contiguous()
             self._Bt = torch.as_tensor(self.B, dtype=DTYPE).T.contiguous()
         self._linearised: tuple[np.ndarray, np.ndarray] | None = None
+        self._moved: dict = {}  # device → (Aᵀ, Bᵀ) there
 
     def step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         if self.map is not None:
@@ -84,9 +85,12 @@ class Dynamics:
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Aᵀ and Bᵀ on `device` (moved once, then kept)."""
-        if self._At.device != device:
-            self._At, self._Bt = self._At.to(device), self._Bt.to(device)
-        return self._At, self._Bt
+        if self._At.device == device:
+            return self._At, self._Bt
+        moved = self._moved.get(device)
+        if moved is None:
+            moved = self._moved[device] = (self._At.to(device), self._Bt.to(device))
+        return moved
 
     def linearisation(self) -> tuple[np.ndarray, np.ndarray]:
         """(A, B) of the plant linearised at x = 0, u = 0."""
