@@ -184,3 +184,71 @@ def test_doubled_hidden_layers_give_the_undoubled_fast_tanh_bit_for_bit():
     h = h + fam.backup(x)
     with torch.no_grad():
         assert same(fam.batched(thetas)(x), h)
+
+
+# ---- the step beyond the rollouts: bank, QR, probes ----------------------------------------
+def reference_bank_qr(Dn: torch.Tensor, s: torch.Tensor):
+    """The QR as it was: linalg.qr's explicit Q, then Q.T @ s."""
+    Q, R = torch.linalg.qr(Dn.T, mode="reduced")
+    return R, Q.T @ s
+
+
+@pytest.mark.parametrize("n, d", [(18, 4417), (10, 264705), (6, 4), (18, 18)])
+def test_reduced_qr_without_q_is_linalg_qr(n, d):
+    from scpo_spec.compile.projection import reduced_qr_target
+    gen = torch.Generator().manual_seed(n * d)
+    D = torch.randn(n, d, dtype=DTYPE, generator=gen)
+    D[1] = 0.7 * D[0] + 1e-3 * D[1]  # a raw step and a previous update nearly parallel
+    if n > 3:
+        D[3] = 0.0  # a dropped candidate
+    norms = D.norm(dim=1)
+    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+    Dn = D / norms[:, None]
+    R, t = reduced_qr_target(Dn, D[0])
+    R0, t0 = reference_bank_qr(Dn, D[0])
+    assert same(R, R0)  # geqrf is linalg.qr's own first stage
+    assert close(t, t0, 1e-12)
+
+
+def reference_candidate_bank(trainer, state, raw):
+    """candidate_bank as it was: probes drawn, scaled, then torch.cat."""
+    s = trainer.s
+    nu = trainer.probe_scale(state)
+    z = torch.randn(s.directions, trainer.d, generator=trainer.generator, dtype=DTYPE)
+    probes = nu * z / z.norm(dim=1, keepdim=True)
+    previous = state.previous
+    if state.accepted == 0 or not float(previous.norm()) > 0:
+        extra = torch.randn(trainer.d, generator=trainer.generator, dtype=DTYPE)
+        previous = nu * extra / extra.norm()
+    return torch.cat([raw[None], previous[None], probes], dim=0)
+
+
+def test_candidate_bank_in_place_is_the_cat_of_before():
+    from scpo_spec.engine.train import Trainer
+    c = compiled_of("double_integrator.scpo")
+    a, b = Trainer(c), Trainer(c)
+    state = a.initial_state()
+    raw = torch.randn(c.family.d, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    for accepted in (0, 1):
+        state.accepted = accepted
+        state.previous = raw * 0.5 if accepted else torch.zeros_like(raw)
+        D, *_ = a.candidate_bank(state, raw)
+        assert same(D, reference_candidate_bank(b, state, raw))
+
+
+def test_theta_is_hashed_once_per_state():
+    from scpo_spec.engine import train as T
+    c = compiled_of("linear_stability.scpo")
+    trainer = T.Trainer(c)
+    state = trainer.initial_state()
+    calls = []
+    original = T.theta_hash
+    T.theta_hash = lambda th: calls.append(1) or original(th)
+    try:
+        state, record = trainer.step(state)
+        state, record2 = trainer.step(state)
+    finally:
+        T.theta_hash = original
+    assert record2.theta == record.theta_next
+    assert record2.theta_next == state.theta_sha256() == original(state.theta)
+    assert len(calls) <= 3  # θ₀ once, then one new θ per accepted step

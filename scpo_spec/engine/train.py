@@ -197,13 +197,19 @@ class Trainer:
         """D (n, d): the raw step, the previous accepted update (a probe before the first) and
         random probes of norm ν, each cut to the `lipschitz` cap when there is one."""
         nu = self.probe_scale(state)
-        z = torch.randn(self.s.directions, self.d, generator=self.generator, dtype=DTYPE)
-        probes = nu * z / z.norm(dim=1, keepdim=True)
+        # D is filled in place: the probes drawn straight into their rows and scaled there
+        # (nu·z/‖z‖: the same two roundings as before), no torch.cat copy of n·d numbers
+        D = torch.empty(2 + self.s.directions, self.d, dtype=DTYPE)
+        z = D[2:]
+        torch.randn(self.s.directions, self.d, generator=self.generator, dtype=DTYPE, out=z)
+        norms = z.norm(dim=1, keepdim=True)
+        z.mul_(nu).div_(norms)
         previous, kinds = state.previous, ["raw", "previous"] + ["probe"] * self.s.directions
         if state.accepted == 0 or not float(previous.norm()) > 0:  # no update yet: one more probe
             extra = torch.randn(self.d, generator=self.generator, dtype=DTYPE)
             previous, kinds[1] = nu * extra / extra.norm(), "probe"
-        D = torch.cat([raw[None], previous[None], probes], dim=0).to(self.device)
+        D[0], D[1] = raw, previous
+        D = D.to(self.device)
         cap = self.probe_cap(state)
         if cap is not None:
             norms = D.norm(dim=1, keepdim=True)
