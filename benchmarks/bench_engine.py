@@ -12,8 +12,9 @@
 `--all` runs figures 2 and 3 over every specs/*.scpo that compiles (one row per spec).
 
 Nothing here asserts on a time: it only measures and prints.  The package is used as it is;
-its evaluator creates its tensors without a device, so it runs on the CPU whatever `--device`
-says, and `--device cuda` moves only the plain-matmul baselines to the GPU.
+the engine's evaluator runs where the spec's `train { device }` says (`scpo train --device`);
+this script compiles the specs as written (CPU), and `--device cuda` moves only the plain-matmul
+baselines to the GPU.
 """
 
 from __future__ import annotations
@@ -145,15 +146,16 @@ def interleaved(fns: dict, rounds: int, min_time: float | None = None) -> dict:
     return best
 
 
-def plain_policy_loop(compiled: CompiledSpec, thetas: torch.Tensor):
+def plain_policy_loop(compiled: CompiledSpec, thetas: torch.Tensor, torch_tanh: bool = False):
     """The same numbers as the rollout's policy, in a plain torch loop: T × (one baddbmm per
     layer and the evaluator's activation on fixed states), nothing else (no dynamics, no
-    backup, no buffers, no metrics)."""
+    backup, no buffers, no metrics).  `torch_tanh`: with torch.tanh instead (the numbers of
+    the evaluator before its tanh became 2σ(2z) − 1: the issue's "before" comparison)."""
     from scpo_spec.policies import policy as P
     fam, ev = compiled.family, compiled.evaluator
     x = ev.x0.expand(thetas.shape[0], *ev.x0.shape).contiguous()
     layers = [(W.transpose(1, 2), b) for W, b in fam._unpack(thetas)]
-    if fam.activation == "tanh" and P.FAST_TANH:
+    if fam.activation == "tanh" and P.FAST_TANH and not torch_tanh:
         act = P.tanh_via_sigmoid_
     else:
         act = ACTIVATIONS[fam.activation]
@@ -203,9 +205,10 @@ def figure0(compiled: CompiledSpec, rounds: int, wide: int, wide_steps: int) -> 
     thetas = candidates(compiled)
     ev = compiled.evaluator
     t = interleaved({"evaluator": lambda: ev(thetas),
-                     "plain": plain_policy_loop(compiled, thetas)}, rounds)
+                     "plain": plain_policy_loop(compiled, thetas),
+                     "plain_tanh": plain_policy_loop(compiled, thetas, torch_tanh=True)}, rounds)
     out = {"shape": shape_of(compiled, thetas.shape[0]), "evaluator": t["evaluator"],
-           "plain": t["plain"]}
+           "plain": t["plain"], "plain_tanh": t["plain_tanh"]}
     wide_c = wide_variant(wide)
     wt = candidates(wide_c)
     wshape = shape_of(wide_c, wt.shape[0])
@@ -236,6 +239,9 @@ def print_figure0(r: dict) -> None:
     table.add_row("evaluator / plain same-numbers policy loop", f"{ratio:.3f}", "≤ 1.10",
                   f"{layers(sh)}, C={sh['C']} S={sh['S']} T={sh['T']}: "
                   f"{ms(r['evaluator'])} vs {ms(r['plain'])} ms")
+    table.add_row("  evaluator / the same loop with torch.tanh",
+                  f"{r['evaluator'] / r['plain_tanh']:.3f}", "",
+                  f"{ms(r['plain_tanh'])} ms (before: 1.16-1.38 with torch.tanh in both)")
     g_mm = r["flops"] / r["matmuls"] / 1e9
     g_roll = r["flops"] / r["rollout"] / 1e9
     g_gemm = r["gemm_flops"] / r["gemm"] / 1e9
@@ -586,8 +592,8 @@ def environment(devices: list[torch.device]) -> None:
                   f"{torch.get_num_threads()} · CPU: {cpu} · python {platform.python_version()}")
     if any(d.type == "cuda" for d in devices):
         console.print(f"device: cuda ({torch.cuda.get_device_name(0)}) for the plain-matmul "
-                      "baselines only; the evaluator and the Trainer run on the CPU (the package "
-                      "creates its tensors without a device)")
+                      "baselines only; the evaluator and the Trainer run on the CPU here (a spec's "
+                      "`train { device cuda }` puts them on the GPU)")
     else:
         console.print("device: cpu (evaluator, Trainer and matmul baselines)")
 
