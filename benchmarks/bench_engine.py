@@ -156,7 +156,9 @@ def plain_policy_loop(compiled: CompiledSpec, thetas: torch.Tensor, torch_tanh: 
     x = ev.x0.expand(thetas.shape[0], *ev.x0.shape).contiguous()
     layers = [(W.transpose(1, 2), b) for W, b in fam._unpack(thetas)]
     if fam.activation == "tanh" and P.FAST_TANH and not torch_tanh:
-        act = P.tanh_via_sigmoid_
+        # the evaluator's own arithmetic: its pre-doubled hidden layers, σ, then 2σ − 1
+        layers = fam.batched(thetas).layers
+        act = lambda z: P.tanh_via_sigmoid_(z, doubled=True)  # noqa: E731
     else:
         act = ACTIVATIONS[fam.activation]
 
