@@ -137,7 +137,19 @@ def test_a_diverging_rollout_keeps_its_inf_and_nan_where_they_were(exact_tanh):
         assert same(c.evaluator.per_scenario(thetas), reference_violations(c.evaluator, thetas))
 
 
-def test_the_autograd_rollout_is_the_old_loop_and_differentiable():
+@pytest.mark.parametrize("name", ["double_integrator.scpo", "pendulum.scpo", "cartpole.scpo"])
+def test_the_autograd_rollout_has_the_evaluated_rollouts_numbers(name):
+    """Run.simulate with torch input, the cost objective: the same numbers as under no_grad."""
+    c = compiled_of(name)
+    thetas = bank_of(c, C=2)
+    with torch.no_grad():
+        X, U = c.evaluator.rollout(thetas)
+    Xg, Ug = c.evaluator.rollout(thetas.clone().requires_grad_(True))
+    assert Xg.requires_grad and same(X, Xg.detach()) and same(U, Ug.detach())
+    Xg.sum().backward()
+
+
+def test_the_autograd_rollout_is_the_old_loop_and_differentiable(exact_tanh):
     c = compiled_of("double_integrator.scpo")
     thetas = bank_of(c, C=2).requires_grad_(True)
     X, U = c.evaluator.rollout(thetas)

@@ -124,12 +124,14 @@ class RolloutEvaluator:
 
     def _rollout_autograd(self, thetas: torch.Tensor, x0: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rollout on autograd's graph (nothing written in place)."""
+        """The rollout on autograd's graph (nothing written in place): the same arithmetic as
+        the evaluated rollout, bit for bit (tests/test_perf_equality.py)."""
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
         x = x0.expand(C, S, n)
         states, inputs = [x], []
+        policy = self.family.batched(thetas)
         for _ in range(T):
-            u = self.family.forward(thetas, x)
+            u = policy(x)
             x = self.dynamics.step(x, u)
             states.append(x)
             inputs.append(u)

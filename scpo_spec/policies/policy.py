@@ -221,7 +221,9 @@ class BatchedForward:
             layers = [(Wt * 2, None if b is None else b * 2) if i < len(layers) - 1 else (Wt, b)
                       for i, (Wt, b) in enumerate(layers)]
             self._act_ = lambda z: tanh_via_sigmoid_(z, doubled=True)
-        else:  # in place where torch has the activation in place exactly
+            self.doubled = True
+        else:
+            self.doubled = False  # in place where torch has the activation in place exactly
             self._act_ = {"tanh": torch.tanh_, "relu": torch.relu_, "sigmoid": torch.sigmoid_,
                           "identity": lambda z: z}.get(act)
         self.layers = layers
@@ -238,7 +240,11 @@ class BatchedForward:
         return bufs
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Actions (C, B, m) for states x (C, B, n), written into `out` when given."""
+        """Actions (C, B, m) for states x (C, B, n), written into `out` when given.  With
+        autograd on, the same operations out of place (no buffers, `out` ignored): a
+        differentiable rollout computes the very numbers of an evaluated one."""
+        if torch.is_grad_enabled():
+            return self._differentiable(x)
         h, last = x, len(self.layers) - 1
         work = self._work(x)
         for i, (Wt, b) in enumerate(self.layers):
@@ -254,6 +260,19 @@ class BatchedForward:
         if self.family.backup is not None:
             backup = self.family.backup(x)
             h = h.add_(backup) if out is not None else h + backup
+        return h
+
+    def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        h, last = x, len(self.layers) - 1
+        for i, (Wt, b) in enumerate(self.layers):
+            h = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
+            if i < last:
+                if self.family.activation == "tanh" and self.doubled:
+                    h = torch.add(_MINUS_ONE.get(h.device), torch.sigmoid(h), alpha=2)
+                else:
+                    h = self.family._act(h)
+        if self.family.backup is not None:
+            h = h + self.family.backup(x)
         return h
 
 
