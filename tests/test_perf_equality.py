@@ -199,29 +199,6 @@ def test_doubled_hidden_layers_give_the_undoubled_fast_tanh_bit_for_bit():
 
 
 # ---- the step beyond the rollouts: bank, QR, probes ----------------------------------------
-def reference_bank_qr(Dn: torch.Tensor, s: torch.Tensor):
-    """The QR as it was: linalg.qr's explicit Q, then Q.T @ s."""
-    Q, R = torch.linalg.qr(Dn.T, mode="reduced")
-    return R, Q.T @ s
-
-
-@pytest.mark.parametrize("n, d", [(18, 4417), (10, 264705), (6, 4), (18, 18)])
-def test_reduced_qr_without_q_is_linalg_qr(n, d):
-    from scpo_spec.compile.projection import reduced_qr_target
-    gen = torch.Generator().manual_seed(n * d)
-    D = torch.randn(n, d, dtype=DTYPE, generator=gen)
-    D[1] = 0.7 * D[0] + 1e-3 * D[1]  # a raw step and a previous update nearly parallel
-    if n > 3:
-        D[3] = 0.0  # a dropped candidate
-    norms = D.norm(dim=1)
-    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-    Dn = D / norms[:, None]
-    R, t = reduced_qr_target(Dn, D[0])
-    R0, t0 = reference_bank_qr(Dn, D[0])
-    assert same(R, R0)  # geqrf is linalg.qr's own first stage
-    assert close(t, t0, 1e-12)
-
-
 def reference_candidate_bank(trainer, state, raw):
     """candidate_bank as it was: probes drawn, scaled, then torch.cat."""
     s = trainer.s

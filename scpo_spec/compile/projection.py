@@ -52,20 +52,6 @@ def certified_scale(g0, G, S, ell, xi, bound) -> float:
     return lo
 
 
-def reduced_qr_target(Dn: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """R and Qᵀs of the reduced QR Dnᵀ = QR (Dn: n × d, tall-skinny d × n transposed), without
-    forming Q: Householder (geqrf, torch.linalg.qr's own first stage, so R is bit for bit its
-    R), then the reflectors applied to s alone (ormqr).  O(d·n²) time, O(d·n) memory: the
-    d × n Q that linalg.qr builds (orgqr, a second pass as long as the first) is never made.
-    Qᵀs agrees with linalg.qr's Q.T @ s to rounding (tests/test_perf_equality.py: 1e-12)."""
-    n = Dn.shape[0]
-    a, tau = torch.geqrf(Dn.T)
-    rows = min(n, Dn.shape[1])
-    R = a[:rows].triu()
-    target = torch.ormqr(a, tau, s[:, None], left=True, transpose=True)[:rows, 0]
-    return R, target
-
-
 @dataclass
 class Bank:
     """One step's candidate bank, in the forms the QCQP and the audit need."""
@@ -148,9 +134,12 @@ class ProjectionTemplate:
         S = (D @ D.T).cpu().numpy()
         norms_t = D.norm(dim=1)
         norms_t = torch.where(norms_t > 0, norms_t, torch.ones_like(norms_t))
-        R, target = reduced_qr_target(D / norms_t[:, None], D[0])
+        # the reduced (d × n, tall-skinny) Householder QR: O(d·n²).  geqrf + ormqr (Qᵀs without
+        # forming Q) would save ~40 % of it, but moves Qᵀs by ~1e-17, which is enough to turn
+        # a knife-edge solver failure into a success (tests/test_trust.py's stall): kept exact.
+        Q, R = torch.linalg.qr((D / norms_t[:, None]).T, mode="reduced")
         norms = norms_t.cpu().numpy()
-        return Bank(D, G, g0, S, norms, R.cpu().numpy(), target.cpu().numpy(),
+        return Bank(D, G, g0, S, norms, R.cpu().numpy(), (Q.T @ D[0]).cpu().numpy(),
                     (G - g0[:, None]) / norms, dropped)
 
     def project(self, bank: Bank, ell: np.ndarray) -> Projection:
