@@ -12,8 +12,9 @@
 `--all` runs figures 2 and 3 over every specs/*.scpo that compiles (one row per spec).
 
 Nothing here asserts on a time: it only measures and prints.  The package is used as it is;
-its evaluator creates its tensors without a device, so it runs on the CPU whatever `--device`
-says, and `--device cuda` moves only the plain-matmul baselines to the GPU.
+the engine's evaluator runs where the spec's `train { device }` says (`scpo train --device`);
+this script compiles the specs as written (CPU), and `--device cuda` moves only the plain-matmul
+baselines to the GPU.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from scpo_spec.language.load import load_spec
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = ROOT / "specs" / "double_integrator.scpo"
 from scpo_spec.dtype import DTYPE
-PHASES = ("rollouts", "qcqp", "gradient", "other")
+PHASES = ("rollouts", "verification", "bank", "qcqp", "gradient", "hashing", "other")
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -121,6 +122,150 @@ def policy_matmul_flops(shape: dict) -> int:
     2·C·S·out·in (bias adds, activations, the residual gain and the dynamics not counted)."""
     C, S, T = shape["C"], shape["S"], shape["T"]
     return T * sum(2 * C * S * out * inp for out, inp in shape["layers"])
+
+
+# ---------------------------------------------------------------------------------------------
+# figure 0: the three headline ratios of issue 12, interleaved
+# ---------------------------------------------------------------------------------------------
+def interleaved(fns: dict, rounds: int, min_time: float | None = None) -> dict:
+    """Best seconds per call of each function, the functions taking turns round after round
+    (a shared machine's load then hits all of them alike)."""
+    min_time = TIMING["min_time"] if min_time is None else min_time
+    number = {}
+    for name, fn in fns.items():  # warm-up, sizing the rounds
+        t0 = time.perf_counter()
+        fn()
+        number[name] = max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-9)))
+    best = {name: math.inf for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(number[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / number[name])
+    return best
+
+
+def plain_policy_loop(compiled: CompiledSpec, thetas: torch.Tensor, torch_tanh: bool = False):
+    """The same numbers as the rollout's policy, in a plain torch loop: T × (one baddbmm per
+    layer and the evaluator's activation on fixed states), nothing else (no dynamics, no
+    backup, no buffers, no metrics).  `torch_tanh`: with torch.tanh instead (the numbers of
+    the evaluator before its tanh became 2σ(2z) − 1: the issue's "before" comparison)."""
+    from scpo_spec.policies import policy as P
+    fam, ev = compiled.family, compiled.evaluator
+    x = ev.x0.expand(thetas.shape[0], *ev.x0.shape).contiguous()
+    layers = [(W.transpose(1, 2), b) for W, b in fam._unpack(thetas)]
+    if fam.activation == "tanh" and P.FAST_TANH and not torch_tanh:
+        # the evaluator's own arithmetic: its pre-doubled hidden layers, σ, then 2σ − 1
+        layers = fam.batched(thetas).layers
+        act = lambda z: P.tanh_via_sigmoid_(z, doubled=True)  # noqa: E731
+    else:
+        act = ACTIVATIONS[fam.activation]
+
+    @torch.no_grad()
+    def run():
+        for _ in range(ev.horizon):
+            h = x
+            for i, (Wt, b) in enumerate(layers):
+                h = torch.baddbmm(b, h, Wt)
+                if i < len(layers) - 1:
+                    h = act(h)
+        return h
+    return run
+
+
+def policy_matmuls(compiled: CompiledSpec, thetas: torch.Tensor):
+    """The rollout's policy matmuls alone: T × one baddbmm per layer, the rollout's own calls
+    (transposed weight views, bias) into reused buffers."""
+    fam, ev = compiled.family, compiled.evaluator
+    x = ev.x0.expand(thetas.shape[0], *ev.x0.shape).contiguous()
+    layers = [(W.transpose(1, 2), b) for W, b in fam._unpack(thetas)]
+    bufs = [torch.empty(thetas.shape[0], x.shape[1], Wt.shape[2], dtype=DTYPE)
+            for Wt, _ in layers]
+
+    @torch.no_grad()
+    def run():
+        for _ in range(ev.horizon):
+            h = x
+            for (Wt, b), out in zip(layers, bufs):
+                h = torch.baddbmm(b, h, Wt, out=out)
+        return h
+    return run
+
+
+def wide_variant(hidden: int) -> CompiledSpec:
+    """specs/double_integrator.scpo (C = 18, S = 64, T = 60) with a 2-H-H-1 policy."""
+    import tempfile
+    text = DEFAULT_SPEC.read_text().replace("hidden = [64, 64]", f"hidden = [{hidden}, {hidden}]")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "wide.scpo"
+        path.write_text(text)
+        return compile_path(path)
+
+
+def figure0(compiled: CompiledSpec, rounds: int, wide: int, wide_steps: int) -> dict:
+    thetas = candidates(compiled)
+    ev = compiled.evaluator
+    t = interleaved({"evaluator": lambda: ev(thetas),
+                     "plain": plain_policy_loop(compiled, thetas),
+                     "plain_tanh": plain_policy_loop(compiled, thetas, torch_tanh=True)}, rounds)
+    out = {"shape": shape_of(compiled, thetas.shape[0]), "evaluator": t["evaluator"],
+           "plain": t["plain"], "plain_tanh": t["plain_tanh"]}
+    wide_c = wide_variant(wide)
+    wt = candidates(wide_c)
+    wshape = shape_of(wide_c, wt.shape[0])
+    flops = policy_matmul_flops(wshape)
+    gemm, N, gflop = square_gemm(2 * 2048 ** 3, torch.device("cpu"))
+
+    @torch.no_grad()
+    def rollout():
+        return wide_c.evaluator.rollout(wt)
+    w = interleaved({"matmuls": policy_matmuls(wide_c, wt), "gemm": gemm, "rollout": rollout},
+                    max(2, rounds // 2), min_time=0.5)
+    out.update(wide_shape=wshape, flops=flops, matmuls=w["matmuls"], rollout=w["rollout"],
+               gemm=w["gemm"], gemm_flops=gflop, N=N)
+    step = figure1(wide_c, wide_steps, 1)
+    out["step"] = step
+    return out
+
+
+def print_figure0(r: dict) -> None:
+    sh, wsh = r["shape"], r["wide_shape"]
+    layers = lambda s: "-".join([str(s["n"])] + [str(o) for o, _ in s["layers"]])  # noqa: E731
+    table = Table(title="0. Issue 12's three ratios (interleaved rounds, best of each)",
+                  box=box.SIMPLE_HEAVY, title_justify="left")
+    for col, just in (("ratio", "left"), ("measured", "right"), ("target", "right"),
+                      ("numbers", "left")):
+        table.add_column(col, justify=just)
+    ratio = r["evaluator"] / r["plain"]
+    table.add_row("evaluator / plain same-numbers policy loop", f"{ratio:.3f}", "≤ 1.10",
+                  f"{layers(sh)}, C={sh['C']} S={sh['S']} T={sh['T']}: "
+                  f"{ms(r['evaluator'])} vs {ms(r['plain'])} ms")
+    table.add_row("  evaluator / the same loop with torch.tanh",
+                  f"{r['evaluator'] / r['plain_tanh']:.3f}", "",
+                  f"{ms(r['plain_tanh'])} ms (before: 1.16-1.38 with torch.tanh in both)")
+    g_mm = r["flops"] / r["matmuls"] / 1e9
+    g_roll = r["flops"] / r["rollout"] / 1e9
+    g_gemm = r["gemm_flops"] / r["gemm"] / 1e9
+    table.add_row("policy-matmul GFLOP/s / one large float64 GEMM", f"{g_mm / g_gemm:.3f}",
+                  "≥ 0.70", f"{layers(wsh)}, C={wsh['C']} S={wsh['S']} T={wsh['T']}: "
+                  f"{g_mm:.2f} vs {g_gemm:.2f} GFLOP/s ({r['N']}³ GEMM)")
+    table.add_row("  whole rollout, same FLOPs / GEMM", f"{g_roll / g_gemm:.3f}", "",
+                  f"{g_roll:.2f} GFLOP/s (activations, dynamics, buffers included)")
+    step = r["step"]
+    if isinstance(step, StepTiming):
+        total = sum(step.median.values())
+        beyond = sum(step.median[p] for p in ("bank", "hashing", "other"))
+        share = beyond / total
+        table.add_row("'other' (bank, QR, hashing, rest) / Trainer.step at d = "
+                      + f"{wsh['d']:,}".replace(",", " "), f"{100 * share:.1f}%", "≤ 10 %",
+                      f"medians of {step.steps} steps: {ms(beyond)} of {ms(total)} ms "
+                      f"(rollouts {ms(step.median['rollouts'])}, verification "
+                      f"{ms(step.median['verification'])})")
+    else:
+        table.add_row("'other' / Trainer.step", "skipped", "≤ 10 %", str(step))
+    console.print(table)
+    console.print()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,11 +352,13 @@ def print_figure1(result: StepTiming | str, shape: dict,
     table.add_column("what it holds")
     total = sum(r.mean.values())
     what = {
-        "rollouts": f"1 bank evaluation (C={shape['C']}) + "
-                    f"{r.verifications:.2f} verifications (C=1)",
+        "rollouts": f"1 bank evaluation (C={shape['C']}) (+ counterexamples)",
+        "verification": f"{r.verifications:.2f} verification rollouts (C=1) per step",
+        "bank": "probes, Gram matrix DDᵀ, reduced QR of the d×n bank",
+        "hashing": "SHA-256 of θ (once per new θ)",
         "qcqp": "projection solves (one per try)",
         "gradient": "∇L (autograd) + Armijo loss evaluations",
-        "other": "bank, QR, certificate, hashing, bookkeeping",
+        "other": "certificate, Armijo set-up, θ + Dξ, bookkeeping",
     }
     for phase in PHASES:
         extra = [ms(one_blas.median[phase])] if blas else []
@@ -447,8 +594,8 @@ def environment(devices: list[torch.device]) -> None:
                   f"{torch.get_num_threads()} · CPU: {cpu} · python {platform.python_version()}")
     if any(d.type == "cuda" for d in devices):
         console.print(f"device: cuda ({torch.cuda.get_device_name(0)}) for the plain-matmul "
-                      "baselines only; the evaluator and the Trainer run on the CPU (the package "
-                      "creates its tensors without a device)")
+                      "baselines only; the evaluator and the Trainer run on the CPU here (a spec's "
+                      "`train { device cuda }` puts them on the GPU)")
     else:
         console.print("device: cpu (evaluator, Trainer and matmul baselines)")
 
@@ -471,6 +618,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="figures 2 and 3 for every specs/*.scpo that compiles")
     ap.add_argument("--no-blas-compare", action="store_true",
                     help="skip figure 1's rerun with OPENBLAS_NUM_THREADS=1 (a child process)")
+    ap.add_argument("--no-headline", action="store_true",
+                    help="skip figure 0 (issue 12's ratios; the wide policy takes ~1-2 min)")
+    ap.add_argument("--wide", type=int, default=512,
+                    help="hidden width H of figure 0's 2-H-H-1 policy (default 512: d = 264 705)")
+    ap.add_argument("--wide-steps", type=int, default=3,
+                    help="Trainer steps of the wide policy timed in figure 0")
     ap.add_argument("--figure1-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -508,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"C = 2 + directions = {shape['C']} · S={shape['S']} · T={shape['T']} · "
                       f"k={shape['k']}")
         console.print()
+        if not args.no_headline:
+            print_figure0(figure0(compiled, args.repeat, args.wide, args.wide_steps))
         f1 = figure1(compiled, args.steps, args.warmup)
         one_blas = None
         if isinstance(f1, StepTiming) and not args.no_blas_compare:

@@ -438,6 +438,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
                                                help="Also track the run in MLflow at this "
                                                     "tracking URI (default: "
                                                     "$MLFLOW_TRACKING_URI, if set)."),
+          device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda: where the "
+                                               "rollouts and the bank run (default: the spec's "
+                                               "`train { device }`, else cpu)."),
           ) -> None:
     """Train with SCPO: every accepted iterate certified and verified safe, every step logged.
     Exit 0 CERTIFIED; 1 not certified, the audit failed, or the run was refused or could not be
@@ -456,6 +459,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     result = _checked(file, code=2)
     tracking = _tracking(result.spec.name.name, not no_tensorboard,
                          mlflow or os.environ.get("MLFLOW_TRACKING_URI") or None)
+    if device is not None:  # overrides `train { device }`; refused like it without a GPU
+        from scpo_spec.compile.usercode import set_device
+        set_device(result.spec, device, _usage)
     progress = TrainingProgress(err, enabled=not quiet)
     progress.total = steps if steps is not None else int(result.spec.train.steps)
     run_path = [out_dir]

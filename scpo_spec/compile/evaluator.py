@@ -62,13 +62,20 @@ class RolloutEvaluator:
     """Rolls C candidates out on S scenarios for T steps and reduces the k metrics.
 
     `initial_states` are the scenarios' x₀ (S, n); for a gymnasium system, their reset seeds (S,),
-    kept as an int64 `x0` (a subset of it selects scenarios the same way)."""
+    kept as an int64 `x0` (a subset of it selects scenarios the same way).
+
+    `device` (`train { device cuda }`): where the rollout runs — the policy's matmuls and the
+    plant, in float64.  Everything handed out is on the CPU (x0, the metrics, rollouts), and
+    the metrics are reduced on the CPU from the trajectory copied back (one pass over
+    C·S·(T+1)·(n+m) numbers): the numbers a certificate is made of are computed by the same
+    code wherever the rollout ran.  A gymnasium system always rolls out on the CPU."""
 
     def __init__(self, dynamics: Dynamics, family: PolicyFamily, metrics: list[Metric],
-                 initial_states: np.ndarray, horizon: int, reducer):
+                 initial_states: np.ndarray, horizon: int, reducer, device: str = "cpu"):
         self.dynamics, self.family, self.metrics = dynamics, family, metrics
         self.gym = (GymRollout(dynamics.env_id, dynamics.n, dynamics.m)
                     if dynamics.kind == "gymnasium" else None)
+        self.device = torch.device("cpu" if self.gym is not None else device)
         self.x0 = torch.as_tensor(initial_states,
                                   dtype=torch.int64 if self.gym is not None else DTYPE)
         self.horizon = horizon
@@ -95,11 +102,36 @@ class RolloutEvaluator:
         if self.gym is not None:
             X, U, _ = self.gym.rollout(self.family.forward, thetas, x0, self.horizon)
             return X, U
+        X, U = self._rollout_on_device(thetas, x0)
+        return X.cpu(), U.cpu()
+
+    def _rollout_on_device(self, thetas: torch.Tensor, x0: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        thetas, x0 = thetas.to(self.device), x0.to(self.device)
+        if torch.is_grad_enabled():  # the cost objective's differentiable rollout
+            return self._rollout_autograd(thetas, x0)
+        C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
+        # time-major buffers: X[t] and U[t] are contiguous (C, S, ·) blocks, written in place
+        X = torch.empty(T + 1, C, S, n, dtype=thetas.dtype, device=thetas.device)
+        U = torch.empty(T, C, S, m, dtype=thetas.dtype, device=thetas.device)
+        X[0].copy_(x0.expand(C, S, n))
+        policy, step_into = self.family.batched(thetas), self.dynamics.step_into
+        for t in range(T):
+            policy(X[t], out=U[t])
+            step_into(X[t], U[t], X[t + 1])
+        # one copy into the (C, S, T, ·) layout the metrics read (the old torch.stack's layout)
+        return X.permute(1, 2, 0, 3).contiguous(), U.permute(1, 2, 0, 3).contiguous()
+
+    def _rollout_autograd(self, thetas: torch.Tensor, x0: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rollout on autograd's graph (nothing written in place): the same arithmetic as
+        the evaluated rollout, bit for bit (tests/test_perf_equality.py)."""
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
         x = x0.expand(C, S, n)
         states, inputs = [x], []
+        policy = self.family.batched(thetas)
         for _ in range(T):
-            u = self.family.forward(thetas, x)
+            u = policy(x)
             x = self.dynamics.step(x, u)
             states.append(x)
             inputs.append(u)
@@ -117,7 +149,7 @@ class RolloutEvaluator:
 
     def spectral_radius(self, thetas: torch.Tensor) -> torch.Tensor:
         """ρ(A + B ∂π/∂x(0)) per candidate (C,)."""
-        J = self.family.jacobian_at_origin(thetas)
+        J = self.family.jacobian_at_origin(thetas.cpu())
         closed = self._A + self._B @ J
         return torch.linalg.eigvals(closed).abs().amax(dim=1)
 

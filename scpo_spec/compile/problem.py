@@ -40,6 +40,7 @@ class Settings:
     executor: str = "local"
     ray_address: str | None = None
     ray_workers: int = 2
+    device: str = "cpu"     # where rollouts, the policy and the bank run (certificates: numpy)
 
     @property
     def bank_size(self) -> int:
@@ -66,7 +67,8 @@ class Settings:
                    ray_address=(t.executor.address.value if getattr(t.executor, "address", None)
                                 is not None else None),
                    ray_workers=(int(t.executor.workers) if getattr(t.executor, "workers", None)
-                                is not None else 2))
+                                is not None else 2),
+                   device=t.device.name if getattr(t, "device", None) is not None else "cpu")
 
 
 @dataclass
@@ -88,7 +90,7 @@ class CompiledSpec:
         """The same metrics on the spec's fresh holdout scenarios."""
         ev = self.evaluator
         return RolloutEvaluator(ev.dynamics, ev.family, ev.metrics, holdout_states(self.spec, count),
-                                ev.horizon, ev.reducer)
+                                ev.horizon, ev.reducer, device=ev.device)
 
 
 def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
@@ -117,7 +119,7 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
             uses_linearisation=any(n.id == "spectral_radius" for n in names(prop.formula))))
     horizon = int(spec.scenarios.horizon)
     evaluator = RolloutEvaluator(dynamics, family, metrics, training_states(spec), horizon,
-                                 compiler.reduce)
+                                 compiler.reduce, device=settings.device)
     objective = make_objective(spec, family, evaluator, compiler, base)
     return CompiledSpec(spec, settings, dynamics, backup, family, evaluator, objective, compiler)
 

@@ -131,12 +131,15 @@ class ProjectionTemplate:
             D = D.clone()
             D[dropped] = 0.0
             G[:, dropped] = g0[:, None]
-        S = (D @ D.T).numpy()
+        S = (D @ D.T).cpu().numpy()
         norms_t = D.norm(dim=1)
         norms_t = torch.where(norms_t > 0, norms_t, torch.ones_like(norms_t))
+        # the reduced (d × n, tall-skinny) Householder QR: O(d·n²).  geqrf + ormqr (Qᵀs without
+        # forming Q) would save ~40 % of it, but moves Qᵀs by ~1e-17, which is enough to turn
+        # a knife-edge solver failure into a success (tests/test_trust.py's stall): kept exact.
         Q, R = torch.linalg.qr((D / norms_t[:, None]).T, mode="reduced")
-        norms = norms_t.numpy()
-        return Bank(D, G, g0, S, norms, R.numpy(), (Q.T @ D[0]).numpy(),
+        norms = norms_t.cpu().numpy()
+        return Bank(D, G, g0, S, norms, R.cpu().numpy(), (Q.T @ D[0]).cpu().numpy(),
                     (G - g0[:, None]) / norms, dropped)
 
     def project(self, bank: Bank, ell: np.ndarray) -> Projection:

@@ -40,7 +40,43 @@ def _torch_files(spec: Spec, base_dir: Path) -> list[Diagnostic]:
     return check_files(spec, base_dir)
 
 
-CHECKS: list[Callable[[Spec, Path], list[Diagnostic]]] = [_python_system, _torch_files]
+def cuda_missing() -> str | None:
+    """Why `device cuda` cannot run here (None when it can)."""
+    import torch
+    if not torch.cuda.is_available():
+        return (f"this machine has no usable CUDA GPU (torch {torch.__version__}: "
+                "torch.cuda.is_available() is False)")
+    return None
+
+
+def set_device(spec: Spec, device: str, refuse: Callable[[str], None]) -> None:
+    """`scpo train --device cpu|cuda`: the spec's `train { device }` replaced for this run
+    (`refuse(message)` for an unknown device or cuda without a GPU)."""
+    from scpo_spec.language.model import Ident
+    if device not in ("cpu", "cuda"):
+        refuse(f"--device {device}: expected cpu or cuda")
+        return
+    why = cuda_missing() if device == "cuda" else None
+    if why is not None:
+        refuse(f"--device cuda, but {why}")
+        return
+    spec.train.device = Ident(name=device)
+
+
+def _device(spec: Spec, base_dir: Path) -> list[Diagnostic]:
+    """`train { device cuda }`: a CUDA GPU that torch can use."""
+    device = getattr(spec.train, "device", None)
+    if device is None or device.name != "cuda":
+        return []
+    why = cuda_missing()
+    if why is None:
+        return []
+    return [Diagnostic(message=f"`device cuda`, but {why}", span=device.span,
+                       hint="write `device cpu` (the default), or train on a machine with a "
+                            "CUDA GPU and a CUDA build of torch")]
+
+
+CHECKS: list[Callable[[Spec, Path], list[Diagnostic]]] = [_python_system, _torch_files, _device]
 
 
 def check_code(spec: Spec, base_dir: Path) -> list[Diagnostic]:

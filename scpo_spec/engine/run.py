@@ -175,7 +175,7 @@ def _state_file(trainer: Trainer, state: State, head: str, seq: int,
     objective_generator = getattr(trainer.c.objective, "generator", None)
     if objective_generator is not None:  # `objective return`: its ES directions' stream
         arrays["objective_generator"] = objective_generator.get_state().numpy()
-    return StateFile(head=head, seq=seq, theta=theta_hash(state.theta), step=state.step,
+    return StateFile(head=head, seq=seq, theta=state.theta_sha256(), step=state.step,
                      accepted=state.accepted, loss=float(state.loss),
                      optimizer_t=int(trainer.optimizer.state["t"]), arrays=arrays,
                      pending=pending)

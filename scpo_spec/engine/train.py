@@ -39,11 +39,14 @@ def theta_hash(theta: torch.Tensor) -> str:
 
 
 class Timer:
-    """Seconds per phase of a step (gradient, rollouts, qcqp; the rest is `other`)."""
+    """Seconds per phase of a step: gradient, rollouts (the bank's batched evaluation and the
+    counterexamples), verification (each try's rollout of its candidate), bank (the probes,
+    the Gram matrix, the QR), qcqp, hashing (θ's SHA-256); the rest is `other`."""
 
     def __init__(self):
-        self.start, self.phases = time.perf_counter(), {"rollouts": 0.0, "qcqp": 0.0,
-                                                        "gradient": 0.0}
+        self.start = time.perf_counter()
+        self.phases = {"rollouts": 0.0, "verification": 0.0, "bank": 0.0, "qcqp": 0.0,
+                       "gradient": 0.0, "hashing": 0.0}
 
     @contextmanager
     def __call__(self, phase: str):
@@ -78,6 +81,14 @@ class State:
     step: int = 0                  # steps taken (accepted or not)
     accepted: int = 0
     optimizer: dict = field(default_factory=lambda: {"t": 0})
+    theta_sha: str | None = field(default=None, repr=False)  # cached theta_hash(theta)
+
+    def theta_sha256(self) -> str:
+        """theta_hash(θ), computed once per state (the step record, the next step's record
+        and the state file all name the same θ: one SHA-256 of d floats per step, not three)."""
+        if self.theta_sha is None:
+            self.theta_sha = theta_hash(self.theta)
+        return self.theta_sha
 
 
 class Trainer:
@@ -95,6 +106,9 @@ class Trainer:
                                            self.ev.names, self.s.solver)
         self.optimizer = Optimizer(self.s.optimizer, self.s.lr, self.s.momentum)
         self.generator = torch.Generator().manual_seed(self.s.seed)
+        # `device cuda`: the bank (D, its Gram matrix and QR) and the rollouts live there; θ,
+        # the state, the objective and every certificate number stay on the CPU (float64)
+        self.device = getattr(self.ev, "device", torch.device("cpu"))
         self.estimated = np.array([m.smoothness is None for m in self.ev.metrics])
         self.spec_ell = np.array([m.smoothness if m.smoothness is not None else ESTIMATE_START
                                   for m in self.ev.metrics], dtype=np.float64)
@@ -145,29 +159,33 @@ class Trainer:
             raw, opt_state = self.optimizer.propose(grad)
         raw_norm = float(raw.norm())
         raw = raw * (self.s.radius / raw_norm) if raw_norm > self.s.radius else raw
-        D, kinds, nu, cap = self.candidate_bank(state, raw)  # 2. raw, previous update, probes
+        with timer("bank"):  # 2. raw, previous update, probes
+            D, kinds, nu, cap = self.candidate_bank(state, raw)
         with timer("rollouts"):  # 3. every candidate, one batched evaluation
-            G = self.metrics(state.theta[None] + D).T  # (k, n)
-        bank = self.template.bank(D, G, state.g)
+            G = self.metrics(state.theta.to(D.device)[None] + D).T  # (k, n)
+        with timer("bank"):
+            bank = self.template.bank(D, G, state.g)
         # 4–7. project, backtrack, verify; on refutation double ℓ and re-solve
         tries, accepted, reason = self.solve_and_verify(state, bank, grad, loss, timer)
         win = tries[-1] if accepted else None  # the verified try, whose θ + Dξ becomes θ
         refuted = np.array([[n in t.refuted for n in self.ev.names] for t in tries]).any(axis=0)
         ell_next, floor = self.next_ell(state, tries, refuted)
-        theta_next = (state.theta + torch.as_tensor(win.xi, dtype=DTYPE) @ bank.D if win
-                      else state.theta)
+        theta_next = (state.theta + self.combine(win.xi, bank.D) if win else state.theta)
         update = theta_next - state.theta if win else state.previous
         new_state = State(theta=theta_next, g=win.verified if win else state.g,
                           loss=win.loss if win else loss, ell=ell_next, ell_floor=floor,
                           previous=update, step=state.step + 1,
-                          accepted=state.accepted + int(accepted), optimizer=opt_state)
+                          accepted=state.accepted + int(accepted), optimizer=opt_state,
+                          theta_sha=None if win else state.theta_sha)
         # the optimizer's moments take in every gradient seen (a rejected step must not leave
         # it proposing the same raw step forever)
         self.optimizer.commit(opt_state)
+        with timer("hashing"):
+            hashes = state.theta_sha256(), new_state.theta_sha256()
         record = Step(
-            step=state.step, theta=theta_hash(state.theta), g0=state.g, loss=state.loss,
+            step=state.step, theta=hashes[0], g0=state.g, loss=state.loss,
             G=bank.G, S=bank.S, tries=tries, accepted=accepted, reason=reason,
-            theta_next=theta_hash(theta_next), g_next=new_state.g, loss_next=new_state.loss,
+            theta_next=hashes[1], g_next=new_state.g, loss_next=new_state.loss,
             bank_norms=np.sqrt(np.maximum(np.diag(bank.S), 0)), target=bank.target,
             grad_norm=float(grad.norm()), raw_norm=raw_norm, nu=nu, probe_cap=cap, bank=kinds,
             dropped=bank.dropped, update_norm=float(update.norm()) if win else 0.0,
@@ -179,13 +197,19 @@ class Trainer:
         """D (n, d): the raw step, the previous accepted update (a probe before the first) and
         random probes of norm ν, each cut to the `lipschitz` cap when there is one."""
         nu = self.probe_scale(state)
-        z = torch.randn(self.s.directions, self.d, generator=self.generator, dtype=DTYPE)
-        probes = nu * z / z.norm(dim=1, keepdim=True)
+        # D is filled in place: the probes drawn straight into their rows and scaled there
+        # (nu·z/‖z‖: the same two roundings as before), no torch.cat copy of n·d numbers
+        D = torch.empty(2 + self.s.directions, self.d, dtype=DTYPE)
+        z = D[2:]
+        torch.randn(self.s.directions, self.d, generator=self.generator, dtype=DTYPE, out=z)
+        norms = z.norm(dim=1, keepdim=True)
+        z.mul_(nu).div_(norms)
         previous, kinds = state.previous, ["raw", "previous"] + ["probe"] * self.s.directions
         if state.accepted == 0 or not float(previous.norm()) > 0:  # no update yet: one more probe
             extra = torch.randn(self.d, generator=self.generator, dtype=DTYPE)
             previous, kinds[1] = nu * extra / extra.norm(), "probe"
-        D = torch.cat([raw[None], previous[None], probes], dim=0)
+        D[0], D[1] = raw, previous
+        D = D.to(self.device)
         cap = self.probe_cap(state)
         if cap is not None:
             norms = D.norm(dim=1, keepdim=True)
@@ -196,7 +220,7 @@ class Trainer:
                          timer: Timer) -> tuple[list[Try], bool, str]:
         """Steps 4–7 at ℓ, then at ℓ doubled for each refuted metric, up to MAX_TRIES."""
         ell, tries, reason = state.ell.copy(), [], f"refuted {MAX_TRIES} times: update rejected"
-        gD = (bank.D @ grad).numpy()  # ∇Lᵀd_j
+        gD = (bank.D @ grad.to(bank.D.device)).cpu().numpy()  # ∇Lᵀd_j
         for attempt in range(MAX_TRIES):
             with timer("qcqp"):
                 p = self.template.project(bank, ell)
@@ -215,8 +239,8 @@ class Trainer:
             xi = alpha * p.xi
             entry.xi, entry.alpha, entry.loss = xi, alpha, cand_loss
             entry.certificate = certificate(bank.g0, bank.G, bank.S, ell, xi)
-            candidate = state.theta + torch.as_tensor(xi, dtype=DTYPE) @ bank.D
-            with timer("rollouts"):  # 7. verification by rollout
+            candidate = state.theta + self.combine(xi, bank.D)
+            with timer("verification"):  # 7. verification by rollout
                 entry.verified = self.metrics(candidate[None])[0]
             lin, quad = certificate_terms(bank.g0, bank.G, bank.S, xi)
             entry.observed_curvature = (2 * (entry.verified - lin) / quad if quad > 0
@@ -249,6 +273,11 @@ class Trainer:
             ell = np.where([n in last.refuted for n in self.ev.names], 2 * ell, ell)
         return np.where(refuted, np.maximum(ell, floor), np.maximum(floor, ell * ELL_RELAX)), floor
 
+    @staticmethod
+    def combine(xi: np.ndarray, D: torch.Tensor) -> torch.Tensor:
+        """Dᵀξ = Σ_j ξ_j d_j (d,), on the CPU whatever D's device."""
+        return (torch.as_tensor(xi, dtype=DTYPE, device=D.device) @ D).cpu()
+
     @torch.no_grad()
     def counterexample(self, candidate: torch.Tensor, refuted: np.ndarray) -> dict:
         """For each refuted metric, the scenario where the rejected candidate did worst, and
@@ -266,7 +295,7 @@ class Trainer:
     def backtrack(self, theta, D, xi, loss0, slope) -> tuple[float | None, float]:
         """Armijo: halve until L(θ + αDξ) ≤ L(θ) + c·α·∇Lᵀ(Dξ); without backtracking, α = 1.
         None when no tried α lowers the loss at all."""
-        direction = torch.as_tensor(xi, dtype=DTYPE) @ D
+        direction = self.combine(xi, D)
         if self.s.backtrack == "none":
             return 1.0, self.loss(theta + direction)
         best, alpha = (None, loss0), 1.0

@@ -21,6 +21,7 @@ LOSSES = ("mse", "mae", "huber")
 ON_VIOLATION = ("raise", "stop")
 BACKTRACK = ("armijo", "none")
 PRECISIONS = ("float64",)
+DEVICES = ("cpu", "cuda")
 SMOOTHNESS_MODES = ("given", "estimate")
 POLICY_INIT = ("backup", "zero")
 INTEGRATORS = ("rk4", "euler", "midpoint")  # = dynamics.INTEGRATORS
@@ -458,6 +459,7 @@ class Builder:
             "precision": ("precision", ident(PRECISIONS)),
             "smoothness": ("smoothness", ident(SMOOTHNESS_MODES)),
             "executor": ("executor", sub("executor")),
+            "device": ("device", ident(DEVICES)),
         })}
         out["scenarios"] = {"": (M.Scenarios, {
             "count": ("count", q), "grid": ("grid", q), "seed": ("seed", q),

@@ -326,11 +326,13 @@ class Train(Node):
     precision: Ident | None = None
     smoothness: Ident | None = None
     executor: Executor | None = None
+    device: Ident | None = None    # cpu | cuda: where the rollouts, the policy and the bank run
 
 
 # Defaults LANGUAGE.md gives for optional train entries.
 TRAIN_DEFAULTS = {"solver": "clarabel", "on_violation": "raise", "aggregate": "hard",
-                  "backtrack": "armijo", "precision": "float64", "smoothness": "given"}
+                  "backtrack": "armijo", "precision": "float64", "smoothness": "given",
+                  "device": "cpu"}
 
 # Every other optional entry and the value it takes when left out (section, entry) → value.
 # Anything not listed here (and not in TRAIN_DEFAULTS) is required, and `check` says so.

@@ -31,13 +31,21 @@ class Backup:
 
     def __post_init__(self):
         self._gain_t = torch.as_tensor(np.asarray(self.K, dtype=np.float64), dtype=DTYPE).T
+        self._gain_on: dict = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """u (..., m) for states x (..., n): one call of the module on all states at once."""
         if self.module is None:
-            return x @ self._gain_t
+            if x.device == self._gain_t.device:
+                return x @ self._gain_t
+            gain = self._gain_on.get(x.device)  # `device cuda`: a copy per device, kept
+            if gain is None:
+                gain = self._gain_on[x.device] = self._gain_t.to(x.device)
+            return x @ gain
         lead = x.shape[:-1]
-        u = self.module(x.reshape(-1, x.shape[-1]))
+        # a frozen TorchScript backup stays on the CPU (the module export writes): the states
+        # of a rollout on another device visit it there
+        u = self.module(x.reshape(-1, x.shape[-1]).cpu()).to(x.device)
         return u.reshape(*lead, u.shape[-1])
 
     def as_module(self) -> torch.nn.Module:

@@ -55,12 +55,14 @@ class Dynamics:
             self._At = torch.as_tensor(self.A, dtype=DTYPE).T.contiguous()
             self._Bt = torch.as_tensor(self.B, dtype=DTYPE).T.contiguous()
         self._linearised: tuple[np.ndarray, np.ndarray] | None = None
+        self._moved: dict = {}  # device → (Aᵀ, Bᵀ) there
 
     def step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         if self.map is not None:
             return self.map(x, u)
         if self.kind == "linear":
-            return x @ self._At + u @ self._Bt
+            At, Bt = self._on(x.device)
+            return x @ At + u @ Bt
         if self.kind == "pendulum":
             theta, omega = x[..., 0], x[..., 1]
             accel = (3 * self.g / (2 * self.length)) * torch.sin(theta) \
@@ -71,6 +73,24 @@ class Dynamics:
             raise ValueError(f"a gymnasium system ('{self.env_id}') is stepped by its environment "
                              "(scpo_spec.systems.gym_rollout), not in torch")
         return x  # static
+
+    def step_into(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`step(x, u)` written into `out` (the rollout's preallocated x_{t+1}): the same
+        operations in the same order, so the same numbers; a linear plant allocates only u Bᵀ."""
+        if self.kind == "linear" and self.map is None:
+            At, Bt = self._on(x.device)
+            torch.matmul(x, At, out=out)
+            return out.add_(torch.matmul(u, Bt))
+        return out.copy_(self.step(x, u))
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aᵀ and Bᵀ on `device` (moved once, then kept)."""
+        if self._At.device == device:
+            return self._At, self._Bt
+        moved = self._moved.get(device)
+        if moved is None:
+            moved = self._moved[device] = (self._At.to(device), self._Bt.to(device))
+        return moved
 
     def linearisation(self) -> tuple[np.ndarray, np.ndarray]:
         """(A, B) of the plant linearised at x = 0, u = 0."""

@@ -1,0 +1,243 @@
+"""Every performance change of the hot path is guarded here: the optimised result equals the
+previous implementation, kept below as a reference (the per-step loop with `torch.stack`, the
+unbatched `forward`, …) — bit for bit where the operations and their order are unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scpo_spec.compile.problem import compile_spec
+from scpo_spec.compile.signals import Trace
+from scpo_spec.dtype import DTYPE
+from scpo_spec.language.load import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCH_SPECS = ["double_integrator.scpo", "double_integrator_safe_teacher.scpo",
+               "linear_stability.scpo", "pendulum.scpo", "pendulum_hold.yaml",
+               "regression.scpo", "cartpole.scpo", "bicycle_lane.scpo"]
+
+
+def compiled_of(name: str):
+    path = ROOT / "specs" / name
+    return compile_spec(load_spec(path), path.parent)
+
+
+def bank_of(compiled, C: int = 6, scale: float = 1e-2, seed: int = 0) -> torch.Tensor:
+    theta0 = compiled.family.theta0
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(C, theta0.numel(), generator=gen, dtype=DTYPE)
+    return theta0[None] + scale * z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+
+# ---- the previous implementations, kept as references -------------------------------------
+def reference_rollout(ev, thetas, x0=None):
+    """The rollout as it was: one `family.forward` and `dynamics.step` per step, `torch.stack`."""
+    x0 = ev.x0 if x0 is None else x0
+    C, (S, n), T, m = thetas.shape[0], x0.shape, ev.horizon, ev.dynamics.m
+    x = x0.expand(C, S, n)
+    states, inputs = [x], []
+    for _ in range(T):
+        u = ev.family.forward(thetas, x)
+        x = ev.dynamics.step(x, u)
+        states.append(x)
+        inputs.append(u)
+    return torch.stack(states, dim=2), torch.stack(inputs, dim=2).reshape(C, S, T, m)
+
+
+def reference_violations(ev, thetas):
+    X, U = reference_rollout(ev, thetas)
+    trace = Trace(X, U, ev.spectral_radius(thetas) if ev.needs_spectral else None)
+    S = X.shape[1]
+    cols = []
+    for metric in ev.metrics:
+        v = metric.per_scenario(trace).t
+        cols.append(v.reshape(v.shape[0], v.shape[1]).expand(thetas.shape[0], S))
+    h = torch.stack(cols, dim=2)
+    finite = torch.isfinite(X).flatten(2).all(2) & torch.isfinite(U).flatten(2).all(2)
+    h = torch.where(finite.unsqueeze(2) & torch.isfinite(h), h, torch.inf)
+    if trace.spectral_radius is not None:
+        h = torch.where(~torch.isfinite(trace.spectral_radius).view(-1, 1, 1), torch.inf, h)
+    return h
+
+
+@pytest.fixture
+def exact_tanh(monkeypatch):
+    """The rollout's tanh as torch.tanh: every other change is bit for bit."""
+    from scpo_spec.policies import policy
+    monkeypatch.setattr(policy, "FAST_TANH", False)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-12) -> bool:
+    """Same shape, the same non-finite entries in the same places, and the finite ones within
+    `tol` (relative to max(1, |b|))."""
+    fa, fb = torch.isfinite(a), torch.isfinite(b)
+    if a.shape != b.shape or not torch.equal(fa, fb) or not same(a[~fa], b[~fb]):
+        return False
+    both = fa & fb
+    return bool(((a[both] - b[both]).abs() <= tol * b[both].abs().clamp_min(1.0)).all())
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit, NaN and inf included."""
+    return a.shape == b.shape and a.dtype == b.dtype and bool(
+        torch.equal(a.view(torch.int64), b.view(torch.int64)))
+
+
+# ---- the rollout: preallocated time-major buffers, in-place layers ------------------------
+@pytest.mark.parametrize("name", TORCH_SPECS)
+def test_rollout_is_bit_identical_to_the_per_step_loop(name, exact_tanh):
+    c = compiled_of(name)
+    thetas = bank_of(c)
+    with torch.no_grad():
+        X, U = c.evaluator.rollout(thetas)
+        Xr, Ur = reference_rollout(c.evaluator, thetas)
+        assert same(X, Xr) and same(U, Ur)
+        assert same(c.evaluator.per_scenario(thetas), reference_violations(c.evaluator, thetas))
+
+
+@pytest.mark.parametrize("name", TORCH_SPECS)
+def test_fast_tanh_rollout_is_the_per_step_loop_to_1e_12(name):
+    c = compiled_of(name)
+    thetas = bank_of(c)
+    with torch.no_grad():
+        X, U = c.evaluator.rollout(thetas)
+        Xr, Ur = reference_rollout(c.evaluator, thetas)
+        assert close(X, Xr) and close(U, Ur)
+        assert close(c.evaluator.per_scenario(thetas), reference_violations(c.evaluator, thetas))
+        assert close(c.evaluator(thetas), reference_violations(c.evaluator, thetas).amax(1))
+
+
+def test_tanh_via_sigmoid_is_tanh_to_a_few_ulps():
+    from scpo_spec.policies.policy import tanh_via_sigmoid_
+    z = torch.cat([torch.randn(200_000, dtype=DTYPE, generator=torch.Generator().manual_seed(0)) * 4,
+                   torch.linspace(-40, 40, 20_001, dtype=DTYPE),
+                   torch.tensor([0.0, 1e-300, -1e-20, 710.0, -710.0, 1e308, -1e308,
+                                 torch.inf, -torch.inf], dtype=DTYPE)])
+    assert (tanh_via_sigmoid_(z.clone()) - torch.tanh(z)).abs().max() <= 4e-16
+    assert torch.isnan(tanh_via_sigmoid_(torch.tensor([torch.nan], dtype=DTYPE))).all()
+
+
+def test_rollout_of_a_subset_of_scenarios_and_one_candidate(exact_tanh):
+    c = compiled_of("double_integrator.scpo")
+    ev, thetas = c.evaluator, bank_of(c, C=1)
+    with torch.no_grad():
+        X, U = ev.rollout(thetas, ev.x0[3:4])
+        Xr, Ur = reference_rollout(ev, thetas, ev.x0[3:4])
+    assert same(X, Xr) and same(U, Ur)
+
+
+def test_a_diverging_rollout_keeps_its_inf_and_nan_where_they_were(exact_tanh):
+    c = compiled_of("double_integrator.scpo")
+    thetas = bank_of(c, C=3, scale=1e3)
+    with torch.no_grad():
+        assert same(c.evaluator.per_scenario(thetas), reference_violations(c.evaluator, thetas))
+
+
+@pytest.mark.parametrize("name", ["double_integrator.scpo", "pendulum.scpo", "cartpole.scpo"])
+def test_the_autograd_rollout_has_the_evaluated_rollouts_numbers(name):
+    """Run.simulate with torch input, the cost objective: the same numbers as under no_grad."""
+    c = compiled_of(name)
+    thetas = bank_of(c, C=2)
+    with torch.no_grad():
+        X, U = c.evaluator.rollout(thetas)
+    Xg, Ug = c.evaluator.rollout(thetas.clone().requires_grad_(True))
+    assert Xg.requires_grad and same(X, Xg.detach()) and same(U, Ug.detach())
+    Xg.sum().backward()
+
+
+def test_the_autograd_rollout_is_the_old_loop_and_differentiable(exact_tanh):
+    c = compiled_of("double_integrator.scpo")
+    thetas = bank_of(c, C=2).requires_grad_(True)
+    X, U = c.evaluator.rollout(thetas)
+    assert X.requires_grad
+    Xr, Ur = reference_rollout(c.evaluator, thetas)
+    assert same(X.detach(), Xr.detach()) and same(U.detach(), Ur.detach())
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu", "gelu", "sigmoid", "softplus"])
+def test_batched_forward_is_forward_for_every_activation(activation, exact_tanh):
+    from scpo_spec.policies.policy import PolicyFamily
+    c = compiled_of("double_integrator.scpo")
+    fam = c.family
+    other = PolicyFamily(fam.n, fam.m, fam.layers, True, activation, fam.backup, fam.theta0)
+    thetas = bank_of(c, C=4, scale=1.0)
+    x = torch.randn(4, 9, fam.n, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+    fast = other.batched(thetas)
+    with torch.no_grad():
+        for _ in range(2):  # the buffers are reused: a second call gives the same numbers
+            assert same(fast(x), other.forward(thetas, x))
+            out = torch.empty(4, 9, fam.m, dtype=DTYPE)
+            assert same(fast(x, out=out), other.forward(thetas, x))
+
+
+def test_batched_forward_with_fast_tanh_is_forward_to_1e_12():
+    c = compiled_of("double_integrator.scpo")
+    thetas = bank_of(c, C=4, scale=1.0)
+    x = torch.randn(4, 9, c.family.n, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert close(c.family.batched(thetas)(x), c.family.forward(thetas, x), 1e-14)
+
+
+def test_doubled_hidden_layers_give_the_undoubled_fast_tanh_bit_for_bit():
+    """2(Wh + b) = (2W)h + 2b exactly: the pre-doubled layers change no bit of 2σ(2z) − 1."""
+    from scpo_spec.policies.policy import tanh_via_sigmoid_
+    c = compiled_of("double_integrator.scpo")
+    fam, thetas = c.family, bank_of(c, C=4, scale=1.0)
+    x = torch.randn(4, 9, fam.n, dtype=DTYPE, generator=torch.Generator().manual_seed(3)) * 5
+    h, layers = x, list(fam._unpack(thetas))
+    for i, (W, b) in enumerate(layers):
+        h = torch.baddbmm(b, h, W.transpose(1, 2))
+        if i < len(layers) - 1:
+            h = tanh_via_sigmoid_(h.clone())
+    h = h + fam.backup(x)
+    with torch.no_grad():
+        assert same(fam.batched(thetas)(x), h)
+
+
+# ---- the step beyond the rollouts: bank, QR, probes ----------------------------------------
+def reference_candidate_bank(trainer, state, raw):
+    """candidate_bank as it was: probes drawn, scaled, then torch.cat."""
+    s = trainer.s
+    nu = trainer.probe_scale(state)
+    z = torch.randn(s.directions, trainer.d, generator=trainer.generator, dtype=DTYPE)
+    probes = nu * z / z.norm(dim=1, keepdim=True)
+    previous = state.previous
+    if state.accepted == 0 or not float(previous.norm()) > 0:
+        extra = torch.randn(trainer.d, generator=trainer.generator, dtype=DTYPE)
+        previous = nu * extra / extra.norm()
+    return torch.cat([raw[None], previous[None], probes], dim=0)
+
+
+def test_candidate_bank_in_place_is_the_cat_of_before():
+    from scpo_spec.engine.train import Trainer
+    c = compiled_of("double_integrator.scpo")
+    a, b = Trainer(c), Trainer(c)
+    state = a.initial_state()
+    raw = torch.randn(c.family.d, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    for accepted in (0, 1):
+        state.accepted = accepted
+        state.previous = raw * 0.5 if accepted else torch.zeros_like(raw)
+        D, *_ = a.candidate_bank(state, raw)
+        assert same(D, reference_candidate_bank(b, state, raw))
+
+
+def test_theta_is_hashed_once_per_state():
+    from scpo_spec.engine import train as T
+    c = compiled_of("linear_stability.scpo")
+    trainer = T.Trainer(c)
+    state = trainer.initial_state()
+    calls = []
+    original = T.theta_hash
+    T.theta_hash = lambda th: calls.append(1) or original(th)
+    try:
+        state, record = trainer.step(state)
+        state, record2 = trainer.step(state)
+    finally:
+        T.theta_hash = original
+    assert record2.theta == record.theta_next
+    assert record2.theta_next == state.theta_sha256() == original(state.theta)
+    assert len(calls) <= 3  # θ₀ once, then one new θ per accepted step
