@@ -139,7 +139,7 @@ def test_audit_of_a_missing_or_empty_dir(tmp_path):
 # ---- resume after a kill ----
 @pytest.mark.parametrize("when", ["mid_run"])
 def test_resume_after_a_kill_continues_the_chain(tmp_path, when):
-    text = small_di(steps=400)
+    text = small_di(steps=100_000)
     spec = write_spec(tmp_path, text)
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "scpo_spec.cli", "train", str(spec), "--out",

@@ -577,7 +577,7 @@ def test_markdown_report_of_a_killed_run_says_it_stopped(tmp_path):
     import signal
     import sys
     import time
-    spec = write_spec(tmp_path, small_di(steps=400))
+    spec = write_spec(tmp_path, small_di(steps=100_000))
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "scpo_spec.cli", "train", str(spec), "--out",
                              str(run), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

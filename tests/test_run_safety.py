@@ -394,7 +394,7 @@ def test_a_damaged_state_file_is_named(tmp_path, damage):
 # ---- 5. Ctrl-C and SIGTERM ----
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_mid_run_stops_between_records_and_resumes(tmp_path, sig):
-    spec = write_spec(tmp_path, small_di(steps=400))
+    spec = write_spec(tmp_path, small_di(steps=100_000))
     with_out = sig == signal.SIGINT  # SIGTERM: the default folder, whose name the message gives
     run = tmp_path / "run" if with_out else Path("runs/small_di")
     proc = scpo("train", str(spec), *(["--out", str(run)] if with_out else []), "-q",

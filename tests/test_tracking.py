@@ -225,7 +225,7 @@ def test_mlflow_holds_params_metrics_artifacts_and_the_verdict(tracked):
 
 
 def test_an_interrupted_training_ends_its_mlflow_run_killed_with_every_logged_step(tmp_path):
-    spec = write_spec(tmp_path, small_di(steps=60))
+    spec = write_spec(tmp_path, small_di(steps=100_000))
     run, store = tmp_path / "run", store_uri(tmp_path / "mlruns")
     proc = subprocess.Popen([sys.executable, "-m", "scpo_spec.cli", "train", str(spec), "--out",
                              str(run), "-q", "--mlflow", store], env={**ENV, **MLFLOW_ENV},

@@ -18,7 +18,7 @@ from scpo_spec.audit.log import GENESIS, LogLine, read_lines, sha256_hex
 from scpo_spec.audit.records import (End, Header, Holdout, Init, RecordError, Resume, Step,
                                      parse_record)
 from scpo_spec.audit.rundir import RunDir
-from scpo_spec.compile.certificate import certificate
+from scpo_spec.compile.certificate import certificate, rounding_error
 
 REL_TOL = 1e-9   # a recomputed certificate must match the logged one to this relative precision
 GRAM_TOL = 1e-9  # S must be symmetric and PSD, diag(S) = ‖d_j‖², to this relative precision
@@ -258,11 +258,12 @@ class _Audit:
             self.fail(f"{where}, try {i + 1}: ξ is missing, of the wrong size or not finite")
             return
         bound = certificate(rec.g0, rec.G, rec.S, t.ell, t.xi)
+        rounding = rounding_error(rec.g0, rec.G, rec.S, t.ell, t.xi)  # machine to machine
         scale = np.maximum(1.0, np.abs(bound))
         if not (t.certificate.shape == bound.shape
-                and np.all(np.abs(bound - t.certificate) <= REL_TOL * scale)):
+                and np.all(np.abs(bound - t.certificate) <= REL_TOL * scale + 2 * rounding)):
             self.fail(f"{where}, try {i + 1}: the logged certificate does not recompute")
-        if not np.all(bound <= -self.margins + REL_TOL * scale):
+        if not np.all(bound + rounding <= -self.margins + REL_TOL * scale):
             self.fail(f"{where}, try {i + 1}: the certificate does not prove g ≤ −margin")
 
 

@@ -14,6 +14,18 @@ def certificate_terms(g0: np.ndarray, G: np.ndarray, S: np.ndarray,
     return (1.0 - xi.sum()) * g0 + G @ xi, quad
 
 
+def rounding_error(g0: np.ndarray, G: np.ndarray, S: np.ndarray, ell: np.ndarray,
+                   xi: np.ndarray) -> np.ndarray:
+    """A bound on the floating-point error of `certificate` (per metric): (n + 4)·ε times the
+    same sum taken over absolute values.  When ξ is large (a bank direction of tiny norm) the
+    certificate is a small difference of huge terms, and its last bits depend on the BLAS and
+    the memory layout; a certificate proves g ≤ −margin only by more than this."""
+    a = np.abs(xi)
+    size = abs(1.0 - xi.sum()) * np.abs(g0) + np.abs(G) @ a \
+        + 0.5 * ell * (float(a @ np.abs(S) @ a) + float(a @ np.abs(np.diag(S))))
+    return (xi.shape[0] + 4) * np.finfo(np.float64).eps * size
+
+
 def certificate(g0: np.ndarray, G: np.ndarray, S: np.ndarray, ell: np.ndarray,
                 xi: np.ndarray) -> np.ndarray:
     """The upper bound on g_i(θ + Dξ), per metric (k,):

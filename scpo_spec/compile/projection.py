@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.compile.certificate import certificate
+from scpo_spec.compile.certificate import certificate, rounding_error
 
 SOLVERS = {"clarabel": "CLARABEL", "gurobi": "GUROBI", "scs": "SCS"}
 
@@ -38,14 +38,18 @@ class SolverUnavailable(ScpoError):
 
 
 def certified_scale(g0, G, S, ell, xi, bound) -> float:
-    """The largest α ∈ [0, 1] with certificate(αξ) ≤ bound (the region is convex and holds 0):
-    repairs a solver answer that is feasible only to its tolerance."""
-    if np.all(certificate(g0, G, S, ell, xi) <= bound):
+    """The largest α ∈ [0, 1] with certificate(αξ) ≤ bound by more than its own rounding error
+    (the region is convex and holds 0): repairs a solver answer that is feasible only to its
+    tolerance, and one whose certificate is a cancellation of huge terms."""
+    def holds(x):
+        return np.all(certificate(g0, G, S, ell, x) + rounding_error(g0, G, S, ell, x) <= bound)
+
+    if holds(xi):
         return 1.0
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
-        if np.all(certificate(g0, G, S, ell, mid * xi) <= bound):
+        if holds(mid * xi):
             lo = mid
         else:
             hi = mid
