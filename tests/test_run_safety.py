@@ -29,10 +29,17 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # the code under test, not an ins
 runner = CliRunner()
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C as at a terminal.  A suite started in the background by a
+    non-interactive shell (`pytest &`) passes SIGINT down ignored, and Python then rightly
+    leaves it ignored; the test is about what `scpo train` does when Ctrl-C reaches it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def scpo(*args: str, cwd: Path | None = None, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "scpo_spec.cli", *args], env=ENV,
                             cwd=cwd or ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen)
+                            text=True, preexec_fn=_interruptible, **popen)
 
 
 def wait_for_steps(run: Path, n: int, proc: subprocess.Popen, timeout: float = 90) -> None:
