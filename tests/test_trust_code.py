@@ -172,3 +172,31 @@ def test_report_with_trust_code_draws_the_rollouts(trained, tmp_path):
     _scpo("report", run, "--format", "md", "-o", plain, cwd=home)
     assert "--trust-code" in plain.read_text(encoding="utf-8")
     assert "--trust-code" not in target.read_text(encoding="utf-8")
+
+
+def test_a_run_whose_torchscript_file_is_gone_still_reports_certified(tmp_path):
+    """The verdict comes from the log: a `backup torch` file moved away after training takes the
+    pictures (and load_run) with it, not the certificate."""
+    import torch
+    from torch import nn
+
+    from scpo_spec.report.evidence import gather
+    from tests.engine_specs import small_di, spec_of, write_spec
+
+    class Gain(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ torch.tensor([[-1.0], [-1.5]], dtype=x.dtype)
+
+    torch.jit.save(torch.jit.script(Gain()), str(tmp_path / "ctrl.pt"))
+    text = small_di(steps=2).replace("backup lqr { Q = diag(1, 1)  R = diag(1) }",
+                                     'backup torch { file = "ctrl.pt" }')
+    from scpo_spec.engine.run import train
+    run = train(write_spec(tmp_path, text), spec_of(text, tmp_path), text,
+                out=tmp_path / "run").run_dir
+    assert gather(run, compute_holdout=False).certified
+    (tmp_path / "ctrl.pt").rename(tmp_path / "elsewhere.pt")
+    ev = gather(run, compute_holdout=False)
+    assert ev.certified, ev.failures
+    assert "names code" in ev.final_note
+    ev = gather(run, compute_holdout=False, trust_code=True)
+    assert ev.certified and "not found" in ev.final_note
