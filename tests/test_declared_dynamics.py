@@ -538,3 +538,28 @@ def test_a_gymnasium_module_env_id_imports_the_module_that_registers_it(tmp_path
                 total -= x ** 2
                 assert X[c, s, t + 1, 0].item() == pytest.approx(x, abs=1e-15)
             assert returns[c, s].item() == pytest.approx(total, abs=1e-12)
+
+
+@pytest.mark.parametrize("spec_file", ["cartpole.scpo", "bicycle_lane.scpo"])
+def test_the_checkers_numpy_plant_agrees_with_the_compiled_one(spec_file):
+    """`scpo check` judges `lyapunov(backup)` on its own numpy copy of a declared plant
+    (language/ never imports torch); compile uses the batched torch one and autograd.  The two
+    must be one plant: the same steps, and the same linearisation up to finite differences."""
+    from scpo_spec.language.dynamics import linearisation as numpy_linearisation
+    from scpo_spec.language.dynamics import step_map
+    from scpo_spec.language.load import check_file
+    from scpo_spec.systems.dynamics import make_dynamics
+    path = Path(__file__).resolve().parents[1] / "specs" / spec_file
+    spec = check_file(path).spec
+    consts = {c.name: c.value.value for c in spec.consts}
+    dyn = make_dynamics(spec, path.parent)
+    F = step_map(spec.system, consts)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, u = rng.uniform(-0.3, 0.3, dyn.n), rng.uniform(-1, 1, dyn.m)
+        want = dyn.step(torch.from_numpy(x)[None], torch.from_numpy(u)[None])[0].numpy()
+        np.testing.assert_allclose(np.asarray(F(x, u), dtype=float), want, rtol=0, atol=1e-12)
+    A, B = dyn.linearisation()
+    nA, nB = numpy_linearisation(spec.system, consts)
+    np.testing.assert_allclose(nA, A, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(nB, B, rtol=0, atol=1e-7)
