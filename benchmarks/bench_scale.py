@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How a step grows with the policy's size d, against coordinate finite differences.
 
-    python benchmarks/bench_scale.py [--widths 16,32,64,128,256,512,1024] [--grid 4]
+    python benchmarks/bench_scale.py [--widths 16,32,64,128,256,512,1024] [--grid 4] [--device cuda]
                                      [--horizon 60] [--directions 16] [--steps 2] [--threads N]
 
 The double integrator (specs/double_integrator.scpo) with a 2-H-H-1 tanh policy for each width
@@ -39,11 +39,12 @@ BASE = ROOT / "specs" / "double_integrator.scpo"
 PHASES = ("rollouts", "bank", "qcqp", "verification", "hashing", "gradient", "other")
 
 
-def spec_text(width: int, grid: int, horizon: int, directions: int) -> str:
+def spec_text(width: int, grid: int, horizon: int, directions: int, device: str = "cpu") -> str:
     text = BASE.read_text()
     for old, new in (("hidden = [64, 64]", f"hidden = [{width}, {width}]"),
                      ("    grid 8 ", f"    grid {grid} "), ("    horizon 60", f"    horizon {horizon}"),
-                     ("    directions 16", f"    directions {directions}")):
+                     ("    directions 16", f"    directions {directions}"),
+                     ("    solver clarabel\n", f"    solver clarabel\n    device {device}\n")):
         assert old in text, old
         text = text.replace(old, new)
     return text
@@ -61,7 +62,8 @@ def child(args) -> dict:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scale.scpo"
-        path.write_text(spec_text(args.child, args.grid, args.horizon, args.directions))
+        path.write_text(spec_text(args.child, args.grid, args.horizon, args.directions,
+                                  args.device))
         compiled = compile_spec(load_spec(path), path.parent)
         trainer = Trainer(compiled)
         state = trainer.initial_state()
@@ -106,7 +108,8 @@ def child(args) -> dict:
             fd_measured = time.perf_counter() - t0
         fd_extrapolated = (d + 1) / C * per_eval
     maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"width": args.child, "d": d, "C": C, "S": int(ev.x0.shape[0]), "T": ev.horizon,
+    gpu_mib = (torch.cuda.max_memory_allocated() / 2 ** 20 if args.device == "cuda" else None)
+    return {"gpu_mib": gpu_mib, "width": args.child, "d": d, "C": C, "S": int(ev.x0.shape[0]), "T": ev.horizon,
             "median": median, "accepted": accepted, "steps": args.steps,
             "per_eval": per_eval, "fd_measured": fd_measured, "fd_extrapolated": fd_extrapolated,
             "maxrss_mib": maxrss_kib / 1024}
@@ -127,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fd-measure-max", type=int, default=5000,
                     help="measure FD (d + 1 evaluations) up to this d; extrapolate above")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="`train { device }` of every size: where the rollouts and the bank run")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -138,6 +143,12 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     print(f"torch {torch.__version__} · threads {args.threads or torch.get_num_threads()} · "
           f"{os.cpu_count()} CPUs · load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("--device cuda, but torch sees no usable CUDA GPU", file=sys.stderr)
+            return 2
+        print(f"device cuda: {torch.cuda.get_device_name(0)} (rollouts and the bank there; "
+              "θ, hashing, the QCQP and every certificate number on the CPU in float64)")
     print(f"double integrator, 2-H-H-1 tanh policies; C = {2 + args.directions}, "
           f"S = {args.grid ** 2}, T = {args.horizon} for every size; {args.steps} timed steps "
           "per size (medians), each size in a fresh process\n")
@@ -146,8 +157,8 @@ def main(argv=None) -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(w),
                "--grid", str(args.grid), "--horizon", str(args.horizon), "--directions",
                str(args.directions), "--steps", str(args.steps), "--fd-measure-max",
-               str(args.fd_measure_max)] + (["--threads", str(args.threads)] if args.threads
-                                            else [])
+               str(args.fd_measure_max), "--device", args.device]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         done = subprocess.run(cmd, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         if done.returncode != 0:
@@ -155,13 +166,15 @@ def main(argv=None) -> int:
             continue
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         r = results[-1]
+        gpu = f"  peak GPU {r['gpu_mib']:7.0f} MiB" if r.get("gpu_mib") is not None else ""
         print(f"  H = {w:5d}  d = {r['d']:>9,}  step {r['median']['wall'] * 1e3:9.1f} ms  "
-              f"peak RSS {r['maxrss_mib']:7.0f} MiB", flush=True)
+              f"peak RSS {r['maxrss_mib']:7.0f} MiB{gpu}", flush=True)
     if not results:
         return 1
     print()
     head = (f"{'H':>5} {'d':>10} " + " ".join(f"{p:>9}" for p in PHASES)
-            + f" {'step ms':>9} {'beyond%':>7} {'RSS MiB':>8} {'FD s/step':>11} {'FD/step':>8}")
+            + f" {'step ms':>9} {'beyond%':>7} {'RSS MiB':>8} {'FD s/step':>11} {'FD/step':>8}"
+            + (f" {'GPU MiB':>8}" if args.device == "cuda" else ""))
     print("median ms per step, by phase ('beyond%': bank + hashing + other, as a share of the "
           "step)")
     print(head)
@@ -173,7 +186,8 @@ def main(argv=None) -> int:
         mark = "" if r["fd_measured"] is not None else "*"
         print(f"{r['width']:>5} {r['d']:>10,} " + " ".join(f"{m[p] * 1e3:9.1f}" for p in PHASES)
               + f" {m['wall'] * 1e3:9.1f} {beyond:6.1f}% {r['maxrss_mib']:8.0f} "
-              f"{fd:10.1f}{mark:1} {fd / m['wall']:7.0f}×")
+              f"{fd:10.1f}{mark:1} {fd / m['wall']:7.0f}×"
+              + (f" {r['gpu_mib']:8.0f}" if r.get("gpu_mib") is not None else ""))
     print("  * FD extrapolated: (d + 1)/C × the measured time of one batched evaluation of C "
           "candidates at that d (measured up to d = "
           f"{args.fd_measure_max:,}); FD rows without * are measured.")
