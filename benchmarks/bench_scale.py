@@ -160,7 +160,8 @@ def main(argv=None) -> int:
                str(args.fd_measure_max), "--device", args.device]
         cmd += ["--threads", str(args.threads)] if args.threads else []
         done = subprocess.run(cmd, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])})
         if done.returncode != 0:
             print(f"H = {w}: the child failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
             continue

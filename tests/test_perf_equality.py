@@ -1,6 +1,12 @@
 """Every performance change of the hot path is guarded here: the optimised result equals the
 previous implementation, kept below as a reference (the per-step loop with `torch.stack`, the
-unbatched `forward`, …) — bit for bit where the operations and their order are unchanged."""
+unbatched `forward`, …) — bit for bit where the operations and their order are unchanged.
+
+Where the optimised rollout writes a plant's `x·Aᵀ + u·Bᵀ` with a fused multiply-add into its
+buffer (addmm/baddbmm) and the reference adds two products, the two agree bit for bit with this
+project's CPU torch on x86-64 AVX2 (CI's machine), but not with every BLAS: torch 2.11 on an
+AVX-512 Xeon (benchmarks/gpu_check.sh's machine) rounds the fused add differently.  Those
+comparisons are `close` (1e-12 relative, non-finite entries in the same places)."""
 
 from __future__ import annotations
 
@@ -89,14 +95,14 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 # ---- the rollout: preallocated time-major buffers, in-place layers ------------------------
 @pytest.mark.parametrize("name", TORCH_SPECS)
-def test_rollout_is_bit_identical_to_the_per_step_loop(name, exact_tanh):
+def test_rollout_is_the_per_step_loop_with_exact_tanh(name, exact_tanh):
     c = compiled_of(name)
     thetas = bank_of(c)
     with torch.no_grad():
         X, U = c.evaluator.rollout(thetas)
         Xr, Ur = reference_rollout(c.evaluator, thetas)
-        assert same(X, Xr) and same(U, Ur)
-        assert same(c.evaluator.per_scenario(thetas), reference_violations(c.evaluator, thetas))
+        assert close(X, Xr) and close(U, Ur)
+        assert close(c.evaluator.per_scenario(thetas), reference_violations(c.evaluator, thetas))
 
 
 @pytest.mark.parametrize("name", TORCH_SPECS)
@@ -134,7 +140,8 @@ def test_a_diverging_rollout_keeps_its_inf_and_nan_where_they_were(exact_tanh):
     c = compiled_of("double_integrator.scpo")
     thetas = bank_of(c, C=3, scale=1e3)
     with torch.no_grad():
-        assert same(c.evaluator.per_scenario(thetas), reference_violations(c.evaluator, thetas))
+        h = c.evaluator.per_scenario(thetas)
+        assert close(h, reference_violations(c.evaluator, thetas))
 
 
 @pytest.mark.parametrize("name", ["double_integrator.scpo", "pendulum.scpo", "cartpole.scpo"])
@@ -145,7 +152,7 @@ def test_the_autograd_rollout_has_the_evaluated_rollouts_numbers(name):
     with torch.no_grad():
         X, U = c.evaluator.rollout(thetas)
     Xg, Ug = c.evaluator.rollout(thetas.clone().requires_grad_(True))
-    assert Xg.requires_grad and same(X, Xg.detach()) and same(U, Ug.detach())
+    assert Xg.requires_grad and close(X, Xg.detach()) and close(U, Ug.detach())
     Xg.sum().backward()
 
 
