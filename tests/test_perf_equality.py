@@ -205,31 +205,95 @@ def test_doubled_hidden_layers_give_the_undoubled_fast_tanh_bit_for_bit():
         assert same(fam.batched(thetas)(x), h)
 
 
-# ---- the step beyond the rollouts: bank, QR, probes ----------------------------------------
+# ---- the step beyond the rollouts: bank, R and Qᵀs, probes --------------------------------
 def reference_candidate_bank(trainer, state, raw):
-    """candidate_bank as it was: probes drawn, scaled, then torch.cat."""
-    s = trainer.s
+    """candidate_bank as a plain formula: probe j of step t is ν·z/‖z‖ with z row j of the
+    (seed, t) stream, drawn one row at a time, then torch.cat."""
+    from scpo_spec.engine.probes import row_generator
+    s, d = trainer.s, trainer.d
     nu = trainer.probe_scale(state)
-    z = torch.randn(s.directions, trainer.d, generator=trainer.generator, dtype=DTYPE)
-    probes = nu * z / z.norm(dim=1, keepdim=True)
+    rows = [torch.from_numpy(row_generator(s.seed, state.step, j).standard_normal(d))
+            for j in range(s.directions + 1)]
+    probes = [nu * z / z.norm() for z in rows]
     previous = state.previous
     if state.accepted == 0 or not float(previous.norm()) > 0:
-        extra = torch.randn(trainer.d, generator=trainer.generator, dtype=DTYPE)
-        previous = nu * extra / extra.norm()
-    return torch.cat([raw[None], previous[None], probes], dim=0)
+        previous = probes[s.directions]
+    return torch.cat([raw[None], previous[None], torch.stack(probes[:s.directions])], dim=0)
 
 
-def test_candidate_bank_in_place_is_the_cat_of_before():
+@pytest.mark.parametrize("threads", [1, 3])
+def test_candidate_bank_in_place_is_the_per_row_formula(threads, monkeypatch):
+    """Bit for bit, whatever the number of threads filling the rows; the probes have norm ν and
+    step t's probes do not depend on what earlier steps drew."""
+    from scpo_spec.engine import probes
     from scpo_spec.engine.train import Trainer
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     c = compiled_of("double_integrator.scpo")
-    a, b = Trainer(c), Trainer(c)
-    state = a.initial_state()
+    trainer = Trainer(c)
+    state = trainer.initial_state()
     raw = torch.randn(c.family.d, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
-    for accepted in (0, 1):
-        state.accepted = accepted
+    for accepted, step in ((0, 0), (1, 0), (1, 7), (0, 7)):
+        state.accepted, state.step = accepted, step
         state.previous = raw * 0.5 if accepted else torch.zeros_like(raw)
-        D, *_ = a.candidate_bank(state, raw)
-        assert same(D, reference_candidate_bank(b, state, raw))
+        D, kinds, nu, _ = trainer.candidate_bank(state, raw)
+        assert same(D, reference_candidate_bank(trainer, state, raw))
+        n_probes = kinds.count("probe")
+        assert n_probes == c.settings.directions + (accepted == 0)
+        assert torch.allclose(D[-n_probes:].norm(dim=1), torch.full((n_probes,), nu,
+                                                                   dtype=DTYPE), rtol=1e-14)
+    assert probes._POOL is None or threads == 1 or probes._POOL_SIZE == threads
+
+
+def test_probe_rows_are_standard_normal_and_independent():
+    """The (seed, step, row) streams: mean 0, variance 1, no correlation between rows, steps
+    or seeds (200 000 numbers each; 6σ bounds)."""
+    from scpo_spec.engine.probes import fill_gaussian
+    d = 200_000
+    a = fill_gaussian(torch.empty(3, d, dtype=DTYPE), seed=0, step=0)
+    b = fill_gaussian(torch.empty(1, d, dtype=DTYPE), seed=0, step=1)
+    e = fill_gaussian(torch.empty(1, d, dtype=DTYPE), seed=1, step=0)
+    tail = fill_gaussian(torch.empty(1, d, dtype=DTYPE), seed=0, step=0, first_row=2)
+    assert same(tail[0], a[2])  # row 2 is row 2, drawn alone or with rows 0 and 1
+    rows = torch.cat([a, b, e])
+    assert rows.mean(dim=1).abs().max() < 6 / d ** 0.5
+    assert (rows.var(dim=1) - 1).abs().max() < 6 * (2 / d) ** 0.5
+    corr = torch.corrcoef(rows) - torch.eye(5, dtype=DTYPE)
+    assert corr.abs().max() < 6 / d ** 0.5
+
+
+def householder(S_rows_D: torch.Tensor):
+    """R and Qᵀs as they were computed: the reduced Householder QR of the normalised d × n bank."""
+    D = S_rows_D
+    norms = D.norm(dim=1)
+    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+    Q, R = torch.linalg.qr((D / norms[:, None]).T, mode="reduced")
+    return R.numpy(), (Q.T @ D[0]).numpy()
+
+
+@pytest.mark.parametrize("case", ["random", "zero column", "nearly parallel", "d < n"])
+def test_gram_factor_poses_the_householder_problem(case):
+    """R and Qᵀs from the Gram matrix pose the same QCQP as the Householder QR of the bank:
+    RᵀR equal, and ‖Rξ − Qᵀs‖² equal up to the same constant for every ξ, to 1e-12."""
+    from scpo_spec.compile.projection import gram_factor
+    gen = torch.Generator().manual_seed(4)
+    n, d = (6, 4) if case == "d < n" else (18, 5000)
+    D = torch.randn(n, d, dtype=DTYPE, generator=gen)
+    D *= torch.logspace(-4, 0, n, dtype=DTYPE)[:, None]  # probes ~ν, the raw step ~r
+    if case == "zero column":
+        D[3] = 0.0
+    if case == "nearly parallel":
+        D[1] = D[0] * 0.5 + 1e-9 * D[2]
+    S = (D @ D.T).numpy()
+    norms = np.sqrt(np.diag(S))
+    norms = np.where(norms > 0, norms, 1.0)
+    R, t = gram_factor(S, norms, min(n, d))
+    Rq, tq = householder(D)
+    scale = max(1.0, float(np.abs(Rq.T @ Rq).max()))
+    assert np.abs(R.T @ R - Rq.T @ Rq).max() <= 1e-12 * scale
+    xi = np.random.default_rng(0).standard_normal((50, n))
+    f = ((xi @ R.T - t) ** 2).sum(1) - (t ** 2).sum()
+    fq = ((xi @ Rq.T - tq) ** 2).sum(1) - (tq ** 2).sum()
+    assert np.abs(f - fq).max() <= 1e-12 * max(1.0, float(np.abs(fq).max()))
 
 
 def test_theta_is_hashed_once_per_state():

@@ -7,7 +7,7 @@
 with D = QR, E_i = G_i − g0_i·1ᵀ, R_i = √(ℓ_i/2)·R and w_i = (ℓ_i/2)·diag(S): ℓ is folded into
 the parameters so the problem stays DPP, and each step is a re-solve with new parameter values.
 
-`bank` prepares a step's data once (S = DᵀD, the QR of D, the scaled slopes); `project` solves
+`bank` prepares a step's data once (S = DᵀD, R and Qᵀs from S, the scaled slopes); `project` solves
 at one ℓ.  It works in scaled coordinates η_j = ‖d_j‖·ξ_j (D's columns normalised): the raw step
 has norm ~r and the probes ~ν ≪ r, and without the scaling the solver sees ξ of very different
 sizes and loses accuracy right where it matters, near the boundary.  It maps η back to ξ and
@@ -56,6 +56,28 @@ def certified_scale(g0, G, S, ell, xi, bound) -> float:
     return lo
 
 
+def gram_factor(S: np.ndarray, norms: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """R (rows × n) and Qᵀs for the normalised directions D̂ = D/‖d‖ and s = d_0, from the Gram
+    matrix alone: with D̂D̂ᵀ = VΛVᵀ, R = Λ^½Vᵀ and Qᵀs = Λ^-½Vᵀ(D̂s), so that RᵀR = D̂D̂ᵀ and
+    ‖Rξ − Qᵀs‖² = ‖D̂ᵀξ − s‖² − ‖s‖² + ‖Qᵀs‖², the QCQP's objective up to a constant.
+
+    The same problem as a Householder QR of the d × n bank (O(d·n²), 45–72 ms at d ≈ 265 000 on
+    2 cores), in O(n³) after S, which the certificate needs anyway (tests/test_perf_equality.py
+    compares the two to 1e-12).  Eigenvalues below n·ε·λ_max (a zero or repeated direction) get
+    a zero row: R then still satisfies RᵀR = D̂D̂ᵀ to rounding.  This only shapes the solver's
+    problem; the certificate is recomputed from S itself."""
+    n = S.shape[0]
+    Sn = S / np.outer(norms, norms)
+    lam, V = np.linalg.eigh((Sn + Sn.T) / 2)           # ascending
+    lam, V = lam[::-1][:rows], V[:, ::-1][:, :rows]      # the `rows` largest
+    keep = lam > max(lam[0], 0.0) * n * np.finfo(np.float64).eps
+    root = np.sqrt(np.where(keep, lam, 0.0))
+    R = root[:, None] * V.T
+    Ds = S[:, 0] / norms                                 # D̂s, s = d_0
+    target = np.where(keep, (V.T @ Ds) / np.where(keep, root, 1.0), 0.0)
+    return R, target
+
+
 @dataclass
 class Bank:
     """One step's candidate bank, in the forms the QCQP and the audit need."""
@@ -65,7 +87,7 @@ class Bank:
     g0: np.ndarray          # (k,)
     S: np.ndarray           # (n, n) DᵀD
     norms: np.ndarray       # (n,) ‖d_j‖ (1 for a zero direction)
-    R: np.ndarray           # (min(n, d), n) D/‖d‖ = QR
+    R: np.ndarray           # (min(n, d), n) with RᵀR = D̂D̂ᵀ, D̂ = D/‖d‖ (gram_factor)
     target: np.ndarray      # Qᵀs, s the raw step (D's first row)
     E_scaled: np.ndarray    # (G − g0)/‖d‖
     dropped: list[int]      # candidates whose rollout was not finite
@@ -126,9 +148,9 @@ class ProjectionTemplate:
         assert self.problem.is_dpp()
 
     def bank(self, D: torch.Tensor, G: np.ndarray, g0: np.ndarray) -> Bank:
-        """The step's data for every ℓ tried: Gram matrix, QR of the normalised directions and the
-        scaled slopes.  The d-sized algebra stays in torch (one thread pool: numpy's BLAS threads
-        spinning next to torch's made the rollouts twice as slow on 2 cores)."""
+        """The step's data for every ℓ tried: Gram matrix, R and Qᵀs of the normalised
+        directions, and the scaled slopes.  The one d-sized computation is S = DDᵀ (torch, where
+        D lives); the rest is n×n (`gram_factor`)."""
         G = np.array(G, dtype=np.float64)
         dropped = [j for j in range(G.shape[1]) if not np.all(np.isfinite(G[:, j]))]
         if dropped:
@@ -136,15 +158,10 @@ class ProjectionTemplate:
             D[dropped] = 0.0
             G[:, dropped] = g0[:, None]
         S = (D @ D.T).cpu().numpy()
-        norms_t = D.norm(dim=1)
-        norms_t = torch.where(norms_t > 0, norms_t, torch.ones_like(norms_t))
-        # the reduced (d × n, tall-skinny) Householder QR: O(d·n²).  geqrf + ormqr (Qᵀs without
-        # forming Q) would save ~40 % of it, but moves Qᵀs by ~1e-17, which is enough to turn
-        # a knife-edge solver failure into a success (tests/test_trust.py's stall): kept exact.
-        Q, R = torch.linalg.qr((D / norms_t[:, None]).T, mode="reduced")
-        norms = norms_t.cpu().numpy()
-        return Bank(D, G, g0, S, norms, R.cpu().numpy(), (Q.T @ D[0]).cpu().numpy(),
-                    (G - g0[:, None]) / norms, dropped)
+        norms = np.sqrt(np.maximum(np.diag(S), 0.0))
+        norms = np.where(norms > 0, norms, 1.0)
+        R, target = gram_factor(S, norms, self.rows)
+        return Bank(D, G, g0, S, norms, R, target, (G - g0[:, None]) / norms, dropped)
 
     def project(self, bank: Bank, ell: np.ndarray) -> Projection:
         """Solve at ℓ and return ξ scaled back until its float64 certificate holds."""

@@ -169,8 +169,7 @@ def _policy_seed(spec: Spec):
 def _state_file(trainer: Trainer, state: State, head: str, seq: int,
                 pending: bytes | None) -> StateFile:
     arrays = {"theta": state.theta.numpy(), "previous": state.previous.numpy(), "g": state.g,
-              "ell": state.ell, "ell_floor": state.ell_floor,
-              "generator": trainer.generator.get_state().numpy()}
+              "ell": state.ell, "ell_floor": state.ell_floor}
     arrays.update({f"opt_{k}": v.numpy() for k, v in trainer.optimizer.state.items() if k != "t"})
     objective_generator = getattr(trainer.c.objective, "generator", None)
     if objective_generator is not None:  # `objective return`: its ES directions' stream
@@ -186,7 +185,8 @@ def _restore(trainer: Trainer, saved: StateFile) -> State:
     tensor = lambda x: torch.from_numpy(np.array(x, dtype=np.float64))  # noqa: E731
     trainer.optimizer.state = {"t": saved.optimizer_t,
                                **{k[4:]: tensor(v) for k, v in a.items() if k.startswith("opt_")}}
-    trainer.generator.set_state(torch.from_numpy(np.array(a["generator"], dtype=np.uint8)))
+    # the probes need no generator state: step t's are drawn from (seed, t) (engine/probes.py);
+    # a "generator" array in a state file written before that is ignored
     if "objective_generator" in a:
         trainer.c.objective.generator.set_state(
             torch.from_numpy(np.array(a["objective_generator"], dtype=np.uint8)))

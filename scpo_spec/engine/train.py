@@ -23,6 +23,7 @@ from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.compile.projection import Bank, ProjectionTemplate
 from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.optimizers import Optimizer
+from scpo_spec.engine.probes import fill_gaussian
 from scpo_spec.errors import ScpoError
 
 MAX_TRIES = 6          # re-solves with doubled ℓ after a refutation, per step
@@ -41,7 +42,7 @@ def theta_hash(theta: torch.Tensor) -> str:
 class Timer:
     """Seconds per phase of a step: gradient, rollouts (the bank's batched evaluation and the
     counterexamples), verification (each try's rollout of its candidate), bank (the probes,
-    the Gram matrix, the QR), qcqp, hashing (θ's SHA-256); the rest is `other`."""
+    the Gram matrix, R and Qᵀs), qcqp, hashing (θ's SHA-256); the rest is `other`."""
 
     def __init__(self):
         self.start = time.perf_counter()
@@ -105,8 +106,7 @@ class Trainer:
         self.template = ProjectionTemplate(self.k, self.n, self.d, self.s.radius, self.margins,
                                            self.ev.names, self.s.solver)
         self.optimizer = Optimizer(self.s.optimizer, self.s.lr, self.s.momentum)
-        self.generator = torch.Generator().manual_seed(self.s.seed)
-        # `device cuda`: the bank (D, its Gram matrix and QR) and the rollouts live there; θ,
+        # `device cuda`: the bank (D and its Gram matrix) and the rollouts live there; θ,
         # the state, the objective and every certificate number stay on the CPU (float64)
         self.device = getattr(self.ev, "device", torch.device("cpu"))
         self.estimated = np.array([m.smoothness is None for m in self.ev.metrics])
@@ -197,18 +197,22 @@ class Trainer:
         """D (n, d): the raw step, the previous accepted update (a probe before the first) and
         random probes of norm ν, each cut to the `lipschitz` cap when there is one."""
         nu = self.probe_scale(state)
-        # D is filled in place: the probes drawn straight into their rows and scaled there
-        # (nu·z/‖z‖: the same two roundings as before), no torch.cat copy of n·d numbers
-        D = torch.empty(2 + self.s.directions, self.d, dtype=DTYPE)
-        z = D[2:]
-        torch.randn(self.s.directions, self.d, generator=self.generator, dtype=DTYPE, out=z)
-        norms = z.norm(dim=1, keepdim=True)
+        # the probes are drawn straight into D's rows (scpo_spec.engine.probes: step t's rows
+        # depend on (seed, t, row) alone) and scaled there: no torch.cat copy of n·d numbers
+        directions = self.s.directions
+        D = torch.empty(2 + directions, self.d, dtype=DTYPE)
+        z = fill_gaussian(D[2:], self.s.seed, state.step)
+        norms = z.norm(dim=1, keepdim=True)  # ‖z‖ before z is scaled in place
         z.mul_(nu).div_(norms)
-        previous, kinds = state.previous, ["raw", "previous"] + ["probe"] * self.s.directions
-        if state.accepted == 0 or not float(previous.norm()) > 0:  # no update yet: one more probe
-            extra = torch.randn(self.d, generator=self.generator, dtype=DTYPE)
-            previous, kinds[1] = nu * extra / extra.norm(), "probe"
-        D[0], D[1] = raw, previous
+        kinds = ["raw", "previous"] + ["probe"] * directions
+        if state.accepted == 0 or not float(state.previous.norm()) > 0:  # one more probe instead
+            extra = fill_gaussian(D[1:2], self.s.seed, state.step, first_row=directions)
+            norm = extra.norm()
+            extra.mul_(nu).div_(norm)
+            kinds[1] = "probe"
+        else:
+            D[1] = state.previous
+        D[0] = raw
         D = D.to(self.device)
         cap = self.probe_cap(state)
         if cap is not None:
