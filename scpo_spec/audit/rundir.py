@@ -5,8 +5,8 @@ imported.
     RUN/spec.scpo|yaml   the spec, verbatim (its SHA-256 is in the header)
     RUN/audit.jsonl      the hash-chained log (scpo_spec.audit.log), typed records (.records)
     RUN/state.npz        θ, the optimizer's moments, the objective's generator and ℓ after the
-                         last record, with that record's head hash and θ's hash: a state file belongs to one
-                         point of the log, and every reader checks that it does
+                         last record, with that record's head hash and θ's hash: a state file
+                         belongs to one point of the log, and every reader checks that it does
     RUN/signature.json   optional Ed25519 signature of the head (scpo train --sign)
     RUN/report.html|md   the certification report
     RUN/run.lock         the one-writer lock of `scpo train` (flock; holds the writer's pid)
