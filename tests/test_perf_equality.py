@@ -214,7 +214,7 @@ def reference_candidate_bank(trainer, state, raw):
     nu = trainer.probe_scale(state)
     rows = [torch.from_numpy(row_generator(s.seed, state.step, j).standard_normal(d))
             for j in range(s.directions + 1)]
-    probes = [nu * z / z.norm() for z in rows]
+    probes = [z * (nu / z.norm()) for z in rows]
     previous = state.previous
     if state.accepted == 0 or not float(previous.norm()) > 0:
         previous = probes[s.directions]
@@ -312,3 +312,60 @@ def test_theta_is_hashed_once_per_state():
     assert record2.theta == record.theta_next
     assert record2.theta_next == state.theta_sha256() == original(state.theta)
     assert len(calls) <= 3  # θ₀ once, then one new θ per accepted step
+
+
+def test_blocked_gram_is_the_gram_to_1e_12():
+    from scpo_spec.compile.projection import GRAM_BLOCK, gram
+    gen = torch.Generator().manual_seed(5)
+    for d in (GRAM_BLOCK - 1, 3 * GRAM_BLOCK + 17):
+        D = torch.randn(18, d, dtype=DTYPE, generator=gen) * torch.logspace(-4, 0, 18,
+                                                                            dtype=DTYPE)[:, None]
+        S, ref = gram(D), D @ D.T
+        assert S.shape == (18, 18) and close(S, ref, 1e-12)
+        # the diagonal is ‖d_j‖², to the same accuracy: the probe norms come from it
+        assert close(S.diagonal().sqrt(), D.norm(dim=1), 1e-13)
+
+
+def test_a_power_of_two_times_D_xi_is_D_times_the_scaled_xi_bit_for_bit():
+    """The candidate θ + α·(Dᵀξ) (Dᵀξ computed once, for the Armijo search) is θ + Dᵀ(αξ),
+    the formula the certificate is about, bit for bit, for every α Armijo can return."""
+    from scpo_spec.engine.train import Trainer
+    gen = torch.Generator().manual_seed(6)
+    D = torch.randn(18, 50_000, dtype=DTYPE, generator=gen)
+    theta = torch.randn(50_000, dtype=DTYPE, generator=gen)
+    xi = np.random.default_rng(1).standard_normal(18) * 1e-3
+    direction = Trainer.combine(xi, D)
+    for k in range(11):
+        alpha = 0.5 ** k
+        assert same(theta + alpha * direction, theta + Trainer.combine(alpha * xi, D))
+
+
+def test_the_accepted_theta_is_theta_plus_D_xi_bit_for_bit():
+    """θ_next is the candidate that was verified, and that candidate is θ + Dᵀξ with the ξ the
+    log keeps."""
+    from scpo_spec.engine.train import Trainer
+    c = compiled_of("double_integrator.scpo")
+    trainer = Trainer(c)
+    banks = []
+    real = trainer.template.bank
+    trainer.template.bank = lambda *a: banks.append(real(*a)) or banks[-1]
+    state = trainer.initial_state()
+    accepted = 0
+    for _ in range(4):
+        new, record = trainer.step(state)
+        if record.accepted:
+            accepted += 1
+            expected = state.theta + Trainer.combine(record.tries[-1].xi, banks[-1].D)
+            assert same(new.theta, expected)
+            assert new.theta_sha256() == record.theta_next
+        state = new
+    assert accepted >= 1
+
+
+def test_freed_memory_is_kept_for_reuse_without_changing_a_number():
+    """glibc's thresholds raised once per process (engine/memory.py): on glibc it takes, and
+    a Trainer step gives the same record either way (it only changes where blocks come from)."""
+    import platform
+    from scpo_spec.engine import memory
+    took = memory.keep_freed_memory()
+    assert took == (platform.libc_ver()[0] == "glibc") and memory.keep_freed_memory() == took

@@ -56,6 +56,22 @@ def certified_scale(g0, G, S, ell, xi, bound) -> float:
     return lo
 
 
+GRAM_BLOCK = 8192  # columns of D per block of the Gram matrix on the CPU
+
+
+def gram(D: torch.Tensor) -> torch.Tensor:
+    """S = DDᵀ (n × n) for a wide D (n × d).  On the CPU, summed over blocks of GRAM_BLOCK
+    columns (one addmm each): a single (n × d)·(d × n) GEMM leaves the inner dimension to one
+    thread and took ~4× longer at d ≈ 265 000 (benchmarks/README.md)."""
+    if D.device.type != "cpu" or D.shape[1] <= GRAM_BLOCK:
+        return D @ D.T
+    S = torch.zeros(D.shape[0], D.shape[0], dtype=D.dtype)
+    for start in range(0, D.shape[1], GRAM_BLOCK):
+        block = D[:, start:start + GRAM_BLOCK]
+        S.addmm_(block, block.T)
+    return S
+
+
 def gram_factor(S: np.ndarray, norms: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """R (rows × n) and Qᵀs for the normalised directions D̂ = D/‖d‖ and s = d_0, from the Gram
     matrix alone: with D̂D̂ᵀ = VΛVᵀ, R = Λ^½Vᵀ and Qᵀs = Λ^-½Vᵀ(D̂s), so that RᵀR = D̂D̂ᵀ and
@@ -157,7 +173,14 @@ class ProjectionTemplate:
             D = D.clone()
             D[dropped] = 0.0
             G[:, dropped] = g0[:, None]
-        S = (D @ D.T).cpu().numpy()
+        S = gram(D).cpu().numpy()
+        overflow = [j for j in range(len(S)) if j not in dropped and not np.isfinite(S[j]).all()]
+        if overflow:  # a direction too long to square in float64: dropped like a NaN rollout
+            dropped = sorted(dropped + overflow)
+            D = D.clone()
+            D[overflow] = 0.0
+            G[:, overflow] = g0[:, None]
+            S = gram(D).cpu().numpy()
         norms = np.sqrt(np.maximum(np.diag(S), 0.0))
         norms = np.where(norms > 0, norms, 1.0)
         R, target = gram_factor(S, norms, self.rows)

@@ -22,6 +22,7 @@ from scpo_spec.compile.evaluator import Evaluator
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.compile.projection import Bank, ProjectionTemplate
 from scpo_spec.dtype import DTYPE
+from scpo_spec.engine.memory import keep_freed_memory
 from scpo_spec.engine.optimizers import Optimizer
 from scpo_spec.engine.probes import fill_gaussian
 from scpo_spec.errors import ScpoError
@@ -96,6 +97,7 @@ class Trainer:
     def __init__(self, compiled: CompiledSpec, evaluator: Evaluator | None = None):
         """`evaluator`: where candidates are rolled out (an executor's; the compiled one's by
         default)."""
+        keep_freed_memory()  # a step's large blocks are reused, not faulted in again
         self.c = compiled
         self.s = compiled.settings
         self.ev = evaluator if evaluator is not None else compiled.evaluator
@@ -166,11 +168,11 @@ class Trainer:
         with timer("bank"):
             bank = self.template.bank(D, G, state.g)
         # 4–7. project, backtrack, verify; on refutation double ℓ and re-solve
-        tries, accepted, reason = self.solve_and_verify(state, bank, grad, loss, timer)
+        tries, accepted, reason, verified = self.solve_and_verify(state, bank, grad, loss, timer)
         win = tries[-1] if accepted else None  # the verified try, whose θ + Dξ becomes θ
         refuted = np.array([[n in t.refuted for n in self.ev.names] for t in tries]).any(axis=0)
         ell_next, floor = self.next_ell(state, tries, refuted)
-        theta_next = (state.theta + self.combine(win.xi, bank.D) if win else state.theta)
+        theta_next = verified if win else state.theta  # θ + Dξ, the very θ verified
         update = theta_next - state.theta if win else state.previous
         new_state = State(theta=theta_next, g=win.verified if win else state.g,
                           loss=win.loss if win else loss, ell=ell_next, ell_floor=floor,
@@ -201,17 +203,16 @@ class Trainer:
         # depend on (seed, t, row) alone) and scaled there: no torch.cat copy of n·d numbers
         directions = self.s.directions
         D = torch.empty(2 + directions, self.d, dtype=DTYPE)
-        z = fill_gaussian(D[2:], self.s.seed, state.step)
-        norms = z.norm(dim=1, keepdim=True)  # ‖z‖ before z is scaled in place
-        z.mul_(nu).div_(norms)
         kinds = ["raw", "previous"] + ["probe"] * directions
-        if state.accepted == 0 or not float(state.previous.norm()) > 0:  # one more probe instead
-            extra = fill_gaussian(D[1:2], self.s.seed, state.step, first_row=directions)
-            norm = extra.norm()
-            extra.mul_(nu).div_(norm)
-            kinds[1] = "probe"
+        first = 2
+        if state.accepted == 0 or not float(state.previous.norm()) > 0:  # one more probe
+            fill_gaussian(D[1:2], self.s.seed, state.step, first_row=directions)
+            first, kinds[1] = 1, "probe"
         else:
             D[1] = state.previous
+        fill_gaussian(D[2:], self.s.seed, state.step)
+        z = D[first:]
+        z.mul_(nu / z.norm(dim=1, keepdim=True))  # one pass: z·(ν/‖z‖)
         D[0] = raw
         D = D.to(self.device)
         cap = self.probe_cap(state)
@@ -221,8 +222,9 @@ class Trainer:
         return D, kinds, nu, cap
 
     def solve_and_verify(self, state: State, bank: Bank, grad: torch.Tensor, loss: float,
-                         timer: Timer) -> tuple[list[Try], bool, str]:
-        """Steps 4–7 at ℓ, then at ℓ doubled for each refuted metric, up to MAX_TRIES."""
+                         timer: Timer) -> tuple[list[Try], bool, str, torch.Tensor | None]:
+        """Steps 4–7 at ℓ, then at ℓ doubled for each refuted metric, up to MAX_TRIES; the
+        tries, whether the last was accepted, why not, and the accepted θ + Dξ."""
         ell, tries, reason = state.ell.copy(), [], f"refuted {MAX_TRIES} times: update rejected"
         gD = (bank.D @ grad.to(bank.D.device)).cpu().numpy()  # ∇Lᵀd_j
         for attempt in range(MAX_TRIES):
@@ -233,17 +235,20 @@ class Trainer:
             tries.append(entry)
             if p.xi is None:
                 entry.outcome = "solver_failed"
-                return tries, False, f"solver: {p.status}"
+                return tries, False, f"solver: {p.status}", None
             entry.xi_solver, entry.repair = p.xi_solver, p.scale
             with timer("gradient"):  # 6. Armijo backtracking (a shortened step stays certified)
-                alpha, cand_loss = self.backtrack(state.theta, bank.D, p.xi, loss, float(gD @ p.xi))
+                direction = self.combine(p.xi, bank.D)
+                alpha, cand_loss = self.backtrack(state.theta, direction, loss, float(gD @ p.xi))
             if alpha is None:
                 entry.outcome, entry.xi = "no_descent", p.xi
-                return tries, False, "no loss decrease along the certified step"
+                return tries, False, "no loss decrease along the certified step", None
             xi = alpha * p.xi
             entry.xi, entry.alpha, entry.loss = xi, alpha, cand_loss
             entry.certificate = certificate(bank.g0, bank.G, bank.S, ell, xi)
-            candidate = state.theta + self.combine(xi, bank.D)
+            # = θ + Dᵀ(αξ) bit for bit: α is 1 or a power of two (Armijo halvings), and scaling
+            # by a power of two commutes with every rounding (tests/test_perf_equality.py)
+            candidate = state.theta + alpha * direction
             with timer("verification"):  # 7. verification by rollout
                 entry.verified = self.metrics(candidate[None])[0]
             lin, quad = certificate_terms(bank.g0, bank.G, bank.S, xi)
@@ -252,15 +257,16 @@ class Trainer:
             refuted = ~(entry.verified <= -self.margins)
             if not refuted.any():
                 entry.outcome = "accepted"
-                return tries, True, "verified"
+                return tries, True, "verified", candidate
             entry.outcome = "refuted"
             entry.refuted = [self.ev.names[i] for i in np.flatnonzero(refuted)]
             with timer("rollouts"):
                 entry.counterexample = self.counterexample(candidate, refuted)
             if self.s.on_violation == "stop":
-                return tries, False, "refuted: " + ", ".join(entry.refuted) + " (on_violation stop)"
+                return (tries, False,
+                        "refuted: " + ", ".join(entry.refuted) + " (on_violation stop)", None)
             ell = np.where(refuted, 2 * ell, ell)
-        return tries, False, reason
+        return tries, False, reason, None
 
     def next_ell(self, state: State, tries: list[Try], refuted: np.ndarray):
         """ℓ relaxes by ELL_RELAX back toward its floor where not refuted this step; under
@@ -296,10 +302,9 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def backtrack(self, theta, D, xi, loss0, slope) -> tuple[float | None, float]:
-        """Armijo: halve until L(θ + αDξ) ≤ L(θ) + c·α·∇Lᵀ(Dξ); without backtracking, α = 1.
-        None when no tried α lowers the loss at all."""
-        direction = self.combine(xi, D)
+    def backtrack(self, theta, direction, loss0, slope) -> tuple[float | None, float]:
+        """Armijo along direction = Dξ: halve α until L(θ + αDξ) ≤ L(θ) + c·α·∇Lᵀ(Dξ); without
+        backtracking, α = 1.  None when no tried α lowers the loss at all."""
         if self.s.backtrack == "none":
             return 1.0, self.loss(theta + direction)
         best, alpha = (None, loss0), 1.0
