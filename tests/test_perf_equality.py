@@ -364,7 +364,7 @@ def test_the_accepted_theta_is_theta_plus_D_xi_bit_for_bit():
 
 def test_freed_memory_is_kept_for_reuse_without_changing_a_number():
     """glibc's thresholds raised once per process (engine/memory.py): on glibc it takes, and
-    a Trainer step gives the same record either way (it only changes where blocks come from)."""
+    asking again changes nothing.  It moves no number: it only changes where freed blocks go."""
     import platform
     from scpo_spec.engine import memory
     took = memory.keep_freed_memory()
