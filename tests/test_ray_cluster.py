@@ -284,6 +284,42 @@ def test_two_nodes_evaluate_as_local_from_files_sent_by_runtime_env(cluster, tmp
         ev.close()
 
 
+GYM_SPEC = """\
+spec tiny_drift "an environment registered by a module next to the spec"
+system gymnasium "ray_cluster_drift_env:RayClusterDrift-v0" { observation x  action u }
+backup linear { K = [[-1]] }
+policy mlp { hidden = [4]  activation = tanh  residual = backup  seed = 0 }
+scenarios { count 4  seed 0  horizon 12  holdout 8 }
+constraint u_limit: always u in [-1, 1]  smoothness 20  margin 0.05
+objective return { population 2  sigma 0.05  seed 0 }
+train { steps 2  optimizer sgd { lr = 0.01 }  directions 2  perturbation 1e-3  radius 0.3
+        margin 1e-6  seed 0 }
+"""
+
+
+def test_a_gymnasium_environment_module_travels_too(cluster, tmp_path):
+    """"module:EnvId": gymnasium imports the module itself in each actor, from the copy."""
+    import ray
+    from tests.test_declared_dynamics import TINY_ENV
+    env = TINY_ENV.replace('"TinyDrift-v0"', '"RayClusterDrift-v0"')
+    (tmp_path / "ray_cluster_drift_env.py").write_text(env)
+    spec = spec_of(GYM_SPEC, tmp_path)
+    compiled = compile_spec(spec, tmp_path)
+    local = compiled.evaluator
+    ev = RayEvaluator(local, spec, tmp_path, workers=2, address=cluster.address)
+    try:
+        module = "ray_cluster_drift_env.py"
+        assert ev.shipped == {module: _sha(tmp_path / module)}
+        gen = torch.Generator().manual_seed(2)
+        thetas = compiled.family.theta0[None] + 0.1 * torch.randn(
+            5, compiled.family.d, generator=gen, dtype=torch.float64)
+        assert torch.equal(local(thetas), ev(thetas))
+        for o in ray.get([a.origin.remote() for a in ev._actors]):
+            assert o["modules"]["ray_cluster_drift_env"] == str(Path(o["base"]) / module)
+    finally:
+        ev.close()
+
+
 def test_absolute_data_paths_are_refused_before_connecting(tmp_path):
     spec_dir, text = _project(tmp_path)
     absolute = (tmp_path / "shared" / "fit.csv").resolve()
