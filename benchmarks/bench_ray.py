@@ -15,6 +15,11 @@ Times are best-of-`--repeat` after one warm-up call; the ratio is Ray / local (b
 faster). Every Ray result is checked to be bit-for-bit equal to the local one. A local Ray
 instance with max(workers) CPUs is started unless `--address` (or RAY_ADDRESS) names a
 cluster. Nothing here asserts on a time.
+
+The Ray hop: a training step sends its bank once (one `metrics` call, C rows cut into W
+chunks), so per step the hop costs Ray time − the compute of one chunk of ⌈C/W⌉ rows on one
+torch thread (what each actor does, in parallel), and moves the θ rows out (C·d float64) and
+the metrics back (C·k float64). The files a spec names travel once per run (runtime_env).
 """
 
 from __future__ import annotations
@@ -73,7 +78,10 @@ def main() -> None:
     t = time.perf_counter()
     ray, started = connect(args.address, max(args.workers))
     cpus = ray.cluster_resources().get("CPU", 0)
-    print(f"Ray {ray.__version__}: {'started a local instance' if started else 'connected'} in "
+    where = args.address or os.environ.get("RAY_ADDRESS")
+    how = (f"connected to {where}" if where else "started a local instance") if started \
+        else "already connected"
+    print(f"Ray {ray.__version__}: {how} in "
           f"{time.perf_counter() - t:.1f} s; cluster CPUs {cpus:g}")
 
     @ray.remote(num_cpus=1)
@@ -87,13 +95,19 @@ def main() -> None:
                                                         dtype=torch.float64)
                for C in args.sizes}
     local_s = {C: best_of(lambda th=th: local(th), args.repeat) for C, th in batches.items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a 1-CPU actor
+    chunk_s = {(W, C): best_of(lambda th=th[:-(-C // W)]: local(th), args.repeat)
+               for W in args.workers for C, th in batches.items()}
+    torch.set_num_threads(threads)
     ray_s: dict[int, dict[int, float]] = {}
-    start_s, roundtrip_s = {}, {}
+    start_s, roundtrip_s, shipped = {}, {}, {}
     for W in args.workers:
         t = time.perf_counter()
         ev = RayEvaluator(local, spec, args.spec.resolve().parent, workers=W,
                           address=args.address)
         start_s[W] = time.perf_counter() - t
+        shipped = ev.shipped
         try:
             actor = ev._actors[0]
             roundtrip_s[W] = best_of(lambda: ray.get(actor.fingerprint.remote()), args.repeat)
@@ -121,6 +135,21 @@ def main() -> None:
             r = ray_s[W][C]
             row += f"{f'{r * 1e3:.2f} ({r / local_s[C]:.2f}x)':>22}"
         print(row)
+    print(f"\nthe Ray hop per step (one bank of C candidates): ms of Ray time − the compute of "
+          "one chunk of ceil(C/W) rows on one thread (best of each), and the bytes of θ rows "
+          f"out (C·{fam.d}·8) and metrics back (C·{k}·8)")
+    print(f"{'C':>6} {'out B':>9} {'back B':>7}" + "".join(
+        f"{f'chunk w={W}':>12}{f'hop w={W}':>10}" for W in args.workers))
+    for C in args.sizes:
+        row = f"{C:>6} {C * fam.d * 8:>9} {C * k * 8:>7}"
+        for W in args.workers:
+            row += f"{chunk_s[W, C] * 1e3:>12.2f}{(ray_s[W][C] - chunk_s[W, C]) * 1e3:>10.2f}"
+        print(row)
+    if shipped:
+        print(f"files sent once per run through runtime_env: {len(shipped)} "
+              f"({', '.join(sorted(shipped))})")
+    else:
+        print("files sent through runtime_env: none (the spec names no file)")
     best = min((ray_s[W][C] / local_s[C], W, C) for W in args.workers for C in args.sizes)
     print(f"best ray/local here: {best[0]:.2f}x (workers={best[1]}, C={best[2]})")
     cores = os.cpu_count() or 1

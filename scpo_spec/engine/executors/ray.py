@@ -10,6 +10,16 @@ The metrics are float64 computations of the same code on the same rows, so they 
 to the local executor's (tests/test_ray.py checks bit-for-bit equality); single-candidate calls
 (θ₀, the verification of a step's candidate, counterexamples, holdout) stay in this process.
 
+Files: whatever the spec names — a regression's `data` CSV, a `system python` or gymnasium
+"module:EnvId" module kept next to the spec (a package next to it: all its .py files), a `backup
+torch` / `policy torch` file — is copied into a temporary folder under its path relative to the
+spec and sent with the actors as Ray's `runtime_env` `working_dir`, so a node needs no shared
+path: each actor compiles from its own unpacked copy, after checking every file's SHA-256 against
+the driver's. A path that climbs out of the spec's folder (`../data/x.csv`) keeps its relative
+place in that copy; an absolute path is refused (it would be read from each node's own disk). A
+module found on sys.path outside the spec's folder is an installed package, not sent: every node
+must have it, as it has scpo-spec and torch. A spec naming no file sends no runtime_env.
+
 Connection: the spec's `address`, else the RAY_ADDRESS environment variable, else a local Ray
 instance started here (and shut down by `close()`; a Ray connection that already existed is
 left alone). Every failure is a `RayUnavailable` with a one-line message.
@@ -20,7 +30,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import socket
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +42,8 @@ import torch
 from scpo_spec.errors import ScpoError
 from scpo_spec.compile.evaluator import RolloutEvaluator
 from scpo_spec.dtype import DTYPE
+from scpo_spec.language import code
+from scpo_spec.language import model as M
 
 INSTALL_HINT = "pip install 'scpo-spec[ray]'"
 PROBE_TIMEOUT_S = 5.0      # TCP check of a cluster address (ray.init would retry for minutes)
@@ -50,16 +65,126 @@ def fingerprint(ev: RolloutEvaluator) -> str:
     return h.hexdigest()
 
 
+class Shipment:
+    """The files a spec names, laid out for Ray's `working_dir`: `files` maps each one's name in
+    the copy (relative to `root`, the common folder of the spec and its files) to the driver's
+    file, `folder` is the spec's folder relative to `root` ("." unless a path climbs out)."""
+
+    def __init__(self, spec, base_dir: Path):
+        base = Path(os.path.abspath(base_dir))
+        wanted: list[Path] = []
+        objective = spec.objective
+        if isinstance(objective, M.RegressionObjective) and objective.data is not None:
+            wanted.append(self._relative(base, objective.data.value, "data file"))
+        for ref in code.references(spec):
+            if ref.is_file:
+                wanted.append(self._relative(base, ref.target, f"{ref.kind} file"))
+            else:
+                wanted.extend(self._module_files(ref, base))
+        wanted = list(dict.fromkeys(wanted))
+        self.root = Path(os.path.commonpath([base, *wanted])) if wanted else base
+        self.folder = os.path.relpath(base, self.root)
+        self.files = {Path(os.path.relpath(p, self.root)).as_posix(): p for p in wanted}
+
+    @staticmethod
+    def _relative(base: Path, value: str, what: str) -> Path:
+        if Path(value).is_absolute():
+            raise RayUnavailable(
+                f"executor ray: {what} '{value}' is an absolute path; the workers get the spec's "
+                "files through Ray's runtime_env by their path relative to the spec, so give it "
+                "relative to the spec's folder")
+        return Path(os.path.normpath(base / value))
+
+    @staticmethod
+    def _module_files(ref, base: Path) -> list[Path]:
+        """A module next to the spec (a package next to it: its .py files); [] for an installed
+        one, or one not found (the worker's import then says so)."""
+        found = code.locate(ref, base)
+        if found is None:
+            return []
+        try:
+            rel = found.resolve().relative_to(base.resolve())
+        except ValueError:
+            return []
+        if len(rel.parts) == 1:
+            return [base / rel]
+        package = base / rel.parts[0]
+        return sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
+
+    def pack(self, folder: Path) -> dict[str, str]:
+        """Copy each file into `folder` under its name; their SHA-256s (of the copies: the bytes
+        that travel)."""
+        sums = {}
+        try:
+            for name, source in self.files.items():
+                target = folder / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                sums[name] = code.sha256_file(target)
+        except OSError as e:
+            raise RayUnavailable(f"executor ray: cannot copy the spec's files for the workers: "
+                                 f"{e.strerror or e}: {e.filename}") from None
+        return sums
+
+
+def upload(packed: Path) -> str:
+    """The URI of `packed`/files once uploaded into the cluster as a `working_dir` package.
+
+    Ray takes a local folder as `working_dir` only in `ray.init` (for the whole job); an actor
+    needs a package URI. So the folder is packed and uploaded the way `ray.init` does it
+    (content-addressed `gcs://_ray_pkg_<hash>.zip`, stored by the cluster's GCS, fetched and
+    unpacked by each node that runs an actor); the zip is built in `packed`/scratch.
+    """
+    import inspect
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+    scratch = packed / "scratch"
+    scratch.mkdir()
+    kwargs = {"scratch_dir": str(scratch)}
+    if "include_gitignore" in inspect.signature(upload_working_dir_if_needed).parameters:
+        kwargs["include_gitignore"] = False  # every file here was named by the spec
+    try:
+        env = upload_working_dir_if_needed({"working_dir": str(packed / "files")}, **kwargs)
+    except Exception as e:  # too large for the GCS, cluster gone, …
+        raise RayUnavailable(f"executor ray: cannot send the spec's files to the cluster: "
+                             f"{_one_line(e)}") from None
+    return env["working_dir"]
+
+
 class EvaluatorWorker:
     """A Ray actor (wrapped with `ray.remote` at connection time): one compiled spec, many
-    batched evaluations."""
+    batched evaluations.  With `sums`, Ray has unpacked the spec's files in the actor's working
+    directory: they are checked against the driver's SHA-256s before anything is imported or
+    read, and the spec is compiled from that copy, never from a path on the driver."""
 
-    def __init__(self, spec, base_dir: str | None):
+    def __init__(self, spec, folder: str, sums: dict[str, str]):
         from scpo_spec.compile.problem import compile_spec
-        self.ev = compile_spec(spec, Path(base_dir) if base_dir is not None else None).evaluator
+        root = Path.cwd()
+        for name, expected in sums.items():
+            path = root / name
+            if not path.is_file():
+                raise FileNotFoundError(f"'{name}' did not reach the worker (runtime_env "
+                                        f"working_dir {root})")
+            got = code.sha256_file(path)
+            if got != expected:
+                raise ValueError(f"'{name}' reached the worker with other bytes than the "
+                                 f"driver's (SHA-256 {got[:12]}…, not {expected[:12]}…)")
+        self.base = (root / folder).resolve()
+        self.base.mkdir(parents=True, exist_ok=True)  # holds nothing if every file is above it
+        if sums and str(self.base) not in sys.path:  # gymnasium imports "module:EnvId" itself
+            sys.path.insert(0, str(self.base))
+        self.sums = dict(sums)  # as checked above
+        self.spec, self.ev = spec, compile_spec(spec, self.base).evaluator
 
     def fingerprint(self) -> str:
         return fingerprint(self.ev)
+
+    def origin(self) -> dict:
+        """Where this actor compiled from and on which node (for tests and diagnostics)."""
+        import ray
+        modules = {ref.module: getattr(sys.modules.get(ref.module), "__file__", None)
+                   for ref in code.references(self.spec) if not ref.is_file}
+        return {"base": str(self.base), "files": dict(self.sums), "modules": modules,
+                "node": ray.get_runtime_context().get_node_id()}
 
     def metrics(self, thetas: np.ndarray) -> np.ndarray:
         return self.ev(torch.from_numpy(thetas)).numpy()
@@ -67,6 +192,11 @@ class EvaluatorWorker:
     def per_scenario(self, thetas: np.ndarray, x0: np.ndarray | None) -> np.ndarray:
         x0_t = torch.from_numpy(x0) if x0 is not None else None
         return self.ev.per_scenario(torch.from_numpy(thetas), x0_t).numpy()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _probe(address: str) -> None:
@@ -117,13 +247,22 @@ class RayEvaluator:
                  workers: int = 2, address: str | None = None,
                  local_below: int = LOCAL_BELOW):
         self.local, self.workers, self.local_below = local, int(workers), int(local_below)
+        if base_dir is None:
+            base_dir = Path(spec.path).resolve().parent if spec.path else Path.cwd()
+        shipment = Shipment(spec, Path(base_dir))  # refused before connecting if it cannot go
         self._ray, self._started = connect(address, self.workers)
         self._actors: list = []
-        ray = self._ray
+        self.shipped: dict[str, str] = {}  # name in the workers' copy → SHA-256
+        ray, packed = self._ray, None
         try:
-            actor = ray.remote(EvaluatorWorker).options(num_cpus=1, scheduling_strategy="SPREAD")
-            base = str(base_dir) if base_dir is not None else None
-            self._actors = [actor.remote(spec, base) for _ in range(self.workers)]
+            options = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
+            if shipment.files:
+                packed = tempfile.mkdtemp(prefix="scpo-ray-files-")
+                self.shipped = shipment.pack(Path(packed, "files"))
+                options["runtime_env"] = {"working_dir": upload(Path(packed))}
+            actor = ray.remote(EvaluatorWorker).options(**options)
+            self._actors = [actor.remote(spec, shipment.folder, self.shipped)
+                            for _ in range(self.workers)]
             ready, pending = ray.wait([a.fingerprint.remote() for a in self._actors],
                                       num_returns=len(self._actors), timeout=READY_TIMEOUT_S)
             if pending:
@@ -145,6 +284,9 @@ class RayEvaluator:
         except BaseException:
             self.close()
             raise
+        finally:
+            if packed is not None:  # the cluster's GCS holds the package now
+                shutil.rmtree(packed, ignore_errors=True)
 
     # ---- the Evaluator interface ----
     @property
