@@ -69,6 +69,11 @@ OBJECTIVE = ('objective regression { data "../shared/fit.csv"  inputs position, 
              'targets force  loss mse }')
 
 
+# the `ray` command of this interpreter's environment (a venv that is not activated has it next
+# to its python, not on PATH)
+RAY_CLI = next((str(p) for p in [Path(sys.executable).parent / "ray"] if p.exists()), "ray")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,7 +95,7 @@ class TwoNodes:
     def _node(self, name: str, args: list[str]) -> None:
         """One node with 1 CPU and ports of its own (two raylets share this machine)."""
         low = self.worker_ports + 200 * len(self.procs)
-        cmd = ["ray", "start", *args, "--num-cpus=1", "--object-store-memory=100000000",
+        cmd = [RAY_CLI, "start", *args, "--num-cpus=1", "--object-store-memory=100000000",
                f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
                f"--dashboard-agent-listen-port={_free_port()}",
                f"--dashboard-agent-grpc-port={_free_port()}",
