@@ -29,7 +29,7 @@ fi
     --out /tmp/gpu_run --no-tensorboard 2>&1 | tail -6
   timeout 30 python3 -m scpo_spec.cli audit /tmp/gpu_run 2>&1 | tail -3
   echo "== bench_scale --device cuda"
-  timeout 180 python3 benchmarks/bench_scale.py --device cuda --widths ${WIDTHS:-64,512,2048} 2>&1
+  timeout 240 python3 benchmarks/bench_scale.py --device cuda --widths ${WIDTHS:-64,256,1024,2048,4096} 2>&1
   echo "== bench_engine --device cuda"
   timeout 60 python3 benchmarks/bench_engine.py --device cuda --no-blas-compare --no-headline 2>&1
   date -u
