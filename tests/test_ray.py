@@ -98,14 +98,20 @@ def _steps(run_dir):
             [s["accepted"] for s in steps])
 
 
-@needs_ray
-def test_ray_and_local_training_give_the_same_run(ray_instance, tmp_path, monkeypatch):
+def spy_on_spread(monkeypatch) -> list[str]:
+    """The methods RayEvaluator sends to its actors, in order (the list fills as it runs)."""
     spread, original = [], RayEvaluator._spread
 
     def counted(self, method, *args):
         spread.append(method)
         return original(self, method, *args)
     monkeypatch.setattr(RayEvaluator, "_spread", counted)
+    return spread
+
+
+@needs_ray
+def test_ray_and_local_training_give_the_same_run(ray_instance, tmp_path, monkeypatch):
+    spread = spy_on_spread(monkeypatch)
     runs = {}
     for name, extra in (("local", "executor local"), ("ray", RAY2)):
         base = tmp_path / name

@@ -37,7 +37,7 @@ from scpo_spec.compile.problem import compile_spec
 from scpo_spec.engine.executors.ray import RayEvaluator, RayUnavailable
 from scpo_spec.engine.run import train
 from tests.engine_specs import small_di, spec_of, write_spec
-from tests.test_ray import _steps
+from tests.test_ray import _steps, spy_on_spread
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -361,12 +361,7 @@ def test_a_run_by_address_on_two_nodes_is_the_local_run(cluster, tmp_path, monke
     """`train` connects to the cluster itself from the spec's address (and disconnects)."""
     import ray
     ray.shutdown()
-    spread, original = [], RayEvaluator._spread
-
-    def counted(self, method, *args):
-        spread.append(method)
-        return original(self, method, *args)
-    monkeypatch.setattr(RayEvaluator, "_spread", counted)
+    spread = spy_on_spread(monkeypatch)
     runs = {}
     for name, extra in (("local", "executor local"),
                         ("ray", f'executor ray {{ address = "{cluster.address}"  workers = 2 }}')):
