@@ -115,11 +115,13 @@ class RolloutEvaluator:
         X = torch.empty(T + 1, C, S, n, dtype=thetas.dtype, device=thetas.device)
         U = torch.empty(T, C, S, m, dtype=thetas.dtype, device=thetas.device)
         X[0].copy_(x0.expand(C, S, n))
-        policy, step_into = self.family.batched(thetas), self.dynamics.step_into
+        act = self.family.batched(thetas).rollout_step(X, U)
+        advance = self.dynamics.rollout_step(X, U)
         for t in range(T):
-            policy(X[t], out=U[t])
-            step_into(X[t], U[t], X[t + 1])
-        # one copy into the (C, S, T, ·) layout the metrics read (the old torch.stack's layout)
+            act(t)
+            advance(t)
+        # one copy into the (C, S, T, ·) layout the metrics read (the old torch.stack's layout;
+        # the metrics on permuted views of these buffers instead cost twice the copy)
         return X.permute(1, 2, 0, 3).contiguous(), U.permute(1, 2, 0, 3).contiguous()
 
     def _rollout_autograd(self, thetas: torch.Tensor, x0: torch.Tensor
@@ -175,7 +177,11 @@ class RolloutEvaluator:
             v = metric.per_scenario(trace).t  # (C|1, S|1, 1, 1)
             cols.append(v.reshape(v.shape[0], v.shape[1]).expand(thetas.shape[0], S))
         h = torch.stack(cols, dim=2)
-        finite = torch.isfinite(X).flatten(2).all(2) & torch.isfinite(U).flatten(2).all(2)
+        # a scenario's rollout is finite iff the sum of its numbers is: NaN and ±inf propagate
+        # through a sum, and a sum that overflows to inf flags only a rollout already beyond
+        # ~1e306 — unsafe, which is conservative.  One reduction instead of isfinite's two
+        # bool passes and `.all` (~0.9 ms of a 35 ms evaluation at 2-64-64-1)
+        finite = torch.isfinite(X.sum((2, 3)) + U.sum((2, 3)))
         h = torch.where(finite.unsqueeze(2) & torch.isfinite(h), h, torch.inf)
         if trace.spectral_radius is not None:  # a non-finite linearisation is unsafe too
             bad = ~torch.isfinite(trace.spectral_radius)

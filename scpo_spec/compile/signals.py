@@ -64,7 +64,9 @@ class Reducer:
         self.tau = tau
 
     def max(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        if self.tau is None or x.shape[dim] == 1:
+        if x.shape[dim] == 1:  # the max of one number is that number (NaN included): no copy
+            return x
+        if self.tau is None:
             return x.amax(dim=dim, keepdim=True)
         return self.tau * torch.logsumexp(x / self.tau, dim=dim, keepdim=True)
 

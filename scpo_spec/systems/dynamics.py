@@ -74,14 +74,25 @@ class Dynamics:
                              "(scpo_spec.systems.gym_rollout), not in torch")
         return x  # static
 
-    def step_into(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """`step(x, u)` written into `out` (the rollout's preallocated x_{t+1}): the same
-        operations in the same order, so the same numbers; a linear plant allocates only u Bᵀ."""
+    def rollout_step(self, X: torch.Tensor, U: torch.Tensor) -> Callable[[int], None]:
+        """t ↦ X[t+1] = step(X[t], U[t]), written into a rollout's time-major buffers X
+        (T+1, C, S, n) and U (T, C, S, m), with the views made once.  A linear plant is two
+        BLAS calls on (C·S, ·) views, X[t+1] = X[t] Aᵀ, then += U[t] Bᵀ by `addmm_` (a fused
+        multiply-add: equal to rounding to x @ Aᵀ + u @ Bᵀ, tests/test_perf_equality.py); any
+        other plant is `step` copied into X[t+1] (the same numbers)."""
+        xs, us = X.unbind(0), U.unbind(0)
         if self.kind == "linear" and self.map is None:
-            At, Bt = self._on(x.device)
-            torch.matmul(x, At, out=out)
-            return out.add_(torch.matmul(u, Bt))
-        return out.copy_(self.step(x, u))
+            At, Bt = self._on(X.device)
+            xf, uf, mm = X.flatten(1, 2).unbind(0), U.flatten(1, 2).unbind(0), torch.mm
+
+            def linear(t: int) -> None:
+                mm(xf[t], At, out=xf[t + 1]).addmm_(uf[t], Bt)
+            return linear
+        step = self.step
+
+        def mapped(t: int) -> None:
+            xs[t + 1].copy_(step(xs[t], us[t]))
+        return mapped
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Aᵀ and Bᵀ on `device` (moved once, then kept)."""
