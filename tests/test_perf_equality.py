@@ -20,6 +20,7 @@ from scpo_spec.compile.problem import compile_spec
 from scpo_spec.compile.signals import Trace
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.load import load_spec
+from scpo_spec.systems.dynamics import RolloutViews
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_SPECS = ["double_integrator.scpo", "double_integrator_safe_teacher.scpo",
@@ -228,7 +229,7 @@ def test_rollout_step_is_the_batched_call(activation, backup, monkeypatch):
     X = torch.randn(3, 4, 9, fam.n, dtype=DTYPE, generator=gen) * 3
     U = torch.empty(2, 4, 9, fam.m, dtype=DTYPE)
     fast = fam.batched(thetas)
-    step = fast.rollout_step(X, U)
+    step = fast.rollout_step(RolloutViews(X, U))
     with torch.no_grad():
         for t in (0, 1, 0):  # the buffers are reused: a second call gives the same numbers
             step(t)
@@ -244,7 +245,7 @@ def test_rollout_step_of_a_linear_policy_is_the_batched_call():
     U = torch.empty(1, 3, 5, c.family.m, dtype=DTYPE)
     fast = c.family.batched(thetas)
     with torch.no_grad():
-        fast.rollout_step(X, U)(0)
+        fast.rollout_step(RolloutViews(X, U))(0)
         assert same(U[0], fast(X[0]))
 
 
@@ -473,3 +474,19 @@ def test_freed_memory_is_kept_for_reuse_without_changing_a_number():
     from scpo_spec.engine import memory
     took = memory.keep_freed_memory()
     assert took == (platform.libc_ver()[0] == "glibc") and memory.keep_freed_memory() == took
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 6])
+def test_norm_over_components_is_vector_norm(K):
+    """`norm(·)` of a signal added component by component: vector_norm to 1e-15, non-finite
+    entries (NaN, an overflowing square) in the same places, and vector_norm itself (K > 4)."""
+    from scpo_spec.compile.signals import _norm
+    gen = torch.Generator().manual_seed(K)
+    t = torch.randn(3, 4, 7, K, dtype=DTYPE, generator=gen) * 10.0 ** torch.randint(
+        -5, 5, (3, 4, 7, 1), generator=gen)
+    t[0, 0, 0] = 0.0
+    t[0, 1, 2, 0] = torch.nan
+    t[1, 2, 3, K - 1] = -torch.inf
+    t[2, 3, 4, 0] = 1e200
+    with torch.no_grad():
+        assert close(_norm(t), torch.linalg.vector_norm(t, dim=3, keepdim=True), 1e-15)

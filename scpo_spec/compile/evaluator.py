@@ -13,7 +13,7 @@ import torch
 
 from scpo_spec.compile.signals import Compiled, Trace
 from scpo_spec.policies.policy import PolicyFamily
-from scpo_spec.systems.dynamics import Dynamics
+from scpo_spec.systems.dynamics import Dynamics, RolloutViews
 from scpo_spec.systems.gym_rollout import GymRollout
 
 from scpo_spec.dtype import DTYPE
@@ -115,8 +115,9 @@ class RolloutEvaluator:
         X = torch.empty(T + 1, C, S, n, dtype=thetas.dtype, device=thetas.device)
         U = torch.empty(T, C, S, m, dtype=thetas.dtype, device=thetas.device)
         X[0].copy_(x0.expand(C, S, n))
-        act = self.family.batched(thetas).rollout_step(X, U)
-        advance = self.dynamics.rollout_step(X, U)
+        views = RolloutViews(X, U)
+        act = self.family.batched(thetas).rollout_step(views)
+        advance = self.dynamics.rollout_step(views)
         for t in range(T):
             act(t)
             advance(t)

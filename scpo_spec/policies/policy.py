@@ -20,6 +20,7 @@ from torch import nn
 from scpo_spec.policies.backup import Backup
 from scpo_spec.language.model import LinearPolicy, MlpPolicy, Spec, TorchPolicy
 from scpo_spec.policies.torch_file import load_policy_structure
+from scpo_spec.systems.dynamics import RolloutViews
 
 from scpo_spec.dtype import DTYPE
 
@@ -263,26 +264,26 @@ class BatchedForward:
             h = h.add_(backup) if out is not None else h + backup
         return h
 
-    def rollout_step(self, X: torch.Tensor, U: torch.Tensor) -> Callable[[int], None]:
+    def rollout_step(self, views: RolloutViews) -> Callable[[int], None]:
         """t ↦ U[t] = π(X[t]) for a rollout's time-major buffers X (T+1, C, B, n) and U
-        (T, C, B, m), under no_grad.  Every branch, lookup and view of `__call__` is done once
+        (T, C, B, m) (`views`), under no_grad.  Every branch, lookup and view of `__call__` is done once
         here, so a step is a flat run of torch calls: those per-call Python decisions cost
         about a tenth of the policy's own time at 2-64-64-1 (benchmarks/README.md).  The same
         operations as `__call__(X[t], out=U[t])`, except a gain backup: U[t] += X[t] Kᵀ in
         one `addmm_` (a fused multiply-add) instead of X[t] @ Kᵀ, then add_ — equal to
         rounding (tests/test_perf_equality.py)."""
-        xs, us = X.unbind(0), U.unbind(0)
+        xs, us, device = views.xs, views.us, views.device
         hidden = [(b, Wt, dest) for (Wt, b), dest in zip(self.layers[:-1], self._work(xs[0]))]
         Wt_last, b_last = self.layers[-1]
         baddbmm, bmm = torch.baddbmm, torch.bmm
         if self.doubled:  # tanh = 2σ(2z) − 1 on pre-doubled layers (see tanh_via_sigmoid_)
-            sigmoid_, add, minus_one = torch.sigmoid_, torch.add, _MINUS_ONE.get(X.device)
+            sigmoid_, add, minus_one = torch.sigmoid_, torch.add, _MINUS_ONE.get(device)
             act = lambda z: add(minus_one, sigmoid_(z), alpha=2, out=z)  # noqa: E731
         else:
             act = self._act_ if self._act_ is not None else self.family._act
         backup = self.family.backup
-        gain = None if backup is None or backup.module is not None else backup.gain_on(X.device)
-        xf, uf = X.flatten(1, 2).unbind(0), U.flatten(1, 2).unbind(0)  # (C·B, n) views
+        gain = None if backup is None or backup.module is not None else backup.gain_on(device)
+        xf, uf = (views.xf, views.uf) if gain is not None else (None, None)
 
         def step(t: int) -> None:
             h, out = xs[t], us[t]
