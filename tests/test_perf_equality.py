@@ -146,6 +146,27 @@ def test_a_diverging_rollout_keeps_its_inf_and_nan_where_they_were(exact_tanh):
         assert close(h, reference_violations(c.evaluator, thetas))
 
 
+def test_reused_rollout_buffers_change_no_number_and_leak_nothing(exact_tanh):
+    """`per_scenario` rolls out into buffers kept per shape: bit for bit the numbers of fresh
+    ones, whatever shapes came before (four shapes: one is dropped and made again), and a
+    rollout handed out earlier is not overwritten by a later evaluation."""
+    c = compiled_of("double_integrator.scpo")
+    ev = c.evaluator
+    banks = [bank_of(c, C=C, seed=C) for C in (6, 1, 2, 3, 6, 1)]
+    with torch.no_grad():
+        X, U = ev.rollout(banks[0])
+        X0, U0 = X.clone(), U.clone()
+        for thetas in banks:
+            h = ev.per_scenario(thetas)
+            assert close(h, reference_violations(ev, thetas))
+            assert same(h, ev.per_scenario(thetas))
+            Xf, Uf = ev._rollout_on_device(thetas, ev.x0)  # fresh tensors
+            Xr, Ur = ev._rollout_on_device(thetas, ev.x0, reuse=True)
+            assert same(Xf, Xr) and same(Uf, Ur)
+        assert same(X, X0) and same(U, U0)
+    assert len(ev._scratch) <= 3
+
+
 def crafted(X: torch.Tensor, U: torch.Tensor, case: str) -> tuple[torch.Tensor, torch.Tensor]:
     X, U = X.clone(), U.clone()
     if case == "nan in one state component":
@@ -170,7 +191,7 @@ def test_finiteness_from_sums_is_the_all_isfinite_check(case, exact_tanh, monkey
     ev, thetas = c.evaluator, bank_of(c, C=3)
     with torch.no_grad():
         X, U = crafted(*ev.rollout(thetas), case)
-        monkeypatch.setattr(ev, "rollout", lambda th, x0=None: (X, U))
+        monkeypatch.setattr(ev, "_rollout_on_device", lambda th, x0, reuse=False: (X, U))
         h, ref = ev.per_scenario(thetas), reference_violations(ev, thetas, (X, U))
     assert close(h, ref)
     if case != "huge but finite":
@@ -189,7 +210,7 @@ def test_a_rollout_whose_sum_overflows_is_unsafe(exact_tanh, monkeypatch):
         X, U = ev.rollout(thetas)
         X, U = X.clone(), U.clone()
         X[1, 2, 40:] = 1e308
-        monkeypatch.setattr(ev, "rollout", lambda th, x0=None: (X, U))
+        monkeypatch.setattr(ev, "_rollout_on_device", lambda th, x0, reuse=False: (X, U))
         h, ref = ev.per_scenario(thetas), reference_violations(ev, thetas, (X, U))
     assert torch.isfinite(ref[1, 2]).any() and (h[1, 2] == torch.inf).all()
     h[1, 2], ref[1, 2] = 0.0, 0.0

@@ -273,7 +273,9 @@ class BatchedForward:
         one `addmm_` (a fused multiply-add) instead of X[t] @ Kᵀ, then add_ — equal to
         rounding (tests/test_perf_equality.py)."""
         xs, us, device = views.xs, views.us, views.device
-        hidden = [(b, Wt, dest) for (Wt, b), dest in zip(self.layers[:-1], self._work(xs[0]))]
+        C, B = xs[0].shape[0], xs[0].shape[1]
+        hidden = [(b, Wt, views.buffer(("hidden", i), (C, B, Wt.shape[2])))
+                  for i, (Wt, b) in enumerate(self.layers[:-1])]
         Wt_last, b_last = self.layers[-1]
         baddbmm, bmm = torch.baddbmm, torch.bmm
         if self.doubled:  # tanh = 2σ(2z) − 1 on pre-doubled layers (see tanh_via_sigmoid_)

@@ -35,11 +35,28 @@ class LinearisationError(ScpoError):
 class RolloutViews:
     """A rollout's time-major buffers X (T+1, C, S, n) and U (T, C, S, m) and their per-step
     views, each made once (~0.5 µs a view) and shared by the policy's and the plant's steps:
-    xs[t], us[t] are (C, S, ·), xf[t], uf[t] the same numbers as (C·S, ·) matrices."""
+    xs[t], us[t] are (C, S, ·), xf[t], uf[t] the same numbers as (C·S, ·) matrices.
 
-    def __init__(self, X: torch.Tensor, U: torch.Tensor):
-        self.X, self.U = X, U
-        self.device = X.device
+    `scratch` keeps the work buffers (`buffer`): an evaluator hands the same dict to every
+    rollout of one shape, so its megabytes are reused instead of faulted in afresh (a fresh
+    block costs ~1 µs per 4 KiB page here; see engine/memory.py)."""
+
+    def __init__(self, X: torch.Tensor, U: torch.Tensor, scratch: dict | None = None):
+        self.X, self.U, self.device = X, U, X.device
+        self.scratch = {} if scratch is None else scratch
+
+    @classmethod
+    def allocate(cls, T: int, C: int, S: int, n: int, m: int, like: torch.Tensor,
+                 scratch: dict | None = None) -> "RolloutViews":
+        """Buffers for T steps of C × S rollouts, of `like`'s dtype and device."""
+        scratch = {} if scratch is None else scratch
+        return cls(_kept(scratch, "X", (T + 1, C, S, n), like),
+                   _kept(scratch, "U", (T, C, S, m), like), scratch)
+
+    def buffer(self, name, shape: tuple[int, ...]) -> torch.Tensor:
+        """An uninitialised buffer of X's dtype and device, kept in `scratch` under (name,
+        shape)."""
+        return _kept(self.scratch, name, shape, self.X)
 
     @cached_property
     def xs(self) -> tuple[torch.Tensor, ...]:
@@ -56,6 +73,14 @@ class RolloutViews:
     @cached_property
     def uf(self) -> tuple[torch.Tensor, ...]:
         return self.U.view(self.U.shape[0], -1, self.U.shape[3]).unbind(0)
+
+
+def _kept(scratch: dict, name, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    key = (name, tuple(shape))
+    buf = scratch.get(key)
+    if buf is None:
+        buf = scratch[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf
 
 
 @dataclass
