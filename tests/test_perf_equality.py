@@ -511,3 +511,37 @@ def test_norm_over_components_is_vector_norm(K):
     t[2, 3, 4, 0] = 1e200
     with torch.no_grad():
         assert close(_norm(t), torch.linalg.vector_norm(t, dim=3, keepdim=True), 1e-15)
+
+
+def reference_jacobian_at_origin(fam, theta):
+    """`jacobian_at_origin` as it was: every layer's pre-activation, tanh computed twice."""
+    from scpo_spec.policies.policy import _activation_slope
+    C = theta.shape[0]
+    J = torch.eye(fam.n, dtype=theta.dtype).expand(C, fam.n, fam.n)
+    layers = list(fam._unpack(theta))
+    h = torch.zeros(C, 1, fam.n, dtype=theta.dtype)
+    for i, (W, b) in enumerate(layers):
+        pre = torch.bmm(h, W.transpose(1, 2)) if b is None else torch.baddbmm(b, h, W.transpose(1, 2))
+        J = torch.bmm(W, J)
+        if i < len(layers) - 1:
+            J = _activation_slope(fam.activation, pre).transpose(1, 2) * J
+            h = fam._act(pre)
+    if fam._gain_t is not None:
+        J = J + fam._gain_t.T
+    return J
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu", "gelu", "sigmoid", "softplus",
+                                        "identity"])
+def test_jacobian_at_origin_is_the_old_chain_rule_bit_for_bit(activation):
+    c, fam = rollout_step_family(activation, "gain")
+    thetas = bank_of(c, C=4, scale=1.0)
+    thetas[1, :5] = torch.inf  # a non-finite weight: the same NaN/inf in the same places
+    with torch.no_grad():
+        assert same(fam.jacobian_at_origin(thetas), reference_jacobian_at_origin(fam, thetas))
+
+
+def test_jacobian_at_origin_of_a_linear_policy_is_the_old_one():
+    c = compiled_of("linear_stability.scpo")
+    thetas = bank_of(c, C=3, scale=1.0)
+    assert same(c.family.jacobian_at_origin(thetas), reference_jacobian_at_origin(c.family, thetas))

@@ -164,11 +164,15 @@ class PolicyFamily:
         layers = list(self._unpack(theta))
         h = z
         for i, (W, b) in enumerate(layers):
-            pre = torch.bmm(h, W.transpose(1, 2)) if b is None else torch.baddbmm(b, h, W.transpose(1, 2))
             J = torch.bmm(W, J)
-            if i < len(layers) - 1:
-                J = _activation_slope(self.activation, pre).transpose(1, 2) * J
+            if i < len(layers) - 1:  # (the last layer's pre-activation is never read)
+                Wt = W.transpose(1, 2)
+                pre = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
                 h = self._act(pre)
+                # tanh' = 1 − tanh²: the tanh just computed, not a second one (the same numbers)
+                slope = 1 - h ** 2 if self.activation == "tanh" else \
+                    _activation_slope(self.activation, pre)
+                J = slope.transpose(1, 2) * J
         if self._gain_t is not None:  # a torch backup's K is its Jacobian at the origin
             J = J + self._gain_t.T.to(theta.device)
         return J
