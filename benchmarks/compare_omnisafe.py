@@ -485,27 +485,26 @@ class StepCounter:
         from scpo_spec.compile.evaluator import RolloutEvaluator
         from scpo_spec.systems.gym_rollout import GymRollout
         self.steps = 0
-        self._orig = (RolloutEvaluator.rollout, GymRollout.rollout)
+        # every torch rollout (handed out, or into the metrics' kept buffers) runs here
+        self._orig = (RolloutEvaluator._rollout_on_device, GymRollout.rollout)
         orig_ev, orig_gym = self._orig
         counter = self
 
-        def ev_rollout(ev, thetas, x0=None):
-            if ev.gym is None:
-                x = ev.x0 if x0 is None else x0
-                counter.steps += int(thetas.shape[0]) * int(x.shape[0]) * int(ev.horizon)
-            return orig_ev(ev, thetas, x0)
+        def ev_rollout(ev, thetas, x0, reuse=False):
+            counter.steps += int(thetas.shape[0]) * int(x0.shape[0]) * int(ev.horizon)
+            return orig_ev(ev, thetas, x0, reuse)
 
         def gym_rollout(g, policy, thetas, seeds, horizon):
             counter.steps += int(thetas.shape[0]) * int(np.asarray(seeds).size) * int(horizon)
             return orig_gym(g, policy, thetas, seeds, horizon)
 
-        RolloutEvaluator.rollout, GymRollout.rollout = ev_rollout, gym_rollout
+        RolloutEvaluator._rollout_on_device, GymRollout.rollout = ev_rollout, gym_rollout
         return self
 
     def __exit__(self, *exc):
         from scpo_spec.compile.evaluator import RolloutEvaluator
         from scpo_spec.systems.gym_rollout import GymRollout
-        RolloutEvaluator.rollout, GymRollout.rollout = self._orig
+        RolloutEvaluator._rollout_on_device, GymRollout.rollout = self._orig
 
 
 def run_scpo(name: str, runs: Path, log) -> tuple[dict, dict]:

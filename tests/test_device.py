@@ -88,10 +88,12 @@ def test_the_rollout_is_device_clean(name):
     ev = c.evaluator
     ev.device = torch.device("meta")
     thetas = c.family.theta0[None].repeat(2, 1)
-    with torch.no_grad():
-        X, U = ev._rollout_on_device(thetas, ev.x0)
-    assert X.device.type == "meta" and X.shape == (2, ev.x0.shape[0], ev.horizon + 1, c.family.n)
-    assert U.shape == (2, ev.x0.shape[0], ev.horizon, c.family.m)
+    for reuse in (False, True, True):  # fresh tensors, then the evaluator's kept buffers
+        with torch.no_grad():
+            X, U = ev._rollout_on_device(thetas, ev.x0, reuse=reuse)
+        assert X.device.type == "meta"
+        assert X.shape == (2, ev.x0.shape[0], ev.horizon + 1, c.family.n)
+        assert U.shape == (2, ev.x0.shape[0], ev.horizon, c.family.m)
 
 
 # ---- on a CUDA GPU (skipped here; run where one is lent: benchmarks/gpu_check.sh) ----

@@ -124,15 +124,15 @@ def test_on_violation_stop_ends_the_run(tmp_path):
 def test_nan_rollouts_are_unsafe_and_never_accepted(tmp_path, monkeypatch):
     t = trainer_for(small_di(), tmp_path)
     state = t.initial_state()
-    real = t.ev.rollout
+    real = t.ev._rollout_on_device  # what `rollout` and the metrics' reused-buffer rollout run
 
-    def poisoned(thetas, x0=None):  # every single-candidate rollout (the verification) is NaN
-        X, U = real(thetas, x0)
+    def poisoned(thetas, x0, reuse=False):  # every single-candidate rollout (the verification)
+        X, U = real(thetas, x0, reuse)      # is NaN
         if thetas.shape[0] == 1 and not thetas.requires_grad:
             X = X.clone()
             X[:, 0, 5, 0] = float("nan")
         return X, U
-    monkeypatch.setattr(t.ev, "rollout", poisoned)
+    monkeypatch.setattr(t.ev, "_rollout_on_device", poisoned)
     assert np.all(np.isinf(t.metrics(state.theta[None])))
     before = state.theta.clone()
     for _ in range(3):

@@ -20,6 +20,7 @@ from scpo_spec.compile.problem import compile_spec
 from scpo_spec.compile.signals import Trace
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.load import load_spec
+from scpo_spec.systems.dynamics import RolloutViews
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_SPECS = ["double_integrator.scpo", "double_integrator_safe_teacher.scpo",
@@ -54,8 +55,9 @@ def reference_rollout(ev, thetas, x0=None):
     return torch.stack(states, dim=2), torch.stack(inputs, dim=2).reshape(C, S, T, m)
 
 
-def reference_violations(ev, thetas):
-    X, U = reference_rollout(ev, thetas)
+def reference_violations(ev, thetas, rollout=None):
+    """`per_scenario` as it was: finiteness from `isfinite(·).all()` over every number."""
+    X, U = reference_rollout(ev, thetas) if rollout is None else rollout
     trace = Trace(X, U, ev.spectral_radius(thetas) if ev.needs_spectral else None)
     S = X.shape[1]
     cols = []
@@ -142,6 +144,130 @@ def test_a_diverging_rollout_keeps_its_inf_and_nan_where_they_were(exact_tanh):
     with torch.no_grad():
         h = c.evaluator.per_scenario(thetas)
         assert close(h, reference_violations(c.evaluator, thetas))
+
+
+def test_reused_rollout_buffers_change_no_number_and_leak_nothing(exact_tanh):
+    """`per_scenario` rolls out into buffers kept per shape: bit for bit the numbers of fresh
+    ones, whatever shapes came before (four shapes: one is dropped and made again), and a
+    rollout handed out earlier is not overwritten by a later evaluation."""
+    c = compiled_of("double_integrator.scpo")
+    ev = c.evaluator
+    banks = [bank_of(c, C=C, seed=C) for C in (6, 1, 2, 3, 6, 1)]
+    with torch.no_grad():
+        X, U = ev.rollout(banks[0])
+        X0, U0 = X.clone(), U.clone()
+        for thetas in banks:
+            h = ev.per_scenario(thetas)
+            assert close(h, reference_violations(ev, thetas))
+            assert same(h, ev.per_scenario(thetas))
+            Xf, Uf = ev._rollout_on_device(thetas, ev.x0)  # fresh tensors
+            Xr, Ur = ev._rollout_on_device(thetas, ev.x0, reuse=True)
+            assert same(Xf, Xr) and same(Uf, Ur)
+        assert same(X, X0) and same(U, U0)
+    assert len(ev._scratch) <= 3
+
+
+def crafted(X: torch.Tensor, U: torch.Tensor, case: str) -> tuple[torch.Tensor, torch.Tensor]:
+    X, U = X.clone(), U.clone()
+    if case == "nan in one state component":
+        X[1, 5, 17, 1] = torch.nan
+    elif case == "inf in an input only":
+        U[2, 7, 30, 0] = torch.inf
+    elif case == "-inf in a state":
+        X[0, 0, 60, 0] = -torch.inf
+    elif case == "huge but finite":  # |x| ~ 1e300: every sum stays finite
+        X[0, 3] *= 1e300
+        U[1, 4] *= -1e300
+    return X, U
+
+
+@pytest.mark.parametrize("case", ["nan in one state component", "inf in an input only",
+                                  "-inf in a state", "huge but finite"])
+def test_finiteness_from_sums_is_the_all_isfinite_check(case, exact_tanh, monkeypatch):
+    """A scenario's rollout is finite iff the sum of its numbers is: a NaN or inf in any one
+    component, of a state or of an input, makes that scenario +inf in every metric, exactly
+    where `isfinite(·).all()` did, and a huge finite rollout keeps its finite metrics."""
+    c = compiled_of("double_integrator.scpo")
+    ev, thetas = c.evaluator, bank_of(c, C=3)
+    with torch.no_grad():
+        X, U = crafted(*ev.rollout(thetas), case)
+        monkeypatch.setattr(ev, "_rollout_on_device", lambda th, x0, reuse=False: (X, U))
+        h, ref = ev.per_scenario(thetas), reference_violations(ev, thetas, (X, U))
+    assert close(h, ref)
+    if case != "huge but finite":
+        assert int((~torch.isfinite(h)).any(2).sum()) == 1  # that scenario, and only it
+    else:  # |position| ~ 1e300 and |force| ~ 1e300 stay finite (norm(state) squares overflow)
+        assert torch.isfinite(h[0, 3, 0]) and torch.isfinite(h[1, 4, 1])
+
+
+def test_a_rollout_whose_sum_overflows_is_unsafe(exact_tanh, monkeypatch):
+    """The one place the sum is conservative: finite numbers near the largest float64 whose
+    sum overflows make their scenario +inf (unsafe) in every metric, where `isfinite(·).all()`
+    kept the metrics that stayed finite; no other scenario changes."""
+    c = compiled_of("double_integrator.scpo")
+    ev, thetas = c.evaluator, bank_of(c, C=3)
+    with torch.no_grad():
+        X, U = ev.rollout(thetas)
+        X, U = X.clone(), U.clone()
+        X[1, 2, 40:] = 1e308
+        monkeypatch.setattr(ev, "_rollout_on_device", lambda th, x0, reuse=False: (X, U))
+        h, ref = ev.per_scenario(thetas), reference_violations(ev, thetas, (X, U))
+    assert torch.isfinite(ref[1, 2]).any() and (h[1, 2] == torch.inf).all()
+    h[1, 2], ref[1, 2] = 0.0, 0.0
+    assert close(h, ref)
+
+
+def test_the_max_over_one_number_is_that_number():
+    """Reducer.max over an axis of length 1 returns its operand (no copy), NaN and −0 kept."""
+    from scpo_spec.compile.signals import Reducer
+    x = torch.tensor([[1.5], [torch.nan], [-0.0], [-torch.inf]], dtype=DTYPE)
+    for reducer in (Reducer(), Reducer(0.1)):
+        assert same(reducer.max(x, 1), x.amax(1, keepdim=True))
+
+
+def rollout_step_family(activation: str, backup: str):
+    from scpo_spec.policies.backup import Backup, GainModule
+    from scpo_spec.policies.policy import PolicyFamily
+    c = compiled_of("double_integrator.scpo")
+    fam = c.family
+    bk = {"gain": fam.backup, "none": None,
+          "module": Backup(K=fam.backup.K, module=GainModule(fam.backup.K))}[backup]
+    return c, PolicyFamily(fam.n, fam.m, fam.layers, True, activation, bk, fam.theta0)
+
+
+@pytest.mark.parametrize("backup", ["none", "module", "gain"])
+@pytest.mark.parametrize("activation", ["tanh", "fast tanh", "relu", "elu", "gelu", "sigmoid",
+                                        "softplus", "identity"])
+def test_rollout_step_is_the_batched_call(activation, backup, monkeypatch):
+    """The evaluated rollout's flat step computes `BatchedForward.__call__`'s actions: bit for
+    bit (the same calls on the same operands), except a gain backup added by `addmm_` (a
+    fused multiply-add): to 1e-12."""
+    from scpo_spec.policies import policy
+    monkeypatch.setattr(policy, "FAST_TANH", activation == "fast tanh")
+    c, fam = rollout_step_family(activation.replace("fast ", ""), backup)
+    thetas = bank_of(c, C=4, scale=1.0)
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(3, 4, 9, fam.n, dtype=DTYPE, generator=gen) * 3
+    U = torch.empty(2, 4, 9, fam.m, dtype=DTYPE)
+    fast = fam.batched(thetas)
+    step = fast.rollout_step(RolloutViews(X, U))
+    with torch.no_grad():
+        for t in (0, 1, 0):  # the buffers are reused: a second call gives the same numbers
+            step(t)
+            ref = fast(X[t])
+            assert (same if backup != "gain" else close)(U[t], ref)
+
+
+def test_rollout_step_of_a_linear_policy_is_the_batched_call():
+    """No bias, no hidden layer (`policy linear`): one bmm, bit for bit."""
+    c = compiled_of("linear_stability.scpo")
+    thetas = bank_of(c, C=3, scale=1.0)
+    X = torch.randn(2, 3, 5, c.family.n, dtype=DTYPE, generator=torch.Generator().manual_seed(4))
+    U = torch.empty(1, 3, 5, c.family.m, dtype=DTYPE)
+    fast = c.family.batched(thetas)
+    with torch.no_grad():
+        fast.rollout_step(RolloutViews(X, U))(0)
+        assert same(U[0], fast(X[0]))
 
 
 @pytest.mark.parametrize("name", ["double_integrator.scpo", "pendulum.scpo", "cartpole.scpo"])
@@ -369,3 +495,53 @@ def test_freed_memory_is_kept_for_reuse_without_changing_a_number():
     from scpo_spec.engine import memory
     took = memory.keep_freed_memory()
     assert took == (platform.libc_ver()[0] == "glibc") and memory.keep_freed_memory() == took
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 6])
+def test_norm_over_components_is_vector_norm(K):
+    """`norm(·)` of a signal added component by component: vector_norm to 1e-15, non-finite
+    entries (NaN, an overflowing square) in the same places, and vector_norm itself (K > 4)."""
+    from scpo_spec.compile.signals import _norm
+    gen = torch.Generator().manual_seed(K)
+    t = torch.randn(3, 4, 7, K, dtype=DTYPE, generator=gen) * 10.0 ** torch.randint(
+        -5, 5, (3, 4, 7, 1), generator=gen)
+    t[0, 0, 0] = 0.0
+    t[0, 1, 2, 0] = torch.nan
+    t[1, 2, 3, K - 1] = -torch.inf
+    t[2, 3, 4, 0] = 1e200
+    with torch.no_grad():
+        assert close(_norm(t), torch.linalg.vector_norm(t, dim=3, keepdim=True), 1e-15)
+
+
+def reference_jacobian_at_origin(fam, theta):
+    """`jacobian_at_origin` as it was: every layer's pre-activation, tanh computed twice."""
+    from scpo_spec.policies.policy import _activation_slope
+    C = theta.shape[0]
+    J = torch.eye(fam.n, dtype=theta.dtype).expand(C, fam.n, fam.n)
+    layers = list(fam._unpack(theta))
+    h = torch.zeros(C, 1, fam.n, dtype=theta.dtype)
+    for i, (W, b) in enumerate(layers):
+        pre = torch.bmm(h, W.transpose(1, 2)) if b is None else torch.baddbmm(b, h, W.transpose(1, 2))
+        J = torch.bmm(W, J)
+        if i < len(layers) - 1:
+            J = _activation_slope(fam.activation, pre).transpose(1, 2) * J
+            h = fam._act(pre)
+    if fam._gain_t is not None:
+        J = J + fam._gain_t.T
+    return J
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu", "gelu", "sigmoid", "softplus",
+                                        "identity"])
+def test_jacobian_at_origin_is_the_old_chain_rule_bit_for_bit(activation):
+    c, fam = rollout_step_family(activation, "gain")
+    thetas = bank_of(c, C=4, scale=1.0)
+    thetas[1, :5] = torch.inf  # a non-finite weight: the same NaN/inf in the same places
+    with torch.no_grad():
+        assert same(fam.jacobian_at_origin(thetas), reference_jacobian_at_origin(fam, thetas))
+
+
+def test_jacobian_at_origin_of_a_linear_policy_is_the_old_one():
+    c = compiled_of("linear_stability.scpo")
+    thetas = bank_of(c, C=3, scale=1.0)
+    assert same(c.family.jacobian_at_origin(thetas), reference_jacobian_at_origin(c.family, thetas))

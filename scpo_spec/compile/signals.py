@@ -64,7 +64,9 @@ class Reducer:
         self.tau = tau
 
     def max(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        if self.tau is None or x.shape[dim] == 1:
+        if x.shape[dim] == 1:  # the max of one number is that number (NaN included): no copy
+            return x
+        if self.tau is None:
             return x.amax(dim=dim, keepdim=True)
         return self.tau * torch.logsumexp(x / self.tau, dim=dim, keepdim=True)
 
@@ -258,14 +260,29 @@ class ExpressionCompiler(ElementwiseCompiler[Val]):
             return lyapunov
         if f == "norm":
             arg = self.value(e.args[0])
-            return lambda trace: _map(arg(trace),
-                                      lambda t: torch.linalg.vector_norm(t, dim=3, keepdim=True))
+            return lambda trace: _map(arg(trace), _norm)
         if f in ("min", "max") and len(e.args) == 1:  # over the components
             arg = self.value(e.args[0])
             red = (lambda t: t.amax(3, keepdim=True)) if f == "max" else \
                 (lambda t: t.amin(3, keepdim=True))
             return lambda trace: _map(arg(trace), red)
         raise TypeError(f"unknown function '{f}'")
+
+
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    """‖·‖₂ over the components (axis 3).  A few components are squared and added one at a
+    time (0.21 instead of 0.32 ms for 2 × 70 000: torch's reduction over a short innermost axis
+    is slow), within an ulp of vector_norm (neither rescales: both overflow alike; one
+    component is |x|, as in vector_norm).  With autograd on, vector_norm itself (its gradient
+    at 0 is 0, sqrt's is not)."""
+    if t.shape[3] > 4 or torch.is_grad_enabled():
+        return torch.linalg.vector_norm(t, dim=3, keepdim=True)
+    if t.shape[3] == 1:  # vector_norm's own: |x| (no square to overflow)
+        return t.abs()
+    s = t[..., 0:1].square()
+    for k in range(1, t.shape[3]):
+        s += t[..., k:k + 1].square()
+    return s.sqrt_()
 
 
 def _const(value) -> Val:

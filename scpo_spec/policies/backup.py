@@ -36,17 +36,21 @@ class Backup:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """u (..., m) for states x (..., n): one call of the module on all states at once."""
         if self.module is None:
-            if x.device == self._gain_t.device:
-                return x @ self._gain_t
-            gain = self._gain_on.get(x.device)  # `device cuda`: a copy per device, kept
-            if gain is None:
-                gain = self._gain_on[x.device] = self._gain_t.to(x.device)
-            return x @ gain
+            return x @ self.gain_on(x.device)
         lead = x.shape[:-1]
         # a frozen TorchScript backup stays on the CPU (the module export writes): the states
         # of a rollout on another device visit it there
         u = self.module(x.reshape(-1, x.shape[-1]).cpu()).to(x.device)
         return u.reshape(*lead, u.shape[-1])
+
+    def gain_on(self, device: torch.device) -> torch.Tensor:
+        """Kᵀ (n, m) on `device` (`device cuda`: a copy per device, kept)."""
+        if device == self._gain_t.device:
+            return self._gain_t
+        gain = self._gain_on.get(device)
+        if gain is None:
+            gain = self._gain_on[device] = self._gain_t.to(device)
+        return gain
 
     def as_module(self) -> torch.nn.Module:
         """The backup as a scriptable torch module states (N, n) → inputs (N, m)."""
