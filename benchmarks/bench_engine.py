@@ -257,7 +257,7 @@ def print_figure0(r: dict) -> None:
         total = sum(step.median.values())
         beyond = sum(step.median[p] for p in ("bank", "hashing", "other"))
         share = beyond / total
-        table.add_row("'other' (bank, QR, hashing, rest) / Trainer.step at d = "
+        table.add_row("'other' (bank, hashing, rest) / Trainer.step at d = "
                       + f"{wsh['d']:,}".replace(",", " "), f"{100 * share:.1f}%", "≤ 10 %",
                       f"medians of {step.steps} steps: {ms(beyond)} of {ms(total)} ms "
                       f"(rollouts {ms(step.median['rollouts'])}, verification "
@@ -354,7 +354,7 @@ def print_figure1(result: StepTiming | str, shape: dict,
     what = {
         "rollouts": f"1 bank evaluation (C={shape['C']}) (+ counterexamples)",
         "verification": f"{r.verifications:.2f} verification rollouts (C=1) per step",
-        "bank": "probes, Gram matrix DDᵀ, reduced QR of the d×n bank",
+        "bank": "probes, Gram matrix DDᵀ, R and Qᵀs from it",
         "hashing": "SHA-256 of θ (once per new θ)",
         "qcqp": "projection solves (one per try)",
         "gradient": "∇L (autograd) + Armijo loss evaluations",
