@@ -22,6 +22,22 @@ from scpo_spec.language.source import Source
 from scpo_spec.language.yaml_writer import format_yaml
 from tests.helpers import check, errors
 
+DISCRETE_SYSTEM = """system discrete {
+    state p, v
+    input f
+    next p = p + dt * v
+    next v = v + dt * f
+}"""
+ODE_SYSTEM = """system ode {
+    state p, v
+    input f
+    dt = 0.05
+    integrator midpoint
+    substeps 4
+    der p = v
+    der v = -sin(p) + f
+}"""
+
 DISCRETE = """\
 spec d "declared"
 const dt = 0.1
@@ -41,20 +57,7 @@ objective cost { stage quad(diag(1, 1), state) + f^2 }
 train { steps 1 optimizer sgd { lr = 0.1 } directions 1 perturbation 1e-3 radius 0.1 margin 0 }
 """
 
-ODE = DISCRETE.replace("""system discrete {
-    state p, v
-    input f
-    next p = p + dt * v
-    next v = v + dt * f
-}""", """system ode {
-    state p, v
-    input f
-    dt = 0.05
-    integrator midpoint
-    substeps 4
-    der p = v
-    der v = -sin(p) + f
-}""")
+ODE = DISCRETE.replace(DISCRETE_SYSTEM, ODE_SYSTEM)
 
 # Barto, Sutton & Anderson (1983), θ = 0 upright; ẍ repeats θ̈'s expression
 CARTPOLE = """\
@@ -153,12 +156,8 @@ def test_system_discrete_parses_into_equations_in_order():
 
 
 def test_equations_in_any_order_on_one_line():
-    text = sub("""system discrete {
-    state p, v
-    input f
-    next p = p + dt * v
-    next v = v + dt * f
-}""", "system discrete { state p, v  input f  next v = v + dt * f  next p = p + dt * v }")
+    text = sub(DISCRETE_SYSTEM, "system discrete { state p, v  input f  next v = v + dt * f  "
+               "next p = p + dt * v }")
     s = ok_spec(text)
     assert [eq.state.name for eq in s.system.next] == ["v", "p"]
 
@@ -183,12 +182,7 @@ def test_ode_defaults_are_left_out_of_the_model():
 def test_system_python_backup_and_policy_torch(tmp_path):
     (tmp_path / "controller.pt").write_bytes(b"not loaded by check")
     (tmp_path / "policy.pt").write_bytes(b"not loaded by check")
-    text = sub("""system discrete {
-    state p, v
-    input f
-    next p = p + dt * v
-    next v = v + dt * f
-}""", 'system python "my_pkg.plant:dynamics" { state p, v  input f }')
+    text = sub(DISCRETE_SYSTEM, 'system python "my_pkg.plant:dynamics" { state p, v  input f }')
     text = sub("backup lqr { Q = diag(1, 1)  R = diag(1) }", 'backup torch { file = "controller.pt" }',
                text)
     text = sub("policy mlp { hidden = [8]  residual = backup }", 'policy torch { file = "policy.pt" }',
@@ -314,12 +308,7 @@ def test_ode_numbers():
 
 
 def test_python_system_label():
-    base = sub("""system discrete {
-    state p, v
-    input f
-    next p = p + dt * v
-    next v = v + dt * f
-}""", 'system python "my_pkg.plant:dynamics" { state p, v  input f }')
+    base = sub(DISCRETE_SYSTEM, 'system python "my_pkg.plant:dynamics" { state p, v  input f }')
     ok_spec(base)  # lqr, lyapunov(backup) and spectral_radius: accepted, numbers left to compile
     assert only(base.replace('"my_pkg.plant:dynamics" ', "")) == \
         (3, 1, "a python system needs its function")
@@ -393,12 +382,7 @@ def test_discrete_linearisation_is_the_jacobian():
 def test_ode_integrators_on_a_linear_ode(integrator, order):
     """ẋ = a x + b u: F is the integrator's polynomial in h·a; its linearisation is close to the
     exact exp(a dt) to the integrator's order."""
-    text = sub("""system discrete {
-    state p, v
-    input f
-    next p = p + dt * v
-    next v = v + dt * f
-}""", f"""system ode {{
+    text = sub(DISCRETE_SYSTEM, f"""system ode {{
     state p, v
     input f
     dt = 0.1
@@ -545,21 +529,9 @@ def test_fmt_writes_equations_in_order_and_round_trips():
 
 def test_fmt_of_ode_python_and_torch_forms(tmp_path):
     once = round_trip(ODE)
-    assert """system ode {
-    state p, v
-    input f
-    dt = 0.05
-    integrator midpoint
-    substeps 4
-    der p = v
-    der v = -sin(p) + f
-}""" in once
-    text = sub("""system discrete {
-    state p, v
-    input f
-    next p = p + dt * v
-    next v = v + dt * f
-}""", 'system python "my_pkg.plant:dynamics" {\n  state p, v\n  input f }')
+    assert ODE_SYSTEM in once
+    text = sub(DISCRETE_SYSTEM,
+               'system python "my_pkg.plant:dynamics" {\n  state p, v\n  input f }')
     text = sub("backup lqr { Q = diag(1, 1)  R = diag(1) }", 'backup torch {file="c.pt"}', text)
     text = sub("policy mlp { hidden = [8]  residual = backup }", 'policy torch { file = "p.pt" }',
                text)
@@ -603,12 +575,8 @@ def test_yaml_twin_of_declared_systems():
     assert only(bad, path="t.yaml") == (10, 18, "unknown name 'g'")
     bad = written.replace("next:\n    p: p + dt * v\n    v: \"v + dt * f\"", "next: p + v")
     assert only(bad, path="t.yaml")[2].startswith("`next` holds equations")
-    py = yaml_of(DISCRETE.replace("""system discrete {
-    state p, v
-    input f
-    next p = p + dt * v
-    next v = v + dt * f
-}""", 'system python "m.plant:step" { state p, v  input f }'))
+    py = yaml_of(DISCRETE.replace(DISCRETE_SYSTEM,
+                                  'system python "m.plant:step" { state p, v  input f }'))
     assert "system: {kind: python, id: 'm.plant:step', state: [p, v], input: [f]}" in py
 
 
