@@ -22,14 +22,14 @@ fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'CPUs', os.cpu_count())"
   echo "== tests on the GPU"
-  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_perf_equality.py 2>&1 | tail -15
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_perf_equality.py 2>&1 | tail -15
   echo "== scpo train --device cuda, then scpo audit (no GPU used by the audit)"
   rm -rf /tmp/gpu_run
   timeout 60 python3 -m scpo_spec.cli train specs/double_integrator.scpo --device cuda \
     --out /tmp/gpu_run --no-tensorboard 2>&1 | tail -6
   timeout 30 python3 -m scpo_spec.cli audit /tmp/gpu_run 2>&1 | tail -3
   echo "== bench_scale --device cuda"
-  timeout 240 python3 benchmarks/bench_scale.py --device cuda --widths ${WIDTHS:-64,256,1024,2048,4096} 2>&1
+  timeout 270 python3 benchmarks/bench_scale.py --device cuda --widths ${WIDTHS:-64,256,1024,2048,4096} 2>&1
   echo "== bench_engine --device cuda"
   timeout 60 python3 benchmarks/bench_engine.py --device cuda --no-blas-compare --no-headline 2>&1
   date -u

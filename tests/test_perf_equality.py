@@ -131,11 +131,26 @@ def test_rollout_of_a_subset_of_scenarios_and_one_candidate(exact_tanh):
 
 
 def test_a_diverging_rollout_keeps_its_inf_and_nan_where_they_were(exact_tanh):
+    """Scenarios that leave the finite numbers, each in its own way, and candidates that do:
+    the same scenarios are +inf as with the old `isfinite(·).all()`, and the others keep their
+    numbers.  Built so that no rounding difference between BLAS builds can change which
+    scenario diverges (a bank of huge random weights made that chaotic on an AVX-512 CPU)."""
     c = compiled_of("double_integrator.scpo")
-    thetas = bank_of(c, C=3, scale=1e3)
+    ev = c.evaluator
+    thetas = bank_of(c, C=3)
+    thetas[1] *= 1e200  # every weight 1e200: inputs overflow, then inf − inf = NaN
+    thetas[2, -1] = float("nan")  # one NaN weight: every scenario NaN
+    x0 = ev.x0.clone()
+    x0[1, 0] = float("nan")
+    x0[2, 1] = float("inf")
+    x0[3, 1] = -1e200  # a finite rollout whose metrics overflow (a square of ~1e199)
     with torch.no_grad():
-        h = c.evaluator.per_scenario(thetas)
-        assert close(h, reference_violations(c.evaluator, thetas))
+        h = ev.per_scenario(thetas, x0)
+        want = reference_violations(ev, thetas, reference_rollout(ev, thetas, x0))
+    assert close(h, want)
+    bad = ~torch.isfinite(h).all(2)
+    assert bad[:, 1:4].all() and bad[1:].all() and not bad[0, 4:].any()
+    assert bool(torch.isfinite(h[0, 4:]).all())
 
 
 def test_reused_rollout_buffers_change_no_number_and_leak_nothing(exact_tanh):
