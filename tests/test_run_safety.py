@@ -20,12 +20,15 @@ from typer.testing import CliRunner
 from scpo_spec import load_run
 from scpo_spec.audit import log as log_module
 from scpo_spec.audit.rundir import RunDir, RunError
-from scpo_spec.cli import app
-from tests.engine_specs import small_di, write_spec
+from scpo_spec.cli import _sigterm_interrupts, app
+from scpo_spec.engine.run import train
+from scpo_spec.engine.train import Trainer
+from tests.engine_specs import small_di, spec_of, write_spec
 from tests.forgery import records
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # the code under test, not an installed copy
+# the code under test, not an installed copy; a child that hangs shows its stacks (`finish`)
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
 runner = CliRunner()
 
 
@@ -40,6 +43,22 @@ def scpo(*args: str, cwd: Path | None = None, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "scpo_spec.cli", *args], env=ENV,
                             cwd=cwd or ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=_interruptible, **popen)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    """`proc.communicate`; a child still running after `timeout` is sent SIGABRT, on which
+    faulthandler prints every thread's Python stack, and the test fails showing them."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        raise AssertionError(f"still running {timeout:g} s later; its stacks:\n{err[-8000:]}"
+                             ) from None
 
 
 def wait_for_steps(run: Path, n: int, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -408,7 +427,7 @@ def test_a_signal_mid_run_stops_between_records_and_resumes(tmp_path, sig):
                 cwd=tmp_path)
     wait_for_steps(tmp_path / run, 5, proc)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    _, err = finish(proc)
     err = " ".join(err.split())
     assert proc.returncode == 130, err
     assert "interrupted" in err and f"--out {run} --resume" in err and "Traceback" not in err
@@ -425,6 +444,82 @@ def test_a_signal_mid_run_stops_between_records_and_resumes(tmp_path, sig):
                                  str(reached + 3), "-q", "--no-report"])
     assert result.exit_code == 0, result.output
     assert audit(run) == 0
+
+
+def _signalling_step(monkeypatch, at: int, *signals: int) -> dict:
+    """Trainer.step, sending `signals` to this process as call `at` begins; the dict says
+    whether that call's step still ran to its end."""
+    seen = {"calls": 0, "finished": False}
+    real_step = Trainer.step
+
+    def step(self, state):
+        seen["calls"] += 1
+        for sig in signals if seen["calls"] == at else ():
+            os.kill(os.getpid(), sig)  # Python runs the handler before the next line
+        out = real_step(self, state)
+        seen["finished"] |= seen["calls"] == at
+        return out
+    monkeypatch.setattr(Trainer, "step", step)
+    return seen
+
+
+@contextmanager
+def _handler(sig: int, handler):
+    before = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        signal.signal(sig, before)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_first_signal_lets_the_step_under_way_finish_and_be_logged(tmp_path, monkeypatch,
+                                                                      sig):
+    """Ctrl-C (or SIGTERM, turned into KeyboardInterrupt as `scpo train` does) mid-step raises
+    nothing inside the step: the step ends, is committed, then the run stops with its end
+    record; the handlers are the caller's again afterwards."""
+    text = small_di(steps=8)
+    spec = spec_of(text, tmp_path)
+    seen = _signalling_step(monkeypatch, 4, sig)
+    with (_sigterm_interrupts() if sig == signal.SIGTERM
+          else _handler(sig, signal.default_int_handler)):
+        interrupt = signal.getsignal(sig)
+        with pytest.raises(KeyboardInterrupt):
+            train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r")
+        assert signal.getsignal(sig) is interrupt
+    assert seen == {"calls": 4, "finished": True}
+    recs = records(tmp_path / "r")
+    assert [r["step"] for r in recs if r["type"] == "step"] == [0, 1, 2, 3]
+    assert recs[-1]["type"] == "end" and recs[-1]["reason"] == "interrupted after step 4"
+    assert audit(tmp_path / "r", "--allow-incomplete") == 0
+    monkeypatch.undo()
+    res = train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r", resume=True)
+    assert res.state.step == 8 and audit(tmp_path / "r") == 0
+
+
+def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
+    text = small_di(steps=8)
+    spec = spec_of(text, tmp_path)
+    seen = _signalling_step(monkeypatch, 4, signal.SIGINT, signal.SIGINT)
+    with _handler(signal.SIGINT, signal.default_int_handler):
+        with pytest.raises(KeyboardInterrupt):
+            train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert seen == {"calls": 4, "finished": False}  # raised inside the step
+    recs = records(tmp_path / "r")
+    assert [r["step"] for r in recs if r["type"] == "step"] == [0, 1, 2]
+    assert recs[-1]["type"] == "end" and recs[-1]["reason"] == "interrupted after step 3"
+    assert audit(tmp_path / "r", "--allow-incomplete") == 0
+
+
+def test_an_ignored_sigint_stays_ignored_through_training(tmp_path, monkeypatch):
+    text = small_di(steps=5)
+    spec = spec_of(text, tmp_path)
+    seen = _signalling_step(monkeypatch, 2, signal.SIGINT)
+    with _handler(signal.SIGINT, signal.SIG_IGN):
+        res = train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r")
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert seen["finished"] and res.state.step == 5 and res.ended == "completed"
 
 
 # ---- 6. what --resume compares: the spec's meaning ----

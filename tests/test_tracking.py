@@ -20,7 +20,7 @@ from scpo_spec.audit.rundir import RunDir
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.cli import app
 from tests.engine_specs import small_di, write_spec
-from tests.test_run_safety import ENV, read_only, tmpfs, wait_for_steps
+from tests.test_run_safety import ENV, finish, read_only, tmpfs, wait_for_steps
 
 pytest.importorskip("tensorboard")
 mlflow = pytest.importorskip("mlflow")
@@ -29,8 +29,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 runner = CliRunner()
 STEPS = 5
-# MLflow 3 keeps its file store only on request; the tests want a store with no server or DB
-MLFLOW_ENV = {"MLFLOW_ALLOW_FILE_STORE": "true"}
+# MLflow 3 keeps its file store only on request; the tests want a store with no server or DB,
+# and no usage report sent over the network from a test
+MLFLOW_ENV = {"MLFLOW_ALLOW_FILE_STORE": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 @pytest.fixture(autouse=True)
@@ -233,7 +234,7 @@ def test_an_interrupted_training_ends_its_mlflow_run_killed_with_every_logged_st
     try:
         wait_for_steps(run, 3, proc)
         proc.send_signal(signal.SIGTERM)  # `scpo train` stops as on Ctrl-C
-        _, err = proc.communicate(timeout=120)
+        _, err = finish(proc)
     finally:
         proc.kill()
     assert proc.returncode == 130, err

@@ -5,7 +5,10 @@ back (`scpo_spec.load_run`).
 Every record is committed the same way: the state file is written first, carrying the record's
 line and its head hash, then the line is appended; Ctrl-C (and SIGTERM, when a handler turns it
 into KeyboardInterrupt, as `scpo train` does) is held off for those two writes, so an interrupted
-run stops between records and its end record names the step actually reached.  A write that
+run stops between records and its end record names the step actually reached.  During the steps
+the first such signal only asks to stop: the step under way finishes and is logged, then the run
+ends (a second signal stops it at once), so no exception is ever raised inside torch's, numpy's,
+cvxpy's or a tracker's work, where one can leave a lock held or a worker thread waiting.  A write that
 fails (a full disk) leaves the log and state file as they were before it: the run stops with a
 RunError naming the last intact step and the command that continues it.
 
@@ -218,6 +221,34 @@ def _hold_interrupts():
             previous[signum](signum, frame)  # Python's SIGINT handler raises KeyboardInterrupt
 
 
+@contextmanager
+def _stop_between_steps():
+    """Yields `requested()`: whether Ctrl-C (or SIGTERM, when it has a Python handler) arrived.
+    The first signal sets it and puts the previous handlers back, so a second one is delivered
+    at once (KeyboardInterrupt mid-step, as before); an ignored signal stays ignored."""
+    caught: list[int] = []
+    previous: dict = {}
+
+    def first(signum, frame):
+        caught.append(signum)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if callable(signal.getsignal(sig))]
+    try:
+        for sig in held:
+            previous[sig] = signal.signal(sig, first)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(caught)
+    finally:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is first:
+                signal.signal(sig, handler)
+
+
 class Recorder:
     """Appends records to the log and keeps the state file bound to the last one."""
 
@@ -352,15 +383,18 @@ def _loop(recorder: Recorder, state: State, total: int, on_step,
     trainer, ended = recorder.trainer, "completed"
     try:
         try:
-            while state.step < total:
-                new_state, record = trainer.step(state)
-                recorder.commit(record, new_state)
-                state = new_state
-                if on_step is not None:
-                    on_step(record, state)
-                if record.stopped:
-                    ended = f"stopped at step {record.step}: {record.reason}"
-                    break
+            with _stop_between_steps() as stop_requested:
+                while state.step < total:
+                    new_state, record = trainer.step(state)
+                    recorder.commit(record, new_state)
+                    state = new_state
+                    if on_step is not None:
+                        on_step(record, state)
+                    if stop_requested():
+                        raise KeyboardInterrupt
+                    if record.stopped:
+                        ended = f"stopped at step {record.step}: {record.reason}"
+                        break
         except KeyboardInterrupt:  # the end record names the last state committed
             state = recorder.state
             recorder.commit(_end(f"interrupted after step {state.step}", state), state)
