@@ -552,3 +552,22 @@ def test_jacobian_at_origin_of_a_linear_policy_is_the_old_one():
     c = compiled_of("linear_stability.scpo")
     thetas = bank_of(c, C=3, scale=1.0)
     assert same(c.family.jacobian_at_origin(thetas), reference_jacobian_at_origin(c.family, thetas))
+
+
+# ---- the spectral radius ----
+def test_a_closed_loop_that_is_not_finite_has_no_spectral_radius():
+    """NaN (then +inf violation) where the closed loop holds a NaN or inf — also where LAPACK
+    would not have looked at it (torch's eigvals gives [1, 1] for [[1, nan], [0, 1]])."""
+    c = compiled_of("double_integrator.scpo")
+    ev = c.evaluator
+    thetas = bank_of(c, C=3)
+    thetas[1, 0] = float("nan")
+    thetas[2, 0] = float("inf")
+    with torch.no_grad():
+        rho = ev.spectral_radius(thetas)
+        g = ev(thetas)
+    assert torch.isfinite(rho[0]) and torch.isnan(rho[1:]).all()
+    margin = ev.names.index("margin")
+    assert torch.isfinite(g[0]).all() and (g[1:, margin] == torch.inf).all()
+    ev._A, ev._B = torch.tensor([[1.0, float("nan")], [0.0, 1.0]], dtype=DTYPE), 0 * ev._B
+    assert torch.isnan(ev.spectral_radius(thetas[:1])).all()

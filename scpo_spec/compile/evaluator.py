@@ -164,10 +164,12 @@ class RolloutEvaluator:
                                 self.horizon)
 
     def spectral_radius(self, thetas: torch.Tensor) -> torch.Tensor:
-        """ρ(A + B ∂π/∂x(0)) per candidate (C,)."""
+        """ρ(A + B ∂π/∂x(0)) per candidate (C,); NaN where the closed loop is not finite (LAPACK
+        need not read every entry: torch's eigvals gives [1, 1] for [[1, nan], [0, 1]])."""
         J = self.family.jacobian_at_origin(thetas.cpu())
         closed = self._A + self._B @ J
-        return torch.linalg.eigvals(closed).abs().amax(dim=1)
+        rho = torch.linalg.eigvals(closed).abs().amax(dim=1)
+        return torch.where(torch.isfinite(closed).all(2).all(1), rho, torch.nan)
 
     @torch.no_grad()
     def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
