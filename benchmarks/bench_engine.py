@@ -156,11 +156,12 @@ def plain_policy_loop(compiled: CompiledSpec, thetas: torch.Tensor, torch_tanh: 
     x = ev.x0.expand(thetas.shape[0], *ev.x0.shape).contiguous()
     layers = [(W.transpose(1, 2), b) for W, b in fam._unpack(thetas)]
     if fam.activation == "tanh" and P.FAST_TANH and not torch_tanh:
-        # the evaluator's own arithmetic: its pre-doubled hidden layers, σ, then 2σ − 1
-        layers = fam.batched(thetas).layers
-        act = lambda z: P.tanh_via_sigmoid_(z, doubled=True)  # noqa: E731
+        # the evaluator's own arithmetic: its doubled first layer and biases, σ, then 4σ − 2
+        # (2·tanh, for a hidden layer) or 2σ − 1 (for the last)
+        forward = fam.batched(thetas)
+        layers, acts = forward.layers, forward._acts_
     else:
-        act = ACTIVATIONS[fam.activation]
+        acts = [ACTIVATIONS[fam.activation]] * (len(layers) - 1)
 
     @torch.no_grad()
     def run():
@@ -169,7 +170,7 @@ def plain_policy_loop(compiled: CompiledSpec, thetas: torch.Tensor, torch_tanh: 
             for i, (Wt, b) in enumerate(layers):
                 h = torch.baddbmm(b, h, Wt)
                 if i < len(layers) - 1:
-                    h = act(h)
+                    h = acts[i](h)
         return h
     return run
 

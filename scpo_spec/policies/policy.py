@@ -181,17 +181,19 @@ class PolicyFamily:
 FAST_TANH = True  # the rollout's tanh as 2σ(2z) − 1 (see BatchedForward); False: torch.tanh
 
 
-def tanh_via_sigmoid_(z: torch.Tensor, doubled: bool = False) -> torch.Tensor:
+def tanh_via_sigmoid_(z: torch.Tensor, doubled: bool = False, scale: int = 1) -> torch.Tensor:
     """tanh(z) = 2σ(2z) − 1, in place.  float64 throughout; within 3.4e-16 of torch.tanh
     everywhere (an absolute error: both are ≤ 1 in size; ±inf → ±1, NaN stays NaN), and about
     3× cheaper on a CPU, where torch's float64 tanh costs ~5-7 ns per element and its sigmoid
     ~1.2 (benchmarks/README.md).  `doubled`: z is already 2z (BatchedForward doubles the hidden
     layers' W and b once: 2(Wh + b) = (2W)h + 2b exactly, a power of two commutes with rounding),
-    leaving two passes: σ, then 2σ − 1 (2σ is exact, so one rounding, as in z·2 − 1)."""
+    leaving two passes: σ, then 2σ − 1 (2σ is exact, so one rounding, as in z·2 − 1).
+    `scale` 2: 2·tanh(z) = 4σ − 2, exactly twice 2σ − 1 (for the next layer's doubled input)."""
     if not doubled:
         z.mul_(2)
     torch.sigmoid_(z)
-    return torch.add(_MINUS_ONE.get(z.device), z, alpha=2, out=z)
+    minus = _MINUS_ONE if scale == 1 else _MINUS_TWO
+    return torch.add(minus.get(z.device), z, alpha=2 * scale, out=z)
 
 
 class _PerDevice:
@@ -206,6 +208,7 @@ class _PerDevice:
 
 
 _MINUS_ONE = _PerDevice(-1.0)
+_MINUS_TWO = _PerDevice(-2.0)
 
 
 class BatchedForward:
@@ -217,21 +220,32 @@ class BatchedForward:
     what the backup returns.  Every operation is `forward`'s, in the same order, on the same
     operands — bit for bit the same numbers — except tanh under FAST_TANH: 2σ(2z) − 1, within
     3.4e-16 of torch.tanh per activation (tests/test_perf_equality.py checks both: bit for bit
-    with FAST_TANH off, the metrics to 1e-12 with it on)."""
+    with FAST_TANH off, the metrics to 1e-12 with it on).
+
+    Under FAST_TANH σ must read 2z.  The first layer's W and b are doubled once (small: its
+    input is the state), every later hidden layer's b, and each hidden activation but the last
+    hands on 2·tanh = 4σ − 2 instead of 2σ − 1; so 2(Wh + b) = W(2h) + 2b reaches the next σ.
+    Both are exact (a power of two commutes with rounding), and the hidden layers' large W are
+    used as they are, never copied (a 2-512-512-1 bank: 38 MB per evaluation)."""
 
     def __init__(self, family: PolicyFamily, theta: torch.Tensor):
         self.family = family
         layers = [(W.transpose(1, 2), b) for W, b in family._unpack(theta)]
-        act = family.activation
-        if act == "tanh" and FAST_TANH:  # hidden layers pre-doubled (exact): σ reads 2z
-            layers = [(Wt * 2, None if b is None else b * 2) if i < len(layers) - 1 else (Wt, b)
-                      for i, (Wt, b) in enumerate(layers)]
-            self._act_ = lambda z: tanh_via_sigmoid_(z, doubled=True)
+        act, last = family.activation, len(layers) - 1
+        if act == "tanh" and FAST_TANH:
+            layers = [((Wt * 2 if i == 0 else Wt), None if b is None or i == last else b * 2)
+                      if i < last else (Wt, b) for i, (Wt, b) in enumerate(layers)]
+            # hidden activation i hands on 2·tanh when layer i + 1 is hidden, tanh to the last
+            self.scales = [2 if i < last - 1 else 1 for i in range(last)]
+            self._acts_ = [lambda z, k=k: tanh_via_sigmoid_(z, doubled=True, scale=k)
+                           for k in self.scales]
             self.doubled = True
         else:
             self.doubled = False  # in place where torch has the activation in place exactly
-            self._act_ = {"tanh": torch.tanh_, "relu": torch.relu_, "sigmoid": torch.sigmoid_,
-                          "identity": lambda z: z}.get(act)
+            self.scales = [1] * last
+            act_ = {"tanh": torch.tanh_, "relu": torch.relu_, "sigmoid": torch.sigmoid_,
+                    "identity": lambda z: z}.get(act, family._act)
+            self._acts_ = [act_] * last
         self.layers = layers
         self.C = theta.shape[0]
         self._buffers: dict[tuple, list[torch.Tensor]] = {}
@@ -262,7 +276,7 @@ class BatchedForward:
             else:
                 h = torch.baddbmm(b, h, Wt, out=dest)
             if i < last:
-                h = self._act_(h) if self._act_ is not None else self.family._act(h)
+                h = self._acts_[i](h)
         if self.family.backup is not None:
             backup = self.family.backup(x)
             h = h.add_(backup) if out is not None else h + backup
@@ -278,22 +292,24 @@ class BatchedForward:
         rounding (tests/test_perf_equality.py)."""
         xs, us, device = views.xs, views.us, views.device
         C, B = xs[0].shape[0], xs[0].shape[1]
-        hidden = [(b, Wt, views.buffer(("hidden", i), (C, B, Wt.shape[2])))
-                  for i, (Wt, b) in enumerate(self.layers[:-1])]
+        if self.doubled:  # k·tanh = 2kσ(2z) − k on doubled pre-activations (tanh_via_sigmoid_)
+            sigmoid_, add = torch.sigmoid_, torch.add
+            minus = {1: _MINUS_ONE.get(device), 2: _MINUS_TWO.get(device)}
+            acts = [lambda z, c=minus[k], a=2 * k: add(c, sigmoid_(z), alpha=a, out=z)
+                    for k in self.scales]
+        else:
+            acts = self._acts_
+        hidden = [(b, Wt, views.buffer(("hidden", i), (C, B, Wt.shape[2])), act)
+                  for i, ((Wt, b), act) in enumerate(zip(self.layers[:-1], acts))]
         Wt_last, b_last = self.layers[-1]
         baddbmm, bmm = torch.baddbmm, torch.bmm
-        if self.doubled:  # tanh = 2σ(2z) − 1 on pre-doubled layers (see tanh_via_sigmoid_)
-            sigmoid_, add, minus_one = torch.sigmoid_, torch.add, _MINUS_ONE.get(device)
-            act = lambda z: add(minus_one, sigmoid_(z), alpha=2, out=z)  # noqa: E731
-        else:
-            act = self._act_ if self._act_ is not None else self.family._act
         backup = self.family.backup
         gain = None if backup is None or backup.module is not None else backup.gain_on(device)
         xf, uf = (views.xf, views.uf) if gain is not None else (None, None)
 
         def step(t: int) -> None:
             h, out = xs[t], us[t]
-            for b, Wt, dest in hidden:
+            for b, Wt, dest, act in hidden:
                 h = act(bmm(h, Wt, out=dest) if b is None else baddbmm(b, h, Wt, out=dest))
             if b_last is None:
                 bmm(h, Wt_last, out=out)
@@ -310,8 +326,10 @@ class BatchedForward:
         for i, (Wt, b) in enumerate(self.layers):
             h = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
             if i < last:
-                if self.family.activation == "tanh" and self.doubled:
-                    h = torch.add(_MINUS_ONE.get(h.device), torch.sigmoid(h), alpha=2)
+                if self.doubled:
+                    k = self.scales[i]
+                    h = torch.add((_MINUS_ONE if k == 1 else _MINUS_TWO).get(h.device),
+                                  torch.sigmoid(h), alpha=2 * k)
                 else:
                     h = self.family._act(h)
         if self.family.backup is not None:
