@@ -114,13 +114,20 @@ class RolloutEvaluator:
         if torch.is_grad_enabled():  # the cost objective's differentiable rollout
             return self._rollout_autograd(thetas, x0)
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
-        scratch = self._scratch_for((C, S, T, thetas.device)) if reuse else None
-        # time-major buffers: X[t] and U[t] are contiguous (C, S, ·) blocks, written in place
-        views = RolloutViews.allocate(T, C, S, n, m, thetas, scratch)
+        # time-major buffers: X[t] and U[t] are contiguous (C, S, ·) blocks, written in place.
+        # Reused, they keep their per-step views and the plant's step from call to call
+        if reuse:
+            scratch = self._scratch_for((C, S, T, thetas.device))
+            if "views" not in scratch:
+                views = RolloutViews.allocate(T, C, S, n, m, thetas, scratch)
+                scratch["views"] = views, self.dynamics.rollout_step(views)
+            views, advance = scratch["views"]
+        else:
+            views = RolloutViews.allocate(T, C, S, n, m, thetas)
+            advance = self.dynamics.rollout_step(views)
         X, U = views.X, views.U
         X[0].copy_(x0.expand(C, S, n))
         act = self.family.batched(thetas).rollout_step(views)
-        advance = self.dynamics.rollout_step(views)
         for t in range(T):
             act(t)
             advance(t)
