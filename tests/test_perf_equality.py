@@ -21,6 +21,7 @@ from scpo_spec.compile.signals import Trace
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.load import load_spec
 from scpo_spec.systems.dynamics import RolloutViews
+from scpo_spec.policies.policy import _activation_slope
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_SPECS = ["double_integrator.scpo", "double_integrator_safe_teacher.scpo",
@@ -571,3 +572,40 @@ def test_a_closed_loop_that_is_not_finite_has_no_spectral_radius():
     assert torch.isfinite(g[0]).all() and (g[1:, margin] == torch.inf).all()
     ev._A, ev._B = torch.tensor([[1.0, float("nan")], [0.0, 1.0]], dtype=DTYPE), 0 * ev._B
     assert torch.isnan(ev.spectral_radius(thetas[:1])).all()
+
+
+def reference_jacobian_at_origin(fam, theta):
+    """The chain rule as it was: from x = 0 and J = I through every layer, W·I and b + W·0 too."""
+    C = theta.shape[0]
+    z = torch.zeros(C, 1, fam.n, dtype=theta.dtype)
+    J = torch.eye(fam.n, dtype=theta.dtype).expand(C, fam.n, fam.n)
+    layers, h = list(fam._unpack(theta)), z
+    for i, (W, b) in enumerate(layers):
+        J = torch.bmm(W, J)
+        if i < len(layers) - 1:
+            Wt = W.transpose(1, 2)
+            pre = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
+            h = fam._act(pre)
+            slope = 1 - h ** 2 if fam.activation == "tanh" else _activation_slope(fam.activation, pre)
+            J = slope.transpose(1, 2) * J
+    if fam._gain_t is not None:
+        J = J + fam._gain_t.T
+    return J
+
+
+@pytest.mark.parametrize("name", ["double_integrator.scpo", "pendulum.scpo", "linear_stability.scpo",
+                                  "cartpole.scpo"])
+def test_the_jacobian_at_the_origin_and_the_spectral_radius_are_the_old_ones_bit_for_bit(name):
+    """The first layer taken as it is (W, b) instead of W·I and b + W·0: the same Jacobian but
+    for the sign of a zero entry, and so the same spectral radius, bit for bit."""
+    c = compiled_of(name)
+    fam = c.family
+    thetas = torch.cat([bank_of(c, C=4), bank_of(c, C=3, scale=3.0, seed=1)])
+    out, inp = fam.layers[0]
+    thetas[1, : out * inp + (out if fam.bias else 0)] = -0.0  # first layer all zeros: signed zeros
+    J, ref = fam.jacobian_at_origin(thetas), reference_jacobian_at_origin(fam, thetas)
+    assert same(J + 0.0, ref + 0.0)  # x + 0.0 is x, with −0 made +0
+    ev = c.evaluator
+    if ev.needs_spectral:
+        closed = ev._A + ev._B @ ref
+        assert same(ev.spectral_radius(thetas), torch.linalg.eigvals(closed).abs().amax(dim=1))

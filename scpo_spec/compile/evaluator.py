@@ -174,9 +174,10 @@ class RolloutEvaluator:
         """ρ(A + B ∂π/∂x(0)) per candidate (C,); NaN where the closed loop is not finite (LAPACK
         need not read every entry: torch's eigvals gives [1, 1] for [[1, nan], [0, 1]])."""
         J = self.family.jacobian_at_origin(thetas.cpu())
-        closed = self._A + self._B @ J
+        C, n = J.shape[0], self._A.shape[0]
+        closed = torch.baddbmm(self._A.expand(C, n, n), self._B.expand(C, *self._B.shape), J)
         rho = torch.linalg.eigvals(closed).abs().amax(dim=1)
-        return torch.where(torch.isfinite(closed).all(2).all(1), rho, torch.nan)
+        return torch.where(closed.sum((1, 2)).isfinite(), rho, torch.nan)  # NaN, ±inf propagate
 
     @torch.no_grad()
     def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
