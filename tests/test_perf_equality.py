@@ -595,9 +595,10 @@ def reference_jacobian_at_origin(fam, theta):
 
 @pytest.mark.parametrize("name", ["double_integrator.scpo", "pendulum.scpo", "linear_stability.scpo",
                                   "cartpole.scpo"])
-def test_the_jacobian_at_the_origin_and_the_spectral_radius_are_the_old_ones_bit_for_bit(name):
+def test_the_jacobian_at_the_origin_is_the_old_one_bit_for_bit(name):
     """The first layer taken as it is (W, b) instead of W·I and b + W·0: the same Jacobian but
-    for the sign of a zero entry, and so the same spectral radius, bit for bit."""
+    for the sign of a zero entry, bit for bit; the spectral radius of A + BJ, now one baddbmm
+    (a fused multiply-add: see this module's docstring), to 1e-12."""
     c = compiled_of(name)
     fam = c.family
     thetas = torch.cat([bank_of(c, C=4), bank_of(c, C=3, scale=3.0, seed=1)])
@@ -608,4 +609,4 @@ def test_the_jacobian_at_the_origin_and_the_spectral_radius_are_the_old_ones_bit
     ev = c.evaluator
     if ev.needs_spectral:
         closed = ev._A + ev._B @ ref
-        assert same(ev.spectral_radius(thetas), torch.linalg.eigvals(closed).abs().amax(dim=1))
+        assert close(ev.spectral_radius(thetas), torch.linalg.eigvals(closed).abs().amax(dim=1))

@@ -173,7 +173,8 @@ class RolloutEvaluator:
     def spectral_radius(self, thetas: torch.Tensor) -> torch.Tensor:
         """ρ(A + B ∂π/∂x(0)) per candidate (C,); NaN where the closed loop is not finite (LAPACK
         need not read every entry: torch's eigvals gives [1, 1] for [[1, nan], [0, 1]])."""
-        J = self.family.jacobian_at_origin(thetas.cpu())
+        # on θ's device (a GPU's bank: θ never crosses the bus, only J's C·m·n numbers do)
+        J = self.family.jacobian_at_origin(thetas).cpu()
         C, n = J.shape[0], self._A.shape[0]
         closed = torch.baddbmm(self._A.expand(C, n, n), self._B.expand(C, *self._B.shape), J)
         rho = torch.linalg.eigvals(closed).abs().amax(dim=1)
@@ -193,6 +194,8 @@ class RolloutEvaluator:
 
     def _violations(self, thetas: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
         thetas = torch.as_tensor(thetas, dtype=DTYPE)
+        if self.gym is None:  # on the rollout's device once, for the rollout and ρ alike
+            thetas = thetas.to(self.device)
         if self.gym is None and not torch.is_grad_enabled():  # reused buffers: nothing escapes
             X, U = self._rollout_on_device(thetas, self.x0 if x0 is None else x0, reuse=True)
             X, U = X.cpu(), U.cpu()
