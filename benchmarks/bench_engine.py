@@ -211,7 +211,16 @@ def figure0(compiled: CompiledSpec, rounds: int, wide: int, wide_steps: int) -> 
                      "plain": plain_policy_loop(compiled, thetas),
                      "plain_tanh": plain_policy_loop(compiled, thetas, torch_tanh=True)}, rounds)
     out = {"shape": shape_of(compiled, thetas.shape[0]), "evaluator": t["evaluator"],
-           "plain": t["plain"], "plain_tanh": t["plain_tanh"]}
+           "plain": t["plain"], "plain_tanh": t["plain_tanh"], "threads": torch.get_num_threads()}
+    if out["threads"] > 1:  # the same pair on one thread: the policy's share of the work is
+        # then twice as large, the serial rest (plant, metrics, ρ) the same
+        torch.set_num_threads(1)
+        try:
+            t1 = interleaved({"evaluator": lambda: ev(thetas),
+                              "plain": plain_policy_loop(compiled, thetas)}, rounds)
+        finally:
+            torch.set_num_threads(out["threads"])
+        out["one_thread"] = t1
     wide_c = wide_variant(wide)
     wt = candidates(wide_c)
     wshape = shape_of(wide_c, wt.shape[0])
@@ -242,6 +251,11 @@ def print_figure0(r: dict) -> None:
     table.add_row("evaluator / plain same-numbers policy loop", f"{ratio:.3f}", "≤ 1.10",
                   f"{layers(sh)}, C={sh['C']} S={sh['S']} T={sh['T']}: "
                   f"{ms(r['evaluator'])} vs {ms(r['plain'])} ms")
+    if "one_thread" in r:
+        t1 = r["one_thread"]
+        table.add_row(f"  the same at 1 thread (above: {r['threads']})",
+                      f"{t1['evaluator'] / t1['plain']:.3f}", "≤ 1.10",
+                      f"{ms(t1['evaluator'])} vs {ms(t1['plain'])} ms")
     table.add_row("  evaluator / the same loop with torch.tanh",
                   f"{r['evaluator'] / r['plain_tanh']:.3f}", "",
                   f"{ms(r['plain_tanh'])} ms (before: 1.16-1.38 with torch.tanh in both)")
