@@ -474,7 +474,8 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         with progress, _sigterm_interrupts():
             res = run_training(file, result.spec, result.source.text, out=out_dir, steps=steps,
                                resume=resume, on_start=started, on_step=progress.update,
-                               force=force, on_note=note, on_record=tracking.record)
+                               force=force, on_note=note, on_record=tracking.record,
+                               on_stop_request=progress.request_stop)
     except BaseException as e:
         tracking.close(interrupted=isinstance(e, KeyboardInterrupt))
         _train_failed(e, file, run_path[0])

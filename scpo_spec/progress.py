@@ -11,7 +11,9 @@ import time
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn)
+from rich.text import Text
 from rich.table import Table
 
 from scpo_spec.audit.verify import STALL_STREAK, describe_stall
@@ -20,14 +22,31 @@ PLAIN_SECONDS = 10.0  # the longest gap between two plain progress lines
 PLAIN_LINES = 10      # plain lines per run (at most, plus the time-driven ones)
 
 
+STOPPING = "stopping after this step (Ctrl-C again: now)"
+
+
+class _Info(ProgressColumn):
+    """The step's figures, or after a first Ctrl-C the notice in their place (the live display
+    redraws it on its own: the signal handler only sets the flag read here, never prints)."""
+
+    def __init__(self, owner: "TrainingProgress"):
+        super().__init__()
+        self.owner = owner
+
+    def render(self, task) -> Text:
+        if self.owner.stop_requested:
+            return Text(STOPPING, style="yellow")
+        return Text(task.fields.get("info", ""))
+
+
 class TrainingProgress:
     def __init__(self, console: Console, enabled: bool = True):
         self.console, self.enabled = console, enabled
         self.plain = enabled and not console.is_terminal
+        self.stop_requested = False
         self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                 console=console, disable=not enabled or self.plain,
-                                 transient=False)
+                                 _Info(self), TimeElapsedColumn(), console=console,
+                                 disable=not enabled or self.plain, transient=False)
         self._began = self._last_time = time.monotonic()
         self._last_step = 0
         self.task = None
@@ -62,6 +81,10 @@ class TrainingProgress:
                    if self.rejected_in_a_row >= STALL_STREAK else "")
         return (f"loss {state.loss:.4g}  worst g+margin {worst:.3g}  accept {rate:.0%}  "
                 f"refuted {self.refutations}{stalled}")
+
+    def request_stop(self) -> None:
+        """A first Ctrl-C or SIGTERM (called inside the signal handler: sets a flag, no more)."""
+        self.stop_requested = True
 
     def update(self, record, state) -> None:
         self.refutations += record.refutations

@@ -481,13 +481,15 @@ def test_a_first_signal_lets_the_step_under_way_finish_and_be_logged(tmp_path, m
     text = small_di(steps=8)
     spec = spec_of(text, tmp_path)
     seen = _signalling_step(monkeypatch, 4, sig)
+    heard = []
     with (_sigterm_interrupts() if sig == signal.SIGTERM
           else _handler(sig, signal.default_int_handler)):
         interrupt = signal.getsignal(sig)
         with pytest.raises(KeyboardInterrupt):
-            train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r")
+            train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r",
+                  on_stop_request=lambda: heard.append(seen["calls"]))
         assert signal.getsignal(sig) is interrupt
-    assert seen == {"calls": 4, "finished": True}
+    assert seen == {"calls": 4, "finished": True} and heard == [4]  # told once, as it came
     recs = records(tmp_path / "r")
     assert [r["step"] for r in recs if r["type"] == "step"] == [0, 1, 2, 3]
     assert recs[-1]["type"] == "end" and recs[-1]["reason"] == "interrupted after step 4"
@@ -495,6 +497,22 @@ def test_a_first_signal_lets_the_step_under_way_finish_and_be_logged(tmp_path, m
     monkeypatch.undo()
     res = train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r", resume=True)
     assert res.state.step == 8 and audit(tmp_path / "r") == 0
+
+
+def test_the_progress_display_shows_a_pending_stop_in_place_of_the_figures():
+    """What `scpo train` shows after a first Ctrl-C: the live bar redraws the notice itself (the
+    signal handler only sets a flag)."""
+    from rich.console import Console
+    from scpo_spec.progress import STOPPING, TrainingProgress
+    console = Console(force_terminal=True, width=200, record=True)
+    progress = TrainingProgress(console)
+    task = progress.progress.add_task("train", total=10, completed=3, info="loss 1.5  accept 100%")
+    console.print(progress.progress.make_tasks_table([progress.progress.tasks[task]]))
+    progress.request_stop()
+    console.print(progress.progress.make_tasks_table([progress.progress.tasks[task]]))
+    before, after = console.export_text().splitlines()[:2]
+    assert "loss 1.5" in before and STOPPING not in before
+    assert STOPPING in after and "loss 1.5" not in after and "3/10" in after
 
 
 def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):

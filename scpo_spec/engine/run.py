@@ -222,10 +222,11 @@ def _hold_interrupts():
 
 
 @contextmanager
-def _stop_between_steps():
+def _stop_between_steps(on_request: Callable[[], None] | None = None):
     """Yields `requested()`: whether Ctrl-C (or SIGTERM, when it has a Python handler) arrived.
-    The first signal sets it and puts the previous handlers back, so a second one is delivered
-    at once (KeyboardInterrupt mid-step, as before); an ignored signal stays ignored."""
+    The first signal sets it, tells `on_request` (which must only note it: it runs inside the
+    signal handler) and puts the previous handlers back, so a second one is delivered at once
+    (KeyboardInterrupt mid-step, as before); an ignored signal stays ignored."""
     caught: list[int] = []
     previous: dict = {}
 
@@ -233,6 +234,11 @@ def _stop_between_steps():
         caught.append(signum)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if on_request is not None:
+            try:
+                on_request()
+            except Exception:  # noqa: BLE001 - a display that fails must not stop the step
+                pass
 
     held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if callable(signal.getsignal(sig))]
     try:
@@ -294,12 +300,15 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
           on_start: Callable[[Trainer, State, Path], None] | None = None,
           on_step: Callable[[Step, State], None] | None = None, force: bool = False,
           on_note: Callable[[str], None] | None = None,
-          on_record: Callable[[Path, Record], None] | None = None) -> TrainResult:
+          on_record: Callable[[Path, Record], None] | None = None,
+          on_stop_request: Callable[[], None] | None = None) -> TrainResult:
     """Train a checked spec, logging every step under `out` (see `_new_run` for which
     directory; `resume` continues the run in `out`, default runs/NAME).  `on_note` hears what
     the user should know but is no error (a run moved aside, a spec that changed only in
     comments); `on_record(run_dir, record)` hears every record right after it is committed to
-    the log (the tracking of scpo_spec/tracking: TensorBoard, MLflow)."""
+    the log (the tracking of scpo_spec/tracking: TensorBoard, MLflow); `on_stop_request()`
+    hears, inside the signal handler, a first Ctrl-C or SIGTERM that will stop the run once
+    the step under way is logged (a progress display's note; it must do no more)."""
     note = on_note or (lambda message: None)
     run = None
     if resume:  # a second writer is refused before any work
@@ -329,7 +338,7 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
             run = recorder.run
         if on_start is not None:
             on_start(recorder.trainer, state, recorder.run.path)
-        return _loop(recorder, state, total, on_step, spec_path)
+        return _loop(recorder, state, total, on_step, spec_path, on_stop_request)
     except RayUnavailable as e:  # a worker lost mid-run: the steps before it are logged
         raise RunError(f"{e} (continue with --resume)") from None
     finally:
@@ -379,11 +388,11 @@ def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
 
 
 def _loop(recorder: Recorder, state: State, total: int, on_step,
-          spec_path: Path) -> TrainResult:
+          spec_path: Path, on_stop_request=None) -> TrainResult:
     trainer, ended = recorder.trainer, "completed"
     try:
         try:
-            with _stop_between_steps() as stop_requested:
+            with _stop_between_steps(on_stop_request) as stop_requested:
                 while state.step < total:
                     new_state, record = trainer.step(state)
                     recorder.commit(record, new_state)
