@@ -8,9 +8,9 @@ into KeyboardInterrupt, as `scpo train` does) is held off for those two writes, 
 run stops between records and its end record names the step actually reached.  During the steps
 the first such signal only asks to stop: the step under way finishes and is logged, then the run
 ends (a second signal stops it at once), so no exception is ever raised inside torch's, numpy's,
-cvxpy's or a tracker's work, where one can leave a lock held or a worker thread waiting.  A write that
-fails (a full disk) leaves the log and state file as they were before it: the run stops with a
-RunError naming the last intact step and the command that continues it.
+cvxpy's or a tracker's work, where one can leave a lock held or a worker thread waiting.  A
+write that fails (a full disk) leaves the log and state file as they were before it: the run
+stops with a RunError naming the last intact step and the command that continues it.
 
 One process writes a run at a time: `RunDir.lock`, held from creation or resume to the end.
 """

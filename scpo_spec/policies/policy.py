@@ -160,8 +160,8 @@ class PolicyFamily:
         """∂π/∂x at x = 0 for each candidate: (C, m, n), exact (chain rule through the layers).
         At x = 0 the first layer's Jacobian is its W and its pre-activation its bias, taken as
         they are (W·I and b + W·0 differ from them at most in the sign of a zero, which no slope
-        and no |eigenvalue| sees): an evaluation runs this after each rollout, where every torch
-        call costs ~15 µs (benchmarks/README.md)."""
+        and no |eigenvalue| sees): an evaluation runs this after each rollout, where each small
+        torch call costs 2-3× what it costs in a tight loop (benchmarks/README.md)."""
         layers = list(self._unpack(theta))
         J = h = None
         for i, (W, b) in enumerate(layers):
@@ -189,9 +189,10 @@ def tanh_via_sigmoid_(z: torch.Tensor, doubled: bool = False, scale: int = 1) ->
     """tanh(z) = 2σ(2z) − 1, in place.  float64 throughout; within 3.4e-16 of torch.tanh
     everywhere (an absolute error: both are ≤ 1 in size; ±inf → ±1, NaN stays NaN), and about
     3× cheaper on a CPU, where torch's float64 tanh costs ~5-7 ns per element and its sigmoid
-    ~1.2 (benchmarks/README.md).  `doubled`: z is already 2z (BatchedForward doubles the hidden
-    layers' W and b once: 2(Wh + b) = (2W)h + 2b exactly, a power of two commutes with rounding),
-    leaving two passes: σ, then 2σ − 1 (2σ is exact, so one rounding, as in z·2 − 1).
+    ~1.2 (benchmarks/README.md).  `doubled`: z is already 2z (BatchedForward doubles the first
+    layer's W and every hidden b, and feeds a hidden layer 2h: 2(Wh + b) = W(2h) + 2b exactly, a
+    power of two commutes with rounding), leaving two passes: σ, then 2σ − 1 (2σ is exact, so one
+    rounding, as in z·2 − 1).
     `scale` 2: 2·tanh(z) = 4σ − 2, exactly twice 2σ − 1 (for the next layer's doubled input)."""
     if not doubled:
         z.mul_(2)
@@ -237,7 +238,7 @@ class BatchedForward:
         layers = [(W.transpose(1, 2), b) for W, b in family._unpack(theta)]
         act, last = family.activation, len(layers) - 1
         if act == "tanh" and FAST_TANH:
-            layers = [((Wt * 2 if i == 0 else Wt), None if b is None or i == last else b * 2)
+            layers = [((Wt * 2 if i == 0 else Wt), None if b is None else b * 2)
                       if i < last else (Wt, b) for i, (Wt, b) in enumerate(layers)]
             # hidden activation i hands on 2·tanh when layer i + 1 is hidden, tanh to the last
             self.scales = [2 if i < last - 1 else 1 for i in range(last)]
