@@ -297,21 +297,14 @@ def test_every_node_keeps_its_span():
 def test_declared_ode_system_and_its_yaml_twin():
     """`system ode` (LANGUAGE-v2.md): equations grouped per word, the YAML twin's `der` mapping
     gives the same model."""
-    from tests.test_language_v2 import ODE
+    from tests.test_language_v2 import ODE, ODE_SYSTEM
     s = spec_of(ODE)
     assert isinstance(s.system, M.OdeSystem)
     assert [(eq.state.name, E.unparse(eq.expr)) for eq in s.system.der] == \
         [("p", "v"), ("v", "-sin(p) + f")]
-    twin = ODE.replace("""system ode {
-    state p, v
-    input f
-    dt = 0.05
-    integrator midpoint
-    substeps 4
-    der p = v
-    der v = -sin(p) + f
-}""", "system ode { state p, v  input f  der v = -sin(p) + f  der p = v  dt = 0.05  substeps 4  "
-      "integrator midpoint }")
+    assert ODE_SYSTEM in ODE
+    twin = ODE.replace(ODE_SYSTEM, "system ode { state p, v  input f  der v = -sin(p) + f  "
+                       "der p = v  dt = 0.05  substeps 4  integrator midpoint }")
     # the order of the equations is kept (it is how fmt writes them), so it is part of the model
     assert [eq.state.name for eq in spec_of(twin).system.der] == ["v", "p"]
     assert not spec_of(twin).same_as(s)
