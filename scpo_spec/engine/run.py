@@ -200,13 +200,19 @@ def _restore(trainer: Trainer, saved: StateFile) -> State:
                  optimizer=trainer.optimizer.state)
 
 
+def _python_handled() -> list[int]:
+    """SIGINT and SIGTERM where a Python handler is installed (an ignored signal stays ignored,
+    a default action is left alone)."""
+    return [sig for sig in (signal.SIGINT, signal.SIGTERM) if callable(signal.getsignal(sig))]
+
+
 @contextmanager
 def _hold_interrupts():
     """Ctrl-C during the two writes of a commit is delivered right after them; so is SIGTERM
     when a Python handler is installed for it.  Only signals with a Python handler are held: an
     ignored one stays ignored, a default action (exiting) is left alone."""
     caught = []
-    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if callable(signal.getsignal(sig))]
+    held = _python_handled()
     try:
         previous = {sig: signal.signal(sig, lambda *a: caught.append(a)) for sig in held}
     except ValueError:  # not the main thread: nothing to hold
@@ -240,7 +246,7 @@ def _stop_between_steps(on_request: Callable[[], None] | None = None):
             except Exception:  # noqa: BLE001 - a display that fails must not stop the step
                 pass
 
-    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if callable(signal.getsignal(sig))]
+    held = _python_handled()
     try:
         for sig in held:
             previous[sig] = signal.signal(sig, first)
