@@ -3,7 +3,10 @@
 
     python benchmarks/bench_engine.py [--spec specs/double_integrator.scpo] [--steps 20]
                                       [--device cpu|cuda] [--all] [--repeat 5] [--threads N]
+                                      [--pairs 100] [--no-headline]
 
+0. issue 12's three ratios (interleaved), then 0b: where the evaluator's time beyond the plain
+   policy loop goes (paired single calls, `--pairs`);
 1. per-step time of `Trainer.step`, split into rollouts / QCQP / gradient / other;
 2. the batched evaluator against a per-candidate Python loop over the same candidates;
 3. the batched rollout against plain float64 matmuls of the same FLOPs (the machine's own
@@ -24,6 +27,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -204,7 +208,71 @@ def wide_variant(hidden: int) -> CompiledSpec:
         return compile_path(path)
 
 
-def figure0(compiled: CompiledSpec, rounds: int, wide: int, wide_steps: int) -> dict:
+def paired(fns: dict, pairs: int) -> dict:
+    """Seconds of each single call, the functions called in turn `pairs` times (the order
+    reversed every other turn): a paired difference of two of them cancels the load a noisy
+    machine puts on both alike, which a best-of cannot (it needs sub-ms differences)."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for i in range(pairs):
+        for name in (list(fns) if i % 2 == 0 else list(reversed(fns))):
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def excess_split(compiled: CompiledSpec, thetas: torch.Tensor, pairs: int) -> dict | None:
+    """Where an evaluation's time beyond the plain policy loop goes (figure 0's second table):
+    the medians of paired differences between the evaluator, its rollout alone (set-up, plant,
+    backup gain, the final copy into the metrics' layout: the evaluator's own buffers) with
+    and without the closed loop's spectral radius, and the plain loop; and the spectral radius
+    timed right after a rollout against the same call again at once (the calls after a
+    rollout run on caches the rollout has filled with other things).  None for a gymnasium
+    system (its rollout is the environment's)."""
+    ev = compiled.evaluator
+    if ev.gym is not None:
+        return None
+
+    def rollout():
+        ev._rollout_on_device(thetas, ev.x0, reuse=True)
+
+    def rollout_rho():
+        rollout()
+        ev.spectral_radius(thetas)
+    fns = {"evaluator": lambda: ev(thetas), "rollout": rollout,
+           "plain": plain_policy_loop(compiled, thetas)}
+    if ev.needs_spectral:
+        fns["rollout_rho"] = rollout_rho
+    with torch.no_grad():
+        t = paired(fns, pairs)
+        rho_after, rho_again = [], []
+        if ev.needs_spectral:
+            for _ in range(pairs):
+                rollout()
+                t0 = time.perf_counter()
+                ev.spectral_radius(thetas)
+                t1 = time.perf_counter()
+                ev.spectral_radius(thetas)
+                rho_after.append(t1 - t0)
+                rho_again.append(time.perf_counter() - t1)
+
+    def diff(a: str, b: str) -> float:
+        return statistics.median(x - y for x, y in zip(t[a], t[b]))
+    out = {"pairs": pairs, "median": {k: statistics.median(v) for k, v in t.items()},
+           "excess": diff("evaluator", "plain"), "rollout": diff("rollout", "plain")}
+    if ev.needs_spectral:
+        out.update(rho=diff("rollout_rho", "rollout"), metrics=diff("evaluator", "rollout_rho"),
+                   rho_after=statistics.median(rho_after),
+                   rho_again=statistics.median(rho_again))
+    else:
+        out["metrics"] = diff("evaluator", "rollout")
+    return out
+
+
+def figure0(compiled: CompiledSpec, rounds: int, wide: int, wide_steps: int,
+            pairs: int = 100) -> dict:
     thetas = candidates(compiled)
     ev = compiled.evaluator
     t = interleaved({"evaluator": lambda: ev(thetas),
@@ -221,6 +289,7 @@ def figure0(compiled: CompiledSpec, rounds: int, wide: int, wide_steps: int) -> 
         finally:
             torch.set_num_threads(out["threads"])
         out["one_thread"] = t1
+    out["split"] = excess_split(compiled, thetas, pairs)
     wide_c = wide_variant(wide)
     wt = candidates(wide_c)
     wshape = shape_of(wide_c, wt.shape[0])
@@ -279,6 +348,32 @@ def print_figure0(r: dict) -> None:
                       f"{ms(step.median['verification'])})")
     else:
         table.add_row("'other' / Trainer.step", "skipped", "≤ 10 %", str(step))
+    console.print(table)
+    console.print()
+    if r.get("split") is not None:
+        print_excess(r["split"], r["threads"])
+
+
+def print_excess(sp: dict, threads: int) -> None:
+    med = sp["median"]
+    table = Table(title=f"0b. The evaluator beyond the plain loop, at {threads} thread(s) "
+                        f"({sp['pairs']} paired single calls; medians)",
+                  box=box.SIMPLE_HEAVY, title_justify="left")
+    for col, just in (("part", "left"), ("ms", "right"), ("what it holds", "left")):
+        table.add_column(col, justify=just)
+    table.add_row("plain same-numbers policy loop", ms(med["plain"]), "the reference")
+    table.add_row("evaluator", ms(med["evaluator"]),
+                  "(single calls in turn: each starts on what the one before left in the caches; "
+                  "the ratio is figure 0's)")
+    table.add_row("  excess over the plain loop", f"+{ms(sp['excess'])}", "paired difference")
+    table.add_row("  rollout beyond the policy", f"+{ms(sp['rollout'])}",
+                  "set-up, the plant, the backup's gain, the copy into (C, S, T, ·)")
+    if "rho" in sp:
+        table.add_row("  closed-loop spectral radius", f"+{ms(sp['rho'])}",
+                      f"right after a rollout {ms(sp['rho_after'])} ms, "
+                      f"the same call again at once {ms(sp['rho_again'])} ms")
+    table.add_row("  metrics and finiteness", f"+{ms(sp['metrics'])}",
+                  "the compiled formulas, stacking, the NaN/inf checks")
     console.print(table)
     console.print()
 
@@ -637,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip figure 0 (issue 12's ratios; the wide policy takes ~1-2 min)")
     ap.add_argument("--wide", type=int, default=512,
                     help="hidden width H of figure 0's 2-H-H-1 policy (default 512: d = 264 705)")
+    ap.add_argument("--pairs", type=int, default=100,
+                    help="paired single calls of figure 0b (where the evaluator's excess sits)")
     ap.add_argument("--wide-steps", type=int, default=3,
                     help="Trainer steps of the wide policy timed in figure 0")
     ap.add_argument("--figure1-json", action="store_true", help=argparse.SUPPRESS)
@@ -677,7 +774,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"k={shape['k']}")
         console.print()
         if not args.no_headline:
-            print_figure0(figure0(compiled, args.repeat, args.wide, args.wide_steps))
+            print_figure0(figure0(compiled, args.repeat, args.wide, args.wide_steps,
+                                  args.pairs))
         f1 = figure1(compiled, args.steps, args.warmup)
         one_blas = None
         if isinstance(f1, StepTiming) and not args.no_blas_compare:
