@@ -200,3 +200,46 @@ def test_a_run_whose_torchscript_file_is_gone_still_reports_certified(tmp_path):
     assert "names code" in ev.final_note
     ev = gather(run, compute_holdout=False, trust_code=True)
     assert ev.certified and "not found" in ev.final_note
+
+
+def _plant_pyc(module: Path, evil: str) -> Path:
+    """A __pycache__ file for `module` compiled from `evil`, with the source's mtime and size in
+    its header: Python's own loader runs it in place of the unchanged source."""
+    import importlib.util
+    import py_compile
+    import struct
+    evil_src = module.parent / "evil_source.py"
+    evil_src.write_text(evil, encoding="utf-8")
+    cached = Path(importlib.util.cache_from_source(str(module)))
+    cached.parent.mkdir(exist_ok=True)
+    py_compile.compile(str(evil_src), cfile=str(cached), doraise=True)
+    evil_src.unlink()
+    st = module.stat()
+    data = bytearray(cached.read_bytes())
+    data[8:16] = struct.pack("<II", int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF)
+    cached.write_bytes(bytes(data))
+    return cached
+
+
+def test_a_planted_pyc_never_runs_in_place_of_the_fingerprinted_source(trained, tmp_path):
+    home, run = trained
+    module = home / f"{MODULE}.py"
+    marker = tmp_path / "PWNED"
+    evil = module.read_text(encoding="utf-8") + (
+        f"\nimport pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    cached = _plant_pyc(module, evil)
+    try:
+        probe = textwrap.dedent(f'''
+            import sys, json
+            from scpo_spec.engine.run import load_run
+            r = load_run({str(run)!r}, trust_code=True)
+            print(json.dumps({{"metrics": r.metrics()}}))
+        ''')
+        proc = _python(probe, cwd=home)
+        assert proc.returncode == 0, proc.stderr
+        assert not marker.exists(), "load_run(trust_code=True) ran the planted .pyc"
+        proc = _scpo("report", run, "--trust-code", "-o", tmp_path / "r.html", cwd=home)
+        assert "CERTIFIED" in proc.stdout
+        assert not marker.exists(), "scpo report --trust-code ran the planted .pyc"
+    finally:
+        cached.unlink(missing_ok=True)

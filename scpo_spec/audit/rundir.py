@@ -218,7 +218,7 @@ class RunDir:
         gymnasium `module:Env`, a TorchScript backup or policy) is checked without importing
         or opening any of it; with `trust_code`, its files must first be exactly the ones the
         header fingerprinted, and then the checks that run the code run too."""
-        from scpo_spec.language.code import names_code, unchanged
+        from scpo_spec.language.code import names_code, ran_as_recorded, unchanged
         from scpo_spec.language.load import check_text, parse_model
         header = header or self.header()
         spec = header.spec
@@ -241,6 +241,10 @@ class RunDir:
                          "it does not build")
             raise RunError(f"the spec stored in {self.log} fails `scpo check` ({first}); "
                            "refusing to read the run as that spec")
+        if runs_code and trust_code:  # and what ran is what was checked (not a cached .pyc)
+            problems = ran_as_recorded(header.code, result.spec, origin.parent)
+            if problems:
+                raise CodeChanged(f"not trusting the code of {self.path}: {problems[0]}")
         return result.spec, origin.parent
 
     # ---- the state file ----

@@ -41,7 +41,7 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
-from scpo_spec.language.code import identities
+from scpo_spec.language.code import CodeError, identities, ran_as_recorded
 from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
 
@@ -161,7 +161,17 @@ def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Tra
                     "scenarios": int(compiled.evaluator.x0.shape[0]),
                     "horizon": compiled.evaluator.horizon},
         objective=compiled.objective.describe, versions=versions(), command=" ".join(sys.argv),
-        code=identities(spec, spec_path.resolve().parent) or None)
+        code=_code_that_ran(spec, spec_path.resolve().parent))
+
+
+def _code_that_ran(spec: Spec, base_dir: Path) -> list[dict] | None:
+    """The header's fingerprints of the code the spec names, which must be the bytes that ran
+    in this process (a file rewritten between its loading and its hashing is refused)."""
+    code = identities(spec, base_dir)
+    problems = ran_as_recorded(code, spec, base_dir)
+    if problems:
+        raise CodeError(f"{problems[0]}: the file changed while training started; train again")
+    return code or None
 
 
 def _policy_seed(spec: Spec):

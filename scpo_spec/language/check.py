@@ -18,7 +18,7 @@ from scpo_spec.language.scenarios import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, hold
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
 from scpo_spec.language.data import TableError, read_columns
-from scpo_spec.language.code import one_line, spec_dir_on_path
+from scpo_spec.language.code import load_module, one_line
 from scpo_spec.language.dynamics import linearisation
 from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
@@ -381,7 +381,6 @@ class Checker:
         """Import the module of a "module:EnvId" gymnasium id (as gymnasium.make would), with
         a located error for a missing module or one that fails to import.  Only `check` and
         `train` of the author's own spec get here; a run directory never imports (audit/)."""
-        import importlib
         module, _, name = env_id.partition(":")
         if not module or not name or not all(p.isidentifier() for p in module.split(".")):
             self.error(f"'{env_id}' is not `module:EnvId`", span,
@@ -389,8 +388,7 @@ class Checker:
                        '"my_package.envs:Cart-v0"')
             return False
         try:
-            with spec_dir_on_path(self.base_dir):
-                importlib.import_module(module)
+            load_module(module, self.base_dir)
         except ModuleNotFoundError as err:
             if err.name is not None and (module == err.name or module.startswith(err.name + ".")):
                 self.error(f"module '{module}' not found (named by the gymnasium id "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.machinery
+import importlib.util
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,13 +83,70 @@ def spec_dir_on_path(base_dir: Path | None):
                 pass
 
 
-def import_module(name: str, base_dir: Path | None):
-    """Import `name` for the spec's author, searching `base_dir` first; CodeError naming what
-    went wrong (not found, or the import itself raised) instead of a traceback."""
+# What actually ran: module name or resolved file → (resolved file, SHA-256 of the bytes run).
+# A run's header records the same pair for each piece of code, and --trust-code compares them.
+EXECUTED: dict[str, tuple[str, str]] = {}
+
+
+class _SourceBytesLoader(importlib.machinery.SourceFileLoader):
+    """Runs a module from the source bytes read (and hashed) once, never from __pycache__.
+    Python's own loader runs a cached .pyc whenever its header carries the source's mtime and
+    size, so a planted .pyc would run in place of the source a run fingerprinted."""
+
+    def __init__(self, fullname: str, path: str, data: bytes):
+        super().__init__(fullname, path)
+        self._data = data
+
+    def get_code(self, fullname):
+        return compile(self._data, self.path, "exec", dont_inherit=True)
+
+
+def load_module(name: str, base_dir: Path | None):
+    """Import `name` (its package as usual), `base_dir` first on the path, its own file run
+    from the bytes that `EXECUTED` records (ModuleNotFoundError, or whatever the module
+    raises).  A module already loaded this way from the same bytes is reused."""
     importlib.invalidate_caches()  # a module written since the last import is seen
+    with spec_dir_on_path(base_dir):
+        parent, _, child = name.rpartition(".")
+        package = importlib.import_module(parent) if parent else None
+        search = list(getattr(package, "__path__", [])) if package is not None else None
+        found = importlib.machinery.PathFinder.find_spec(name, search)
+        if found is None:
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        if not isinstance(found.loader, importlib.machinery.SourceFileLoader):
+            module = importlib.import_module(name)  # compiled or sourceless: its file runs
+            EXECUTED[name] = (str(Path(found.origin).resolve()), sha256_file(Path(found.origin)))
+            return module
+        data = Path(found.origin).read_bytes()
+        ran = (str(Path(found.origin).resolve()), hashlib.sha256(data).hexdigest())
+        if name in sys.modules and EXECUTED.get(name) == ran:
+            return sys.modules[name]
+        loader = _SourceBytesLoader(name, found.origin, data)
+        spec = importlib.util.spec_from_file_location(
+            name, found.origin, loader=loader,
+            submodule_search_locations=found.submodule_search_locations)
+        module = importlib.util.module_from_spec(spec)
+        before = sys.modules.get(name)
+        sys.modules[name] = module
+        try:
+            loader.exec_module(module)
+        except BaseException:
+            if before is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = before
+            raise
+        if package is not None:
+            setattr(package, child, module)
+        EXECUTED[name] = ran
+        return module
+
+
+def import_module(name: str, base_dir: Path | None):
+    """`load_module` for the spec's author, with a CodeError naming what went wrong (not found,
+    or the import itself raised) instead of a traceback."""
     try:
-        with spec_dir_on_path(base_dir):
-            return importlib.import_module(name)
+        return load_module(name, base_dir)
     except ModuleNotFoundError as err:
         if err.name and (name == err.name or name.startswith(err.name + ".")):
             where = f" (looked next to the spec, in {base_dir}, and on sys.path)" \
@@ -166,6 +224,27 @@ def unchanged(recorded: list | None, spec: M.Spec, base_dir: Path | None) -> lis
         elif sha256_file(path) != entry.get("sha256"):
             problems.append(f"{ref.kind} '{ref.target}': {path} changed since the run was "
                             "trained (its SHA-256 differs)")
+    return problems
+
+
+def ran_as_recorded(recorded: list | None, spec: M.Spec, base_dir: Path | None) -> list[str]:
+    """Why the code that ran in this process for the spec is not the code a run recorded ([]
+    when each piece ran from the recorded file's recorded bytes).  `unchanged` looks at the
+    files before they run; this looks at what ran, which a planted __pycache__ file or a
+    module imported earlier from elsewhere could otherwise make differ."""
+    by_key = {(r.get("kind"), r.get("target")): r for r in recorded or [] if isinstance(r, dict)}
+    problems = []
+    for ref in references(spec):
+        entry = by_key.get((ref.kind, ref.target)) or {}
+        if ref.is_file:
+            path = locate(ref, base_dir)
+            ran = EXECUTED.get(str(path.resolve())) if path is not None else None
+        else:
+            ran = EXECUTED.get(ref.module)
+        if ran != (entry.get("file"), entry.get("sha256")):
+            what = "did not run" if ran is None else f"ran from {ran[0]} (SHA-256 {ran[1][:16]}…)"
+            problems.append(f"{ref.kind} '{ref.target}' {what}, not from the file and SHA-256 "
+                            "the run recorded")
     return problems
 
 

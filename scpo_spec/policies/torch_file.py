@@ -16,6 +16,8 @@ MLP family (`mlp_structure`); anything else is refused with a message naming wha
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 
 from scpo_spec.dtype import DTYPE
 from scpo_spec.errors import ScpoError
+from scpo_spec.language.code import EXECUTED
 from scpo_spec.language.diagnostics import Diagnostic
 from scpo_spec.language.model import Spec, Text, TorchBackup, TorchPolicy
 from scpo_spec.language.source import Span
@@ -80,16 +83,17 @@ def load_torch_file(file: Text, base_dir: Path | None, n: int, m: int, what: str
     if not path.is_file():
         raise TorchFileError(f"{what} file '{file.value}' not found ({path})", span)
     try:
-        path.open("rb").close()
+        data = path.read_bytes()  # read once: the bytes hashed are the bytes loaded
     except OSError as e:
         raise TorchFileError(f"{what} file '{file.value}' cannot be read: {e.strerror or e}",
                              span) from None
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, ValueError, …
         raise TorchFileError(f"{what} file '{file.value}' is not a TorchScript archive "
                              f"(torch.jit.load: {reason(e)}); save it with "
                              "torch.jit.save(torch.jit.script(module), path)", span) from None
+    EXECUTED[str(path.resolve())] = (str(path.resolve()), hashlib.sha256(data).hexdigest())
     module = module.to(DTYPE).eval()
     for p in module.parameters():
         p.requires_grad_(False)

@@ -1,0 +1,74 @@
+"""language/code.py's loader: the code a spec names runs from the bytes it hashes (never from a
+cached .pyc, never a same-named module imported from elsewhere), and EXECUTED says which."""
+
+import hashlib
+import sys
+
+import pytest
+
+from scpo_spec.language.code import EXECUTED, load_module
+
+
+@pytest.fixture
+def plant(tmp_path):
+    name = f"scpo_loader_probe_{abs(hash(str(tmp_path))) % 10**8}"
+    path = tmp_path / f"{name}.py"
+    path.write_text("VALUE = 1\n", encoding="utf-8")
+    yield name, path
+    sys.modules.pop(name, None)
+    EXECUTED.pop(name, None)
+
+
+def test_a_module_runs_from_the_bytes_it_records(plant, tmp_path):
+    name, path = plant
+    module = load_module(name, tmp_path)
+    assert module.VALUE == 1 and sys.modules[name] is module
+    assert EXECUTED[name] == (str(path.resolve()), hashlib.sha256(path.read_bytes()).hexdigest())
+    assert load_module(name, tmp_path) is module  # the same bytes: not run twice
+
+
+def test_an_edited_module_runs_again_and_is_recorded_again(plant, tmp_path):
+    name, path = plant
+    load_module(name, tmp_path)
+    path.write_text("VALUE = 2\n", encoding="utf-8")
+    module = load_module(name, tmp_path)
+    assert module.VALUE == 2
+    assert EXECUTED[name][1] == hashlib.sha256(b"VALUE = 2\n").hexdigest()
+
+
+def test_a_same_named_module_imported_from_elsewhere_is_not_taken(plant, tmp_path):
+    name, path = plant
+    impostor = type(sys)(name)
+    impostor.VALUE = "impostor"
+    sys.modules[name] = impostor
+    assert load_module(name, tmp_path).VALUE == 1
+
+
+def test_a_module_that_raises_leaves_nothing_behind(plant, tmp_path):
+    name, path = plant
+    path.write_text("raise RuntimeError('author bug')\n", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="author bug"):
+        load_module(name, tmp_path)
+    assert name not in sys.modules and name not in EXECUTED
+
+
+def test_a_missing_module_is_module_not_found(tmp_path):
+    with pytest.raises(ModuleNotFoundError):
+        load_module("scpo_no_such_module_here", tmp_path)
+
+
+def test_a_module_in_a_package_keeps_its_relative_imports(tmp_path):
+    pkg = tmp_path / "scpo_loader_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("", encoding="utf-8")
+    (pkg / "constants.py").write_text("DT = 0.25\n", encoding="utf-8")
+    (pkg / "plant.py").write_text("from .constants import DT\nSTEP = 2 * DT\n", encoding="utf-8")
+    try:
+        module = load_module("scpo_loader_pkg.plant", tmp_path)
+        assert module.STEP == 0.5
+        assert sys.modules["scpo_loader_pkg"].plant is module
+        assert EXECUTED["scpo_loader_pkg.plant"][0] == str((pkg / "plant.py").resolve())
+    finally:
+        for name in ("scpo_loader_pkg", "scpo_loader_pkg.plant", "scpo_loader_pkg.constants"):
+            sys.modules.pop(name, None)
+            EXECUTED.pop(name, None)
