@@ -370,6 +370,69 @@ def test_a_kill_between_state_and_log_is_completed_on_resume(tmp_path):
     assert final.ok and final.complete, final.problems
 
 
+def _killed_before_the_end_record(genuine, tmp_path) -> tuple[Path, list[bytes]]:
+    """A copy of the genuine run as a kill between its last two writes leaves it: the state file
+    written for the end record, which never reached the log."""
+    run = copy_run(genuine[0], tmp_path / "run")
+    lines = (run / "audit.jsonl").read_bytes().splitlines(keepends=True)
+    (run / "audit.jsonl").write_bytes(b"".join(lines[:-1]))
+    assert RunDir(run).bound_state()[1] and audit_run(run).ok
+    return run, lines
+
+
+def _resume_refused(run: Path, tmp_path: Path, match: str) -> None:
+    before = (run / "audit.jsonl").read_bytes()
+    text = small_di(steps=6)
+    with pytest.raises(RunError, match=match):
+        train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=run, resume=True,
+              steps=8)
+    assert (run / "audit.jsonl").read_bytes() == before  # nothing was appended
+
+
+def test_a_state_one_record_ahead_must_hold_what_that_record_leaves(genuine, tmp_path):
+    """A forged θ in a state file that is one record ahead of the log: the audit used to pass it
+    (and the report said CERTIFIED) because the pending record was never checked."""
+    from scpo_spec.audit.records import theta_sha256
+    run, _ = _killed_before_the_end_record(genuine, tmp_path)
+    rd = RunDir(run)
+    state = rd.read_state()
+    state.arrays["theta"] = np.full_like(state.arrays["theta"], 5.0)
+    state.theta = theta_sha256(state.arrays["theta"])
+    rd.write_state(state)
+    rd.keep_state()
+    audit = audit_run(run)
+    assert not audit.ok and not audit.state_ok
+    assert any("does not leave as the last accepted one" in p for p in audit.problems)
+    assert not gather(run).certified
+    _resume_refused(run, tmp_path, "refusing to append")
+
+
+def test_a_pending_record_that_cannot_be_read_is_never_appended(genuine, tmp_path):
+    """`--resume` used to append whatever line the state file carried, leaving a log that no
+    longer audits."""
+    run, lines = _killed_before_the_end_record(genuine, tmp_path)
+    rd = RunDir(run)
+    state = rd.read_state()
+    junk = json.dumps({"type": "junk", "seq": len(lines) - 1,
+                       "prev": sha256_hex(lines[-2])}).encode() + b"\n"
+    state.pending, state.head, state.seq = junk, sha256_hex(junk), len(lines) - 1
+    rd.write_state(state)
+    rd.keep_state()
+    audit = audit_run(run)
+    assert not audit.ok and any("cannot be read" in p for p in audit.problems)
+    _resume_refused(run, tmp_path, "cannot be read")
+
+
+def test_a_run_without_its_state_file_says_so(genuine, tmp_path):
+    """A log handed over alone still audits; the report no longer claims a state file is bound."""
+    run = copy_run(genuine[0], tmp_path / "run")
+    (run / "state.npz").unlink()
+    ev = gather(run)
+    assert ev.certified
+    state = next(c for c in ev.checks if c.name.startswith("state file"))
+    assert state.name == "state file" and state.detail.startswith("absent")
+
+
 # ---- crashes from structure (issue: one owner for the run directory) ----
 def test_a_constant_named_like_spectral_radius_needs_no_linearisation(tmp_path):
     """The evaluator asks the compiler which metrics read spectral_radius; it used to search the

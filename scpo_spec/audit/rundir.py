@@ -344,10 +344,16 @@ class RunDir:
         if (state.pending is not None and sha256_hex(state.pending) == state.head
                 and state.seq == len(lines)):
             try:
-                prev = json.loads(state.pending).get("prev")
+                record = json.loads(state.pending)
+                prev = record.get("prev")
             except (ValueError, AttributeError):
-                prev = None
+                record = prev = None
             if prev == head:
+                try:
+                    parse_record(record, len(lines))
+                except RecordError as e:
+                    raise RunError(f"{self.state} holds a record for the log that cannot be read "
+                                   f"({e}); it is not one `scpo train` wrote") from None
                 return state, True
         known = {sha256_hex(ln.raw): i for i, ln in enumerate(lines)}
         where = (f"record {known[state.head]}, not the last one ({len(lines) - 1})"

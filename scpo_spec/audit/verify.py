@@ -66,6 +66,7 @@ class AuditResult:
     end_reason: str | None = None
     stall: dict | None = None    # the metric that blocked training, when it stalled
     state_ok: bool = True         # RUN/state.npz, if any, belongs to this log and its last θ
+    state_present: bool | None = None  # RUN/state.npz exists (None: not looked at)
     anchored: bool | None = None  # --head given: the chain ends exactly there
     signature: str | None = None  # "valid", "invalid: …", or None when not checked
 
@@ -118,15 +119,36 @@ def audit_run(run_dir: str | Path, head: str | None = None,
         res.problems.append(f"a record cannot be read: {err}")
         return res
     _check_records(records, res)
-    _check_state(run, lines, res)
+    _check_state(run, lines, records, res)
     return res
 
 
-def _check_state(run: RunDir, lines: list[LogLine], res: AuditResult) -> None:
+def pending_problems(records: list, pending: bytes, theta: str) -> list[str]:
+    """Why a state file's pending record (the line a kill kept from the log) may not join the
+    log `records`: after them it must pass every check a logged record passes, and leave as the
+    last accepted policy the θ the state file holds (`theta`, its hash)."""
+    import json
+    try:
+        record = parse_record(json.loads(pending), len(records))
+    except (ValueError, RecordError) as err:
+        return [f"its pending record cannot be read ({err})"]
+    before, after = AuditResult(), AuditResult()
+    _check_records(records, before)
+    _check_records(records + [record], after)
+    problems = [f"its pending record: {p}" for p in after.problems[len(before.problems):]]
+    if after.final_theta != theta:
+        problems.append(f"it holds a policy ({theta[:16]}…) that its pending record does not "
+                        f"leave as the last accepted one ({str(after.final_theta)[:16]}…)")
+    return problems
+
+
+def _check_state(run: RunDir, lines: list[LogLine], records: list, res: AuditResult) -> None:
     """The state file is what `--resume`, `load_run` and the report take θ from: it must belong
-    to this log (its head) and hold the last accepted policy (its θ hash)."""
+    to this log (its head) and hold the last accepted policy (its θ hash); one record ahead of
+    the log (a kill between its two writes), that record must pass the audit too."""
     from scpo_spec.audit.rundir import LEGACY_CHECKPOINT, RunError
-    if not run.state.exists():
+    res.state_present = run.state.exists()
+    if not res.state_present:
         if (run.path / LEGACY_CHECKPOINT).exists():
             res.problems.append(f"{run.path / LEGACY_CHECKPOINT} is a pickle from an older "
                                 "scpo-spec; it is not read (the log alone was audited)")
@@ -138,6 +160,11 @@ def _check_state(run: RunDir, lines: list[LogLine], res: AuditResult) -> None:
         res.problems.append(str(err))
         return
     if pending:  # killed between the state write and the append: the log itself is intact
+        wrong = pending_problems(records, state.pending, state.theta)
+        if wrong:
+            res.state_ok = False
+            res.problems += [f"{run.state}: {p}" for p in wrong]
+            return
         res.problems.append(f"{run.state} holds one record the log does not have yet (the run "
                             "was killed between its two writes); `scpo train … --resume` "
                             "appends it")

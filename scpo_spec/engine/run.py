@@ -466,13 +466,17 @@ def _spec_changed(run: RunDir, spec_path: Path, spec: Spec, spec_text: str) -> b
 
 def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_text: str,
             total: int, note, on_record=None) -> tuple[Recorder, State]:
-    from scpo_spec.audit.verify import verify_chain  # numpy only
+    from scpo_spec.audit.verify import pending_problems, verify_chain  # numpy only
     lines, _ = run.lines()
     text_changed = _spec_changed(run, spec_path, spec, spec_text)
     problems = verify_chain(lines)
     if problems:
         raise RunError(f"{run.log} fails its hash chain ({problems[0]}); refusing to extend it")
     saved, pending = run.bound_state(lines)
+    if pending:  # the record a kill kept from the log joins it only if it audits
+        wrong = pending_problems(run.records(), saved.pending, saved.theta)
+        if wrong:
+            raise RunError(f"{run.state}: {wrong[0]}; refusing to append it to {run.log}")
     log = AuditWriter.reopen(run.log, run.torn)
     state = _restore(trainer, saved)
     recorder = Recorder(run, log, trainer, on_record)

@@ -302,6 +302,9 @@ def _checks(ev: Evidence) -> list[Check]:
                   "state.npz belongs to the log's last record and holds its last accepted θ"
                   if a.state_ok else next((p for p in a.problems if STATE_NAME in p),
                                           "state.npz does not belong to this log"))
+    if a.state_present is False:  # a log handed over alone: nothing to bind, nothing to deploy
+        state = Check("state file", True, "absent: the log alone was audited; this directory "
+                      "does not hold the final policy (only its hash, in the log)")
     checks = [chain, certs, viol, ended, spec, state, _holdout_check(ev)]
     if ev.signature is not None and not ev.signature.startswith("unverified"):
         checks.append(Check("signature", ev.signature == "valid",
