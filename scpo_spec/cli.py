@@ -567,6 +567,10 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     out.print(f"{mark(res.certificates_ok)} certificates recomputed from the log")
     out.print(f"{mark(res.accepted_violations == 0)} accepted iterates violating a metric: "
               f"{res.accepted_violations}")
+    out.print(f"{mark(res.spec_ok)} the spec file and the header's metrics are the header's "
+              "spec text")
+    out.print(f"{mark(res.state_ok)} state file bound to the log" if res.state_present else
+              "  state file: absent (the log alone was audited)")
     out.print(f"{mark(res.complete)} run complete"
               + (f" ({_esc(res.end_reason)})" if res.complete else
                  ": no end record after the last step (killed or cut short)"))

@@ -72,3 +72,21 @@ def test_a_module_in_a_package_keeps_its_relative_imports(tmp_path):
         for name in ("scpo_loader_pkg", "scpo_loader_pkg.plant", "scpo_loader_pkg.constants"):
             sys.modules.pop(name, None)
             EXECUTED.pop(name, None)
+
+
+def test_a_package_imported_from_another_folder_is_not_taken(tmp_path):
+    """Two specs in two folders, each with its own `scpo_loader_twin` package: the second gets
+    its own plant, not the first one's cached import."""
+    for value in (1, 2):
+        pkg = tmp_path / f"spec{value}" / "scpo_loader_twin"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("", encoding="utf-8")
+        (pkg / "plant.py").write_text(f"VALUE = {value}\n", encoding="utf-8")
+    try:
+        assert load_module("scpo_loader_twin.plant", tmp_path / "spec1").VALUE == 1
+        assert load_module("scpo_loader_twin.plant", tmp_path / "spec2").VALUE == 2
+        assert EXECUTED["scpo_loader_twin.plant"][0].startswith(str((tmp_path / "spec2").resolve()))
+    finally:
+        for name in ("scpo_loader_twin", "scpo_loader_twin.plant"):
+            sys.modules.pop(name, None)
+            EXECUTED.pop(name, None)

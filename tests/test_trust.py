@@ -433,6 +433,42 @@ def test_a_run_without_its_state_file_says_so(genuine, tmp_path):
     assert state.name == "state file" and state.detail.startswith("absent")
 
 
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m.update(margin=0.0, smoothness=0.001), "margin, smoothness"),
+    (lambda m: m.update(name="<b>motor</b>"), "name"),
+    (lambda m: m.update(formula="always abs(position) <= 99"), "formula"),
+])
+def test_the_headers_metrics_are_its_own_spec_texts(genuine, tmp_path, edit, field):
+    """A re-hashed header whose metrics say other margins, ℓ, names or formulas than its own spec
+    text: the audit used to check the certificates against the header's numbers and the report
+    showed both side by side, CERTIFIED."""
+    run = copy_run(genuine[0], tmp_path / "run")
+    recs = records(run)
+    edit(recs[0]["metrics"][0])
+    write_rechained(run, recs, rebind=True)
+    audit = audit_run(run)
+    assert audit.chain_ok and not audit.spec_ok and not audit.ok
+    assert "is not its spec text's" in audit.spec_problems[0]
+    assert f"the header says {field.split(',')[0]} " in audit.spec_problems[0]
+    assert not gather(run).certified
+
+
+def test_the_spec_file_beside_the_log_is_the_headers(genuine, tmp_path):
+    run = copy_run(genuine[0], tmp_path / "run")
+    copy = run / "spec.scpo"
+    copy.write_text(copy.read_text(encoding="utf-8")
+                    + "constraint extra: always abs(velocity) <= 100  smoothness 5\n",
+                    encoding="utf-8")
+    audit = audit_run(run)
+    assert not audit.ok and any("spec.scpo is not the spec" in p for p in audit.spec_problems)
+    ev = gather(run)
+    assert not ev.certified
+    assert "spec.scpo is not the spec" in next(c.detail for c in ev.checks
+                                                if c.name == "stored spec checks")
+    result = runner.invoke(app, ["audit", str(run)])
+    assert result.exit_code == 1 and "audit FAILED" in result.output
+
+
 # ---- crashes from structure (issue: one owner for the run directory) ----
 def test_a_constant_named_like_spectral_radius_needs_no_linearisation(tmp_path):
     """The evaluator asks the compiler which metrics read spectral_radius; it used to search the

@@ -247,6 +247,18 @@ class RunDir:
                 raise CodeChanged(f"not trusting the code of {self.path}: {problems[0]}")
         return result.spec, origin.parent
 
+    def declared_metrics(self, header: Header | None = None) -> list[dict] | None:
+        """The metrics the header's spec text declares, as the header records them (parsed and
+        built, no checks: nothing read or run); None when the text does not build."""
+        from scpo_spec.language.load import parse_model
+        header = header or self.header()
+        spec = header.spec
+        if not isinstance(spec.get("text"), str):
+            return None
+        parsed = parse_model(spec["text"], path=str(spec.get("path") or "<spec>"),
+                             syntax=spec.get("syntax"))
+        return parsed.spec.declared_metrics() if parsed.spec is not None else None
+
     # ---- the state file ----
     def write_state(self, state: StateFile) -> None:
         """Atomically replace the state file (written, fsync'ed, renamed); the one it replaces

@@ -67,17 +67,23 @@ class AuditResult:
     stall: dict | None = None    # the metric that blocked training, when it stalled
     state_ok: bool = True         # RUN/state.npz, if any, belongs to this log and its last θ
     state_present: bool | None = None  # RUN/state.npz exists (None: not looked at)
+    spec_problems: list = field(default_factory=list)  # RUN/spec.* or the header's metrics
+    # are not the header's spec text (also in `problems`)
+
+    @property
+    def spec_ok(self) -> bool:
+        return not self.spec_problems
     anchored: bool | None = None  # --head given: the chain ends exactly there
     signature: str | None = None  # "valid", "invalid: …", or None when not checked
 
     @property
     def ok(self) -> bool:
         return (self.chain_ok and self.certificates_ok and self.accepted_violations == 0
-                and self.state_ok and self.anchored is not False and self.signature in (None, "valid"))
+                and self.state_ok and self.spec_ok and self.anchored is not False and self.signature in (None, "valid"))
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in vars(self).items()}
-        out["ok"] = self.ok
+        out["spec_ok"], out["ok"] = self.spec_ok, self.ok
         return out
 
 
@@ -120,7 +126,46 @@ def audit_run(run_dir: str | Path, head: str | None = None,
         return res
     _check_records(records, res)
     _check_state(run, lines, records, res)
+    if records and isinstance(records[0], Header):
+        _check_spec(run, records[0], res)
     return res
+
+
+METRIC_FIELDS = ("name", "section", "formula", "margin", "smoothness", "lipschitz", "location")
+
+
+def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
+    """What a reader sees of the spec must be the header's spec text, whose SHA-256 the chain
+    covers: the copy RUN/spec.* beside the log, and the header's own account of each metric
+    (its margin and ℓ are what the certificates are checked against, its name and formula what
+    the report shows)."""
+    text = header.spec.get("text")
+    if not isinstance(text, str):
+        return  # _check_records has said so
+
+    def fail(msg: str) -> None:
+        res.spec_problems.append(msg)
+        res.problems.append(msg)
+
+    for copy in run.spec_files():
+        if hashlib.sha256(copy.read_bytes()).hexdigest() != header.spec.get("sha256"):
+            fail(f"{copy} is not the spec the log's header holds (its SHA-256 differs): read "
+                 "the spec in the report, or `scpo runs`")
+    declared = run.declared_metrics(header)
+    if declared is None:
+        fail("the spec text in the header does not build")
+        return
+    logged = [m if isinstance(m, dict) else {} for m in header.metrics]
+    if len(logged) != len(declared):
+        fail(f"the header lists {len(logged)} metrics, its spec text declares {len(declared)}")
+        return
+    for got, want in zip(logged, declared):
+        wrong = [k for k in METRIC_FIELDS if got.get(k) != want[k]]
+        if wrong:
+            said = ", ".join(f"{k} {got.get(k)!r}" for k in wrong)
+            text_says = ", ".join(f"{k} {want[k]!r}" for k in wrong)
+            fail(f"the header's metric '{want['name']}' is not its spec text's: the header says "
+                 f"{said}; the text {text_says}")
 
 
 def pending_problems(records: list, pending: bytes, theta: str) -> list[str]:

@@ -13,7 +13,7 @@ from scpo_spec.language.scenarios import holdout_states, training_states
 from scpo_spec.compile.signals import ExpressionCompiler, Reducer
 from scpo_spec.policies.backup import Backup, make_backup
 from scpo_spec.policies.policy import PolicyFamily, make_policy
-from scpo_spec.language.expr import names, unparse
+from scpo_spec.language.expr import names
 from scpo_spec.language.model import TRAIN_DEFAULTS, Spec
 from scpo_spec.systems.dynamics import Dynamics, make_dynamics
 
@@ -106,17 +106,10 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     compiler = ExpressionCompiler([s.name for s in spec.system.states],
                                   [s.name for s in spec.system.inputs], consts,
                                   backup.P if backup is not None else None, Reducer(tau))
-    metrics = []
-    for prop in spec.properties:
-        span = prop.name.span
-        metrics.append(Metric(
-            name=prop.name.name, section=prop.section, formula=unparse(prop.formula),
-            margin=float(prop.margin) if prop.margin is not None else settings.margin,
-            smoothness=float(prop.smoothness) if prop.smoothness is not None else None,
-            lipschitz=float(prop.lipschitz) if prop.lipschitz is not None else None,
-            per_scenario=compiler.formula(prop.formula),
-            location=f"{span.file}:{span.line}" if span is not None else "",
-            uses_linearisation=any(n.id == "spectral_radius" for n in names(prop.formula))))
+    metrics = [Metric(**fields, per_scenario=compiler.formula(prop.formula),
+                      uses_linearisation=any(n.id == "spectral_radius"
+                                             for n in names(prop.formula)))
+               for prop, fields in zip(spec.properties, spec.declared_metrics())]
     horizon = int(spec.scenarios.horizon)
     evaluator = RolloutEvaluator(dynamics, family, metrics, training_states(spec), horizon,
                                  compiler.reduce, device=settings.device)

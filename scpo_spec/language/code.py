@@ -102,44 +102,54 @@ class _SourceBytesLoader(importlib.machinery.SourceFileLoader):
 
 
 def load_module(name: str, base_dir: Path | None):
-    """Import `name` (its package as usual), `base_dir` first on the path, its own file run
-    from the bytes that `EXECUTED` records (ModuleNotFoundError, or whatever the module
-    raises).  A module already loaded this way from the same bytes is reused."""
+    """Import `name`, `base_dir` first on the path, its own file run from the bytes that
+    `EXECUTED` records (ModuleNotFoundError, or whatever the module raises).  A module already
+    loaded this way from the same bytes is reused; its packages are looked up the same way, so
+    a same-named package imported earlier from another folder is not taken either."""
     importlib.invalidate_caches()  # a module written since the last import is seen
     with spec_dir_on_path(base_dir):
-        parent, _, child = name.rpartition(".")
-        package = importlib.import_module(parent) if parent else None
-        search = list(getattr(package, "__path__", [])) if package is not None else None
-        found = importlib.machinery.PathFinder.find_spec(name, search)
-        if found is None:
-            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
-        if not isinstance(found.loader, importlib.machinery.SourceFileLoader):
-            module = importlib.import_module(name)  # compiled or sourceless: its file runs
+        return _load(name, target=True)
+
+
+def _load(name: str, target: bool):
+    parent, _, child = name.rpartition(".")
+    package = _load(parent, target=False) if parent else None
+    search = list(getattr(package, "__path__", [])) if package is not None else None
+    found = importlib.machinery.PathFinder.find_spec(name, search)
+    if found is None:
+        raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+    cached = sys.modules.get(name)
+    if not isinstance(found.loader, importlib.machinery.SourceFileLoader) or not found.origin:
+        module = importlib.import_module(name)  # compiled, sourceless or a namespace package
+        if found.origin and Path(found.origin).is_file():
             EXECUTED[name] = (str(Path(found.origin).resolve()), sha256_file(Path(found.origin)))
-            return module
-        data = Path(found.origin).read_bytes()
-        ran = (str(Path(found.origin).resolve()), hashlib.sha256(data).hexdigest())
-        if name in sys.modules and EXECUTED.get(name) == ran:
-            return sys.modules[name]
-        loader = _SourceBytesLoader(name, found.origin, data)
-        spec = importlib.util.spec_from_file_location(
-            name, found.origin, loader=loader,
-            submodule_search_locations=found.submodule_search_locations)
-        module = importlib.util.module_from_spec(spec)
-        before = sys.modules.get(name)
-        sys.modules[name] = module
-        try:
-            loader.exec_module(module)
-        except BaseException:
-            if before is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = before
-            raise
-        if package is not None:
-            setattr(package, child, module)
-        EXECUTED[name] = ran
         return module
+    origin = Path(found.origin).resolve()
+    if not target and cached is not None and getattr(cached, "__file__", None) \
+            and Path(cached.__file__).resolve() == origin:
+        return cached  # a package imported before from this very file
+    data = origin.read_bytes()
+    ran = (str(origin), hashlib.sha256(data).hexdigest())
+    if cached is not None and EXECUTED.get(name) == ran:
+        return cached
+    loader = _SourceBytesLoader(name, found.origin, data)
+    spec = importlib.util.spec_from_file_location(
+        name, found.origin, loader=loader,
+        submodule_search_locations=found.submodule_search_locations)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        if cached is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = cached
+        raise
+    if package is not None:
+        setattr(package, child, module)
+    EXECUTED[name] = ran
+    return module
 
 
 def import_module(name: str, base_dir: Path | None):

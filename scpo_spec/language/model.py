@@ -371,6 +371,24 @@ class Spec(Node):
         """Every safety metric, constraints first, in the order written."""
         return [*self.constraints, *self.stability]
 
+    def declared_metrics(self) -> list[dict]:
+        """Each property as a run's header records it (name, section, the formula as written,
+        margin, smoothness, Lipschitz constant, FILE:LINE): compile_spec's metrics take these,
+        and an audit compares a header's with its own stored spec text."""
+        from scpo_spec.language.expr import unparse
+        default = self.train.margin if self.train is not None else None
+        out = []
+        for prop in self.properties:
+            span, margin = prop.name.span, prop.margin if prop.margin is not None else default
+            out.append({
+                "name": prop.name.name, "section": prop.section,
+                "formula": unparse(prop.formula),
+                "margin": float(margin) if margin is not None else None,
+                "smoothness": float(prop.smoothness) if prop.smoothness is not None else None,
+                "lipschitz": float(prop.lipschitz) if prop.lipschitz is not None else None,
+                "location": f"{span.file}:{span.line}" if span is not None else ""})
+        return out
+
     def same_as(self, other: Spec) -> bool:
         """Equal in meaning: same content, wherever and in whichever syntax it was written."""
         return self.model_dump() == other.model_dump()

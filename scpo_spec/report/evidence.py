@@ -295,9 +295,11 @@ def _checks(ev: Evidence) -> list[Check]:
                   if a.end_reason and a.end_reason.startswith("interrupted") else
                   "the log has no end record after its last step: the run was killed or cut "
                   "short (resume it with `scpo train … --resume`)")
-    spec = Check("stored spec checks", ev.spec_problem is None,
-                 "the spec in the header passes scpo check again"
-                 if ev.spec_problem is None else ev.spec_problem)
+    spec = Check("stored spec checks", ev.spec_problem is None and a.spec_ok,
+                 "the spec in the header passes scpo check again, and the header's metrics and "
+                 "the spec file beside the log are that spec"
+                 if ev.spec_problem is None and a.spec_ok else
+                 ev.spec_problem or "; ".join(a.spec_problems[:2]))
     state = Check("state file bound to the log", a.state_ok,
                   "state.npz belongs to the log's last record and holds its last accepted θ"
                   if a.state_ok else next((p for p in a.problems if STATE_NAME in p),
