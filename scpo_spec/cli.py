@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import signal
 import sys
 from enum import Enum
@@ -447,7 +448,8 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     written (another process writing it, a read-only folder, a full disk: the message says what
     is intact and how to --resume); 2 a usage or spec error, or an --mlflow (or
     MLFLOW_TRACKING_URI) that cannot be used (mlflow not installed, a URI it refuses), said
-    before training starts; 130 interrupted by Ctrl-C or SIGTERM (resumable).  TensorBoard
+    before training starts, or a --sign key that cannot sign; 130 interrupted by Ctrl-C or
+    SIGTERM (resumable; after the last step the run is complete, and its head is printed).  TensorBoard
     event files go to RUN/tensorboard/ (a failure to write them warns once, never stops the run).
     The last line is the log's head hash: keep it to anchor the log."""
     from scpo_spec.audit.rundir import RunDir
@@ -457,6 +459,12 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     if resume and force:
         _usage("--resume continues the run in --out and --force starts a new one: give one")
     result = _checked(file, code=2)
+    if sign is not None:  # a key that cannot sign is a usage error, said before training
+        from scpo_spec.audit.signing import SigningError, check_private_key
+        try:
+            check_private_key(sign)
+        except SigningError as e:
+            _usage(f"--sign: {e}")
     tracking = _tracking(result.spec.name.name, not no_tensorboard,
                          mlflow or os.environ.get("MLFLOW_TRACKING_URI") or None)
     if device is not None:  # overrides `train { device }`; refused like it without a GPU
@@ -478,13 +486,13 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
                                on_stop_request=progress.request_stop)
     except BaseException as e:
         tracking.close(interrupted=isinstance(e, KeyboardInterrupt))
-        _train_failed(e, file, run_path[0])
+        _train_failed(e, file, run_path[0], steps)
         raise
     signature = RunDir(res.run_dir).signature
-    if sign is not None:
-        from scpo_spec.audit.signing import sign_head
-        sign_head(sign, res.head, signature)
     try:
+        if sign is not None:
+            from scpo_spec.audit.signing import sign_head
+            sign_head(sign, res.head, signature)
         if no_report:
             audit = audit_run(res.run_dir)
             progress.summary(out, res, audit)
@@ -496,6 +504,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
             progress.summary(out, res, evidence.audit)
             _say_verdict(evidence, report_file)
             certified = evidence.certified
+    except (KeyboardInterrupt, OSError, ScpoError) as e:
+        tracking.close(interrupted=isinstance(e, KeyboardInterrupt))
+        _after_training_failed(e, res)
     except BaseException:
         tracking.close()
         raise
@@ -506,6 +517,19 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         out.print(f"signed: {signature}", markup=False)
     out.print(f"head {res.head}", markup=False)
     raise typer.Exit(0 if certified else 1)
+
+
+def _after_training_failed(e: BaseException, res) -> None:
+    """Ctrl-C, a full disk or a bad key after the last record: the run is complete and logged,
+    only its signature or report is missing.  Say so, and print the head to anchor."""
+    what = ("interrupted" if isinstance(e, KeyboardInterrupt) else
+            f"could not finish ({e.strerror or e})" if isinstance(e, OSError) else
+            f"could not finish ({e})")
+    err.print(f"[yellow]{what}[/] after the last step: the run itself is complete and logged "
+              f"(`scpo audit {_esc(res.run_dir)}` checks it); `scpo report {_esc(res.run_dir)}` "
+              "writes its report", soft_wrap=True)
+    out.print(f"head {res.head}", markup=False)
+    raise typer.Exit(130 if isinstance(e, KeyboardInterrupt) else 1)
 
 
 def _tracking(experiment: str, tensorboard: bool, mlflow_uri: str | None):
@@ -519,7 +543,7 @@ def _tracking(experiment: str, tensorboard: bool, mlflow_uri: str | None):
                     warn=warn)
 
 
-def _train_failed(e: BaseException, file: Path, run_dir) -> None:
+def _train_failed(e: BaseException, file: Path, run_dir, steps: int | None = None) -> None:
     """A training that refused to start or was interrupted: say so, exit with its code (any
     other error goes on to the `command` decorator)."""
     from scpo_spec.engine.train import UnsafeStart
@@ -532,8 +556,10 @@ def _train_failed(e: BaseException, file: Path, run_dir) -> None:
                   "or revisit the bounds")
         raise typer.Exit(1)
     if isinstance(e, KeyboardInterrupt):
+        more = f" --steps {steps}" if steps is not None else ""
         err.print("[yellow]interrupted[/]: everything up to the last step is logged; continue "
-                  f"with `scpo train {_esc(file)} --out {_esc(run_dir or 'RUN')} --resume`")
+                  f"with `scpo train {_esc(file)} --out {_esc(run_dir or 'RUN')} --resume"
+                  f"{more}`")
         raise typer.Exit(130)
 
 
@@ -552,6 +578,8 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     from scpo_spec.audit.verify import audit_run
     if not run.is_dir():
         _usage(f"not a run directory: {run}")
+    if head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", head.strip()):
+        _usage(f"--head {head}: expected the 64 hex digits `scpo train` printed after `head`")
     res = audit_run(run, head=head, key=key)
     passed = res.ok and (res.complete or allow_incomplete)
     if as_json:
@@ -573,6 +601,8 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
               "  state file: absent (the log alone was audited)")
     out.print(f"{mark(res.complete)} run complete"
               + (f" ({_esc(res.end_reason)})" if res.complete else
+                 f": {_esc(res.end_reason)} (continue it with `scpo train … --resume`)"
+                 if res.end_reason and res.end_reason.startswith("interrupted") else
                  ": no end record after the last step (killed or cut short)"))
     out.print(f"  updates accepted {res.accepted}, rejected {res.rejected}; certificates "
               f"refuted {res.refutations}; loss {res.loss_first:.6g} → {res.loss_last:.6g}"
@@ -767,10 +797,28 @@ def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Pat
                   trust_code: bool = False):
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.report import gather, write_report
-    evidence = gather(run, key=key, trust_code=trust_code)
     target = output or RunDir(run).report(fmt.value)
+    problem = _report_target_problem(target, fmt.value)
+    if problem:
+        _usage(problem)
+    evidence = gather(run, key=key, trust_code=trust_code)
     write_report(evidence, target, fmt.value)
     return evidence, target
+
+
+def _report_target_problem(target: Path, fmt: str) -> str | None:
+    """Why a report may not be written at `target`: into a run directory only as its own
+    report.<fmt> (its log, state and spec copy are never replaced), and never over an existing
+    file that is not a .<fmt> file (a spec, say)."""
+    from scpo_spec.audit.rundir import RunDir
+    where = target.expanduser().resolve()
+    home = RunDir(where.parent)
+    if home.is_run() and where != home.report(fmt).resolve():
+        return (f"--out {target} is inside the run directory {where.parent}, which keeps only "
+                f"its own report.{fmt} besides what its log wrote; write the report elsewhere")
+    if where.exists() and (not where.is_file() or where.suffix.lower() != f".{fmt}"):
+        return f"--out {target} exists and is not a .{fmt} file; refusing to replace it"
+    return None
 
 
 def _say_verdict(evidence, target: Path) -> None:
@@ -798,7 +846,9 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
     """Write the certification report of a run (from its log and state file; never re-trains,
     never imports or unpickles anything from the run, and runs code the spec names only with
     --trust-code).  Exit 0 when the report was written, whatever its verdict (the verdict is
-    printed; `scpo audit` is the pass/fail check)."""
+    printed; `scpo audit` is the pass/fail check); 1 it could not be written (written whole or
+    not at all); 2 an --out inside a run directory other than its own report.<format>, or an
+    existing file that is not a .<format> file (never replaced)."""
     from scpo_spec.audit.rundir import RunDir
     if not RunDir(run).is_run():
         _usage(f"not a run directory (no audit.jsonl): {run}")

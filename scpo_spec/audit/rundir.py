@@ -337,8 +337,10 @@ class RunDir:
                               pending=bytes(pending) if pending is not None else None)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
                 UnicodeDecodeError) as e:
-            raise RunError(f"{self.state} cannot be read ({type(e).__name__}: {e}); it is "
-                           "damaged or not a state file") from None
+            why = ("it is not an archive of plain arrays (reading it would need pickle, which is "
+                   "never used)" if "pickle" in str(e) else f"{type(e).__name__}: {e}")
+            raise RunError(f"{self.state} cannot be read ({why}); it is damaged or not a state "
+                           "file") from None
         if "theta" not in state.arrays or theta_sha256(state.arrays["theta"]) != state.theta:
             raise RunError(f"{self.state}: θ does not match the hash stored with it")
         return state

@@ -65,6 +65,11 @@ def _raw(public: Ed25519PublicKey) -> str:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
+def check_private_key(private_path: Path) -> None:
+    """SigningError unless `private_path` is a readable Ed25519 private key (before training)."""
+    _load(private_path, private=True)
+
+
 def sign_head(private_path: Path, head: str, out: Path) -> None:
     """Sign the head's hex text and write the signature file."""
     key = _load(private_path, private=True)

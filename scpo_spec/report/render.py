@@ -11,6 +11,7 @@ unless it is a code span or fence built here, sized so the content cannot close 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shlex
 import shutil
@@ -189,5 +190,10 @@ def write_report(ev: Evidence, out: Path, fmt_: str = "html") -> Path:
                   for s, c, p in plots]
         text = env.get_template("report.html.j2").render(ev=ev, images=images)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    tmp = out.with_name(f".{out.name}.tmp")  # whole or not at all: a full disk leaves no half page
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

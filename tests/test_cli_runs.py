@@ -1,0 +1,145 @@
+"""The CLI around a finished run: `report -o` never replaces a run's own files or a file that is
+not a report, the report is written whole or not at all, `train` says what is intact when its
+last part (signature, report) fails or is interrupted, and `audit`'s own messages are exact."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scpo_spec.audit.verify import audit_run
+from scpo_spec.cli import app
+from scpo_spec.engine.run import train
+from scpo_spec.engine.train import Trainer
+from tests.engine_specs import small_di, spec_of, write_spec
+from tests.forgery import copy_run
+
+runner = CliRunner()
+
+
+def invoke(args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    base = tmp_path_factory.mktemp("finished")
+    text = small_di(steps=3)
+    return train(base / "spec.scpo", spec_of(text, base), text, out=base / "run").run_dir
+
+
+def test_report_never_replaces_a_runs_own_files(finished, tmp_path):
+    run = copy_run(finished, tmp_path / "run")
+    for name in ("audit.jsonl", "state.npz", "spec.scpo", "other.html"):
+        before = (run / name).read_bytes() if (run / name).exists() else None
+        result = invoke(["report", run, "-o", run / name])
+        assert result.exit_code == 2 and "inside the run directory" in result.output, name
+        after = (run / name).read_bytes() if (run / name).exists() else None
+        assert after == before, name
+    assert audit_run(run).ok
+    assert invoke(["report", run, "-o", run / "report.html"]).exit_code == 0  # its own report
+
+
+def test_report_never_replaces_a_file_that_is_not_a_report(finished, tmp_path):
+    spec = tmp_path / "mine.scpo"
+    spec.write_text("my spec\n", encoding="utf-8")
+    result = invoke(["report", finished, "-o", spec])
+    assert result.exit_code == 2 and "is not a .html file" in result.output
+    assert spec.read_text(encoding="utf-8") == "my spec\n"
+    target = tmp_path / "r.html"
+    for _ in range(2):  # a report replaces the previous one
+        assert invoke(["report", finished, "-o", target]).exit_code == 0
+    assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_a_report_that_cannot_be_put_in_place_leaves_nothing_behind(finished, tmp_path,
+                                                                    monkeypatch):
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+    monkeypatch.setattr(os, "replace", full)
+    result = invoke(["report", finished, "-o", tmp_path / "r.html"])
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert list(tmp_path.iterdir()) == []  # no half page, no temporary file
+
+
+@pytest.mark.parametrize("failure, code, said", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (OSError(errno.ENOSPC, "No space left on device"), 1, "No space left on device"),
+])
+def test_train_says_the_run_is_complete_when_its_report_fails(tmp_path, monkeypatch, failure,
+                                                              code, said):
+    import scpo_spec.report as report
+    spec = write_spec(tmp_path, small_di(steps=2))
+
+    def fail(*args, **kwargs):
+        raise failure
+    monkeypatch.setattr(report, "write_report", fail)
+    result = invoke(["train", spec, "--out", tmp_path / "run", "-q", "--no-tensorboard"])
+    assert result.exit_code == code, result.output
+    assert said in result.output and "the run itself is complete and logged" in result.output
+    head = [ln for ln in result.output.splitlines() if ln.startswith("head ")]
+    assert head and audit_run(tmp_path / "run", head=head[-1].split()[1]).ok
+
+
+def test_a_key_that_cannot_sign_is_refused_before_training(tmp_path):
+    spec = write_spec(tmp_path, small_di(steps=2))
+    (tmp_path / "bad.pem").write_text("not a key\n", encoding="utf-8")
+    for key in (tmp_path / "missing.pem", tmp_path / "bad.pem"):
+        result = invoke(["train", spec, "--out", tmp_path / "run", "--sign", key, "-q"])
+        assert result.exit_code == 2 and "--sign" in result.output, result.output
+        assert not (tmp_path / "run").exists()
+
+
+def test_audit_refuses_a_head_that_is_not_a_hash(finished):
+    result = invoke(["audit", finished, "--head", "zzz"])
+    assert result.exit_code == 2 and "64 hex digits" in result.output
+
+
+def test_audit_names_an_interrupted_run_as_interrupted(tmp_path, monkeypatch):
+    text = small_di(steps=6)
+    real = Trainer.step
+    calls = {"n": 0}
+
+    def step(self, state):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, state)
+    monkeypatch.setattr(Trainer, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run")
+    result = invoke(["audit", tmp_path / "run"])
+    assert result.exit_code == 1
+    assert "run complete: interrupted after step 2" in result.output
+    assert "no end record" not in result.output
+
+
+def test_a_damaged_state_file_is_never_said_to_need_pickle(finished, tmp_path):
+    run = copy_run(finished, tmp_path / "run")
+    (run / "state.npz").write_bytes(b"garbage\n")
+    res = audit_run(run)
+    assert not res.ok
+    problem = next(p for p in res.problems if "state.npz" in p)
+    assert "allow_pickle" not in problem and "damaged or not a state file" in problem
+
+
+def test_the_interrupt_hint_keeps_the_asked_steps(tmp_path, monkeypatch):
+    spec = write_spec(tmp_path, small_di(steps=6))
+    real = Trainer.step
+    calls = {"n": 0}
+
+    def step(self, state):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, state)
+    monkeypatch.setattr(Trainer, "step", step)
+    result = invoke(["train", spec, "--out", tmp_path / "run", "--steps", "9", "-q"])
+    assert result.exit_code == 130
+    assert "--resume --steps 9`" in result.output.replace("\n", "")
