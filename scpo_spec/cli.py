@@ -795,14 +795,20 @@ class ReportFormat(str, Enum):
 
 def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Path | None = None,
                   trust_code: bool = False):
-    from scpo_spec.audit.rundir import RunDir
+    from scpo_spec.audit.rundir import RunDir, RunError
     from scpo_spec.report import gather, write_report
     target = output or RunDir(run).report(fmt.value)
     problem = _report_target_problem(target, fmt.value)
     if problem:
         _usage(problem)
-    evidence = gather(run, key=key, trust_code=trust_code)
-    write_report(evidence, target, fmt.value)
+    import jinja2
+    try:
+        evidence = gather(run, key=key, trust_code=trust_code)
+        write_report(evidence, target, fmt.value)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+            jinja2.TemplateError) as e:  # a hand-edited log the audit may still pass on
+        raise RunError(f"{run}: the log holds values the report cannot show ({type(e).__name__}: "
+                       f"{e}); `scpo audit {run}` says what it finds") from None
     return evidence, target
 
 

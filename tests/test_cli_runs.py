@@ -143,3 +143,65 @@ def test_the_interrupt_hint_keeps_the_asked_steps(tmp_path, monkeypatch):
     result = invoke(["train", spec, "--out", tmp_path / "run", "--steps", "9", "-q"])
     assert result.exit_code == 130
     assert "--resume --steps 9`" in result.output.replace("\n", "")
+
+
+def _edit_header(field, value):
+    def edit(recs):
+        recs[0][field] = value
+    return edit
+
+
+def _edit_metric(i, key, value):
+    def edit(recs):
+        if key is None:
+            recs[0]["metrics"][i] = value
+        else:
+            recs[0]["metrics"][i][key] = value
+    return edit
+
+
+def _edit_first_step(key, value):
+    def edit(recs):
+        next(r for r in recs if r["type"] == "step")[key] = value
+    return edit
+
+
+HAND_EDITS = {
+    "metric is null": _edit_metric(0, None, None),
+    "metric is a list": _edit_metric(0, None, [1, 2]),
+    "margin is null": _edit_metric(0, "margin", None),
+    "margin is text": _edit_metric(0, "margin", "x"),
+    "smoothness is a list": _edit_metric(1, "smoothness", []),
+    "metric has no name": _edit_metric(0, "name", None),
+    "g0 is empty": _edit_first_step("g0", []),
+    "G is ragged": _edit_first_step("G", [[1.0], [1.0, 2.0]]),
+    "spec is empty": _edit_header("spec", {}),
+    "settings are empty": _edit_header("settings", {}),
+    "dimensions are empty": _edit_header("dimensions", {}),
+}
+
+
+@pytest.mark.parametrize("rehash", [False, True], ids=["as edited", "re-hashed"])
+@pytest.mark.parametrize("name", list(HAND_EDITS))
+def test_a_hand_edited_log_gets_a_message_never_a_traceback(finished, tmp_path, name, rehash):
+    """`audit`, `report` and `export` on logs edited by hand (and re-hashed, as a forger
+    would): each says what it finds, with exit status 1, and never certifies."""
+    from tests.forgery import records, write_rechained
+    run = copy_run(finished, tmp_path / "run")
+    recs = records(run)
+    HAND_EDITS[name](recs)
+    if rehash:
+        write_rechained(run, recs, rebind=True)
+    else:
+        import json
+        (run / "audit.jsonl").write_text(
+            "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs), encoding="utf-8")
+    audit = invoke(["audit", run])
+    report = invoke(["report", run, "-o", tmp_path / "r.html"])
+    assert report.exit_code in (0, 1)
+    if rehash and name in ("settings are empty", "dimensions are empty"):
+        return  # consistent, and nothing a certificate rests on: the audit need not object
+    assert audit.exit_code == 1 and "audit FAILED" in audit.output
+    assert "CERTIFIED:" not in report.output.replace("NOT CERTIFIED", "")
+    assert invoke(["export", run, "--format", "torchscript", "-o", tmp_path / "p.pt"]).exit_code \
+        in (1, 2)

@@ -78,6 +78,10 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def _not_an_object(where: str):
+    raise RecordError(f"{where}: expected an object")
+
+
 class Entry:
     """A typed JSON object: fields from the dataclass, checked on the way in."""
 
@@ -149,6 +153,20 @@ class Header(Record):
     versions: dict = field(default_factory=dict)
     command: str = ""
     code: list | None = None   # the code the spec names: kind, target, file, sha256 each
+
+    METRIC: ClassVar[dict] = {"name": str, "section": str, "formula": str, "margin": float,
+                              "smoothness": float | None, "lipschitz": float | None,
+                              "location": str | None}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str):
+        """Also each metric: the audit checks certificates against its margin and ℓ."""
+        header = super().from_dict(data, where)
+        header.metrics = [{**m, **{k: _convert(m.get(k), t, f"{where}: metric {i}: '{k}'")
+                                   for k, t in cls.METRIC.items()}}
+                          if isinstance(m, dict) else _not_an_object(f"{where}: metric {i}")
+                          for i, m in enumerate(header.metrics)]
+        return header
 
     @property
     def metric_names(self) -> list[str]:

@@ -124,10 +124,16 @@ def audit_run(run_dir: str | Path, head: str | None = None,
         res.certificates_ok = False
         res.problems.append(f"a record cannot be read: {err}")
         return res
-    _check_records(records, res)
-    _check_state(run, lines, records, res)
-    if records and isinstance(records[0], Header):
-        _check_spec(run, records[0], res)
+    try:
+        _check_records(records, res)
+        _check_state(run, lines, records, res)
+        if records and isinstance(records[0], Header):
+            _check_spec(run, records[0], res)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        # a value of the right type but the wrong shape, in a log the typed records let through
+        res.certificates_ok = False
+        res.problems.append(f"a record holds a value the audit cannot use "
+                            f"({type(err).__name__}: {err})")
     return res
 
 
@@ -272,6 +278,8 @@ class _Audit:
             return
         if rec.theta != self.theta:
             self.fail(f"{where}: starts from a policy that is not the last accepted one")
+        if not self.shape(rec.g0, f"{where}: g0"):
+            return
         if not np.array_equal(rec.g0, self.g):
             self.fail(f"{where}: g0 is not the verified g of the policy it starts from")
         if not self._bank_ok(rec, where):
