@@ -233,3 +233,30 @@ def test_chunked_holdout_equals_one_batch(monkeypatch):
     assert sizes == [50, 50, 50, 50, 3]
     # the default chunk keeps one rollout under the budget
     assert holdout_chunk(60, 2, 1, [64, 64], budget=2**20) == 2**20 // (8 * (61 * 2 + 60 + 128))
+
+
+@pytest.mark.parametrize("P", ["diag(1, -1)", "[[1, 3], [3, 1]]", "diag(-1, -1)"])
+def test_lyapunov_of_a_matrix_that_is_not_positive_semidefinite_is_an_error(P):
+    """V(x) = xᵀPx < 0 for some x₀: the ratio V(x_t)/V(x₀) then means nothing (it used to pass
+    `check`, and the floor under V(x₀) made g about 5e10)."""
+    text = replace("stability decay: lyapunov(backup) <= 0.8 at final",
+                   f"stability decay: lyapunov({P}) <= 0.8 at final")
+    errs = errors(text)
+    assert len(errs) == 1, errs
+    line, col, msg = errs[0]
+    assert (line, col) == (21, 27)  # the matrix, inside lyapunov(…)
+    assert msg.startswith("lyapunov's matrix is not positive semidefinite"), msg
+
+
+@pytest.mark.parametrize("formula", [
+    "always (at final always[1:2] position <= 1)",
+    "eventually[0:3] at final eventually[1:1] position <= 0",
+    "(at final eventually[2:4] position <= 1) until[3:8] (at final position <= 1)",
+])
+def test_an_empty_window_under_at_final_inside_another_operator_is_an_error(formula):
+    """At the last step only a window starting at 0 holds a sample: found at the top level, it
+    was missed once `at final` sat inside another temporal operator (g was always +inf)."""
+    text = replace("constraint position_limit: always abs(position) <= 2.5 smoothness 50",
+                   f"constraint position_limit: {formula} smoothness 50")
+    msgs = [m for _, _, m in errors(text)]
+    assert msgs and all("holds no sample" in m for m in msgs), msgs

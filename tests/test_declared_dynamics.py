@@ -563,3 +563,19 @@ def test_the_checkers_numpy_plant_agrees_with_the_compiled_one(spec_file):
     nA, nB = numpy_linearisation(spec.system, consts)
     np.testing.assert_allclose(nA, A, rtol=0, atol=1e-7)
     np.testing.assert_allclose(nB, B, rtol=0, atol=1e-7)
+
+
+def test_an_equation_may_use_functions_of_a_vector(tmp_path):
+    """`norm([x, y])`, `max([x, y])`, `quad(P, [x, u])` in an equation: accepted by `check`, and
+    they used to fail to compile ("not an elementwise expression")."""
+    base = spec_of(small_di(), tmp_path)
+    nxt = {"position": "position + 0.1 * norm([velocity, force]) - 0.05 * max([position, 0.5])",
+           "velocity": "velocity + 0.01 * quad(diag(1, 2), [position, force]) - 0.1 * position"}
+    dyn = make_dynamics(with_system(base, discrete("position, velocity", "force", nxt)))
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(size=(3, 5, 2)), dtype=torch.float64)
+    u = torch.tensor(rng.normal(size=(3, 5, 1)), dtype=torch.float64)
+    p, v, f = x[..., 0].numpy(), x[..., 1].numpy(), u[..., 0].numpy()
+    want = np.stack([p + 0.1 * np.hypot(v, f) - 0.05 * np.maximum(p, 0.5),
+                     v + 0.01 * (p ** 2 + 2 * f ** 2) - 0.1 * p], -1)
+    np.testing.assert_allclose(dyn.step(x, u).numpy(), want, rtol=0, atol=1e-15)

@@ -397,3 +397,37 @@ def test_matches_rtamt(f, data):
     note(f"ours {ours}, rtamt {theirs}")
     assert math.isfinite(ours)
     assert ours == pytest.approx(-theirs, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# vectors of signals, windows far past the horizon (found by a review against the contract)
+
+X6, Y6, U5 = [0.5, -1.0, 2.0, 0.25, 1.5, -0.5], [1.0, 2.0, -3.0, 0.0, 0.5, 0.25], \
+    [0.3, -2.5, 1.0, 0.0, 4.0]
+
+
+def test_a_vector_of_signals_is_its_entries_on_their_common_steps():
+    """`[x, u]` mixes a state (steps 0…T) and an input (0…T−1): it lives on 0…T−1.  It used to
+    pass `check` and then fail to compile ("unknown constant 'x'")."""
+    x, y, u = np.array(X6), np.array(Y6), np.array(U5)
+    assert g("always norm([x, u]) <= 3", X6, U5, Y6) == pytest.approx(
+        max(np.hypot(x[:5], u)) - 3, abs=1e-15)
+    assert g("always [x, u] <= [3, 1]", X6, U5, Y6) == pytest.approx(
+        max(max(x[:5] - 3), max(u - 1)), abs=1e-15)
+    assert g("always max([x, y]) <= 1", X6, U5, Y6) == pytest.approx(
+        max(np.maximum(x, y)) - 1, abs=1e-15)  # two states: all T + 1 steps
+    assert g("always quad(diag(1, 2), [x, u]) <= 5", X6, U5, Y6) == pytest.approx(
+        max(x[:5] ** 2 + 2 * u ** 2) - 5, abs=1e-14)
+    assert g("always norm([x, 2]) <= 3", X6, U5, Y6) == pytest.approx(
+        max(np.hypot(x, 2)) - 3, abs=1e-15)
+
+
+@pytest.mark.parametrize("wide, exact", [
+    ("always eventually[0:1000000000000] x <= 0", "always eventually[0:5] x <= 0"),
+    ("always (x <= 1 until[0:1000000000000] y <= 0)", "always (x <= 1 until[0:5] y <= 0)"),
+    ("eventually[1:1000000000000] x <= 0", "eventually[1:5] x <= 0"),
+])
+def test_a_window_past_the_horizon_is_cut_before_anything_is_sized(wide, exact):
+    """`[0:10¹²]` with T = 5 means `[0:5]`; it used to size tensors by the bound (3 GB for
+    `until[0:100000]` at horizon 60 and 64 scenarios; here it could not be allocated at all)."""
+    assert g(wide, X6, U5, Y6) == g(exact, X6, U5, Y6)

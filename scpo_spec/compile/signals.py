@@ -237,8 +237,8 @@ class ExpressionCompiler(ElementwiseCompiler[Val]):
         return Constant(_const(evaluate(E.Name(id=name), self.consts)))
 
     def special(self, e: E.Node) -> Compiled:
-        if isinstance(e, E.Vector):
-            return Constant(_const(evaluate(e, self.consts)))
+        if isinstance(e, E.Vector):  # [position, force]: the entries as components, on
+            return self.apply(_components, [self.value(x) for x in e.items])  # common steps
         if not isinstance(e, E.Call):
             raise TypeError(f"not a value: {type(e).__name__}")
         f = e.func
@@ -285,6 +285,12 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     return s.sqrt_()
 
 
+def _components(*parts: torch.Tensor) -> torch.Tensor:
+    """Vector entries (each (C|1, S|1, L|1, K)) side by side along the component axis."""
+    lead = torch.broadcast_shapes(*[p.shape[:3] for p in parts])
+    return torch.cat([p.expand(*lead, p.shape[3]) for p in parts], dim=3)
+
+
 def _const(value) -> Val:
     a = np.atleast_1d(np.asarray(value, dtype=np.float64))
     return Val(torch.as_tensor(a, dtype=DTYPE).view(1, 1, 1, -1), False)
@@ -329,6 +335,8 @@ def _sliding(x: torch.Tensor, a: int, b: int | None, need: int | None, reduce: R
     for max and +∞ for min, as in rtamt."""
     L = x.shape[2]
     n = L if need is None else min(need, L)
+    if b is not None:  # cut at the last sample before sizing anything: [t+a, t+b] ∩ [0, L−1]
+        b = max(a, min(b, L - 1))  # is the same window for every t ≥ 0 once b ≥ L − 1
     neutral = -torch.inf if is_max else torch.inf
     red = (lambda t, d: reduce.max(t, d)) if is_max else Reducer.min
     if n == 1:  # the metric's own t = 0: one reduction, as cheap as before
@@ -346,7 +354,9 @@ def _sliding(x: torch.Tensor, a: int, b: int | None, need: int | None, reduce: R
 def _until_bounded(phi: torch.Tensor, psi: torch.Tensor, a: int, b: int, n: int,
                    reduce: Reducer) -> torch.Tensor:
     """h(t) = min over t' ∈ [t+a, t+b] (cut) of max(h_ψ(t'), max over [t, t'−1] of h_φ)."""
-    L, w = phi.shape[2], b + 1
+    L = phi.shape[2]
+    b = min(b, L - 1)  # t' ≤ L − 1 anyway: a bound past it sizes nothing (`until[0:100000]`)
+    w = b + 1
     span = n - 1 + w
 
     def windows(x):  # (C, S, n, 1, w): x[t + k]; past the end filled with 0, masked below

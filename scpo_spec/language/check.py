@@ -775,6 +775,15 @@ class Checker:
                 self.error(f"lyapunov's matrix must be {self.n}×{self.n}", arg.span,
                            self._dims_hint())
                 return None
+            lowest = float(np.min(np.linalg.eigvalsh((P + P.T) / 2))) if np.all(
+                np.isfinite(P)) else math.nan
+            if not lowest >= 0:
+                self.error(f"lyapunov's matrix is not positive semidefinite (its symmetric "
+                           f"part has the eigenvalue {lowest:.6g}): V(x) = xᵀPx is negative "
+                           "for some states, where V(x_t)/V(x₀) means nothing", arg.span,
+                           "a Lyapunov function is positive away from the origin: use "
+                           "lyapunov(backup) or a positive definite P")
+                return None
             return Ty("num", states=True, policy=True)
         tys = [self._num(a) for a in args]
         if any(t is None for t in tys):
@@ -859,7 +868,9 @@ class Checker:
                     return
                 a, b = bounds
             last = self._last(e)
-            if last is None:
+            if last is None:  # an untimed operand (`at final …`): its windows are read where
+                for part in (e.left, e.right) if isinstance(e, E.Until) else (e.body,):
+                    self._check_times(part, lo, hi, reader)  # it says, so look inside it
                 return
             if hi + a > last:
                 self._empty_window(e, a, b, hi, last, reader)

@@ -17,13 +17,24 @@ import torch
 from scpo_spec.dtype import DTYPE
 from scpo_spec.errors import ScpoError
 from scpo_spec.language import expr as E
-from scpo_spec.language.evaluate import BUILTIN_CONSTANTS
+from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, evaluate
 from scpo_spec.language.model import DEFAULTS, DiscreteSystem, OdeSystem, Spec
 from scpo_spec.systems.expressions import Constant, ElementwiseCompiler
 
 StepMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 INTEGRATORS = ("rk4", "euler", "midpoint")
 
+
+
+def _norm(*items: torch.Tensor) -> torch.Tensor:
+    """‖[a, b, …]‖₂ of scalar entries (torch.linalg.vector_norm over them)."""
+    return torch.linalg.vector_norm(torch.stack(torch.broadcast_tensors(*items), -1), dim=-1)
+
+
+def _quad(P: torch.Tensor, items) -> torch.Tensor:
+    """vᵀPv for v = [a, b, …] of scalar entries."""
+    v = torch.stack(torch.broadcast_tensors(*items), -1)
+    return torch.einsum("...i,ij,...j->...", v, P.to(v.dtype), v)
 
 class DeclaredSystemError(ScpoError):
     """A declared equation that cannot be compiled (what `check` normally catches first)."""
@@ -85,6 +96,20 @@ class EquationCompiler(ElementwiseCompiler[torch.Tensor]):
         return Constant(self.constant(np.float64(value)))
 
     def special(self, e: E.Node):
+        if isinstance(e, E.Call) and len(e.args) == 1 and isinstance(e.args[0], E.Vector):
+            items = [self.value(x) for x in e.args[0].items]  # over a vector's entries
+            if e.func in ("min", "max"):
+                out = items[0]
+                for item in items[1:]:
+                    out = self.apply(torch.minimum if e.func == "min" else torch.maximum,
+                                     [out, item])
+                return out
+            if e.func == "norm":
+                return self.apply(_norm, items)
+        if isinstance(e, E.Call) and e.func == "quad" and len(e.args) == 2 \
+                and isinstance(e.args[1], E.Vector):
+            P = torch.as_tensor(np.atleast_2d(evaluate(e.args[0], self.consts)), dtype=DTYPE)
+            return self.apply(lambda *v: _quad(P, v), [self.value(x) for x in e.args[1].items])
         if isinstance(e, E.Call) and e.func in ("min", "max") and len(e.args) == 1:
             return self.value(e.args[0])  # of one number: the number
         if isinstance(e, E.Call) and e.func == "norm" and len(e.args) == 1:
