@@ -447,3 +447,12 @@ def test_declared_system_equation_errors(equation, expected):
     text = DISCRETE.replace("next v = v + dt * f", equation)
     found = errors(text)
     assert expected in found, found
+
+
+@pytest.mark.parametrize("bound", ["1e308 * 10", "exp(800)", "-exp(800)"])
+def test_a_bound_that_overflows_is_an_error(bound):
+    """A comparison side that reads no signal is a number; an overflow made it ±inf and the
+    metric +inf (unsafe) or −inf (vacuous) without a word from `check`."""
+    text = replace("always abs(position) <= 2.5", f"always abs(position) <= {bound}")
+    line, col, msg = only_error(text)
+    assert line == 19 and f"{bound} is not a finite number" in msg

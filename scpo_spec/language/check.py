@@ -628,6 +628,9 @@ class Checker:
                 return None
             if self._broadcast(a, b, e) is None:
                 return None
+            for side, ty in ((e.left, a), (e.right, b)):
+                if not ty.policy:
+                    self._finite_constant(side)
             return _join([a, b], "bool")
         if isinstance(e, E.Within):
             a = self._num(e.arg)
@@ -659,6 +662,22 @@ class Checker:
                 self._check_window(e)
             return body
         return None
+
+    def _finite_constant(self, e: E.Node) -> None:
+        """A side of a comparison that reads no signal is a number: an overflow (1e308 * 10,
+        exp(800)) would make the bound ±inf, and the metric meaningless."""
+        try:
+            value = np.asarray(evaluate(e, self.consts), dtype=float)
+        except EvalError as err:
+            if err.message.startswith("arithmetic error"):  # numpy's overflow, 0/0, …
+                self.error(f"{E.unparse(e)} is not a finite number ({err.message})", e.span,
+                           "write the bound as a finite number")
+            return  # else not foldable by the numpy evaluator: compile folds it
+        except (TypeError, ValueError):
+            return
+        if not np.all(np.isfinite(value)):
+            self.error(f"{E.unparse(e)} is not a finite number ({value.tolist()})", e.span,
+                       "write the bound as a finite number")
 
     def _num(self, e: E.Node) -> Ty | None:
         t = self.infer(e)
