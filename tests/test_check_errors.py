@@ -456,3 +456,15 @@ def test_a_bound_that_overflows_is_an_error(bound):
     text = replace("always abs(position) <= 2.5", f"always abs(position) <= {bound}")
     line, col, msg = only_error(text)
     assert line == 19 and f"{bound} is not a finite number" in msg
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_a_pipe_is_not_read_as_a_spec(tmp_path):
+    """`scpo check` on a FIFO with no writer used to wait forever."""
+    import os
+    from scpo_spec.language.load import check_file
+    fifo = tmp_path / "spec.scpo"
+    os.mkfifo(fifo)
+    result = check_file(fifo)
+    assert not result.ok
+    assert result.diagnostics[0].message.startswith("is not a regular file")

@@ -99,6 +99,9 @@ def read_source(path: Path) -> tuple[Source | None, list[Diagnostic]]:
     try:
         if path.is_dir():
             return None, [Diagnostic(message="is a directory, not a spec file", span=where)]
+        if path.exists() and not path.is_file():  # a FIFO or device: reading it may never end
+            return None, [Diagnostic(message="is not a regular file (a pipe or a device), "
+                                     "not a spec file", span=where)]
         size = path.stat().st_size
         if size > MAX_BYTES:
             return None, [Diagnostic(message=f"file is too large for a spec ({size} bytes; "
