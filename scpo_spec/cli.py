@@ -77,6 +77,9 @@ def command(*args, **kwargs):
                 err.print(f"[red]error:[/] {_esc(e.strerror or e)}"
                           + (f": {_esc(e.filename)}" if e.filename else ""), soft_wrap=True)
                 raise typer.Exit(1)
+            except KeyboardInterrupt:  # a command's own handling says more where it has more
+                err.print("[yellow]interrupted[/]")
+                raise typer.Exit(130)
         return app.command(*args, **kwargs)(handled)
     return register
 

@@ -205,3 +205,15 @@ def test_a_hand_edited_log_gets_a_message_never_a_traceback(finished, tmp_path, 
     assert "CERTIFIED:" not in report.output.replace("NOT CERTIFIED", "")
     assert invoke(["export", run, "--format", "torchscript", "-o", tmp_path / "p.pt"]).exit_code \
         in (1, 2)
+
+
+def test_ctrl_c_before_training_starts_says_interrupted(tmp_path, monkeypatch):
+    import scpo_spec.cli as cli
+    spec = write_spec(tmp_path, small_di(steps=2))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_checked", interrupted)
+    result = invoke(["train", spec, "--out", tmp_path / "run"])
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert not (tmp_path / "run").exists()
