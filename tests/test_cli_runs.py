@@ -217,3 +217,14 @@ def test_ctrl_c_before_training_starts_says_interrupted(tmp_path, monkeypatch):
     result = invoke(["train", spec, "--out", tmp_path / "run"])
     assert result.exit_code == 130 and "interrupted" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_force_never_moves_the_spec_it_is_training_aside(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = write_spec(out, small_di(steps=2))
+    (out / "notes.txt").write_text("mine\n", encoding="utf-8")
+    result = invoke(["train", spec, "--out", out, "--force", "-q"])
+    assert result.exit_code == 1 and "keep the spec outside --out" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "spec.scpo"]
+    assert not list(tmp_path.glob("out.old-*"))

@@ -106,6 +106,10 @@ def _new_run(out: Path | None, default: Path, force: bool, spec_path: Path,
     if path.is_dir() and not RunDir(path).is_empty():
         if not force:
             raise RunError(_occupied(path, spec_path))
+        if path.resolve() in Path(spec_path).resolve().parents:
+            raise RunError(f"--force would move {path} aside with the spec {spec_path} (and the "
+                           "files beside it) still inside; keep the spec outside --out "
+                           "(nothing was moved)")
         old = RunDir(path)
         old.lock()  # never move a run another process is writing
         aside = _aside_name(path)
