@@ -201,6 +201,17 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(tmp_path, monkeypatch, wh
     assert sum(r["type"] == "step" for r in records(run)) == 20
 
 
+def test_the_full_disk_hint_keeps_the_asked_steps(tmp_path, monkeypatch):
+    """Following the printed command must not silently change the total of steps asked for."""
+    spec = write_spec(tmp_path, small_di(steps=20))
+    run = tmp_path / "run"
+    fill_disk_at(monkeypatch, "log", after=5)
+    result = runner.invoke(app, ["train", str(spec), "--out", str(run), "-q", "--steps", "30"])
+    assert result.exit_code == 1, result.output
+    assert f"scpo train {spec} --out {run} --resume --steps 30`" in " ".join(
+        result.output.split())
+
+
 def test_a_full_disk_before_the_run_starts_leaves_nothing(tmp_path, monkeypatch):
     spec = write_spec(tmp_path, small_di(steps=20))
     fill_disk_at(monkeypatch, "log", after=1)  # the header fits, init does not

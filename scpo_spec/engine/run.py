@@ -279,8 +279,10 @@ class Recorder:
     """Appends records to the log and keeps the state file bound to the last one."""
 
     def __init__(self, run: RunDir, log: AuditWriter, trainer: Trainer,
-                 on_record: Callable[[Path, Record], None] | None = None):
+                 on_record: Callable[[Path, Record], None] | None = None,
+                 asked_steps: int | None = None):
         self.run, self.log, self.trainer = run, log, trainer
+        self.asked_steps = asked_steps  # --steps, for the command that continues the run
         self.state: State | None = None  # the state of the last record committed
         self.on_record = on_record  # hears each record once it is in the log (tracking)
 
@@ -351,10 +353,10 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
         total = steps if steps is not None else compiled.settings.steps
         if resume:
             recorder, state = _resume(run, Trainer(compiled, evaluator), spec_path, spec,
-                                      spec_text, total, note, on_record)
+                                      spec_text, total, note, on_record, steps)
         else:
             recorder, state = _create(Trainer(compiled, evaluator), spec_path, spec, spec_text,
-                                      out, force, note, on_record)
+                                      out, force, note, on_record, steps)
             run = recorder.run
         if on_start is not None:
             on_start(recorder.trainer, state, recorder.run.path)
@@ -381,18 +383,20 @@ def _write_failed(e: OSError, recorder: Recorder, spec_path: Path) -> RunError:
     return RunError(f"cannot write {what}: {e.strerror or e}. Nothing logged is lost: the log is "
                     f"intact up to step {step} (`scpo audit {run} --allow-incomplete` checks "
                     f"it). Free some space (or make {run} writable) and continue with "
-                    f"`scpo train {spec_path} --out {run} --resume`")
+                    f"`scpo train {spec_path} --out {run} --resume"
+                    + (f" --steps {recorder.asked_steps}`" if recorder.asked_steps is not None
+                       else "`"))
 
 
 def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
-            note, on_record=None) -> tuple[Recorder, State]:
+            note, on_record=None, asked_steps: int | None = None) -> tuple[Recorder, State]:
     compiled = trainer.c
     state = trainer.initial_state()  # raises UnsafeStart before anything is written
     run, made = _new_run(out, Path("runs") / spec.name.name, force, spec_path, note)
     recorder = None
     try:
         run.spec_file(spec_path.suffix).write_text(spec_text, encoding="utf-8")
-        recorder = Recorder(run, AuditWriter.create(run.log), trainer, on_record)
+        recorder = Recorder(run, AuditWriter.create(run.log), trainer, on_record, asked_steps)
         recorder.commit(header(compiled, spec_text, spec_path, trainer), state)
         recorder.commit(Init(theta=theta_hash(state.theta), g=state.g, loss=state.loss,
                              ell=state.ell, margins=trainer.margins), state)
@@ -469,7 +473,8 @@ def _spec_changed(run: RunDir, spec_path: Path, spec: Spec, spec_text: str) -> b
 
 
 def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_text: str,
-            total: int, note, on_record=None) -> tuple[Recorder, State]:
+            total: int, note, on_record=None,
+            asked_steps: int | None = None) -> tuple[Recorder, State]:
     from scpo_spec.audit.verify import pending_problems, verify_chain  # numpy only
     lines, _ = run.lines()
     text_changed = _spec_changed(run, spec_path, spec, spec_text)
@@ -483,7 +488,7 @@ def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_tex
             raise RunError(f"{run.state}: {wrong[0]}; refusing to append it to {run.log}")
     log = AuditWriter.reopen(run.log, run.torn)
     state = _restore(trainer, saved)
-    recorder = Recorder(run, log, trainer, on_record)
+    recorder = Recorder(run, log, trainer, on_record, asked_steps)
     if pending:  # killed between the state write and the append: finish the append
         try:
             log.write(saved.pending)
