@@ -90,3 +90,50 @@ def test_a_package_imported_from_another_folder_is_not_taken(tmp_path):
         for name in ("scpo_loader_twin", "scpo_loader_twin.plant"):
             sys.modules.pop(name, None)
             EXECUTED.pop(name, None)
+
+
+def test_a_sourceless_module_is_its_own_file_not_an_earlier_import(tmp_path):
+    """A plant shipped as a .pyc alone: an impostor of the same name imported before from
+    elsewhere used to be taken (importlib.import_module returns sys.modules' entry)."""
+    import py_compile
+    real, other = tmp_path / "real", tmp_path / "other"
+    real.mkdir()
+    other.mkdir()
+    src = tmp_path / "scpo_loader_pyc.py"
+    src.write_text("VALUE = 'real'\n", encoding="utf-8")
+    py_compile.compile(str(src), cfile=str(real / "scpo_loader_pyc.pyc"), doraise=True)
+    src.unlink()
+    (other / "scpo_loader_pyc.py").write_text("VALUE = 'impostor'\n", encoding="utf-8")
+    try:
+        assert load_module("scpo_loader_pyc", other).VALUE == "impostor"
+        assert load_module("scpo_loader_pyc", real).VALUE == "real"
+        assert EXECUTED["scpo_loader_pyc"][0] == str((real / "scpo_loader_pyc.pyc").resolve())
+    finally:
+        sys.modules.pop("scpo_loader_pyc", None)
+        EXECUTED.pop("scpo_loader_pyc", None)
+
+
+def test_code_a_trusted_run_did_not_record_is_refused_before_it_runs(plant, tmp_path):
+    from scpo_spec.language.code import EXPECTED, CodeMismatch
+    name, path = plant
+    marker = tmp_path / "ran"
+    path.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n",
+                    encoding="utf-8")
+    EXPECTED[name] = (str(path.resolve()), "0" * 64)
+    try:
+        with pytest.raises(CodeMismatch, match="refusing to run it"):
+            load_module(name, tmp_path)
+    finally:
+        EXPECTED.pop(name, None)
+    assert not marker.exists() and name not in sys.modules
+
+
+def test_the_specs_folder_comes_first_even_when_already_on_the_path(plant, tmp_path,
+                                                                    monkeypatch):
+    name, path = plant
+    ahead = tmp_path / "ahead"
+    ahead.mkdir()
+    (ahead / f"{name}.py").write_text("VALUE = 'ahead'\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(ahead))
+    assert load_module(name, tmp_path).VALUE == 1

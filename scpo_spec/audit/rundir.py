@@ -23,6 +23,7 @@ each commit), so the state and the log stay at the same record.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -218,7 +219,8 @@ class RunDir:
         gymnasium `module:Env`, a TorchScript backup or policy) is checked without importing
         or opening any of it; with `trust_code`, its files must first be exactly the ones the
         header fingerprinted, and then the checks that run the code run too."""
-        from scpo_spec.language.code import names_code, ran_as_recorded, unchanged
+        from scpo_spec.language.code import (CodeMismatch, expecting, names_code, ran_as_recorded,
+                                             unchanged)
         from scpo_spec.language.load import check_text, parse_model
         header = header or self.header()
         spec = header.spec
@@ -234,8 +236,13 @@ class RunDir:
             problems = unchanged(header.code, parsed.spec, origin.parent)
             if problems:
                 raise CodeChanged(f"not trusting the code of {self.path}: {problems[0]}")
-        result = check_text(text, path=path, base_dir=origin.parent, syntax=spec.get("syntax"),
-                            run_code=trust_code or not runs_code)
+        try:  # trusted: only the recorded bytes may run, refused before they would
+            with expecting(header.code, parsed.spec, origin.parent) if runs_code and trust_code \
+                    else contextlib.nullcontext():
+                result = check_text(text, path=path, base_dir=origin.parent,
+                                    syntax=spec.get("syntax"), run_code=trust_code or not runs_code)
+        except CodeMismatch as err:
+            raise CodeChanged(f"not trusting the code of {self.path}: {err}") from None
         if result.spec is None or not result.ok:
             first = next((d.headline() for d in result.diagnostics if d.severity == "error"),
                          "it does not build")

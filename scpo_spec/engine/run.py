@@ -41,7 +41,7 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
-from scpo_spec.language.code import CodeError, identities, ran_as_recorded
+from scpo_spec.language.code import CodeError, expecting, identities, ran_as_recorded
 from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
 
@@ -705,7 +705,8 @@ class Run:
 
     def _compile(self) -> CompiledSpec:
         if self._compiled is None:
-            self._compiled = compile_spec(self.spec, self.base_dir)
+            with expecting(self.header.code, self.spec, self.base_dir):
+                self._compiled = compile_spec(self.spec, self.base_dir)
         return self._compiled
 
 
@@ -730,9 +731,10 @@ def load_run(run_dir: str | Path, *, trust_code: bool = False) -> Run:
         raise RunError(f"{run.path} does not pass `scpo audit` ({audit.problems[0]}); "
                        "not loading its policy")
     theta = torch.from_numpy(run.final_theta(audit.final_theta)).to(DTYPE)
-    dynamics = make_dynamics(spec, base_dir)
-    family = make_policy(spec, dynamics.n, dynamics.m, make_backup(spec, dynamics, base_dir),
-                         base_dir)
+    with expecting(head.code, spec, base_dir):  # the recorded bytes, or nothing runs
+        dynamics = make_dynamics(spec, base_dir)
+        family = make_policy(spec, dynamics.n, dynamics.m,
+                             make_backup(spec, dynamics, base_dir), base_dir)
     if theta.shape != family.theta0.shape:
         raise RunError(f"{run.state} holds {theta.numel()} weights; the spec's policy has "
                        f"{family.d}")

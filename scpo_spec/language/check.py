@@ -18,7 +18,7 @@ from scpo_spec.language.scenarios import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, hold
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
 from scpo_spec.language.data import TableError, read_columns
-from scpo_spec.language.code import load_module, one_line
+from scpo_spec.language.code import CodeMismatch, load_module, one_line
 from scpo_spec.language.dynamics import linearisation
 from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
@@ -389,6 +389,8 @@ class Checker:
             return False
         try:
             load_module(module, self.base_dir)
+        except CodeMismatch:
+            raise
         except ModuleNotFoundError as err:
             if err.name is not None and (module == err.name or module.startswith(err.name + ".")):
                 self.error(f"module '{module}' not found (named by the gymnasium id "

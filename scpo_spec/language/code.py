@@ -30,6 +30,11 @@ class CodeError(ScpoError):
     """Code a spec names cannot be found, imported or trusted."""
 
 
+class CodeMismatch(CodeError):
+    """A trusted run's code would run from other bytes than it recorded (never caught on the
+    way up: the reader refuses the run's code, it is not a diagnostic of the spec)."""
+
+
 @dataclass(frozen=True)
 class Reference:
     """One piece of code a spec names: `kind` as written ("system python", …), `target` the
@@ -69,23 +74,59 @@ def names_code(spec: M.Spec) -> bool:
 
 @contextmanager
 def spec_dir_on_path(base_dir: Path | None):
-    """The spec's directory first on the import path while its code is imported."""
-    added = base_dir is not None and str(base_dir) not in sys.path
-    if added:
-        sys.path.insert(0, str(base_dir))
+    """The spec's directory first on the import path while its code is imported (first even
+    when it is on the path already, behind some other folder holding a same-named module)."""
+    if base_dir is None:
+        yield
+        return
+    sys.path.insert(0, str(base_dir))
     try:
         yield
     finally:
-        if added:
+        if sys.path and sys.path[0] == str(base_dir):
+            del sys.path[0]
+        else:  # pragma: no cover - the module rearranged the path itself
             try:
                 sys.path.remove(str(base_dir))
-            except ValueError:  # pragma: no cover - the module removed it itself
+            except ValueError:
                 pass
 
 
 # What actually ran: module name or resolved file → (resolved file, SHA-256 of the bytes run).
 # A run's header records the same pair for each piece of code, and --trust-code compares them.
 EXECUTED: dict[str, tuple[str, str]] = {}
+# While a run's code is trusted (`expecting`): the same keys → the (file, SHA-256) it recorded.
+# A piece of code whose file or bytes differ is refused before it runs, not after.
+EXPECTED: dict[str, tuple[str, str]] = {}
+
+
+@contextmanager
+def expecting(recorded: list | None, spec: M.Spec, base_dir: Path | None):
+    """Only the recorded bytes of each piece of code the spec names may run in this block."""
+    by_key = {(r.get("kind"), r.get("target")): r for r in recorded or [] if isinstance(r, dict)}
+    saved = dict(EXPECTED)
+    for ref in references(spec):
+        entry = by_key.get((ref.kind, ref.target)) or {}
+        want = (entry.get("file"), entry.get("sha256"))
+        if ref.is_file:
+            path = locate(ref, base_dir)
+            if path is not None:
+                EXPECTED[str(path.resolve())] = want
+        else:
+            EXPECTED[ref.module] = want
+    try:
+        yield
+    finally:
+        EXPECTED.clear()
+        EXPECTED.update(saved)
+
+
+def refuse_unexpected(key: str, ran: tuple[str, str]) -> None:
+    """CodeError when a trusted run expects other bytes under `key` than these."""
+    want = EXPECTED.get(key)
+    if want is not None and ran != want:
+        raise CodeMismatch(f"'{key}' would run {ran[0]} (SHA-256 {ran[1][:16]}…), not the file and "
+                        "SHA-256 the run recorded; refusing to run it")
 
 
 class _SourceBytesLoader(importlib.machinery.SourceFileLoader):
@@ -119,17 +160,18 @@ def _load(name: str, target: bool):
     if found is None:
         raise ModuleNotFoundError(f"No module named '{name}'", name=name)
     cached = sys.modules.get(name)
-    if not isinstance(found.loader, importlib.machinery.SourceFileLoader) or not found.origin:
-        module = importlib.import_module(name)  # compiled, sourceless or a namespace package
-        if found.origin and Path(found.origin).is_file():
-            EXECUTED[name] = (str(Path(found.origin).resolve()), sha256_file(Path(found.origin)))
-        return module
+    if not found.origin or not Path(found.origin).is_file():  # a namespace package
+        return importlib.import_module(name)
+    if not isinstance(found.loader, importlib.machinery.SourceFileLoader):
+        return _load_compiled(name, found, cached, package, child, target)
     origin = Path(found.origin).resolve()
     if not target and cached is not None and getattr(cached, "__file__", None) \
             and Path(cached.__file__).resolve() == origin:
         return cached  # a package imported before from this very file
     data = origin.read_bytes()
     ran = (str(origin), hashlib.sha256(data).hexdigest())
+    if target:
+        refuse_unexpected(name, ran)
     if cached is not None and EXECUTED.get(name) == ran:
         return cached
     loader = _SourceBytesLoader(name, found.origin, data)
@@ -152,11 +194,39 @@ def _load(name: str, target: bool):
     return module
 
 
+def _load_compiled(name, found, cached, package, child, target: bool):
+    """A compiled (or sourceless .pyc) module: its file is what runs.  One imported earlier
+    from another file is never taken in its place."""
+    origin = Path(found.origin).resolve()
+    ran = (str(origin), sha256_file(origin))
+    if target:
+        refuse_unexpected(name, ran)
+    if cached is not None and getattr(cached, "__file__", None) \
+            and Path(cached.__file__).resolve() == origin and (not target or EXECUTED.get(name) == ran):
+        return cached
+    module = importlib.util.module_from_spec(found)
+    sys.modules[name] = module
+    try:
+        found.loader.exec_module(module)
+    except BaseException:
+        if cached is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = cached
+        raise
+    if package is not None:
+        setattr(package, child, module)
+    EXECUTED[name] = ran
+    return module
+
+
 def import_module(name: str, base_dir: Path | None):
     """`load_module` for the spec's author, with a CodeError naming what went wrong (not found,
     or the import itself raised) instead of a traceback."""
     try:
         return load_module(name, base_dir)
+    except CodeMismatch:
+        raise
     except ModuleNotFoundError as err:
         if err.name and (name == err.name or name.startswith(err.name + ".")):
             where = f" (looked next to the spec, in {base_dir}, and on sys.path)" \

@@ -26,7 +26,7 @@ import torch
 
 from scpo_spec.dtype import DTYPE
 from scpo_spec.errors import ScpoError
-from scpo_spec.language.code import EXECUTED
+from scpo_spec.language.code import EXECUTED, refuse_unexpected
 from scpo_spec.language.diagnostics import Diagnostic
 from scpo_spec.language.model import Spec, Text, TorchBackup, TorchPolicy
 from scpo_spec.language.source import Span
@@ -87,13 +87,15 @@ def load_torch_file(file: Text, base_dir: Path | None, n: int, m: int, what: str
     except OSError as e:
         raise TorchFileError(f"{what} file '{file.value}' cannot be read: {e.strerror or e}",
                              span) from None
+    ran = (str(path.resolve()), hashlib.sha256(data).hexdigest())
+    refuse_unexpected(ran[0], ran)  # a trusted run's file: these bytes or none
     try:
         module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, ValueError, …
         raise TorchFileError(f"{what} file '{file.value}' is not a TorchScript archive "
                              f"(torch.jit.load: {reason(e)}); save it with "
                              "torch.jit.save(torch.jit.script(module), path)", span) from None
-    EXECUTED[str(path.resolve())] = (str(path.resolve()), hashlib.sha256(data).hexdigest())
+    EXECUTED[ran[0]] = ran
     module = module.to(DTYPE).eval()
     for p in module.parameters():
         p.requires_grad_(False)

@@ -168,8 +168,10 @@ class _Final:
     def compiled(self):
         if self._compiled is None and self.theta() is not None:
             from scpo_spec.compile.problem import compile_spec
+            from scpo_spec.language.code import expecting
             try:
-                self._compiled = compile_spec(self.spec, self.base)
+                with expecting(self.run.header().code, self.spec, self.base):
+                    self._compiled = compile_spec(self.spec, self.base)
             except (ScpoError, OSError) as err:  # e.g. a regression's data file is gone
                 self.problem = f"the spec does not compile here ({err})"
         return self._compiled

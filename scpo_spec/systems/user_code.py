@@ -46,6 +46,8 @@ def import_module(module: str, base_dir: Path | None) -> ModuleType:
     """Import `module`, looking in `base_dir` (the spec's folder) first."""
     try:
         return code.import_module(module, base_dir)
+    except code.CodeMismatch:
+        raise
     except code.CodeError as err:
         raise UserCodeError(str(err)) from None
 
