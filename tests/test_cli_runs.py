@@ -228,3 +228,24 @@ def test_force_never_moves_the_spec_it_is_training_aside(tmp_path):
     assert result.exit_code == 1 and "keep the spec outside --out" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "spec.scpo"]
     assert not list(tmp_path.glob("out.old-*"))
+
+
+def test_a_markdown_reports_pictures_never_write_through_links(finished, tmp_path):
+    """The PNGs go to <stem>_plots/: a link planted there used to be followed (onto a run's
+    log, say); a run directory named like that folder is refused."""
+    victim = copy_run(finished, tmp_path / "victim")
+    log = (victim / "audit.jsonl").read_bytes()
+    out = tmp_path / "out"
+    (out / "x_plots").mkdir(parents=True)
+    for stem in ("loss", "trajectories"):
+        (out / "x_plots" / f"{stem}.png").symlink_to(victim / "audit.jsonl")
+    assert invoke(["report", finished, "--format", "md", "-o", out / "x.md"]).exit_code == 0
+    assert (victim / "audit.jsonl").read_bytes() == log
+    assert not (out / "x_plots" / "loss.png").is_symlink()
+    copy_run(finished, tmp_path / "rep_plots")
+    result = invoke(["report", finished, "--format", "md", "-o", tmp_path / "rep.md"])
+    assert result.exit_code == 1 and "is a run directory" in result.output
+    (tmp_path / "sym_plots").symlink_to(victim)
+    result = invoke(["report", finished, "--format", "md", "-o", tmp_path / "sym.md"])
+    assert result.exit_code == 1 and "is a run directory" in result.output
+    assert (victim / "audit.jsonl").read_bytes() == log

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.errors import ScpoError
 from scpo_spec.report.evidence import Evidence, fmt
 from scpo_spec.report.plots import all_plots
@@ -176,10 +177,15 @@ def write_report(ev: Evidence, out: Path, fmt_: str = "html") -> Path:
     if fmt_ == "md":
         env = _env(html=False)
         plot_dir = out.parent / f"{out.stem}_plots"
+        if RunDir(plot_dir).is_run():
+            raise RunError(f"{plot_dir} is a run directory; the report's pictures go to "
+                           f"<report>_plots/: name the report otherwise")
         plot_dir.mkdir(parents=True, exist_ok=True)
         images = []
         for stem, caption, png in plots:
-            (plot_dir / f"{stem}.png").write_bytes(png)
+            target = plot_dir / f"{stem}.png"
+            target.unlink(missing_ok=True)  # a link planted there is replaced, never followed
+            target.write_bytes(png)
             images.append({"caption": caption, "stem": stem, "final": stem in FINAL,
                            "src": Md(quote(f"{plot_dir.name}/{stem}.png"))})
         text = env.get_template("report.md.j2").render(ev=ev, images=images)
