@@ -469,6 +469,21 @@ def test_the_spec_file_beside_the_log_is_the_headers(genuine, tmp_path):
     assert result.exit_code == 1 and "audit FAILED" in result.output
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda recs: [r for r in recs if r["type"] == "step"][2].update(step=0), "step 0 where step 2"),
+    (lambda recs: recs[-1].update(steps=99), "the end counts 99 steps"),
+])
+def test_steps_are_numbered_and_counted_as_the_log_holds_them(genuine, tmp_path, edit, said):
+    """A forged state counter used to make --resume number steps from 0 again, and the audit
+    passed it."""
+    run = copy_run(genuine[0], tmp_path / "run")
+    recs = records(run)
+    edit(recs)
+    write_rechained(run, recs, rebind=True)
+    audit = audit_run(run)
+    assert not audit.ok and any(said in p for p in audit.problems), audit.problems
+
+
 # ---- crashes from structure (issue: one owner for the run directory) ----
 def test_a_constant_named_like_spectral_radius_needs_no_linearisation(tmp_path):
     """The evaluator asks the compiler which metrics read spectral_radius; it used to search the

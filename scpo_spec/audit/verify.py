@@ -365,6 +365,9 @@ def _check_records(records: list, res: AuditResult) -> None:
             res.loss_first = res.loss_last = rec.loss
             a.accept(rec.theta, rec.g, "θ₀")
         elif isinstance(rec, Resume):
+            if rec.from_step != res.steps:
+                a.fail(f"record {seq}: resumed from step {rec.from_step}, but the log holds "
+                       f"{res.steps} steps")
             if rec.theta not in a.accepted:
                 a.fail(f"record {seq}: resumed from a policy the log never accepted")
             a.theta = rec.theta
@@ -373,6 +376,8 @@ def _check_records(records: list, res: AuditResult) -> None:
             else:
                 a.g = rec.g
         elif isinstance(rec, Step):
+            if rec.step != res.steps:
+                a.fail(f"record {seq}: step {rec.step} where step {res.steps} comes next")
             a.step(rec)
             a.all_steps.append(rec)
             res.steps += 1
@@ -392,6 +397,9 @@ def _check_records(records: list, res: AuditResult) -> None:
                 a.fail(f"record {seq}: the holdout was run on a policy that is not the last "
                        "accepted")
         elif isinstance(rec, End):
+            if rec.steps != res.steps or rec.accepted != res.accepted:
+                a.fail(f"record {seq}: the end counts {rec.steps} steps ({rec.accepted} "
+                       f"accepted), the log {res.steps} ({res.accepted})")
             # the run ended, and not by an interrupt; a later resume reopens it
             res.complete = rec is records[-1] and not rec.reason.startswith("interrupted")
             res.end_reason = rec.reason
