@@ -358,14 +358,22 @@ def test_a_kill_between_state_and_log_is_completed_on_resume(tmp_path):
     res = train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r", steps=3)
     run = res.run_dir
     lines = (run / "audit.jsonl").read_bytes().splitlines(keepends=True)
-    # simulate the kill: the state was written for the end record, which never reached the log
-    (run / "audit.jsonl").write_bytes(b"".join(lines[:-1]))
-    state, pending = RunDir(run).bound_state()
-    assert pending and state.pending == lines[-1]
+    assert [json.loads(ln)["type"] for ln in lines[-3:]] == ["step", "holdout", "end"]
+    # simulate the kill: the state was written for the last step (θ, moments: as after it),
+    # whose line never reached the log
+    rd = RunDir(run)
+    state = rd.read_state()
+    state.pending, state.head, state.seq = lines[-3], sha256_hex(lines[-3]), len(lines) - 3
+    rd.write_state(state)
+    rd.keep_state()
+    (run / "audit.jsonl").write_bytes(b"".join(lines[:-3]))
+    state, pending = rd.bound_state()
+    assert pending and state.pending == lines[-3]
     res = train(tmp_path / "spec.scpo", spec, text, out=run, resume=True)
     assert res.state.step == 6
     after = (run / "audit.jsonl").read_bytes().splitlines(keepends=True)
-    assert after[:len(lines)] == lines
+    assert after[:len(lines) - 2] == lines[:-2]  # the step, appended as it was written
+    assert sum(json.loads(ln)["type"] == "step" for ln in after) == 6  # none lost or repeated
     final = audit_run(run)
     assert final.ok and final.complete, final.problems
 
@@ -530,3 +538,32 @@ def test_a_zero_margin_is_never_printed_as_minus_zero(tmp_path):
     ok = write_spec(tmp_path, small_di(steps=1).replace("margin 1e-6", "margin 0"), "ok.scpo")
     result = runner.invoke(app, ["train", str(ok), "--out", str(tmp_path / "r2"), "-q"])
     assert result.exit_code == 0 and "-0 " not in result.output.replace("-0.", "")
+
+
+@pytest.mark.parametrize("cut", [1, 2], ids=["end pending", "holdout pending"])
+def test_a_holdout_or_end_record_carried_by_the_state_is_made_again_not_appended(
+        genuine, tmp_path, cut):
+    """A state file one record ahead carrying a holdout (or end) record: its figures cannot be
+    checked from the log, so --resume used to append a forged '0 of 100000' holdout as is.  Now
+    the run finishes itself: its own holdout, its own end."""
+    run = copy_run(genuine[0], tmp_path / "run")
+    lines = (run / "audit.jsonl").read_bytes().splitlines(keepends=True)
+    (run / "audit.jsonl").write_bytes(b"".join(lines[:-cut]))
+    rd = RunDir(run)
+    state = rd.read_state()
+    carried = json.loads(lines[-cut])
+    if carried["type"] == "holdout":
+        carried["count"] = 100000  # what a forger would claim
+    line = json.dumps({**carried, "seq": len(lines) - cut,
+                       "prev": sha256_hex(lines[-cut - 1])}).encode() + b"\n"
+    state.pending, state.head, state.seq = line, sha256_hex(line), len(lines) - cut
+    rd.write_state(state)
+    rd.keep_state()
+    text = small_di(steps=6)
+    res = train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=run, resume=True)
+    assert res.state.step == 6
+    recs = records(run)
+    assert recs[-1]["type"] == "end" and recs[-2]["type"] == "holdout"
+    assert recs[-2]["count"] != 100000
+    audit = audit_run(run)
+    assert audit.ok and audit.complete, audit.problems
