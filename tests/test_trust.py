@@ -492,6 +492,25 @@ def test_steps_are_numbered_and_counted_as_the_log_holds_them(genuine, tmp_path,
     assert not audit.ok and any(said in p for p in audit.problems), audit.problems
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda h: h["dimensions"].update(horizon=10000), "the header's horizon"),
+    (lambda h: h["settings"].update(radius=1e-9), "the header's settings"),
+    (lambda h: h["seeds"].update(scenarios=12345), "the header's seeds"),
+    (lambda h: h["spec"].update(name="certified_elsewhere"), "the header's name"),
+])
+def test_the_headers_claims_beside_the_metrics_are_its_spec_texts(genuine, tmp_path, edit,
+                                                                  said):
+    """A re-hashed header claiming another horizon, radius, seed or name than its own spec
+    text: the report used to print those claims under CERTIFIED."""
+    run = copy_run(genuine[0], tmp_path / "run")
+    recs = records(run)
+    edit(recs[0])
+    write_rechained(run, recs, rebind=True)
+    audit = audit_run(run)
+    assert not audit.ok and any(said in p for p in audit.spec_problems), audit.problems
+    assert not gather(run).certified
+
+
 # ---- crashes from structure (issue: one owner for the run directory) ----
 def test_a_constant_named_like_spectral_radius_needs_no_linearisation(tmp_path):
     """The evaluator asks the compiler which metrics read spectral_radius; it used to search the

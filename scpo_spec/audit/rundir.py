@@ -254,17 +254,23 @@ class RunDir:
                 raise CodeChanged(f"not trusting the code of {self.path}: {problems[0]}")
         return result.spec, origin.parent
 
-    def declared_metrics(self, header: Header | None = None) -> list[dict] | None:
-        """The metrics the header's spec text declares, as the header records them (parsed and
-        built, no checks: nothing read or run); None when the text does not build."""
+    def declared(self, header: Header | None = None) -> dict | None:
+        """What the header's spec text says of the fields the header records beside it (its
+        name, metrics, settings, seeds, horizon), as the header records them: parsed and
+        built, no checks (nothing read or run); None when the text does not build."""
         from scpo_spec.language.load import parse_model
+        from scpo_spec.language.settings import Settings, declared_seeds
         header = header or self.header()
         spec = header.spec
         if not isinstance(spec.get("text"), str):
             return None
-        parsed = parse_model(spec["text"], path=str(spec.get("path") or "<spec>"),
-                             syntax=spec.get("syntax"))
-        return parsed.spec.declared_metrics() if parsed.spec is not None else None
+        built = parse_model(spec["text"], path=str(spec.get("path") or "<spec>"),
+                            syntax=spec.get("syntax")).spec
+        if built is None or built.train is None or built.scenarios is None:
+            return None
+        return {"name": built.name.name if built.name else None,
+                "metrics": built.declared_metrics(), "settings": vars(Settings.of(built)),
+                "seeds": declared_seeds(built), "horizon": int(built.scenarios.horizon)}
 
     # ---- the state file ----
     def write_state(self, state: StateFile) -> None:

@@ -137,6 +137,7 @@ def audit_run(run_dir: str | Path, head: str | None = None,
     return res
 
 
+OVERRIDABLE = ("device",)  # settings `scpo train` may override (--device): not the text's
 METRIC_FIELDS = ("name", "section", "formula", "margin", "smoothness", "lipschitz", "location")
 
 
@@ -157,10 +158,20 @@ def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
         if hashlib.sha256(copy.read_bytes()).hexdigest() != header.spec.get("sha256"):
             fail(f"{copy} is not the spec the log's header holds (its SHA-256 differs): read "
                  "the spec in the report, or `scpo runs`")
-    declared = run.declared_metrics(header)
-    if declared is None:
+    stated = run.declared(header)
+    if stated is None:
         fail("the spec text in the header does not build")
         return
+    settings = {k: v for k, v in header.settings.items() if k not in OVERRIDABLE}
+    said = {"name": header.spec.get("name"), "seeds": header.seeds, "settings": settings,
+            "horizon": header.dimensions.get("horizon")}
+    stated_settings = {k: v for k, v in stated["settings"].items() if k not in OVERRIDABLE}
+    for key, want in (("name", stated["name"]), ("seeds", stated["seeds"]),
+                      ("settings", stated_settings), ("horizon", stated["horizon"])):
+        if said[key] != want:
+            fail(f"the header's {key} is not its spec text's: the header says {said[key]!r}; "
+                 f"the text {want!r}")
+    declared = stated["metrics"]
     logged = [m if isinstance(m, dict) else {} for m in header.metrics]
     if len(logged) != len(declared):
         fail(f"the header lists {len(logged)} metrics, its spec text declares {len(declared)}")

@@ -14,61 +14,9 @@ from scpo_spec.compile.signals import ExpressionCompiler, Reducer
 from scpo_spec.policies.backup import Backup, make_backup
 from scpo_spec.policies.policy import PolicyFamily, make_policy
 from scpo_spec.language.expr import names
-from scpo_spec.language.model import TRAIN_DEFAULTS, Spec
+from scpo_spec.language.model import Spec
+from scpo_spec.language.settings import Settings
 from scpo_spec.systems.dynamics import Dynamics, make_dynamics
-
-
-@dataclass
-class Settings:
-    """The `train` section with its defaults filled in."""
-
-    steps: int
-    optimizer: str
-    lr: float
-    momentum: float
-    directions: int
-    perturbation: float
-    radius: float
-    margin: float
-    solver: str
-    seed: int
-    on_violation: str
-    aggregate: str
-    tau: float | None
-    backtrack: str
-    smoothness: str
-    executor: str = "local"
-    ray_address: str | None = None
-    ray_workers: int = 2
-    device: str = "cpu"     # where rollouts, the policy and the bank run (certificates: numpy)
-
-    @property
-    def bank_size(self) -> int:
-        """n: candidates per step — the raw step, the previous update and the probes."""
-        return 2 + self.directions
-
-    @classmethod
-    def of(cls, spec: Spec) -> Settings:
-        t = spec.train
-        ident = lambda node, key: node.name if node is not None else TRAIN_DEFAULTS[key]  # noqa: E731
-        opt = t.optimizer
-        return cls(steps=int(t.steps), optimizer=opt.kind, lr=float(opt.lr),
-                   momentum=float(getattr(opt, "momentum", None) or 0.0),
-                   directions=int(t.directions), perturbation=float(t.perturbation),
-                   radius=float(t.radius), margin=float(t.margin),
-                   solver=ident(t.solver, "solver"), seed=int(t.seed) if t.seed is not None else 0,
-                   on_violation=ident(t.on_violation, "on_violation"),
-                   aggregate=t.aggregate.kind if t.aggregate is not None else "hard",
-                   tau=float(t.aggregate.tau) if t.aggregate is not None and t.aggregate.tau
-                   is not None else None,
-                   backtrack=ident(t.backtrack, "backtrack"),
-                   smoothness=ident(t.smoothness, "smoothness"),
-                   executor=t.executor.kind if t.executor is not None else "local",
-                   ray_address=(t.executor.address.value if getattr(t.executor, "address", None)
-                                is not None else None),
-                   ray_workers=(int(t.executor.workers) if getattr(t.executor, "workers", None)
-                                is not None else 2),
-                   device=t.device.name if getattr(t, "device", None) is not None else "cpu")
 
 
 @dataclass

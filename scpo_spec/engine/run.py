@@ -37,6 +37,7 @@ from scpo_spec.audit.records import (End, Header, Holdout, Init, Record, Resume,
                                      parse_record)
 from scpo_spec.audit.rundir import RunDir, RunError, StateFile
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
+from scpo_spec.language.settings import declared_seeds
 from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
@@ -155,8 +156,7 @@ def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Tra
               "resolved": str(spec_path.resolve()), "sha256": sha256_hex(spec_text.encode()),
               "text": spec_text, "syntax": syntax_of(str(spec_path))},
         data=data, settings=vars(s),
-        seeds={"train": s.seed, "policy": _policy_seed(spec), "scenarios":
-               int(spec.scenarios.seed) if spec.scenarios.seed is not None else 0},
+        seeds=declared_seeds(spec),
         metrics=[{"name": m.name, "section": m.section, "formula": m.formula,
                   "margin": m.margin, "smoothness": m.smoothness, "lipschitz": m.lipschitz,
                   "location": m.location, "estimated": m.smoothness is None}
@@ -176,10 +176,6 @@ def _code_that_ran(spec: Spec, base_dir: Path) -> list[dict] | None:
     if problems:
         raise CodeError(f"{problems[0]}: the file changed while training started; train again")
     return code or None
-
-
-def _policy_seed(spec: Spec):
-    return int(spec.policy.seed) if getattr(spec.policy, "seed", None) is not None else None
 
 
 # ---- the state file: State ⇄ arrays (no pickle) ----
