@@ -494,6 +494,7 @@ def test_steps_are_numbered_and_counted_as_the_log_holds_them(genuine, tmp_path,
 
 @pytest.mark.parametrize("edit, said", [
     (lambda h: h["dimensions"].update(horizon=10000), "the header's horizon"),
+    (lambda h: h["dimensions"].update(scenarios=1000000), "the header's scenarios"),
     (lambda h: h["settings"].update(radius=1e-9), "the header's settings"),
     (lambda h: h["seeds"].update(scenarios=12345), "the header's seeds"),
     (lambda h: h["spec"].update(name="certified_elsewhere"), "the header's name"),

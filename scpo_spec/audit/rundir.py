@@ -268,9 +268,15 @@ class RunDir:
                             syntax=spec.get("syntax")).spec
         if built is None or built.train is None or built.scenarios is None:
             return None
+        from scpo_spec.language.scenarios import training_states
+        try:
+            scenarios = int(training_states(built).shape[0])
+        except (ValueError, TypeError, OSError):  # not computable from the text alone
+            scenarios = None
         return {"name": built.name.name if built.name else None,
                 "metrics": built.declared_metrics(), "settings": vars(Settings.of(built)),
-                "seeds": declared_seeds(built), "horizon": int(built.scenarios.horizon)}
+                "seeds": declared_seeds(built), "horizon": int(built.scenarios.horizon),
+                "scenarios": scenarios}
 
     # ---- the state file ----
     def write_state(self, state: StateFile) -> None:

@@ -164,11 +164,13 @@ def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
         return
     settings = {k: v for k, v in header.settings.items() if k not in OVERRIDABLE}
     said = {"name": header.spec.get("name"), "seeds": header.seeds, "settings": settings,
-            "horizon": header.dimensions.get("horizon")}
+            "horizon": header.dimensions.get("horizon"),
+            "scenarios": header.dimensions.get("scenarios")}
     stated_settings = {k: v for k, v in stated["settings"].items() if k not in OVERRIDABLE}
     for key, want in (("name", stated["name"]), ("seeds", stated["seeds"]),
-                      ("settings", stated_settings), ("horizon", stated["horizon"])):
-        if said[key] != want:
+                      ("settings", stated_settings), ("horizon", stated["horizon"]),
+                      ("scenarios", stated["scenarios"])):
+        if said[key] != want and not (key == "scenarios" and want is None):
             fail(f"the header's {key} is not its spec text's: the header says {said[key]!r}; "
                  f"the text {want!r}")
     declared = stated["metrics"]
