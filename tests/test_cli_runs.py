@@ -27,6 +27,18 @@ def invoke(args):
     return result
 
 
+def ctrl_c_at_step(monkeypatch, n: int) -> None:
+    """Trainer.step's n-th call raises KeyboardInterrupt, as Ctrl-C there would."""
+    real, calls = Trainer.step, {"n": 0}
+
+    def step(self, state):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(self, state)
+    monkeypatch.setattr(Trainer, "step", step)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     base = tmp_path_factory.mktemp("finished")
@@ -103,15 +115,7 @@ def test_audit_refuses_a_head_that_is_not_a_hash(finished):
 
 def test_audit_names_an_interrupted_run_as_interrupted(tmp_path, monkeypatch):
     text = small_di(steps=6)
-    real = Trainer.step
-    calls = {"n": 0}
-
-    def step(self, state):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, state)
-    monkeypatch.setattr(Trainer, "step", step)
+    ctrl_c_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run")
     result = invoke(["audit", tmp_path / "run"])
@@ -131,15 +135,7 @@ def test_a_damaged_state_file_is_never_said_to_need_pickle(finished, tmp_path):
 
 def test_the_interrupt_hint_keeps_the_asked_steps(tmp_path, monkeypatch):
     spec = write_spec(tmp_path, small_di(steps=6))
-    real = Trainer.step
-    calls = {"n": 0}
-
-    def step(self, state):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, state)
-    monkeypatch.setattr(Trainer, "step", step)
+    ctrl_c_at_step(monkeypatch, 2)
     result = invoke(["train", spec, "--out", tmp_path / "run", "--steps", "9", "-q"])
     assert result.exit_code == 130
     assert "--resume --steps 9`" in result.output.replace("\n", "")

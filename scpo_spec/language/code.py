@@ -178,10 +178,17 @@ def _load(name: str, target: bool):
     spec = importlib.util.spec_from_file_location(
         name, found.origin, loader=loader,
         submodule_search_locations=found.submodule_search_locations)
+    return _execute(spec, cached, package, child, ran)
+
+
+def _execute(spec, cached, package, child: str, ran: tuple[str, str]):
+    """Run a module from `spec` as sys.modules[name] (the previous entry put back if it
+    raises), bind it in its package, and record what ran."""
+    name = spec.name
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        loader.exec_module(module)
+        spec.loader.exec_module(module)
     except BaseException:
         if cached is None:
             sys.modules.pop(name, None)
@@ -202,22 +209,10 @@ def _load_compiled(name, found, cached, package, child, target: bool):
     if target:
         refuse_unexpected(name, ran)
     if cached is not None and getattr(cached, "__file__", None) \
-            and Path(cached.__file__).resolve() == origin and (not target or EXECUTED.get(name) == ran):
+            and Path(cached.__file__).resolve() == origin \
+            and (not target or EXECUTED.get(name) == ran):
         return cached
-    module = importlib.util.module_from_spec(found)
-    sys.modules[name] = module
-    try:
-        found.loader.exec_module(module)
-    except BaseException:
-        if cached is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = cached
-        raise
-    if package is not None:
-        setattr(package, child, module)
-    EXECUTED[name] = ran
-    return module
+    return _execute(found, cached, package, child, ran)
 
 
 def import_module(name: str, base_dir: Path | None):
