@@ -223,8 +223,13 @@ def test_policy_torch_trains(tmp_path):
         net[0].weight.copy_(torch.as_tensor(lqr_gain(tmp_path)))
         net[0].bias.zero_()
     save(net, tmp_path / "policy.pt")
-    text = small_di(steps=3)
-    spec = with_policy(tmp_path, text=text)
+    # the run's header keeps the text, which the audit holds the header to: the text must be
+    # the spec trained
+    text = small_di(steps=3).replace(
+        "policy mlp { hidden = [8]  activation = tanh  residual = backup  seed = 0 }",
+        'policy torch { file "policy.pt" }')
+    spec = spec_of(text, tmp_path)
+    assert isinstance(spec.policy, TorchPolicy)
     res = train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "run")
     a = audit_run(res.run_dir)
     assert a.ok and a.steps == 3 and a.accepted >= 1 and a.accepted_violations == 0
