@@ -67,19 +67,20 @@ class AuditResult:
     stall: dict | None = None    # the metric that blocked training, when it stalled
     state_ok: bool = True         # RUN/state.npz, if any, belongs to this log and its last θ
     state_present: bool | None = None  # RUN/state.npz exists (None: not looked at)
-    spec_problems: list = field(default_factory=list)  # RUN/spec.* or the header's metrics
-    # are not the header's spec text (also in `problems`)
-
-    @property
-    def spec_ok(self) -> bool:
-        return not self.spec_problems
+    spec_problems: list = field(default_factory=list)  # where RUN/spec.* or the header's
+    # account of the spec is not the header's spec text (also in `problems`)
     anchored: bool | None = None  # --head given: the chain ends exactly there
     signature: str | None = None  # "valid", "invalid: …", or None when not checked
 
     @property
+    def spec_ok(self) -> bool:
+        return not self.spec_problems
+
+    @property
     def ok(self) -> bool:
         return (self.chain_ok and self.certificates_ok and self.accepted_violations == 0
-                and self.state_ok and self.spec_ok and self.anchored is not False and self.signature in (None, "valid"))
+                and self.state_ok and self.spec_ok and self.anchored is not False
+                and self.signature in (None, "valid"))
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in vars(self).items()}
@@ -143,9 +144,9 @@ METRIC_FIELDS = ("name", "section", "formula", "margin", "smoothness", "lipschit
 
 def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
     """What a reader sees of the spec must be the header's spec text, whose SHA-256 the chain
-    covers: the copy RUN/spec.* beside the log, and the header's own account of each metric
-    (its margin and ℓ are what the certificates are checked against, its name and formula what
-    the report shows)."""
+    covers: the copy RUN/spec.* beside the log, and the header's own account of the spec — each
+    metric (its margin and ℓ are what the certificates are checked against, its name and
+    formula what the report shows), the settings, seeds, horizon, scenario count and name."""
     text = header.spec.get("text")
     if not isinstance(text, str):
         return  # _check_records has said so
@@ -181,10 +182,10 @@ def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
     for got, want in zip(logged, declared):
         wrong = [k for k in METRIC_FIELDS if got.get(k) != want[k]]
         if wrong:
-            said = ", ".join(f"{k} {got.get(k)!r}" for k in wrong)
+            header_says = ", ".join(f"{k} {got.get(k)!r}" for k in wrong)
             text_says = ", ".join(f"{k} {want[k]!r}" for k in wrong)
             fail(f"the header's metric '{want['name']}' is not its spec text's: the header says "
-                 f"{said}; the text {text_says}")
+                 f"{header_says}; the text {text_says}")
 
 
 def pending_problems(records: list, pending: bytes, theta: str) -> list[str]:
@@ -231,7 +232,7 @@ def _check_state(run: RunDir, lines: list[LogLine], records: list, res: AuditRes
             return
         res.problems.append(f"{run.state} holds one record the log does not have yet (the run "
                             "was killed between its two writes); `scpo train … --resume` "
-                            "appends it")
+                            "completes the log")
         return
     if res.final_theta is not None and state.theta != res.final_theta:
         res.state_ok = False
