@@ -16,7 +16,7 @@ from scpo_spec.cli import app
 from scpo_spec.engine.run import train
 from scpo_spec.engine.train import Trainer
 from tests.engine_specs import small_di, spec_of, write_spec
-from tests.forgery import copy_run
+from tests.forgery import copy_run, records
 
 runner = CliRunner()
 
@@ -245,3 +245,30 @@ def test_a_markdown_reports_pictures_never_write_through_links(finished, tmp_pat
     result = invoke(["report", finished, "--format", "md", "-o", tmp_path / "sym.md"])
     assert result.exit_code == 1 and "is a run directory" in result.output
     assert (victim / "audit.jsonl").read_bytes() == log
+
+
+def test_a_run_interrupted_after_its_last_step_is_finished_by_resume(tmp_path, monkeypatch):
+    """Ctrl-C during the last step: the step finishes and is logged, then an 'interrupted' end
+    record.  --resume used to refuse ('already taken 3 steps'); it now runs the holdout and
+    writes the end record."""
+    import signal
+    text = small_di(steps=3)
+    real, calls = Trainer.step, {"n": 0}
+
+    def step(self, state):
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C while the last step runs: a stop between steps
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, state)
+    monkeypatch.setattr(Trainer, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run")
+    monkeypatch.undo()
+    end = records(tmp_path / "run")[-1]
+    assert end["type"] == "end" and end["reason"] == "interrupted after step 3"
+    res = train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run",
+                resume=True)
+    assert res.ended == "completed" and res.state.step == 3
+    assert [r["type"] for r in records(tmp_path / "run")[-3:]] == ["resume", "holdout", "end"]
+    audit = audit_run(tmp_path / "run")
+    assert audit.ok and audit.complete and audit.steps == 3, audit.problems

@@ -487,7 +487,8 @@ def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_tex
             note(f"the {kind} record {run.state} carried for the log is not appended; the run "
                  "continues from its last step and writes its own")
             pending = False
-    ended = not pending and bool(lines) and lines[-1].record.get("type") == "end"
+    last = lines[-1].record if lines and not pending else {}
+    ended = last.get("type") == "end" and not str(last.get("reason")).startswith("interrupted")
     log = AuditWriter.reopen(run.log, run.torn)
     state = _restore(trainer, saved)
     recorder = Recorder(run, log, trainer, on_record, asked_steps)
