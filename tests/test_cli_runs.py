@@ -272,3 +272,17 @@ def test_a_run_interrupted_after_its_last_step_is_finished_by_resume(tmp_path, m
     assert [r["type"] for r in records(tmp_path / "run")[-3:]] == ["resume", "holdout", "end"]
     audit = audit_run(tmp_path / "run")
     assert audit.ok and audit.complete and audit.steps == 3, audit.problems
+
+
+@pytest.mark.parametrize("content", ["garbage\n", '{"signature": "00", "head": "' + "0" * 64
+                                     + '", "public_key": "ab"}\n'],
+                         ids=["unreadable", "of another head"])
+def test_a_signature_file_that_does_not_sign_this_head_fails_audit_and_report(
+        finished, tmp_path, content):
+    """Without --key the report already said NOT CERTIFIED for it while `scpo audit` passed."""
+    from scpo_spec.report import gather
+    run = copy_run(finished, tmp_path / "run")
+    (run / "signature.json").write_text(content, encoding="utf-8")
+    result = invoke(["audit", run])
+    assert result.exit_code == 1 and "signature: invalid" in result.output
+    assert not gather(run).certified
