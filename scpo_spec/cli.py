@@ -577,12 +577,19 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
                                                 help="Pass a run that has no end record yet."),
           ) -> None:
     """Re-verify a run from its log alone: the hash chain and every certificate (no torch).
-    Exit 0 passed; 1 any failure, or a run that did not end (unless --allow-incomplete)."""
+    Exit 0 passed; 1 any failure, or a run that did not end (unless --allow-incomplete); 2 not
+    a run directory, a --head that is not a hash or a --key that cannot be read."""
     from scpo_spec.audit.verify import audit_run
     if not run.is_dir():
         _usage(f"not a run directory: {run}")
     if head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", head.strip()):
         _usage(f"--head {head}: expected the 64 hex digits `scpo train` printed after `head`")
+    if key is not None:  # a key that cannot verify is a usage error, said before anything
+        from scpo_spec.audit.signing import SigningError, check_public_key
+        try:
+            check_public_key(key)
+        except SigningError as e:
+            _usage(f"--key: {e}")
     res = audit_run(run, head=head, key=key)
     passed = res.ok and (res.complete or allow_incomplete)
     if as_json:
@@ -639,7 +646,7 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
 
     from scpo_spec.tracking.runs import list_runs
     if not folder.is_dir():
-        _usage(f"no such folder: {folder}")
+        _usage(f"{'not a folder' if folder.exists() else 'no such folder'}: {folder}")
     rows = list_runs(folder)
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")

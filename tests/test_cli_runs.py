@@ -286,3 +286,16 @@ def test_a_signature_file_that_does_not_sign_this_head_fails_audit_and_report(
     result = invoke(["audit", run])
     assert result.exit_code == 1 and "signature: invalid" in result.output
     assert not gather(run).certified
+
+
+def test_audit_names_a_key_it_cannot_read(finished, tmp_path):
+    result = invoke(["audit", finished, "--key", tmp_path / "missing.pub"])
+    assert result.exit_code == 2 and "--key: cannot read key" in result.output
+
+
+def test_runs_says_a_file_is_not_a_folder(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("x\n", encoding="utf-8")
+    result = invoke(["runs", path])
+    assert result.exit_code == 2 and "not a folder" in result.output
+    assert "no such folder" in invoke(["runs", tmp_path / "nothing"]).output

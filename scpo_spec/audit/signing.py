@@ -70,6 +70,11 @@ def check_private_key(private_path: Path) -> None:
     _load(private_path, private=True)
 
 
+def check_public_key(public_path: Path) -> None:
+    """SigningError unless `public_path` is a readable Ed25519 public key."""
+    _load(public_path, private=False)
+
+
 def sign_head(private_path: Path, head: str, out: Path) -> None:
     """Sign the head's hex text and write the signature file."""
     key = _load(private_path, private=True)
