@@ -256,9 +256,10 @@ class RunDir:
 
     def declared(self, header: Header | None = None) -> dict | None:
         """What the header's spec text says of the fields the header records beside it (its
-        name, metrics, settings, seeds, horizon), as the header records them: parsed and
+        name, metrics, settings, seeds, horizon, scenario count), as the header records them: parsed and
         built, no checks (nothing read or run); None when the text does not build."""
         from scpo_spec.language.load import parse_model
+        from scpo_spec.language.scenarios import training_states
         from scpo_spec.language.settings import Settings, declared_seeds
         header = header or self.header()
         spec = header.spec
@@ -268,7 +269,6 @@ class RunDir:
                             syntax=spec.get("syntax")).spec
         if built is None or built.train is None or built.scenarios is None:
             return None
-        from scpo_spec.language.scenarios import training_states
         try:
             scenarios = int(training_states(built).shape[0])
         except (ValueError, TypeError, OSError):  # not computable from the text alone

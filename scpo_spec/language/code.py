@@ -100,20 +100,26 @@ EXECUTED: dict[str, tuple[str, str]] = {}
 EXPECTED: dict[str, tuple[str, str]] = {}
 
 
+def _recorded(recorded: list | None, spec: M.Spec, base_dir: Path | None):
+    """Each piece of code the spec names, its key in EXECUTED / EXPECTED (the module's name, or
+    a file's resolved path; None for a file not found) and the (file, SHA-256) recorded for it."""
+    by_key = {(r.get("kind"), r.get("target")): r for r in recorded or [] if isinstance(r, dict)}
+    for ref in references(spec):
+        entry = by_key.get((ref.kind, ref.target)) or {}
+        if ref.is_file:
+            path = locate(ref, base_dir)
+            key = str(path.resolve()) if path is not None else None
+        else:
+            key = ref.module
+        yield ref, key, (entry.get("file"), entry.get("sha256"))
+
+
 @contextmanager
 def expecting(recorded: list | None, spec: M.Spec, base_dir: Path | None):
     """Only the recorded bytes of each piece of code the spec names may run in this block."""
-    by_key = {(r.get("kind"), r.get("target")): r for r in recorded or [] if isinstance(r, dict)}
     saved = dict(EXPECTED)
-    for ref in references(spec):
-        entry = by_key.get((ref.kind, ref.target)) or {}
-        want = (entry.get("file"), entry.get("sha256"))
-        if ref.is_file:
-            path = locate(ref, base_dir)
-            if path is not None:
-                EXPECTED[str(path.resolve())] = want
-        else:
-            EXPECTED[ref.module] = want
+    EXPECTED.update({key: want for _, key, want in _recorded(recorded, spec, base_dir)
+                     if key is not None})
     try:
         yield
     finally:
@@ -122,11 +128,11 @@ def expecting(recorded: list | None, spec: M.Spec, base_dir: Path | None):
 
 
 def refuse_unexpected(key: str, ran: tuple[str, str]) -> None:
-    """CodeError when a trusted run expects other bytes under `key` than these."""
+    """CodeMismatch when a trusted run expects other bytes under `key` than these."""
     want = EXPECTED.get(key)
     if want is not None and ran != want:
-        raise CodeMismatch(f"'{key}' would run {ran[0]} (SHA-256 {ran[1][:16]}…), not the file and "
-                        "SHA-256 the run recorded; refusing to run it")
+        raise CodeMismatch(f"'{key}' would run {ran[0]} (SHA-256 {ran[1][:16]}…), not the file "
+                           "and SHA-256 the run recorded; refusing to run it")
 
 
 class _SourceBytesLoader(importlib.machinery.SourceFileLoader):
@@ -307,16 +313,10 @@ def ran_as_recorded(recorded: list | None, spec: M.Spec, base_dir: Path | None) 
     when each piece ran from the recorded file's recorded bytes).  `unchanged` looks at the
     files before they run; this looks at what ran, which a planted __pycache__ file or a
     module imported earlier from elsewhere could otherwise make differ."""
-    by_key = {(r.get("kind"), r.get("target")): r for r in recorded or [] if isinstance(r, dict)}
     problems = []
-    for ref in references(spec):
-        entry = by_key.get((ref.kind, ref.target)) or {}
-        if ref.is_file:
-            path = locate(ref, base_dir)
-            ran = EXECUTED.get(str(path.resolve())) if path is not None else None
-        else:
-            ran = EXECUTED.get(ref.module)
-        if ran != (entry.get("file"), entry.get("sha256")):
+    for ref, key, want in _recorded(recorded, spec, base_dir):
+        ran = EXECUTED.get(key) if key is not None else None
+        if ran != want:
             what = "did not run" if ran is None else f"ran from {ran[0]} (SHA-256 {ran[1][:16]}…)"
             problems.append(f"{ref.kind} '{ref.target}' {what}, not from the file and SHA-256 "
                             "the run recorded")

@@ -25,7 +25,6 @@ StepMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 INTEGRATORS = ("rk4", "euler", "midpoint")
 
 
-
 def _norm(*items: torch.Tensor) -> torch.Tensor:
     """‖[a, b, …]‖₂ of scalar entries (torch.linalg.vector_norm over them)."""
     return torch.linalg.vector_norm(torch.stack(torch.broadcast_tensors(*items), -1), dim=-1)
@@ -35,6 +34,7 @@ def _quad(P: torch.Tensor, items) -> torch.Tensor:
     """vᵀPv for v = [a, b, …] of scalar entries."""
     v = torch.stack(torch.broadcast_tensors(*items), -1)
     return torch.einsum("...i,ij,...j->...", v, P.to(v.dtype), v)
+
 
 class DeclaredSystemError(ScpoError):
     """A declared equation that cannot be compiled (what `check` normally catches first)."""
