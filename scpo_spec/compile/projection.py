@@ -213,7 +213,7 @@ class ProjectionTemplate:
         try:
             with warnings.catch_warnings():  # an inaccurate solve is logged and rejected instead
                 warnings.simplefilter("ignore", UserWarning)
-                self.problem.solve(solver=self.solver)
+                self.problem.solve(solver=self.solver, warm_start=False)
             status = str(self.problem.status)
         except (cp.error.SolverError, ValueError, ArithmeticError) as err:
             return Solution(f"solver_error: {err}".strip()[:300], None,
