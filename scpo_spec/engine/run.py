@@ -17,6 +17,7 @@ One process writes a run at a time: `RunDir.lock`, held from creation or resume 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_eva
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
 from scpo_spec.language.code import CodeError, expecting, identities, ran_as_recorded
+from scpo_spec.language.format import format_spec
 from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
 
@@ -481,9 +483,6 @@ def _what_changed(before: Spec, after: Spec) -> str:
     comments; runs of spaces as one) differ, as a short unified diff: `-` the run's, `+` the
     file's, each under the section it belongs to.  When the texts agree (a difference the
     canonical text does not show), the sections whose meaning differs."""
-    import difflib
-    from scpo_spec.language.format import format_spec
-
     def lines(spec: Spec) -> list[str]:
         out = []
         for line in format_spec(spec).splitlines():
@@ -491,16 +490,18 @@ def _what_changed(before: Spec, after: Spec) -> str:
                 indent = line[:len(line) - len(line.lstrip())]
                 out.append(indent + " ".join(line.split()))
         return out
-    old, new = lines(before), lines(after)
     shown: list[str] = []
+    try:
+        old, new = lines(before), lines(after)
+    except (TypeError, ValueError):  # a form the formatter cannot write: the sections instead
+        old = new = []
     for group in difflib.SequenceMatcher(None, old, new, autojunk=False).get_grouped_opcodes(0):
-        _, i1, _, j1, _ = group[0]
-        section = next((ln for ln in reversed(old[:i1] or new[:j1]) if not ln.startswith(" ")),
-                       None)  # the section the first changed line is in (a top-level line)
-        first = (old[i1:i1 + 1] or new[j1:j1 + 1])[0]
-        if section is not None and first.startswith(" "):
+        tag, i1, i2, j1, _ = next(op for op in group if op[0] != "equal")
+        first = old[i1] if i2 > i1 else new[j1]
+        section = next((ln for ln in reversed(old[:i1]) if not ln.startswith(" ")), None)
+        if section is not None and first.startswith(" "):  # inside a section: name it
             shown.append(f"  {section}")
-        for tag, a1, a2, b1, b2 in group:
+        for _, a1, a2, b1, b2 in group:
             shown += [f"  - {ln}" for ln in old[a1:a2]] + [f"  + {ln}" for ln in new[b1:b2]]
     if not shown:
         a, b = before.model_dump(mode="json"), after.model_dump(mode="json")
