@@ -1,6 +1,7 @@
 """Every `scpo train` survives what users actually do: two writers on one run, a full disk, an
---out that exists, a read-only folder, a damaged state file, Ctrl-C and SIGTERM, and a comment
-added to the spec before --resume.  Processes, signals, full disks and read-only folders are
+--out that exists, a read-only folder, a damaged state file, Ctrl-C and SIGTERM, a comment (or a
+change, named) in the spec before --resume, and a stop and resume that must be the uninterrupted
+run, bit for bit.  Processes, signals, full disks and read-only folders are
 real where the machine allows it (tmpfs mounts and `chattr +i` need root; root ignores chmod)."""
 
 import errno
