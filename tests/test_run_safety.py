@@ -1,9 +1,11 @@
 """Every `scpo train` survives what users actually do: two writers on one run, a full disk, an
---out that exists, a read-only folder, a damaged state file, Ctrl-C and SIGTERM, and a comment
-added to the spec before --resume.  Processes, signals, full disks and read-only folders are
+--out that exists, a read-only folder, a damaged state file, Ctrl-C and SIGTERM, a comment (or a
+change, named) in the spec before --resume, and a stop and resume that must be the uninterrupted
+run, bit for bit.  Processes, signals, full disks and read-only folders are
 real where the machine allows it (tmpfs mounts and `chattr +i` need root; root ignores chmod)."""
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -585,3 +587,171 @@ def test_resume_refuses_a_changed_bound(tmp_path):
                                  "5", "-q"])
     assert result.exit_code == 1 and "spec changed" in result.output
     assert snapshot(run) == before
+
+
+def test_a_refused_resume_names_what_changed(tmp_path):
+    """Not only that the spec changed: the lines that differ (comments and layout aside), each
+    under its section, the run's first."""
+    spec, run = small_run(tmp_path)
+    spec.write_text("# a comment\n" + spec.read_text()
+                    .replace("abs(position) <= 1.5", "abs(position) <= 1.4")
+                    .replace("count 8", "count  9").replace("lr = 0.05", "lr = 0.1"))
+    result = runner.invoke(app, ["train", str(spec), "--out", str(run), "--resume", "--steps",
+                                 "5", "-q"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    out = [" ".join(line.split()) for line in result.output.splitlines()]
+    changed = ["scenarios {", "- count 8", "+ count 9",
+               "- constraint position_limit: always abs(position) <= 1.5 smoothness 50",
+               "+ constraint position_limit: always abs(position) <= 1.4 smoothness 50",
+               "train {", "- optimizer sgd { lr = 0.05 }", "+ optimizer sgd { lr = 0.1 }"]
+    start = out.index(changed[0])
+    assert out[start:start + len(changed)] == changed
+    assert not any("comment" in line and line.startswith(("-", "+")) for line in out)
+
+
+def test_a_refused_resume_says_how_to_train_longer_and_stays_short(tmp_path):
+    spec, run = small_run(tmp_path)
+    spec.write_text(spec.read_text().replace("steps 3", "steps 9"))
+    result = runner.invoke(app, ["train", str(spec), "--out", str(run), "--resume", "-q"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "- steps 3 + steps 9" in out and "pass --steps N" in out
+    # a spec rewritten throughout: at most 16 changed lines, each cut to 160 characters
+    long_name = "x" * 300
+    rewritten = small_di(steps=3).replace("position", long_name).replace("velocity", "speed")
+    for old, new in [("force", "push"), ("count 8", "count 9"), ("horizon 20", "horizon 21"),
+                     ("lr = 0.05", "lr = 0.04"), ("directions 4", "directions 5")]:
+        rewritten = rewritten.replace(old, new)
+    spec.write_text(rewritten)
+    result = runner.invoke(app, ["train", str(spec), "--out", str(run), "--resume", "-q"])
+    shown = [ln for ln in result.output.splitlines() if ln.startswith("  ")]
+    assert result.exit_code == 1 and len(shown) == 17, shown
+    assert shown[-1].startswith("  … and ") and shown[-1].endswith(" more changed lines")
+    assert all(len(ln) <= 160 for ln in shown) and any(ln.endswith("x…") for ln in shown)
+
+
+# ---- 7. a resumed run is the uninterrupted run, bit for bit ----
+# Steps 5's tries are refuted six times (ℓ doubles and stays raised), and SGD's momentum carries
+# over: everything a step depends on must come back from the state file.  Both runs of each
+# comparison are made by the same process (the same threads, the same kernels).
+REFUTED = small_di(steps=10, pos=1e-3, force=1e-3, rho=1e-3).replace(
+    "optimizer sgd { lr = 0.05 }", "optimizer sgd { lr = 0.05  momentum = 0.5 }")
+RESUMABLE = {
+    "momentum, raised ell": REFUTED,
+    "adam": small_di(steps=10).replace("optimizer sgd { lr = 0.05 }",
+                                       "optimizer adam { lr = 0.05 }"),
+    "smoothness estimate": small_di(steps=10, extra="smoothness estimate")
+    .replace("smoothness 50", "").replace("smoothness 20", ""),
+}
+
+
+def trajectory(run: Path) -> tuple[list, str]:
+    """Each step's (θ, θ next, accepted, ℓ next) and the final θ: what the log says was done."""
+    recs = records(run)
+    steps = [(r["step"], r["theta"], r["theta_next"], r["accepted"], r["ell_next"])
+             for r in recs if r["type"] == "step"]
+    assert recs[-1]["type"] == "end", recs[-1]
+    return steps, recs[-1]["theta"]
+
+
+def same_run(resumed: tuple[list, str], reference: tuple[list, str]) -> bool:
+    """Whether two trajectories agree; if not, the first step that differs, shown."""
+    for mine, theirs in zip(resumed[0], reference[0]):
+        assert mine == theirs, f"step {mine[0]}: {mine} ≠ uninterrupted {theirs}"
+    return resumed == reference
+
+
+def straight(tmp_path: Path, text: str) -> tuple[list, str]:
+    """The spec's steps without a stop, in this process."""
+    spec = write_spec(tmp_path, text, "straight.scpo")
+    run = tmp_path / "straight"
+    train(spec, spec_of(text, tmp_path), text, out=run)
+    return trajectory(run)
+
+
+@pytest.mark.parametrize("text", RESUMABLE.values(), ids=RESUMABLE.keys())
+def test_steps_then_resume_is_the_uninterrupted_run(tmp_path, text):
+    """`--steps 6`, then `--resume` to the spec's 10: the θ of every step, ℓ and the final θ are
+    those of 10 steps straight."""
+    spec = write_spec(tmp_path, text)
+    run = tmp_path / "run"
+    first = runner.invoke(app, ["train", str(spec), "--out", str(run), "--steps", "6", "-q",
+                                "--no-report"])
+    assert first.exit_code == 0, first.output
+    result = runner.invoke(app, ["train", str(spec), "--out", str(run), "--resume", "-q",
+                                 "--no-report"])
+    assert result.exit_code == 0, result.output
+    resumed, reference = trajectory(run), straight(tmp_path, text)
+    assert len(resumed[0]) == 10
+    if text is REFUTED:  # what makes this spec a test of ℓ: step 5 was refuted
+        assert resumed[0][5][4] != resumed[0][4][4]
+    assert same_run(resumed, reference)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_then_resume_is_the_uninterrupted_run(tmp_path, monkeypatch, sig):
+    """Ctrl-C (or SIGTERM, as `scpo train` takes it) as the refuted step 5 begins: the run stops
+    after it; resumed, it ends where 10 steps straight end."""
+    spec = spec_of(REFUTED, tmp_path)
+    path = write_spec(tmp_path, REFUTED)
+    seen = _signalling_step(monkeypatch, 6, sig)
+    with (_sigterm_interrupts() if sig == signal.SIGTERM
+          else _handler(sig, signal.default_int_handler)):
+        with pytest.raises(KeyboardInterrupt):
+            train(path, spec, REFUTED, out=tmp_path / "r")
+    assert seen["finished"] and records(tmp_path / "r")[-1]["reason"] == "interrupted after step 6"
+    monkeypatch.undo()
+    train(path, spec, REFUTED, out=tmp_path / "r", resume=True)
+    assert same_run(trajectory(tmp_path / "r"), straight(tmp_path, REFUTED))
+
+
+class _Killed(BaseException):
+    """The process dying: no handler runs, nothing is undone."""
+
+
+def test_a_kill_between_the_two_writes_then_resume_is_the_uninterrupted_run(tmp_path,
+                                                                            monkeypatch):
+    """Killed after the state file of step 5 was written and before its line was appended:
+    --resume appends the record the state file carries and goes on as the straight run."""
+    spec = spec_of(REFUTED, tmp_path)
+    path = write_spec(tmp_path, REFUTED)
+    real_write = log_module.AuditWriter.write
+
+    def write(self, line):
+        record = json.loads(line)
+        if record["type"] == "step" and record["step"] == 5:
+            raise _Killed
+        return real_write(self, line)
+    monkeypatch.setattr(log_module.AuditWriter, "write", write)
+    with pytest.raises(_Killed):
+        train(path, spec, REFUTED, out=tmp_path / "r")
+    monkeypatch.undo()
+    state, pending = RunDir(tmp_path / "r").bound_state()
+    assert pending and state.step == 6
+    train(path, spec, REFUTED, out=tmp_path / "r", resume=True)
+    assert same_run(trajectory(tmp_path / "r"), straight(tmp_path, REFUTED))
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_the_uninterrupted_run(tmp_path):
+    """`kill -9` mid-run, then `scpo train --resume --steps N`: the θ of each step and the final
+    θ are those of an uninterrupted `scpo train --steps N` (three processes of the same
+    command: the same threads and kernels)."""
+    text = REFUTED.replace("steps 10", "steps 100000")
+    spec = write_spec(tmp_path, text)
+    run, reference = tmp_path / "run", tmp_path / "straight"
+    proc = scpo("train", str(spec), "--out", str(run), "-q", "--no-report")
+    wait_for_steps(run, 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    finish(proc)
+    kept = [json.loads(line) for line in (run / "audit.jsonl").read_bytes()
+            .splitlines(keepends=True) if line.endswith(b"\n")]  # a torn last line aside
+    assert kept[-1]["type"] != "end", "the run ended before the kill"
+    reached = sum(r["type"] == "step" for r in kept)
+    total = str(reached + 3)
+    both = [scpo("train", str(spec), *args, "--steps", total, "-q", "--no-report")
+            for args in (["--out", str(run), "--resume"], ["--out", str(reference)])]
+    for proc in both:
+        _, err = finish(proc)
+        assert proc.returncode == 0, err
+    resumed = trajectory(run)
+    assert len(resumed[0]) == reached + 3 and same_run(resumed, trajectory(reference))

@@ -213,7 +213,10 @@ class ProjectionTemplate:
         try:
             with warnings.catch_warnings():  # an inaccurate solve is logged and rejected instead
                 warnings.simplefilter("ignore", UserWarning)
-                self.problem.solve(solver=self.solver)
+                # no warm start: cvxpy would update the previous solve's Clarabel object,
+                # whose answer then depends (in the last bits) on the solves before it,
+                # and a resumed run would not be the uninterrupted run
+                self.problem.solve(solver=self.solver, warm_start=False)
             status = str(self.problem.status)
         except (cp.error.SolverError, ValueError, ArithmeticError) as err:
             return Solution(f"solver_error: {err}".strip()[:300], None,

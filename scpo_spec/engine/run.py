@@ -17,6 +17,7 @@ One process writes a run at a time: `RunDir.lock`, held from creation or resume 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_eva
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
 from scpo_spec.language.code import CodeError, expecting, identities, ran_as_recorded
+from scpo_spec.language.format import format_spec
 from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
 
@@ -453,19 +455,74 @@ def _meaning(spec: Spec | None) -> str | None:
 
 def _spec_changed(run: RunDir, spec_path: Path, spec: Spec, spec_text: str) -> bool:
     """Whether the text differs from the one the run started with; RunError when the meaning
-    does (a comment or re-layout is no reason to refuse a resume, a changed bound is)."""
+    does (a comment or re-layout is no reason to refuse a resume, a changed bound is), naming
+    what changed."""
     header = run.header()
     if header.spec.get("sha256") == sha256_hex(spec_text.encode()):
         return False
     try:
         before, _ = run.checked_spec(header)  # the stored text, read once, through the run
-    except RunError:
-        before = None
-    if _meaning(before) is None or _meaning(before) != _meaning(spec):
+    except RunError as e:
+        raise RunError(f"the spec stored in {run.path}'s header cannot be read back ({e}), so "
+                       f"{spec_path} cannot be compared with it; resume with the same spec "
+                       "file, or start a new run") from None
+    if _meaning(before) != _meaning(spec):
         raise RunError(f"the spec changed since the run started: {spec_path} does not say what "
-                       "the spec stored in the run's header says (comments and layout aside); "
-                       "resume with the same spec, or start a new run")
+                       "the spec stored in the run's header says (comments and layout aside):\n"
+                       + _what_changed(before, spec)
+                       + "\nresume with the same spec, or start a new run")
     return True
+
+
+DIFF_LINES = 16   # a refused resume shows at most this many changed lines …
+DIFF_WIDTH = 160  # … each cut to this many characters
+
+
+def _what_changed(before: Spec, after: Spec) -> str:
+    """The lines in which two specs' canonical texts (as `scpo fmt` writes them, without
+    comments; runs of spaces as one) differ, as a short unified diff: `-` the run's, `+` the
+    file's, each under the section it belongs to.  When the texts agree (a difference the
+    canonical text does not show), the sections whose meaning differs."""
+    def lines(spec: Spec) -> list[str]:
+        out = []
+        for line in format_spec(spec).splitlines():
+            if line.strip():
+                indent = line[:len(line) - len(line.lstrip())]
+                out.append(indent + " ".join(line.split()))
+        return out
+    shown: list[str] = []
+    try:
+        old, new = lines(before), lines(after)
+    except (TypeError, ValueError):  # a form the formatter cannot write: the sections instead
+        old = new = []
+    for group in difflib.SequenceMatcher(None, old, new, autojunk=False).get_grouped_opcodes(0):
+        tag, i1, i2, j1, _ = next(op for op in group if op[0] != "equal")
+        first = old[i1] if i2 > i1 else new[j1]
+        section = next((ln for ln in reversed(old[:i1]) if not ln.startswith(" ")), None)
+        if section is not None and first.startswith(" "):  # inside a section: name it
+            shown.append(f"  {section}")
+        for _, a1, a2, b1, b2 in group:
+            shown += [f"  - {ln}" for ln in old[a1:a2]] + [f"  + {ln}" for ln in new[b1:b2]]
+    if not shown:
+        a, b = before.model_dump(mode="json"), after.model_dump(mode="json")
+        keys = [k for k in a.keys() | b.keys() if json.dumps(a.get(k), sort_keys=True)
+                != json.dumps(b.get(k), sort_keys=True)]
+        return "  changed: " + ", ".join(sorted(keys))
+    cut = [ln if len(ln) <= DIFF_WIDTH else ln[:DIFF_WIDTH - 1] + "…" for ln in shown]
+    if len(cut) > DIFF_LINES:
+        cut = cut[:DIFF_LINES] + [f"  … and {len(cut) - DIFF_LINES} more changed lines"]
+    hint = []
+    if _meaning(_with_steps(before, after)) == _meaning(after):
+        hint = ["  (to train longer, keep the spec's steps and pass --steps N: it is the total)"]
+    return "\n".join(cut + hint)
+
+
+def _with_steps(spec: Spec, like: Spec) -> Spec:
+    """`spec` with `like`'s train steps (whether only the step count changed)."""
+    if spec.train is None or like.train is None:
+        return spec
+    return spec.model_copy(update={"train": spec.train.model_copy(
+        update={"steps": like.train.steps})})
 
 
 def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_text: str,
