@@ -37,7 +37,25 @@ def test_no_loss_decrease_says_lower_the_learning_rate(tmp_path, monkeypatch):
     assert stall["cause"] == "loss" and stall["causes"] == {"loss": 8}
     assert stall["rejected_in_a_row"] == 8 and stall["worst_g"] < 0
     assert "the loss did not decrease" in summary and "lower the optimizer's `lr`" in summary
+    # small_di's spectral-radius bound: its slack (g ≈ −0.06) is what each certified step used
+    assert stall["bound_by"] == "margin" and "'margin' used up its slack" in summary
     assert SOLVER_HINT not in summary and "smoothness" not in summary
+
+
+def test_no_loss_decrease_far_from_every_bound_is_the_learning_rate_alone(tmp_path,
+                                                                         monkeypatch):
+    """The issue's run: g ≈ −3 and −17, no constraint near its bound, and still no step lowered
+    the loss: no certified step used up a metric's slack, so the hint names lr only."""
+    monkeypatch.setattr(Trainer, "backtrack",
+                        lambda self, theta, direction, loss0, slope: (None, loss0 + 1.0))
+    text = (small_di(steps=6).replace("abs(position) <= 1.5", "abs(position) <= 20")
+            .replace("force in [-4, 4]", "force in [-40, 40]")
+            .replace("spectral_radius <= 0.98", "spectral_radius <= 3")
+            .replace("lr = 0.05", "lr = 1e-4"))  # a raw step far inside every certified bound
+    stall, summary = stalled_run(tmp_path, text)
+    assert stall["cause"] == "loss" and stall["bound_by"] is None and stall["worst_g"] < -1
+    assert "did not shape these steps" in summary and "lower the optimizer's `lr`" in summary
+    assert "directions" not in summary and SOLVER_HINT not in summary
 
 
 def test_rollouts_within_the_bound_but_not_the_margin_say_margin(tmp_path, monkeypatch):
@@ -93,7 +111,7 @@ def test_the_advice_follows_the_cause_most_steps_share():
     stall = {"kind": "rejected", "metric": "force_limit", "cause": "loss",
              "causes": {"loss": 6, "certificate": 2}, "rejected_in_a_row": 8, "from_step": 3,
              "ell_growth": None, "margin": 1e-6, "worst_g": -3.0, "scenario": None,
-             "reason": None}
+             "bound_by": None, "reason": None}
     text = describe_stall(stall)
     assert text.startswith("stalled: 8 updates rejected in a row from step 3")
     assert "g ≤ -3" in text and "`lr`" in text

@@ -24,6 +24,7 @@ REL_TOL = 1e-9   # a recomputed certificate must match the logged one to this re
 GRAM_TOL = 1e-9  # S must be symmetric and PSD, diag(S) = ‖d_j‖², to this relative precision
 STALL_STREAK = 5          # this many rejected steps in a row is a stall
 STALL_ELL_GROWTH = 1e3    # so is ℓ grown beyond this factor of the spec's value
+SLACK_USED_UP = 0.99      # a certified step that uses this much of a metric's slack met its bound
 
 
 def verify_chain(lines: list[LogLine]) -> list[str]:
@@ -442,7 +443,7 @@ def _stall(a: _Audit, res: AuditResult) -> dict | None:
     stretch = streak if len(streak) >= STALL_STREAK else a.all_steps
     counts: dict[str, int] = {}
     causes: dict[str, int] = {}
-    scenario, reasons, refuted_before = None, [], None
+    scenario, reasons, refuted_before, bound_by = None, [], None, {}
     for rec in stretch:
         reasons.append(rec.reason)
         for t in rec.tries:
@@ -456,6 +457,9 @@ def _stall(a: _Audit, res: AuditResult) -> dict | None:
             refuted_before = cause if cause in ("margin", "certificate") else refuted_before
             if cause is not None:
                 causes[cause] = causes.get(cause, 0) + 1
+            held = _slack_used_up(rec, a) if cause == "loss" else None
+            if held is not None:
+                bound_by[held] = bound_by.get(held, 0) + 1
     metric = max(counts, key=counts.get) if counts else (None if streak else grown)
     kind = "rejected" if len(streak) >= STALL_STREAK else "ell"
     cause = max(causes, key=causes.get) if kind == "rejected" and causes else "certificate"
@@ -464,6 +468,7 @@ def _stall(a: _Audit, res: AuditResult) -> dict | None:
             "ell_growth": growth.get(metric) if metric in growth else None,
             "margin": (float(a.margins[a.names.index(metric)]) if metric in a.names else None),
             "worst_g": _worst_g(stretch), "scenario": scenario,
+            "bound_by": max(bound_by, key=bound_by.get) if bound_by else None,
             "reason": max(set(reasons), key=reasons.count) if streak and not counts else None}
 
 
@@ -503,6 +508,23 @@ def _ell_grown(t: Try, a: _Audit) -> bool:
     return any(s and ell[i] > STALL_ELL_GROWTH * s for i, s in enumerate(a.spec_ell))
 
 
+def _slack_used_up(rec: Step, a: _Audit) -> str | None:
+    """The metric whose slack −g0 − margin the step's certified ξ used up (≥ SLACK_USED_UP of
+    it, by the certificate recomputed from the log), when one did: the safety constraint, not
+    the step's length, shaped that step."""
+    t = rec.tries[-1]
+    k, n = len(a.names), rec.S.shape[0] if rec.S.ndim == 2 else -1
+    if t.xi is None or t.xi.shape != (n,) or t.ell is None or t.ell.shape != (k,) or \
+            rec.g0.shape != (k,) or rec.G.shape != (k, n) or rec.S.shape != (n, n):
+        return None
+    with np.errstate(all="ignore"):
+        bound = certificate(rec.g0, rec.G, rec.S, t.ell, t.xi)
+        slack = -a.margins - rec.g0
+        used = np.where(slack > 0, (bound - rec.g0) / np.where(slack > 0, slack, 1.0), 0.0)
+    i = int(np.nanargmax(used)) if np.any(np.isfinite(used)) else None
+    return a.names[i] if i is not None and used[i] >= SLACK_USED_UP else None
+
+
 def _worst_g(steps: list[Step]) -> float | None:
     """The largest g of a policy the stretch started a step from (how close training was to a
     bound); None where the log holds none."""
@@ -537,10 +559,15 @@ def describe_stall(s: dict) -> str:
     if cause == "loss":
         worst = (f"; the metrics stayed at g ≤ {s['worst_g']:.3g}"
                  if s.get("worst_g") is not None else "")
+        held = s.get("bound_by")
         return (f"{rejected}: the loss did not decrease along the certified step (Armijo "
-                f"backtracking){worst}{mixed}. hint: the safety constraints did not block "
-                "these steps; the step is too long for the loss there: lower the optimizer's "
-                "`lr` (e.g. 10×)")
+                f"backtracking){worst}{mixed}. hint: "
+                + ("the safety constraints did not shape these steps (none used up its "
+                   "slack); the step is too long for the loss there: lower the optimizer's "
+                   "`lr` (e.g. 10×)" if held is None else
+                   f"lower the optimizer's `lr` (e.g. 10×); '{held}' used up its slack on these "
+                   "steps, so if that does not help: more `directions`, or a lower ℓ where "
+                   "`scpo calibrate` shows it loose (docs/tuning.md)"))
     if cause == "margin":
         margin = f" {s['margin']:.3g}" if s.get("margin") is not None else ""
         return (f"{rejected}: '{metric}' stayed within its bound by rollout (g ≤ 0) but not by "
