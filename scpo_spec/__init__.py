@@ -7,7 +7,6 @@ loaded.
 """
 
 
-
 def __getattr__(name: str):
     """The spec names, imported on first use: `import scpo_spec` itself stays instant (the
     language layer takes ~0.6 s), so the `scpo` console script (console.py) is running before
@@ -22,7 +21,6 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'scpo_spec' has no attribute {name!r}")
     value = globals()[name] = getattr(module, name)
     return value
-
 
 
 def load_run(run_dir):
