@@ -6,10 +6,21 @@ policy, rollouts and metrics: see README.md "Python API").  torch is imported on
 loaded.
 """
 
-from scpo_spec.language.load import load_spec, check_text, check_file
-from scpo_spec.language.diagnostics import Diagnostic, SpecError
-from scpo_spec.language.model import Spec
 
+def __getattr__(name: str):
+    """The spec names, imported on first use: `import scpo_spec` itself stays instant (the
+    language layer takes ~0.6 s), so the `scpo` console script (console.py) is running before
+    the command line loads, and a Ctrl-C then is "interrupted", not a traceback."""
+    if name in ("load_spec", "check_text", "check_file"):
+        from scpo_spec.language import load as module
+    elif name in ("Diagnostic", "SpecError"):
+        from scpo_spec.language import diagnostics as module
+    elif name == "Spec":
+        from scpo_spec.language import model as module
+    else:
+        raise AttributeError(f"module 'scpo_spec' has no attribute {name!r}")
+    value = globals()[name] = getattr(module, name)
+    return value
 
 
 def load_run(run_dir):

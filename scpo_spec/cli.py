@@ -94,6 +94,22 @@ def _usage(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _need_spec_files(files: List[Path]) -> None:
+    """A path that does not exist, or is a folder, a pipe or a device, is a usage error (exit
+    2), said before any file is checked."""
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        _usage(f"no such file: {', '.join(map(str, missing))}")
+    folders = [f for f in files if f.is_dir()]
+    if folders:
+        _usage(f"{', '.join(map(str, folders))}: a directory, not a spec file (name the "
+               f"spec files, e.g. {folders[0] / '*.scpo'})")
+    other = [f for f in files if not f.is_file()]
+    if other:
+        _usage(f"{', '.join(map(str, other))}: not a regular file (a pipe or a device), not a "
+               "spec file")
+
+
 def _report(results: list[CheckResult], console: Console = err) -> None:
     for r in results:
         render(r.diagnostics, {r.source.path: r.source}, console)
@@ -118,9 +134,7 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
                                        help="Also evaluate g(θ₀): can training start?"),
           ) -> None:
     """Check spec files: syntax, names, shapes, ranges, formulas, data files, environments."""
-    missing = [f for f in files if not f.exists()]
-    if missing:
-        _usage(f"no such file: {', '.join(map(str, missing))}")
+    _need_spec_files(files)
     results = [_check_file(f) for f in files]
     failed = [r for r in results if not r.ok]
     if as_json:
@@ -211,8 +225,7 @@ def _read_model(file: Path, action: str = "rewritten") -> tuple[CheckResult, str
 
 
 def _model_of(file: Path) -> tuple[CheckResult, str]:
-    if not file.exists():
-        _usage(f"no such file: {file}")
+    _need_spec_files([file])
     model = _read_model(file)
     if model is None:
         raise typer.Exit(1)
@@ -256,9 +269,7 @@ def fmt(files: List[Path] = typer.Argument(..., help="Spec files."),
     --check, when every file is canonical); 1 when a file has errors, is not canonical (--check)
     or cannot be written; 2 for a usage error (a missing file, several files without -w/--check).
     """
-    missing = [f for f in files if not f.exists()]
-    if missing:
-        _usage(f"no such file: {', '.join(map(str, missing))}")
+    _need_spec_files(files)
     if len(files) > 1 and not (write or check_only):
         _usage("several files: add -w to rewrite them or --check to list the ones not canonical "
                "(one file is printed to stdout)")
@@ -346,8 +357,7 @@ def convert(file: Path = typer.Argument(..., help="A spec file."),
 
 def _checked(file: Path, code: int = 1) -> CheckResult:
     """A spec that passed `check`, or exit `code` with its diagnostics."""
-    if not file.exists():
-        _usage(f"no such file: {file}")
+    _need_spec_files([file])
     result = _check_file(file)
     if not result.ok:
         _report([result])

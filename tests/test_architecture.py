@@ -27,6 +27,7 @@ ALLOWED = {
     "cli": {"language", "compile", "engine", "audit", "report", "progress", "export", "lsp",
             "tracking", "errors"},
     "__init__": {"language", "engine"},
+    "console": {"cli"},
 }
 
 

@@ -18,6 +18,7 @@ from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.run import train
 from scpo_spec.engine.train import Trainer
 from scpo_spec.language.load import check_text
+from tests.numerics import assert_close_across_paths
 
 DTYPE = torch.float64
 
@@ -105,7 +106,9 @@ def test_a_subset_of_the_seeds_selects_those_scenarios(tmp_path):
     theta = c.family.theta0[None]
     X, U = c.evaluator.rollout(theta)
     X2, U2 = c.evaluator.rollout(theta, c.evaluator.x0[2:3])
-    assert torch.equal(X2[0, 0], X[0, 2]) and torch.equal(U2[0, 0], U[0, 2])
+    # one scenario's policy product, not four's: BLAS may round the last bits differently
+    assert_close_across_paths(X2[0, 0], X[0, 2])
+    assert_close_across_paths(U2[0, 0], U[0, 2])
 
 
 def test_an_episode_that_reaches_the_goal_keeps_its_last_observation(tmp_path):

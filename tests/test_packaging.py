@@ -19,6 +19,9 @@ def test_wheel_ships_the_grammar_and_works_from_it(root, tmp_path):
             assert f"scpo_spec/report/templates/{template}" in names
         assert zf.read("scpo_spec/grammars/scpo.lark") == \
             (root / "grammars" / "scpo.lark").read_bytes()
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        # the console script guards its imports against Ctrl-C (scpo_spec/console.py)
+        assert "scpo = scpo_spec.console:main" in zf.read(entry_points).decode()
         zf.extractall(tmp_path / "site")
     # import the unpacked wheel (not the checkout) and parse a spec with its packaged grammar
     code = ("import scpo_spec, scpo_spec.language.grammar as g; "

@@ -472,11 +472,15 @@ def test_box_bounds_are_read_only_from_plain_boxes(tmp_path):
         "constraint v_lo: always velocity >= -3  smoothness 50\n"
         "constraint w: always[0:5] position <= 0.1  smoothness 50\n"
         "constraint o: always (position <= 0.2 or velocity <= 0.1)  smoothness 50\n"
-        "constraint e: eventually position <= 0.3  smoothness 50\n")
+        "constraint e: eventually position <= 0.3  smoothness 50\n"
+        # an `and` of separate `always` formulas is no box (docs/report.md), nor is
+        # `always a and b`, which reads `(always a) and b`
+        "constraint a: (always position <= 0.05) and (always velocity <= 0.01)  smoothness 50\n"
+        "constraint p: always position <= 0.04 and velocity <= 0.02  smoothness 50\n")
     spec = check_file(write_spec(tmp_path, text)).spec
     b = box_bounds(spec)
     assert set(b) == {"position", "force", "velocity"}
-    assert (b["position"].lo, b["position"].hi) == (-1.5, 1.5)   # w, o, e are no boxes
+    assert (b["position"].lo, b["position"].hi) == (-1.5, 1.5)   # w, o, e, a, p: no boxes
     assert (b["force"].lo, b["force"].hi, b["force"].sources) == (-4, 3, ["force_limit", "v_up"])
     assert (b["velocity"].lo, b["velocity"].hi) == (-3, 2)
 

@@ -695,7 +695,8 @@ _rng_bytes = bytes((i * 7919 + 13) % 256 for i in range(3000))
 READY_SCPO = SCPO_TEXTS[0]
 
 CLI_FILES = {
-    # name: (file name, content (bytes/str/None for a directory), expected `check` exit code)
+    # name: (file name, content (bytes/str/None for a directory), expected `check` exit code;
+    # 2, a usage error, is the exit code of every command)
     "ready_scpo": (SCPO_SPECS[0].name, READY_SCPO, 0),
     "ready_yaml": (YAML_SPECS[0].name, YAML_TEXTS[0], 0),
     "bom_scpo": ("bom.scpo", b"\xef\xbb\xbf" + READY_SCPO.encode(), 0),
@@ -714,7 +715,7 @@ CLI_FILES = {
     "utf16": ("utf16.scpo", READY_SCPO.encode("utf-16"), 1),
     "truncated": ("trunc.scpo", READY_SCPO[: len(READY_SCPO) // 2], 1),
     "truncated_yaml": ("trunc.yaml", YAML_TEXTS[0][: len(YAML_TEXTS[0]) // 2], 1),
-    "directory": ("dir.scpo", None, 1),
+    "directory": ("dir.scpo", None, 2),  # a usage error, like a missing file
     "huge": ("huge.scpo", "# " + "x" * (4 * 2**20 + 10) + "\n" + READY_SCPO, 1),
     # (in-process tests above go 10x deeper; here it is about rendering the diagnostics)
     "deep_brackets": ("deep.scpo", "spec a\nconst c = " + "[" * 1000 + "\n", 1),
@@ -766,6 +767,9 @@ def test_cli_never_prints_a_traceback(tmp_path, case, command):
     else:
         path = _write(tmp_path, name, content)
     result = _invoke([*COMMANDS[command], str(path)])
+    if check_code == 2:  # said before any file is read, by every command; no JSON
+        assert result.exit_code == 2 and "error" in result.output, result.output[-2000:]
+        return
     if command.startswith("check"):
         assert result.exit_code == check_code, result.output[-2000:]
     else:

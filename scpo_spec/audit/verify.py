@@ -16,7 +16,7 @@ import numpy as np
 
 from scpo_spec.audit.log import GENESIS, LogLine, read_lines, sha256_hex
 from scpo_spec.audit.records import (End, Header, Holdout, Init, RecordError, Resume, Step,
-                                     parse_record)
+                                     Try, parse_record)
 from scpo_spec.audit.rundir import RunDir
 from scpo_spec.compile.certificate import certificate, rounding_error
 
@@ -24,6 +24,7 @@ REL_TOL = 1e-9   # a recomputed certificate must match the logged one to this re
 GRAM_TOL = 1e-9  # S must be symmetric and PSD, diag(S) = ‖d_j‖², to this relative precision
 STALL_STREAK = 5          # this many rejected steps in a row is a stall
 STALL_ELL_GROWTH = 1e3    # so is ℓ grown beyond this factor of the spec's value
+SLACK_USED_UP = 0.99      # a certified step that uses this much of a metric's slack met its bound
 
 
 def verify_chain(lines: list[LogLine]) -> list[str]:
@@ -431,7 +432,9 @@ def _stall(a: _Audit, res: AuditResult) -> dict | None:
     """What held training back, if anything did: the longest run of rejected steps when it
     reaches STALL_STREAK ("rejected"), else ℓ grown more than STALL_ELL_GROWTH-fold over the
     spec's value ("ell").  Names the metric refuted most in that stretch, the scenario of its
-    last counterexample, ℓ's growth, or the solver's complaint when nothing was refuted."""
+    last counterexample, ℓ's growth, the most common reason, and the `cause` the advice follows
+    from: why most of the stretch's steps were rejected (`_rejection_cause`), counted in
+    `causes`."""
     growth = {n: res.ell_max[n] / s for n, s in res.ell_spec.items() if s}
     grown = max(growth, key=growth.get) if growth else None
     streak = a.longest
@@ -439,7 +442,8 @@ def _stall(a: _Audit, res: AuditResult) -> dict | None:
         return None
     stretch = streak if len(streak) >= STALL_STREAK else a.all_steps
     counts: dict[str, int] = {}
-    scenario, reasons = None, []
+    causes: dict[str, int] = {}
+    scenario, reasons, refuted_before, bound_by = None, [], None, {}
     for rec in stretch:
         reasons.append(rec.reason)
         for t in rec.tries:
@@ -448,29 +452,138 @@ def _stall(a: _Audit, res: AuditResult) -> dict | None:
                 cx = t.counterexample.get(n) if isinstance(t.counterexample, dict) else None
                 if isinstance(cx, dict) and "scenario" in cx:
                     scenario = {"index": cx.get("scenario"), "x0": cx.get("x0")}
+        if streak and not rec.accepted:
+            cause = _rejection_cause(rec, a, refuted_before)
+            refuted_before = cause if cause in ("margin", "certificate") else refuted_before
+            if cause is not None:
+                causes[cause] = causes.get(cause, 0) + 1
+            held = _slack_used_up(rec, a) if cause == "loss" else None
+            if held is not None:
+                bound_by[held] = bound_by.get(held, 0) + 1
     metric = max(counts, key=counts.get) if counts else (None if streak else grown)
-    return {"kind": "rejected" if len(streak) >= STALL_STREAK else "ell", "metric": metric,
+    kind = "rejected" if len(streak) >= STALL_STREAK else "ell"
+    cause = max(causes, key=causes.get) if kind == "rejected" and causes else "certificate"
+    return {"kind": kind, "metric": metric, "cause": cause, "causes": causes,
             "rejected_in_a_row": len(streak), "from_step": streak[0].step if streak else None,
             "ell_growth": growth.get(metric) if metric in growth else None,
-            "scenario": scenario, "reason": max(set(reasons), key=reasons.count) if streak
-            and not counts else None}
+            "margin": (float(a.margins[a.names.index(metric)]) if metric in a.names else None),
+            "worst_g": _worst_g(stretch), "scenario": scenario,
+            "bound_by": max(bound_by, key=bound_by.get) if bound_by else None,
+            "reason": max(set(reasons), key=reasons.count) if streak and not counts else None}
+
+
+def _rejection_cause(rec: Step, a: _Audit, refuted_before: str | None) -> str | None:
+    """Why a rejected step was rejected: "loss" (Armijo found no loss decrease along the
+    certified step), "solver" (the projection gave no usable answer), "margin" (the rollout
+    kept every refuted metric within its bound, g ≤ 0, but not by its margin) or "certificate"
+    (the rollout broke the bound the certificate promised).  A solver failure after this step's
+    refutations, or at an ℓ grown STALL_ELL_GROWTH-fold by earlier ones (`refuted_before`: the
+    stretch's last refutation cause), is that refutation's doing: ℓ doubled until the
+    projection had no room."""
+    if not rec.tries:
+        return None
+    last = rec.tries[-1]
+    if last.outcome == "no_descent":
+        return "loss"
+    refuted = [t for t in rec.tries if t.outcome == "refuted"]
+    if refuted:
+        return _refutation_cause(refuted[-1], a)
+    if last.outcome == "solver_failed":
+        return refuted_before if refuted_before and _ell_grown(last, a) else "solver"
+    return None
+
+
+def _refutation_cause(t: Try, a: _Audit) -> str:
+    v = t.verified
+    refuted = [a.names.index(n) for n in t.refuted if n in a.names]
+    within = (v is not None and v.shape == (len(a.names),) and bool(refuted)
+              and all(math.isfinite(v[i]) and v[i] <= 0 for i in refuted))
+    return "margin" if within else "certificate"
+
+
+def _ell_grown(t: Try, a: _Audit) -> bool:
+    ell = t.ell
+    if ell is None or ell.shape != (len(a.names),):
+        return False
+    return any(s and ell[i] > STALL_ELL_GROWTH * s for i, s in enumerate(a.spec_ell))
+
+
+def _slack_used_up(rec: Step, a: _Audit) -> str | None:
+    """The metric whose slack −g0 − margin the step's certified ξ used up (≥ SLACK_USED_UP of
+    it, by the certificate recomputed from the log), when one did: the safety constraint, not
+    the step's length, shaped that step."""
+    t = rec.tries[-1]
+    k, n = len(a.names), rec.S.shape[0] if rec.S.ndim == 2 else -1
+    if t.xi is None or t.xi.shape != (n,) or t.ell is None or t.ell.shape != (k,) or \
+            rec.g0.shape != (k,) or rec.G.shape != (k, n) or rec.S.shape != (n, n):
+        return None
+    with np.errstate(all="ignore"):
+        bound = certificate(rec.g0, rec.G, rec.S, t.ell, t.xi)
+        slack = -a.margins - rec.g0
+        used = np.where(slack > 0, (bound - rec.g0) / np.where(slack > 0, slack, 1.0), 0.0)
+    i = int(np.nanargmax(used)) if np.any(np.isfinite(used)) else None
+    return a.names[i] if i is not None and used[i] >= SLACK_USED_UP else None
+
+
+def _worst_g(steps: list[Step]) -> float | None:
+    """The largest g of a policy the stretch started a step from (how close training was to a
+    bound); None where the log holds none."""
+    values = [float(np.max(rec.g0)) for rec in steps
+              if rec.g0.size and np.all(np.isfinite(rec.g0))]
+    return max(values) if values else None
+
+
+CAUSE_WORDS = {"loss": "no loss decrease along the certified step",
+               "certificate": "refuted by rollout beyond the bound",
+               "margin": "refuted by rollout within the margin",
+               "solver": "no usable projection"}
 
 
 def describe_stall(s: dict) -> str:
-    """What held training back, and what to try, in words (the CLI summary and the report)."""
+    """What held training back, and what to try, in words (the CLI summary and the report):
+    the advice follows the cause the log shows (`_stall`'s `cause`)."""
+    metric = s.get("metric")
+    cause = s.get("cause") or ("certificate" if metric else "solver")
     growth = f"; its ℓ grew {s['ell_growth']:.3g}-fold" if s.get("ell_growth") else ""
     where = (f", worst on scenario {s['scenario']['index']} (x₀ = {s['scenario']['x0']})"
              if s.get("scenario") else "")
-    if s["kind"] == "rejected" and s.get("metric") is None:
-        return (f"stalled: {s['rejected_in_a_row']} updates rejected in a row from step "
-                f"{s['from_step']} ({s['reason']}). hint: the projection had no usable answer "
-                "there: the constraints leave almost no room (g close to −margin) or the solver is "
-                "inaccurate; try another `solver` (scs, gurobi) or smaller margins")
-    head = (f"stalled: '{s['metric']}' blocked training ({s['rejected_in_a_row']} updates "
-            f"rejected in a row from step {s['from_step']}{growth}{where})"
-            if s["kind"] == "rejected" else
-            f"hard going: the certificate of '{s['metric']}' was refuted again and again"
-            f"{growth}{where}")
-    return (head + ". hint: the metric is not ℓ-smooth there (a Lyapunov ratio with V(x₀) ≈ 0, "
-            "a bound touched at t = 0); every accepted update was still verified by rollout. "
-            "Raise its `smoothness` ℓ or lower r (docs/tuning.md)")
+    causes = s.get("causes") or {}
+    mixed = (" (" + ", ".join(f"{CAUSE_WORDS.get(c, c)}: {k}" for c, k in
+                              sorted(causes.items(), key=lambda item: -item[1])) + ")"
+             if len(causes) > 1 else "")
+    rejected = (f"stalled: {s['rejected_in_a_row']} updates rejected in a row from step "
+                f"{s['from_step']}")
+    if s["kind"] != "rejected":
+        return (f"hard going: the certificate of '{metric}' was refuted again and again"
+                f"{growth}{where}. " + _ELL_HINT)
+    if cause == "loss":
+        worst = (f"; the metrics stayed at g ≤ {s['worst_g']:.3g}"
+                 if s.get("worst_g") is not None else "")
+        held = s.get("bound_by")
+        return (f"{rejected}: the loss did not decrease along the certified step (Armijo "
+                f"backtracking){worst}{mixed}. hint: "
+                + ("the safety constraints did not shape these steps (none used up its "
+                   "slack); the step is too long for the loss there: lower the optimizer's "
+                   "`lr` (e.g. 10×)" if held is None else
+                   f"lower the optimizer's `lr` (e.g. 10×); '{held}' used up its slack on these "
+                   "steps, so if that does not help: more `directions`, or a lower ℓ where "
+                   "`scpo calibrate` shows it loose (docs/tuning.md)"))
+    if cause == "margin":
+        margin = f" {s['margin']:.3g}" if s.get("margin") is not None else ""
+        return (f"{rejected}: '{metric}' stayed within its bound by rollout (g ≤ 0) but not by "
+                f"its margin{margin}{where}{mixed}. hint: the margin leaves no room where "
+                "training is: lower that metric's `margin` (or train's `margin`) if the slack "
+                "is not needed, or raise its `smoothness` ℓ so the certified steps keep further "
+                "from the bound")
+    if cause == "certificate":
+        return (f"stalled: '{metric}' blocked training ({s['rejected_in_a_row']} updates "
+                f"rejected in a row from step {s['from_step']}{growth}{where}){mixed}. "
+                + _ELL_HINT)
+    return (f"{rejected} ({s.get('reason') or 'the solver'}){mixed}. hint: the projection had "
+            "no usable answer there: the constraints leave almost no room (g close to −margin) "
+            "or the solver is inaccurate; try another `solver` (scs, gurobi) or smaller margins")
+
+
+_ELL_HINT = ("hint: the metric is not ℓ-smooth there (a Lyapunov ratio with V(x₀) ≈ 0, a bound "
+             "touched at t = 0); every accepted update was still verified by rollout. Raise its "
+             "`smoothness` ℓ or lower r (docs/tuning.md)")

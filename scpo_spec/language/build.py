@@ -101,8 +101,11 @@ class Builder:
             folded = to_plain(evaluate(tree, self.consts))
         except EvalError as err:
             hint = err.hint
-            if err.message.startswith("unknown constant"):
-                name = err.message.split("'")[1]
+            name = err.message.split("'")[1] if err.message.startswith("unknown constant") \
+                else None
+            if name is not None and f"const {name}" in self.failed:
+                return M.Quantity(expr=tree, value=None, span=tree.span)  # said at the const
+            if name is not None:
                 hint = did_you_mean(name, self.consts) or hint
             self.diag.error(f"{what}: {err.message}", err.span or tree.span, hint)
         return M.Quantity(expr=tree, value=folded, span=tree.span)
@@ -486,6 +489,8 @@ class Builder:
                 self.diag.error(f"duplicate constant '{entry.key}'", entry.key_span)
                 continue
             quantity = self.quantity(entry.value, f"constant '{entry.key}'")
+            if quantity is None or quantity.value is None:  # reported: its uses say no more
+                self.failed.add(f"const {entry.key}")
             if quantity is None:
                 continue
             spec.consts.append(M.Const(name=entry.key, value=quantity, span=entry.key_span))

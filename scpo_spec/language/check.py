@@ -462,7 +462,7 @@ class Checker:
             self.error(f"'{file.value}' is a directory, not a TorchScript file", file.span,
                        f"{path} (paths are relative to the spec)")
         elif not path.is_file():
-            self.error(f"file '{file.value}' does not exist", file.span,
+            self.error(f"file '{file.value}' " + _not_a_file(path), file.span,
                        f"looked for {path} (paths are relative to the spec)")
 
     def _check_policy(self) -> None:
@@ -727,6 +727,8 @@ class Checker:
             return Ty("num", size=1 if value.ndim == 0 else value.shape[0])
         if self.spec.system is None:  # signals unknown (no system, or one that failed): no guess
             return Ty("num", policy=True)
+        if f"const {e.id}" in self.unbuilt:  # a constant whose own error was reported
+            return None
         if e.id == "backup":
             self.error("'backup' names a controller, not a value", e.span,
                        "use lyapunov(backup) for its Lyapunov function")
@@ -1010,7 +1012,7 @@ class Checker:
                        obj.data.span, f"{path} (paths are relative to the spec)")
             return
         if not path.is_file():
-            self.error(f"data file '{obj.data.value}' does not exist", obj.data.span,
+            self.error(f"data file '{obj.data.value}' " + _not_a_file(path), obj.data.span,
                        f"looked for {path} (paths are relative to the spec)")
             return
         try:
@@ -1146,9 +1148,11 @@ class Checker:
         have = f"this machine has {_bytes(total)}"
         hint = f"a spec may use at most {MEMORY_SHARE:.0%} of the machine's memory"
         if est.bank > limit:
-            policy = self.spec.policy
+            policy, sc = self.spec.policy, self.spec.scenarios
             where = policy.hidden.span if isinstance(policy, M.MlpPolicy) and \
-                est.policy_part >= est.bank / 2 else (sc_span(self.spec) or policy.span)
+                est.policy_part >= est.bank / 2 else \
+                sc.horizon.span if sc.horizon is not None and est.horizon + 1 > est.scenarios \
+                else (sc_span(self.spec) or policy.span)  # the larger of the two factors
             self.error(f"one evaluation of the candidate bank needs about {_bytes(est.bank)} "
                        f"({est.candidates} candidates × {est.scenarios:,} scenarios × "
                        f"{est.horizon + 1} steps, {est.weights:,} weights each); {have}",
@@ -1162,6 +1166,12 @@ class Checker:
 
 
 LINEARISABLE = (M.LinearSystem, M.PendulumSystem, M.DiscreteSystem, M.OdeSystem, M.PythonSystem)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why a path that is no regular file cannot be read (a pipe or device could be opened, and
+    reading it may never end)."""
+    return ("is not a regular file (a pipe or a device)" if path.exists() else "does not exist")
 
 
 def pendulum_linearisation(system: M.PendulumSystem) -> tuple[np.ndarray, np.ndarray]:

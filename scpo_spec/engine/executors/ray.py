@@ -6,8 +6,9 @@ over Ray actors.
 `workers` contiguous chunks of rows; each chunk is evaluated by one actor with the ordinary
 batched evaluator, and the results are concatenated in order. Each actor compiles the checked
 spec model it is sent (`compile_spec`; nothing re-reads the text), then only θ rows travel.
-The metrics are float64 computations of the same code on the same rows, so they are identical
-to the local executor's (tests/test_ray.py checks bit-for-bit equality); single-candidate calls
+The metrics are float64 computations of the same code on the same rows: the local executor's
+up to the last bits (an actor's chunk of rows, on one thread, may take another BLAS kernel;
+tests/test_ray.py checks 1e-12); single-candidate calls
 (θ₀, the verification of a step's candidate, counterexamples, holdout) stay in this process.
 
 Files: whatever the spec names — a regression's `data` CSV, a `system python` or gymnasium
