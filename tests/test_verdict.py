@@ -5,6 +5,7 @@ the public `scpo_spec.load_run` is the engine's own, refusing exactly what `scpo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_the_public_load_run_is_the_engines_and_importing_the_package_needs_no_t
             "print(before, scpo_spec.load_run is r.load_run, scpo_spec.Run is r.Run, "
             "sorted(inspect.signature(scpo_spec.load_run).parameters))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.split(" ", 3)[:3] == ["False", "True", "True"], out.stdout
     assert out.stdout.split(" ", 3)[3].strip() == str(
         ["allow_incomplete", "head", "key", "run_dir", "trust_code"])

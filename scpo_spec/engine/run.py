@@ -742,7 +742,7 @@ def load_run(run_dir: str | Path, *, trust_code: bool = False, head: str | None 
     from scpo_spec.systems import make_dynamics
     run = RunDir(run_dir)
     header = run.header()
-    if not trust_code:  # refused before anything else is read: nothing here may run it
+    if not trust_code:  # a run that names code is refused first, none of it run
         spec, base_dir = run.checked_spec(header)
         if untrusted(spec):
             raise RunError(untrusted(spec))
