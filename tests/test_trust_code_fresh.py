@@ -117,6 +117,8 @@ def _policy_torch(home: Path) -> str:
 
 KINDS = {"system python": _python_plant, "system gymnasium": _gymnasium_module,
          "backup torch": _backup_torch, "policy torch": _policy_torch}
+CODE_FILE = {"system python": "scpo_fresh_plant.py", "system gymnasium": "scpo_fresh_point.py",
+             "backup torch": "ctrl.pt", "policy torch": "policy.pt"}
 
 
 def _run(args: list, cwd: Path) -> subprocess.CompletedProcess:
@@ -138,11 +140,11 @@ def trained(request, tmp_path_factory):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     code = json.loads((home / "run" / "audit.jsonl").read_text().splitlines()[0])["code"]
     assert [c["kind"] for c in code] == [request.param]
-    return home, home / "run"
+    return home, home / "run", home / CODE_FILE[request.param]
 
 
 def test_export_with_trust_code_in_a_fresh_process(trained, tmp_path):
-    home, run = trained
+    home, run, _ = trained
     out = tmp_path / "policy.pt"
     proc = _run(["-m", "scpo_spec.cli", "export", run, "--format", "torchscript", "-o", out,
                  "--trust-code"], home)
@@ -152,7 +154,7 @@ def test_export_with_trust_code_in_a_fresh_process(trained, tmp_path):
 
 
 def test_report_with_trust_code_in_a_fresh_process(trained, tmp_path):
-    home, run = trained
+    home, run, _ = trained
     target = tmp_path / "report.md"
     proc = _run(["-m", "scpo_spec.cli", "report", run, "--trust-code", "--format", "md",
                  "-o", target], home)
@@ -164,7 +166,7 @@ def test_report_with_trust_code_in_a_fresh_process(trained, tmp_path):
 
 
 def test_load_run_with_trust_code_in_a_fresh_process(trained):
-    home, run = trained
+    home, run, _ = trained
     probe = textwrap.dedent(f'''
         import json
         import numpy as np
@@ -180,3 +182,22 @@ def test_load_run_with_trust_code_in_a_fresh_process(trained):
     assert out["verdict"] == "CERTIFIED"
     assert all(out["metrics"][k] <= -m for k, m in out["margins"].items()), out
     assert len(out["u"]) == 1
+
+
+@pytest.mark.slow  # ~5 s per kind; the refusal itself is also tested in-process (test_export, …)
+def test_code_edited_since_training_is_refused_before_it_runs(trained, tmp_path):
+    """The same fresh reader, after the file changed: refused, and the edit never ran."""
+    home, run, code = trained
+    marker = tmp_path / "RAN"
+    original = code.read_bytes()
+    edit = (f"\nimport pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n".encode()
+            if code.suffix == ".py" else b"\0")
+    try:
+        code.write_bytes(original + edit)
+        proc = _run(["-c", f"import scpo_spec; scpo_spec.load_run({str(run)!r}, "
+                           "trust_code=True)"], home)
+        assert proc.returncode == 1 and "CodeChanged" in proc.stderr, proc.stderr
+        assert "changed since the run was trained" in proc.stderr
+        assert not marker.exists()
+    finally:
+        code.write_bytes(original)
