@@ -576,11 +576,12 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
                                                 help="Pass a run that has no end record yet."),
           ) -> None:
     """Re-verify a run from its log alone: the hash chain and every certificate (no torch).
-    The last line is the run's verdict, as every command gives it (CERTIFIED also needs the
-    holdout validation the log holds); the exit code is the audit's.  Exit 0 passed; 1 any
+    The stored spec must pass `scpo check` again.  The last line is the run's verdict, as every
+    command gives it (CERTIFIED also needs the holdout validation the log holds); the exit code
+    is the audit's, which fails exactly the runs `load_run` refuses.  Exit 0 passed; 1 any
     failure, or a run that did not end (unless --allow-incomplete); 2 not a run directory, a
     --head that is not a hash or a --key that cannot be read."""
-    from scpo_spec.audit.verdict import judge
+    from scpo_spec.audit.verdict import STORED_SPEC, judge
     if not run.is_dir():
         _usage(f"not a run directory: {run}")
     if head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", head.strip()):
@@ -592,7 +593,8 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
         except SigningError as e:
             _usage(f"--key: {e}")
     res, verdict = judge(run, head=head, key=key)
-    passed = res.ok and (res.complete or allow_incomplete)
+    passed = not verdict.refusals(allow_incomplete)  # exactly what load_run refuses
+    stored = next(c for c in verdict.checks if c.name == STORED_SPEC)
     if as_json:
         sys.stdout.write(json.dumps({**res.as_dict(), "passed": passed, **verdict.as_dict()},
                                     indent=2) + "\n")
@@ -607,8 +609,8 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     out.print(f"{mark(res.certificates_ok)} certificates recomputed from the log")
     out.print(f"{mark(res.accepted_violations == 0)} accepted iterates violating a metric: "
               f"{res.accepted_violations}")
-    out.print(f"{mark(res.spec_ok)} the spec file and the header's metrics are the header's "
-              "spec text")
+    out.print(f"{mark(stored.ok)} the spec file and the header's metrics are the header's "
+              "spec text, which passes `scpo check`")
     out.print(f"{mark(res.state_ok)} state file bound to the log" if res.state_present else
               "  state file: absent (the log alone was audited)")
     out.print(f"{mark(res.complete)} run complete"
@@ -621,7 +623,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
               if res.loss_first is not None else "  no initial record")
     for name, v in res.worst.items():
         out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
-    for p in res.problems:
+    for p in res.problems + ([stored.detail] if res.spec_ok and not stored.ok else []):
         out.print("problem: " + p, markup=False, style="red", soft_wrap=True)
     if head is None and res.signature is None:
         out.print("note: without --head or --key this proves the log is consistent, not that it "

@@ -176,3 +176,23 @@ def test_load_run_refuses_a_signature_the_key_does_not_verify(genuine, tmp_path)
     loaded = load_run(run, key=public)
     assert loaded.verdict.certified and "signature" in [c.name for c in loaded.verdict.checks]
     _refused(run, "signature .*does not verify with the given public key", key=other)
+
+
+def test_a_stored_spec_that_no_longer_checks_fails_the_audit_and_load_run_alike(tmp_path):
+    """Its regression data file is gone: the log is intact, but the spec it holds does not pass
+    `scpo check` here.  The report said NOT CERTIFIED while `scpo audit` passed."""
+    from scpo_spec import load_run
+    data = tmp_path / "d.csv"
+    data.write_text("".join((ROOT / "data" / "harmful.csv").read_text().splitlines(True)[:40]))
+    text = (ROOT / "specs" / "regression.scpo").read_text().replace(
+        '"../data/harmful.csv"', '"d.csv"').replace("grid 64", "grid 8")
+    run = train(write_spec(tmp_path, text), spec_of(text, tmp_path), text, out=tmp_path / "run",
+                steps=1).run_dir
+    assert invoke(["audit", run]).exit_code == 0
+    data.unlink()
+    audit = invoke(["audit", run])
+    assert audit.exit_code == 1 and "✗ the spec file" in audit.output, audit.output
+    assert "problem: the spec stored in" in " ".join(audit.output.split())
+    assert said(audit.output).startswith("NOT CERTIFIED (stored spec checks (the spec stored in")
+    with pytest.raises(RunError, match="fails `scpo check` .*data file 'd.csv' does not exist"):
+        load_run(run)

@@ -20,12 +20,14 @@ from scpo_spec.errors import ScpoError
 VACUOUS_BOUND = 1.0  # a holdout bound ln(1/β)/N at or above this says nothing
 HOLDOUT = "holdout validation"
 COMPLETE = "run complete"
+STORED_SPEC = "stored spec checks"
 
 
 @dataclass(frozen=True)
 class Check:
-    """One part of the verdict; `audited`: `scpo audit` fails a run for it too (every check but
-    the holdout's)."""
+    """One part of the verdict; `audited`: a failure of the log or the run directory, for which
+    `scpo audit` fails the run and `load_run` refuses it (every check but the holdout's, which
+    judges the final policy)."""
 
     name: str
     ok: bool
@@ -49,8 +51,8 @@ class Verdict:
         return [f"{c.name} ({c.detail})" for c in self.checks if not c.ok]
 
     def refusals(self, allow_incomplete: bool = False) -> list[str]:
-        """The failures a reader that needs the run to pass `scpo audit` refuses it for (every
-        failure but the holdout's; a run not ended yet too, unless `allow_incomplete`)."""
+        """Why `scpo audit` fails the run and `load_run` refuses it ([]: it passes): every
+        failure but the holdout's (a run not ended yet too, unless `allow_incomplete`)."""
         return [f"{c.name} ({c.detail})" for c in self.checks
                 if not c.ok and c.audited and not (allow_incomplete and c.name == COMPLETE)]
 
@@ -119,7 +121,7 @@ def verdict(audit: AuditResult, spec_problem: str | None = None) -> Verdict:
                   if a.end_reason and a.end_reason.startswith("interrupted") else
                   "the log has no end record after its last step: the run was killed or cut "
                   "short (resume it with `scpo train … --resume`)")
-    spec = Check("stored spec checks", spec_problem is None and a.spec_ok,
+    spec = Check(STORED_SPEC, spec_problem is None and a.spec_ok,
                  "the spec in the header passes scpo check again, and the header's metrics and "
                  "the spec file beside the log are that spec"
                  if spec_problem is None and a.spec_ok else
