@@ -1,5 +1,6 @@
 """`scpo runs`: one row per run directory under a folder, read through RunDir and its verdict
-(audit.verdict: the one `scpo report` gives, from the log alone, nothing re-run).  A directory that cannot be read is a row with its problem.
+(audit.verdict: the one `scpo report` gives, from the log alone, nothing re-run).  A directory
+that cannot be read is a row with its problem.
 
 The log's records carry no clock, so `started` is the modification time of the spec copy the
 run wrote when it was created and `ended` that of its audit log (the last append)."""
