@@ -2,34 +2,36 @@
 
 The data flow is one-way: text → parse → model → check → compile → engine → audit → report.
 `load_spec` gives the checked model of a spec; `load_run` gives a trained run back (its spec, its
-policy, rollouts and metrics: see README.md "Python API").  torch is imported only when a run is
-loaded.
+policy, its verdict, rollouts and metrics: see README.md "Python API").  Every public name is
+looked up on first use (PEP 562): `import scpo_spec` stays instant (the language layer takes
+~0.6 s, torch more), so the `scpo` console script (console.py) is running before the command line
+loads, and a Ctrl-C then is "interrupted", not a traceback.  `load_run` and `Run` are
+scpo_spec.engine.run's own objects, not wrappers.
 """
+
+_HOMES = {  # public name → the module that owns it
+    "load_spec": "scpo_spec.language.load",
+    "check_text": "scpo_spec.language.load",
+    "check_file": "scpo_spec.language.load",
+    "Diagnostic": "scpo_spec.language.diagnostics",
+    "SpecError": "scpo_spec.language.diagnostics",
+    "Spec": "scpo_spec.language.model",
+    "load_run": "scpo_spec.engine.run",  # torch comes in with these two
+    "Run": "scpo_spec.engine.run",
+}
 
 
 def __getattr__(name: str):
-    """The spec names, imported on first use: `import scpo_spec` itself stays instant (the
-    language layer takes ~0.6 s), so the `scpo` console script (console.py) is running before
-    the command line loads, and a Ctrl-C then is "interrupted", not a traceback."""
-    if name in ("load_spec", "check_text", "check_file"):
-        from scpo_spec.language import load as module
-    elif name in ("Diagnostic", "SpecError"):
-        from scpo_spec.language import diagnostics as module
-    elif name == "Spec":
-        from scpo_spec.language import model as module
-    else:
+    if name not in _HOMES:
         raise AttributeError(f"module 'scpo_spec' has no attribute {name!r}")
-    value = globals()[name] = getattr(module, name)
+    from importlib import import_module
+    value = globals()[name] = getattr(import_module(_HOMES[name]), name)
     return value
 
 
-def load_run(run_dir):
-    """A run directory that passes `scpo audit` → `Run`: `.spec`, `.policy` (numpy or torch
-    states (n,) or (N, n), any float dtype, computed in float64, returned as given), `.simulate`,
-    `.metrics` and the spec's values (`horizon`, `state_names`, … , `spec_summary()`)."""
-    from scpo_spec.engine.run import load_run as _load_run
-    return _load_run(run_dir)
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
 
 
-__all__ = ["load_run", "load_spec", "check_text", "check_file", "Diagnostic", "SpecError", "Spec"]
+__all__ = list(_HOMES)
 __version__ = "0.1.0"

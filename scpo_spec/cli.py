@@ -466,7 +466,7 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     event files go to RUN/tensorboard/ (a failure to write them warns once, never stops the run).
     The last line is the log's head hash: keep it to anchor the log."""
     from scpo_spec.audit.rundir import RunDir
-    from scpo_spec.audit.verify import audit_run
+    from scpo_spec.audit.verdict import judge
     from scpo_spec.engine.run import train as run_training
     from scpo_spec.progress import TrainingProgress
     if resume and force:
@@ -507,16 +507,15 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
             from scpo_spec.audit.signing import sign_head
             sign_head(sign, res.head, signature)
         if no_report:
-            audit = audit_run(res.run_dir)
-            progress.summary(out, res, audit)
-            certified = audit.ok and audit.complete and res.ended == "completed"
+            audit, verdict = judge(res.run_dir)
             report_file = None
         else:  # the report audits the run; the summary reuses that audit
             evidence, report_file = _write_report(res.run_dir, ReportFormat.html, None,
                                                   trust_code=True)
-            progress.summary(out, res, evidence.audit)
-            _say_verdict(evidence, report_file)
-            certified = evidence.certified
+            audit, verdict = evidence.audit, evidence.verdict
+        progress.summary(out, res, audit)
+        _say_verdict(verdict, report_file)
+        certified = verdict.certified
     except (KeyboardInterrupt, OSError, ScpoError) as e:
         tracking.close(interrupted=isinstance(e, KeyboardInterrupt))
         _after_training_failed(e, res)
@@ -587,9 +586,12 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
                                                 help="Pass a run that has no end record yet."),
           ) -> None:
     """Re-verify a run from its log alone: the hash chain and every certificate (no torch).
-    Exit 0 passed; 1 any failure, or a run that did not end (unless --allow-incomplete); 2 not
-    a run directory, a --head that is not a hash or a --key that cannot be read."""
-    from scpo_spec.audit.verify import audit_run
+    The stored spec must pass `scpo check` again.  The last line is the run's verdict, as every
+    command gives it (CERTIFIED also needs the holdout validation the log holds); the exit code
+    is the audit's, which fails exactly the runs `load_run` refuses.  Exit 0 passed; 1 any
+    failure, or a run that did not end (unless --allow-incomplete); 2 not a run directory, a
+    --head that is not a hash or a --key that cannot be read."""
+    from scpo_spec.audit.verdict import STORED_SPEC, judge
     if not run.is_dir():
         _usage(f"not a run directory: {run}")
     if head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", head.strip()):
@@ -600,10 +602,12 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
             check_public_key(key)
         except SigningError as e:
             _usage(f"--key: {e}")
-    res = audit_run(run, head=head, key=key)
-    passed = res.ok and (res.complete or allow_incomplete)
+    res, verdict = judge(run, head=head, key=key)
+    passed = not verdict.refusals(allow_incomplete)  # exactly what load_run refuses
+    stored = next(c for c in verdict.checks if c.name == STORED_SPEC)
     if as_json:
-        sys.stdout.write(json.dumps({**res.as_dict(), "passed": passed}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({**res.as_dict(), "passed": passed, **verdict.as_dict()},
+                                    indent=2) + "\n")
         raise typer.Exit(0 if passed else 1)
     mark = lambda ok: "[green]✓[/]" if ok else "[red]✗[/]"  # noqa: E731
     out.print(f"{mark(res.chain_ok)} hash chain ({res.steps} steps; head {res.head})",
@@ -615,8 +619,8 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     out.print(f"{mark(res.certificates_ok)} certificates recomputed from the log")
     out.print(f"{mark(res.accepted_violations == 0)} accepted iterates violating a metric: "
               f"{res.accepted_violations}")
-    out.print(f"{mark(res.spec_ok)} the spec file and the header's metrics are the header's "
-              "spec text")
+    out.print(f"{mark(stored.ok)} the spec file and the header's metrics are the header's "
+              "spec text, which passes `scpo check`")
     out.print(f"{mark(res.state_ok)} state file bound to the log" if res.state_present else
               "  state file: absent (the log alone was audited)")
     out.print(f"{mark(res.complete)} run complete"
@@ -629,7 +633,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
               if res.loss_first is not None else "  no initial record")
     for name, v in res.worst.items():
         out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
-    for p in res.problems:
+    for p in res.problems + ([stored.detail] if res.spec_ok and not stored.ok else []):
         out.print("problem: " + p, markup=False, style="red", soft_wrap=True)
     if head is None and res.signature is None:
         out.print("note: without --head or --key this proves the log is consistent, not that it "
@@ -637,6 +641,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
                   markup=False, style="dim")
     out.print(("[green]audit passed[/]" if passed else "[red]audit FAILED[/]")
               + f": {_esc(run)}")
+    _say_verdict(verdict)  # the report's verdict: the audit, the stored spec and the holdout
     raise typer.Exit(0 if passed else 1)
 
 
@@ -847,12 +852,14 @@ def _report_target_problem(target: Path, fmt: str) -> str | None:
     return None
 
 
-def _say_verdict(evidence, target: Path) -> None:
-    if evidence.certified:
-        out.print(f"[green bold]CERTIFIED[/]: report {_esc(target)}")
+def _say_verdict(verdict, target: Path | None = None) -> None:
+    """The verdict (audit.verdict's) in one line, and where its report is, if written."""
+    where = f": report {_esc(target)}" if target is not None else ""
+    if verdict.certified:
+        out.print(f"[green bold]CERTIFIED[/]{where}", soft_wrap=True)
     else:
-        out.print(f"[red bold]NOT CERTIFIED[/] ({_esc('; '.join(evidence.failures))}): report "
-                  f"{_esc(target)}")
+        out.print(f"[red bold]NOT CERTIFIED[/] ({_esc('; '.join(verdict.failures))}){where}",
+                  soft_wrap=True)
 
 
 @command()
@@ -879,7 +886,7 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
     if not RunDir(run).is_run():
         _usage(f"not a run directory (no audit.jsonl): {run}")
     evidence, target = _write_report(run, fmt, output, key, trust_code)
-    _say_verdict(evidence, target)
+    _say_verdict(evidence.verdict, target)
 
 
 class ExportFormat(str, Enum):

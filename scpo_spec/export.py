@@ -2,9 +2,9 @@
 
 A view of a finished run (docs/architecture.md: beside cli.py): the policy is `load_run`'s
 (the last θ the log accepted, the backup included — a gain or a TorchScript controller), float64,
-states (N, n) → inputs (N, m) with a dynamic batch axis.  The verdict is the report's own
-(`report.evidence.gather`, read from the log alone: nothing is re-trained or rolled out), and a
-run that is not CERTIFIED is refused unless `force`, which the file then says (`forced: true`).
+states (N, n) → inputs (N, m) with a dynamic batch axis.  The verdict is every reader's
+(`audit.verdict`, read from the log alone: nothing is re-trained or rolled out), and a run that
+is not CERTIFIED is refused unless `force`, which the file then says (`forced: true`).
 
 The file carries the run's identity (`metadata`): the spec's SHA-256 (as in the header), the
 audit log's head hash, θ's hash (records.theta_sha256: SHA-256 of its float64 little-endian
@@ -65,19 +65,19 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
                force: bool = False, trust_code: bool = False) -> Exported:
     """Write the run's policy as `fmt` ("onnx" | "torchscript"); ExportError / RunError when
     it cannot be (a run that is not CERTIFIED, without `force`, among them)."""
-    from scpo_spec.report.evidence import gather
+    from scpo_spec.audit.verdict import judge
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}' (onnx or torchscript)")
-    evidence = gather(run_dir, compute_holdout=False, final_policy=False)
-    if not evidence.certified and not force:
-        raise ExportError(f"{Path(run_dir)} is NOT CERTIFIED ({'; '.join(evidence.failures)}); "
+    audit, verdict = judge(run_dir)
+    if not verdict.certified and not force:
+        raise ExportError(f"{Path(run_dir)} is NOT CERTIFIED ({'; '.join(verdict.failures)}); "
                           "not exporting its policy (--force exports it anyway, marked "
                           "forced: true in the file)")
-    run = load_run(run_dir, trust_code=trust_code)
+    run = load_run(run_dir, trust_code=trust_code, allow_incomplete=force)
     theta_hash = theta_sha256(run.theta.numpy())
-    if theta_hash != evidence.audit.final_theta:  # load_run already binds them; say so if not
+    if theta_hash != audit.final_theta:  # load_run already binds them; say so if not
         raise RunError(f"{run.path}: the policy loaded ({theta_hash[:16]}…) is not the log's "
-                       f"last accepted one ({str(evidence.audit.final_theta)[:16]}…)")
+                       f"last accepted one ({str(audit.final_theta)[:16]}…)")
     metadata = {
         "format": METADATA_FORMAT,
         "run": run.path.name,
@@ -85,9 +85,9 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
         "spec_sha256": run.header.spec.get("sha256"),
         "head": RunDir(run.path).head(),
         "theta_sha256": theta_hash,
-        "verdict": "CERTIFIED" if evidence.certified else "NOT CERTIFIED",
-        "failures": list(evidence.failures),
-        "forced": bool(force and not evidence.certified),
+        "verdict": verdict.word,
+        "failures": list(verdict.failures),
+        "forced": bool(force and not verdict.certified),
         "states": run.state_names,
         "inputs": run.input_names,
         "dtype": "float64",

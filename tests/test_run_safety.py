@@ -106,8 +106,9 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path):
         assert second.exit_code == 1, text
         assert f"pid {first.pid}" in text and "one writer" in text and "Traceback" not in text
         assert first.poll() is None, "the first writer ended before the second tried"
-        _, err = first.communicate(timeout=300)
-        assert first.returncode == 0, err
+        out, err = first.communicate(timeout=300)
+        # it ran to the end; 60 steps of this spec may end NOT CERTIFIED by the holdout (exit 1)
+        assert first.returncode == 0 or "NOT CERTIFIED (holdout validation" in out, out + err
     finally:
         first.kill()
     assert audit(run) == 0

@@ -218,7 +218,10 @@ class RunDir:
         to where the spec was), or RunError.  A spec that names code (a python plant, a
         gymnasium `module:Env`, a TorchScript backup or policy) is checked without importing
         or opening any of it; with `trust_code`, its files must first be exactly the ones the
-        header fingerprinted, and then the checks that run the code run too."""
+        header fingerprinted, and then the checks that run the code run too (those of the
+        language: a gymnasium module is imported).  A python plant or a TorchScript file is
+        loaded by whoever uses it, under `expecting` (these bytes or none), and is checked
+        with `ran_as_recorded` after it loaded."""
         from scpo_spec.language.code import (CodeMismatch, expecting, names_code, ran_as_recorded,
                                              unchanged)
         from scpo_spec.language.load import check_text, parse_model
@@ -249,7 +252,7 @@ class RunDir:
             raise RunError(f"the spec stored in {self.log} fails `scpo check` ({first}); "
                            "refusing to read the run as that spec")
         if runs_code and trust_code:  # and what ran is what was checked (not a cached .pyc)
-            problems = ran_as_recorded(header.code, result.spec, origin.parent)
+            problems = ran_as_recorded(header.code, result.spec, origin.parent, every=False)
             if problems:
                 raise CodeChanged(f"not trusting the code of {self.path}: {problems[0]}")
         return result.spec, origin.parent

@@ -49,6 +49,7 @@ class AuditResult:
     chain_ok: bool = True
     certificates_ok: bool = True
     complete: bool = False
+    records: int = 0      # lines of the log read
     steps: int = 0
     accepted: int = 0
     rejected: int = 0
@@ -108,6 +109,7 @@ def audit_run(run_dir: str | Path, head: str | None = None,
     if chain:
         res.chain_ok = False
         res.problems += chain
+    res.records = len(lines)
     if lines:
         res.head = sha256_hex(lines[-1].raw)
     if head is not None:

@@ -40,6 +40,15 @@ def _torch_files(spec: Spec, base_dir: Path) -> list[Diagnostic]:
     return check_files(spec, base_dir)
 
 
+def import_plant(dynamics) -> None:
+    """A `system python` plant imported and probed now rather than at its first step (where
+    `make_dynamics` leaves it): a trusted run's plant must run while only the bytes the run
+    recorded may (`language.code.expecting`), not later, outside that check."""
+    from scpo_spec.systems.user_code import PythonPlant
+    if isinstance(getattr(dynamics, "map", None), PythonPlant):
+        dynamics.map.load()
+
+
 def cuda_missing() -> str | None:
     """Why `device cuda` cannot run here (None when it can)."""
     import torch

@@ -584,6 +584,8 @@ from contextlib import nullcontext  # noqa: E402
 from dataclasses import field  # noqa: E402
 from typing import TYPE_CHECKING, NamedTuple  # noqa: E402
 
+from scpo_spec.audit.verdict import Verdict  # noqa: E402
+
 if TYPE_CHECKING:
     from scpo_spec.policies.policy import PolicyFamily
     from scpo_spec.systems.dynamics import Dynamics
@@ -609,6 +611,7 @@ class Run:
     policy: torch.nn.Module
     theta: torch.Tensor
     header: Header
+    verdict: Verdict              # CERTIFIED or not, and why (audit.verdict: every reader's)
     base_dir: Path | None = None  # where the spec's data paths are relative to
     _family: PolicyFamily | None = field(default=None, repr=False, compare=False)
     _dynamics: Dynamics | None = field(default=None, repr=False, compare=False)
@@ -765,38 +768,61 @@ class Run:
 
     def _compile(self) -> CompiledSpec:
         if self._compiled is None:
+            from scpo_spec.compile.usercode import import_plant
             with expecting(self.header.code, self.spec, self.base_dir):
-                self._compiled = compile_spec(self.spec, self.base_dir)
+                compiled = compile_spec(self.spec, self.base_dir)
+                import_plant(compiled.dynamics)
+            self._compiled = compiled
         return self._compiled
 
 
-def load_run(run_dir: str | Path, *, trust_code: bool = False) -> Run:
-    """A run directory whose log audits clean: `.spec` (the model) and `.policy` (float64, numpy
-    or torch states (N, n) or (n,) → actions), the last policy the log accepted — never a state
-    file the log disowns.  See `Run` for `simulate`, `metrics` and the spec's values.
+def load_run(run_dir: str | Path, *, trust_code: bool = False, head: str | None = None,
+             key: str | Path | None = None, allow_incomplete: bool = False) -> Run:
+    """A run directory that passes `scpo audit` (with `head` and `key`, as its --head and --key)
+    → `Run`: `.spec` (the model), `.policy` (float64, numpy or torch states (N, n) or (n,) →
+    actions), the last policy the log accepted — never a state file the log disowns — and
+    `.verdict` (CERTIFIED or not, and why: the verdict every reader gives).  See `Run` for
+    `simulate`, `metrics` and the spec's values.
 
-    A run whose spec names code (a python plant, a gymnasium `module:Env`, a TorchScript backup
-    or policy) is refused unless `trust_code`: then its files must hash as the run recorded."""
-    from scpo_spec.audit.verify import audit_run
+    RunError for what `scpo audit` refuses: a broken chain or certificate, an accepted step
+    whose logged g violates, a spec copy or header that is not the stored spec, a state file
+    that is not the log's, a chain that does not end at `head`, a signature that does not
+    verify with `key` (an Ed25519 public key file), and a run that has not ended (unless
+    `allow_incomplete`).  A run whose spec names code (a python plant, a gymnasium
+    `module:Env`, a TorchScript backup or policy) is refused unless `trust_code`: then its
+    files must hash as the run recorded before they run."""
+    from scpo_spec.audit.rundir import CodeChanged
+    from scpo_spec.audit.verdict import judge
+    from scpo_spec.compile.usercode import import_plant
     from scpo_spec.language.code import untrusted
     from scpo_spec.policies import make_backup, make_policy
     from scpo_spec.systems import make_dynamics
     run = RunDir(run_dir)
-    head = run.header()
-    spec, base_dir = run.checked_spec(head, trust_code=trust_code)
-    if not trust_code and untrusted(spec):
-        raise RunError(untrusted(spec))
-    audit = audit_run(run.path)
-    if not (audit.chain_ok and audit.certificates_ok):
-        raise RunError(f"{run.path} does not pass `scpo audit` ({audit.problems[0]}); "
+    header = run.header()
+    if not trust_code:  # a run that names code is refused first, none of it run
+        spec, base_dir = run.checked_spec(header)
+        if untrusted(spec):
+            raise RunError(untrusted(spec))
+    audit, verdict = judge(run, head=head, key=Path(key) if key is not None else None)
+    refused = verdict.refusals(allow_incomplete)
+    if refused:
+        more = (" (allow_incomplete=True loads a run that has not ended)"
+                if not audit.complete and not allow_incomplete else "")
+        raise RunError(f"{run.path} does not pass `scpo audit`: {'; '.join(refused)}{more}; "
                        "not loading its policy")
+    if trust_code:  # only a run that passes the audit has its code run
+        spec, base_dir = run.checked_spec(header, trust_code=True)
     theta = torch.from_numpy(run.final_theta(audit.final_theta)).to(DTYPE)
-    with expecting(head.code, spec, base_dir):  # the recorded bytes, or nothing runs
+    with expecting(header.code, spec, base_dir):  # the recorded bytes, or nothing runs
         dynamics = make_dynamics(spec, base_dir)
+        import_plant(dynamics)  # now, under the check: not at the first step
         family = make_policy(spec, dynamics.n, dynamics.m,
                              make_backup(spec, dynamics, base_dir), base_dir)
+    wrong = ran_as_recorded(header.code, spec, base_dir)  # each piece ran, from those bytes
+    if wrong:
+        raise CodeChanged(f"not trusting the code of {run.path}: {wrong[0]}")
     if theta.shape != family.theta0.shape:
         raise RunError(f"{run.state} holds {theta.numel()} weights; the spec's policy has "
                        f"{family.d}")
-    return Run(run.path, spec, family.module(theta).eval(), theta, head, base_dir,
+    return Run(run.path, spec, family.module(theta).eval(), theta, header, verdict, base_dir,
                _family=family, _dynamics=dynamics)

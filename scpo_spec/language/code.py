@@ -308,14 +308,18 @@ def unchanged(recorded: list | None, spec: M.Spec, base_dir: Path | None) -> lis
     return problems
 
 
-def ran_as_recorded(recorded: list | None, spec: M.Spec, base_dir: Path | None) -> list[str]:
+def ran_as_recorded(recorded: list | None, spec: M.Spec, base_dir: Path | None,
+                    every: bool = True) -> list[str]:
     """Why the code that ran in this process for the spec is not the code a run recorded ([]
-    when each piece ran from the recorded file's recorded bytes).  `unchanged` looks at the
-    files before they run; this looks at what ran, which a planted __pycache__ file or a
-    module imported earlier from elsewhere could otherwise make differ."""
+    when each piece ran from the recorded file's recorded bytes; with `every` False, a piece
+    that has not run yet is no problem: it is refused before it runs, under `expecting`).
+    `unchanged` looks at the files before they run; this looks at what ran, which a planted
+    __pycache__ file or a module imported earlier from elsewhere could otherwise make differ."""
     problems = []
     for ref, key, want in _recorded(recorded, spec, base_dir):
         ran = EXECUTED.get(key) if key is not None else None
+        if ran is None and not every:
+            continue
         if ran != want:
             what = "did not run" if ran is None else f"ran from {ran[0]} (SHA-256 {ran[1][:16]}…)"
             problems.append(f"{ref.kind} '{ref.target}' {what}, not from the file and SHA-256 "

@@ -19,19 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.audit.records import Header, Holdout, Init, Record, Step
-from scpo_spec.audit.rundir import STATE_NAME, CodeChanged, RunDir, RunError
+from scpo_spec.audit.records import Header, Init, Record, Step
+from scpo_spec.audit.rundir import RunDir, RunError
+from scpo_spec.audit.verdict import (Check, Verdict, holdout_bound, logged_holdout,
+                                     stored_spec, verdict)
 from scpo_spec.audit.verify import AuditResult, audit_run, describe_stall
-from scpo_spec.language.code import untrusted
+from scpo_spec.language.code import names_code, ran_as_recorded, untrusted
 
-VACUOUS_BOUND = 1.0  # a holdout bound ln(1/β)/N at or above this says nothing
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
+__all__ = ["Check", "Evidence", "Series", "fmt", "gather"]
 
 
 @dataclass
@@ -64,7 +59,7 @@ class Evidence:
     end: object | None
     spec_problem: str | None = None   # why the stored spec could not be used, if it could not
     signature: str | None = None      # "valid", "invalid: …", or None (unsigned)
-    checks: list = field(default_factory=list)
+    verdict: Verdict | None = None    # audit.verdict's, on the log: what every reader says
     trajectories: object | None = None    # final.Trajectories: the final policy's rollouts
     regression: object | None = None      # final.RegressionFit: f(x) against the data and band
     final_note: str | None = None         # why the final policy could not be shown, if so
@@ -82,13 +77,7 @@ class Evidence:
     @property
     def holdout_bound(self) -> float | None:
         """ln(1/β)/N when the holdout found no violation (recomputed, not read from the log)."""
-        h = self.holdout
-        if not h:
-            return None
-        try:
-            return Holdout.from_dict(h, "holdout").recomputed_bound
-        except ScpoError:
-            return None
+        return holdout_bound(self.holdout)
 
     @property
     def stall_text(self) -> str:
@@ -96,13 +85,17 @@ class Evidence:
         return describe_stall(self.audit.stall) if self.audit.stall else ""
 
     @property
+    def checks(self) -> tuple[Check, ...]:
+        return self.verdict.checks
+
+    @property
     def certified(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return self.verdict.certified
 
     @property
     def failures(self) -> list[str]:
         """Each failed check and why, e.g. 'holdout validation (3 of 200 fresh scenarios violate)'."""
-        return [f"{c.name} ({c.detail})" for c in self.checks if not c.ok]
+        return self.verdict.failures
 
 
 def gather(run_dir: str | Path, compute_holdout: bool = True,
@@ -121,15 +114,14 @@ def gather(run_dir: str | Path, compute_holdout: bool = True,
         records = []
         audit.certificates_ok = False
         audit.problems.append(str(err))
-    spec, base, spec_problem, code_problem = None, None, None, None
-    try:
-        try:
-            spec, base = run.checked_spec(header, trust_code=trust_code)
-        except CodeChanged as err:  # the run itself is still what it is: only the pictures go
-            spec, base = run.checked_spec(header)
-            trust_code, code_problem = False, str(err)
-    except RunError as err:
-        spec_problem = str(err)
+    code_problem = None
+    spec, base, spec_problem = stored_spec(run, header)  # the verdict's: no code run
+    if spec is not None:
+        if trust_code and names_code(spec):
+            try:
+                spec, base = run.checked_spec(header, trust_code=True)
+            except RunError as err:  # the run itself is still what it is: only the pictures go
+                trust_code, code_problem = False, str(err)
     series, rejected, refutations = _series(records)
     end = next((r for r in reversed(records) if r.TYPE == "end"), None)
     final = _Final(run, audit, spec, base, trust_code)
@@ -139,8 +131,7 @@ def gather(run_dir: str | Path, compute_holdout: bool = True,
     metrics = _metric_rows(header, audit, spec, holdout)
     ev = Evidence(run.path, header, records, audit, spec, metrics, series, rejected, refutations,
                   holdout, source, audit.final_theta, end, spec_problem,
-                  _signature(run, audit.head, key))
-    ev.checks = _checks(ev)
+                  _signature(run, audit.head, key), verdict(audit, spec_problem))
     if final_policy:
         ev.trajectories, ev.regression, ev.final_note = final.pictures(header)
     return ev
@@ -166,14 +157,23 @@ class _Final:
         return self._theta
 
     def compiled(self):
-        if self._compiled is None and self.theta() is not None:
+        if self._compiled is None and self.problem is None and self.theta() is not None:
             from scpo_spec.compile.problem import compile_spec
+            from scpo_spec.compile.usercode import import_plant
             from scpo_spec.language.code import expecting
+            code = self.run.header().code
             try:
-                with expecting(self.run.header().code, self.spec, self.base):
-                    self._compiled = compile_spec(self.spec, self.base)
+                with expecting(code, self.spec, self.base):  # the recorded bytes, or none
+                    compiled = compile_spec(self.spec, self.base)
+                    import_plant(compiled.dynamics)
             except (ScpoError, OSError) as err:  # e.g. a regression's data file is gone
                 self.problem = f"the spec does not compile here ({err})"
+                return None
+            wrong = ran_as_recorded(code, self.spec, self.base)
+            if wrong:
+                self.problem = f"not trusting the code of {self.run.path}: {wrong[0]}"
+                return None
+            self._compiled = compiled
         return self._compiled
 
     def pictures(self, header):
@@ -233,8 +233,8 @@ def _list(x) -> list | None:
 
 
 def _holdout(audit: AuditResult, final: _Final, compute: bool):
-    h = audit.holdout
-    if h is not None and h.get("theta") == audit.final_theta:
+    h = logged_holdout(audit)
+    if h is not None:
         return h, "logged at the end of training (in the hash chain)"
     if not compute or final.spec is None:
         return None, "not available"
@@ -245,7 +245,8 @@ def _holdout(audit: AuditResult, final: _Final, compute: bool):
 
     from scpo_spec.engine.holdout import validate_holdout
     h = validate_holdout(compiled, torch.from_numpy(final.theta()))
-    return h, "computed when this report was made (the run logged none for its final policy)"
+    return h, ("computed when this report was made (the run logged none for its final policy; "
+               "not in the hash chain, so not part of the verdict)")
 
 
 def _metric_rows(header, audit, spec, holdout) -> list:
@@ -274,68 +275,6 @@ def _metric_rows(header, audit, spec, holdout) -> list:
                      "holdout_violations": (holdout or {}).get("violations_per_metric", {})
                      .get(m["name"])})
     return rows
-
-
-def _checks(ev: Evidence) -> list[Check]:
-    """The verdict's parts: CERTIFIED only when every one holds."""
-    a = ev.audit
-    chain = Check("hash chain", a.chain_ok,
-                  f"{len(ev.records)} records verify; head {a.head}" if a.chain_ok else
-                  "; ".join(p for p in a.problems if "prev" in p or "seq" in p or "JSON" in p)
-                  or "; ".join(a.problems[:3]))
-    certs = Check("certificates recomputed from the log", a.certificates_ok,
-                  f"every certificate of {a.steps} steps recomputes and proves g ≤ −margin"
-                  if a.certificates_ok else
-                  "; ".join(a.problems[:3]))
-    viol = Check("accepted iterates", a.accepted_violations == 0,
-                 f"none of the {a.accepted + 1} accepted iterates (θ₀ included) violates"
-                 if a.accepted_violations == 0
-                 else f"{a.accepted_violations} accepted iterate(s) violate")
-    ended = Check("run complete", a.complete and a.end_reason is not None,
-                  f"the log ends with its end record ({a.end_reason})" if a.complete else
-                  f"the run was {a.end_reason} (resume it with `scpo train … --resume`)"
-                  if a.end_reason and a.end_reason.startswith("interrupted") else
-                  "the log has no end record after its last step: the run was killed or cut "
-                  "short (resume it with `scpo train … --resume`)")
-    spec = Check("stored spec checks", ev.spec_problem is None and a.spec_ok,
-                 "the spec in the header passes scpo check again, and the header's metrics and "
-                 "the spec file beside the log are that spec"
-                 if ev.spec_problem is None and a.spec_ok else
-                 ev.spec_problem or "; ".join(a.spec_problems[:2]))
-    state = Check("state file bound to the log", a.state_ok,
-                  "state.npz belongs to the log's last record and holds its last accepted θ"
-                  if a.state_ok else next((p for p in a.problems if STATE_NAME in p),
-                                          "state.npz does not belong to this log"))
-    if a.state_present is False:  # a log handed over alone: nothing to bind, nothing to deploy
-        state = Check("state file", True, "absent: the log alone was audited; this directory "
-                      "does not hold the final policy (only its hash, in the log)")
-    checks = [chain, certs, viol, ended, spec, state, _holdout_check(ev)]
-    if ev.signature is not None and not ev.signature.startswith("unverified"):
-        checks.append(Check("signature", ev.signature == "valid",
-                            "the head is signed with the given Ed25519 key"
-                            if ev.signature == "valid" else ev.signature))
-    return checks
-
-
-def _holdout_check(ev: Evidence) -> Check:
-    h = ev.holdout
-    if h is None or not h.get("count"):
-        return Check("holdout validation", False,
-                     "no holdout validation: the spec declares no `holdout` scenarios"
-                     if h is not None else f"holdout {ev.holdout_source}")
-    bound = ev.holdout_bound
-    beta = float(h.get("beta") or 0)
-    if bound is None:
-        return Check("holdout validation", False,
-                     f"{h.get('violations')} of {h['count']} fresh scenarios violate")
-    if not bound < VACUOUS_BOUND:
-        return Check("holdout validation", False,
-                     f"0 of {h['count']} fresh scenarios violate, but the bound P(violation) ≤ "
-                     f"{bound:.3g} says nothing (it needs more than ln(1/β) = "
-                     f"{math.log(1 / beta):.3g} scenarios)")
-    return Check("holdout validation", True,
-                 f"0 of {h['count']} fresh scenarios violate; P(violation) ≤ {bound:.3g} with "
-                 f"confidence 1 − {beta:g}")
 
 
 def fmt(x, digits: int = 6) -> str:

@@ -1,6 +1,6 @@
-"""`scpo runs`: one row per run directory under a folder, read through RunDir and the report's
-evidence (the same verdict `scpo report` gives, without re-running anything: the holdout as
-logged, no final-policy rollouts).  A directory that cannot be read is a row with its problem.
+"""`scpo runs`: one row per run directory under a folder, read through RunDir and its verdict
+(audit.verdict: the one `scpo report` gives, from the log alone, nothing re-run).  A directory
+that cannot be read is a row with its problem.
 
 The log's records carry no clock, so `started` is the modification time of the spec copy the
 run wrote when it was created and `ended` that of its audit log (the last append)."""
@@ -67,30 +67,30 @@ def _when(path: Path) -> str | None:
 
 def read_row(path: Path) -> RunRow:
     """Everything `scpo runs` shows about one run; never raises for a bad directory."""
-    from scpo_spec.report.evidence import gather
+    from scpo_spec.audit.verdict import judge
     run = RunDir(path)
     row = RunRow(path=str(path))
     specs = run.spec_files()
     row.started = _when(specs[0]) if specs else None
     row.ended = _when(run.log)
     try:
-        ev = gather(path, compute_holdout=False, final_policy=False)
+        header = run.header()
+        a, verdict = judge(run)
     except Exception as e:  # noqa: BLE001 - a listing shows a broken run, never a traceback
         row.problem = " ".join(str(e).split()) or type(e).__name__
         return row
-    a = ev.audit
-    row.spec = ev.header.spec.get("name")
+    row.spec = header.spec.get("name")
     row.steps, row.accepted, row.rejected = a.steps, a.accepted, a.rejected
     row.loss_first, row.loss_last = a.loss_first, a.loss_last
-    margins = {str(m.get("name")): float(m.get("margin") or 0.0) for m in ev.header.metrics}
+    margins = {str(m.get("name")): float(m.get("margin") or 0.0) for m in header.metrics}
     closest = [(v + margins.get(name, 0.0), name, v) for name, v in a.worst.items()
                if isinstance(v, float) and math.isfinite(v)]
     if closest:
         _, row.worst_metric, row.worst_value = max(closest)
         row.worst_bound = -margins.get(row.worst_metric, 0.0) + 0.0
     row.head = a.head
-    row.verdict = "CERTIFIED" if ev.certified else "NOT CERTIFIED"
-    row.failures = ev.failures or None
+    row.verdict = verdict.word
+    row.failures = verdict.failures or None
     return row
 
 
