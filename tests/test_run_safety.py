@@ -677,10 +677,12 @@ def test_steps_then_resume_is_the_uninterrupted_run(tmp_path, text):
     run = tmp_path / "run"
     first = runner.invoke(app, ["train", str(spec), "--out", str(run), "--steps", "6", "-q",
                                 "--no-report"])
-    assert first.exit_code == 0, first.output
+    # the verdict is not what this test is about (these small specs' 50 holdout states may find a
+    # violation: exit 1): the run itself must have been written and audited whole
+    assert first.exit_code in (0, 1) and "audit passed" in first.output, first.output
     result = runner.invoke(app, ["train", str(spec), "--out", str(run), "--resume", "-q",
                                  "--no-report"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, 1) and "audit passed" in result.output, result.output
     resumed, reference = trajectory(run), straight(tmp_path, text)
     assert len(resumed[0]) == 10
     if text is REFUTED:  # what makes this spec a test of ℓ: step 5 was refuted
