@@ -29,6 +29,8 @@ constraint c_mixed:   always (a + 0.5 * f <= 4 or not (b >= 2))
 constraint c_until:   (abs(a) <= 2) until[0:5] (norm(state) <= 1)
 constraint c_final:   at final abs(b) * 2 - a / 4 <= 1
 constraint c_window:  always[2:8] max(f, b) - min(a, b) <= 6
+constraint c_not:     always not (abs(a) >= 0.8)
+constraint c_implies: always (abs(b) >= 0.3 -> [a, f] in [-2, 2])
 """
 
 
@@ -138,7 +140,7 @@ def test_a_pendulum_closed_loop_is_enclosed():
     system = ("system pendulum {\n  state a, b\n  input f\n  dt = 0.05  g = 9.81  m = 1  l = 1\n}")
     text = _spec_text(None, None, "mlp { hidden = [8]  activation = tanh  residual = backup  "
                       "seed = 3 }", "backup lqr { Q = diag(1, 1)  R = diag(1) }",
-                      box=((-0.3, 0.3), (-0.2, 0.2)), system=system)
+                      box=((0.2, 1.0), (-0.3, 0.3)), system=system)
     compiled = _compiled(text)
     theta = compiled.family.theta0.clone()
     theta[-9:] = torch.linspace(-0.5, 0.5, 9, dtype=theta.dtype)
@@ -184,6 +186,12 @@ def test_a_linear_closed_loop_has_the_analytic_hull():
             np.testing.assert_allclose(reach.inputs_hi[0, t].numpy(),
                                        KP @ c + np.abs(KP) @ r, atol=1e-12)
         P = M @ P
+    # the box's corners reach the hull's faces: their float rollouts stay inside only
+    # because the rounding terms are there
+    corners = _sample(lo, hi, 0)
+    X, U = compiled.evaluator.rollout(theta[None], corners)
+    assert ((X[0] >= reach.states_lo[0]) & (X[0] <= reach.states_hi[0])).all()
+    assert ((U[0] >= reach.inputs_lo[0]) & (U[0] <= reach.inputs_hi[0])).all()
 
 
 # ---- (c) a violating patch the scenarios miss: COUNTEREXAMPLE, never PROVED ----
