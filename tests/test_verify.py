@@ -310,3 +310,35 @@ def test_verify_is_undecided_when_the_cell_budget_is_too_small():
     assert r.verdict in ("PROVED", "UNDECIDED") and r.counterexample is None
     if r.verdict == "UNDECIDED":
         assert r.proved_fraction < 1 and r.open_cells >= 1 and result.exit_code == 3
+
+
+def test_verify_a_trained_run_checks_its_final_policy(tmp_path):
+    from scpo_spec.engine.run import train
+    from tests.engine_specs import small_di, spec_of
+    text = small_di(steps=4)
+    (tmp_path / "spec.scpo").write_text(text, encoding="utf-8")
+    run = train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text,
+                out=tmp_path / "run").run_dir
+    result = runner.invoke(app, ["verify", str(run), "--json"])
+    assert result.exit_code in (0, 3), result.output  # never a counterexample: it is safe
+    out = json.loads(result.stdout)
+    assert set(out["constraints"]) == {"position_limit", "force_limit", "margin"}
+    assert out["constraints"]["margin"]["verdict"] == "PROVED"
+    text_out = runner.invoke(app, ["verify", str(run)]).stdout
+    assert f"run {run}: its final policy" in text_out.replace("\n", "")
+    (run / "audit.jsonl").write_text("{}\n", encoding="utf-8")  # a run that fails its audit
+    assert runner.invoke(app, ["verify", str(run)]).exit_code == 2
+
+
+@pytest.mark.slow
+def test_the_double_integrator_trained_20_steps_is_proved(root, tmp_path):
+    from scpo_spec.engine.run import train
+    text = (root / "specs" / "double_integrator.scpo").read_text(encoding="utf-8")
+    (tmp_path / "spec.scpo").write_text(text, encoding="utf-8")
+    from tests.engine_specs import spec_of
+    run = train(tmp_path / "spec.scpo", spec_of(text, tmp_path), text, out=tmp_path / "run",
+                steps=20).run_dir
+    result = runner.invoke(app, ["verify", str(run), "--json"])
+    out = json.loads(result.stdout)
+    assert result.exit_code == 0 and out["verdict"] == "PROVED", out
+    print(f"trained 20 steps: PROVED in {out['seconds']:.2f} s over {out['cells']} cells")
