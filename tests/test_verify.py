@@ -148,6 +148,64 @@ def test_a_pendulum_closed_loop_is_enclosed():
     _check_enclosed(compiled, theta, lo, hi, 10_000)
 
 
+DISCRETE = """system discrete {
+  state a, b
+  input f
+  next a = a + 0.1 * b
+  next b = b + 0.1 * (f - 0.5 * sin(a) + 0.2 * a * b - 0.1 * b^2) / 1.5
+}"""
+ODE = """system ode {
+  state a, b
+  input f
+  dt = 0.1
+  integrator INTEGRATOR
+  substeps 2
+  der a = b
+  der b = -2 * sin(a) + f - 0.3 * b * cos(a) + 0.1 * tanh(a * b)
+}"""
+
+
+@pytest.mark.parametrize("system", [DISCRETE, ODE.replace("INTEGRATOR", "rk4"),
+                                    ODE.replace("INTEGRATOR", "midpoint"),
+                                    ODE.replace("INTEGRATOR", "euler")])
+def test_a_declared_plant_is_enclosed(system):
+    torch.set_num_threads(1)
+    text = _spec_text(None, None, "mlp { hidden = [8]  activation = tanh  residual = backup  "
+                      "seed = 5 }", "backup lqr { Q = diag(1, 1)  R = diag(1) }",
+                      box=((0.1, 0.7), (-0.3, 0.3)), system=system)
+    compiled = _compiled(text)
+    theta = compiled.family.theta0.clone()
+    theta[-9:] = torch.linspace(0.4, -0.4, 9, dtype=theta.dtype)
+    lo, hi = _box(compiled)
+    _check_enclosed(compiled, theta, lo, hi, 10_000)
+
+
+def test_products_and_sines_of_a_wide_box_are_enclosed_in_one_step():
+    """a⁺ = a·b over [0, 1]² reaches 1 at a corner, 0.75 past the linear part's reach: the
+    product's cross term is what encloses it (and sin's remainder, 1.5·sin over [0, 2])."""
+    system = """system discrete {
+  state a, b
+  input f
+  next a = a * b + f
+  next b = 1.5 * sin(2 * a) + 0 * b
+}"""
+    compiled = _compiled(_spec_text(None, None, "linear { init = zero }", "", horizon=1,
+                                    box=((0, 1), (0, 1)), system=system, formulas=PATCH))
+    lo, hi = _box(compiled)
+    reach, _ = _check_enclosed(compiled, compiled.family.theta0, lo, hi, 10_000)
+    assert reach.states_hi[0, 1, 0] >= 1 and reach.states_hi[0, 1, 1] >= 1.5 * np.sin(1.0)
+
+
+def test_a_declared_function_the_verifier_cannot_bound_is_named():
+    system = DISCRETE.replace("next a = a + 0.1 * b", "next a = a + 0.1 * sqrt(b^2 + 1)")
+    compiled = _compiled(_spec_text(None, None, "linear { init = backup }",
+                                    "backup linear { K = [[-1, -1.5]] }", system=system,
+                                    formulas=PATCH))
+    result = verify(compiled, compiled.family.theta0)
+    assert result.verdict == "UNDECIDED" and result.exit_code == 3
+    assert "sqrt" in result.reason and "discrete" in result.reason
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed,activation,residual", [(11, "tanh", True), (12, "relu", False),
                                                       (13, "sigmoid", True)])

@@ -2,8 +2,8 @@
 inputs that enclose every trajectory the ordinary evaluator computes from a box of initial
 states (compile/evaluator.py's float64 rollout, rounding included: zonotope.py).
 
-What is covered: plants `linear` (exact but for rounding) and `pendulum` (sin by a mean-value
-remainder); policies `mlp` (tanh, sigmoid, relu, identity; `residual = backup` over a gain
+What is covered: plants `linear` (exact but for rounding), `pendulum` (sin by a mean-value
+remainder) and declared `discrete`/`ode` ones (declared.py: the integrator's one-step map); policies `mlp` (tanh, sigmoid, relu, identity; `residual = backup` over a gain
 backup: lqr or linear) and `linear`, and a `torch` policy mapped onto the MLP family.  Anything
 else raises Unsupported with the reason (the verdict is then UNDECIDED, never PROVED).
 """
@@ -68,12 +68,18 @@ class ClosedLoop:
         self.horizon = compiled.evaluator.horizon
         if dyn.kind == "linear" and dyn.map is None:
             self.A, self.B = torch.as_tensor(dyn.A, dtype=DTYPE), torch.as_tensor(dyn.B, dtype=DTYPE)
+        elif dyn.kind in ("discrete", "ode"):
+            from scpo_spec.verify.declared import Unbounded, declared_step
+            try:
+                self.declared = declared_step(compiled.spec)
+            except Unbounded as e:
+                raise Unsupported(self._unbounded(dyn.kind, e)) from None
         elif dyn.kind == "pendulum":
             # the evaluator's constants, computed by the same Python expressions
             self.pend = (3 * dyn.g / (2 * dyn.length), 3 / (dyn.mass * dyn.length ** 2), dyn.dt)
         else:
-            raise Unsupported(f"a '{dyn.kind}' system is not bounded by the verifier yet (it "
-                              "covers linear and pendulum plants)")
+            raise Unsupported(f"a '{dyn.kind}' system is not bounded by the verifier (it covers "
+                              "linear, pendulum and declared discrete/ode plants)")
         self.kind = dyn.kind
         if len(family.layers) > 1 and family.activation not in ACTIVATIONS:
             raise Unsupported(f"no sound relaxation of the activation '{family.activation}' "
@@ -100,7 +106,19 @@ class ClosedLoop:
                 h = activation(h, self.activation)
         return h
 
+    @staticmethod
+    def _unbounded(kind: str, e: Exception) -> str:
+        return (f"the {kind} system's equations use {e}, which the verifier does not bound "
+                "yet")
+
     def plant(self, x: Zono, u: Zono) -> Zono:
+        if self.kind in ("discrete", "ode"):
+            from scpo_spec.verify.declared import Unbounded
+            try:
+                return _cat(self.declared([_column(x, i) for i in range(self.n)],
+                                          [_column(u, j) for j in range(self.m)]))
+            except Unbounded as e:
+                raise Unsupported(self._unbounded(self.kind, e)) from None
         if self.kind == "linear":  # x Aᵀ, then += u Bᵀ (addmm_): one dot of n + m terms
             return affine([(x, self.A), (u, self.B)], None)
         a, b, dt = self.pend
