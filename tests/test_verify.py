@@ -71,7 +71,9 @@ def _box_bounds(compiled, theta, lo, hi):
                                 [s.name for s in spec.system.inputs],
                                 {c.name: c.value.value for c in spec.consts})
     reach = loop.reach(lo, hi)
-    bounds = [compiler.formula(p.formula)(reach, None) for p in spec.properties]
+    rho = (float(compiled.evaluator.spectral_radius(theta[None])[0])
+           if any(m.uses_linearisation for m in compiled.metrics) else None)
+    bounds = [compiler.formula(p.formula)(reach, rho) for p in spec.properties]
     return reach, bounds
 
 
@@ -194,6 +196,66 @@ def test_products_and_sines_of_a_wide_box_are_enclosed_in_one_step():
     lo, hi = _box(compiled)
     reach, _ = _check_enclosed(compiled, compiled.family.theta0, lo, hi, 10_000)
     assert reach.states_hi[0, 1, 0] >= 1 and reach.states_hi[0, 1, 1] >= 1.5 * np.sin(1.0)
+
+
+def test_the_shipped_cartpole_with_its_state_dependent_denominator_is_enclosed(root):
+    """rk4 over 150 steps of the cart-pole's equations: products, sin, cos and a division by
+    l·(4/3 − mp cos²θ/(mc + mp)); the policy's net made non-zero."""
+    torch.set_num_threads(1)
+    from scpo_spec.language.load import check_file
+    path = root / "specs" / "cartpole.scpo"
+    compiled = compile_spec(check_file(path).spec, path.parent)
+    theta = compiled.family.theta0.clone()
+    theta[-17:] = torch.linspace(-0.2, 0.2, 17, dtype=theta.dtype)
+    lo, hi = _box(compiled)
+    gen = torch.Generator().manual_seed(0)
+    x0 = lo + (hi - lo) * torch.rand(10_000, 4, generator=gen, dtype=lo.dtype)
+    reach, bounds = _box_bounds(compiled, theta, lo[None], hi[None])
+    X, U = compiled.evaluator.rollout(theta[None], x0)
+    assert torch.isfinite(reach.states_hi).all()
+    assert ((X[0] >= reach.states_lo[0]) & (X[0] <= reach.states_hi[0])).all()
+    assert ((U[0] >= reach.inputs_lo[0]) & (U[0] <= reach.inputs_hi[0])).all()
+    g = compiled.evaluator.per_scenario(theta[None], x0)[0]
+    for j, (_, bhi) in enumerate(bounds):
+        assert (g[:, j] <= bhi[0]).all()
+
+
+def test_a_static_model_is_enclosed():
+    torch.set_num_threads(1)
+    system = "system static {\n  state a, b\n  input f\n}"
+    compiled = _compiled(_spec_text(None, None, "mlp { hidden = [8, 8]  activation = relu  "
+                                    "seed = 2 }", "", horizon=1, system=system,
+                                    formulas="constraint y: always abs(f) <= 3\n"
+                                             "constraint z: always [a, f] in [-5, 5]\n"))
+    lo, hi = _box(compiled)
+    _check_enclosed(compiled, compiled.family.theta0, lo, hi, 10_000)
+
+
+def test_a_metric_it_cannot_bound_is_undecided_alone(root):
+    from scpo_spec.language.load import check_file
+    path = root / "specs" / "linear_stability.scpo"
+    compiled = compile_spec(check_file(path).spec, path.parent)
+    result = verify(compiled, compiled.family.theta0, cells=4)
+    verdicts = {k: v.verdict for k, v in result.constraints.items()}
+    assert verdicts == {"position_limit": "PROVED", "force_limit": "PROVED",
+                        "decay": "UNDECIDED", "margin": "PROVED"}
+    assert "lyapunov" in result.constraints["decay"].reason and result.exit_code == 3
+
+
+def test_a_quotient_by_a_state_is_enclosed_in_one_step():
+    """1/(b + 2) over b ∈ [0, 1] is 0.5 at b = 0, above its tangent at the centre (0.48): the
+    reciprocal's remainder is what encloses it."""
+    system = """system discrete {
+  state a, b
+  input f
+  next a = (1 + f) / (b + 2)
+  next b = b
+}"""
+    compiled = _compiled(_spec_text(None, None, "linear { init = zero }", "", horizon=1,
+                                    box=((0, 1), (0, 1)), system=system, formulas=PATCH))
+    lo, hi = _box(compiled)
+    reach, _ = _check_enclosed(compiled, compiled.family.theta0, lo, hi, 10_000)
+    assert reach.states_hi[0, 1, 0] >= 0.5
 
 
 def test_a_declared_function_the_verifier_cannot_bound_is_named():

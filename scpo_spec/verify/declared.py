@@ -3,9 +3,9 @@ affine arithmetic, mirroring systems/declared.py operation by operation (so each
 encloses the evaluator's rounded intermediate), and the integrator's one-step map as written.
 
 Every value is a one-component zonotope sharing the joint (x, u) generators; what is not linear
-(products, sin, cos, tanh, powers) goes to the interval remainder e, never to a new generator, so
+(products, quotients, sin, cos, tanh, powers) goes to the interval remainder e, never to a new generator, so
 values computed on separate branches can be combined soundly.  Covered: + − × (of two values:
-the cross term rad·rad in e), / by a number, unary −, ^ by a positive integer ≤ 4, sin, cos,
+the cross term rad·rad in e), / (by a value: its reciprocal's Taylor remainder), unary −, ^ by a positive integer ≤ 4, sin, cos,
 tanh; anything else raises Unsupported naming it.
 """
 
@@ -78,11 +78,25 @@ def mul(a, b):
     return _rounded(a.c * b.c, a.c.unsqueeze(1) * Gb + b.c.unsqueeze(1) * Ga, up(e, 4))
 
 
+def reciprocal(z: Zono) -> Zono:
+    """1/y = 1/c − (y − c)/c² + R, |R| ≤ r²/m³ with m = min |y| over c ± r (Taylor, Lagrange
+    form: f″ = 2/y³).  A cell whose interval holds 0 gets NaN (unbounded: never proved)."""
+    r = _rad(z) + z.e
+    m = (z.c.abs() - r) * (1 - 4 * U)
+    inv = 1 / z.c
+    lam = -(inv * inv)
+    e = (lam.abs() * z.e * (1 + 4 * U) + r * r / (m * m * m) * (1 + 16 * U)
+         + 4 * U * (inv.abs() + r * inv * inv) + TINY)
+    out = _rounded(inv, lam.unsqueeze(1) * z.G, up(e, 4))
+    out.c = torch.where(m > 0, out.c, torch.nan)
+    return out
+
+
 def div(a, b):
     if _is_number(a) and _is_number(b):
         return a / b
-    if not _is_number(b):
-        raise Unbounded("division by a state or input")
+    if not _is_number(b):  # a·(1/b): the evaluator's one rounding of a / b is within
+        return mul(a, reciprocal(b))  # the product's own rounding term
     k = float(b)
     # torch may divide by a number as a multiplication by its reciprocal: 2 roundings
     return _rounded(a.c / k, a.G / k, a.e / abs(k), 4 * U)

@@ -121,9 +121,15 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         compiler = IntervalCompiler([s.name for s in spec.system.states],
                                     [s.name for s in spec.system.inputs],
                                     {c.name: c.value.value for c in spec.consts})
-        bounders = [compiler.formula(p.formula) for p in spec.properties]
     except Unsupported as e:
         return undecided(str(e))
+    bounders, unbounded = [], [None] * len(metrics)  # a metric it cannot bound: its reason
+    for j, prop in enumerate(spec.properties):
+        try:
+            bounders.append(compiler.formula(prop.formula))
+        except Unsupported as e:
+            bounders.append(None)
+            unbounded[j] = str(e)
     rho = None
     if any(m.uses_linearisation for m in metrics):
         rho = float(compiled.evaluator.spectral_radius(theta[None])[0])
@@ -150,18 +156,26 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         hi = torch.stack([c[1] for c in batch])
         try:
             reach = loop.reach(lo, hi)
-            his = np.stack([b(reach, rho)[1].expand(len(batch)).numpy() for b in bounders], 1)
         except Unsupported as e:
             return undecided(str(e))
+        his = np.full((len(batch), k), np.inf)
+        for j, bounder in enumerate(bounders):
+            if unbounded[j] is None:
+                try:
+                    his[:, j] = bounder(reach, rho)[1].expand(len(batch)).numpy()
+                except Unsupported as e:
+                    unbounded[j] = str(e)
         his = np.where(np.isnan(his), np.inf, his)
         proved = his <= -margins  # (B, k)
+        # splitting helps a metric it bounds and has not refuted; the falsifier serves all
+        splittable = [cex[j] is None and unbounded[j] is None for j in range(k)]
         failing = [i for i in range(len(batch))
                    if any(not proved[i, j] and cex[j] is None for j in range(k))]
         if failing:
             _falsify(compiled, theta, [batch[i] for i in failing], margins, cex, rng)
         room = cells - leaves - len(pending) - len(batch)  # splits the budget still allows
         for i, (clo, chi, depth, _) in enumerate(batch):
-            needs_split = any(not proved[i, j] and cex[j] is None for j in range(k))
+            needs_split = any(not proved[i, j] and splittable[j] for j in range(k))
             if needs_split and room > 0 and time.perf_counter() - start <= time_limit:
                 room -= 1
                 d = int(torch.argmax((chi - clo) / scale))
@@ -177,19 +191,22 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
     for _, _, depth, inherited in pending:  # left by the time limit: the parent's bound holds
         leaves += 1
         bound = np.maximum(bound, inherited)
-        open_cells += 1
+        held = inherited <= -margins
+        proved_volume += np.where(held, 0.5 ** depth, 0.0)
+        open_cells += ~held
     results = {}
     for j, m in enumerate(metrics):
         if cex[j] is not None:
             verdict = COUNTEREXAMPLE
-        elif open_cells[j] == 0 and not timed_out:
+        elif open_cells[j] == 0:  # (a cell the time limit left keeps its parent's bound)
             verdict = PROVED
         else:
             verdict = UNDECIDED
         b = float(bound[j]) if np.isfinite(bound[j]) else None  # None: unbounded (or none)
         reason = None
         if verdict == UNDECIDED:
-            reason = ("time limit reached" if timed_out else
+            reason = (unbounded[j] if unbounded[j] is not None else
+                      "time limit reached" if timed_out else
                       f"the cell budget ({cells}) is spent with {int(open_cells[j])} cells open")
         results[m.name] = ConstraintResult(verdict, b, float(min(proved_volume[j], 1.0)), leaves,
                                            int(open_cells[j]), float(margins[j]), cex[j], reason)

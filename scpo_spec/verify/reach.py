@@ -74,12 +74,14 @@ class ClosedLoop:
                 self.declared = declared_step(compiled.spec)
             except Unbounded as e:
                 raise Unsupported(self._unbounded(dyn.kind, e)) from None
+        elif dyn.kind == "static":
+            pass  # x⁺ = x: the policy is a model y = f(x) of fixed inputs
         elif dyn.kind == "pendulum":
             # the evaluator's constants, computed by the same Python expressions
             self.pend = (3 * dyn.g / (2 * dyn.length), 3 / (dyn.mass * dyn.length ** 2), dyn.dt)
         else:
             raise Unsupported(f"a '{dyn.kind}' system is not bounded by the verifier (it covers "
-                              "linear, pendulum and declared discrete/ode plants)")
+                              "linear, pendulum, static and declared discrete/ode plants)")
         self.kind = dyn.kind
         if len(family.layers) > 1 and family.activation not in ACTIVATIONS:
             raise Unsupported(f"no sound relaxation of the activation '{family.activation}' "
@@ -119,6 +121,8 @@ class ClosedLoop:
                                           [_column(u, j) for j in range(self.m)]))
             except Unbounded as e:
                 raise Unsupported(self._unbounded(self.kind, e)) from None
+        if self.kind == "static":  # the evaluator copies x: exact
+            return Zono(x.c, x.G, x.e)
         if self.kind == "linear":  # x Aᵀ, then += u Bᵀ (addmm_): one dot of n + m terms
             return affine([(x, self.A), (u, self.B)], None)
         a, b, dt = self.pend
