@@ -156,6 +156,9 @@ class IntervalCompiler(S.ElementwiseCompiler):
 
     def combine(self, fn, vals) -> Iv:
         vals, timed = _steps(list(vals))
+        if not timed and all(torch.equal(v.lo, v.hi) for v in vals):
+            point = fn(*[v.lo for v in vals])  # numbers only: the evaluator's own value
+            return Iv(point, point, False)
         if len(vals) == 1 and fn in _UNARY:
             lo, hi = _UNARY[fn](vals[0])
         elif len(vals) == 2 and fn in _BINARY:

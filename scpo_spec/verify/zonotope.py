@@ -60,7 +60,7 @@ class Zono:
 
     def radius(self) -> torch.Tensor:
         """Σ_j |G_j| + e, rounded up: |x − c| ≤ radius for every x in the set."""
-        return up(self.G.abs().sum(1), self.k) + self.e * (1 + 4 * U)
+        return up(self.G.abs().sum(1) + self.e, self.k + 1)  # one rounding-up for the sum
 
     def hull(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The interval hull [lo, hi] (N, D), rounded outward."""
