@@ -39,10 +39,14 @@ class ConstraintResult:
     reason: str | None = None
 
     def as_json(self) -> dict:
+        """JSON-ready: a counterexample whose rollout left the finite numbers has g null."""
+        cex = self.counterexample
+        if cex is not None and not np.isfinite(cex["g"]):
+            cex = {**cex, "g": None}
         return {"verdict": self.verdict, "bound": self.bound,
                 "proved_fraction": self.proved_fraction, "cells": self.cells,
                 "open_cells": self.open_cells, "margin": self.margin,
-                "counterexample": self.counterexample, "reason": self.reason}
+                "counterexample": cex, "reason": self.reason}
 
 
 @dataclass
@@ -68,10 +72,19 @@ def model_of(compiled: CompiledSpec) -> str:
     """What a verdict is about, in words."""
     kind = compiled.dynamics.kind
     T = compiled.evaluator.horizon
+    system = compiled.spec.system
     what = {"linear": "x⁺ = A x + B u",
+            "static": "x⁺ = x",
             "pendulum": "the pendulum's semi-implicit Euler step as written",
-            "discrete": "the declared one-step map",
-            "ode": "the integrator's one-step map as written, not the ODE between steps"}
+            "discrete": "the declared one-step map"}
+    if kind == "ode":
+        from scpo_spec.language.model import DEFAULTS
+        method = system.integrator.name if system.integrator is not None \
+            else DEFAULTS[("system ode", "integrator")]
+        substeps = int(system.substeps) if system.substeps is not None \
+            else DEFAULTS[("system ode", "substeps")]
+        what["ode"] = (f"the {method} one-step map with {substeps} substep"
+                       f"{'s' * (substeps != 1)} as written, not the ODE between steps")
     return (f"the spec's discrete-time model ({kind}: {what.get(kind, kind)}) in closed loop "
             f"with the policy, evaluated in float64 as `scpo train` evaluates it, over T = {T} "
             "steps from every initial state in the scenarios' initial box")
@@ -167,12 +180,12 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
                     unbounded[j] = str(e)
         his = np.where(np.isnan(his), np.inf, his)
         proved = his <= -margins  # (B, k)
-        # splitting helps a metric it bounds and has not refuted; the falsifier serves all
-        splittable = [cex[j] is None and unbounded[j] is None for j in range(k)]
         failing = [i for i in range(len(batch))
                    if any(not proved[i, j] and cex[j] is None for j in range(k))]
         if failing:
             _falsify(compiled, theta, [batch[i] for i in failing], margins, cex, rng)
+        # splitting helps a metric it bounds and has not refuted; the falsifier serves all
+        splittable = [cex[j] is None and unbounded[j] is None for j in range(k)]
         room = cells - leaves - len(pending) - len(batch)  # splits the budget still allows
         for i, (clo, chi, depth, _) in enumerate(batch):
             needs_split = any(not proved[i, j] and splittable[j] for j in range(k))
