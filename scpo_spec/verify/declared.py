@@ -3,10 +3,11 @@ affine arithmetic, mirroring systems/declared.py operation by operation (so each
 encloses the evaluator's rounded intermediate), and the integrator's one-step map as written.
 
 Every value is a one-component zonotope sharing the joint (x, u) generators; what is not linear
-(products, quotients, sin, cos, tanh, powers) goes to the interval remainder e, never to a new generator, so
-values computed on separate branches can be combined soundly.  Covered: + − × (of two values:
-the cross term rad·rad in e), / (by a value: its reciprocal's Taylor remainder), unary −, ^ by a positive integer ≤ 4, sin, cos,
-tanh; anything else raises Unsupported naming it.
+(products, quotients, sin, cos, tanh, powers) goes to the interval remainder e, never to a new
+generator, so values computed on separate branches can be combined soundly.  Covered: + − ×
+(of two values: the cross term rad·rad in e), / (by a value: its reciprocal's Taylor
+remainder), unary −, ^ by a positive integer ≤ 4, sin, cos, tanh; anything else raises
+Unbounded naming it (reach.py turns it into Unsupported: UNDECIDED).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from scpo_spec.language import expr as E
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS
-from scpo_spec.language.model import DEFAULTS, DiscreteSystem, OdeSystem, Spec
+from scpo_spec.language.model import DEFAULTS, DiscreteSystem, Spec
 from scpo_spec.systems.expressions import Constant, ElementwiseCompiler
 from scpo_spec.verify.zonotope import LIB_ERROR, TINY, U, Zono, activation, up
 

@@ -2,9 +2,10 @@
 inputs that enclose every trajectory the ordinary evaluator computes from a box of initial
 states (compile/evaluator.py's float64 rollout, rounding included: zonotope.py).
 
-What is covered: plants `linear` (exact but for rounding), `pendulum` (sin by a mean-value
-remainder) and declared `discrete`/`ode` ones (declared.py: the integrator's one-step map); policies `mlp` (tanh, sigmoid, relu, identity; `residual = backup` over a gain
-backup: lqr or linear) and `linear`, and a `torch` policy mapped onto the MLP family.  Anything
+What is covered: plants `linear` (exact but for rounding), `static`, `pendulum` (sin by a
+mean-value remainder) and declared `discrete`/`ode` ones (declared.py: the integrator's one-step
+map); policies `mlp` (tanh, sigmoid, relu, identity; `residual = backup` over a gain backup: lqr
+or linear) and `linear`, and a `torch` policy mapped onto the MLP family.  Anything
 else raises Unsupported with the reason (the verdict is then UNDECIDED, never PROVED).
 """
 
@@ -67,7 +68,8 @@ class ClosedLoop:
         self.n, self.m, self.keep = dyn.n, dyn.m, keep
         self.horizon = compiled.evaluator.horizon
         if dyn.kind == "linear" and dyn.map is None:
-            self.A, self.B = torch.as_tensor(dyn.A, dtype=DTYPE), torch.as_tensor(dyn.B, dtype=DTYPE)
+            self.A = torch.as_tensor(dyn.A, dtype=DTYPE)
+            self.B = torch.as_tensor(dyn.B, dtype=DTYPE)
         elif dyn.kind in ("discrete", "ode"):
             from scpo_spec.verify.declared import Unbounded, declared_step
             try:
