@@ -23,7 +23,6 @@ from scpo_spec.verify.bounds import IntervalCompiler
 from scpo_spec.verify.reach import ClosedLoop, Unsupported
 
 PROVED, COUNTEREXAMPLE, UNDECIDED = "PROVED", "COUNTEREXAMPLE", "UNDECIDED"
-BATCH = 256           # cells bounded in one batched pass
 RANDOM_POINTS = 8     # falsifier points per failing cell besides its centre and corners
 
 
@@ -101,7 +100,7 @@ def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = 4096,
            time_limit: float = 300.0, keep: int = 30, seed: int = 0) -> VerifyResult:
     """Prove, refute or leave open each metric of `compiled` for the policy θ.
 
-    Runs on one torch thread: its matmuls are small (≤ BATCH cells × ~200 generators × the
+    Runs on one torch thread: its matmuls are small (≤ 256 cells × ~200 generators × the
     layer width), where intra-op threads cost more than they give — on a loaded 2-core
     machine the trained double integrator took 59 s with 2 threads and 2.6 s with one."""
     threads = torch.get_num_threads()
@@ -164,7 +163,7 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         if time.perf_counter() - start > time_limit:
             timed_out = True
             break
-        batch, pending = pending[:BATCH], pending[BATCH:]
+        batch, pending = pending[:loop.batch], pending[loop.batch:]
         lo = torch.stack([c[0] for c in batch])
         hi = torch.stack([c[1] for c in batch])
         try:

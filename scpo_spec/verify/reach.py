@@ -97,6 +97,14 @@ class ClosedLoop:
         self.layers = [(W[0].clone(), None if b is None else b[0, 0].clone())
                        for W, b in family._unpack(theta)]
 
+    @property
+    def batch(self) -> int:
+        """Cells per batched pass: the largest generator matrix (cells × generators × width)
+        kept near 2·10⁷ numbers (160 MB), at most 256 cells."""
+        widths = [W.shape[0] for W, _ in self.layers]
+        per_cell = (self.keep + 2 * self.n + self.m + sum(widths)) * max(widths + [self.n])
+        return int(max(1, min(256, 20_000_000 // per_cell)))
+
     # ---- one step ----
     def policy(self, x: Zono) -> Zono:
         """u = net(x) (+ K x), its generators x's first, then the neurons'."""
