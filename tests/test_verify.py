@@ -419,17 +419,23 @@ def test_verify_exit_codes_for_a_counterexample_and_usage_errors(tmp_path):
     assert runner.invoke(app, ["verify", str(bad)]).exit_code == 2
 
 
-def test_verify_is_undecided_when_the_cell_budget_is_too_small():
+def test_splitting_turns_an_undecided_metric_into_a_proved_one():
+    """u = K x + 66·tri(a): |u| ≤ 3.62 over the box (4 − 0.38 sampled), too close to 4 for one
+    cell's ReLU relaxation; 8 cells prove most of the box, 64 all of it."""
     torch.set_num_threads(1)
     compiled, theta = _patch_policy()
-    theta[9:12] = torch.tensor([20.0, -40.0, 20.0], dtype=torch.float64)  # peak |Δu| = 1: safe
-    result = verify(compiled, theta, cells=1, time_limit=60)
-    r = result.constraints["force_limit"]
-    # one cell's relaxation of the triangle cannot prove |u| ≤ 4 − margin … or it can; either
-    # way never a counterexample, and UNDECIDED carries a proved fraction below 1
-    assert r.verdict in ("PROVED", "UNDECIDED") and r.counterexample is None
-    if r.verdict == "UNDECIDED":
-        assert r.proved_fraction < 1 and r.open_cells >= 1 and result.exit_code == 3
+    theta[9:12] = torch.tensor([66.0, -132.0, 66.0], dtype=torch.float64)
+    one = verify(compiled, theta, cells=1, time_limit=60)
+    r = one.constraints["force_limit"]
+    assert r.verdict == "UNDECIDED" and one.exit_code == 3 and r.counterexample is None
+    assert r.proved_fraction == 0 and r.open_cells == 1 and "cell budget (1)" in r.reason
+    some = verify(compiled, theta, cells=8, time_limit=60).constraints["force_limit"]
+    assert some.verdict == "UNDECIDED" and 0.5 < some.proved_fraction < 1
+    enough = verify(compiled, theta, cells=64, time_limit=60)
+    r = enough.constraints["force_limit"]
+    assert enough.verdict == "PROVED" and r.proved_fraction == 1 and 1 < r.cells <= 64
+    worst = compiled.evaluator.per_scenario(theta[None], _sample(*_box(compiled), 10_000))
+    assert float(worst[0, :, 0].max()) <= r.bound <= -1e-6
 
 
 def test_verify_a_trained_run_checks_its_final_policy(tmp_path):
