@@ -259,13 +259,13 @@ def test_a_quotient_by_a_state_is_enclosed_in_one_step():
 
 
 def test_a_declared_function_the_verifier_cannot_bound_is_named():
-    system = DISCRETE.replace("next a = a + 0.1 * b", "next a = a + 0.1 * sqrt(b^2 + 1)")
+    system = DISCRETE.replace("next a = a + 0.1 * b", "next a = a + 0.1 * atan2(b, 2)")
     compiled = _compiled(_spec_text(None, None, "linear { init = backup }",
                                     "backup linear { K = [[-1, -1.5]] }", system=system,
                                     formulas=PATCH))
     result = verify(compiled, compiled.family.theta0)
     assert result.verdict == "UNDECIDED" and result.exit_code == 3
-    assert "sqrt" in result.reason and "discrete" in result.reason
+    assert "atan2" in result.reason and "discrete" in result.reason
 
 
 @pytest.mark.slow
@@ -468,3 +468,33 @@ def test_the_double_integrator_trained_20_steps_is_proved(root, tmp_path):
     out = json.loads(result.stdout)
     assert result.exit_code == 0 and out["verdict"] == "PROVED", out
     print(f"trained 20 steps: PROVED in {out['seconds']:.2f} s over {out['cells']} cells")
+
+
+@pytest.mark.parametrize("expr,box", [
+    ("exp(a) - 2 * abs(b)", ((-1, 1.5), (-1, 1))),
+    ("sqrt(a + 0.1) + log(b + 0.2)", ((0, 2), (0, 1))),
+    ("tan(a) * 0.5 + abs(a - b)", ((-1.2, 1.2), (-0.5, 1))),
+    ("abs(a) - abs(b)", ((-1, 1), (-0.5, 1))),
+])
+def test_smooth_functions_of_a_wide_box_are_enclosed_in_one_step(expr, box):
+    system = f"""system discrete {{
+  state a, b
+  input f
+  next a = {expr} + f
+  next b = b
+}}"""
+    compiled = _compiled(_spec_text(None, None, "linear { init = zero }", "", horizon=1,
+                                    box=box, system=system, formulas=PATCH))
+    lo, hi = _box(compiled)
+    reach, _ = _check_enclosed(compiled, compiled.family.theta0, lo, hi, 20_000)
+    mid = ((lo + hi) / 2)[None]  # and one more point, the centre, that has no slack at all
+    X, _ = compiled.evaluator.rollout(compiled.family.theta0[None], mid)
+    assert reach.states_lo[0, 1, 0] <= X[0, 0, 1, 0] <= reach.states_hi[0, 1, 0]
+
+
+def test_the_shipped_bicycle_with_tan_is_proved(root):
+    from scpo_spec.language.load import check_file
+    path = root / "specs" / "bicycle_lane.scpo"
+    compiled = compile_spec(check_file(path).spec, path.parent)
+    result = verify(compiled, compiled.family.theta0, cells=64)
+    assert result.verdict == "PROVED", result.as_json()

@@ -9,7 +9,7 @@ left of `->` swap the ends).  The float64 operations the evaluator performs (+, 
 max, min, |·|) are correctly rounded, hence monotone: the same operation on the interval's
 ends bounds the evaluator's own rounded value, with no widening.  Library functions (exp, log,
 tanh, pow, sin, cos) are widened by LIB_REL (relative) and the reductions whose order torch
-chooses (norm of more than 4 components, quad) by γ_K.  What is not bounded (lyapunov, tan,
+chooses (norm of more than 4 components, quad) by γ_K.  What is not bounded (lyapunov,
 atan2, a smooth aggregate) raises Unsupported naming it.
 """
 
@@ -108,6 +108,13 @@ def _sin_cos(fn):
     return bound
 
 
+def _tan(a: Iv) -> tuple:
+    """Increasing on (−π/2, π/2); an interval reaching past it is unbounded."""
+    inside = (a.lo > -torch.pi / 2 + 1e-9) & (a.hi < torch.pi / 2 - 1e-9)
+    lo, hi = _monotone_lib(torch.tan)(a)
+    return torch.where(inside, lo, -torch.inf), torch.where(inside, hi, torch.inf)
+
+
 _UNARY = {
     torch.neg: lambda a: (-a.hi, -a.lo),
     torch.abs: _abs,
@@ -118,6 +125,7 @@ _UNARY = {
     torch.tanh: _monotone_lib(torch.tanh),
     torch.sin: _sin_cos(torch.sin),
     torch.cos: _sin_cos(torch.cos),
+    torch.tan: _tan,
 }
 _BINARY = {
     torch.add: lambda a, b: (a.lo + b.lo, a.hi + b.hi),

@@ -6,7 +6,8 @@ Every value is a one-component zonotope sharing the joint (x, u) generators; wha
 (products, quotients, sin, cos, tanh, powers) goes to the interval remainder e, never to a new
 generator, so values computed on separate branches can be combined soundly.  Covered: + − ×
 (of two values: the cross term rad·rad in e), / (by a value: its reciprocal's Taylor
-remainder), unary −, ^ by a positive integer ≤ 4, sin, cos, tanh; anything else raises
+remainder), unary −, ^ by a positive integer ≤ 4, sin, cos, tanh, tan, exp, sqrt, log, abs;
+anything else raises
 Unbounded naming it (reach.py turns it into Unsupported: UNDECIDED).
 """
 
@@ -125,6 +126,61 @@ def _trig(z: Zono, f, df) -> Zono:
     return _rounded(f0, lam.unsqueeze(1) * z.G, up(e, 4))
 
 
+SMOOTH_REL = 1e-14  # relative error allowed to torch's tan, exp, log, sqrt and to ours
+
+
+def _smooth(z: Zono, name: str) -> Zono:
+    """f(c) + f′(c)(x − c) + R, |R| ≤ r²/2·max|f″| over [c − r, c + r] (Taylor, Lagrange form),
+    for tan (|x| < π/2), exp, sqrt and log (x > 0); plus SMOOTH_REL of |f| for the library's
+    error here and in the evaluator.  Where the interval leaves f's domain the cell gets NaN
+    (never proved)."""
+    r = _rad(z) + z.e
+    c = z.c
+    lo, hi = c - r, c + r
+    slack = 1 + 1e-12
+    if name == "tan":
+        m = torch.maximum(lo.abs(), hi.abs()) * slack
+        ok = m < torch.pi / 2 - 1e-9
+        f0, lam = torch.tan(c), 1 / torch.cos(c) ** 2
+        curv = 2 * torch.tan(m).abs() / torch.cos(m) ** 2 * slack
+    elif name == "exp":
+        ok = torch.ones_like(c, dtype=torch.bool)
+        f0 = lam = torch.exp(c)
+        curv = torch.exp(hi) * slack
+    elif name == "sqrt":
+        low = lo * (1 - 1e-12)
+        ok = low > 0
+        f0 = torch.sqrt(c)
+        lam = 0.5 / f0
+        curv = 0.25 / (low * torch.sqrt(low)) * slack
+    else:  # log
+        low = lo * (1 - 1e-12)
+        ok = low > 0
+        f0, lam = torch.log(c), 1 / c
+        curv = 1 / (low * low) * slack
+    remainder = r * r / 2 * curv
+    lib = 2 * SMOOTH_REL * (f0.abs() + lam.abs() * r + remainder + 1)
+    e = lam.abs() * z.e + remainder + lib
+    out = _rounded(f0, lam.unsqueeze(1) * z.G, up(e, 4))
+    out.c = torch.where(ok, out.c, torch.nan)
+    return out
+
+
+def _abs(z: Zono) -> Zono:
+    """|x| = λx + g(x) with g's extremes over [l, u] at l, 0 (if inside) and u (|·| is exact)."""
+    r = _rad(z) + z.e
+    lo, hi = z.c - r, z.c + r
+    lam = torch.where(lo >= 0, 1.0, torch.where(hi <= 0, -1.0, (hi + lo) / (hi - lo)))
+    lam = torch.nan_to_num(lam, nan=0.0).clamp(-1, 1)
+    ends = torch.stack([lo.abs() - lam * lo, hi.abs() - lam * hi,
+                        torch.where((lo < 0) & (hi > 0), 0.0, lo.abs() - lam * lo)])
+    slack = 4 * U * (lo.abs() + hi.abs()) + TINY
+    g_lo, g_hi = ends.amin(0) - slack, ends.amax(0) + slack
+    mu = (g_lo + g_hi) / 2
+    beta = (g_hi - g_lo) / 2 + 2 * U * (g_lo.abs() + g_hi.abs()) + TINY
+    return _rounded(lam * z.c + mu, lam.unsqueeze(1) * z.G, up(beta + lam.abs() * z.e, 4))
+
+
 def _tanh(z: Zono) -> Zono:
     out = activation(z, "tanh")  # its last D = 1 generator is fresh: fold it into e
     return Zono(out.c, out.G[:, :z.k], out.e + out.G[:, z.k:].abs().sum(1))
@@ -139,6 +195,9 @@ _FUNCS = {
     torch.cos: lambda a: torch.cos(a) if _is_number(a) else _trig(
         a, torch.cos, lambda c: -torch.sin(c)),
     torch.tanh: lambda a: torch.tanh(a) if _is_number(a) else _tanh(a),
+    torch.abs: lambda a: torch.abs(a) if _is_number(a) else _abs(a),
+    **{fn: (lambda a, fn=fn: fn(a) if _is_number(a) else _smooth(a, fn.__name__))
+       for fn in (torch.tan, torch.exp, torch.sqrt, torch.log)},
 }
 
 
