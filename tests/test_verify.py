@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from scpo_spec.cli import app
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.language.load import check_text
+from scpo_spec.policies.policy import tanh_via_sigmoid_
 from scpo_spec.verify.bounds import IntervalCompiler
 from scpo_spec.verify.prove import verify
 from scpo_spec.verify.reach import ClosedLoop
@@ -129,12 +130,56 @@ def _box(compiled):
 # ---- (a) soundness against sampling ----
 @pytest.mark.parametrize("seed,activation,residual", [
     (1, "tanh", True), (2, "relu", True), (3, "sigmoid", False), (4, "tanh", False),
-    (5, "relu", False)])
+    (5, "relu", False), (6, "elu", True), (7, "softplus", False), (8, "elu", False)])
 def test_every_sampled_trajectory_and_metric_lies_inside_the_bounds(seed, activation, residual):
     torch.set_num_threads(1)
     compiled, theta = _random_case(seed, activation, residual)
     lo, hi = _box(compiled)
     _check_enclosed(compiled, theta, lo, hi, 10_000, seed)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "elu", "softplus"])
+def test_one_neuron_over_a_wide_range_is_enclosed(activation):
+    """u = 3·σ(2.5a − 0.5) − 1 on a static plant: the relaxation alone decides the hull."""
+    system = "system static {\n  state a, b\n  input f\n}"
+    compiled = _compiled(_spec_text(None, None, f"mlp {{ hidden = [1]  activation = "
+                                    f"{activation}  seed = 0 }}", "", horizon=1,
+                                    system=system, box=((-1, 1), (0, 0.5)),
+                                    formulas="constraint y: always abs(f) <= 30\n"))
+    theta = torch.tensor([2.5, 0.0, -0.5, 3.0, -1.0], dtype=torch.float64)
+    lo, hi = _box(compiled)
+    reach, _ = _check_enclosed(compiled, theta, lo, hi, 20_000)
+    x0 = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.2, 0.0]], dtype=torch.float64)
+    _, U = compiled.evaluator.rollout(theta[None], x0)  # the ends and the kink/inflection
+    assert ((U[0, :, 0, 0] >= reach.inputs_lo[0, 0, 0])
+            & (U[0, :, 0, 0] <= reach.inputs_hi[0, 0, 0])).all()
+
+
+EVALUATOR_ACTIVATIONS = {  # as the rollout computes them (tanh: the fast 2σ(2z) − 1)
+    "tanh": lambda z: tanh_via_sigmoid_(z.clone()),
+    "sigmoid": torch.sigmoid, "relu": torch.relu,
+    "elu": torch.nn.functional.elu, "softplus": torch.nn.functional.softplus}
+
+
+@pytest.mark.parametrize("activation", list(EVALUATOR_ACTIVATIONS))
+def test_each_relaxation_holds_the_activation_as_the_evaluator_computes_it(activation):
+    """For z = c + r·ε: |act(z) − (c′ + λ r ε)| ≤ β, the fresh generator, on dense z over
+    intervals that are wide, narrow, one-sided, off-centre and beyond softplus' threshold."""
+    from scpo_spec.verify.zonotope import Zono, activation as relax
+    intervals = torch.tensor([[-3.0, 2.0], [-1.0, 4.0], [0.3, 0.3000001], [-8.0, -2.0],
+                              [1.0, 6.0], [-0.01, 0.02], [15.0, 30.0], [-40.0, 40.0]],
+                             dtype=torch.float64)
+    z = Zono.box(intervals[:, :1], intervals[:, 1:])
+    out = relax(z, activation)
+    lam_r = out.G[:, 0, 0]  # λ·r: the input's generator, scaled
+    beta = out.G[:, 1, 0]
+    eps = torch.linspace(-1, 1, 20001, dtype=torch.float64)
+    points = z.c + z.G[:, 0, :] * eps  # (intervals, points)
+    points = torch.minimum(torch.maximum(points, intervals[:, :1]), intervals[:, 1:])
+    eps = (points - z.c) / z.G[:, 0, :]
+    actual = EVALUATOR_ACTIVATIONS[activation](points)
+    residual = actual - (out.c + lam_r[:, None] * eps)
+    assert (residual.abs() <= beta[:, None]).all(), (residual.abs().amax(1), beta)
 
 
 def test_a_pendulum_closed_loop_is_enclosed():

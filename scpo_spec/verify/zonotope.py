@@ -10,7 +10,8 @@ a dot product of N terms computed in any order, with or without fused multiply-a
 from the exact one by at most γ_N·Σ|terms| (γ_N = N·u/(1 − N·u), u = 2⁻⁵³; Higham, Thm 3.1);
 our own center and generators are computed in float64 too, so each affine map adds 2·γ_N·Σ|terms|
 (the evaluator's rounding and ours), rounded up.  Activations are enclosed by the min-area
-(DeepZ) parallelogram, computed so that it stays sound after rounding, widened by the
+(DeepZ) parallelogram (tanh, σ, relu; for the convex elu and softplus the chord's slope, the
+tangent at the midpoint below), computed so that it stays sound after rounding, widened by the
 library's error (ACT_ERROR).
 """
 
@@ -139,7 +140,22 @@ def _slope_sigmoid(z: torch.Tensor) -> torch.Tensor:
 
 
 _S_SHAPED = {"tanh": (torch.tanh, _slope_tanh), "sigmoid": (torch.sigmoid, _slope_sigmoid)}
-ACTIVATIONS = ("tanh", "sigmoid", "relu", "identity")
+
+
+def _elu(z: torch.Tensor) -> torch.Tensor:
+    return torch.where(z > 0, z, torch.expm1(torch.clamp(z, max=0)))
+
+
+def _softplus(z: torch.Tensor) -> torch.Tensor:
+    return torch.logaddexp(torch.zeros_like(z), z)  # log(1 + eᶻ), no threshold
+
+
+# convex activations: f, f′, and |the evaluator's f − f| beyond the library's error: torch's
+# softplus returns z itself above z = 20, short of log(1 + eᶻ) by log(1 + e⁻²⁰) < 2.1e-9
+_CONVEX = {"elu": (_elu, lambda z: torch.where(z > 0, 1.0, torch.exp(torch.clamp(z, max=0))),
+                   0.0),
+           "softplus": (_softplus, torch.sigmoid, 2.1e-9)}
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "elu", "softplus", "identity")
 
 
 def activation(z: Zono, name: str) -> Zono:
@@ -169,6 +185,24 @@ def activation(z: Zono, name: str) -> Zono:
         g_lo = g_lo - 4 * U * (1 + (lam * l).abs()) - TINY
         g_hi = g_hi + 4 * U * (1 + (lam * u).abs()) + TINY
         lib = ACT_ERROR
+    elif name in _CONVEX:
+        # g(z) = f(z) − λz is convex for any λ: its max over [l, u] is at an end, and it lies
+        # above its tangent at the midpoint m; λ the chord's slope (f′(m) on a tiny interval)
+        f, slope, beyond = _CONVEX[name]
+        fl, fu = f(l), f(u)
+        m = (l + u) / 2
+        wide = (u - l) > 1e-9 * (1 + l.abs() + u.abs())
+        lam = torch.where(wide, (fu - fl) / torch.where(wide, u - l, 1.0), slope(m))
+        lam = torch.nan_to_num(lam, nan=0.0).clamp(0, 1)
+        err = LIB_ERROR * (1 + torch.maximum(fl.abs(), fu.abs()))  # of f here, per value
+        g_hi = torch.maximum(fl - lam * l, fu - lam * u) + err
+        fm, dm = f(m), slope(m) - lam
+        r = torch.maximum(u - m, m - l)
+        tangent = fm - lam * m - dm.abs() * r  # g(m) + g′(m)(z − m) ≥ this on [l, u]
+        g_lo = tangent - err - LIB_ERROR * (1 + r)  # f(m) and f′(m)'s own errors
+        g_hi = g_hi + 8 * U * (1 + (lam * l).abs() + (lam * u).abs() + fl.abs() + fu.abs())
+        g_lo = g_lo - 8 * U * (1 + (lam * m).abs() + fm.abs() + dm.abs() * r)
+        lib = ACT_ERROR * (1 + torch.maximum(fl.abs(), fu.abs())) + beyond
     else:
         raise ValueError(f"no sound relaxation for the activation '{name}'")
     mu = (g_lo + g_hi) / 2
