@@ -4,9 +4,9 @@ states (compile/evaluator.py's float64 rollout, rounding included: zonotope.py).
 
 What is covered: plants `linear` (exact but for rounding), `static`, `pendulum` (sin by a
 mean-value remainder) and declared `discrete`/`ode` ones (declared.py: the integrator's one-step
-map); policies `mlp` (tanh, sigmoid, relu, elu, softplus, identity; `residual = backup` over a gain backup: lqr
-or linear) and `linear`, and a `torch` policy mapped onto the MLP family.  Anything
-else raises Unsupported with the reason (the verdict is then UNDECIDED, never PROVED).
+map); policies `mlp` (tanh, sigmoid, relu, elu, softplus, identity; `residual = backup` over a
+gain backup: lqr or linear) and `linear`, and a `torch` policy mapped onto the MLP family.
+Anything else raises Unsupported with the reason (the verdict is then UNDECIDED, never PROVED).
 """
 
 from __future__ import annotations
