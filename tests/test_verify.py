@@ -543,3 +543,20 @@ def test_the_shipped_bicycle_with_tan_is_proved(root):
     compiled = compile_spec(check_file(path).spec, path.parent)
     result = verify(compiled, compiled.family.theta0, cells=64)
     assert result.verdict == "PROVED", result.as_json()
+
+
+def test_a_bound_the_evaluator_contradicts_stops_the_verifier(monkeypatch):
+    """The falsifier's points check every cell's bound: an activation relaxation that drops
+    its error generators (unsound) is caught, never printed as PROVED."""
+    import scpo_spec.verify.reach as reach_module
+    from scpo_spec.verify.prove import VerifierError
+    from scpo_spec.verify.zonotope import Zono, activation
+
+    def unsound(z, name):
+        out = activation(z, name)
+        return Zono(out.c, out.G[:, :z.k], out.e)  # the relaxation's error left out
+    compiled, theta = _random_case(4, "tanh", False)
+    assert verify(compiled, theta, cells=16).verdict != "PROVED"  # (sound: no error)
+    monkeypatch.setattr(reach_module, "activation", unsound)
+    with pytest.raises(VerifierError, match="c_box"):
+        verify(compiled, theta, cells=16)

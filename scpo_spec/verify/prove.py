@@ -23,6 +23,11 @@ from scpo_spec.verify.bounds import IntervalCompiler
 from scpo_spec.verify.reach import ClosedLoop, Unsupported
 
 PROVED, COUNTEREXAMPLE, UNDECIDED = "PROVED", "COUNTEREXAMPLE", "UNDECIDED"
+
+
+class VerifierError(Exception):
+    """A bound contradicted by the ordinary evaluator: a bug in the verifier (not a ScpoError:
+    nothing the user did causes it, and it must not pass as a verdict)."""
 RANDOM_POINTS = 8     # falsifier points per failing cell besides its centre and corners
 
 
@@ -179,10 +184,16 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
                     unbounded[j] = str(e)
         his = np.where(np.isnan(his), np.inf, his)
         proved = his <= -margins  # (B, k)
-        failing = [i for i in range(len(batch))
-                   if any(not proved[i, j] and cex[j] is None for j in range(k))]
-        if failing:
-            _falsify(compiled, theta, [batch[i] for i in failing], margins, cex, rng)
+        # the falsifier on every cell: a counterexample where g > 0, and a check of the
+        # bounds themselves — a point's g above its cell's bound is a bug in the verifier,
+        # which must never print PROVED over it
+        g, owner = _falsify(compiled, theta, batch, cex, rng)
+        above = g > his[owner]
+        if above.any():
+            p, j = np.argwhere(above)[0]
+            raise VerifierError(f"the bound {float(his[owner[p], j])!r} of '{metrics[j].name}' "
+                                f"over a cell is below the evaluator's g = {float(g[p, j])!r} "
+                                "at a point of it; please report this")
         # splitting helps a metric it bounds and has not refuted; the falsifier serves all
         splittable = [cex[j] is None and unbounded[j] is None for j in range(k)]
         room = cells - leaves - len(pending) - len(batch)  # splits the budget still allows
@@ -225,23 +236,27 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
     return VerifyResult(_overall(results), time.perf_counter() - start, leaves, model, results)
 
 
-def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, margins: np.ndarray,
-             cex: list, rng: np.random.Generator) -> None:
+def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, cex: list,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Roll the centre, corners and a few random points of each cell out with the ordinary
-    evaluator; record the worst violating point per metric (g > 0) in `cex`."""
-    points = []
-    for lo, hi, _, _ in batch:
+    evaluator; record the worst violating point per metric (g > 0) in `cex`.  Returns every
+    point's g (P, k) and the index of its cell in `batch` (P,)."""
+    points, owner = [], []
+    for i, (lo, hi, _, _) in enumerate(batch):
         lo_np, hi_np = lo.numpy(), hi.numpy()
-        points.append((lo_np + hi_np) / 2)
+        mine = [(lo_np + hi_np) / 2]
         n = lo_np.shape[0]
         if n <= 6:
-            points += [np.where(np.array(bits, dtype=bool), hi_np, lo_np)
-                       for bits in itertools.product((0, 1), repeat=n)]
-        points += list(rng.uniform(lo_np, hi_np, size=(RANDOM_POINTS, n)))
+            mine += [np.where(np.array(bits, dtype=bool), hi_np, lo_np)
+                     for bits in itertools.product((0, 1), repeat=n)]
+        mine += list(rng.uniform(lo_np, hi_np, size=(RANDOM_POINTS, n)))
+        points += mine
+        owner += [i] * len(mine)
     x0 = torch.as_tensor(np.array(points), dtype=DTYPE)
     with torch.no_grad():
         g = compiled.evaluator.per_scenario(theta[None], x0)[0].numpy()  # (P, k)
-    for j in range(len(margins)):
+    for j in range(g.shape[1]):
         worst = int(np.argmax(g[:, j]))
         if g[worst, j] > 0 and (cex[j] is None or g[worst, j] > cex[j]["g"]):
             cex[j] = {"x0": [float(v) for v in x0[worst]], "g": float(g[worst, j])}
+    return g, np.array(owner)
