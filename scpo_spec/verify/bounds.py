@@ -9,8 +9,9 @@ left of `->` swap the ends).  The float64 operations the evaluator performs (+, 
 max, min, |·|) are correctly rounded, hence monotone: the same operation on the interval's
 ends bounds the evaluator's own rounded value, with no widening.  Library functions (exp, log,
 tanh, pow, sin, cos) are widened by LIB_REL (relative) and the reductions whose order torch
-chooses (norm of more than 4 components, quad) by γ_K.  What is not bounded (lyapunov,
-atan2, a smooth aggregate) raises Unsupported naming it.
+chooses (norm of more than 4 components, quad) by γ_K.  lyapunov(P) is V(x_t)/max(V(x_0),
+floor) with both ends bounded by intervals (loose near the origin, where V(x_0) may be 0).
+What is not bounded (atan2, a smooth aggregate) raises Unsupported naming it.
 """
 
 from __future__ import annotations
@@ -151,8 +152,10 @@ class IntervalCompiler(S.ElementwiseCompiler):
     """The metric compiler of compile/signals.py over intervals: a formula → its violation's
     bounds at t = 0 per cell, (lo, hi) each (N,)."""
 
-    def __init__(self, states: list[str], inputs: list[str], consts: dict):
+    def __init__(self, states: list[str], inputs: list[str], consts: dict,
+                 lyapunov_backup: np.ndarray | None = None):
         self.states, self.inputs, self.consts = states, inputs, consts
+        self.lyapunov_backup = lyapunov_backup
         self.reach: Reach | None = None
         self.spectral_radius: float | None = None
 
@@ -217,6 +220,22 @@ class IntervalCompiler(S.ElementwiseCompiler):
             P = np.atleast_2d(evaluate(e.args[0], self.consts))
             arg = self.value(e.args[1])
             return lambda ctx: _quad(arg(ctx), P)
+        if f == "lyapunov":  # V(x_t) / max(V(x_0), floor), V = xᵀPx: both ends monotone
+            arg = e.args[0]
+            P = (self.lyapunov_backup if isinstance(arg, E.Name) and arg.id == "backup"
+                 else evaluate(arg, self.consts))
+            if P is None:
+                raise Unsupported("lyapunov(backup) without a backup's P")
+            P = np.atleast_2d(np.asarray(P, dtype=np.float64))
+
+            def lyapunov(ctx):
+                r = self.reach
+                V = _quad(Iv(r.states_lo[:, None], r.states_hi[:, None], True), P)
+                lo0 = V.lo[:, :, :1].clamp_min(S.LYAPUNOV_FLOOR)
+                hi0 = V.hi[:, :, :1].clamp_min(S.LYAPUNOV_FLOOR)
+                lo, hi = V.lo.clamp_min(0), V.hi  # V ≥ 0 (P is positive semidefinite)
+                return Iv(lo / hi0, hi / lo0, True)
+            return lyapunov
         if f in ("min", "max") and len(e.args) == 1:
             arg = self.value(e.args[0])
 
