@@ -33,6 +33,9 @@ constraint c_window:  always[2:8] max(f, b) - min(a, b) <= 6
 constraint c_not:     always not (abs(a) >= 0.8)
 constraint c_implies: always (abs(b) >= 0.3 -> [a, f] in [-2, 2])
 constraint c_lyap:    lyapunov([[2, 0.5], [0.5, 1]]) <= 50 at final
+constraint c_until2:  (abs(b) <= 1.5) until (abs(a) <= 0.2)
+constraint c_nested:  eventually[0:10] always[0:5] (abs(a) <= 0.4 or f >= 0.1)
+constraint c_quad:    always quad([[1, 0.2], [0.2, 2]], state) - quad(3, f) <= 9
 """
 
 
