@@ -577,5 +577,5 @@ def test_a_bound_the_evaluator_contradicts_stops_the_verifier(monkeypatch):
     compiled, theta = _random_case(4, "tanh", False)
     assert verify(compiled, theta, cells=16).verdict != "PROVED"  # (sound: no error)
     monkeypatch.setattr(reach_module, "activation", unsound)
-    with pytest.raises(VerifierError, match="c_box"):
+    with pytest.raises(VerifierError, match="below the evaluator's g"):
         verify(compiled, theta, cells=16)
