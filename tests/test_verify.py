@@ -579,3 +579,17 @@ def test_a_bound_the_evaluator_contradicts_stops_the_verifier(monkeypatch):
     monkeypatch.setattr(reach_module, "activation", unsound)
     with pytest.raises(VerifierError, match="below the evaluator's g"):
         verify(compiled, theta, cells=16)
+
+
+def test_a_torch_policy_is_verified_and_a_torch_backup_is_undecided(tmp_path):
+    from torch import nn
+    from tests.test_torch_policies import Custom, save, with_backup, with_policy
+    torch.manual_seed(3)
+    save(nn.Sequential(nn.Linear(2, 6), nn.ReLU(), nn.Linear(6, 1)), tmp_path / "policy.pt")
+    compiled = compile_spec(with_policy(tmp_path), tmp_path)
+    lo, hi = _box(compiled)
+    _check_enclosed(compiled, compiled.family.theta0, lo, hi, 10_000)
+    save(Custom(), tmp_path / "ctrl.pt")
+    compiled = compile_spec(with_backup(tmp_path), tmp_path)
+    result = verify(compiled, compiled.family.theta0)
+    assert result.verdict == "UNDECIDED" and "TorchScript backup" in result.reason
