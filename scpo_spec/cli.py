@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok (for `train`: CERTIFIED); 1 a spec has errors, a run is refused (`export`:
 a run NOT CERTIFIED without --force), or `train` ended NOT CERTIFIED / its audit failed; 2 usage errors (and `train` given a spec with errors);
-130 interrupted.  Every error scpo-spec raises on purpose is a `ScpoError`, printed in one
+`verify`: 0 PROVED, 1 a counterexample, 3 undecided, 2 usage or spec errors; 130 interrupted.  Every error scpo-spec raises on purpose is a `ScpoError`, printed in one
 place (`main`); anything else escaping is a bug.
 """
 
@@ -887,6 +887,67 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
         _usage(f"not a run directory (no audit.jsonl): {run}")
     evidence, target = _write_report(run, fmt, output, key, trust_code)
     _say_verdict(evidence.verdict, target)
+
+
+@command("verify")
+def verify_(target: Path = typer.Argument(..., help="A run directory (its final policy) or a "
+                                          "spec file (its θ₀)."),
+            as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+            cells: int = typer.Option(4096, "--cells", min=1, help="Most cells the initial "
+                                      "box may be split into."),
+            time_limit: float = typer.Option(300.0, "--time-limit", min=0.0,
+                                             help="Seconds before the splitting stops."),
+            ) -> None:
+    """Prove each safety metric over the whole initial box (not only the scenarios), refute it
+    with an initial state the ordinary evaluator re-simulates to a violation, or leave it
+    undecided (docs/verify.md: what is proved, about which model).  Exit 0 every metric
+    PROVED; 1 a COUNTEREXAMPLE; 3 UNDECIDED; 2 usage errors, a spec with errors or a run that
+    does not pass its audit."""
+    from scpo_spec.audit.rundir import RunDir
+    from scpo_spec.verify.prove import verify
+    if RunDir(target).is_run():
+        from scpo_spec.compile.problem import compile_spec
+        from scpo_spec.engine.run import load_run
+        try:
+            run = load_run(target)
+            compiled = compile_spec(run.spec, run.base_dir)
+        except ScpoError as e:
+            err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
+            raise typer.Exit(2)
+        theta, what = run.theta, f"run {target}: its final policy"
+    else:
+        if target.is_dir():
+            _usage(f"not a run directory (no audit.jsonl) nor a spec file: {target}")
+        result = _checked(target, code=2)
+        try:
+            compiled = _compile_or_exit(result, target)
+        except ScpoError as e:
+            err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
+            raise typer.Exit(2)
+        theta, what = compiled.family.theta0, f"spec {target}: its initial policy θ₀"
+    res = verify(compiled, theta, cells=cells, time_limit=time_limit)
+    if as_json:
+        sys.stdout.write(json.dumps(res.as_json(), indent=2) + "\n")
+        raise typer.Exit(res.exit_code)
+    out.print(f"{_esc(what)}\nmodel: {_esc(res.model)}", soft_wrap=True)
+    colour = {"PROVED": "green", "COUNTEREXAMPLE": "red"}
+    for name, r in res.constraints.items():
+        head = f"  [{colour.get(r.verdict, 'yellow')} bold]{r.verdict}[/] {_esc(name)}: "
+        bound = "unbounded" if r.bound is None else f"g ≤ {r.bound:.4g}"
+        if r.verdict == "PROVED":
+            body = f"{bound} ≤ −margin {r.margin:g}"
+        elif r.verdict == "COUNTEREXAMPLE":
+            x0 = ", ".join(f"{v:.6g}" for v in r.counterexample["x0"])
+            body = (f"x0 = [{x0}] gives g = {r.counterexample['g']:.4g} > 0 (the ordinary "
+                    "evaluator's rollout)")
+        else:
+            body = (f"{bound}; proved on {100 * r.proved_fraction:.3g}% of the box"
+                    + (f" ({_esc(r.reason)})" if r.reason else ""))
+        out.print(head + body, soft_wrap=True)
+    colour_all = colour.get(res.verdict, "yellow")
+    out.print(f"[{colour_all} bold]{res.verdict}[/] in {res.seconds:.2f} s over {res.cells} "
+              f"cell{'s' * (res.cells != 1)}")
+    raise typer.Exit(res.exit_code)
 
 
 class ExportFormat(str, Enum):

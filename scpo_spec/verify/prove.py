@@ -1,0 +1,263 @@
+"""`scpo verify`: each safety metric proved over the whole initial box, refuted by a concrete
+initial state, or left undecided — never PROVED on a guess.
+
+The box is split adaptively: a cell whose bound fails some constraint not yet refuted is
+bisected along its widest side (relative to the box) while the cell budget and the time limit
+allow.  Every failing cell is also handed to a falsifier: its centre, corners and a few random
+points, rolled out by the ORDINARY evaluator; a point whose g > 0 is a COUNTEREXAMPLE.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from scpo_spec.compile.problem import CompiledSpec
+from scpo_spec.dtype import DTYPE
+from scpo_spec.language.scenarios import initial_box
+from scpo_spec.verify.bounds import IntervalCompiler
+from scpo_spec.verify.reach import ClosedLoop, Unsupported
+
+PROVED, COUNTEREXAMPLE, UNDECIDED = "PROVED", "COUNTEREXAMPLE", "UNDECIDED"
+
+
+class VerifierError(Exception):
+    """A bound contradicted by the ordinary evaluator: a bug in the verifier (not a ScpoError:
+    nothing the user did causes it, and it must not pass as a verdict)."""
+RANDOM_POINTS = 8     # falsifier points per failing cell besides its centre and corners
+
+
+@dataclass
+class ConstraintResult:
+    verdict: str
+    bound: float | None           # an upper bound of g over the cells evaluated (None: none)
+    proved_fraction: float        # of the initial box's volume
+    cells: int                    # leaf cells it was bounded on
+    open_cells: int               # of them, where its bound stays above −margin
+    margin: float
+    counterexample: dict | None = None   # {"x0": [...], "g": float}
+    reason: str | None = None
+
+    def as_json(self) -> dict:
+        """JSON-ready: a counterexample whose rollout left the finite numbers has g null."""
+        cex = self.counterexample
+        if cex is not None and not np.isfinite(cex["g"]):
+            cex = {**cex, "g": None}
+        return {"verdict": self.verdict, "bound": self.bound,
+                "proved_fraction": self.proved_fraction, "cells": self.cells,
+                "open_cells": self.open_cells, "margin": self.margin,
+                "counterexample": cex, "reason": self.reason}
+
+
+@dataclass
+class VerifyResult:
+    verdict: str
+    seconds: float
+    cells: int
+    model: str
+    constraints: dict[str, ConstraintResult] = field(default_factory=dict)
+    reason: str | None = None     # why nothing could be bounded (UNDECIDED throughout)
+
+    def as_json(self) -> dict:
+        return {"verdict": self.verdict, "seconds": self.seconds, "cells": self.cells,
+                "model": self.model, "reason": self.reason,
+                "constraints": {k: v.as_json() for k, v in self.constraints.items()}}
+
+    @property
+    def exit_code(self) -> int:
+        return {PROVED: 0, COUNTEREXAMPLE: 1}.get(self.verdict, 3)
+
+
+def model_of(compiled: CompiledSpec) -> str:
+    """What a verdict is about, in words."""
+    kind = compiled.dynamics.kind
+    T = compiled.evaluator.horizon
+    system = compiled.spec.system
+    what = {"linear": "x⁺ = A x + B u",
+            "static": "x⁺ = x",
+            "pendulum": "the pendulum's semi-implicit Euler step as written",
+            "discrete": "the declared one-step map"}
+    if kind == "ode":
+        from scpo_spec.language.model import DEFAULTS
+        method = system.integrator.name if system.integrator is not None \
+            else DEFAULTS[("system ode", "integrator")]
+        substeps = int(system.substeps) if system.substeps is not None \
+            else DEFAULTS[("system ode", "substeps")]
+        what["ode"] = (f"the {method} one-step map with {substeps} substep"
+                       f"{'s' * (substeps != 1)} as written, not the ODE between steps")
+    return (f"the spec's discrete-time model ({kind}: {what.get(kind, kind)}) in closed loop "
+            f"with the policy, evaluated in float64 as `scpo train` evaluates it, over T = {T} "
+            "steps from every initial state in the scenarios' initial box")
+
+
+def _overall(results: dict[str, ConstraintResult]) -> str:
+    verdicts = {r.verdict for r in results.values()}
+    if COUNTEREXAMPLE in verdicts:
+        return COUNTEREXAMPLE
+    return PROVED if verdicts == {PROVED} else UNDECIDED
+
+
+def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = 4096,
+           time_limit: float = 300.0, keep: int = 30, seed: int = 0) -> VerifyResult:
+    """Prove, refute or leave open each metric of `compiled` for the policy θ.
+
+    Runs on one torch thread: its matmuls are small (≤ 256 cells × ~200 generators × the
+    layer width), where intra-op threads cost more than they give — on a loaded 2-core
+    machine the trained double integrator took 59 s with 2 threads and 2.6 s with one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _verify(compiled, theta, cells, time_limit, keep, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit: float,
+            keep: int, seed: int) -> VerifyResult:
+    start = time.perf_counter()
+    theta = torch.as_tensor(theta, dtype=DTYPE).reshape(-1)
+    metrics = compiled.metrics
+    margins = np.array([m.margin if m.margin is not None else 0.0 for m in metrics])
+    model = model_of(compiled)
+
+    def undecided(reason: str) -> VerifyResult:
+        return VerifyResult(UNDECIDED, time.perf_counter() - start, 0, model,
+                            {m.name: ConstraintResult(UNDECIDED, None, 0.0, 0, 0, float(mg),
+                                                      reason=reason)
+                             for m, mg in zip(metrics, margins)}, reason)
+    try:
+        if compiled.settings.aggregate != "hard":
+            raise Unsupported("`aggregate smooth`: the rounding of its logsumexp is not "
+                              "bounded yet")
+        loop = ClosedLoop(compiled, theta, keep=keep)
+        spec = compiled.spec
+        compiler = IntervalCompiler([s.name for s in spec.system.states],
+                                    [s.name for s in spec.system.inputs],
+                                    {c.name: c.value.value for c in spec.consts},
+                                    compiled.backup.P if compiled.backup is not None else None)
+    except Unsupported as e:
+        return undecided(str(e))
+    bounders, unbounded = [], [None] * len(metrics)  # a metric it cannot bound: its reason
+    for j, prop in enumerate(spec.properties):
+        try:
+            bounders.append(compiler.formula(prop.formula))
+        except Unsupported as e:
+            bounders.append(None)
+            unbounded[j] = str(e)
+    rho = None
+    if any(m.uses_linearisation for m in metrics):
+        rho = float(compiled.evaluator.spectral_radius(theta[None])[0])
+
+    box_lo, box_hi = (torch.as_tensor(a, dtype=DTYPE) for a in initial_box(compiled.spec))
+    width = (box_hi - box_lo).clamp_min(0)
+    scale = torch.where(width > 0, width, torch.ones_like(width))
+    k = len(metrics)
+    rng = np.random.default_rng(seed)
+    # pending cells: lo, hi, depth, the bound inherited from the parent (k,)
+    pending = [(box_lo, box_hi, 0, np.full(k, np.inf))]
+    leaves = 0
+    bound = np.full(k, -np.inf)
+    proved_volume = np.zeros(k)
+    open_cells = np.zeros(k, dtype=int)
+    cex: list[dict | None] = [None] * k
+    timed_out = False
+    while pending:
+        if time.perf_counter() - start > time_limit:
+            timed_out = True
+            break
+        batch, pending = pending[:loop.batch], pending[loop.batch:]
+        lo = torch.stack([c[0] for c in batch])
+        hi = torch.stack([c[1] for c in batch])
+        try:
+            reach = loop.reach(lo, hi)
+        except Unsupported as e:
+            return undecided(str(e))
+        his = np.full((len(batch), k), np.inf)
+        for j, bounder in enumerate(bounders):
+            if unbounded[j] is None:
+                try:
+                    his[:, j] = bounder(reach, rho)[1].expand(len(batch)).numpy()
+                except Unsupported as e:
+                    unbounded[j] = str(e)
+        his = np.where(np.isnan(his), np.inf, his)
+        proved = his <= -margins  # (B, k)
+        # the falsifier on every cell: a counterexample where g > 0, and a check of the
+        # bounds themselves — a point's g above its cell's bound is a bug in the verifier,
+        # which must never print PROVED over it
+        g, owner = _falsify(compiled, theta, batch, cex, rng)
+        above = g > his[owner]
+        if above.any():
+            p, j = np.argwhere(above)[0]
+            raise VerifierError(f"the bound {float(his[owner[p], j])!r} of '{metrics[j].name}' "
+                                f"over a cell is below the evaluator's g = {float(g[p, j])!r} "
+                                "at a point of it; please report this")
+        # splitting helps a metric it bounds and has not refuted; the falsifier serves all
+        splittable = [cex[j] is None and unbounded[j] is None for j in range(k)]
+        room = cells - leaves - len(pending) - len(batch)  # splits the budget still allows
+        for i, (clo, chi, depth, _) in enumerate(batch):
+            needs_split = any(not proved[i, j] and splittable[j] for j in range(k))
+            if needs_split and room > 0 and time.perf_counter() - start <= time_limit:
+                room -= 1
+                d = int(torch.argmax((chi - clo) / scale))
+                mid = (clo[d] + chi[d]) / 2
+                left_hi, right_lo = chi.clone(), clo.clone()
+                left_hi[d], right_lo[d] = mid, mid
+                pending += [(clo, left_hi, depth + 1, his[i]), (right_lo, chi, depth + 1, his[i])]
+                continue
+            leaves += 1
+            bound = np.maximum(bound, his[i])
+            proved_volume += np.where(proved[i], 0.5 ** depth, 0.0)
+            open_cells += ~proved[i]
+    for _, _, depth, inherited in pending:  # left by the time limit: the parent's bound holds
+        leaves += 1
+        bound = np.maximum(bound, inherited)
+        held = inherited <= -margins
+        proved_volume += np.where(held, 0.5 ** depth, 0.0)
+        open_cells += ~held
+    results = {}
+    for j, m in enumerate(metrics):
+        if cex[j] is not None:
+            verdict = COUNTEREXAMPLE
+        elif open_cells[j] == 0:  # (a cell the time limit left keeps its parent's bound)
+            verdict = PROVED
+        else:
+            verdict = UNDECIDED
+        b = float(bound[j]) if np.isfinite(bound[j]) else None  # None: unbounded (or none)
+        reason = None
+        if verdict == UNDECIDED:
+            reason = (unbounded[j] if unbounded[j] is not None else
+                      "time limit reached" if timed_out else
+                      f"the cell budget ({cells}) is spent with {int(open_cells[j])} cells open")
+        results[m.name] = ConstraintResult(verdict, b, float(min(proved_volume[j], 1.0)), leaves,
+                                           int(open_cells[j]), float(margins[j]), cex[j], reason)
+    return VerifyResult(_overall(results), time.perf_counter() - start, leaves, model, results)
+
+
+def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, cex: list,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Roll the centre, corners and a few random points of each cell out with the ordinary
+    evaluator; record the worst violating point per metric (g > 0) in `cex`.  Returns every
+    point's g (P, k) and the index of its cell in `batch` (P,)."""
+    points, owner = [], []
+    for i, (lo, hi, _, _) in enumerate(batch):
+        lo_np, hi_np = lo.numpy(), hi.numpy()
+        mine = [(lo_np + hi_np) / 2]
+        n = lo_np.shape[0]
+        if n <= 6:
+            mine += [np.where(np.array(bits, dtype=bool), hi_np, lo_np)
+                     for bits in itertools.product((0, 1), repeat=n)]
+        mine += list(rng.uniform(lo_np, hi_np, size=(RANDOM_POINTS, n)))
+        points += mine
+        owner += [i] * len(mine)
+    x0 = torch.as_tensor(np.array(points), dtype=DTYPE)
+    with torch.no_grad():
+        g = compiled.evaluator.per_scenario(theta[None], x0)[0].numpy()  # (P, k)
+    for j in range(g.shape[1]):
+        worst = int(np.argmax(g[:, j]))
+        if g[worst, j] > 0 and (cex[j] is None or g[worst, j] > cex[j]["g"]):
+            cex[j] = {"x0": [float(v) for v in x0[worst]], "g": float(g[worst, j])}
+    return g, np.array(owner)

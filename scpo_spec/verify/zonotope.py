@@ -1,0 +1,223 @@
+"""Batched zonotopes with an interval remainder, sound for float64 evaluation.
+
+A set of N cells' vectors is `Zono(c, G, e)`: {c + εᵀG + δ : ε ∈ [−1, 1]^k, |δ| ≤ e} with
+c (N, D), G (N, k, D) and e (N, D) ≥ 0.  The generators carry the correlations that keep a
+linear map exact (a box through A + BK grows whenever ‖|A + BK|‖ > 1, a zonotope does not);
+e collects the rounding errors, tiny independent terms not worth a generator each.
+
+Every operation encloses what the ORDINARY evaluator computes in float64 (docs/verify.md):
+a dot product of N terms computed in any order, with or without fused multiply-adds, differs
+from the exact one by at most γ_N·Σ|terms| (γ_N = N·u/(1 − N·u), u = 2⁻⁵³; Higham, Thm 3.1);
+our own center and generators are computed in float64 too, so each affine map adds 2·γ_N·Σ|terms|
+(the evaluator's rounding and ours), rounded up.  Activations are enclosed by the min-area
+(DeepZ) parallelogram (tanh, σ, relu; for the convex elu and softplus the chord's slope, the
+tangent at the midpoint below), computed so that it stays sound after rounding, widened by the
+library's error (ACT_ERROR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scpo_spec.dtype import DTYPE
+
+U = 2.0 ** -53           # unit roundoff of float64
+TINY = 2.0 ** -1000      # covers underflow: every term of a dot product may lose 2⁻¹⁰⁷⁵
+ACT_ERROR = 1e-15        # |tanh, σ as the evaluator computes them − exact|: the fast tanh
+#                          2σ(2z) − 1 is within 3.4e-16 of torch.tanh, torch's are within ~1 ulp
+LIB_ERROR = 1e-15        # |numpy/torch tanh, cosh-based slopes, σ here − exact| (≤ 1 in size)
+
+
+def gamma(n: int) -> float:
+    """γ_n = n·u / (1 − n·u): the relative error bound of an n-term float64 sum of products."""
+    return n * U / (1 - n * U)
+
+
+def up(x: torch.Tensor, terms: int) -> torch.Tensor:
+    """A nonnegative quantity computed by sums of `terms` nonnegative products, rounded up so it
+    bounds the exact value: fl(s) ≥ s·(1 − γ) ⇒ s ≤ fl(s)·(1 + 4γ) + TINY."""
+    return x * (1 + 4 * gamma(terms + 2)) + TINY
+
+
+@dataclass
+class Zono:
+    c: torch.Tensor   # (N, D)
+    G: torch.Tensor   # (N, k, D)
+    e: torch.Tensor   # (N, D) ≥ 0
+
+    @classmethod
+    def box(cls, lo: torch.Tensor, hi: torch.Tensor) -> "Zono":
+        """The boxes [lo, hi] (N, D), enclosed: c ± r ⊇ [lo, hi] after rounding."""
+        c = (lo + hi) / 2
+        r = torch.maximum(hi - c, c - lo)
+        r = torch.nextafter(r, torch.full_like(r, torch.inf))
+        return cls(c, torch.diag_embed(r), torch.zeros_like(c))
+
+    @property
+    def k(self) -> int:
+        return self.G.shape[1]
+
+    def radius(self) -> torch.Tensor:
+        """Σ_j |G_j| + e, rounded up: |x − c| ≤ radius for every x in the set."""
+        return up(self.G.abs().sum(1) + self.e, self.k + 1)  # one rounding-up for the sum
+
+    def hull(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The interval hull [lo, hi] (N, D), rounded outward."""
+        r = self.radius()
+        return (torch.nextafter(self.c - r, torch.full_like(r, -torch.inf)),
+                torch.nextafter(self.c + r, torch.full_like(r, torch.inf)))
+
+    def magnitude(self) -> torch.Tensor:
+        """An upper bound of |x| per component."""
+        return up(self.c.abs() + self.radius(), 2)
+
+    def padded(self, k: int) -> torch.Tensor:
+        """G with zero generators appended up to k (symbols shared with a later set)."""
+        if self.k == k:
+            return self.G
+        return torch.cat([self.G, self.G.new_zeros(self.G.shape[0], k - self.k,
+                                                   self.G.shape[2])], 1)
+
+
+def affine(parts: list[tuple[Zono, torch.Tensor]], bias: torch.Tensor | None) -> Zono:
+    """Σ_i x_i W_iᵀ + b for zonotopes x_i (sharing their leading generators) and W_i (out, in_i),
+    as the evaluator computes it: one dot product of Σ in_i (+1) terms per output, in any order.
+    """
+    k = max(z.k for z, _ in parts)
+    terms = sum(W.shape[1] for _, W in parts) + (bias is not None) + 1
+    c = sum(z.c @ W.T for z, W in parts)
+    G = sum(_rows(z.padded(k), W.T) for z, W in parts)
+    magnitude = sum(z.magnitude() @ W.abs().T for z, W in parts)
+    carried = sum(z.e @ W.abs().T for z, W in parts)  # the remainders, through |W|
+    if bias is not None:
+        c = c + bias
+        magnitude = magnitude + bias.abs()
+    e = up(carried, terms) + 2 * gamma(terms) * up(magnitude, terms)
+    return Zono(c, G, up(e, 2))
+
+
+def _rows(G: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """G (N, k, D) @ M (D, out) as one 2-D matmul (torch's batched-broadcast path is ~100×
+    slower for these shapes)."""
+    N, k, D = G.shape
+    return (G.reshape(N * k, D) @ M).view(N, k, M.shape[1])
+
+
+def with_new_generators(z: Zono, radius: torch.Tensor) -> Zono:
+    """z's set plus the box |δ| ≤ radius (N, D) as D fresh generators (kept correlated through
+    later linear maps); z's own remainder e is folded in too."""
+    return Zono(z.c, torch.cat([z.G, torch.diag_embed(up(radius + z.e, 2))], 1),
+                torch.zeros_like(z.e))
+
+
+def reduce(z: Zono, keep: int) -> Zono:
+    """Girard's reduction: the `keep` generators of largest ‖g‖₁ − ‖g‖∞ stay, the rest (and e)
+    become one box (D generators).  Bounds the cost over the horizon; sound (a box encloses
+    the sum of the boxed segments)."""
+    N, k, D = z.G.shape
+    if k <= keep + D:
+        return with_new_generators(z, torch.zeros_like(z.e)) if z.e.any() else z
+    a = z.G.abs()
+    score = a.sum(2) - a.amax(2)
+    idx = torch.topk(score, keep, dim=1).indices
+    mask = torch.zeros(N, k, dtype=torch.bool, device=z.G.device)
+    mask.scatter_(1, idx, True)
+    kept = torch.gather(z.G, 1, idx.unsqueeze(2).expand(N, keep, D))
+    boxed = up((a * (~mask).unsqueeze(2)).sum(1), k)
+    return with_new_generators(Zono(z.c, kept, z.e), boxed)
+
+
+# ---- activations: out ∈ λ·z + μ ± β for every z in [l, u], then ± the library's error ----
+def _slope_tanh(z: torch.Tensor) -> torch.Tensor:
+    return 1 / torch.cosh(z) ** 2  # relative error a few ulps, no cancellation (unlike 1 − t²)
+
+
+def _slope_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    q = torch.exp(-z.abs())
+    return q / (1 + q) ** 2
+
+
+_S_SHAPED = {"tanh": (torch.tanh, _slope_tanh), "sigmoid": (torch.sigmoid, _slope_sigmoid)}
+
+
+def _elu(z: torch.Tensor) -> torch.Tensor:
+    return torch.where(z > 0, z, torch.expm1(torch.clamp(z, max=0)))
+
+
+def _softplus(z: torch.Tensor) -> torch.Tensor:
+    return torch.logaddexp(torch.zeros_like(z), z)  # log(1 + eᶻ), no threshold
+
+
+# convex activations: f, f′, and |the evaluator's f − f| beyond the library's error: torch's
+# softplus returns z itself above z = 20, short of log(1 + eᶻ) by log(1 + e⁻²⁰) < 2.1e-9
+_CONVEX = {"elu": (_elu, lambda z: torch.where(z > 0, 1.0, torch.exp(torch.clamp(z, max=0))),
+                   0.0),
+           "softplus": (_softplus, torch.sigmoid, 2.1e-9)}
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "elu", "softplus", "identity")
+
+
+def activation(z: Zono, name: str) -> Zono:
+    """The evaluator's activation over z, enclosed: λ·z + μ plus one fresh generator per
+    neuron of radius β (+ the rounding and the library's error)."""
+    if name == "identity":
+        return z
+    l, u = z.hull()
+    if name == "relu":
+        lam = torch.where(l >= 0, torch.ones_like(l),
+                          torch.where(u <= 0, torch.zeros_like(l), u / (u - l)))
+        lam = torch.nan_to_num(lam, nan=0.0).clamp(0, 1)
+        # relu(z) − λz is piecewise linear: its extremes over [l, u] are at l, 0 (if inside), u
+        ends = torch.stack([torch.relu(l) - lam * l, torch.relu(u) - lam * u,
+                            torch.where((l < 0) & (u > 0), 0.0, torch.relu(l) - lam * l)])
+        slack = 4 * U * (l.abs() + u.abs()) + TINY
+        g_lo, g_hi = ends.amin(0) - slack, ends.amax(0) + slack
+        lib = 0.0  # max(0, z) is exact
+    elif name in _S_SHAPED:
+        f, slope = _S_SHAPED[name]
+        # f' is even-unimodal (largest at 0): its min over [l, u] is at an end; just below it,
+        # f(z) − λz is non-decreasing on [l, u], so its range is [f(l) − λl, f(u) − λu]
+        lam = torch.minimum(slope(l), slope(u)) * (1 - 1e-12)
+        lam = torch.nan_to_num(lam, nan=0.0).clamp_min(0)
+        g_lo = f(l) - LIB_ERROR - lam * l
+        g_hi = f(u) + LIB_ERROR - lam * u
+        g_lo = g_lo - 4 * U * (1 + (lam * l).abs()) - TINY
+        g_hi = g_hi + 4 * U * (1 + (lam * u).abs()) + TINY
+        lib = ACT_ERROR
+    elif name in _CONVEX:
+        # g(z) = f(z) − λz is convex for any λ: its max over [l, u] is at an end, and it lies
+        # above its tangent at the midpoint m; λ the chord's slope (f′(m) on a tiny interval)
+        f, slope, beyond = _CONVEX[name]
+        fl, fu = f(l), f(u)
+        m = (l + u) / 2
+        wide = (u - l) > 1e-9 * (1 + l.abs() + u.abs())
+        lam = torch.where(wide, (fu - fl) / torch.where(wide, u - l, 1.0), slope(m))
+        lam = torch.nan_to_num(lam, nan=0.0).clamp(0, 1)
+        err = LIB_ERROR * (1 + torch.maximum(fl.abs(), fu.abs()))  # of f here, per value
+        g_hi = torch.maximum(fl - lam * l, fu - lam * u) + err
+        fm, dm = f(m), slope(m) - lam
+        r = torch.maximum(u - m, m - l)
+        tangent = fm - lam * m - dm.abs() * r  # g(m) + g′(m)(z − m) ≥ this on [l, u]
+        g_lo = tangent - err - LIB_ERROR * (1 + r)  # f(m) and f′(m)'s own errors
+        g_hi = g_hi + 8 * U * (1 + (lam * l).abs() + (lam * u).abs() + fl.abs() + fu.abs())
+        g_lo = g_lo - 8 * U * (1 + (lam * m).abs() + fm.abs() + dm.abs() * r)
+        lib = ACT_ERROR * (1 + torch.maximum(fl.abs(), fu.abs())) + beyond
+    else:
+        raise ValueError(f"no sound relaxation for the activation '{name}'")
+    mu = (g_lo + g_hi) / 2
+    beta = (g_hi - g_lo) / 2 + 2 * U * (g_lo.abs() + g_hi.abs()) + TINY
+    c = lam * z.c + mu
+    G = lam.unsqueeze(1) * z.G
+    rounding = 2 * U * (lam * z.magnitude() + mu.abs()) + TINY
+    radius = beta + lib + lam * z.e + rounding
+    out = Zono(c, torch.cat([G, torch.diag_embed(up(radius, 4))], 1),
+               torch.zeros_like(z.e))
+    bad = ~(torch.isfinite(l) & torch.isfinite(u))
+    if bad.any():  # an unbounded neuron: the set is unbounded (the caller sees inf)
+        out.c = torch.where(bad, torch.nan, out.c)
+    return out
+
+
+def as_tensor(x) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=DTYPE)
