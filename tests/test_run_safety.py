@@ -314,11 +314,16 @@ def test_without_out_each_run_gets_a_fresh_printed_name(tmp_path, monkeypatch):
         assert audit(tmp_path / "runs" / name) == 0
 
 
-def readme_train_command() -> list[str]:
+def readme_command(verb: str = "train") -> list[str]:
+    """The README's set-up command's `scpo VERB …` part, split."""
     text = (ROOT / "README.md").read_text()
     setup = text.split("## Set up", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
-    train_cmd = next(c.strip() for c in setup.split("&&") if c.strip().startswith("scpo train"))
-    return train_cmd.split()
+    return next(c.strip() for c in setup.split("&&")
+                if c.strip().startswith(f"scpo {verb} ")).split()
+
+
+def readme_train_command() -> list[str]:
+    return readme_command("train")
 
 
 def test_the_readme_command_can_be_run_twice():
@@ -335,10 +340,15 @@ def test_the_readme_command_twice_for_real(tmp_path):
     shutil.copytree(ROOT / "specs", tmp_path / "specs")
     args = readme_train_command()[2:]
     out = Path(args[args.index("--out") + 1])
+    verify = readme_command("verify")[2:]
+    assert verify == [str(out)]  # the README proves the run it has just trained
     for _ in range(2):
         proc = scpo("train", *args, "--steps", "2", "-q", cwd=tmp_path)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
+        proc = scpo("verify", *verify, cwd=tmp_path)
+        said, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "PROVED in" in said, said + err
     assert (tmp_path / out / "report.html").is_file()
     assert (tmp_path / out.with_name(out.name + ".old-1") / "report.html").is_file()
 
