@@ -315,6 +315,10 @@ class RunDir:
                 "theta": state.theta, "step": state.step, "accepted": state.accepted,
                 "loss": state.loss, "optimizer_t": state.optimizer_t}
         arrays = {f"a_{k}": np.ascontiguousarray(v) for k, v in state.arrays.items()}
+        unknown = sorted(set(arrays) - set(STATE_ARRAYS))
+        if unknown:  # a reader would refuse the file: say so where it is written
+            raise ValueError(f"state arrays {unknown} are not in STATE_ARRAYS, the members "
+                             "readers accept")
         arrays["meta"] = np.frombuffer(json.dumps(meta, allow_nan=True).encode(), dtype=np.uint8)
         if state.pending is not None:
             arrays["pending"] = np.frombuffer(state.pending, dtype=np.uint8)
@@ -366,7 +370,7 @@ class RunDir:
         """The state file, read without pickle and checked against its own θ hash.  Its members
         are read by name, only the known ones (STATE_ARRAYS), each after its declared size and
         type (the zip's file_size, the .npy header) are checked against the `dimensions` the log
-        states (d weights, k metrics; the header's when not given), so that no member is
+        states (d weights, k metrics; its header's when not given), so that no member is
         decompressed beyond what the log says it holds."""
         if not self.state.exists() and not self.state.is_symlink():
             if (self.path / LEGACY_CHECKPOINT).exists():
@@ -375,11 +379,12 @@ class RunDir:
                                "code); audit its log with `scpo audit`, or train again")
             raise RunError(f"{self.path} has no {STATE_NAME}")
         if dimensions is None:
-            dimensions = self.header().dimensions
+            dimensions = _dimensions(self.lines()[0])
         try:
-            with os.fdopen(open_regular(self.state, STATE_LIMIT), "rb") as f, \
-                    zipfile.ZipFile(f) as z:
-                data = _state_members(z, dimensions)
+            with os.fdopen(open_regular(self.state, STATE_LIMIT), "rb") as f:
+                _check_directory(f)
+                with zipfile.ZipFile(f) as z:
+                    data = _state_members(z, dimensions)
             meta, problem = parse_line(bytes(data.pop("meta")))
             if problem:
                 raise ValueError(f"its meta record {problem}")
@@ -448,6 +453,19 @@ def _dimensions(lines: list[LogLine]) -> dict:
     return dims if isinstance(dims, dict) else {}
 
 
+def _check_directory(f) -> None:
+    """Refuse a zip whose central directory (which opening it parses whole, one object per
+    entry) is larger than a state file's: read from the end record, as zipfile reads it."""
+    end = zipfile._EndRecData(f)  # zipfile's own reader of the end record (None: not a zip)
+    if end is None:
+        raise zipfile.BadZipFile("it is not a zip archive")
+    entries, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    if entries > len(STATE_ARRAYS) or size > len(STATE_ARRAYS) * 1024:
+        raise ValueError(f"it lists {entries:,} members in {size:,} bytes; a state file has at "
+                         f"most {len(STATE_ARRAYS)}")
+    f.seek(0)
+
+
 def _state_members(z: zipfile.ZipFile, dimensions: dict) -> dict[str, np.ndarray]:
     """The known members of an open state file, each read only after its declared size (the
     zip's file_size) and its .npy header (dtype, 1-D shape) are what `dimensions` allow."""
@@ -466,14 +484,11 @@ def _state_members(z: zipfile.ZipFile, dimensions: dict) -> dict[str, np.ndarray
     out = {}
     for info, name in zip(infos, names):
         dtype, length = STATE_ARRAYS[name]
-        if isinstance(length, str):
-            size = dimensions.get(length)
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise ValueError(f"the log's header states no {length!r} to check {name} "
-                                 "against")
-            exact = True
-        else:
-            size, exact = length, False
+        stated = dimensions.get(length) if isinstance(length, str) else None
+        exact = isinstance(stated, int) and not isinstance(stated, bool) and stated >= 0
+        # a byte array, or a header that states no such dimension: at most the limit
+        size = stated if exact else length if isinstance(length, int) else \
+            STATE_LIMIT // np.dtype(dtype).itemsize
         nbytes = size * np.dtype(dtype).itemsize
         if info.file_size > nbytes + NPY_HEADER:
             raise ValueError(f"{name} declares {info.file_size:,} bytes; the log's dimensions "
