@@ -21,7 +21,7 @@ from tests.forgery import copy_run, records, write_rechained
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = 30          # every command ends within this …
 PEAK = 2**30          # … and holds less than this in memory
-CAP = 3 * 2**30       # the address space a command gets, so that a regression cannot take the machine
+CAP = 3 * 2**30       # the address space a command gets: a regression cannot take the machine
 
 # Runs `argv` under the cap in a process of its own, and prints its exit status, output, time and
 # peak resident memory (RUSAGE_CHILDREN of this helper is that one command's).
