@@ -111,8 +111,15 @@ def test_huge_policy_is_refused(small_machine):
 def test_huge_holdout_is_refused(small_machine):
     text = replace("holdout 1000", "holdout 1e12")
     (err,) = errors(text)
+    assert err == (17, 13, "holdout 1,000,000,000,000 is more than 1,000,000 scenarios (the "
+                           "report rolls every one of them out)")
+
+
+def test_a_holdout_beyond_the_machines_memory_is_refused(monkeypatch):
+    monkeypatch.setattr(C, "machine_memory", lambda: 256 * 2**20)
+    (err,) = errors(replace("holdout 1000", "holdout 1000000"))
     assert err[:2] == (17, 13)
-    assert err[2].startswith("the holdout evaluation needs about ") and "TiB" in err[2], err
+    assert err[2].startswith("the holdout evaluation needs about ") and "MiB" in err[2], err
 
 
 def test_memory_estimate_counts_rollouts_activations_and_weights():
@@ -136,7 +143,7 @@ def test_cli_refuses_without_traceback(tmp_path, small_machine):
     f.write_text(replace("holdout 1000", "holdout 1e12"))
     result = runner.invoke(app, ["check", str(f)])
     assert result.exit_code == 1
-    assert "Traceback" not in result.output and "the holdout evaluation needs" in result.output
+    assert "Traceback" not in result.output and "is more than 1,000,000 scenarios" in result.output
 
 
 # ---------------------------------------------------------------- 4. diagnostics

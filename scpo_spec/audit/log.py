@@ -5,6 +5,10 @@ bytes (64 zeros for the first).  The head — the SHA-256 of the last line — i
 history: changing, dropping or reordering any earlier line breaks the chain.  Lines are written
 and fsync'ed one at a time, so a killed run keeps everything it logged; a torn last line (a kill
 mid-write) is moved aside, never silently dropped.
+
+A log is read as untrusted data: at most LOG_LIMIT bytes of a regular file (audit.files), each
+line's nesting and integers bounded (MAX_DEPTH, MAX_INT_DIGITS) while it is parsed,
+so that a hostile line costs a located problem, not the reader's stack or memory.
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from scpo_spec.audit.files import read_regular
 from scpo_spec.errors import ScpoError
 
 GENESIS = "0" * 64
 FORMAT = "scpo-audit/1"
+LOG_LIMIT = 2**30        # bytes of audit.jsonl a reader takes (10,000 steps of 64 directions fit)
+MAX_DEPTH = 16           # JSON nesting of one record (the engine writes at most 6 levels)
+MAX_INT_DIGITS = 64    # digits of one JSON integer (the engine writes counts and seeds)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -59,23 +67,57 @@ class LogLine:
     seq: int
     raw: bytes
     record: dict
+    problem: str | None = None  # why `record` is empty: the line is not a JSON record
+
+
+def _integer(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text):,} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels in a parsed JSON value."""
+    level = [value]
+    for _ in range(limit):
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c)
+                 if isinstance(v, (list, dict))]
+        if not level:
+            return False
+    return True
+
+
+def parse_line(raw: bytes) -> tuple[dict, str | None]:
+    """One line's record, or ({}, why it is not one): never an exception, whatever the bytes.
+    json's parser stops at Python's recursion limit (RecursionError) and integers are bounded
+    as they are read (a float too long just rounds), so the parse itself is bounded."""
+    try:
+        record = json.loads(raw, parse_int=_integer)
+    except UnicodeDecodeError:
+        return {}, "is not UTF-8 text"
+    except RecursionError:
+        return {}, f"is nested more than {MAX_DEPTH} levels deep (a record has at most that)"
+    except ValueError as e:  # JSONDecodeError is a ValueError
+        return {}, f"is not JSON ({e})"
+    if not isinstance(record, dict):
+        return {}, "is not a JSON object"
+    if _deeper_than(record, MAX_DEPTH):
+        return {}, f"is nested more than {MAX_DEPTH} levels deep (a record has at most that)"
+    return record, None
 
 
 def read_lines(path: Path) -> tuple[list[LogLine], bytes]:
     """Every complete line and its parsed record, and the torn tail (bytes after the last
-    newline, empty when the file ends cleanly).  A line that is not JSON stays as raw bytes."""
-    data = path.read_bytes()
+    newline, empty when the file ends cleanly).  A line that is not a JSON record stays as raw
+    bytes with an empty record and its `problem`.  OSError (audit.files.UnreadableFile among
+    them) when the file is not one a run may hold."""
+    data = read_regular(path, LOG_LIMIT)
     body, _, tail = data.rpartition(b"\n")
     lines = []
     if body or data.startswith(b"\n"):
         for i, raw in enumerate(body.split(b"\n")):
-            try:
-                record = json.loads(raw)
-                if not isinstance(record, dict):
-                    record = {}
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                record = {}
-            lines.append(LogLine(i, raw + b"\n", record))
+            record, problem = parse_line(raw)
+            lines.append(LogLine(i, raw + b"\n", record, problem))
     return lines, tail
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.audit.log import LogLine, read_lines, sha256_hex
+from scpo_spec.audit.files import UnreadableFile, open_regular
+from scpo_spec.audit.log import LOG_LIMIT, LogLine, parse_line, read_lines, sha256_hex
 from scpo_spec.audit.records import Header, Record, RecordError, parse_record, theta_sha256
 from scpo_spec.errors import ScpoError
 
@@ -48,6 +49,20 @@ LOCK_NAME = "run.lock"
 TENSORBOARD_NAME = "tensorboard"
 LEGACY_CHECKPOINT = "checkpoint.pt"
 SPEC_STEM = "spec"
+STATE_LIMIT = 256 * 2**20  # bytes of state.npz, and of its members decompressed, a reader takes
+SMALL_MEMBER = 2**16       # bytes of each of the state file's small byte-array members
+NPY_HEADER = 2**16         # bytes of a .npy header, at most (numpy's own reading limit is 10,000)
+# The state file's members: (dtype, length), the length in the log's terms: "d" (θ's weights)
+# or "k" (metrics), or a number of bytes it may hold at most.  Nothing else is read.
+STATE_ARRAYS = {
+    "a_theta": ("<f8", "d"), "a_previous": ("<f8", "d"),
+    "a_opt_buf": ("<f8", "d"), "a_opt_m": ("<f8", "d"), "a_opt_v": ("<f8", "d"),
+    "a_g": ("<f8", "k"), "a_ell": ("<f8", "k"), "a_ell_floor": ("<f8", "k"),
+    "a_objective_generator": ("|u1", SMALL_MEMBER),  # a torch generator's state
+    "a_generator": ("|u1", SMALL_MEMBER),  # state files before probes were seeded per step
+    "meta": ("|u1", SMALL_MEMBER),         # the JSON record of StateFile's scalars
+    "pending": ("|u1", LOG_LIMIT),         # a log line (bounded by STATE_LIMIT in all)
+}
 
 
 class RunError(ScpoError):
@@ -185,6 +200,8 @@ class RunDir:
             raise RunError(f"{self.path} is not a run directory (no {LOG_NAME})")
         try:
             return read_lines(self.log)
+        except UnreadableFile as e:
+            raise RunError(str(e)) from None
         except OSError as e:
             raise RunError(f"cannot read {self.log}: {e.strerror or e}") from None
 
@@ -192,6 +209,8 @@ class RunDir:
         lines, _ = self.lines()
         if not lines:
             raise RunError(f"{self.log} is empty")
+        if lines[0].problem:
+            raise RunError(f"{self.log}: line 1 {lines[0].problem}")
         try:
             rec = parse_record(lines[0].record, 0)
         except RecordError as e:
@@ -203,6 +222,9 @@ class RunDir:
     def records(self) -> list[Record]:
         """Every record, typed (RunError naming the first unreadable one)."""
         lines, _ = self.lines()
+        bad = next((i for i, ln in enumerate(lines) if ln.problem), None)
+        if bad is not None:
+            raise RunError(f"{self.log}: line {bad + 1} {lines[bad].problem}")
         try:
             return [parse_record(ln.record, i) for i, ln in enumerate(lines)]
         except RecordError as e:
@@ -259,10 +281,13 @@ class RunDir:
 
     def declared(self, header: Header | None = None) -> dict | None:
         """What the header's spec text says of the fields the header records beside it (its
-        name, metrics, settings, seeds, horizon, scenario count), as the header records them: parsed and
-        built, no checks (nothing read or run); None when the text does not build."""
+        name, metrics, settings, seeds, horizon, scenario count), as the header records them:
+        parsed and built, and passed through `scpo check`'s size checks before anything is
+        sized (nothing read or run); None when the text does not build, RunError when it fails
+        those checks."""
+        from scpo_spec.language.check import size_errors
         from scpo_spec.language.load import parse_model
-        from scpo_spec.language.scenarios import training_states
+        from scpo_spec.language.scenarios import scenario_count
         from scpo_spec.language.settings import Settings, declared_seeds
         header = header or self.header()
         spec = header.spec
@@ -272,8 +297,12 @@ class RunDir:
                             syntax=spec.get("syntax")).spec
         if built is None or built.train is None or built.scenarios is None:
             return None
+        too_large = size_errors(built)
+        if too_large:
+            raise RunError(f"the spec stored in {self.log} fails `scpo check` "
+                           f"({too_large[0].headline()}); nothing of it is sized")
         try:
-            scenarios = int(training_states(built).shape[0])
+            scenarios = scenario_count(built)
         except (ValueError, TypeError, OSError):  # not computable from the text alone
             scenarios = None
         return {"name": built.name.name if built.name else None,
@@ -289,6 +318,10 @@ class RunDir:
                 "theta": state.theta, "step": state.step, "accepted": state.accepted,
                 "loss": state.loss, "optimizer_t": state.optimizer_t}
         arrays = {f"a_{k}": np.ascontiguousarray(v) for k, v in state.arrays.items()}
+        unknown = sorted(set(arrays) - set(STATE_ARRAYS))
+        if unknown:  # a reader would refuse the file: say so where it is written
+            raise ValueError(f"state arrays {unknown} are not in STATE_ARRAYS, the members "
+                             "readers accept")
         arrays["meta"] = np.frombuffer(json.dumps(meta, allow_nan=True).encode(), dtype=np.uint8)
         if state.pending is not None:
             arrays["pending"] = np.frombuffer(state.pending, dtype=np.uint8)
@@ -336,19 +369,29 @@ class RunDir:
             pass  # the state stays one record ahead (`pending`), which --resume completes
         self._undo = None
 
-    def read_state(self) -> StateFile:
-        """The state file, read without pickle and checked against its own θ hash."""
-        if not self.state.exists():
+    def read_state(self, dimensions: dict | None = None) -> StateFile:
+        """The state file, read without pickle and checked against its own θ hash.  Its members
+        are read by name, only the known ones (STATE_ARRAYS), each after its declared size and
+        type (the zip's file_size, the .npy header) are checked against the `dimensions` the log
+        states (d weights, k metrics; its header's when not given), so that no member is
+        decompressed beyond what the log says it holds."""
+        if not self.state.exists() and not self.state.is_symlink():
             if (self.path / LEGACY_CHECKPOINT).exists():
                 raise RunError(f"{self.path / LEGACY_CHECKPOINT} was written by an older "
                                "scpo-spec as a pickle, which is never loaded (unpickling runs "
                                "code); audit its log with `scpo audit`, or train again")
             raise RunError(f"{self.path} has no {STATE_NAME}")
+        if dimensions is None:
+            dimensions = _dimensions(self.lines()[0])
         try:
-            with np.load(self.state, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-            meta = json.loads(bytes(data.pop("meta")).decode())
-            if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+            with os.fdopen(open_regular(self.state, STATE_LIMIT), "rb") as f:
+                _check_directory(f)
+                with zipfile.ZipFile(f) as z:
+                    data = _state_members(z, dimensions)
+            meta, problem = parse_line(bytes(data.pop("meta")))
+            if problem:
+                raise ValueError(f"its meta record {problem}")
+            if meta.get("format") != STATE_FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, expected {STATE_FORMAT}")
             pending = data.pop("pending", None)
             state = StateFile(head=str(meta["head"]), seq=int(meta["seq"]),
@@ -357,12 +400,12 @@ class RunDir:
                               optimizer_t=int(meta["optimizer_t"]),
                               arrays={k[2:]: v for k, v in data.items() if k.startswith("a_")},
                               pending=bytes(pending) if pending is not None else None)
+        except UnreadableFile as e:
+            raise RunError(str(e)) from None
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
                 UnicodeDecodeError) as e:
-            why = ("it is not an archive of plain arrays (reading it would need pickle, which is "
-                   "never used)" if "pickle" in str(e) else f"{type(e).__name__}: {e}")
-            raise RunError(f"{self.state} cannot be read ({why}); it is damaged or not a state "
-                           "file") from None
+            raise RunError(f"{self.state} cannot be read ({type(e).__name__}: {e}); it is "
+                           "damaged or not a state file") from None
         if "theta" not in state.arrays or theta_sha256(state.arrays["theta"]) != state.theta:
             raise RunError(f"{self.state}: θ does not match the hash stored with it")
         return state
@@ -371,19 +414,16 @@ class RunDir:
         """The state file and whether its record is still pending, after checking that it
         belongs to this log: either to the last record, or to the very next one (a kill between
         the state write and the append).  RunError names the file and the record otherwise."""
-        state = self.read_state()
         if lines is None:
             lines, _ = self.lines()
+        state = self.read_state(_dimensions(lines))
         head = sha256_hex(lines[-1].raw) if lines else "0" * 64
         if state.head == head and state.seq == len(lines) - 1:
             return state, False
         if (state.pending is not None and sha256_hex(state.pending) == state.head
                 and state.seq == len(lines)):
-            try:
-                record = json.loads(state.pending)
-                prev = record.get("prev")
-            except (ValueError, AttributeError):
-                record = prev = None
+            record, problem = parse_line(state.pending)
+            prev = None if problem else record.get("prev")
             if prev == head:
                 try:
                     parse_record(record, len(lines))
@@ -405,3 +445,72 @@ class RunDir:
             raise RunError(f"{self.state} holds a policy ({state.theta[:16]}…) that is not the "
                            f"last one the log accepted ({str(expected_hash)[:16]}…)")
         return np.asarray(state.arrays["theta"], dtype=np.float64)
+
+
+def _dimensions(lines: list[LogLine]) -> dict:
+    """The header's dimensions (what a state file is checked against), or RunError."""
+    if not lines or lines[0].record.get("type") != "header":
+        raise RunError("the log does not start with a header, so its state file cannot be "
+                       "checked against it")
+    dims = lines[0].record.get("dimensions")
+    return dims if isinstance(dims, dict) else {}
+
+
+def _check_directory(f) -> None:
+    """Refuse a zip whose central directory (which opening it parses whole, one object per
+    entry) is larger than a state file's: read from the end record, as zipfile reads it."""
+    end = zipfile._EndRecData(f)  # zipfile's own reader of the end record (None: not a zip)
+    if end is None:
+        raise zipfile.BadZipFile("it is not a zip archive")
+    entries, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    if entries > len(STATE_ARRAYS) or size > len(STATE_ARRAYS) * 1024:
+        raise ValueError(f"it lists {entries:,} members in {size:,} bytes; a state file has at "
+                         f"most {len(STATE_ARRAYS)}")
+    f.seek(0)
+
+
+def _state_members(z: zipfile.ZipFile, dimensions: dict) -> dict[str, np.ndarray]:
+    """The known members of an open state file, each read only after its declared size (the
+    zip's file_size) and its .npy header (dtype, 1-D shape) are what `dimensions` allow."""
+    from numpy.lib import format as npy
+    infos = z.infolist()
+    names = [i.filename.removesuffix(".npy") for i in infos]
+    unknown = [i.filename for i, n in zip(infos, names) if n not in STATE_ARRAYS]
+    if unknown:
+        raise ValueError(f"it holds {unknown[0]!r}, which is not a member of a state file")
+    if len(set(names)) != len(names):
+        raise ValueError("it holds a member twice")
+    declared = sum(i.file_size for i in infos)
+    if declared > STATE_LIMIT:
+        raise ValueError(f"its members would decompress to {declared:,} bytes (at most "
+                         f"{STATE_LIMIT:,})")
+    out = {}
+    for info, name in zip(infos, names):
+        dtype, length = STATE_ARRAYS[name]
+        stated = dimensions.get(length) if isinstance(length, str) else None
+        exact = isinstance(stated, int) and not isinstance(stated, bool) and stated >= 0
+        # a byte array, or a header that states no such dimension: at most the limit
+        size = stated if exact else length if isinstance(length, int) else \
+            STATE_LIMIT // np.dtype(dtype).itemsize
+        nbytes = size * np.dtype(dtype).itemsize
+        if info.file_size > nbytes + NPY_HEADER:
+            raise ValueError(f"{name} declares {info.file_size:,} bytes; the log's dimensions "
+                             f"allow {nbytes:,}")
+        with z.open(info) as f:
+            version = npy.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{name} is a .npy file of version {version}")
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else \
+                npy.read_array_header_2_0
+            shape, _, got = read_header(f)
+            if got != np.dtype(dtype) or len(shape) != 1 or \
+                    (shape[0] != size if exact else shape[0] > size):
+                raise ValueError(f"{name} is {got} {shape}, expected {np.dtype(dtype)} of "
+                                 f"{'' if exact else 'at most '}{size}")
+            raw = f.read(shape[0] * got.itemsize)
+            if len(raw) != shape[0] * got.itemsize:
+                raise ValueError(f"{name} is cut short")
+        out[name] = np.frombuffer(raw, dtype=got).copy()
+    if "meta" not in out:
+        raise ValueError("it has no meta record")
+    return out

@@ -17,9 +17,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from scpo_spec.audit.files import UnreadableFile, read_regular
 from scpo_spec.errors import ScpoError
 
 ALGORITHM = "ed25519"
+SIGNATURE_LIMIT = 2**16  # bytes of RUN/signature.json a reader takes (one is under 400)
 
 
 class SigningError(ScpoError):
@@ -87,12 +89,14 @@ def verify_signature(sig_path: Path, head: str, public_path: Path | None) -> str
     """'valid' only when the file signs exactly `head` with the key at `public_path`;
     otherwise a short reason ('unverified: …' when no key was given)."""
     try:
-        record = json.loads(sig_path.read_text(encoding="utf-8"))
+        record = json.loads(read_regular(sig_path, SIGNATURE_LIMIT).decode("utf-8"))
         signature = bytes.fromhex(record["signature"])
         signed = record["head"]
     except FileNotFoundError:
         return "invalid: the run has no signature file"
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except UnreadableFile as e:
+        return f"invalid: {e}"
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         return "invalid: the signature file cannot be read"
     if signed != head:
         return "invalid: the signature is of another head (the log changed since it was signed)"

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.audit.log import GENESIS, LogLine, read_lines, sha256_hex
+from scpo_spec.audit.files import TooLarge, UnreadableFile, read_regular
+from scpo_spec.audit.log import GENESIS, LogLine, parse_line, read_lines, sha256_hex
 from scpo_spec.audit.records import (End, Header, Holdout, Init, RecordError, Resume, Step,
                                      Try, parse_record)
-from scpo_spec.audit.rundir import RunDir
+from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.compile.certificate import certificate, rounding_error
 
 REL_TOL = 1e-9   # a recomputed certificate must match the logged one to this relative precision
@@ -34,7 +35,7 @@ def verify_chain(lines: list[LogLine]) -> list[str]:
     for i, line in enumerate(lines):
         rec = line.record
         if not rec:
-            problems.append(f"line {i + 1} is not a JSON record")
+            problems.append(f"line {i + 1} {line.problem or 'is not a JSON record'}")
         elif rec.get("seq") != i:
             problems.append(f"line {i + 1} has seq {rec.get('seq')!r}, expected {i}")
         elif rec.get("prev") != prev:
@@ -101,7 +102,13 @@ def audit_run(run_dir: str | Path, head: str | None = None,
         res.chain_ok = res.certificates_ok = False
         res.problems.append(f"{run.log}: no such file")
         return res
-    lines, tail = read_lines(run.log)
+    try:
+        lines, tail = read_lines(run.log)
+    except OSError as err:  # not a regular file of the run, too large, unreadable
+        res.chain_ok = res.certificates_ok = False
+        res.problems.append(str(err) if isinstance(err, UnreadableFile) else
+                            f"cannot read {run.log}: {err.strerror or err}")
+        return res
     if tail:
         res.problems.append(f"the log ends with a torn line ({len(tail)} bytes): the run was "
                             "killed mid-write")
@@ -161,10 +168,23 @@ def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
         res.problems.append(msg)
 
     for copy in run.spec_files():
-        if hashlib.sha256(copy.read_bytes()).hexdigest() != header.spec.get("sha256"):
+        try:  # no larger than the header's text: a larger file is not that text anyway
+            same = hashlib.sha256(read_regular(copy, len(text.encode()))).hexdigest() \
+                == header.spec.get("sha256")
+        except TooLarge:
+            same = False
+        except OSError as err:  # not a regular file of the run (a FIFO, a link out), unreadable
+            fail(str(err) if isinstance(err, UnreadableFile) else
+                 f"cannot read {copy}: {err.strerror or err}")
+            continue
+        if not same:
             fail(f"{copy} is not the spec the log's header holds (its SHA-256 differs): read "
                  "the spec in the report, or `scpo runs`")
-    stated = run.declared(header)
+    try:
+        stated = run.declared(header)
+    except RunError as err:
+        fail(str(err))
+        return
     if stated is None:
         fail("the spec text in the header does not build")
         return
@@ -197,10 +217,12 @@ def pending_problems(records: list, pending: bytes, theta: str) -> list[str]:
     """Why a state file's pending record (the line a kill kept from the log) may not join the
     log `records`: after them it must pass every check a logged record passes, and leave as the
     last accepted policy the θ the state file holds (`theta`, its hash)."""
-    import json
+    record, problem = parse_line(pending)
+    if problem:
+        return [f"its pending record {problem}"]
     try:
-        record = parse_record(json.loads(pending), len(records))
-    except (ValueError, RecordError) as err:
+        record = parse_record(record, len(records))
+    except RecordError as err:
         return [f"its pending record cannot be read ({err})"]
     before, after = AuditResult(), AuditResult()
     _check_records(records, before)

@@ -37,6 +37,7 @@ NOT_IN_EQUATIONS = {
 }
 RESERVED = ("state", "input", "backup", "spectral_radius", "until", "not", *BUILTIN_CONSTANTS)
 MAX_SCENARIOS = 1_000_000
+MAX_HOLDOUT = 1_000_000  # holdout scenarios: the report and each final check roll them all out
 LYAPUNOV_FLOOR = 1e-12  # = compile.signals.LYAPUNOV_FLOOR: V(x₀) at or below it divides by ~0
 MEMORY_SHARE = 0.5      # an evaluation that needs more than this share of the machine is refused
 HOLDOUT_USEFUL = 0.05  # a holdout bound above this (5 %) is warned about: it certifies little
@@ -525,8 +526,6 @@ class Checker:
             if missing:
                 self.error(f"no initial range for {one_of(missing)}", sc.span,
                            f"add `initial {missing[0]} in [lo, hi]`")
-        count = self._number(sc.count, "count", positive=True, integer=True)
-        grid = self._number(sc.grid, "grid", positive=True, integer=True)
         if sc.count is not None and sc.grid is not None:
             self.error("give either `count` or `grid`, not both", sc.grid.span)
         elif sc.count is None and sc.grid is None:
@@ -534,15 +533,9 @@ class Checker:
         if gym and sc.grid is not None:
             self.error("gymnasium scenarios are resets with seeds seed, seed+1, …; use `count`",
                        sc.grid.span)
-        elif grid is not None and self.n and int(grid) ** self.n > MAX_SCENARIOS:
-            self.error(f"grid {int(grid)} over {self.n} states makes {int(grid) ** self.n:,} "
-                       f"scenarios (more than {MAX_SCENARIOS:,})", sc.grid.span,
-                       "use `count` to sample instead")
-        if count is not None and count > MAX_SCENARIOS:
-            self.error(f"count {count:g} is more than {MAX_SCENARIOS} scenarios", sc.count.span)
+        holdout = self._check_counts()
         self._number(sc.seed, "seed", nonnegative=True, integer=True)
-        holdout = self._number(sc.holdout, "holdout", nonnegative=True, integer=True)
-        bound = holdout_bound(int(holdout)) if holdout is not None and holdout < 1e18 else None
+        bound = holdout_bound(int(holdout)) if holdout is not None else None
         if bound is not None and bound > HOLDOUT_USEFUL:
             enough = math.ceil(math.log(1 / HOLDOUT_BETA) / HOLDOUT_USEFUL)
             self.diag.warning(f"holdout {int(holdout)} bounds P(violation) only by ln(1/β)/N = "
@@ -557,6 +550,31 @@ class Checker:
         else:
             self._number(sc.horizon, "horizon", positive=True, integer=True, required=True,
                          owner=sc)
+
+    def _check_counts(self) -> float | None:
+        """The scenario counts a spec makes every reader size: `count`, `grid`ⁿ and `holdout`
+        (one of size_errors' checks, so also run on a run's stored spec); returns the holdout
+        count when it is within bounds."""
+        sc = self.spec.scenarios
+        count = self._number(sc.count, "count", positive=True, integer=True)
+        grid = self._number(sc.grid, "grid", positive=True, integer=True)
+        digits = self.n * math.log10(grid) if grid is not None else 0.0  # of grid ** n
+        if self.n and not isinstance(self.spec.system, M.GymnasiumSystem) \
+                and digits > math.log10(MAX_SCENARIOS) \
+                and (digits >= 18 or int(grid) ** self.n > MAX_SCENARIOS):
+            made = f"{int(grid) ** self.n:,}" if digits < 18 else f"about 10^{digits:.0f}"
+            self.error(f"grid {grid:g} over {self.n} states makes {made} scenarios (more than "
+                       f"{MAX_SCENARIOS:,})", sc.grid.span, "use `count` to sample instead")
+        if count is not None and count > MAX_SCENARIOS:
+            self.error(f"count {count:g} is more than {MAX_SCENARIOS} scenarios", sc.count.span)
+        holdout = self._number(sc.holdout, "holdout", nonnegative=True, integer=True)
+        if holdout is not None and holdout > MAX_HOLDOUT:
+            self.error(f"holdout {holdout:,.0f} is more than {MAX_HOLDOUT:,} scenarios (the "
+                       "report rolls every one of them out)", sc.holdout.span,
+                       f"{MAX_HOLDOUT:,} holdout scenarios already bound P(violation) by "
+                       f"{holdout_bound(MAX_HOLDOUT):.4%}")
+            return None
+        return holdout
 
     # ---------------------------------------------------------------- formulas
     def _check_properties(self) -> None:
@@ -1265,6 +1283,23 @@ def check_model(spec: M.Spec, diagnostics: Collector, base_dir: Path | None,
     built (already reported, so not 'missing'); `run_code` False leaves out every check that
     would import or open code the spec names (reading a run directory)."""
     Checker(spec, diagnostics, base_dir, unbuilt, run_code).run()
+
+
+def size_errors(spec: M.Spec) -> list:
+    """The errors of the checks that bound what a spec makes a machine hold or compute (its
+    scenario counts, the memory of one evaluation): `scpo check` runs them with all the others,
+    and a reader of a run runs them on the run's stored spec before sizing anything from it,
+    which reads and runs nothing (a spec too broken to be sized is an error too)."""
+    diagnostics = Collector()
+    checker = Checker(spec, diagnostics, None, run_code=False)
+    try:
+        if spec.scenarios is not None:
+            checker._check_counts()
+        if not diagnostics.has_errors:
+            checker._check_resources()
+    except (ValueError, TypeError, AttributeError, OverflowError, IndexError) as err:
+        diagnostics.error(f"the spec cannot be sized ({type(err).__name__}: {err})", None)
+    return [d for d in diagnostics.sorted() if d.severity == "error"]
 
 
 FORMULA_KEYWORDS = ("always", "eventually", "and", "or", "in", "at", "final", "not", "until")

@@ -53,6 +53,15 @@ def training_states(spec: Spec) -> np.ndarray:
     return np.random.default_rng(seed).uniform(lo, hi, size=(int(sc.count), len(lo)))
 
 
+def scenario_count(spec: Spec) -> int:
+    """The number of rows `training_states(spec)` has, without making them."""
+    sc = spec.scenarios
+    if isinstance(spec.system, GymnasiumSystem) or sc.grid is None:
+        return int(sc.count)
+    lo, hi = initial_box(spec)
+    return int(sc.grid) ** int(np.count_nonzero(hi > lo))
+
+
 def holdout_states(spec: Spec, count: int | None = None) -> np.ndarray:
     """Fresh uniform draws from the same box (stream [seed, 1], disjoint from the training one)."""
     sc = spec.scenarios
