@@ -452,6 +452,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
                                                help="Also track the run in MLflow at this "
                                                     "tracking URI (default: "
                                                     "$MLFLOW_TRACKING_URI, if set)."),
+          no_mlflow: bool = typer.Option(False, "--no-mlflow",
+                                         help="Do not track the run in MLflow, even if "
+                                              "$MLFLOW_TRACKING_URI is set."),
           device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda: where the "
                                                "rollouts and the bank run (default: the spec's "
                                                "`train { device }`, else cpu)."),
@@ -471,6 +474,8 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     from scpo_spec.progress import TrainingProgress
     if resume and force:
         _usage("--resume continues the run in --out and --force starts a new one: give one")
+    if mlflow is not None and no_mlflow:
+        _usage("--mlflow tracks the run in MLflow and --no-mlflow does not: give one")
     result = _checked(file, code=2)
     if sign is not None:  # a key that cannot sign is a usage error, said before training
         from scpo_spec.audit.signing import SigningError, check_private_key
@@ -479,6 +484,7 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         except SigningError as e:
             _usage(f"--sign: {e}")
     tracking = _tracking(result.spec.name.name, not no_tensorboard,
+                         None if no_mlflow else
                          mlflow or os.environ.get("MLFLOW_TRACKING_URI") or None)
     if device is not None:  # overrides `train { device }`; refused like it without a GPU
         from scpo_spec.compile.usercode import set_device
