@@ -94,6 +94,12 @@ def _usage(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _need_head_hash(head: str | None) -> None:
+    """A --head that is not a SHA-256 in hex is a usage error, not an anchor that fails."""
+    if head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", head.strip()):
+        _usage(f"--head {head}: expected the 64 hex digits `scpo train` printed after `head`")
+
+
 def _need_spec_files(files: List[Path]) -> None:
     """A path that does not exist, or is a folder, a pipe or a device, is a usage error (exit
     2), said before any file is checked."""
@@ -600,8 +606,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     from scpo_spec.audit.verdict import STORED_SPEC, judge
     if not run.is_dir():
         _usage(f"not a run directory: {run}")
-    if head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", head.strip()):
-        _usage(f"--head {head}: expected the 64 hex digits `scpo train` printed after `head`")
+    _need_head_hash(head)
     if key is not None:  # a key that cannot verify is a usage error, said before anything
         from scpo_spec.audit.signing import SigningError, check_public_key
         try:
@@ -825,7 +830,7 @@ class ReportFormat(str, Enum):
 
 
 def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Path | None = None,
-                  trust_code: bool = False):
+                  trust_code: bool = False, head: str | None = None):
     from scpo_spec.audit.rundir import RunDir, RunError
     from scpo_spec.report import gather, write_report
     target = output or RunDir(run).report(fmt.value)
@@ -834,7 +839,7 @@ def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Pat
         _usage(problem)
     import jinja2
     try:
-        evidence = gather(run, key=key, trust_code=trust_code)
+        evidence = gather(run, key=key, trust_code=trust_code, head=head)
         write_report(evidence, target, fmt.value)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError,
             jinja2.TemplateError) as e:  # a hand-edited log the audit may still pass on
@@ -875,6 +880,9 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
                                             "pdf (the page printed by headless Chromium)."),
            output: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write "
                                                  "(default RUN/report.html|md|pdf)."),
+           head: Optional[str] = typer.Option(None, "--head", help="The head hash `scpo "
+                                              "train` printed, kept outside the run: NOT "
+                                              "CERTIFIED unless the chain ends exactly there."),
            key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 public key the "
                                               "run's signature must verify with."),
            trust_code: bool = typer.Option(False, "--trust-code", help="Run the code the "
@@ -886,12 +894,15 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
     never imports or unpickles anything from the run, and runs code the spec names only with
     --trust-code).  Exit 0 when the report was written, whatever its verdict (the verdict is
     printed; `scpo audit` is the pass/fail check); 1 it could not be written (written whole or
-    not at all); 2 an --out inside a run directory other than its own report.<format>, or an
-    existing file that is not a .<format> file (never replaced)."""
+    not at all); 2 an --out inside a run directory other than its own report.<format>, an
+    existing file that is not a .<format> file (never replaced), or a --head that is not a
+    hash.  Without --head (or --key) the report proves the log consistent, not that it is the
+    log the run wrote: a reviewer passes the head they were given."""
     from scpo_spec.audit.rundir import RunDir
     if not RunDir(run).is_run():
         _usage(f"not a run directory (no audit.jsonl): {run}")
-    evidence, target = _write_report(run, fmt, output, key, trust_code)
+    _need_head_hash(head)
+    evidence, target = _write_report(run, fmt, output, key, trust_code, head)
     _say_verdict(evidence.verdict, target)
 
 

@@ -124,6 +124,36 @@ def test_a_forged_holdout_record_is_caught_by_the_chain(small_run, tmp_path):
     assert not gather(run).certified
 
 
+def test_the_report_is_certified_only_at_its_anchor(small_run, tmp_path):
+    """A reviewer given the head `scpo train` printed passes it: a log rewritten and rechained
+    by whoever can write the run directory audits clean, but does not end there."""
+    right = gather(small_run, final_policy=False)
+    assert right.certified, right.failures  # the run itself is fine: only the anchor decides
+    assert gather(small_run, final_policy=False, head=right.audit.head.upper()).certified
+    wrong = "0" * 64
+    ev = gather(small_run, final_policy=False, head=wrong)
+    assert not ev.certified
+    (failure,) = ev.failures
+    assert failure.startswith(f"anchored head (the chain ends at {right.audit.head}, not at "
+                              f"the anchor {wrong}")
+    out = tmp_path / "r.md"
+    result = runner.invoke(app, ["report", str(small_run), "--format", "md", "--out", str(out),
+                                 "--head", wrong])
+    assert result.exit_code == 0, result.output  # written, whatever its verdict
+    said = " ".join(result.output.split())
+    assert "NOT CERTIFIED (anchored head (the chain ends at" in said and wrong in said
+    page = out.read_text()
+    assert "**NOT CERTIFIED** — fails: anchored head" in page and wrong in page
+    result = runner.invoke(app, ["report", str(small_run), "--format", "md", "--out", str(out),
+                                 "--head", right.audit.head])
+    assert result.exit_code == 0 and result.output.startswith("CERTIFIED"), result.output
+    assert "the chain ends at the given head" in out.read_text()
+    result = runner.invoke(app, ["report", str(small_run), "--out", str(tmp_path / "x.html"),
+                                 "--head", "abc123"])
+    assert result.exit_code == 2 and "--head abc123: expected the 64 hex digits" in result.output
+    assert not (tmp_path / "x.html").exists()
+
+
 def test_report_cli_formats_and_errors(small_run, tmp_path):
     result = runner.invoke(app, ["report", str(small_run), "--format", "md", "--out",
                                  str(tmp_path / "x.md")])
