@@ -144,3 +144,92 @@ def test_headless_neovim_as_the_lsp_client(tmp_path):
     assert seen["definition"] == [const["line"] + 1, const["character"]]
 
     assert "\n".join(seen["formatted"]) + "\n" == fmt
+
+
+# What VS Code does with the packaged extension's entry point, short of VS Code: require it from
+# the unpacked .vsix, with a stand-in `vscode` module (every name a class), so that the
+# language client resolves from the node_modules the package carries and nothing else.
+NODE_LOAD = r"""
+const Module = require("module");
+const resolve = Module._resolveFilename;
+Module._resolveFilename = function (request, ...rest) {
+  return request === "vscode" ? "vscode" : resolve.call(this, request, ...rest);
+};
+require.cache.vscode = { id: "vscode", filename: "vscode", loaded: true,
+  exports: new Proxy({}, { get: (_, key) => (key === "__esModule" ? false : class {}) }) };
+const entry = process.argv[2];
+const ext = require(entry);
+const client = require.resolve("vscode-languageclient/node", { paths: [entry] });
+console.log(JSON.stringify({ activate: typeof ext.activate, deactivate: typeof ext.deactivate,
+                             client }));
+"""
+
+
+# as docs/editor.md says it (without the two flags vsce stops to ask, and Enter answers no)
+PACKAGE = "npx @vscode/vsce package --allow-missing-repository --skip-license"
+
+
+def _tree(folder: Path) -> list[tuple[str, bytes]]:
+    return sorted((str(p.relative_to(folder)), p.read_bytes()) for p in folder.rglob("*")
+                  if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def vsix(tmp_path_factory) -> Path:
+    """The .vsix built as docs/editor.md says (`npm install`, `npx @vscode/vsce package`), in a
+    copy of editors/vscode so that nothing is written into the repository."""
+    if NPM is None:
+        pytest.skip("npm is not installed: the .vsix cannot be built (node is not needed "
+                    "otherwise; tests/test_editor.py checks the manifest and grammar without it)")
+    assert PACKAGE in (ROOT / "docs" / "editor.md").read_text()
+    source = ROOT / "editors" / "vscode"
+    before = _tree(source)
+    work = tmp_path_factory.mktemp("vsix") / "vscode"
+    shutil.copytree(source, work)
+    env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false",
+           "npm_config_audit": "false"}
+    for command in (["npm", "install"], ["npx", "--yes", *PACKAGE.split()[1:]]):
+        done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=600)
+        assert done.returncode == 0, (command, done.stdout[-3000:], done.stderr[-3000:])
+    assert _tree(source) == before  # the repository's folder is untouched
+    manifest = json.loads((source / "package.json").read_text())
+    [built] = work.glob("scpo-*.vsix")  # what `code --install-extension scpo-*.vsix` takes
+    assert built.name == f"{manifest['name']}-{manifest['version']}.vsix"
+    return built
+
+
+@pytest.mark.slow
+def test_the_vsix_manifest_grammar_and_entry_point(vsix, tmp_path):
+    with zipfile.ZipFile(vsix) as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("extension/package.json"))
+        assert manifest == json.loads((ROOT / "editors" / "vscode" / "package.json").read_text())
+        assert manifest["name"] == "scpo" and manifest["publisher"]
+        assert manifest["engines"]["vscode"].startswith("^1.")
+        assert "onLanguage:scpo" in manifest["activationEvents"]
+        [language] = manifest["contributes"]["languages"]
+        assert language["id"] == "scpo" and language["extensions"] == [".scpo"]
+        json.loads(z.read("extension/" + language["configuration"].removeprefix("./")))
+        [grammar] = manifest["contributes"]["grammars"]
+        assert grammar["language"] == "scpo"
+        shipped = json.loads(z.read("extension/" + grammar["path"].removeprefix("./")))
+        assert shipped["scopeName"] == grammar["scopeName"] == "source.scpo"
+        # the grammar tests/test_editor.py checks token by token is the one that ships
+        assert shipped == json.loads(
+            (ROOT / "editors" / "vscode" / "syntaxes" / "scpo.tmLanguage.json").read_text())
+        entry = "extension/" + manifest["main"].removeprefix("./")
+        assert entry in names
+        assert "extension/node_modules/vscode-languageclient/node.js" in names
+        vsix_manifest = z.read("extension.vsixmanifest").decode()
+        assert f'Id="scpo" Version="{manifest["version"]}"' in vsix_manifest
+        assert f'Value="{manifest["engines"]["vscode"]}"' in vsix_manifest
+        z.extractall(tmp_path / "unpacked")
+    script = tmp_path / "load.js"
+    script.write_text(NODE_LOAD)
+    loaded = subprocess.run(["node", str(script), str(tmp_path / "unpacked" / entry)],
+                            capture_output=True, text=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    said = json.loads(loaded.stdout)
+    assert said["activate"] == said["deactivate"] == "function"
+    assert Path(said["client"]).is_relative_to(tmp_path / "unpacked" / "extension" / "node_modules")
