@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scpo_spec.audit.log import sha256_hex
+from scpo_spec.audit.rundir import RunDir
 from scpo_spec.cli import app
 from scpo_spec.engine.run import train
 from scpo_spec.report import gather, write_report
@@ -125,27 +126,44 @@ def test_a_forged_holdout_record_is_caught_by_the_chain(small_run, tmp_path):
 
 
 def test_the_report_is_certified_only_at_its_anchor(small_run, tmp_path):
-    """A reviewer given the head `scpo train` printed passes it: a log rewritten and rechained
-    by whoever can write the run directory audits clean, but does not end there."""
-    right = gather(small_run, final_policy=False)
-    assert right.certified, right.failures  # the run itself is fine: only the anchor decides
-    assert gather(small_run, final_policy=False, head=right.audit.head.upper()).certified
-    wrong = "0" * 64
-    ev = gather(small_run, final_policy=False, head=wrong)
+    """Whoever can write the run directory can rewrite a record, rechain and rebind the state
+    file: that log reports CERTIFIED unanchored, and NOT CERTIFIED, saying why, against the head
+    `scpo train` printed."""
+    genuine = gather(small_run, final_policy=False)
+    assert genuine.certified, genuine.failures
+    head = genuine.audit.head
+    assert gather(small_run, final_policy=False, head=head.upper()).certified
+    forged = tmp_path / "forged"
+    shutil.copytree(small_run, forged)
+    lines = (forged / "audit.jsonl").read_bytes().splitlines(keepends=True)
+    end = json.loads(lines[-1])
+    assert end["type"] == "end"
+    end["loss"] /= 2  # a better-looking final loss
+    lines[-1] = json.dumps(end, separators=(",", ":")).encode() + b"\n"
+    (forged / "audit.jsonl").write_bytes(b"".join(lines))
+    run = RunDir(forged)
+    state = run.read_state()
+    state.head = sha256_hex(lines[-1])
+    run.write_state(state)
+    run.keep_state()
+    assert gather(forged, final_policy=False).certified  # what no anchor can tell apart
+
+    ev = gather(forged, final_policy=False, head=head)
     assert not ev.certified
     (failure,) = ev.failures
-    assert failure.startswith(f"anchored head (the chain ends at {right.audit.head}, not at "
-                              f"the anchor {wrong}")
+    assert failure.startswith(f"anchored head (the chain ends at {state.head}, not at the "
+                              f"anchor {head}")
     out = tmp_path / "r.md"
-    result = runner.invoke(app, ["report", str(small_run), "--format", "md", "--out", str(out),
-                                 "--head", wrong])
+    result = runner.invoke(app, ["report", str(forged), "--format", "md", "--out", str(out),
+                                 "--head", head])
     assert result.exit_code == 0, result.output  # written, whatever its verdict
     said = " ".join(result.output.split())
-    assert "NOT CERTIFIED (anchored head (the chain ends at" in said and wrong in said
+    assert f"NOT CERTIFIED (anchored head (the chain ends at {state.head}, not at the anchor " \
+        f"{head}" in said
     page = out.read_text()
-    assert "**NOT CERTIFIED** — fails: anchored head" in page and wrong in page
+    assert "**NOT CERTIFIED** — fails: anchored head" in page and f"not at the anchor {head}" in page
     result = runner.invoke(app, ["report", str(small_run), "--format", "md", "--out", str(out),
-                                 "--head", right.audit.head])
+                                 "--head", head])
     assert result.exit_code == 0 and result.output.startswith("CERTIFIED"), result.output
     assert "the chain ends at the given head" in out.read_text()
     result = runner.invoke(app, ["report", str(small_run), "--out", str(tmp_path / "x.html"),
