@@ -105,7 +105,8 @@ def test_headless_neovim_as_the_lsp_client(tmp_path):
     tanhh = at(messy, "tanhh")
     fixed = messy.replace("tanhh", "tanh")
     (tmp_path / "fixed.scpo").write_text(fixed)
-    fmt = subprocess.run([sys.executable, "-m", "scpo_spec.cli", "fmt", str(tmp_path / "fixed.scpo")],
+    fmt = subprocess.run([sys.executable, "-m", "scpo_spec.cli", "fmt",
+                          str(tmp_path / "fixed.scpo")],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert fmt != fixed  # the layout is messy: formatting has something to do
     plan = {"spec": str(spec), "out": str(tmp_path / "seen.json"), "cwd": str(ROOT),
