@@ -590,7 +590,8 @@ def _train_failed(e: BaseException, file: Path, run_dir, steps: int | None = Non
 @command()
 def audit(run: Path = typer.Argument(..., help="A run directory."),
           as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-          head: Optional[str] = typer.Option(None, "--head", help="Fail unless the chain ends "
+          head: Optional[str] = typer.Option(None, "--head", metavar="HEX",
+                                             help="Fail unless the chain ends "
                                              "exactly at this hash (printed by `scpo train`)."),
           key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 public key: fail "
                                              "unless RUN/signature.json signs the head with it."),
@@ -880,7 +881,8 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
                                             "pdf (the page printed by headless Chromium)."),
            output: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write "
                                                  "(default RUN/report.html|md|pdf)."),
-           head: Optional[str] = typer.Option(None, "--head", help="The head hash `scpo "
+           head: Optional[str] = typer.Option(None, "--head", metavar="HEX",
+                                              help="The head hash `scpo "
                                               "train` printed, kept outside the run: NOT "
                                               "CERTIFIED unless the chain ends exactly there."),
            key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 public key the "
