@@ -94,6 +94,12 @@ def _usage(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _need_head_hash(head: str | None) -> None:
+    """A --head that is not a SHA-256 in hex is a usage error, not an anchor that fails."""
+    if head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", head.strip()):
+        _usage(f"--head {head}: expected the 64 hex digits `scpo train` printed after `head`")
+
+
 def _need_spec_files(files: List[Path]) -> None:
     """A path that does not exist, or is a folder, a pipe or a device, is a usage error (exit
     2), said before any file is checked."""
@@ -452,6 +458,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
                                                help="Also track the run in MLflow at this "
                                                     "tracking URI (default: "
                                                     "$MLFLOW_TRACKING_URI, if set)."),
+          no_mlflow: bool = typer.Option(False, "--no-mlflow",
+                                         help="Do not track the run in MLflow, even if "
+                                              "$MLFLOW_TRACKING_URI is set."),
           device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda: where the "
                                                "rollouts and the bank run (default: the spec's "
                                                "`train { device }`, else cpu)."),
@@ -471,6 +480,8 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     from scpo_spec.progress import TrainingProgress
     if resume and force:
         _usage("--resume continues the run in --out and --force starts a new one: give one")
+    if mlflow is not None and no_mlflow:
+        _usage("--mlflow tracks the run in MLflow and --no-mlflow does not: give one")
     result = _checked(file, code=2)
     if sign is not None:  # a key that cannot sign is a usage error, said before training
         from scpo_spec.audit.signing import SigningError, check_private_key
@@ -479,6 +490,7 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         except SigningError as e:
             _usage(f"--sign: {e}")
     tracking = _tracking(result.spec.name.name, not no_tensorboard,
+                         None if no_mlflow else
                          mlflow or os.environ.get("MLFLOW_TRACKING_URI") or None)
     if device is not None:  # overrides `train { device }`; refused like it without a GPU
         from scpo_spec.compile.usercode import set_device
@@ -578,7 +590,8 @@ def _train_failed(e: BaseException, file: Path, run_dir, steps: int | None = Non
 @command()
 def audit(run: Path = typer.Argument(..., help="A run directory."),
           as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-          head: Optional[str] = typer.Option(None, "--head", help="Fail unless the chain ends "
+          head: Optional[str] = typer.Option(None, "--head", metavar="HEX",
+                                             help="Fail unless the chain ends "
                                              "exactly at this hash (printed by `scpo train`)."),
           key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 public key: fail "
                                              "unless RUN/signature.json signs the head with it."),
@@ -594,8 +607,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     from scpo_spec.audit.verdict import STORED_SPEC, judge
     if not run.is_dir():
         _usage(f"not a run directory: {run}")
-    if head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", head.strip()):
-        _usage(f"--head {head}: expected the 64 hex digits `scpo train` printed after `head`")
+    _need_head_hash(head)
     if key is not None:  # a key that cannot verify is a usage error, said before anything
         from scpo_spec.audit.signing import SigningError, check_public_key
         try:
@@ -819,7 +831,7 @@ class ReportFormat(str, Enum):
 
 
 def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Path | None = None,
-                  trust_code: bool = False):
+                  trust_code: bool = False, head: str | None = None):
     from scpo_spec.audit.rundir import RunDir, RunError
     from scpo_spec.report import gather, write_report
     target = output or RunDir(run).report(fmt.value)
@@ -828,7 +840,7 @@ def _write_report(run: Path, fmt: ReportFormat, output: Optional[Path], key: Pat
         _usage(problem)
     import jinja2
     try:
-        evidence = gather(run, key=key, trust_code=trust_code)
+        evidence = gather(run, key=key, trust_code=trust_code, head=head)
         write_report(evidence, target, fmt.value)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError,
             jinja2.TemplateError) as e:  # a hand-edited log the audit may still pass on
@@ -869,6 +881,10 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
                                             "pdf (the page printed by headless Chromium)."),
            output: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write "
                                                  "(default RUN/report.html|md|pdf)."),
+           head: Optional[str] = typer.Option(None, "--head", metavar="HEX",
+                                              help="The head hash `scpo "
+                                              "train` printed, kept outside the run: NOT "
+                                              "CERTIFIED unless the chain ends exactly there."),
            key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 public key the "
                                               "run's signature must verify with."),
            trust_code: bool = typer.Option(False, "--trust-code", help="Run the code the "
@@ -880,12 +896,15 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
     never imports or unpickles anything from the run, and runs code the spec names only with
     --trust-code).  Exit 0 when the report was written, whatever its verdict (the verdict is
     printed; `scpo audit` is the pass/fail check); 1 it could not be written (written whole or
-    not at all); 2 an --out inside a run directory other than its own report.<format>, or an
-    existing file that is not a .<format> file (never replaced)."""
+    not at all); 2 an --out inside a run directory other than its own report.<format>, an
+    existing file that is not a .<format> file (never replaced), or a --head that is not a
+    hash.  Without --head (or --key) the report proves the log consistent, not that it is the
+    log the run wrote: a reviewer passes the head they were given."""
     from scpo_spec.audit.rundir import RunDir
     if not RunDir(run).is_run():
         _usage(f"not a run directory (no audit.jsonl): {run}")
-    evidence, target = _write_report(run, fmt, output, key, trust_code)
+    _need_head_hash(head)
+    evidence, target = _write_report(run, fmt, output, key, trust_code, head)
     _say_verdict(evidence.verdict, target)
 
 

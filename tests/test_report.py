@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scpo_spec.audit.log import sha256_hex
+from scpo_spec.audit.rundir import RunDir
 from scpo_spec.cli import app
 from scpo_spec.engine.run import train
 from scpo_spec.report import gather, write_report
@@ -122,6 +123,54 @@ def test_a_forged_holdout_record_is_caught_by_the_chain(small_run, tmp_path):
     lines[i] = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
     (run / "audit.jsonl").write_bytes(b"".join(lines))
     assert not gather(run).certified
+
+
+def test_the_report_is_certified_only_at_its_anchor(small_run, tmp_path):
+    """Whoever can write the run directory can rewrite a record, rechain and rebind the state
+    file: that log reports CERTIFIED unanchored, and NOT CERTIFIED, saying why, against the head
+    `scpo train` printed."""
+    genuine = gather(small_run, final_policy=False)
+    assert genuine.certified, genuine.failures
+    head = genuine.audit.head
+    assert gather(small_run, final_policy=False, head=head.upper()).certified
+    forged = tmp_path / "forged"
+    shutil.copytree(small_run, forged)
+    lines = (forged / "audit.jsonl").read_bytes().splitlines(keepends=True)
+    end = json.loads(lines[-1])
+    assert end["type"] == "end"
+    end["loss"] /= 2  # a better-looking final loss
+    lines[-1] = json.dumps(end, separators=(",", ":")).encode() + b"\n"
+    (forged / "audit.jsonl").write_bytes(b"".join(lines))
+    run = RunDir(forged)
+    state = run.read_state()
+    state.head = sha256_hex(lines[-1])
+    run.write_state(state)
+    run.keep_state()
+    assert gather(forged, final_policy=False).certified  # what no anchor can tell apart
+
+    ev = gather(forged, final_policy=False, head=head)
+    assert not ev.certified
+    (failure,) = ev.failures
+    assert failure.startswith(f"anchored head (the chain ends at {state.head}, not at the "
+                              f"anchor {head}")
+    out = tmp_path / "r.md"
+    result = runner.invoke(app, ["report", str(forged), "--format", "md", "--out", str(out),
+                                 "--head", head])
+    assert result.exit_code == 0, result.output  # written, whatever its verdict
+    said = " ".join(result.output.split())
+    assert f"NOT CERTIFIED (anchored head (the chain ends at {state.head}, not at the anchor " \
+        f"{head}" in said
+    page = out.read_text()
+    assert "**NOT CERTIFIED** — fails: anchored head" in page
+    assert f"not at the anchor {head}" in page
+    result = runner.invoke(app, ["report", str(small_run), "--format", "md", "--out", str(out),
+                                 "--head", head])
+    assert result.exit_code == 0 and result.output.startswith("CERTIFIED"), result.output
+    assert "the chain ends at the given head" in out.read_text()
+    result = runner.invoke(app, ["report", str(small_run), "--out", str(tmp_path / "x.html"),
+                                 "--head", "abc123"])
+    assert result.exit_code == 2 and "--head abc123: expected the 64 hex digits" in result.output
+    assert not (tmp_path / "x.html").exists()
 
 
 def test_report_cli_formats_and_errors(small_run, tmp_path):

@@ -157,6 +157,21 @@ def test_a_resume_appends_an_event_file_and_continues_the_mlflow_run(tmp_path):
     assert mlrun.info.status == "FINISHED"
 
 
+def test_no_mlflow_overrides_a_global_tracking_uri(tmp_path):
+    """A user with MLFLOW_TRACKING_URI in their shell profile can still train untracked."""
+    spec = write_spec(tmp_path, small_di(steps=2))
+    store = tmp_path / "mlruns"
+    env = {"MLFLOW_TRACKING_URI": store_uri(store)}
+    result = invoke(["train", spec, "--out", tmp_path / "run", "-q", "--no-mlflow"], env)
+    assert result.exit_code == 0, result.output
+    assert not store.exists()
+    assert RunDir(tmp_path / "run").log.exists()
+    both = invoke(["train", spec, "--out", tmp_path / "run2", "--mlflow", store_uri(store),
+                   "--no-mlflow"])
+    assert both.exit_code == 2 and "--no-mlflow" in both.output
+    assert not store.exists()
+
+
 def test_no_tensorboard_writes_none(tmp_path):
     spec = write_spec(tmp_path, small_di(steps=2))
     result = invoke(["train", spec, "--out", tmp_path / "run", "-q", "--no-tensorboard"])

@@ -100,14 +100,16 @@ class Evidence:
 
 def gather(run_dir: str | Path, compute_holdout: bool = True,
            key: Path | None = None, final_policy: bool = True,
-           trust_code: bool = False) -> Evidence:
+           trust_code: bool = False, head: str | None = None) -> Evidence:
     """Read and re-verify a run; RunError only for a directory that is not a run at all (no log,
-    or no header).  `key`: an Ed25519 public key the head's signature must verify with;
+    or no header).  `head`: the anchor kept outside the run (the hash `scpo train` printed):
+    NOT CERTIFIED unless the chain ends there, as `scpo audit --head` says;
+    `key`: an Ed25519 public key the head's signature must verify with;
     `final_policy`: roll the final policy out for the report's trajectory/regression plots;
     `trust_code`: run the code the spec names (after checking its fingerprints) for them."""
     run = RunDir(run_dir)
     header = run.header()
-    audit = audit_run(run.path, key=key)
+    audit = audit_run(run.path, head=head, key=key)
     try:
         records = run.records()
     except RunError as err:  # a damaged log still reports (the audit says what is wrong)
