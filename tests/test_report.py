@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from scpo_spec.audit.log import sha256_hex
-from scpo_spec.audit.rundir import RunDir
 from scpo_spec.cli import app
 from scpo_spec.engine.run import train
 from scpo_spec.report import gather, write_report
@@ -20,6 +18,7 @@ from scpo_spec.report.render import md_code, md_fence, md_text
 from scpo_spec.language.load import check_file
 from tests.conftest import ROOT, SPECS
 from tests.engine_specs import small_di, spec_of, write_spec
+from tests.forgery import records, write_rechained
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium")
@@ -125,6 +124,26 @@ def test_a_forged_holdout_record_is_caught_by_the_chain(small_run, tmp_path):
     assert not gather(run).certified
 
 
+@pytest.mark.parametrize("field", ["loss", "g"])
+def test_an_end_record_that_misstates_the_final_policy_fails_even_unanchored(small_run,
+                                                                              tmp_path, field):
+    """The end record repeats the last accepted policy's loss and g: a better-looking final loss
+    (or g) written there, rechained and re-bound, is not that policy's, and the audit says so."""
+    forged = tmp_path / "forged"
+    shutil.copytree(small_run, forged)
+    recs = records(forged)
+    assert recs[-1]["type"] == "end"
+    if field == "loss":
+        recs[-1]["loss"] /= 2
+    else:
+        recs[-1]["g"] = [v * 2 for v in recs[-1]["g"]]
+    write_rechained(forged, recs, rebind=True)
+    ev = gather(forged, final_policy=False)
+    assert not ev.certified
+    assert any("the end's g or loss are not the last accepted policy's" in p
+               for p in ev.audit.problems), ev.audit.problems
+
+
 def test_the_report_is_certified_only_at_its_anchor(small_run, tmp_path):
     """Whoever can write the run directory can rewrite a record, rechain and rebind the state
     file: that log reports CERTIFIED unanchored, and NOT CERTIFIED, saying why, against the head
@@ -135,30 +154,22 @@ def test_the_report_is_certified_only_at_its_anchor(small_run, tmp_path):
     assert gather(small_run, final_policy=False, head=head.upper()).certified
     forged = tmp_path / "forged"
     shutil.copytree(small_run, forged)
-    lines = (forged / "audit.jsonl").read_bytes().splitlines(keepends=True)
-    end = json.loads(lines[-1])
-    assert end["type"] == "end"
-    end["loss"] /= 2  # a better-looking final loss
-    lines[-1] = json.dumps(end, separators=(",", ":")).encode() + b"\n"
-    (forged / "audit.jsonl").write_bytes(b"".join(lines))
-    run = RunDir(forged)
-    state = run.read_state()
-    state.head = sha256_hex(lines[-1])
-    run.write_state(state)
-    run.keep_state()
+    recs = records(forged)
+    recs[0]["command"] = "scpo train spec.scpo  # run by the safety lead"  # who ran it, rewritten
+    forged_head = write_rechained(forged, recs, rebind=True)
     assert gather(forged, final_policy=False).certified  # what no anchor can tell apart
 
     ev = gather(forged, final_policy=False, head=head)
     assert not ev.certified
     (failure,) = ev.failures
-    assert failure.startswith(f"anchored head (the chain ends at {state.head}, not at the "
+    assert failure.startswith(f"anchored head (the chain ends at {forged_head}, not at the "
                               f"anchor {head}")
     out = tmp_path / "r.md"
     result = runner.invoke(app, ["report", str(forged), "--format", "md", "--out", str(out),
                                  "--head", head])
     assert result.exit_code == 0, result.output  # written, whatever its verdict
     said = " ".join(result.output.split())
-    assert f"NOT CERTIFIED (anchored head (the chain ends at {state.head}, not at the anchor " \
+    assert f"NOT CERTIFIED (anchored head (the chain ends at {forged_head}, not at the anchor " \
         f"{head}" in said
     page = out.read_text()
     assert "**NOT CERTIFIED** — fails: anchored head" in page

@@ -446,10 +446,20 @@ def _check_records(records: list, res: AuditResult) -> None:
             res.end_reason = rec.reason
             if a.theta is not None and rec.theta != a.theta:
                 a.fail(f"record {seq}: the final policy is not the last accepted one")
+            elif a.g is not None and a.shape(rec.g, f"record {seq}") and not (
+                    np.array_equal(rec.g, a.g) and _same(rec.loss, res.loss_last)):
+                a.fail(f"record {seq}: the end's g or loss are not the last accepted "
+                       "policy's, as its step logged them")
         else:
             a.fail(f"record {seq}: a second header")
     res.final_theta = a.theta
     res.stall = _stall(a, res)
+
+
+def _same(x, y) -> bool:
+    """Two logged numbers are one (NaN only equals NaN: a loss may be undefined)."""
+    return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x)
+                      and math.isnan(y))
 
 
 def _stall(a: _Audit, res: AuditResult) -> dict | None:
