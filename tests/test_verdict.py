@@ -144,6 +144,8 @@ def test_load_run_refuses_an_accepted_step_whose_logged_g_violates(genuine, tmp_
     step = [r for r in recs if r["type"] == "step" and r["accepted"]][-1]
     step["g_next"][0] = 0.25
     step["tries"][-1]["verified"][0] = 0.25
+    recs[-1]["g"][0] = 0.25  # the end record repeats the final policy's g
+    assert recs[-1]["type"] == "end" and recs[-1]["theta"] == step["theta_next"]
     write_rechained(run, recs, rebind=True)
     assert judge(run)[0].certificates_ok  # the certificates still recompute: only g violates
     _refused(run, "accepted iterates .*1 accepted iterate.*violate")
