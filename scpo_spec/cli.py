@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import signal
@@ -159,7 +160,12 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
 def _initial_metrics(result: CheckResult, file: Path):
     """The compiled spec and g(θ₀), one float per metric."""
     compiled = _compile_or_exit(result, file)
-    return compiled, compiled.evaluator(compiled.family.theta0[None])[0].tolist()
+    g = compiled.evaluator(compiled.family.theta0[None])[0].tolist()
+    if not all(map(math.isfinite, g)):  # the author's plant leaving the numbers: say where
+        failure = compiled.evaluator.plant_failure(compiled.family.theta0)
+        if failure is not None:
+            raise failure
+    return compiled, g
 
 
 def _rollout_check(result: CheckResult, file: Path) -> bool:
