@@ -118,7 +118,9 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
           rollout: bool = typer.Option(False, "--rollout",
                                        help="Also evaluate g(θ₀): can training start?"),
           ) -> None:
-    """Check spec files: syntax, names, shapes, ranges, formulas, data files, environments."""
+    """Check spec files: syntax, names, shapes, ranges, formulas, data files, environments.
+    Exit 0 valid; 1 an error (with --rollout: or θ₀ violates a metric); 2 a usage error, or
+    (--rollout) a `system python` plant that raised or left the finite numbers."""
     missing = [f for f in files if not f.exists()]
     if missing:
         _usage(f"no such file: {', '.join(map(str, missing))}")
@@ -457,7 +459,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     written (another process writing it, a read-only folder, a full disk: the message says what
     is intact and how to --resume); 2 a usage or spec error, or an --mlflow (or
     MLFLOW_TRACKING_URI) that cannot be used (mlflow not installed, a URI it refuses), said
-    before training starts, or a --sign key that cannot sign; 130 interrupted by Ctrl-C or
+    before training starts, or a --sign key that cannot sign, or a `system python` plant that
+    raised (or left the finite numbers on θ₀'s rollout: then no run is written; a run it stops
+    is kept up to its last step, its end record saying why); 130 interrupted by Ctrl-C or
     SIGTERM (resumable; after the last step the run is complete, and its head is printed).  TensorBoard
     event files go to RUN/tensorboard/ (a failure to write them warns once, never stops the run).
     The last line is the log's head hash: keep it to anchor the log."""

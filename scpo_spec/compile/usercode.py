@@ -43,6 +43,7 @@ def _linearisation_point(spec: Spec, plant) -> list[Diagnostic]:
     import torch
     from scpo_spec.dtype import DTYPE
     from scpo_spec.systems.dynamics import Dynamics, LinearisationError
+    from scpo_spec.systems.user_code import PlantFailure
     n, m = plant.n, plant.m
     with torch.no_grad():
         residual = plant(torch.zeros(1, n, dtype=DTYPE), torch.zeros(1, m, dtype=DTYPE))[0]
@@ -54,6 +55,9 @@ def _linearisation_point(spec: Spec, plant) -> list[Diagnostic]:
         A, B = Dynamics("python", n, m, map=plant).linearisation()
     except LinearisationError as err:
         return [Diagnostic(message=str(err), span=spec.system.function.span)]
+    except PlantFailure as err:  # raised under autograd only
+        return [Diagnostic(message=f"the plant '{plant.name}' {err.what} when differentiated at "
+                                   "the origin (x = 0, u = 0)", span=spec.system.function.span)]
     backup = spec.backup
     if isinstance(backup, LqrBackup):
         problem = riccati_problem(A, B, backup.Q.array().reshape(n, n),

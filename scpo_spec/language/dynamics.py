@@ -6,6 +6,11 @@ finite differences (step `FD_STEP`) of the numpy map, so the checker can solve a
 Riccati equation (and check V(x₀) of lyapunov(backup)) without torch.  A test on the compile side
 keeps the two linearisations close.
 
+The rules of the linearisation point live here too, one text for every plant: x = 0, u = 0 must
+be an equilibrium wherever the plant is linearised (`not_an_equilibrium`), and an lqr backup's
+Riccati equation must have a stabilising solution (`riccati_problem`); the checker applies them
+to declared plants, compile/usercode.py to python ones, policies/backup.py when it builds the LQR.
+
 Integrators of `system ode` (input u held over the control period dt, `substeps` steps of
 h = dt / substeps each):
     euler     x ← x + h f(x, u)

@@ -5,7 +5,9 @@ Importing it runs the author's code, so only `check` and `train` of the author's
 module is looked for in the spec's folder first, then on the Python path); `PythonPlant` imports
 lazily, on its first step or linearisation, so building a run's model never does.  Every way the
 callable can be wrong is a `UserCodeError` naming the module and attribute, found by `load` on a
-small probe batch rather than deep inside a rollout.
+small probe batch rather than deep inside a rollout.  What only a rollout finds (the callable
+raising on some state, or turning finite states into NaN on the initial policy's rollout) is a
+`PlantFailure` at the spec's `system python` label, naming the step, the scenario and its x₀.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def _numbers(values: list[float] | None) -> str:
     return "[" + ", ".join(f"{v:.6g}" for v in values or []) + "]"
 
 
-MAX_ROWS_TRIED = 100_000  # a failing batch is retried row by row to name the scenario
+MAX_ROWS_TRIED = 10_000  # a failing batch is retried row by row to name the scenario
 
 
 class PythonPlant:
@@ -184,8 +186,8 @@ class PythonPlant:
 
     def _raised(self, fn: Callable, x: torch.Tensor, u: torch.Tensor,
                 err: Exception) -> PlantFailure:
-        """The failure, at the first state of the batch that raises on its own (None where
-        none does: the batch as a whole made it raise)."""
+        """The failure, at the first state of the batch that raises on its own (at none where
+        none does: then the batch as a whole made it raise)."""
         lead = torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
         xs = x.detach().expand(*lead, self.n).reshape(-1, self.n)
         us = u.detach().expand(*lead, self.m).reshape(-1, self.m)
