@@ -124,8 +124,8 @@ def test_printed_compiled_formula_computes_the_metric(f, data):
 
 class PrintedMetric:
     """A reader of the whole compiled text, temporal operators included: a recursive descent over
-    what describe prints, each atom `(a − b)` / `max(lo − a, a − hi)` re-parsed by the language's
-    own parser and evaluated by the numpy evaluator at its step (`@τ`, else t)."""
+    what describe prints, each atom `(a − b)` / `max(lo − a, a − hi)` re-parsed by the
+    language's own parser and evaluated by the numpy evaluator at its step (`@τ`, else t)."""
 
     def __init__(self, text: str, X: np.ndarray, U: np.ndarray):
         self.s, self.i, self.X, self.U = text, 0, X, U

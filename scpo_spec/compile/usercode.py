@@ -47,8 +47,8 @@ def _linearisation_point(spec: Spec, plant) -> list[Diagnostic]:
     n, m = plant.n, plant.m
     with torch.no_grad():
         residual = plant(torch.zeros(1, n, dtype=DTYPE), torch.zeros(1, m, dtype=DTYPE))[0]
-    moved = [(not_an_equilibrium(residual.numpy(), False, what), span) for what, span in uses]
-    if moved[0][0] is not None:
+    moved = not_an_equilibrium(residual.numpy(), False, uses)
+    if moved:
         return [Diagnostic(message=message, span=span, hint=OPERATING_POINT_HINT)
                 for message, span in moved]
     try:

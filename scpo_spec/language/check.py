@@ -1106,17 +1106,17 @@ class Checker:
                 residual = right_hand_side(system, self.consts)(np.zeros(self.n), np.zeros(self.m))
             except (EvalError, KeyError, TypeError, ValueError, FloatingPointError):
                 return  # an equation that cannot be evaluated there: reported by its own check
-            problems = [(not_an_equilibrium(residual, isinstance(system, M.OdeSystem), what), span)
-                        for what, span in uses]
-            if problems[0][0] is not None:
-                for message, span in problems:
-                    self.error(message, span, OPERATING_POINT_HINT)
+            moved = not_an_equilibrium(residual, isinstance(system, M.OdeSystem), uses)
+            for message, span in moved:
+                self.error(message, span, OPERATING_POINT_HINT)
+            if moved:
                 return
             AB = self._declared_linearisation()
         elif isinstance(system, M.PendulumSystem):
             AB = pendulum_linearisation(system)
         else:
-            AB = (system.A.array().reshape(self.n, self.n), system.B.array().reshape(self.n, self.m))
+            AB = (system.A.array().reshape(self.n, self.n),
+                  system.B.array().reshape(self.n, self.m))
         backup = self.spec.backup
         if AB is not None and isinstance(backup, M.LqrBackup):
             problem = riccati_problem(*AB, backup.Q.array().reshape(self.n, self.n),
