@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import signal
@@ -139,7 +140,9 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
           rollout: bool = typer.Option(False, "--rollout",
                                        help="Also evaluate g(θ₀): can training start?"),
           ) -> None:
-    """Check spec files: syntax, names, shapes, ranges, formulas, data files, environments."""
+    """Check spec files: syntax, names, shapes, ranges, formulas, data files, environments.
+    Exit 0 valid; 1 an error (with --rollout: or θ₀ violates a metric); 2 a usage error, or
+    (--rollout) a `system python` plant that raised or left the finite numbers."""
     _need_spec_files(files)
     results = [_check_file(f) for f in files]
     failed = [r for r in results if not r.ok]
@@ -179,7 +182,12 @@ def check(files: List[Path] = typer.Argument(..., help="Spec files (.scpo, .yaml
 def _initial_metrics(result: CheckResult, file: Path):
     """The compiled spec and g(θ₀), one float per metric."""
     compiled = _compile_or_exit(result, file)
-    return compiled, compiled.evaluator(compiled.family.theta0[None])[0].tolist()
+    g = compiled.evaluator(compiled.family.theta0[None])[0].tolist()
+    if not all(map(math.isfinite, g)):  # the author's plant leaving the numbers: say where
+        failure = compiled.evaluator.plant_failure(compiled.family.theta0)
+        if failure is not None:
+            raise failure
+    return compiled, g
 
 
 def _rollout_check(result: CheckResult, file: Path) -> bool:
@@ -470,7 +478,9 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
     written (another process writing it, a read-only folder, a full disk: the message says what
     is intact and how to --resume); 2 a usage or spec error, or an --mlflow (or
     MLFLOW_TRACKING_URI) that cannot be used (mlflow not installed, a URI it refuses), said
-    before training starts, or a --sign key that cannot sign; 130 interrupted by Ctrl-C or
+    before training starts, or a --sign key that cannot sign, or a `system python` plant that
+    raised (or left the finite numbers on θ₀'s rollout: then no run is written; a run it stops
+    is kept up to its last step, its end record saying why); 130 interrupted by Ctrl-C or
     SIGTERM (resumable; after the last step the run is complete, and its head is printed).  TensorBoard
     event files go to RUN/tensorboard/ (a failure to write them warns once, never stops the run).
     The last line is the log's head hash: keep it to anchor the log."""

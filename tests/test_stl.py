@@ -289,7 +289,7 @@ def test_describe_names_the_steps():
         "max_{scenarios} max_{t∈[0:5]} min_{t2∈[t:min(t+1, 5)]} (0.5 − x)@t2"
     assert d("at final always x <= 0.5") == "max_{scenarios} max_{t∈[5:5]} (x − 0.5)"
     assert d("eventually (u <= -1 and x <= 0.5)") == \
-        "max_{scenarios} min_{t∈[0:4]} max((u − -1), (x − 0.5))"
+        "max_{scenarios} min_{t∈[0:4]} max((u − (-1)), (x − 0.5))"
     assert d("x <= 1 until[1:3] y <= 0") == \
         "max_{scenarios} min_{t∈[1:3]} max((y − 0), max_{t2∈[0:t−1]} (x − 1)@t2)"
     assert d("x >= 1 -> eventually x <= 0") == \

@@ -39,12 +39,12 @@ class _Context:
             return self.render(x, at, mx, depth)
 
         if isinstance(e, E.Compare):
-            a, b = unparse(e.left), unparse(e.right)
-            return _at(f"({a} − {b})" if e.op in ("<=", "<") else f"({b} − {a})", at, e, self)
+            upper = e.op in ("<=", "<")
+            a, b = (e.left, e.right) if upper else (e.right, e.left)
+            return _at(f"({_minus(a, b)})", at, e, self)
         if isinstance(e, E.Within):
-            lo, hi = (format_number(float(v)) for v in evaluate(e.interval, self.consts))
-            a = unparse(e.arg)
-            return _at(f"max({lo} − {a}, {a} − {hi})", at, e, self)
+            lo, hi = (E.Num(value=float(v)) for v in evaluate(e.interval, self.consts))
+            return _at(f"max({_minus(lo, e.arg)}, {_minus(e.arg, hi)})", at, e, self)
         if isinstance(e, (E.And, E.Or)):
             op = mx if isinstance(e, E.And) else "min"
             return f"{op}(" + ", ".join(sub(a) for a in e.args) + ")"
@@ -86,6 +86,15 @@ class _Context:
         phi = self.render(e.left, inner, mx, depth + 2)
         return (f"min_{{{var}∈{_range(at, a, b, last)}}} {mx}({psi}, "
                 f"{mx}_{{{inner}∈[{at}:{var}−1]}} {phi})")
+
+
+def _minus(a: E.Node, b: E.Node) -> str:
+    """`a − b` with the display minus of the violation, each side parenthesised as the
+    expression language would need (`c − (x - y)`), a negative right side too (`x − (-3)`)."""
+    right = E.operand(b, "-", right=True)
+    if right.startswith("-"):
+        right = f"({right})"
+    return f"{E.operand(a, '-', right=False)} − {right}"
 
 
 def _var(depth: int) -> str:

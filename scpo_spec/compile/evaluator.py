@@ -15,6 +15,7 @@ from scpo_spec.compile.signals import Compiled, Trace
 from scpo_spec.policies.policy import PolicyFamily
 from scpo_spec.systems.dynamics import Dynamics, RolloutViews
 from scpo_spec.systems.gym_rollout import GymRollout
+from scpo_spec.systems.user_code import PlantFailure, PythonPlant
 
 from scpo_spec.dtype import DTYPE
 
@@ -110,9 +111,10 @@ class RolloutEvaluator:
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """`reuse`: write into this evaluator's buffers for the shape, kept from call to call
         (for `_violations`, which hands nothing of the rollout out); else fresh tensors."""
+        training = x0 is self.x0  # the spec's scenarios (a PlantFailure names them)
         thetas, x0 = thetas.to(self.device), x0.to(self.device)
         if torch.is_grad_enabled():  # the cost objective's differentiable rollout
-            return self._rollout_autograd(thetas, x0)
+            return self._rollout_autograd(thetas, x0, training)
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
         # time-major buffers: X[t] and U[t] are contiguous (C, S, ·) blocks, written in place.
         # Reused, they keep their per-step views and the plant's step from call to call
@@ -128,9 +130,13 @@ class RolloutEvaluator:
         X, U = views.X, views.U
         X[0].copy_(x0.expand(C, S, n))
         act = self.family.batched(thetas).rollout_step(views)
-        for t in range(T):
-            act(t)
-            advance(t)
+        t = 0
+        try:
+            for t in range(T):
+                act(t)
+                advance(t)
+        except PlantFailure as failure:  # the author's plant raised: say where
+            raise failure.located(t, x0.cpu(), training) from None
         # one copy into the (C, S, T, ·) layout the metrics read (the old torch.stack's layout;
         # the metrics on permuted views of these buffers instead cost twice the copy)
         return (views.buffer("states", (C, S, T + 1, n)).copy_(X.permute(1, 2, 0, 3)),
@@ -145,7 +151,7 @@ class RolloutEvaluator:
         self._scratch[key] = scratch = {} if scratch is None else scratch
         return scratch
 
-    def _rollout_autograd(self, thetas: torch.Tensor, x0: torch.Tensor
+    def _rollout_autograd(self, thetas: torch.Tensor, x0: torch.Tensor, training: bool
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """The rollout on autograd's graph (nothing written in place): the same arithmetic as
         the evaluated rollout, bit for bit (tests/test_perf_equality.py)."""
@@ -153,9 +159,12 @@ class RolloutEvaluator:
         x = x0.expand(C, S, n)
         states, inputs = [x], []
         policy = self.family.batched(thetas)
-        for _ in range(T):
+        for t in range(T):
             u = policy(x)
-            x = self.dynamics.step(x, u)
+            try:
+                x = self.dynamics.step(x, u)
+            except PlantFailure as failure:  # the author's plant raised: say where
+                raise failure.located(t, x0.detach().cpu(), training) from None
             states.append(x)
             inputs.append(u)
         return torch.stack(states, dim=2), torch.stack(inputs, dim=2).reshape(C, S, T, m)
@@ -179,6 +188,18 @@ class RolloutEvaluator:
         closed = torch.baddbmm(self._A.expand(C, n, n), self._B.expand(C, *self._B.shape), J)
         rho = torch.linalg.eigvals(closed).abs().amax(dim=1)
         return torch.where(closed.sum((1, 2)).isfinite(), rho, torch.nan)  # NaN, ±inf propagate
+
+    @torch.no_grad()
+    def plant_failure(self, theta: torch.Tensor) -> PlantFailure | None:
+        """Where the author's plant (`system python`) turned the finite states and inputs of
+        θ's rollout on the scenarios into non-finite ones, or None (no python plant, or it
+        never did): said before training, where a non-finite g(θ₀) alone would not say why."""
+        plant = self.dynamics.map
+        if not isinstance(plant, PythonPlant):
+            return None
+        X, U = self.rollout(torch.as_tensor(theta, dtype=DTYPE).reshape(1, -1))
+        failure = plant.non_finite(X, U)
+        return None if failure is None else failure.located(failure.step, self.x0, True)
 
     @torch.no_grad()
     def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Callable
 
 from scpo_spec.language.diagnostics import Diagnostic
-from scpo_spec.language.model import PythonSystem, Spec
+from scpo_spec.language.dynamics import (OPERATING_POINT_HINT, linearisation_uses,
+                                         not_an_equilibrium, riccati_problem)
+from scpo_spec.language.model import LqrBackup, PythonSystem, Spec
 
 
 def _python_system(spec: Spec, base_dir: Path) -> list[Diagnostic]:
     """`system python "module:callable"`: importable, callable, and on a probe batch a float64
-    tensor of the states' shape, finite at the origin."""
+    tensor of the states' shape, finite at the origin; at rest there where the spec
+    linearises it."""
     system = spec.system
     if not isinstance(system, PythonSystem) or system.function is None:
         return []
@@ -27,6 +30,40 @@ def _python_system(spec: Spec, base_dir: Path) -> list[Diagnostic]:
         plant.load()
     except UserCodeError as err:
         return [Diagnostic(message=err.message, span=system.function.span, hint=err.hint)]
+    return _linearisation_point(spec, plant)
+
+
+def _linearisation_point(spec: Spec, plant) -> list[Diagnostic]:
+    """What `check` does for declared plants (language/check.py), for the author's: backup lqr,
+    lyapunov(backup) and spectral_radius need x = 0, u = 0 to be an equilibrium, the plant to
+    be differentiable there, and the LQR's Riccati equation a stabilising solution."""
+    uses = linearisation_uses(spec)
+    if not uses:
+        return []
+    import torch
+    from scpo_spec.dtype import DTYPE
+    from scpo_spec.systems.dynamics import Dynamics, LinearisationError
+    from scpo_spec.systems.user_code import PlantFailure
+    n, m = plant.n, plant.m
+    with torch.no_grad():
+        residual = plant(torch.zeros(1, n, dtype=DTYPE), torch.zeros(1, m, dtype=DTYPE))[0]
+    moved = not_an_equilibrium(residual.numpy(), False, uses)
+    if moved:
+        return [Diagnostic(message=message, span=span, hint=OPERATING_POINT_HINT)
+                for message, span in moved]
+    try:
+        A, B = Dynamics("python", n, m, map=plant).linearisation()
+    except LinearisationError as err:
+        return [Diagnostic(message=str(err), span=spec.system.function.span)]
+    except PlantFailure as err:  # raised under autograd only
+        return [Diagnostic(message=f"the plant '{plant.name}' {err.what} when differentiated at "
+                                   "the origin (x = 0, u = 0)", span=spec.system.function.span)]
+    backup = spec.backup
+    if isinstance(backup, LqrBackup):
+        problem = riccati_problem(A, B, backup.Q.array().reshape(n, n),
+                                  backup.R.array().reshape(m, m))
+        if problem is not None:
+            return [Diagnostic(message=problem[0], span=backup.span, hint=problem[1])]
     return []
 
 

@@ -47,6 +47,7 @@ from scpo_spec.language.code import CodeError, expecting, identities, ran_as_rec
 from scpo_spec.language.format import format_spec
 from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
+from scpo_spec.systems.user_code import PlantFailure
 
 __all__ = ["Run", "RunError", "TrainResult", "load_run", "train"]
 
@@ -436,6 +437,15 @@ def _loop(recorder: Recorder, state: State, total: int, on_step,
         head = recorder.commit(_end(ended, state), state)
     except OSError as e:
         raise _write_failed(e, recorder, spec_path) from None
+    except PlantFailure as failure:  # the author's plant raised on a candidate or the holdout:
+        state = recorder.state        # the run ends like an interrupted one, marked so
+        recorder.commit(_end(f"interrupted after step {state.step}: the plant "
+                             f"'{failure.plant.name}' {failure.what}", state), state)
+        recorder.close()
+        raise failure.kept(
+            f"the run {recorder.run.path} is kept up to step {state.step} and marked "
+            "interrupted (`scpo audit` refuses it as incomplete); fix the plant and continue "
+            f"with `scpo train {spec_path} --out {recorder.run.path} --resume`") from None
     recorder.close()
     return TrainResult(recorder.run.path, state, ended, head)
 

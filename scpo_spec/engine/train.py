@@ -118,9 +118,14 @@ class Trainer:
 
     # ---- θ₀ ----
     def initial_state(self) -> State:
-        """Evaluate θ₀; raise UnsafeStart naming every violated metric."""
+        """Evaluate θ₀; raise UnsafeStart naming every violated metric (a PlantFailure where
+        the author's plant made the rollout non-finite)."""
         theta = self.family.theta0.clone()
         g = self.metrics(theta[None])[0]
+        if not np.all(np.isfinite(g)):  # the author's plant leaving the numbers: say where
+            failure = self.c.evaluator.plant_failure(theta)
+            if failure is not None:
+                raise failure
         bad = [(m.name, float(v), float(mg), m.location)
                for m, v, mg in zip(self.ev.metrics, g, self.margins) if not v <= -mg]
         if bad:

@@ -19,7 +19,8 @@ from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
 from scpo_spec.language.data import TableError, read_columns
 from scpo_spec.language.code import CodeMismatch, load_module, one_line
-from scpo_spec.language.dynamics import linearisation
+from scpo_spec.language.dynamics import (OPERATING_POINT_HINT, linearisation, linearisation_uses,
+                                         not_an_equilibrium, right_hand_side, riccati_problem)
 from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
 from scpo_spec.language.source import Span
@@ -87,6 +88,7 @@ class Checker:
         self._check_objective()
         self._check_train()
         if not self.diag.has_errors:  # these need a model whose parts are all valid
+            self._check_linearisation_point()
             self._check_lyapunov_starts()
             self._check_resources()
 
@@ -1110,6 +1112,37 @@ class Checker:
         except (EvalError, TypeError, ValueError):
             return None
         return P if P.shape == (self.n, self.n) else None
+
+    def _check_linearisation_point(self) -> None:
+        """backup lqr, lyapunov(backup) and spectral_radius linearise the plant at x = 0, u = 0:
+        refused where that is not an equilibrium (the LQR of a plant drifting away from it is
+        garbage), or where the LQR's Riccati equation has no stabilising solution.  A python
+        plant's numbers need its code: compile/usercode.py checks it the same way."""
+        system, uses = self.spec.system, linearisation_uses(self.spec)
+        if not uses or not isinstance(system, LINEARISABLE) or isinstance(system, M.PythonSystem):
+            return
+        if isinstance(system, (M.DiscreteSystem, M.OdeSystem)):
+            try:
+                residual = right_hand_side(system, self.consts)(np.zeros(self.n), np.zeros(self.m))
+            except (EvalError, KeyError, TypeError, ValueError, FloatingPointError):
+                return  # an equation that cannot be evaluated there: reported by its own check
+            moved = not_an_equilibrium(residual, isinstance(system, M.OdeSystem), uses)
+            for message, span in moved:
+                self.error(message, span, OPERATING_POINT_HINT)
+            if moved:
+                return
+            AB = self._declared_linearisation()
+        elif isinstance(system, M.PendulumSystem):
+            AB = pendulum_linearisation(system)
+        else:
+            AB = (system.A.array().reshape(self.n, self.n),
+                  system.B.array().reshape(self.n, self.m))
+        backup = self.spec.backup
+        if AB is not None and isinstance(backup, M.LqrBackup):
+            problem = riccati_problem(*AB, backup.Q.array().reshape(self.n, self.n),
+                                      backup.R.array().reshape(self.m, self.m))
+            if problem is not None:
+                self.error(problem[0], backup.span, problem[1])
 
     def _check_lyapunov_starts(self) -> None:
         """lyapunov(…) is the ratio V(x_t)/V(x₀): a scenario with V(x₀) = 0 makes it undefined

@@ -6,6 +6,11 @@ finite differences (step `FD_STEP`) of the numpy map, so the checker can solve a
 Riccati equation (and check V(x₀) of lyapunov(backup)) without torch.  A test on the compile side
 keeps the two linearisations close.
 
+The rules of the linearisation point live here too, one text for every plant: x = 0, u = 0 must
+be an equilibrium wherever the plant is linearised (`not_an_equilibrium`), and an lqr backup's
+Riccati equation must have a stabilising solution (`riccati_problem`); the checker applies them
+to declared plants, compile/usercode.py to python ones, policies/backup.py when it builds the LQR.
+
 Integrators of `system ode` (input u held over the control period dt, `substeps` steps of
 h = dt / substeps each):
     euler     x ← x + h f(x, u)
@@ -20,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
 from scpo_spec.language.evaluate import evaluate
 
@@ -101,3 +107,65 @@ def linearisation(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any]
         e[j] = step
         B[:, j] = (F(x0, u0 + e) - F(x0, u0 - e)) / (2 * step)
     return A, B
+
+
+# ---- the linearisation point: what backup lqr, lyapunov(backup) and spectral_radius assume --
+EQUILIBRIUM_TOLERANCE = 1e-9  # |F(0, 0)| (discrete) or |f(0, 0)| (ode) counted as zero
+OPERATING_POINT_HINT = ("write the states and inputs as deviations from an operating point "
+                        "(x = x* + δx, u = u* + δu with the plant at rest at x*, u*), so that "
+                        "the origin is one (LANGUAGE-v3's `equilibrium` will do this)")
+
+
+def linearisation_uses(spec: M.Spec) -> list[tuple[str, Any]]:
+    """What reads the plant's linearisation at x = 0, u = 0, and where: an lqr backup (and with
+    it lyapunov(backup), its Riccati P), each `spectral_radius` of a metric."""
+    uses: list[tuple[str, Any]] = []
+    if isinstance(spec.backup, M.LqrBackup):
+        uses.append(("the lqr backup", spec.backup.span))
+    for prop in spec.properties:
+        uses.extend(("spectral_radius", node.span) for node in E.walk(prop.formula)
+                    if isinstance(node, E.Name) and node.id == "spectral_radius")
+    return uses
+
+
+def not_an_equilibrium(residual: np.ndarray, derivative: bool, uses: list[tuple[str, Any]]
+                       ) -> list[tuple[str, Any]]:
+    """(message, span) for each use of the linearisation (`linearisation_uses`) when x = 0,
+    u = 0 is not an equilibrium (none when it is): the plant moves away from it, by `residual`
+    = x⁺ (a one-step map) or ẋ (`derivative`: an ode's right-hand side)."""
+    residual = np.asarray(residual, dtype=np.float64)
+    if np.all(np.abs(residual) <= EQUILIBRIUM_TOLERANCE):
+        return []
+    value = "[" + ", ".join(f"{v:.6g}" for v in residual + 0.0) + "]"
+    moved = f"ẋ = f(0, 0) = {value}" if derivative else f"x⁺ = F(0, 0) = {value}"
+    return [(f"{what} linearises the plant at x = 0, u = 0, which is not an equilibrium of "
+             f"this plant: {moved}", span) for what, span in uses]
+
+
+def riccati_problem(A: np.ndarray, B: np.ndarray, Q: np.ndarray, R: np.ndarray
+                    ) -> tuple[str, str] | None:
+    """(message, hint) when the discrete-time Riccati equation of (A, B, Q, R) has no
+    stabilising solution (None when it has one): the LQR backup cannot be built."""
+    import scipy.linalg
+    try:
+        P = scipy.linalg.solve_discrete_are(A, B, Q, R)
+        if np.all(np.isfinite(P)):
+            return None
+        why = "the solution is not finite"
+    except (np.linalg.LinAlgError, ValueError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+    message = ("the lqr backup's Riccati equation has no stabilising solution for the plant "
+               f"linearised at x = 0, u = 0 ({why})")
+    n = A.shape[0]
+    stuck = [lam for lam in np.linalg.eigvals(A) if abs(lam) >= 1 - 1e-9 and np.linalg.matrix_rank(
+        np.hstack([A - lam * np.eye(n), B]), tol=1e-9) < n]
+    if stuck:
+        modes = ", ".join(f"{lam.real:.6g}" if abs(lam.imag) < 1e-12 else f"{lam:.6g}"
+                          for lam in stuck)
+        hint = (f"(A, B) is not stabilisable: the mode{'s' * (len(stuck) > 1)} λ = {modes} of A "
+                "(|λ| ≥ 1) cannot be moved by the inputs; check B (and which inputs reach which "
+                "states), or write a gain by hand: `backup linear { K = … }`")
+    else:
+        hint = ("the unstable modes of A must be reachable through B and seen by Q (Q > 0 on "
+                "them); or write a gain by hand: `backup linear { K = … }`")
+    return message, hint

@@ -295,6 +295,18 @@ def _prec(e: Node) -> int:
     return _PREC["atom"]
 
 
+def operand(e: Node, op: str, right: bool) -> str:
+    """The text of `e` as the left or right operand of the arithmetic operator `op`,
+    parenthesised where the grammar would otherwise read it differently (`a - (b - c)`,
+    `a / (b * c)`, `(-a)^b`, `(a + b) * c`)."""
+    if op == "^":  # right-associative; the base must be an atom
+        minimum = _PREC["unary"] if right else _PREC["atom"]
+    else:
+        minimum = _PREC[op] + 1 if right else _PREC[op]
+    text = unparse(e)
+    return f"({text})" if _prec(e) < minimum else text
+
+
 def unparse(e: Node) -> str:
     """Canonical text of an expression; parsing it gives back the same tree."""
 
@@ -317,10 +329,8 @@ def unparse(e: Node) -> str:
     if isinstance(e, Unary):
         return f"-{wrap(e.arg, _PREC['unary'])}"
     if isinstance(e, Binary):
-        p = _PREC[e.op]
-        if e.op == "^":  # right-associative; the base must be an atom
-            return f"{wrap(e.left, _PREC['atom'])}^{wrap(e.right, _PREC['unary'])}"
-        return f"{wrap(e.left, p)} {e.op} {wrap(e.right, p + 1)}"
+        left, right = operand(e.left, e.op, False), operand(e.right, e.op, True)
+        return f"{left}^{right}" if e.op == "^" else f"{left} {e.op} {right}"
     if isinstance(e, Compare):
         return f"{wrap(e.left, _PREC['+'])} {e.op} {wrap(e.right, _PREC['+'])}"
     if isinstance(e, Within):

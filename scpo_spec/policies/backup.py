@@ -14,7 +14,9 @@ import torch
 
 from scpo_spec.errors import ScpoError
 from scpo_spec.dtype import DTYPE
+from scpo_spec.language.dynamics import riccati_problem
 from scpo_spec.language.model import LinearBackup, LqrBackup, Spec, TorchBackup
+from scpo_spec.language.source import Span
 from scpo_spec.policies.torch_file import TorchFileError, jacobian_at_origin, load_torch_file
 from scpo_spec.systems.dynamics import Dynamics
 
@@ -68,12 +70,19 @@ class GainModule(torch.nn.Module):
         return x @ self.K.T
 
 
-def lqr(A: np.ndarray, B: np.ndarray, Q: np.ndarray, R: np.ndarray) -> Backup:
-    """Discrete-time infinite-horizon LQR: P solves the DARE, K = −(R + BᵀPB)⁻¹ BᵀPA."""
+def lqr(A: np.ndarray, B: np.ndarray, Q: np.ndarray, R: np.ndarray,
+        span: Span | None = None) -> Backup:
+    """Discrete-time infinite-horizon LQR: P solves the DARE, K = −(R + BᵀPB)⁻¹ BᵀPA (a
+    BackupError located at `span`, the backup section, when there is no stabilising P)."""
     try:
         P = scipy.linalg.solve_discrete_are(A, B, Q, R)
-    except (np.linalg.LinAlgError, ValueError) as err:
-        raise BackupError(f"the LQR Riccati equation has no stabilising solution: {err}") from None
+    except (np.linalg.LinAlgError, ValueError):
+        P = None
+    if P is None or not np.all(np.isfinite(P)):
+        message, hint = riccati_problem(A, B, Q, R) or (
+            "the lqr backup's Riccati equation has no stabilising solution", None)
+        raise BackupError(f"{span}: " * (span is not None) + message
+                          + (f" (hint: {hint})" if hint else ""))
     K = -np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
     return Backup(K=K, P=(P + P.T) / 2)
 
@@ -85,7 +94,8 @@ def make_backup(spec: Spec, dynamics: Dynamics, base_dir: Path | None = None) ->
     n, m = dynamics.n, dynamics.m
     if isinstance(backup, LqrBackup):
         A, B = dynamics.linearisation()  # a pendulum's LQR is designed on its linearisation
-        return lqr(A, B, backup.Q.array().reshape(n, n), backup.R.array().reshape(m, m))
+        return lqr(A, B, backup.Q.array().reshape(n, n), backup.R.array().reshape(m, m),
+                   backup.span)
     if isinstance(backup, LinearBackup):
         return Backup(K=backup.K.array().reshape(m, n))
     if isinstance(backup, TorchBackup):

@@ -211,5 +211,6 @@ def make_dynamics(spec: Spec, base_dir: Path | None = None) -> Dynamics:
     if isinstance(system, (DiscreteSystem, OdeSystem)):
         return Dynamics(system.kind, n, m, map=compile_declared(spec))
     if isinstance(system, PythonSystem):
-        return Dynamics("python", n, m, map=PythonPlant(system.function.value, n, m, base_dir))
+        return Dynamics("python", n, m, map=PythonPlant(system.function.value, n, m, base_dir,
+                                                         system.function.span))
     raise NotImplementedError(f"'{system.kind}' systems")

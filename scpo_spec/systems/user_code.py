@@ -5,7 +5,9 @@ Importing it runs the author's code, so only `check` and `train` of the author's
 module is looked for in the spec's folder first, then on the Python path); `PythonPlant` imports
 lazily, on its first step or linearisation, so building a run's model never does.  Every way the
 callable can be wrong is a `UserCodeError` naming the module and attribute, found by `load` on a
-small probe batch rather than deep inside a rollout.
+small probe batch rather than deep inside a rollout.  What only a rollout finds (the callable
+raising on some state, or turning finite states into NaN on the initial policy's rollout) is a
+`PlantFailure` at the spec's `system python` label, naming the step, the scenario and its x₀.
 """
 
 from __future__ import annotations
@@ -101,12 +103,70 @@ def probe(fn: Callable, name: str, n: int, m: int) -> None:
                             f"{y[0].tolist()}")
 
 
+class PlantFailure(UserCodeError):
+    """The author's plant raised during a rollout, or left the finite numbers on the initial
+    policy's: located at the spec's `system python` label, naming the module, the step and the
+    scenario.  Exit 2, like every error in the spec's own parts."""
+
+    exit_code = 2
+
+    def __init__(self, plant: PythonPlant, what: str, index: tuple[int, ...] | None,
+                 lead: tuple[int, ...], x: list[float] | None, u: list[float] | None):
+        """`index` into the batch's leading shape `lead` (candidates, scenarios) of the state
+        x and input u it failed on (None: the batch as a whole)."""
+        self.plant, self.what, self.index, self.lead, self.x, self.u = \
+            plant, what, index, lead, x, u
+        self.step: int | None = None
+        self.x0: list[float] | None = None
+        self.scenario_word = "scenario"
+        super().__init__(self.describe())
+
+    def located(self, step: int | None, x0: torch.Tensor, training: bool) -> PlantFailure:
+        """The failure in a rollout (at `step`, where known) from the initial states `x0`
+        (S, n): the spec's scenarios (`training`) or others (the holdout's)."""
+        self.step = step
+        if self.index is not None and x0.dim() == 2 and self.index[-1] < x0.shape[0]:
+            self.x0 = x0[self.index[-1]].tolist()
+        self.scenario_word = "scenario" if training else "holdout scenario"
+        return self._said(self.describe())
+
+    def kept(self, what_is_left: str) -> PlantFailure:
+        """The failure, with what is left of the run it stopped."""
+        return self._said(f"{self.describe()}. {what_is_left}")
+
+    def _said(self, message: str) -> PlantFailure:
+        self.message = message
+        self.args = (message,)
+        return self
+
+    def describe(self) -> str:
+        where = f"{self.plant.span}: " if self.plant.span is not None else ""
+        at = f" at step {self.step}" if self.step is not None else ""
+        if self.index is not None:
+            at += f" of {self.scenario_word} {self.index[-1]}"
+            if len(self.lead) > 1 and self.lead[0] > 1:
+                at += f" (candidate policy {self.index[0]} of {self.lead[0]})"
+            if self.x0 is not None:
+                at += f", which starts at x₀ = {_numbers(self.x0)}"
+        state = "" if self.x is None else f" (x = {_numbers(self.x)}, u = {_numbers(self.u)})"
+        return f"{where}the plant '{self.plant.name}' {self.what}{at}{state}"
+
+
+def _numbers(values: list[float] | None) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in values or []) + "]"
+
+
+MAX_ROWS_TRIED = 10_000  # a failing batch is retried row by row to name the scenario
+
+
 class PythonPlant:
     """The one-step map of a `system python`: imported and probed on first use, then called
-    directly (no checks per step)."""
+    directly (no checks per step; an exception it raises becomes a PlantFailure naming the
+    first state of the batch that raises alone)."""
 
-    def __init__(self, name: str, n: int, m: int, base_dir: Path | None = None):
-        self.name, self.n, self.m, self.base_dir = name, n, m, base_dir
+    def __init__(self, name: str, n: int, m: int, base_dir: Path | None = None,
+                 span=None):
+        self.name, self.n, self.m, self.base_dir, self.span = name, n, m, base_dir, span
         self._fn: Callable | None = None
         self._module: ModuleType | None = None
 
@@ -119,4 +179,40 @@ class PythonPlant:
 
     def __call__(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         fn = self._fn if self._fn is not None else self.load()
-        return fn(x, u)
+        try:
+            return fn(x, u)
+        except Exception as err:  # noqa: BLE001 - the author's code raised
+            raise self._raised(fn, x, u, err) from None
+
+    def _raised(self, fn: Callable, x: torch.Tensor, u: torch.Tensor,
+                err: Exception) -> PlantFailure:
+        """The failure, at the first state of the batch that raises on its own (at none where
+        none does: then the batch as a whole made it raise)."""
+        lead = torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
+        xs = x.detach().expand(*lead, self.n).reshape(-1, self.n)
+        us = u.detach().expand(*lead, self.m).reshape(-1, self.m)
+        for i in range(min(xs.shape[0], MAX_ROWS_TRIED)):
+            try:
+                with torch.no_grad():
+                    fn(xs[i:i + 1], us[i:i + 1])
+            except Exception as alone:  # noqa: BLE001 - the author's code raised
+                index = tuple(int(k) for k in torch.unravel_index(torch.tensor(i), lead))
+                return PlantFailure(self, f"raised {one_line(alone)}", index, tuple(lead),
+                                    xs[i].tolist(), us[i].tolist())
+        return PlantFailure(self, f"raised {one_line(err)}", None, tuple(lead), None, None)
+
+    def non_finite(self, X: torch.Tensor, U: torch.Tensor) -> PlantFailure | None:
+        """In a rollout's states X (..., T+1, n) and inputs U (..., T, m): the first step at
+        which the plant turned finite x and u into a non-finite x⁺ (None where it never did)."""
+        ok_x = torch.isfinite(X).all(-1)
+        bad = ok_x[..., :-1] & torch.isfinite(U).all(-1) & ~ok_x[..., 1:]  # (..., T)
+        if not bad.any():
+            return None
+        hits = bad.nonzero()
+        first = hits[torch.argmin(hits[:, -1])].tolist()  # the earliest step, then scenario
+        *index, t = first
+        x, u, y = X[(*index, t)], U[(*index, t)], X[(*index, t + 1)]
+        failure = PlantFailure(self, f"returned a non-finite x⁺ = {_numbers(y.tolist())}",
+                               tuple(index), tuple(X.shape[:-2]), x.tolist(), u.tolist())
+        failure.step = t
+        return failure
