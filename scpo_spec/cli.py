@@ -603,7 +603,9 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
         except SigningError as e:
             _usage(f"--key: {e}")
     res, verdict = judge(run, head=head, key=key)
-    passed = not verdict.refusals(allow_incomplete)  # exactly what load_run refuses
+    # exactly what load_run refuses, and a verify record its own numbers or this log contradict
+    # (a separate claim: it never changes the verdict, and `scpo verify` replaces it)
+    passed = not verdict.refusals(allow_incomplete) and res.verify != "inconsistent"
     stored = next(c for c in verdict.checks if c.name == STORED_SPEC)
     if as_json:
         sys.stdout.write(json.dumps({**res.as_dict(), "passed": passed, **verdict.as_dict()},
@@ -633,7 +635,9 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
               if res.loss_first is not None else "  no initial record")
     for name, v in res.worst.items():
         out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
-    for p in res.problems + ([stored.detail] if res.spec_ok and not stored.ok else []):
+    _say_verify_record(res, run, mark)
+    for p in (res.problems + ([stored.detail] if res.spec_ok and not stored.ok else [])
+              + res.verify_problems):
         out.print("problem: " + p, markup=False, style="red", soft_wrap=True)
     if head is None and res.signature is None:
         out.print("note: without --head or --key this proves the log is consistent, not that it "
@@ -643,6 +647,19 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
               + f": {_esc(run)}")
     _say_verdict(verdict)  # the report's verdict: the audit, the stored spec and the holdout
     raise typer.Exit(0 if passed else 1)
+
+
+def _say_verify_record(res, run: Path, mark) -> None:
+    """`scpo audit`'s line for RUN/verify.json: what it claims, or why it is not believed."""
+    if res.verify == "absent":
+        out.print(f"  verify: absent (prove the final policy over the whole initial box with "
+                  f"`scpo verify {_esc(run)}`)", soft_wrap=True)
+    elif res.verify == "inconsistent":
+        out.print(f"{mark(False)} verify: inconsistent (the verify record is not believed; run "
+                  f"`scpo verify {_esc(run)}` again)", soft_wrap=True)
+    else:
+        out.print(f"{mark(True)} verify: {res.verify} (the verify record is chained to the head "
+                  "and of the final policy; its proof is not redone here)")
 
 
 @command()
@@ -897,12 +914,16 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
                                       "box may be split into."),
             time_limit: float = typer.Option(300.0, "--time-limit", min=0.0,
                                              help="Seconds before the splitting stops."),
+            no_record: bool = typer.Option(False, "--no-record", help="For a run: do not "
+                                           "write the result to RUN/verify.json."),
             ) -> None:
     """Prove each safety metric over the whole initial box (not only the scenarios), refute it
     with an initial state the ordinary evaluator re-simulates to a violation, or leave it
     undecided (docs/verify.md: what is proved, about which model).  Exit 0 every metric
     PROVED; 1 a COUNTEREXAMPLE; 3 UNDECIDED; 2 usage errors, a spec with errors or a run that
-    does not pass its audit."""
+    does not pass its audit.  For a run, the result is also written to RUN/verify.json (chained
+    to the log's head; `scpo audit` checks it), unless --no-record; a record that cannot be
+    written is said on stderr and leaves the exit code the verdict's."""
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.verify.prove import verify
     if RunDir(target).is_run():
@@ -915,6 +936,7 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
             err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
             raise typer.Exit(2)
         theta, what = run.theta, f"run {target}: its final policy"
+        log_head = RunDir(target).head()  # what load_run audited, unless a writer came in between
     else:
         if target.is_dir():
             _usage(f"not a run directory (no audit.jsonl) nor a spec file: {target}")
@@ -926,8 +948,12 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
             raise typer.Exit(2)
         theta, what = compiled.family.theta0, f"spec {target}: its initial policy θ₀"
     res = verify(compiled, theta, cells=cells, time_limit=time_limit)
+    recorded = None
+    if what.startswith("run ") and not no_record:
+        recorded = _record_verify(RunDir(target), log_head, compiled, theta, res,
+                                  {"cells": cells, "time_limit": time_limit})
     if as_json:
-        sys.stdout.write(json.dumps(res.as_json(), indent=2) + "\n")
+        sys.stdout.write(json.dumps({**res.as_json(), "record": recorded}, indent=2) + "\n")
         raise typer.Exit(res.exit_code)
     out.print(f"{_esc(what)}\nmodel: {_esc(res.model)}", soft_wrap=True)
     colour = {"PROVED": "green", "COUNTEREXAMPLE": "red"}
@@ -947,7 +973,41 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
     colour_all = colour.get(res.verdict, "yellow")
     out.print(f"[{colour_all} bold]{res.verdict}[/] in {res.seconds:.2f} s over {res.cells} "
               f"cell{'s' * (res.cells != 1)}")
+    if recorded is not None:
+        out.print(f"recorded in {_esc(recorded)} (chained to the head {log_head[:16]}…; "
+                  "`scpo audit` checks it)", soft_wrap=True)
     raise typer.Exit(res.exit_code)
+
+
+def _record_verify(run, head: str, compiled, theta, res, settings: dict) -> str | None:
+    """Write `res` to RUN/verify.json, chained to `head`; its path, or None (said on stderr)
+    when the log moved on meanwhile or the folder cannot be written."""
+    import scpo_spec
+    from scpo_spec.audit.records import VERIFY_FORMAT, VerifyRecord, theta_sha256
+    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.verify.prove import KEEP, SEED
+    if run.head() != head:
+        err.print(f"[yellow]not recorded[/]: {_esc(run.log)} changed while verifying (another "
+                  "process writes the run); the verdict above is of the policy loaded before",
+                  soft_wrap=True)
+        return None
+    lo, hi = initial_box(compiled.spec)
+    body = res.as_json()
+    record = VerifyRecord.from_dict({
+        **body, "format": VERIFY_FORMAT, "prev": head,
+        "theta": theta_sha256(theta.detach().numpy()),
+        "verifier": {"version": scpo_spec.__version__, **settings, "keep": KEEP, "seed": SEED},
+        "box": {"states": [s.name for s in compiled.spec.system.states],
+                "lo": [float(v) for v in lo], "hi": [float(v) for v in hi]}},
+        "verify result").to_dict()
+    try:
+        run.write_verify(record)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        err.print(f"[yellow]not recorded[/]: cannot write {_esc(run.verify_record)} ({_esc(why)});"
+                  " the verdict above stands (--no-record skips writing)", soft_wrap=True)
+        return None
+    return str(run.verify_record)
 
 
 class ExportFormat(str, Enum):

@@ -9,6 +9,8 @@ imported.
                          belongs to one point of the log, and every reader checks that it does
     RUN/signature.json   optional Ed25519 signature of the head (scpo train --sign)
     RUN/report.html|md   the certification report
+    RUN/verify.json      optional: what `scpo verify RUN` proved about the final policy, chained
+                         to the log by the head it was computed at (audit/records.VerifyRecord)
     RUN/run.lock         the one-writer lock of `scpo train` (flock; holds the writer's pid)
     RUN/tensorboard/     TensorBoard event files (scpo_spec/tracking), written from the committed
                          records; not part of the certificate: audit, report and resume never
@@ -29,6 +31,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,8 @@ LOG_NAME = "audit.jsonl"
 STATE_NAME = "state.npz"
 STATE_FORMAT = "scpo-state/1"
 SIGNATURE_NAME = "signature.json"
+VERIFY_NAME = "verify.json"
+VERIFY_MAX_BYTES = 4 << 20  # a verify record is a few kB per constraint; larger is not one
 TORN_NAME = "audit.torn"
 LOCK_NAME = "run.lock"
 TENSORBOARD_NAME = "tensorboard"
@@ -93,6 +98,10 @@ class RunDir:
     @property
     def signature(self) -> Path:
         return self.path / SIGNATURE_NAME
+
+    @property
+    def verify_record(self) -> Path:
+        return self.path / VERIFY_NAME
 
     @property
     def torn(self) -> Path:
@@ -405,3 +414,51 @@ class RunDir:
             raise RunError(f"{self.state} holds a policy ({state.theta[:16]}…) that is not the "
                            f"last one the log accepted ({str(expected_hash)[:16]}…)")
         return np.asarray(state.arrays["theta"], dtype=np.float64)
+
+
+    # ---- the verify record (RUN/verify.json) ----
+    def write_verify(self, record: dict) -> None:
+        """Write the verify record whole or not at all (a temporary file, fsync'ed, renamed over
+        whatever was there — a link planted in its place is replaced, never followed); OSError
+        when the folder cannot be written."""
+        tmp = self.path / f".{VERIFY_NAME}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=2, allow_nan=False)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.verify_record)
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def read_verify(self) -> bytes | None:
+        """The verify record's bytes (None: there is none), or RunError when something else
+        is in its place: a link, a FIFO or device, a file over VERIFY_MAX_BYTES.  Opened without
+        following links or blocking, checked again on the open file, read no further than the
+        limit."""
+        path = self.verify_record
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RunError(f"{path} cannot be read: {e.strerror or e}") from None
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a FIFO, device or folder"
+            raise RunError(f"{path} is not a regular file ({kind}); nothing was read from it")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise RunError(f"{path} cannot be read: {e.strerror or e}") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise RunError(f"{path} is not a regular file; nothing was read from it")
+            data = f.read(VERIFY_MAX_BYTES + 1)
+        if len(data) > VERIFY_MAX_BYTES:
+            raise RunError(f"{path} is larger than {VERIFY_MAX_BYTES} bytes: not a verify "
+                           "record (not read further)")
+        return data
