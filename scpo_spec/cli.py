@@ -669,7 +669,8 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
          ) -> None:
     """List the runs under FOLDER (default runs/), oldest first: spec, steps, accepted/rejected,
     loss first → last, the metric closest to its bound, the verdict (as `scpo report` gives it,
-    from the log: the holdout as logged, nothing re-run), the head hash, and when it started and
+    from the log: the holdout as logged, nothing re-run), `scpo verify`'s verdict (from
+    RUN/verify.json as `scpo audit` checks it; — none), the head hash, and when it started and
     last wrote (file times).  A directory that cannot be read is a BROKEN row saying why.
     Exit 0 listed (whatever the verdicts); 2 FOLDER does not exist."""
     from rich import box
@@ -690,13 +691,13 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
     for col, justify in (("run", "left"), ("spec", "left"), ("steps", "right"),
                          ("acc/rej", "right"), ("loss first → last", "right"),
                          ("closest to its bound", "left"), ("verdict", "left"),
-                         ("head", "left"), ("started (UTC)", "left"), ("ended (UTC)", "left")):
+                         ("verify", "left"), ("head", "left"), ("started (UTC)", "left"), ("ended (UTC)", "left")):
         table.add_column(col, justify=justify, no_wrap=col != "verdict")
     when = lambda iso: iso.replace("T", " ")[:19] if iso else "—"  # noqa: E731
     for r in rows:
         if r.problem is not None:
             table.add_row(_esc(r.path), "", "", "", "", "", f"[red]BROKEN[/]: {_esc(r.problem)}",
-                          "", when(r.started), when(r.ended))
+                          "", "", when(r.started), when(r.ended))
             continue
         loss = ("—" if r.loss_first is None else
                 f"{r.loss_first:.4g} → {r.loss_last:.4g}")
@@ -705,8 +706,11 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
         failed = "; ".join(f.split(" (")[0] for f in r.failures or [])  # --json: in full
         verdict = ("[green]CERTIFIED[/]" if r.verdict == "CERTIFIED" else
                    f"[red]NOT CERTIFIED[/]: {_esc(failed)}")
+        proof = {"PROVED": "[green]PROVED[/]", "COUNTEREXAMPLE": "[red]COUNTEREXAMPLE[/]",
+                 "UNDECIDED": "[yellow]UNDECIDED[/]",
+                 "inconsistent": "[red]inconsistent[/]"}.get(r.verify or "", "—")
         table.add_row(_esc(r.path), _esc(r.spec or "?"), str(r.steps),
-                      f"{r.accepted}/{r.rejected}", loss, _esc(worst), verdict,
+                      f"{r.accepted}/{r.rejected}", loss, _esc(worst), verdict, proof,
                       (r.head or "")[:12], when(r.started), when(r.ended))
     natural = Measurement.get(out, out.options.update_width(240), table).maximum
     wide = Console(highlight=False, width=max(out.width, natural), file=out.file,
