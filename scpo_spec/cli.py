@@ -588,8 +588,10 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     """Re-verify a run from its log alone: the hash chain and every certificate (no torch).
     The stored spec must pass `scpo check` again.  The last line is the run's verdict, as every
     command gives it (CERTIFIED also needs the holdout validation the log holds); the exit code
-    is the audit's, which fails exactly the runs `load_run` refuses.  Exit 0 passed; 1 any
-    failure, or a run that did not end (unless --allow-incomplete); 2 not a run directory, a
+    is the audit's, which fails exactly the runs `load_run` refuses, and a RUN/verify.json that
+    is not consistent with the log (`verify:` says what `scpo verify` proved; it never changes
+    the verdict).  Exit 0 passed; 1 any failure, or a run that did not end (unless
+    --allow-incomplete); 2 not a run directory, a
     --head that is not a hash or a --key that cannot be read."""
     from scpo_spec.audit.verdict import STORED_SPEC, judge
     if not run.is_dir():
