@@ -693,7 +693,8 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
     for col, justify in (("run", "left"), ("spec", "left"), ("steps", "right"),
                          ("acc/rej", "right"), ("loss first → last", "right"),
                          ("closest to its bound", "left"), ("verdict", "left"),
-                         ("verify", "left"), ("head", "left"), ("started (UTC)", "left"), ("ended (UTC)", "left")):
+                         ("verify", "left"), ("head", "left"), ("started (UTC)", "left"),
+                         ("ended (UTC)", "left")):
         table.add_column(col, justify=justify, no_wrap=col != "verdict")
     when = lambda iso: iso.replace("T", " ")[:19] if iso else "—"  # noqa: E731
     for r in rows:

@@ -97,6 +97,8 @@ def test_no_record_writes_nothing(trained, tmp_path):
     assert "recorded" not in result.output and not (run / "verify.json").exists()
     out = json.loads(invoke("verify", run, "--no-record", "--json").stdout)
     assert out["record"] is None and not (run / "verify.json").exists()
+    out = json.loads(invoke("verify", run, "--json").stdout)
+    assert out["record"] == str(run / "verify.json") and (run / "verify.json").is_file()
 
 
 def test_a_run_directory_that_cannot_be_written_still_gets_its_verdict(trained, tmp_path,
