@@ -291,3 +291,16 @@ def test_runs_has_a_verify_column_from_the_audit(trained, verified, tmp_path):
              if "/runs/" in ln}
     assert " PROVED " in lines["b_proved"] and " inconsistent " in lines["c_bad"]
     assert " — " in lines["a_plain"] and "PROVED" not in lines["a_plain"]
+
+
+def test_a_resume_removes_the_record_of_the_head_it_passes(verified, tmp_path):
+    run = copy_run(verified, tmp_path / "run")
+    (tmp_path / "spec.scpo").write_text(small_di(steps=2), encoding="utf-8")
+    result = invoke("train", tmp_path / "spec.scpo", "--out", run, "--resume", "--steps", "3",
+                    "--no-report")
+    assert result.exit_code == 0, result.output
+    assert "verify.json was about the run before this resume: removed" in \
+        " ".join(result.output.split())
+    assert not (run / "verify.json").exists()
+    audited = invoke("audit", run)
+    assert audited.exit_code == 0 and "verify: absent" in audited.output

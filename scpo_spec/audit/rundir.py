@@ -435,6 +435,16 @@ class RunDir:
             except OSError:
                 pass
 
+    def drop_verify(self) -> bool:
+        """Remove the verify record once the log has moved past the head it is of (a resume):
+        whether one was removed.  One that cannot be removed stays, and the audit says it is of
+        an earlier record."""
+        try:
+            self.verify_record.unlink()
+            return True
+        except OSError:
+            return False
+
     def read_verify(self) -> bytes | None:
         """The verify record's bytes (None: there is none), or RunError when something else
         is in its place: a link, a FIFO or device, a file over VERIFY_MAX_BYTES.  Opened without
