@@ -611,8 +611,10 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     """Re-verify a run from its log alone: the hash chain and every certificate (no torch).
     The stored spec must pass `scpo check` again.  The last line is the run's verdict, as every
     command gives it (CERTIFIED also needs the holdout validation the log holds); the exit code
-    is the audit's, which fails exactly the runs `load_run` refuses.  Exit 0 passed; 1 any
-    failure, or a run that did not end (unless --allow-incomplete); 2 not a run directory, a
+    is the audit's, which fails exactly the runs `load_run` refuses, and a RUN/verify.json that
+    is not consistent with the log (`verify:` says what `scpo verify` proved; it never changes
+    the verdict).  Exit 0 passed; 1 any failure, or a run that did not end (unless
+    --allow-incomplete); 2 not a run directory, a
     --head that is not a hash or a --key that cannot be read."""
     from scpo_spec.audit.verdict import STORED_SPEC, judge
     if not run.is_dir():
@@ -625,7 +627,9 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
         except SigningError as e:
             _usage(f"--key: {e}")
     res, verdict = judge(run, head=head, key=key)
-    passed = not verdict.refusals(allow_incomplete)  # exactly what load_run refuses
+    # exactly what load_run refuses, and a verify record its own numbers or this log contradict
+    # (a separate claim: it never changes the verdict, and `scpo verify` replaces it)
+    passed = not verdict.refusals(allow_incomplete) and res.verify != "inconsistent"
     stored = next(c for c in verdict.checks if c.name == STORED_SPEC)
     if as_json:
         sys.stdout.write(json.dumps({**res.as_dict(), "passed": passed, **verdict.as_dict()},
@@ -655,7 +659,9 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
               if res.loss_first is not None else "  no initial record")
     for name, v in res.worst.items():
         out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
-    for p in res.problems + ([stored.detail] if res.spec_ok and not stored.ok else []):
+    _say_verify_record(res, run, mark)
+    for p in (res.problems + ([stored.detail] if res.spec_ok and not stored.ok else [])
+              + res.verify_problems):
         out.print("problem: " + p, markup=False, style="red", soft_wrap=True)
     if head is None and res.signature is None:
         out.print("note: without --head or --key this proves the log is consistent, not that it "
@@ -667,6 +673,19 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     raise typer.Exit(0 if passed else 1)
 
 
+def _say_verify_record(res, run: Path, mark) -> None:
+    """`scpo audit`'s line for RUN/verify.json: what it claims, or why it is not believed."""
+    if res.verify == "absent":
+        out.print(f"  verify: absent (prove the final policy over the whole initial box with "
+                  f"`scpo verify {_esc(run)}`)", soft_wrap=True)
+    elif res.verify == "inconsistent":
+        out.print(f"{mark(False)} verify: inconsistent (the verify record is not believed; run "
+                  f"`scpo verify {_esc(run)}` again)", soft_wrap=True)
+    else:
+        out.print(f"{mark(True)} verify: {res.verify} (the verify record is chained to the head "
+                  "and of the final policy; its proof is not redone here)")
+
+
 @command()
 def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (searched two "
                                        "levels down), or one run directory."),
@@ -674,7 +693,8 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
          ) -> None:
     """List the runs under FOLDER (default runs/), oldest first: spec, steps, accepted/rejected,
     loss first → last, the metric closest to its bound, the verdict (as `scpo report` gives it,
-    from the log: the holdout as logged, nothing re-run), the head hash, and when it started and
+    from the log: the holdout as logged, nothing re-run), `scpo verify`'s verdict (from
+    RUN/verify.json as `scpo audit` checks it; — none), the head hash, and when it started and
     last wrote (file times).  A directory that cannot be read is a BROKEN row saying why.
     Exit 0 listed (whatever the verdicts); 2 FOLDER does not exist."""
     from rich import box
@@ -695,13 +715,14 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
     for col, justify in (("run", "left"), ("spec", "left"), ("steps", "right"),
                          ("acc/rej", "right"), ("loss first → last", "right"),
                          ("closest to its bound", "left"), ("verdict", "left"),
-                         ("head", "left"), ("started (UTC)", "left"), ("ended (UTC)", "left")):
+                         ("verify", "left"), ("head", "left"), ("started (UTC)", "left"),
+                         ("ended (UTC)", "left")):
         table.add_column(col, justify=justify, no_wrap=col != "verdict")
     when = lambda iso: iso.replace("T", " ")[:19] if iso else "—"  # noqa: E731
     for r in rows:
         if r.problem is not None:
             table.add_row(_esc(r.path), "", "", "", "", "", f"[red]BROKEN[/]: {_esc(r.problem)}",
-                          "", when(r.started), when(r.ended))
+                          "", "", when(r.started), when(r.ended))
             continue
         loss = ("—" if r.loss_first is None else
                 f"{r.loss_first:.4g} → {r.loss_last:.4g}")
@@ -710,8 +731,11 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
         failed = "; ".join(f.split(" (")[0] for f in r.failures or [])  # --json: in full
         verdict = ("[green]CERTIFIED[/]" if r.verdict == "CERTIFIED" else
                    f"[red]NOT CERTIFIED[/]: {_esc(failed)}")
+        proof = {"PROVED": "[green]PROVED[/]", "COUNTEREXAMPLE": "[red]COUNTEREXAMPLE[/]",
+                 "UNDECIDED": "[yellow]UNDECIDED[/]",
+                 "inconsistent": "[red]inconsistent[/]"}.get(r.verify or "", "—")
         table.add_row(_esc(r.path), _esc(r.spec or "?"), str(r.steps),
-                      f"{r.accepted}/{r.rejected}", loss, _esc(worst), verdict,
+                      f"{r.accepted}/{r.rejected}", loss, _esc(worst), verdict, proof,
                       (r.head or "")[:12], when(r.started), when(r.ended))
     natural = Measurement.get(out, out.options.update_width(240), table).maximum
     wide = Console(highlight=False, width=max(out.width, natural), file=out.file,
@@ -926,12 +950,16 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
                                       "box may be split into."),
             time_limit: float = typer.Option(300.0, "--time-limit", min=0.0,
                                              help="Seconds before the splitting stops."),
+            no_record: bool = typer.Option(False, "--no-record", help="For a run: do not "
+                                           "write the result to RUN/verify.json."),
             ) -> None:
     """Prove each safety metric over the whole initial box (not only the scenarios), refute it
     with an initial state the ordinary evaluator re-simulates to a violation, or leave it
     undecided (docs/verify.md: what is proved, about which model).  Exit 0 every metric
     PROVED; 1 a COUNTEREXAMPLE; 3 UNDECIDED; 2 usage errors, a spec with errors or a run that
-    does not pass its audit."""
+    does not pass its audit.  For a run, the result is also written to RUN/verify.json (chained
+    to the log's head; `scpo audit` checks it), unless --no-record; a record that cannot be
+    written is said on stderr and leaves the exit code the verdict's."""
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.verify.prove import verify
     if RunDir(target).is_run():
@@ -944,6 +972,7 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
             err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
             raise typer.Exit(2)
         theta, what = run.theta, f"run {target}: its final policy"
+        log_head = RunDir(target).head()  # what load_run audited, unless a writer came in between
     else:
         if target.is_dir():
             _usage(f"not a run directory (no audit.jsonl) nor a spec file: {target}")
@@ -955,8 +984,12 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
             raise typer.Exit(2)
         theta, what = compiled.family.theta0, f"spec {target}: its initial policy θ₀"
     res = verify(compiled, theta, cells=cells, time_limit=time_limit)
+    recorded = None
+    if what.startswith("run ") and not no_record:
+        recorded = _record_verify(RunDir(target), log_head, compiled, theta, res,
+                                  {"cells": cells, "time_limit": time_limit})
     if as_json:
-        sys.stdout.write(json.dumps(res.as_json(), indent=2) + "\n")
+        sys.stdout.write(json.dumps({**res.as_json(), "record": recorded}, indent=2) + "\n")
         raise typer.Exit(res.exit_code)
     out.print(f"{_esc(what)}\nmodel: {_esc(res.model)}", soft_wrap=True)
     colour = {"PROVED": "green", "COUNTEREXAMPLE": "red"}
@@ -976,7 +1009,41 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
     colour_all = colour.get(res.verdict, "yellow")
     out.print(f"[{colour_all} bold]{res.verdict}[/] in {res.seconds:.2f} s over {res.cells} "
               f"cell{'s' * (res.cells != 1)}")
+    if recorded is not None:
+        out.print(f"recorded in {_esc(recorded)} (chained to the head {log_head[:16]}…; "
+                  "`scpo audit` checks it)", soft_wrap=True)
     raise typer.Exit(res.exit_code)
+
+
+def _record_verify(run, head: str, compiled, theta, res, settings: dict) -> str | None:
+    """Write `res` to RUN/verify.json, chained to `head`; its path, or None (said on stderr)
+    when the log moved on meanwhile or the folder cannot be written."""
+    import scpo_spec
+    from scpo_spec.audit.records import VERIFY_FORMAT, VerifyRecord, theta_sha256
+    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.verify.prove import KEEP, SEED
+    if run.head() != head:
+        err.print(f"[yellow]not recorded[/]: {_esc(run.log)} changed while verifying (another "
+                  "process writes the run); the verdict above is of the policy loaded before",
+                  soft_wrap=True)
+        return None
+    lo, hi = initial_box(compiled.spec)
+    body = res.as_json()
+    record = VerifyRecord.from_dict({
+        **body, "format": VERIFY_FORMAT, "prev": head,
+        "theta": theta_sha256(theta.detach().numpy()),
+        "verifier": {"version": scpo_spec.__version__, **settings, "keep": KEEP, "seed": SEED},
+        "box": {"states": [s.name for s in compiled.spec.system.states],
+                "lo": [float(v) for v in lo], "hi": [float(v) for v in hi]}},
+        "verify result").to_dict()
+    try:
+        run.write_verify(record)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        err.print(f"[yellow]not recorded[/]: cannot write {_esc(run.verify_record)} ({_esc(why)});"
+                  " the verdict above stands (--no-record skips writing)", soft_wrap=True)
+        return None
+    return str(run.verify_record)
 
 
 class ExportFormat(str, Enum):

@@ -80,7 +80,7 @@ def test_language_and_audit_load_without_torch():
 
 def test_only_rundir_names_the_run_files():
     names = re.compile(r"""["'](audit\.jsonl|state\.npz|checkpoint\.pt|signature\.json|"""
-                       r"""audit\.torn|tensorboard)["']""")
+                       r"""audit\.torn|tensorboard|verify\.json)["']""")
     offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                  if p.name != "rundir.py" and names.search(p.read_text(encoding="utf-8"))]
     assert not offenders

@@ -284,3 +284,69 @@ def parse_record(data: Any, seq: int | None = None) -> Record:
     if cls is None:
         raise RecordError(f"{where}: unknown record type {kind!r}")
     return cls.from_dict(data, f"{where} ({kind})")
+
+
+# ---- the verify record: RUN/verify.json, beside the log, never in it ----
+
+VERIFY_FORMAT = "scpo-verify/1"
+PROVED, COUNTEREXAMPLE, UNDECIDED = "PROVED", "COUNTEREXAMPLE", "UNDECIDED"
+PROOF_VERDICTS = (PROVED, COUNTEREXAMPLE, UNDECIDED)
+
+
+def overall_proof_verdict(verdicts) -> str:
+    """The overall verdict of `scpo verify` from its per-constraint ones: a counterexample
+    refutes, PROVED needs every constraint proved, anything else is UNDECIDED.  (verify/prove.py
+    applies the same rule — it may not import the audit; tests/test_verify_record.py checks
+    that the two agree.)"""
+    verdicts = set(verdicts)
+    if COUNTEREXAMPLE in verdicts:
+        return COUNTEREXAMPLE
+    return PROVED if verdicts == {PROVED} else UNDECIDED
+
+
+@dataclass
+class ProofConstraint(Entry):
+    """One constraint's answer from `scpo verify` (docs/verify.md)."""
+
+    verdict: str                     # PROVED | COUNTEREXAMPLE | UNDECIDED
+    bound: float | None              # an upper bound of g over the cells bounded (None: none)
+    margin: float
+    proved_fraction: float           # of the initial box's volume
+    cells: int
+    open_cells: int
+    counterexample: dict | None = None   # {"x0": [...], "g": float | null}
+    reason: str | None = None
+
+
+@dataclass
+class VerifyRecord(Entry):
+    """What `scpo verify RUN` proved about the run's final policy, written to RUN/verify.json.
+
+    Not a log record: appending after the end record would move the head, which a signature
+    or an anchor the user already holds is of.  It is chained to the log instead — `prev` is
+    the head it was computed at — and names the policy it is about (`theta`); `scpo audit`
+    checks both and the verdicts' consistency, but cannot redo the proof (no torch)."""
+
+    format: str
+    prev: str                 # the log's head hash when it was verified
+    theta: str                # SHA-256 of the final θ it verified
+    verdict: str              # the overall verdict, from the constraints' ones
+    model: str                # what the proof is about, in words
+    seconds: float
+    cells: int
+    verifier: dict            # version, cells (budget), time_limit, keep, seed
+    constraints: dict         # metric name → ProofConstraint
+    reason: str | None = None
+    box: dict | None = None   # the initial box it is about: states, lo, hi
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str):
+        """Also each constraint's answer."""
+        rec = super().from_dict(data, where)
+        rec.constraints = {str(k): ProofConstraint.from_dict(v, f"{where}: constraint {k!r}")
+                           for k, v in rec.constraints.items()}
+        return rec
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(),
+                "constraints": {k: v.to_dict() for k, v in self.constraints.items()}}

@@ -9,6 +9,8 @@ imported.
                          belongs to one point of the log, and every reader checks that it does
     RUN/signature.json   optional Ed25519 signature of the head (scpo train --sign)
     RUN/report.html|md   the certification report
+    RUN/verify.json      optional: what `scpo verify RUN` proved about the final policy, chained
+                         to the log by the head it was computed at (audit/records.VerifyRecord)
     RUN/run.lock         the one-writer lock of `scpo train` (flock; holds the writer's pid)
     RUN/tensorboard/     TensorBoard event files (scpo_spec/tracking), written from the committed
                          records; not part of the certificate: audit, report and resume never
@@ -29,13 +31,14 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.audit.files import UnreadableFile, open_regular
+from scpo_spec.audit.files import UnreadableFile, open_regular, read_regular
 from scpo_spec.audit.log import LOG_LIMIT, LogLine, parse_line, read_lines, sha256_hex
 from scpo_spec.audit.records import Header, Record, RecordError, parse_record, theta_sha256
 from scpo_spec.errors import ScpoError
@@ -44,6 +47,8 @@ LOG_NAME = "audit.jsonl"
 STATE_NAME = "state.npz"
 STATE_FORMAT = "scpo-state/1"
 SIGNATURE_NAME = "signature.json"
+VERIFY_NAME = "verify.json"
+VERIFY_MAX_BYTES = 4 << 20  # a verify record is a few kB per constraint; larger is not one
 TORN_NAME = "audit.torn"
 LOCK_NAME = "run.lock"
 TENSORBOARD_NAME = "tensorboard"
@@ -108,6 +113,10 @@ class RunDir:
     @property
     def signature(self) -> Path:
         return self.path / SIGNATURE_NAME
+
+    @property
+    def verify_record(self) -> Path:
+        return self.path / VERIFY_NAME
 
     @property
     def torn(self) -> Path:
@@ -445,6 +454,54 @@ class RunDir:
             raise RunError(f"{self.state} holds a policy ({state.theta[:16]}…) that is not the "
                            f"last one the log accepted ({str(expected_hash)[:16]}…)")
         return np.asarray(state.arrays["theta"], dtype=np.float64)
+
+
+    # ---- the verify record (RUN/verify.json) ----
+    def write_verify(self, record: dict) -> None:
+        """Write the verify record whole or not at all (a temporary file, fsync'ed, renamed over
+        whatever was there — a link planted in its place is replaced, never followed); OSError
+        when the folder cannot be written."""
+        tmp = self.path / f".{VERIFY_NAME}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=2, allow_nan=False)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.verify_record)
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def drop_verify(self) -> bool:
+        """Remove the verify record once the log has moved past the head it is of (a resume):
+        whether one was removed.  One that cannot be removed stays, and the audit says it is of
+        an earlier record."""
+        try:
+            self.verify_record.unlink()
+            return True
+        except OSError:
+            return False
+
+    def read_verify(self) -> bytes | None:
+        """The verify record's bytes (None: there is none), or RunError when something else
+        is in its place: a link (the record is written in place, never linked, so even a link
+        to a genuine one is refused), or what `files.read_regular` refuses (a FIFO or device, a
+        file over VERIFY_MAX_BYTES)."""
+        path = self.verify_record
+        try:
+            if path.is_symlink():
+                raise UnreadableFile(f"{path} is not a regular file (a symbolic link); nothing "
+                                     "was read from it")
+            return read_regular(path, VERIFY_MAX_BYTES)
+        except FileNotFoundError:
+            return None
+        except UnreadableFile as e:
+            raise RunError(str(e)) from None
+        except OSError as e:
+            raise RunError(f"{path} cannot be read: {e.strerror or e}") from None
 
 
 def _dimensions(lines: list[LogLine]) -> dict:

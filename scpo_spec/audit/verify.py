@@ -18,6 +18,7 @@ from scpo_spec.audit.files import TooLarge, UnreadableFile, read_regular
 from scpo_spec.audit.log import GENESIS, LogLine, parse_line, read_lines, sha256_hex
 from scpo_spec.audit.records import (End, Header, Holdout, Init, RecordError, Resume, Step,
                                      Try, parse_record)
+from scpo_spec.audit.proof import check_verify_record
 from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.compile.certificate import certificate, rounding_error
 
@@ -74,6 +75,11 @@ class AuditResult:
     # account of the spec is not the header's spec text (also in `problems`)
     anchored: bool | None = None  # --head given: the chain ends exactly there
     signature: str | None = None  # "valid", "invalid: …", or None when not checked
+    # RUN/verify.json (audit/proof.py): its verdict, "absent" or "inconsistent" — a separate
+    # claim from CERTIFIED: an inconsistent one fails `scpo audit`, never the verdict
+    verify: str = "absent"
+    verify_record: dict | None = None   # the record, when consistent
+    verify_problems: list = field(default_factory=list)
 
     @property
     def spec_ok(self) -> bool:
@@ -136,6 +142,7 @@ def audit_run(run_dir: str | Path, head: str | None = None,
     except RecordError as err:
         res.certificates_ok = False
         res.problems.append(f"a record cannot be read: {err}")
+        _check_verify_record(run, lines, None, res)
         return res
     try:
         _check_records(records, res)
@@ -147,7 +154,15 @@ def audit_run(run_dir: str | Path, head: str | None = None,
         res.certificates_ok = False
         res.problems.append(f"a record holds a value the audit cannot use "
                             f"({type(err).__name__}: {err})")
+    _check_verify_record(run, lines, records[0] if records and isinstance(records[0], Header)
+                         else None, res)
     return res
+
+
+def _check_verify_record(run: RunDir, lines: list[LogLine], header: Header | None,
+                         res: AuditResult) -> None:
+    res.verify, res.verify_record, res.verify_problems = check_verify_record(
+        run, lines, header, res.final_theta)
 
 
 OVERRIDABLE = ("device",)  # settings `scpo train` may override (--device): not the text's

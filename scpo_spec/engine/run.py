@@ -581,6 +581,9 @@ def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_tex
                         state)
     except OSError as e:
         raise _write_failed(e, recorder, spec_path) from None
+    if run.drop_verify():  # it proved the policy before this resume, at a head now passed
+        note(f"{run.verify_record} was about the run before this resume: removed (run `scpo "
+             f"verify {run.path}` again)")
     if text_changed:
         note(f"{spec_path} differs from the spec the run started with only in comments or "
              "layout; resuming (the resume record says so; the run keeps the original text)")

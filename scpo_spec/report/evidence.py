@@ -85,6 +85,21 @@ class Evidence:
         return describe_stall(self.audit.stall) if self.audit.stall else ""
 
     @property
+    def proof(self) -> dict | None:
+        """RUN/verify.json, when `scpo audit` finds it consistent (None: absent, or not believed:
+        `audit.verify` says which, `audit.verify_problems` why)."""
+        return self.audit.verify_record
+
+    @property
+    def proof_box(self) -> str:
+        """The initial box the proof is about, in words."""
+        box = (self.proof or {}).get("box")
+        if not box:
+            return "the scenarios' initial box"
+        return ", ".join(f"{s} ∈ [{fmt(lo)}, {fmt(hi)}]"
+                         for s, lo, hi in zip(box["states"], box["lo"], box["hi"]))
+
+    @property
     def checks(self) -> tuple[Check, ...]:
         return self.verdict.checks
 

@@ -31,6 +31,8 @@ class RunRow:
     worst_bound: float | None = None  # −margin: the value it had to stay at or under
     verdict: str = "BROKEN"           # CERTIFIED | NOT CERTIFIED | BROKEN
     failures: list | None = None      # why NOT CERTIFIED
+    verify: str | None = None         # RUN/verify.json as the audit found it: PROVED |
+    # COUNTEREXAMPLE | UNDECIDED | absent | inconsistent (nothing re-run)
     head: str | None = None
     started: str | None = None        # ISO 8601, UTC (file times: see the module's docstring)
     ended: str | None = None
@@ -91,6 +93,7 @@ def read_row(path: Path) -> RunRow:
     row.head = a.head
     row.verdict = verdict.word
     row.failures = verdict.failures or None
+    row.verify = a.verify
     return row
 
 

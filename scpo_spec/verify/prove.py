@@ -29,6 +29,8 @@ class VerifierError(Exception):
     """A bound contradicted by the ordinary evaluator: a bug in the verifier (not a ScpoError:
     nothing the user did causes it, and it must not pass as a verdict)."""
 RANDOM_POINTS = 8     # falsifier points per failing cell besides its centre and corners
+KEEP = 30             # generators kept by the reduction (docs/verify.md)
+SEED = 0              # of the falsifier's random points
 
 
 @dataclass
@@ -95,6 +97,8 @@ def model_of(compiled: CompiledSpec) -> str:
 
 
 def _overall(results: dict[str, ConstraintResult]) -> str:
+    """(audit/records.overall_proof_verdict is the same rule, for the audit: verify/ may not
+    import it, and tests/test_verify_record.py checks that they agree.)"""
     verdicts = {r.verdict for r in results.values()}
     if COUNTEREXAMPLE in verdicts:
         return COUNTEREXAMPLE
@@ -102,7 +106,7 @@ def _overall(results: dict[str, ConstraintResult]) -> str:
 
 
 def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = 4096,
-           time_limit: float = 300.0, keep: int = 30, seed: int = 0) -> VerifyResult:
+           time_limit: float = 300.0, keep: int = KEEP, seed: int = SEED) -> VerifyResult:
     """Prove, refute or leave open each metric of `compiled` for the policy θ.
 
     Runs on one torch thread: its matmuls are small (≤ 256 cells × ~200 generators × the
