@@ -213,6 +213,16 @@ def _rollout_check(result: CheckResult, file: Path) -> bool:
     return safe
 
 
+def _rounded_up(x: float, digits: int = 4) -> str:
+    """An upper bound printed short and still an upper bound: its digits rounded toward +∞
+    (printed to the nearest, −2.11496e-6 would read −2.115e-6, below what was proved)."""
+    import decimal
+    if not math.isfinite(x):
+        return str(x)
+    up = decimal.Context(prec=digits, rounding=decimal.ROUND_CEILING).create_decimal(x)
+    return f"{float(up):.{digits}g}"
+
+
 def _bound(margin: float) -> str:
     """The bound −margin that a metric must stay under, as printed: `0`, never `-0`."""
     return f"{-margin + 0.0:g}"  # + 0.0 turns -0.0 into 0.0
@@ -995,9 +1005,9 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
     colour = {"PROVED": "green", "COUNTEREXAMPLE": "red"}
     for name, r in res.constraints.items():
         head = f"  [{colour.get(r.verdict, 'yellow')} bold]{r.verdict}[/] {_esc(name)}: "
-        bound = "unbounded" if r.bound is None else f"g ≤ {r.bound:.4g}"
+        bound = "unbounded" if r.bound is None else f"g ≤ {_rounded_up(r.bound)}"
         if r.verdict == "PROVED":
-            body = f"{bound} ≤ −margin {r.margin:g}"
+            body = f"{bound}, within −margin = {_bound(r.margin)}"
         elif r.verdict == "COUNTEREXAMPLE":
             x0 = ", ".join(f"{v:.6g}" for v in r.counterexample["x0"])
             body = (f"x0 = [{x0}] gives g = {r.counterexample['g']:.4g} > 0 (the ordinary "

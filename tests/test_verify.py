@@ -593,3 +593,14 @@ def test_a_torch_policy_is_verified_and_a_torch_backup_is_undecided(tmp_path):
     compiled = compile_spec(with_backup(tmp_path), tmp_path)
     result = verify(compiled, compiled.family.theta0)
     assert result.verdict == "UNDECIDED" and "TorchScript backup" in result.reason
+
+
+def test_a_printed_bound_is_still_an_upper_bound():
+    """`scpo verify` prints bounds short; rounding to the nearest would print −2.115e-06 for a
+    proved −2.11496e-06, a bound that was never proved."""
+    from scpo_spec.cli import _rounded_up
+    assert _rounded_up(-2.11496e-06) == "-2.114e-06"
+    assert _rounded_up(0.44681) == "0.4469" and _rounded_up(3.0) == "3"
+    rng = np.random.default_rng(0)
+    for x in rng.uniform(-1, 1, 20000) * 10.0 ** rng.uniform(-9, 4, 20000):
+        assert float(_rounded_up(float(x))) >= x
