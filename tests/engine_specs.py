@@ -61,3 +61,44 @@ def spec_of(text: str, base: Path):
     result = check_text(text, path=str(base / "spec.scpo"), base_dir=base)
     assert result.ok, [d.message for d in result.diagnostics]
     return result.spec
+
+
+# ---- code a spec names, as its author would write it ----
+DI_PLANT = '''\
+import torch
+DT = 0.1
+
+def dynamics(x, u):
+    """The double integrator of small_di, as the author's own code."""
+    p, v = x[..., 0], x[..., 1]
+    f = u[..., 0]
+    return torch.stack((p + DT * v + 0.5 * DT ** 2 * f, v + DT * f), dim=-1)
+'''
+
+
+def point_env(env_id: str) -> str:
+    """A module that registers a gymnasium point mass as `env_id` (the author's environment)."""
+    return '''\
+import gymnasium as gym
+import numpy as np
+
+class Point(gym.Env):
+    """p⁺ = p + 0.1 v, v⁺ = v + 0.1 f; reward −p²."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+        self.action_space = gym.spaces.Box(-3.0, 3.0, (1,), np.float64)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1, 1, size=2)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        p, v = self.x
+        v = v + 0.1 * float(np.clip(action[0], -3, 3))
+        p = p + 0.1 * v
+        self.x = np.array([p, v])
+        return self.x.copy(), -p * p, False, False, {}
+
+''' + f'gym.register("{env_id}", entry_point=f"{{__name__}}:Point")\n'

@@ -34,7 +34,7 @@ from scpo_spec.language.source import Source, Span
 from scpo_spec.systems import make_dynamics
 from scpo_spec.systems.declared import DeclaredSystemError
 from scpo_spec.systems.user_code import PythonPlant, UserCodeError
-from tests.engine_specs import small_di, spec_of
+from tests.engine_specs import DI_PLANT, small_di, spec_of
 from tests.numerics import assert_close_across_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,16 +348,7 @@ def test_an_equation_reading_an_unknown_name_or_a_vector_is_a_clear_error(tmp_pa
 
 
 # ---- system python ----
-PLANT = '''\
-import torch
-DT = 0.1
-
-def dynamics(x, u):
-    """The double integrator of tests/engine_specs.py, as the author's code."""
-    p, v = x[..., 0], x[..., 1]
-    f = u[..., 0]
-    return torch.stack((p + DT * v + 0.5 * DT ** 2 * f, v + DT * f), dim=-1)
-'''
+PLANT = DI_PLANT
 
 
 def python_spec(tmp_path: Path, name: str, code: str | None = PLANT, module: str = "plant",

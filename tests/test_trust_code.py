@@ -11,36 +11,13 @@ from pathlib import Path
 import pytest
 
 from scpo_spec.audit.rundir import RunDir, RunError
+from tests.engine_specs import point_env
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 MODULE = "scpo_trust_point"
 
-ENV = textwrap.dedent('''
-    import gymnasium as gym
-    import numpy as np
-
-    class Point(gym.Env):
-        """p⁺ = p + 0.1 v, v⁺ = v + 0.1 f; reward −p²."""
-
-        def __init__(self):
-            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
-            self.action_space = gym.spaces.Box(-3.0, 3.0, (1,), np.float64)
-
-        def reset(self, seed=None, options=None):
-            super().reset(seed=seed)
-            self.x = self.np_random.uniform(-1, 1, size=2)
-            return self.x.copy(), {}
-
-        def step(self, action):
-            p, v = self.x
-            v = v + 0.1 * float(np.clip(action[0], -3, 3))
-            p = p + 0.1 * v
-            self.x = np.array([p, v])
-            return self.x.copy(), -p * p, False, False, {}
-
-    gym.register("PointTrust-v0", entry_point=f"{__name__}:Point")
-''')
+ENV = point_env("PointTrust-v0")
 
 SPEC = f'''\
 spec point "A user's own gymnasium environment, kept next to the spec"

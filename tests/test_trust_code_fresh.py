@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.engine_specs import small_di
+from tests.engine_specs import DI_PLANT, point_env, small_di
 from tests.test_torch_policies import Saturated, lqr_gain
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -31,42 +31,9 @@ LINEAR = """system linear {
 MLP = "policy mlp { hidden = [8]  activation = tanh  residual = backup  seed = 0 }"
 LQR = "backup lqr { Q = diag(1, 1)  R = diag(1) }"
 
-PLANT = '''\
-import torch
-DT = 0.1
+PLANT = DI_PLANT
 
-def dynamics(x, u):
-    """small_di's double integrator, as the author's own code."""
-    p, v = x[..., 0], x[..., 1]
-    f = u[..., 0]
-    return torch.stack((p + DT * v + 0.5 * DT ** 2 * f, v + DT * f), dim=-1)
-'''
-
-ENV = '''\
-import gymnasium as gym
-import numpy as np
-
-class Point(gym.Env):
-    """p⁺ = p + 0.1 v, v⁺ = v + 0.1 f; reward −p²."""
-
-    def __init__(self):
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
-        self.action_space = gym.spaces.Box(-3.0, 3.0, (1,), np.float64)
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.x = self.np_random.uniform(-1, 1, size=2)
-        return self.x.copy(), {}
-
-    def step(self, action):
-        p, v = self.x
-        v = v + 0.1 * float(np.clip(action[0], -3, 3))
-        p = p + 0.1 * v
-        self.x = np.array([p, v])
-        return self.x.copy(), -p * p, False, False, {}
-
-gym.register("PointFresh-v0", entry_point=f"{__name__}:Point")
-'''
+ENV = point_env("PointFresh-v0")
 
 GYM_SPEC = '''\
 spec point "A user's own gymnasium environment, kept next to the spec"
