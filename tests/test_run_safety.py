@@ -765,6 +765,8 @@ def test_kill_9_then_resume_is_the_uninterrupted_run(tmp_path):
             for args in (["--out", str(run), "--resume"], ["--out", str(reference)])]
     for proc in both:
         _, err = finish(proc)
-        assert proc.returncode == 0, err
+        # 1: a finished run whose holdout finds a violation is NOT CERTIFIED (not this test's
+        # subject); the trajectories below are
+        assert proc.returncode in (0, 1) and "Traceback" not in err, err
     resumed = trajectory(run)
     assert len(resumed[0]) == reached + 3 and same_run(resumed, trajectory(reference))
