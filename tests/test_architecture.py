@@ -18,7 +18,7 @@ ALLOWED = {
     "policies": {"language", "systems", "dtype", "errors"},
     "compile": {"language", "systems", "policies", "dtype", "errors"},
     "verify": {"language", "systems", "policies", "compile", "dtype", "errors"},
-    "audit": {"language", "compile", "errors"},
+    "audit": {"language", "compile", "verify", "errors"},
     "engine": {"language", "systems", "policies", "compile", "verify", "audit", "dtype",
                "errors"},
     "report": {"language", "compile", "engine", "audit", "errors"},
@@ -68,6 +68,8 @@ def test_the_audit_imports_only_numpy_side_of_compile():
             assert module != "torch" and not module.startswith("torch.")
             if module.startswith("scpo_spec.compile"):
                 assert module == "scpo_spec.compile.certificate", (path, module)
+            if module.startswith("scpo_spec.verify"):  # the verdict words and rule, no torch
+                assert module == "scpo_spec.verify.verdicts", (path, module)
 
 
 def test_language_and_audit_load_without_torch():

@@ -13,12 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from scpo_spec.audit.log import sha256_hex
-from scpo_spec.audit.records import overall_proof_verdict
 from scpo_spec.audit.rundir import VERIFY_MAX_BYTES, RunDir
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.cli import app
 from scpo_spec.engine.run import train
-from scpo_spec.verify.prove import ConstraintResult, _overall
+from scpo_spec.verify.verdicts import overall_proof_verdict
 from tests.engine_specs import small_di, spec_of
 from tests.forgery import copy_run
 
@@ -221,13 +220,15 @@ def test_verify_again_replaces_an_inconsistent_record(verified, tmp_path):
     assert invoke("audit", run).exit_code == 0
 
 
-def test_the_overall_rule_is_the_verifiers():
+def test_the_overall_rule():
+    """One rule for the prover and the audit (verify/verdicts.py): a counterexample refutes,
+    PROVED needs every constraint proved, anything else is UNDECIDED."""
     verdicts = ("PROVED", "COUNTEREXAMPLE", "UNDECIDED")
     for n in (1, 2, 3):
         for combo in itertools.product(verdicts, repeat=n):
-            results = {str(i): ConstraintResult(v, None, 0.0, 1, 0, 0.0)
-                       for i, v in enumerate(combo)}
-            assert overall_proof_verdict(combo) == _overall(results), combo
+            expected = ("COUNTEREXAMPLE" if "COUNTEREXAMPLE" in combo else
+                        "PROVED" if set(combo) == {"PROVED"} else "UNDECIDED")
+            assert overall_proof_verdict(combo) == expected, combo
 
 
 # ---- the report and `scpo runs` ----

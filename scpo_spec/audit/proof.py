@@ -15,9 +15,10 @@ import json
 import math
 
 from scpo_spec.audit.log import sha256_hex
-from scpo_spec.audit.records import (COUNTEREXAMPLE, PROOF_VERDICTS, PROVED, VERIFY_FORMAT,
-                                     Header, RecordError, VerifyRecord, overall_proof_verdict)
+from scpo_spec.audit.records import VERIFY_FORMAT, Header, RecordError, VerifyRecord
 from scpo_spec.audit.rundir import VERIFY_NAME, RunDir, RunError
+from scpo_spec.verify.verdicts import (COUNTEREXAMPLE, PROOF_VERDICTS, PROVED,
+                                       overall_proof_verdict)
 
 ABSENT, INCONSISTENT = "absent", "inconsistent"
 

@@ -289,21 +289,6 @@ def parse_record(data: Any, seq: int | None = None) -> Record:
 # ---- the verify record: RUN/verify.json, beside the log, never in it ----
 
 VERIFY_FORMAT = "scpo-verify/1"
-PROVED, COUNTEREXAMPLE, UNDECIDED = "PROVED", "COUNTEREXAMPLE", "UNDECIDED"
-PROOF_VERDICTS = (PROVED, COUNTEREXAMPLE, UNDECIDED)
-
-
-def overall_proof_verdict(verdicts) -> str:
-    """The overall verdict of `scpo verify` from its per-constraint ones: a counterexample
-    refutes, PROVED needs every constraint proved, anything else is UNDECIDED.  (verify/prove.py
-    applies the same rule — it may not import the audit; tests/test_verify_record.py checks
-    that the two agree.)"""
-    verdicts = set(verdicts)
-    if COUNTEREXAMPLE in verdicts:
-        return COUNTEREXAMPLE
-    return PROVED if verdicts == {PROVED} else UNDECIDED
-
-
 @dataclass
 class ProofConstraint(Entry):
     """One constraint's answer from `scpo verify` (docs/verify.md)."""

@@ -21,8 +21,8 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.language.scenarios import initial_box
 from scpo_spec.verify.bounds import IntervalCompiler
 from scpo_spec.verify.reach import ClosedLoop, Unsupported
+from scpo_spec.verify.verdicts import COUNTEREXAMPLE, PROVED, UNDECIDED, overall_proof_verdict
 
-PROVED, COUNTEREXAMPLE, UNDECIDED = "PROVED", "COUNTEREXAMPLE", "UNDECIDED"
 
 
 class VerifierError(Exception):
@@ -94,15 +94,6 @@ def model_of(compiled: CompiledSpec) -> str:
     return (f"the spec's discrete-time model ({kind}: {what.get(kind, kind)}) in closed loop "
             f"with the policy, evaluated in float64 as `scpo train` evaluates it, over T = {T} "
             "steps from every initial state in the scenarios' initial box")
-
-
-def _overall(results: dict[str, ConstraintResult]) -> str:
-    """(audit/records.overall_proof_verdict is the same rule, for the audit: verify/ may not
-    import it, and tests/test_verify_record.py checks that they agree.)"""
-    verdicts = {r.verdict for r in results.values()}
-    if COUNTEREXAMPLE in verdicts:
-        return COUNTEREXAMPLE
-    return PROVED if verdicts == {PROVED} else UNDECIDED
 
 
 def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = 4096,
@@ -238,7 +229,7 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
                       f"the cell budget ({cells}) is spent with {int(open_cells[j])} cells open")
         results[m.name] = ConstraintResult(verdict, b, float(min(proved_volume[j], 1.0)), leaves,
                                            int(open_cells[j]), float(margins[j]), cex[j], reason)
-    return VerifyResult(_overall(results), time.perf_counter() - start, leaves, model, results)
+    return VerifyResult(overall_proof_verdict(r.verdict for r in results.values()), time.perf_counter() - start, leaves, model, results)
 
 
 def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, cex: list,
