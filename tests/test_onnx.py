@@ -216,3 +216,53 @@ def test_resource_limits(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_graph, "MAX_NODES", 3)
     with pytest.raises(OnnxFileError, match="7 nodes .at most 3"):
         read_onnx(data, "backup", "c.onnx")
+
+
+# ---- scpo verify: per-layer and parametrised activations are bounded soundly ----
+@pytest.mark.parametrize("name,evaluated", [
+    ("leaky_relu:0.2", lambda z: torch.nn.functional.leaky_relu(z, 0.2)),
+    ("leaky_relu:0.01", lambda z: torch.nn.functional.leaky_relu(z, 0.01)),
+    ("elu:0.5", lambda z: torch.nn.functional.elu(z, 0.5)),
+    ("relu", torch.relu)])
+def test_each_parametrised_relaxation_holds_the_activation(name, evaluated):
+    """For z = c + r·ε: |act(z) − (c′ + λ r ε)| ≤ β (the fresh generator) on dense z over
+    wide, narrow, one-sided and off-centre intervals."""
+    from scpo_spec.verify.zonotope import Zono, activation as relax
+    intervals = torch.tensor([[-3.0, 2.0], [-1.0, 4.0], [0.3, 0.3000001], [-8.0, -2.0],
+                              [1.0, 6.0], [-0.01, 0.02], [-40.0, 40.0]], dtype=DTYPE)
+    z = Zono.box(intervals[:, :1], intervals[:, 1:])
+    out = relax(z, name)
+    lam_r, beta = out.G[:, 0, 0], out.G[:, 1, 0]
+    eps = torch.linspace(-1, 1, 20001, dtype=DTYPE)
+    points = z.c + z.G[:, 0, :] * eps
+    points = torch.minimum(torch.maximum(points, intervals[:, :1]), intervals[:, 1:])
+    eps = (points - z.c) / z.G[:, 0, :]
+    residual = evaluated(points) - (out.c + lam_r[:, None] * eps)
+    assert (residual.abs() <= beta[:, None]).all(), (residual.abs().amax(1), beta)
+    assert (beta < 0.6 * (intervals[:, 1] - intervals[:, 0]) + 1e-9).all()  # not vacuous
+
+
+def test_relaxations_refuse_a_slope_above_one():
+    from scpo_spec.verify.zonotope import relaxable
+    assert relaxable("leaky_relu:0.3") and relaxable("elu:1.0") and relaxable("elu")
+    assert not relaxable("leaky_relu:1.5") and not relaxable("elu:2.0")
+    assert not relaxable("gelu")
+
+
+def test_a_per_layer_torch_policy_is_enclosed_by_the_reach_sets(tmp_path):
+    """A `policy torch` with mixed activations and one after its last layer: every sampled
+    trajectory inside the reach sets (the verifier follows the per-layer activations)."""
+    from torch import nn
+    from scpo_spec.compile.problem import compile_spec
+    from tests.test_torch_policies import save, with_policy
+    from tests.test_verify import _box, _check_enclosed
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(2, 6), nn.LeakyReLU(0.2), nn.Linear(6, 6), nn.Tanh(),
+                        nn.Linear(6, 1), nn.ELU(0.5))
+    save(net, tmp_path / "policy.pt")
+    compiled = compile_spec(with_policy(tmp_path), tmp_path)
+    assert compiled.family.per_layer == ["leaky_relu:0.2", "tanh", "elu:0.5"]
+    lo, hi = _box(compiled)
+    reach, X = _check_enclosed(compiled, compiled.family.theta0, lo, hi, 5_000)
+    U = compiled.evaluator.rollout(compiled.family.theta0[None], X[:, 0])[1][0]
+    assert (U > -0.5).all()  # ELU(α = 0.5) after the last layer: the rollout applies it

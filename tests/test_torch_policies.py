@@ -202,11 +202,10 @@ def test_policy_torch_maps_exactly_onto_the_mlp_family(tmp_path, layers):
 
 @pytest.mark.parametrize("module, why", [
     (Custom(), "it is a 'Custom'"),
-    (nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(), nn.Linear(4, 1)), "'LeakyReLU'"),
-    (nn.Sequential(nn.Linear(2, 4), nn.ELU(alpha=2.0), nn.Linear(4, 1)), "alpha=2.0"),
-    (nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)),
-     "mixes activations"),
-    (nn.Sequential(nn.Linear(2, 1), nn.Tanh()), "ends with an activation"),
+    (nn.Sequential(nn.Linear(2, 4), nn.Dropout(), nn.Linear(4, 1)), "'Dropout'"),
+    (nn.Sequential(nn.Linear(2, 4), nn.Softplus(beta=2.0), nn.Linear(4, 1)), "beta=2.0"),
+    (nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.ReLU(), nn.Linear(4, 1)),
+     "does not follow an nn.Linear"),
 ])
 def test_policy_torch_refuses_what_it_cannot_evaluate_in_batch(tmp_path, module, why):
     save(module, tmp_path / "policy.pt")
@@ -217,6 +216,33 @@ def test_policy_torch_refuses_what_it_cannot_evaluate_in_batch(tmp_path, module,
     assert check_files(spec, tmp_path)[0].hint
     with pytest.raises(TorchFileError, match="not a structure"):
         compile_spec(spec, tmp_path)
+
+
+@pytest.mark.parametrize("net", [
+    nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)),
+    nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(0.1), nn.Linear(4, 1), nn.Tanh()),
+    nn.Sequential(nn.Linear(2, 4), nn.ELU(alpha=0.5), nn.Linear(4, 4), nn.Linear(4, 1)),
+], ids=["tanh-relu", "leaky-then-tanh-after-the-last", "elu0.5-linear-linear"])
+def test_policy_torch_per_layer_activations(tmp_path, net):
+    """LANGUAGE-v3: a `policy torch` family has per-layer activations (mixed, one after the
+    last layer, parametrised LeakyReLU/ELU): batched forward, module and Jacobian = the file."""
+    torch.manual_seed(3)
+    net = net.double()
+    scripted = torch.jit.script(net)
+    torch.jit.save(scripted, str(tmp_path / "policy.pt"))
+    spec = with_policy(tmp_path)
+    assert check_files(spec, tmp_path) == []
+    fam = compile_spec(spec, tmp_path).family
+    x = torch.randn(3, 17, 2, dtype=D)
+    thetas = fam.theta0.expand(3, -1).clone()
+    with torch.no_grad():
+        expected = net(x.reshape(-1, 2)).reshape(3, 17, 1)
+        torch.testing.assert_close(fam.forward(thetas, x), expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(fam.batched(thetas)(x), expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(fam.module()(x[1]), expected[1], rtol=0, atol=1e-12)
+    J = torch.autograd.functional.jacobian(lambda z: net(z)[0], torch.zeros(1, 2, dtype=D))
+    torch.testing.assert_close(fam.jacobian_at_origin(thetas)[0], J[:, 0, :], rtol=0,
+                               atol=1e-12)
 
 
 def test_policy_torch_trains(tmp_path):

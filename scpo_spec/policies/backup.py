@@ -1,7 +1,8 @@
 """The backup controller: u = K x with an LQR gain from the discrete-time Riccati equation (its P
 kept for `lyapunov(backup)`) or a gain written in the spec; or u = module(x), a frozen
-TorchScript controller (`backup torch { file }`), whose K is its Jacobian at the origin (what
-`spectral_radius` of a residual policy linearises)."""
+controller — a TorchScript module (`backup torch { file }`) or an ONNX network (`backup onnx
+{ file }`, also kept as its layers for `scpo verify`) — whose K is its Jacobian at the origin
+(what `spectral_radius` of a residual policy linearises)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.language.dynamics import riccati_problem
 from scpo_spec.language.model import LinearBackup, LqrBackup, Spec, TorchBackup
 from scpo_spec.language.source import Span
+from scpo_spec.policies.onnx_graph import OnnxNetwork
 from scpo_spec.policies.torch_file import TorchFileError, jacobian_at_origin, load_torch_file
 from scpo_spec.systems.dynamics import Dynamics
 
@@ -30,6 +32,7 @@ class Backup:
     K: np.ndarray                  # (m, n): u = K x; a torch backup's Jacobian at the origin
     P: np.ndarray | None = None    # LQR: V(x) = xᵀ P x
     module: torch.nn.Module | None = None  # torch: u = module(x) (float64, frozen, eval mode)
+    network: OnnxNetwork | None = None     # onnx: the module's layers (what the verifier bounds)
 
     def __post_init__(self):
         self._gain_t = torch.as_tensor(np.asarray(self.K, dtype=np.float64), dtype=DTYPE).T
@@ -85,6 +88,12 @@ def lqr(A: np.ndarray, B: np.ndarray, Q: np.ndarray, R: np.ndarray,
                           + (f" (hint: {hint})" if hint else ""))
     K = -np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
     return Backup(K=K, P=(P + P.T) / 2)
+
+
+def network_backup(network: OnnxNetwork) -> Backup:
+    """u = network(x), a frozen feed-forward network (float64), K its Jacobian at the origin."""
+    module = network.module()
+    return Backup(K=jacobian_at_origin(module, network.n_in), module=module, network=network)
 
 
 def make_backup(spec: Spec, dynamics: Dynamics, base_dir: Path | None = None) -> Backup | None:

@@ -8,7 +8,6 @@ this is the hot path of every rollout.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from scpo_spec.policies import activations as act_fns
+from scpo_spec.policies.activations import ACTIVATIONS, MODULES  # noqa: F401 - re-exported
 from scpo_spec.policies.backup import Backup
 from scpo_spec.language.model import LinearPolicy, MlpPolicy, Spec, TorchPolicy
 from scpo_spec.policies.torch_file import load_policy_structure
@@ -24,27 +25,7 @@ from scpo_spec.systems.dynamics import RolloutViews
 
 from scpo_spec.dtype import DTYPE
 
-ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu,
-               "gelu": nn.functional.gelu, "sigmoid": torch.sigmoid,
-               "softplus": nn.functional.softplus, "identity": lambda z: z}
-MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU,
-           "sigmoid": nn.Sigmoid, "softplus": nn.Softplus, "identity": nn.Identity}
-
-
-def _activation_slope(name: str, z: torch.Tensor) -> torch.Tensor:
-    """σ'(z), exactly (used for the policy's Jacobian at the origin)."""
-    if name == "tanh":
-        return 1 - torch.tanh(z) ** 2
-    if name == "relu":
-        return (z > 0).to(z.dtype)
-    if name == "elu":
-        return torch.where(z > 0, torch.ones_like(z), torch.exp(z))
-    if name == "gelu":
-        return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-    if name in ("sigmoid", "softplus"):
-        s = torch.sigmoid(z)
-        return s * (1 - s) if name == "sigmoid" else s
-    return torch.ones_like(z)
+_activation_slope = act_fns.slope  # σ'(z) by name (kept under its old name for callers)
 
 
 class PolicyCore(nn.Module):
@@ -100,8 +81,10 @@ class PolicyModule(nn.Module):
 @dataclass
 class PolicyFamily:
     """Layers (out, in) of an MLP (one layer, no bias, for a linear policy), an activation
-    between layers, and an optional fixed backup added to the output (`residual = backup`): a
-    gain K x, or a frozen TorchScript controller called once on all C·B states."""
+    between layers — or, for a network read from a file (`policy torch`/`policy onnx`), one
+    activation per layer, the last one's included (`activations`) — and an optional fixed
+    backup added to the output (`residual = backup`): a gain K x, or a frozen controller (a
+    TorchScript module or an ONNX network) called once on all C·B states."""
 
     n: int
     m: int
@@ -110,17 +93,23 @@ class PolicyFamily:
     activation: str
     backup: Backup | None
     theta0: torch.Tensor = field(repr=False)
+    activations: list[str] | None = None  # per layer (len(layers)); None: `activation` between
 
     def __post_init__(self):
         self.d = int(self.theta0.numel())
         self._gain_t = (None if self.backup is None
                         else torch.as_tensor(self.backup.K, dtype=DTYPE).T.contiguous())
-        self._act = ACTIVATIONS[self.activation]
+        self._act = act_fns.function(self.activation)
+        between = [self.activation] * (len(self.layers) - 1) + ["identity"]
+        if self.activations is not None and list(self.activations) == between:
+            self.activations = None  # the plain MLP: one activation between layers
+        self.per_layer = list(self.activations) if self.activations is not None else between
+        self._acts = [None if a == "identity" else act_fns.function(a) for a in self.per_layer]
 
     # ---- torch module view ----
     def module(self, theta: torch.Tensor | None = None) -> PolicyModule:
         """A torch module holding θ (θ₀ when omitted)."""
-        net = _build_net(self.layers, self.bias, self.activation)
+        net = _build_net(self.layers, self.bias, self.activation, self.activations)
         theta = self.theta0 if theta is None else torch.as_tensor(theta, dtype=DTYPE)
         nn.utils.vector_to_parameters(theta.detach().clone(), net.parameters())
         return PolicyModule(net, self.backup).to(DTYPE)
@@ -142,11 +131,10 @@ class PolicyFamily:
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Actions (C, B, m) of C candidates θ (C, d) on their states x (C, B, n)."""
         h = x
-        layers = list(self._unpack(theta))
-        for i, (W, b) in enumerate(layers):
+        for (W, b), act in zip(self._unpack(theta), self._acts):
             h = torch.bmm(h, W.transpose(1, 2)) if b is None else torch.baddbmm(b, h, W.transpose(1, 2))
-            if i < len(layers) - 1:
-                h = self._act(h)
+            if act is not None:
+                h = act(h)
         if self.backup is not None:
             h = h + self.backup(x)  # a torch backup: one call on all C·B states
         return h
@@ -162,21 +150,26 @@ class PolicyFamily:
         they are (W·I and b + W·0 differ from them at most in the sign of a zero, which no slope
         and no |eigenvalue| sees): an evaluation runs this after each rollout, where each small
         torch call costs 2-3× what it costs in a tight loop (benchmarks/README.md)."""
-        layers = list(self._unpack(theta))
         J = h = None
-        for i, (W, b) in enumerate(layers):
+        last = len(self.layers) - 1
+        for i, ((W, b), name) in enumerate(zip(self._unpack(theta), self.per_layer)):
             J = W if J is None else torch.bmm(W, J)
-            if i < len(layers) - 1:  # (the last layer's pre-activation is never read)
+            if name != "identity":  # (an identity layer's pre-activation is never read)
                 if h is None:
                     pre = b if b is not None else W.new_zeros(W.shape[0], 1, W.shape[1])
                 else:
                     Wt = W.transpose(1, 2)
                     pre = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
-                h = self._act(pre)
+                h = act_fns.function(name)(pre)
                 # tanh' = 1 − tanh²: the tanh just computed, not a second one (the same numbers)
-                slope = 1 - h ** 2 if self.activation == "tanh" else \
-                    _activation_slope(self.activation, pre)
+                slope = 1 - h ** 2 if name == "tanh" else act_fns.slope(name, pre)
                 J = slope.transpose(1, 2) * J
+            elif i < last and (h is not None or b is not None):  # the next layer reads it
+                Wt = W.transpose(1, 2)
+                if h is None:
+                    h = b if b is not None else W.new_zeros(W.shape[0], 1, W.shape[1])
+                else:
+                    h = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
         if self._gain_t is not None:  # a torch backup's K is its Jacobian at the origin
             J = J + self._gain_t.T.to(theta.device)
         return J
@@ -237,7 +230,7 @@ class BatchedForward:
         self.family = family
         layers = [(W.transpose(1, 2), b) for W, b in family._unpack(theta)]
         act, last = family.activation, len(layers) - 1
-        if act == "tanh" and FAST_TANH:
+        if act == "tanh" and FAST_TANH and family.activations is None:
             layers = [((Wt * 2 if i == 0 else Wt), None if b is None else b * 2)
                       if i < last else (Wt, b) for i, (Wt, b) in enumerate(layers)]
             # hidden activation i hands on 2·tanh when layer i + 1 is hidden, tanh to the last
@@ -248,9 +241,10 @@ class BatchedForward:
         else:
             self.doubled = False  # in place where torch has the activation in place exactly
             self.scales = [1] * last
-            act_ = {"tanh": torch.tanh_, "relu": torch.relu_, "sigmoid": torch.sigmoid_,
-                    "identity": lambda z: z}.get(act, family._act)
-            self._acts_ = [act_] * last
+            self._acts_ = [_in_place(name) for name in family.per_layer[:last]]
+        # after the last layer (a network read from a file may end with one): written in place
+        self.last_act_ = None if family.per_layer[-1] == "identity" else \
+            _in_place(family.per_layer[-1], into=True)
         self.layers = layers
         self.C = theta.shape[0]
         self._buffers: dict[tuple, list[torch.Tensor]] = {}
@@ -282,6 +276,8 @@ class BatchedForward:
                 h = torch.baddbmm(b, h, Wt, out=dest)
             if i < last:
                 h = self._acts_[i](h)
+            elif self.last_act_ is not None:
+                h = self.last_act_(h)
         if self.family.backup is not None:
             backup = self.family.backup(x)
             h = h.add_(backup) if out is not None else h + backup
@@ -307,6 +303,7 @@ class BatchedForward:
         hidden = [(b, Wt, views.buffer(("hidden", i), (C, B, Wt.shape[2])), act)
                   for i, ((Wt, b), act) in enumerate(zip(self.layers[:-1], acts))]
         Wt_last, b_last = self.layers[-1]
+        last_act_ = self.last_act_
         baddbmm, bmm = torch.baddbmm, torch.bmm
         backup = self.family.backup
         gain = None if backup is None or backup.module is not None else backup.gain_on(device)
@@ -320,6 +317,8 @@ class BatchedForward:
                 bmm(h, Wt_last, out=out)
             else:
                 baddbmm(b_last, h, Wt_last, out=out)
+            if last_act_ is not None:
+                last_act_(out)
             if gain is not None:
                 uf[t].addmm_(xf[t], gain)
             elif backup is not None:
@@ -327,27 +326,40 @@ class BatchedForward:
         return step
 
     def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
-        h, last = x, len(self.layers) - 1
-        for i, (Wt, b) in enumerate(self.layers):
+        h = x
+        for i, ((Wt, b), act) in enumerate(zip(self.layers, self.family._acts)):
             h = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
-            if i < last:
+            if act is not None:
                 if self.doubled:
                     k = self.scales[i]
                     h = torch.add((_MINUS_ONE if k == 1 else _MINUS_TWO).get(h.device),
                                   torch.sigmoid(h), alpha=2 * k)
                 else:
-                    h = self.family._act(h)
+                    h = act(h)
         if self.family.backup is not None:
             h = h + self.family.backup(x)
         return h
 
 
-def _build_net(layers, bias: bool, activation: str) -> nn.Sequential:
+def _in_place(name: str, into: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation `name` applied in place where torch has it in place exactly; otherwise
+    out of place — or, with `into`, copied back into its input (a rollout's output buffer)."""
+    fast = {"tanh": torch.tanh_, "relu": torch.relu_, "sigmoid": torch.sigmoid_,
+            "identity": lambda z: z}.get(name)
+    if fast is not None:
+        return fast
+    f = act_fns.function(name)
+    return (lambda z: z.copy_(f(z))) if into else f
+
+
+def _build_net(layers, bias: bool, activation: str,
+               activations: list[str] | None = None) -> nn.Sequential:
+    per_layer = activations or [activation] * (len(layers) - 1) + ["identity"]
     modules: list[nn.Module] = []
-    for i, (out, inp) in enumerate(layers):
+    for i, ((out, inp), name) in enumerate(zip(layers, per_layer)):
         modules.append(nn.Linear(inp, out, bias=bias, dtype=DTYPE))
-        if i < len(layers) - 1:
-            modules.append(MODULES[activation]())
+        if i < len(layers) - 1 or name != "identity":
+            modules.append(act_fns.module(name))
     return nn.Sequential(*modules)
 
 
@@ -382,5 +394,5 @@ def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
     if isinstance(policy, TorchPolicy):
         found = load_policy_structure(spec, base_dir)
         return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,
-                            found.theta0.clone())
+                            found.theta0.clone(), found.activations)
     raise NotImplementedError(f"policy kind '{policy.kind}'")

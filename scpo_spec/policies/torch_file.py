@@ -8,9 +8,9 @@ message (the path for callers that did not check first).
 
 `policy torch`: θ are the module's parameters, and the batched hot path evaluates C candidate θ at
 once, which TorchScript cannot do (`torch.func.functional_call` refuses scripted modules).  So a
-`policy torch` file must be a plain MLP — an `nn.Sequential` of `nn.Linear` layers with one of
-the supported activations between them (every layer with a bias or none with one, the same
-activation everywhere, default activation parameters) — and is mapped exactly onto the built-in
+`policy torch` file must be a plain MLP — an `nn.Sequential` of `nn.Linear` layers, each followed
+by at most one of the supported activations (its own: per-layer activations, the last layer's
+included; every layer with a bias or none with one) — and is mapped exactly onto the built-in
 MLP family (`mlp_structure`); anything else is refused with a message naming what is supported.
 """
 
@@ -38,9 +38,9 @@ SUPPORTED_ACTIVATIONS = {"Tanh": ("tanh", {}), "ReLU": ("relu", {}),
                          "GELU": ("gelu", {"approximate": "none"}),
                          "Sigmoid": ("sigmoid", {}),
                          "Softplus": ("softplus", {"beta": 1.0, "threshold": 20.0})}
-SUPPORTED = ("an nn.Sequential of nn.Linear layers (all with a bias, or none) with the same "
-             "activation between them (" + ", ".join(f"nn.{k}" for k in SUPPORTED_ACTIVATIONS)
-             + ", default arguments), or a single nn.Linear")
+SUPPORTED = ("an nn.Sequential of nn.Linear layers (all with a bias, or none), each followed by "
+             "at most one activation (" + ", ".join(f"nn.{k}" for k in SUPPORTED_ACTIVATIONS)
+             + " with default arguments, nn.ELU, nn.LeakyReLU), or a single nn.Linear")
 PROBE_BATCH = 4
 
 
@@ -125,12 +125,24 @@ def load_torch_file(file: Text, base_dir: Path | None, n: int, m: int, what: str
 class MlpStructure:
     layers: list[tuple[int, int]]   # (out, in) per nn.Linear
     bias: bool
-    activation: str                 # a key of policies.policy.ACTIVATIONS
+    activation: str                 # the one between layers (policies/activations.py names)
     theta0: torch.Tensor            # the parameters in named_parameters order, float64
+    activations: list[str] | None = None  # per layer, the last one's included; None: plain MLP
+
+
+def _activation_name(kind: str, child) -> str | None:
+    """The activations.py name of an activation module, or None when not supported."""
+    if kind == "LeakyReLU":
+        return f"leaky_relu:{float(getattr(child, 'negative_slope', 0.01))!r}"
+    if kind == "ELU" and float(getattr(child, "alpha", 1.0)) != 1.0:
+        return f"elu:{float(child.alpha)!r}"
+    return SUPPORTED_ACTIVATIONS[kind][0] if kind in SUPPORTED_ACTIVATIONS else None
 
 
 def mlp_structure(module: torch.nn.Module) -> MlpStructure | str:
-    """The MLP a scripted module is, or why it is not one the family can evaluate exactly."""
+    """The MLP a scripted module is, or why it is not one the family can evaluate exactly:
+    nn.Linear layers, each followed by at most one activation (its own: they may differ, and
+    the last layer may have one)."""
     name = getattr(module, "original_name", type(module).__name__)
     children = list(module.named_children())
     if name == "Linear":
@@ -145,26 +157,24 @@ def mlp_structure(module: torch.nn.Module) -> MlpStructure | str:
         if kind == "Identity":
             continue
         if kind == "Linear":
-            if layers and len(acts) != len(layers):
-                return "two nn.Linear layers follow each other without an activation"
+            if len(acts) < len(layers):
+                acts.append("identity")  # Linear after Linear: nothing between
             layers.append((int(child.out_features), int(child.in_features)))
             biases.append(getattr(child, "bias", None) is not None)
-        elif kind in SUPPORTED_ACTIVATIONS:
-            if len(acts) != len(layers) - 1 or not layers:
-                return f"an activation nn.{kind} is not between two nn.Linear layers"
-            act, defaults = SUPPORTED_ACTIVATIONS[kind]
-            for arg, default in defaults.items():
-                if getattr(child, arg, default) != default:
-                    return f"its nn.{kind} has {arg}={getattr(child, arg)!r} (only {default!r})"
-            acts.append(act)
-        else:
+            continue
+        act = _activation_name(kind, child)
+        if act is None:
             return f"it holds a '{kind}' module (item {i} of the Sequential)"
+        if len(acts) != len(layers) - 1 or not layers:
+            return f"an activation nn.{kind} does not follow an nn.Linear layer"
+        for arg, default in SUPPORTED_ACTIVATIONS.get(kind, (None, {}))[1].items():
+            if kind != "ELU" and getattr(child, arg, default) != default:
+                return f"its nn.{kind} has {arg}={getattr(child, arg)!r} (only {default!r})"
+        acts.append(act)
     if not layers:
         return "it holds no nn.Linear layer"
-    if len(acts) != len(layers) - 1:
-        return "it ends with an activation after its last nn.Linear layer"
-    if len(set(acts)) > 1:
-        return f"it mixes activations ({', '.join(acts)})"
+    if len(acts) < len(layers):
+        acts.append("identity")
     if len(set(biases)) > 1:
         return "some nn.Linear layers have a bias and some do not"
     for (out, _), (_, inp) in zip(layers, layers[1:]):
@@ -175,7 +185,10 @@ def mlp_structure(module: torch.nn.Module) -> MlpStructure | str:
     theta0 = torch.cat(params) if params else torch.zeros(0, dtype=DTYPE)
     if theta0.numel() != expected:
         return "it holds parameters besides its nn.Linear layers' weights and biases"
-    return MlpStructure(layers, biases[0], acts[0] if acts else "identity", theta0)
+    between = acts[:-1]
+    plain = acts[-1] == "identity" and len(set(between)) <= 1
+    activation = between[0] if between else "identity"
+    return MlpStructure(layers, biases[0], activation, theta0, None if plain else acts)
 
 
 def _sizes(spec: Spec) -> tuple[int, int]:

@@ -5,7 +5,9 @@ states (compile/evaluator.py's float64 rollout, rounding included: zonotope.py).
 What is covered: plants `linear` (exact but for rounding), `static`, `pendulum` (sin by a
 mean-value remainder) and declared `discrete`/`ode` ones (declared.py: the integrator's one-step
 map); policies `mlp` (tanh, sigmoid, relu, elu, softplus, identity; `residual = backup` over a
-gain backup: lqr or linear) and `linear`, and a `torch` policy mapped onto the MLP family.
+gain backup — lqr or linear — or a feed-forward network backup: `onnx`) and `linear`, and
+`torch`/`onnx` policies mapped onto the MLP family (per-layer activations, LeakyReLU and ELU
+with a slope ≤ 1 included).
 Anything else raises Unsupported with the reason (the verdict is then UNDECIDED, never PROVED).
 """
 
@@ -18,7 +20,7 @@ import torch
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
 from scpo_spec.verify.zonotope import (ACTIVATIONS, LIB_ERROR, TINY, U, Zono, activation,
-                                       affine, reduce, up)
+                                       affine, reduce, relaxable, up)
 
 
 class Unsupported(Exception):
@@ -85,14 +87,21 @@ class ClosedLoop:
             raise Unsupported(f"a '{dyn.kind}' system is not bounded by the verifier (it covers "
                               "linear, pendulum, static and declared discrete/ode plants)")
         self.kind = dyn.kind
-        if len(family.layers) > 1 and family.activation not in ACTIVATIONS:
-            raise Unsupported(f"no sound relaxation of the activation '{family.activation}' "
-                              f"yet (covered: {', '.join(ACTIVATIONS)})")
-        self.activation = family.activation
+        self.activations = list(family.per_layer)
         backup = family.backup
-        if backup is not None and backup.module is not None:
+        network = None if backup is None else getattr(backup, "network", None)
+        if backup is not None and backup.module is not None and network is None:
             raise Unsupported("a TorchScript backup is not bounded by the verifier yet")
-        self.K = None if backup is None else torch.as_tensor(backup.K, dtype=DTYPE)
+        self.K = None if backup is None or network is not None else \
+            torch.as_tensor(backup.K, dtype=DTYPE)
+        self.backup_layers = [] if network is None else [
+            (torch.as_tensor(W, dtype=DTYPE), torch.as_tensor(b, dtype=DTYPE))
+            for W, b in network.layers]
+        self.backup_activations = [] if network is None else list(network.activations)
+        for name in set(self.activations + self.backup_activations):
+            if not relaxable(name):
+                raise Unsupported(f"no sound relaxation of the activation '{name}' yet "
+                                  f"(covered: {', '.join(ACTIVATIONS)})")
         theta = torch.as_tensor(theta, dtype=DTYPE).reshape(1, -1)
         self.layers = [(W[0].clone(), None if b is None else b[0, 0].clone())
                        for W, b in family._unpack(theta)]
@@ -101,22 +110,39 @@ class ClosedLoop:
     def batch(self) -> int:
         """Cells per batched pass: the largest generator matrix (cells × generators × width)
         kept near 2·10⁷ numbers (160 MB), at most 256 cells."""
-        widths = [W.shape[0] for W, _ in self.layers]
+        widths = [W.shape[0] for W, _ in self.layers + self.backup_layers]
         per_cell = (self.keep + 2 * self.n + self.m + sum(widths)) * max(widths + [self.n])
         return int(max(1, min(256, 20_000_000 // per_cell)))
 
     # ---- one step ----
-    def policy(self, x: Zono) -> Zono:
-        """u = net(x) (+ K x), its generators x's first, then the neurons'."""
-        h, last = x, len(self.layers) - 1
-        for i, (W, b) in enumerate(self.layers):
+    @staticmethod
+    def _chain(h: Zono, layers, activations: list[str], gain: tuple | None = None) -> Zono:
+        """A feed-forward chain over h; `gain` (x, K): + x Kᵀ in the last layer's dot product
+        (the evaluator's addmm_, where no activation follows the last layer)."""
+        last = len(layers) - 1
+        for i, ((W, b), name) in enumerate(zip(layers, activations)):
             parts = [(h, W)]
-            if i == last and self.K is not None:  # u = W h + b, then += x Kᵀ (addmm_)
-                parts.append((x, self.K))
-            h = affine(parts, b)
-            if i < last:
-                h = activation(h, self.activation)
+            if i == last and gain is not None and name == "identity":
+                parts.append(gain)
+                gain = None
+            h = activation(affine(parts, b), name)
+        if gain is not None:
+            h = affine([(h, torch.eye(h.c.shape[1], dtype=DTYPE, device=h.c.device)), gain],
+                       None)
         return h
+
+    def policy(self, x: Zono) -> Zono:
+        """u = net(x) (+ K x, or + backup_net(x)), its generators x's first, then the backup's
+        neurons', then the policy's (fresh generators never share a position)."""
+        if not self.backup_layers:
+            gain = None if self.K is None else (x, self.K)
+            return self._chain(x, self.layers, self.activations, gain)
+        backup = self._chain(x, self.backup_layers, self.backup_activations)
+        shared = Zono(x.c, x.padded(backup.k), x.e)  # the policy's symbols after the backup's
+        h = self._chain(shared, self.layers, self.activations)
+        m = h.c.shape[1]
+        eye = torch.eye(m, dtype=DTYPE, device=h.c.device)
+        return affine([(h, eye), (backup, eye)], None)  # u = net(x) + backup(x): one addition
 
     @staticmethod
     def _unbounded(kind: str, e: Exception) -> str:

@@ -155,7 +155,31 @@ def _softplus(z: torch.Tensor) -> torch.Tensor:
 _CONVEX = {"elu": (_elu, lambda z: torch.where(z > 0, 1.0, torch.exp(torch.clamp(z, max=0))),
                    0.0),
            "softplus": (_softplus, torch.sigmoid, 2.1e-9)}
-ACTIVATIONS = ("tanh", "sigmoid", "relu", "elu", "softplus", "identity")
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "elu", "softplus", "identity", "leaky_relu:α ≤ 1",
+               "elu:α ≤ 1")
+
+
+def _slope_of(name: str) -> float | None:
+    """α of a parametrised `leaky_relu:α` / `elu:α` (policies/activations.py), else None."""
+    base, _, arg = name.partition(":")
+    return float(arg) if arg and base in ("leaky_relu", "elu") else None
+
+
+def relaxable(name: str) -> bool:
+    """Whether `activation` bounds `name` soundly: the plain names above, and LeakyRelu / Elu
+    with 0 ≤ α ≤ 1 (then the one is piecewise linear with a kink at 0 and the other convex)."""
+    alpha = _slope_of(name)
+    if alpha is None:
+        return name in ACTIVATIONS
+    return 0.0 <= alpha <= 1.0
+
+
+def _convex(name: str):
+    if name in _CONVEX:
+        return _CONVEX[name]
+    alpha = _slope_of(name)  # elu:α, 0 ≤ α ≤ 1: α(eᶻ − 1) below 0, slopes in [0, 1]
+    return (lambda z: torch.where(z > 0, z, alpha * torch.expm1(torch.clamp(z, max=0))),
+            lambda z: torch.where(z > 0, 1.0, alpha * torch.exp(torch.clamp(z, max=0))), 0.0)
 
 
 def activation(z: Zono, name: str) -> Zono:
@@ -164,16 +188,23 @@ def activation(z: Zono, name: str) -> Zono:
     if name == "identity":
         return z
     l, u = z.hull()
-    if name == "relu":
+    if not relaxable(name):
+        raise ValueError(f"no sound relaxation for the activation '{name}'")
+    if name == "relu" or name.startswith("leaky_relu:"):
+        a = _slope_of(name) or 0.0  # leaky: f(z) = z above 0, a·z below (0 ≤ a ≤ 1)
+
+        def f(v):
+            return torch.where(v > 0, v, a * v)
         lam = torch.where(l >= 0, torch.ones_like(l),
-                          torch.where(u <= 0, torch.zeros_like(l), u / (u - l)))
-        lam = torch.nan_to_num(lam, nan=0.0).clamp(0, 1)
-        # relu(z) − λz is piecewise linear: its extremes over [l, u] are at l, 0 (if inside), u
-        ends = torch.stack([torch.relu(l) - lam * l, torch.relu(u) - lam * u,
-                            torch.where((l < 0) & (u > 0), 0.0, torch.relu(l) - lam * l)])
-        slack = 4 * U * (l.abs() + u.abs()) + TINY
+                          torch.where(u <= 0, torch.full_like(l, a), (f(u) - f(l)) / (u - l)))
+        lam = torch.nan_to_num(lam, nan=a).clamp(a, 1)
+        # f(z) − λz is piecewise linear: its extremes over [l, u] are at l, 0 (if inside), u
+        ends = torch.stack([f(l) - lam * l, f(u) - lam * u,
+                            torch.where((l < 0) & (u > 0), 0.0, f(l) - lam * l)])
+        slack = 6 * U * (l.abs() + u.abs()) + TINY
         g_lo, g_hi = ends.amin(0) - slack, ends.amax(0) + slack
-        lib = 0.0  # max(0, z) is exact
+        # max(0, z) is exact; the evaluator's a·z is one rounding off a·z
+        lib = 0.0 if a == 0.0 else U * (l.abs() + u.abs()) + TINY
     elif name in _S_SHAPED:
         f, slope = _S_SHAPED[name]
         # f' is even-unimodal (largest at 0): its min over [l, u] is at an end; just below it,
@@ -185,10 +216,10 @@ def activation(z: Zono, name: str) -> Zono:
         g_lo = g_lo - 4 * U * (1 + (lam * l).abs()) - TINY
         g_hi = g_hi + 4 * U * (1 + (lam * u).abs()) + TINY
         lib = ACT_ERROR
-    elif name in _CONVEX:
+    elif name in _CONVEX or name.startswith("elu:"):
         # g(z) = f(z) − λz is convex for any λ: its max over [l, u] is at an end, and it lies
         # above its tangent at the midpoint m; λ the chord's slope (f′(m) on a tiny interval)
-        f, slope, beyond = _CONVEX[name]
+        f, slope, beyond = _convex(name)
         fl, fu = f(l), f(u)
         m = (l + u) / 2
         wide = (u - l) > 1e-9 * (1 + l.abs() + u.abs())
