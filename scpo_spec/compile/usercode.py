@@ -77,6 +77,16 @@ def _torch_files(spec: Spec, base_dir: Path) -> list[Diagnostic]:
     return check_files(spec, base_dir)
 
 
+def _onnx_files(spec: Spec, base_dir: Path) -> list[Diagnostic]:
+    """`backup onnx` / `policy onnx`: a readable graph of supported operators whose input and
+    output sizes are the spec's (its `observe` list, or its states; its inputs)."""
+    if getattr(spec.backup, "kind", None) != "onnx" and getattr(spec.policy, "kind", None) \
+            != "onnx":
+        return []
+    from scpo_spec.policies.onnx_graph import check_files
+    return check_files(spec, base_dir)
+
+
 def import_plant(dynamics) -> None:
     """A `system python` plant imported and probed now rather than at its first step (where
     `make_dynamics` leaves it): a trusted run's plant must run while only the bytes the run
@@ -122,7 +132,8 @@ def _device(spec: Spec, base_dir: Path) -> list[Diagnostic]:
                             "CUDA GPU and a CUDA build of torch")]
 
 
-CHECKS: list[Callable[[Spec, Path], list[Diagnostic]]] = [_python_system, _torch_files, _device]
+CHECKS: list[Callable[[Spec, Path], list[Diagnostic]]] = [_python_system, _torch_files,
+                                                          _onnx_files, _device]
 
 
 def check_code(spec: Spec, base_dir: Path) -> list[Diagnostic]:

@@ -97,8 +97,9 @@ def network_backup(network: OnnxNetwork) -> Backup:
 
 
 def make_backup(spec: Spec, dynamics: Dynamics, base_dir: Path | None = None) -> Backup | None:
-    """The spec's backup, or None when it has none (a torch file: relative to `base_dir`, the
-    spec's directory by default; TorchFileError when it cannot be used)."""
+    """The spec's backup, or None when it has none (a torch or onnx file: relative to
+    `base_dir`, the spec's directory by default; TorchFileError / OnnxFileError when it cannot
+    be used)."""
     backup = spec.backup
     n, m = dynamics.n, dynamics.m
     if isinstance(backup, LqrBackup):
@@ -107,6 +108,9 @@ def make_backup(spec: Spec, dynamics: Dynamics, base_dir: Path | None = None) ->
                    backup.span)
     if isinstance(backup, LinearBackup):
         return Backup(K=backup.K.array().reshape(m, n))
+    if getattr(backup, "kind", None) == "onnx":
+        from scpo_spec.policies.onnx_graph import load_sized
+        return network_backup(load_sized(spec, backup, base_dir, "backup"))
     if isinstance(backup, TorchBackup):
         module = load_torch_file(backup.file, base_dir, n, m, "backup", spec)
         try:

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from scpo_spec.errors import ScpoError
+from scpo_spec.language.diagnostics import Diagnostic
+from scpo_spec.language.model import Spec, Text
 from scpo_spec.language.source import Span
 
 MAX_FILE_BYTES = 64 * 1024 * 1024   # the file is user input: refused above this before parsing
@@ -496,3 +498,60 @@ def load_onnx(path: Path, what: str, name: str, span: Span | None = None) -> Onn
         return read_onnx(data, what, name)
     except OnnxFileError as e:
         raise OnnxFileError(e.message, span) from None
+
+
+# ---- the spec's `backup onnx { file }` / `policy onnx { file }` ----
+def load_network(file: Text, base_dir: Path | None, what: str,
+                 spec: Spec | None = None) -> OnnxNetwork:
+    """The network of a spec's `file = "…"` (relative to the spec's directory), OnnxFileError
+    located at the string otherwise."""
+    from scpo_spec.policies.torch_file import resolve
+    return load_onnx(resolve(file, base_dir, spec), what, file.value, file.span)
+
+
+def expected_sizes(spec: Spec, node) -> tuple[int, str, int, str]:
+    """The network's input and output sizes the spec implies, and what they are: the `observe`
+    list's length (when the node has one) or the number of states; the number of inputs."""
+    n, m = len(spec.system.states), len(spec.system.inputs)
+    observe = getattr(node, "observe", None)
+    if observe:
+        return len(observe), f"its `observe` list has {len(observe)} values", m, \
+            f"the spec has {m} input{'s' * (m != 1)}"
+    return n, f"the spec has {n} state{'s' * (n != 1)}", m, \
+        f"the spec has {m} input{'s' * (m != 1)}"
+
+
+def load_sized(spec: Spec, node, base_dir: Path | None, what: str) -> OnnxNetwork:
+    """load_network, and the sizes checked against the spec (OnnxFileError at the file)."""
+    network = load_network(node.file, base_dir, what, spec)
+    n, n_why, m, m_why = expected_sizes(spec, node)
+    if network.n_in != n:
+        raise OnnxFileError(f"{what} file '{node.file.value}' takes {network.n_in} values; "
+                            f"{n_why}", node.file.span)
+    if network.n_out != m:
+        raise OnnxFileError(f"{what} file '{node.file.value}' returns {network.n_out} values; "
+                            f"{m_why}", node.file.span)
+    return network
+
+
+def check_files(spec: Spec, base_dir: Path | None) -> list[Diagnostic]:
+    """Located errors for the spec's ONNX files (none when it names none).  Reading a file
+    runs nothing: the graph is data, interpreted here."""
+    diagnostics = []
+    if spec.system is None:
+        return diagnostics
+    for what, node in (("backup", spec.backup), ("policy", spec.policy)):
+        if getattr(node, "kind", None) != "onnx" or getattr(node, "file", None) is None:
+            continue
+        try:
+            load_sized(spec, node, base_dir, what)
+        except OnnxFileError as e:
+            hint = None
+            if "is not supported" in e.message:
+                hint = ("export the controller as a feed-forward chain (Gemm/MatMul layers "
+                        "with elementwise activations), or write it as `" + what + " torch`")
+            elif "takes" in e.message and "values" in e.message:
+                hint = ("the network's input is the state (x − x*) unless `observe = […]` "
+                        "lists what it sees")
+            diagnostics.append(Diagnostic(message=e.message, span=e.span, hint=hint))
+    return diagnostics

@@ -366,8 +366,9 @@ def _build_net(layers, bias: bool, activation: str,
 def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
                 base_dir: Path | None = None) -> PolicyFamily:
     """The policy family of a checked spec and its initial weights θ₀ (float64); a `policy torch`
-    file (relative to `base_dir`, the spec's directory by default) is mapped exactly onto the
-    MLP family (TorchFileError when it is not a plain MLP)."""
+    or `policy onnx` file (relative to `base_dir`, the spec's directory by default) is mapped
+    exactly onto the MLP family with per-layer activations (TorchFileError when it is not a
+    plain MLP; OnnxFileError when the graph is not a supported chain)."""
     policy = spec.policy
     if isinstance(policy, MlpPolicy):
         widths = [int(h) for h in np.atleast_1d(policy.hidden.array())]
@@ -395,4 +396,10 @@ def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
         found = load_policy_structure(spec, base_dir)
         return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,
                             found.theta0.clone(), found.activations)
+    if getattr(policy, "kind", None) == "onnx":  # θ: the network's weights, θ₀ the file's
+        from scpo_spec.policies.onnx_graph import load_sized
+        net = load_sized(spec, policy, base_dir, "policy")
+        theta0 = torch.as_tensor(net.theta(), dtype=DTYPE)
+        between = net.activations[0] if len(net.layers) > 1 else "identity"
+        return PolicyFamily(n, m, net.shapes, True, between, None, theta0, net.activations)
     raise NotImplementedError(f"policy kind '{policy.kind}'")
