@@ -4,6 +4,8 @@ evaluation of the graph (1e-12) and with onnxruntime where it runs the file (1e-
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -266,3 +268,153 @@ def test_a_per_layer_torch_policy_is_enclosed_by_the_reach_sets(tmp_path):
     reach, X = _check_enclosed(compiled, compiled.family.theta0, lo, hi, 5_000)
     U = compiled.evaluator.rollout(compiled.family.theta0[None], X[:, 0])[1][0]
     assert (U > -0.5).all()  # ELU(α = 0.5) after the last layer: the rollout applies it
+
+
+# ---- the spec's `backup onnx` / `policy onnx`: check, compile, verify, train ----
+LQR_DI = None
+
+
+def _lqr_gain(tmp_path) -> np.ndarray:
+    global LQR_DI
+    if LQR_DI is None:
+        from tests.test_torch_policies import lqr_gain
+        LQR_DI = lqr_gain(tmp_path)
+    return LQR_DI
+
+
+def saturated(K: np.ndarray, limit: float = 3.5, activation: str = "Tanh",
+              attrs: dict | None = None) -> bytes:
+    """u = limit·act(K x / limit): the double integrator's LQR gain, saturated (opset 9)."""
+    inits = {"W": (K / limit).astype(np.float32), "k": np.array([limit], np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1),
+             helper.make_node(activation, ["h"], ["t"], **(attrs or {})),
+             helper.make_node("Mul", ["t", "k"], ["y"])]
+    return build(nodes, inits, [1, K.shape[1]], [1, K.shape[0]], 9)
+
+
+def _spec(tmp_path, backup: str = 'backup onnx { file = "c.onnx" }',
+          policy: str | None = None, steps: int = 3) -> Path:
+    from tests.engine_specs import small_di
+    text = small_di(steps=steps).replace("backup lqr { Q = diag(1, 1)  R = diag(1) }", backup)
+    if policy is not None:
+        text = text.replace(
+            "policy mlp { hidden = [8]  activation = tanh  residual = backup  seed = 0 }", policy)
+    path = tmp_path / "spec.scpo"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+    from scpo_spec.cli import app
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _softmax_file() -> bytes:
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1),
+             helper.make_node("Softmax", ["h"], ["y"], name="probabilities")]
+    return build(nodes, {"W": np.ones((1, 2), np.float32)}, [1, 2], [1, 1], 9)
+
+
+@pytest.mark.parametrize("content,expected", [
+    (_softmax_file(), "node 1 'probabilities' (Softmax): the operator Softmax is not supported"),
+    (lambda K: saturated(np.hstack([K, K])), "takes 4 values; the spec has 2 states"),
+    (lambda K: saturated(np.vstack([K, K])), "returns 2 values; the spec has 1 input"),
+    (lambda K: saturated(K)[:57], "is not an ONNX model"),
+    (None, "not found")], ids=["Softmax", "inputs", "outputs", "truncated", "missing"])
+def test_scpo_check_locates_each_onnx_problem_at_the_file(tmp_path, content, expected):
+    if content is not None:
+        data = content(_lqr_gain(tmp_path)) if callable(content) else content
+        (tmp_path / "c.onnx").write_bytes(data)
+    spec = _spec(tmp_path)
+    result = _cli("check", spec)
+    assert result.exit_code == 1, result.output  # a spec error, not a crash
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    line = spec.read_text().splitlines().index('backup onnx { file = "c.onnx" }') + 1
+    assert f"spec.scpo:{line}:22: error: backup file 'c.onnx'" in result.output
+    assert expected in result.output
+
+
+def test_an_onnx_backup_is_the_first_policy_and_verify_proves_it(tmp_path):
+    K = _lqr_gain(tmp_path)
+    (tmp_path / "c.onnx").write_bytes(saturated(K))
+    assert _cli("check", _spec(tmp_path)).exit_code == 0
+    from scpo_spec.compile.problem import compile_spec
+    from tests.engine_specs import spec_of
+    compiled = compile_spec(spec_of(_spec(tmp_path).read_text(), tmp_path), tmp_path)
+    backup = compiled.backup
+    assert backup.network is not None and backup.network.activations == ["tanh", "identity"]
+    np.testing.assert_allclose(backup.K, K, rtol=1e-6)  # the Jacobian at 0: K (float32 file)
+    x = torch.linspace(-2, 2, 40, dtype=DTYPE).reshape(20, 2)
+    expected = np.stack([numpy_eval(saturated(K), xi) for xi in x.numpy()])
+    u = compiled.family.forward(compiled.family.theta0[None], x[None])[0]
+    assert_close_across_paths(u, expected, "θ₀ (residual at zero) = the ONNX backup")
+    result = _cli("verify", _spec(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    import json
+    out = json.loads(result.stdout)
+    assert out["verdict"] == "PROVED"
+    # |u| ≤ 3.5 (the tanh saturation), so force ≤ 4 holds with room: g = |u| − 4 ≤ −0.5
+    assert out["constraints"]["force_limit"]["bound"] <= -0.5
+
+
+def test_verify_finds_an_unsafe_onnx_backups_counterexample(tmp_path):
+    """u = 0.01·tanh(x₁) barely acts: from the box's corners the position leaves ±1.5."""
+    K = np.array([[0.0, 1.0]])
+    (tmp_path / "c.onnx").write_bytes(saturated(K, limit=0.01))
+    result = _cli("verify", _spec(tmp_path), "--json")
+    assert result.exit_code == 1, result.output
+    import json
+    out = json.loads(result.stdout)
+    assert out["constraints"]["position_limit"]["verdict"] == "COUNTEREXAMPLE"
+    assert out["constraints"]["force_limit"]["verdict"] == "PROVED"
+
+
+def test_an_activation_without_a_sound_relaxation_is_undecided_with_the_reason(tmp_path):
+    K = _lqr_gain(tmp_path)
+    (tmp_path / "c.onnx").write_bytes(saturated(K, activation="LeakyRelu",
+                                                attrs={"alpha": 2.0}))
+    result = _cli("verify", _spec(tmp_path))
+    assert result.exit_code == 3, result.output
+    assert "leaky_relu:2.0" in result.output
+
+
+def test_a_residual_policy_over_an_onnx_backup_is_enclosed_by_the_reach_sets(tmp_path):
+    from scpo_spec.compile.problem import compile_spec
+    from tests.engine_specs import spec_of
+    from tests.test_verify import _box, _check_enclosed
+    K = _lqr_gain(tmp_path)
+    (tmp_path / "c.onnx").write_bytes(saturated(K, limit=1.5))
+    compiled = compile_spec(spec_of(_spec(tmp_path).read_text(), tmp_path), tmp_path)
+    theta = compiled.family.theta0.clone()
+    theta[-9:] = torch.randn(9, generator=torch.Generator().manual_seed(0), dtype=DTYPE) * 0.5
+    lo, hi = _box(compiled)
+    reach, X = _check_enclosed(compiled, theta, lo, hi, 5_000)
+    width = (reach.inputs_hi - reach.inputs_lo)[0, 0, 0]
+    assert width < 6.0  # not vacuous: the saturated backup (±1.5) plus a small net
+
+
+def test_policy_onnx_theta0_is_the_files_weights_and_it_trains(tmp_path):
+    from scpo_spec.audit.verify import audit_run
+    from scpo_spec.compile.problem import compile_spec
+    from scpo_spec.engine.run import train
+    from tests.engine_specs import spec_of
+    K = _lqr_gain(tmp_path)
+    data = saturated(K, limit=3.5)
+    (tmp_path / "p.onnx").write_bytes(data)
+    spec_path = _spec(tmp_path, backup="backup lqr { Q = diag(1, 1)  R = diag(1) }",
+                      policy='policy onnx { file = "p.onnx" }')
+    text = spec_path.read_text()
+    spec = spec_of(text, tmp_path)
+    family = compile_spec(spec, tmp_path).family
+    net = read_onnx(data, "policy", "p.onnx")
+    np.testing.assert_array_equal(family.theta0.numpy(), net.theta())
+    assert family.per_layer == ["tanh", "identity"] and family.layers == [(1, 2), (1, 1)]
+    x = torch.linspace(-2, 2, 40, dtype=DTYPE).reshape(20, 2)
+    expected = np.stack([numpy_eval(data, xi) for xi in x.numpy()])
+    assert_close_across_paths(family.forward(family.theta0[None], x[None])[0], expected)
+    res = train(spec_path, spec, text, out=tmp_path / "run")
+    a = audit_run(res.run_dir)
+    assert a.ok and a.steps == 3 and a.accepted_violations == 0
+    result = _cli("verify", spec_path)
+    assert result.exit_code == 0, result.output
