@@ -359,15 +359,18 @@ def test_an_onnx_backup_is_the_first_policy_and_verify_proves_it(tmp_path):
 
 
 def test_verify_finds_an_unsafe_onnx_backups_counterexample(tmp_path):
-    """u = 0.01·tanh(x₁) barely acts: from the box's corners the position leaves ±1.5."""
-    K = np.array([[0.0, 1.0]])
-    (tmp_path / "c.onnx").write_bytes(saturated(K, limit=0.01))
+    """u = 6·tanh(−(10 p + 10 v)/6) demands more than the force limit 4 from the box's
+    corners: a counterexample that the ordinary evaluator re-simulates to g > 0."""
+    K = np.array([[-10.0, -10.0]])
+    (tmp_path / "c.onnx").write_bytes(saturated(K, limit=6.0))
     result = _cli("verify", _spec(tmp_path), "--json")
     assert result.exit_code == 1, result.output
     import json
     out = json.loads(result.stdout)
-    assert out["constraints"]["position_limit"]["verdict"] == "COUNTEREXAMPLE"
-    assert out["constraints"]["force_limit"]["verdict"] == "PROVED"
+    force = out["constraints"]["force_limit"]
+    assert force["verdict"] == "COUNTEREXAMPLE" and force["counterexample"]["g"] > 0
+    x0 = np.array(force["counterexample"]["x0"])
+    assert ((x0 >= [-1, -0.5]) & (x0 <= [1, 0.5])).all()  # inside the initial box
 
 
 def test_an_activation_without_a_sound_relaxation_is_undecided_with_the_reason(tmp_path):
@@ -386,6 +389,7 @@ def test_a_residual_policy_over_an_onnx_backup_is_enclosed_by_the_reach_sets(tmp
     K = _lqr_gain(tmp_path)
     (tmp_path / "c.onnx").write_bytes(saturated(K, limit=1.5))
     compiled = compile_spec(spec_of(_spec(tmp_path).read_text(), tmp_path), tmp_path)
+    assert compiled.family.backup.network is not None  # the residual is over the ONNX network
     theta = compiled.family.theta0.clone()
     theta[-9:] = torch.randn(9, generator=torch.Generator().manual_seed(0), dtype=DTYPE) * 0.5
     lo, hi = _box(compiled)
