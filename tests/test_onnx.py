@@ -422,3 +422,43 @@ def test_policy_onnx_theta0_is_the_files_weights_and_it_trains(tmp_path):
     assert a.ok and a.steps == 3 and a.accepted_violations == 0
     result = _cli("verify", spec_path)
     assert result.exit_code == 0, result.output
+
+
+# ---- benchmarks/arch/fetch_published.py: a local copy of the published controllers ----
+def test_fetch_published_copies_acc_and_tora_from_a_checkout_and_a_bare_mirror(tmp_path):
+    import importlib.util
+    import json
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "fetch_published", root / "benchmarks" / "arch" / "fetch_published.py")
+    fetch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetch)
+    repo = tmp_path / "ARCH-COMP"
+    rng = np.random.default_rng(13)
+    files = {"benchmarks/ACC/controller_5_20.onnx": arch_acc(rng),
+             "benchmarks/Tora_Heterogeneous/nn_tora_relu_tanh.onnx": tora_mixed(rng),
+             "benchmarks/Unicycle/controller.onnx": tora_mixed(rng),   # not wanted
+             "benchmarks/ACC/README.md": b"acc\n"}
+    for rel, data in files.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes(data)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "benchmarks"], check=True)
+    bare = tmp_path / "mirror.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(bare)], check=True)
+    for source in (repo, bare):
+        out = tmp_path / f"published-{source.name}"
+        assert fetch.main([str(source), "--out", str(out)]) == 0
+        manifest = json.loads((out / "MANIFEST.json").read_text())
+        assert len(manifest["commit"]) == 40
+        got = {f["path"]: f for f in manifest["files"]}
+        assert set(got) == {"benchmarks/ACC/controller_5_20.onnx",
+                            "benchmarks/Tora_Heterogeneous/nn_tora_relu_tanh.onnx"}
+        assert (out / "ACC" / "controller_5_20.onnx").read_bytes() == \
+            files["benchmarks/ACC/controller_5_20.onnx"]
+        assert got["benchmarks/Tora_Heterogeneous/nn_tora_relu_tanh.onnx"]["activations"] == \
+            ["relu", "relu", "tanh", "identity"]
+    assert fetch.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
