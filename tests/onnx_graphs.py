@@ -61,6 +61,20 @@ def conv_flatten(rng, opset: int = 8) -> bytes:
     return build(nodes, inits, [1, 4, 1, 1], [1, 2], opset)
 
 
+def matlab_conv(rng, opset: int = 6) -> bytes:
+    """ARCH-COMP's MATLAB exports (TORA's controllerTora.onnx): a [1, 1, 1, 4] input, a first
+    Conv whose kernel [1, 4] covers it (a dense layer), then 1×1 Convs, ReLU between."""
+    inits = {"W1": f32(rng, 10, 1, 1, 4), "b1": f32(rng, 10), "W2": f32(rng, 10, 10, 1, 1),
+             "b2": f32(rng, 10), "W3": f32(rng, 1, 10, 1, 1), "b3": f32(rng, 1)}
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["h1"], kernel_shape=[1, 4]),
+             helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2", "b2"], ["h2"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["h2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "W3", "b3"], ["h3"], kernel_shape=[1, 1]),
+             helper.make_node("Flatten", ["h3"], ["y"], axis=1)]
+    return build(nodes, inits, [1, 1, 1, 4], [1, 1], opset)
+
+
 def tora_mixed(rng, opset: int = 9, scale: float = 11.0) -> bytes:
     """TORA-shaped: 4 → 20 (ReLU) → 20 (ReLU) → 1 (tanh), the output multiplied by `scale`."""
     inits = {"W1": f32(rng, 4, 20), "b1": f32(rng, 20), "W2": f32(rng, 20, 20),
@@ -120,10 +134,17 @@ def numpy_eval(data: bytes, x: np.ndarray) -> np.ndarray:
                 out = out + a.get("beta", 1.0) * ins[2]
         elif op == "MatMul":
             out = ins[0] @ ins[1]
-        elif op == "Conv":
-            out = np.einsum("mc,nc...->nm...", ins[1][:, :, 0, 0], ins[0])
+        elif op == "Conv":  # 2-D, stride 1, no padding: every output pixel a dot product
+            X, Wc = ins[0], ins[1]
+            kh, kw = Wc.shape[2:]
+            oh, ow = X.shape[2] - kh + 1, X.shape[3] - kw + 1
+            out = np.zeros((1, Wc.shape[0], oh, ow))
+            for i in range(oh):
+                for j in range(ow):
+                    patch = X[0, :, i:i + kh, j:j + kw]
+                    out[0, :, i, j] = (Wc * patch).sum(axis=(1, 2, 3))
             if len(ins) > 2:
-                out = out + ins[2].reshape(1, -1, *([1] * (ins[0].ndim - 2)))
+                out = out + ins[2].reshape(1, -1, 1, 1)
         elif op in ("Add", "Sub", "Mul", "Div"):
             l, r = ins
             if opset < 7 and a.get("broadcast") and "axis" in a:

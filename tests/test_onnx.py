@@ -16,8 +16,8 @@ from scpo_spec.language.source import Span
 from scpo_spec.policies import onnx_graph
 from scpo_spec.policies.onnx_graph import OnnxFileError, load_onnx, read_onnx
 from tests.numerics import assert_close_across_paths
-from tests.onnx_graphs import (arch_acc, build, conv_flatten, f32, matmul_add, numpy_eval,
-                               tora_mixed)
+from tests.onnx_graphs import (arch_acc, build, conv_flatten, f32, matlab_conv, matmul_add,
+                               numpy_eval, tora_mixed)
 
 SAMPLES = 16
 
@@ -177,10 +177,24 @@ def test_a_skip_connection_is_refused():
 
 def test_a_conv_that_is_not_dense_is_refused():
     rng = np.random.default_rng(10)
-    inits = {"W": f32(rng, 2, 4, 3, 3)}
-    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[3, 3])]
-    with pytest.raises(OnnxFileError, match=r"kernel \[3, 3\].*only a 1×1 Conv"):
-        read_onnx(build(nodes, inits, [1, 4, 3, 3], [1, 2, 1, 1], 11), "policy", "p.onnx")
+    inits = {"W": f32(rng, 2, 4, 2, 2)}  # a 2×2 kernel sliding over a 3×3 input
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[2, 2])]
+    with pytest.raises(OnnxFileError, match=r"kernel \[2, 2\] on a value of shape \[1, 4, 3, 3\]"
+                       r".*only a Conv used as a dense layer"):
+        read_onnx(build(nodes, inits, [1, 4, 3, 3], [1, 2, 2, 2], 11), "policy", "p.onnx")
+
+
+@pytest.mark.parametrize("opset", [6, 9])
+def test_a_conv_whose_kernel_covers_its_input_is_a_dense_layer(opset):
+    """The MATLAB exports of ARCH-COMP (TORA, unicycle, VCAS): Conv with kernel [1, k] on a
+    [1, 1, 1, k] input, then 1×1 Convs."""
+    rng = np.random.default_rng(14)
+    data = matlab_conv(rng, opset)
+    net = read_onnx(data, "backup", "controllerTora.onnx")
+    assert net.shapes == [(10, 4), (10, 10), (1, 10)]
+    assert net.activations == ["relu", "relu", "identity"]
+    xs, got = check(data, 4, [1, 1, 1, 4], rng)
+    np.testing.assert_allclose(got, runtime(data, xs, [1, 1, 1, 4]), rtol=1e-6, atol=1e-6)
 
 
 def test_a_product_of_two_signals_is_refused():

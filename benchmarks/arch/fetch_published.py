@@ -6,7 +6,8 @@ licence, so this project never ships or commits them).
 
 SOURCE is a checkout of the benchmark repository (e.g. ARCH-COMP2024) or a bare git directory
 of one (a mirror: the files are read with `git show REV:path`, REV default HEAD).  Every
-`*.onnx` under a `benchmarks/` folder whose name starts with ACC or TORA (any case) is copied to
+`*.onnx` under a `benchmarks/` folder whose name has the word ACC or TORA (any case:
+`ACC`, `Benchmark9-Tora`, `Tora_Heterogeneous`) is copied to
 OUT/<folder>/<file>, and OUT/MANIFEST.json records where each came from: the source, the
 commit, the path and the SHA-256 — docs/results.md cites that commit.  Each file is read back
 with scpo's own ONNX reader and its layers printed, so a file the reader refuses shows here.
@@ -17,12 +18,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("acc", "tora")            # folder-name prefixes under benchmarks/
+BENCHMARKS = ("acc", "tora")  # words of a folder's name under benchmarks/ ("Benchmark9-Tora")
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
@@ -37,7 +39,7 @@ def _wanted(path: str) -> bool:
         return False
     folder = parts[parts.index("benchmarks") + 1] if parts.index("benchmarks") + 1 < len(parts) \
         else ""
-    return folder.lower().startswith(BENCHMARKS)
+    return any(token in BENCHMARKS for token in re.split(r"[^a-z0-9]+", folder.lower()))
 
 
 def _listing(source: Path, rev: str) -> tuple[str | None, dict[str, callable]]:

@@ -11,7 +11,8 @@ scale (`Mul` after the last activation) becomes a last layer of its own.  Values
 fixed batch axes (the ARCH-COMP input shape [1, 1, 1, 5]) and symbolic ones are read as one
 sample, and only reshapes that keep the elements' order are accepted.
 
-Supported (LANGUAGE-v3): Gemm (transA/transB/alpha/beta), MatMul, 1×1 Conv, Add/Sub/Mul/Div by
+Supported (LANGUAGE-v3): Gemm (transA/transB/alpha/beta), MatMul, a Conv used as a dense layer
+(a 1×1 kernel, or one that covers its input: MATLAB's export, e.g. ARCH-COMP's TORA), Add/Sub/Mul/Div by
 a constant, Flatten/Reshape/Squeeze/Unsqueeze, Constant, Identity, and the activations Relu,
 Tanh, Sigmoid, Softplus, Elu, LeakyRelu — opsets 6 and later (the legacy `broadcast`/`axis`
 attributes of opsets < 7 included).  Anything else raises OnnxFileError naming the operator and
@@ -436,22 +437,30 @@ class _Reader:
         if len(x.shape) < 3 or x.shape[0] != 1 or w.ndim != len(x.shape):
             raise self.fail(f"a Conv of a value of shape {list(x.shape)} by weights of shape "
                             f"{list(w.shape)}")
-        spatial = x.shape[2:]
-        dense = (all(d == 1 for d in w.shape[2:]) and attrs.get("group", 1) == 1
-                 and all(s == 1 for s in attrs.get("strides", [1]))
-                 and not any(attrs.get("pads", [0]))
-                 and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID", "NOTSET", "VALID")
-                 and w.shape[1] == x.shape[1])
-        if not dense:
-            raise self.fail(f"a Conv with kernel {list(w.shape[2:])}, group "
-                            f"{attrs.get('group', 1)}, strides {attrs.get('strides', [1])}, pads "
-                            f"{attrs.get('pads', [0])}: only a 1×1 Conv used as a dense layer "
-                            "(kernel 1, group 1, stride 1, no padding) is supported")
-        W = w.reshape(w.shape[0], w.shape[1]).astype(np.float64)
+        spatial, kernel = tuple(x.shape[2:]), tuple(int(d) for d in w.shape[2:])
+        settings = (attrs.get("group", 1) == 1 and w.shape[1] == x.shape[1]
+                    and all(d == 1 for d in attrs.get("dilations", [1]))
+                    and not any(attrs.get("pads", [0]))
+                    and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID", "NOTSET",
+                                                             "VALID"))
+        per_pixel = all(d == 1 for d in kernel) and all(s == 1 for s in attrs.get("strides", [1]))
+        whole = kernel == spatial  # the kernel covers the input: one output pixel (MATLAB's
+        #                            export of a fully connected layer on a [1, C, 1, k] input)
+        if not settings or not (per_pixel or whole):
+            raise self.fail(f"a Conv with kernel {list(kernel)} on a value of shape "
+                            f"{list(x.shape)}, group {attrs.get('group', 1)}, strides "
+                            f"{attrs.get('strides', [1])}, pads {attrs.get('pads', [0])}: only a "
+                            "Conv used as a dense layer is supported (a 1×1 kernel with stride "
+                            "1, or a kernel as large as its input; group 1, no padding)")
+        out_channels = int(w.shape[0])
+        b = np.zeros(out_channels) if bias is None else np.asarray(bias, np.float64).reshape(-1)
+        if whole:  # out[m] = Σ_{c, pixel} w[m, c, pixel] x[c, pixel] + b[m]
+            M = w.reshape(out_channels, -1).astype(np.float64)
+            return self._affine(x, M, b, (1, out_channels) + (1,) * len(spatial))
+        W = w.reshape(out_channels, w.shape[1]).astype(np.float64)
         pixels = int(np.prod(spatial))
         M = W if pixels == 1 else np.kron(W, np.eye(pixels))
-        b = np.zeros(W.shape[0]) if bias is None else np.asarray(bias, np.float64).reshape(-1)
-        return self._affine(x, M, np.repeat(b, pixels), (1, W.shape[0]) + tuple(spatial))
+        return self._affine(x, M, np.repeat(b, pixels), (1, out_channels) + spatial)
 
 
 def read_onnx(data: bytes, what: str, name: str) -> OnnxNetwork:
