@@ -11,11 +11,11 @@ scale (`Mul` after the last activation) becomes a last layer of its own.  Values
 fixed batch axes (the ARCH-COMP input shape [1, 1, 1, 5]) and symbolic ones are read as one
 sample, and only reshapes that keep the elements' order are accepted.
 
-Supported (LANGUAGE-v3): Gemm (transA/transB/alpha/beta), MatMul, a Conv used as a dense layer
-(a 1×1 kernel, or one that covers its input: MATLAB's export, e.g. ARCH-COMP's TORA), Add/Sub/Mul/Div by
-a constant, Flatten/Reshape/Squeeze/Unsqueeze, Constant, Identity, and the activations Relu,
-Tanh, Sigmoid, Softplus, Elu, LeakyRelu — opsets 6 and later (the legacy `broadcast`/`axis`
-attributes of opsets < 7 included).  Anything else raises OnnxFileError naming the operator and
+Supported (LANGUAGE-v3): Gemm (transA/transB/alpha/beta), MatMul, a Conv used as a dense
+layer (a 1×1 kernel, or one that covers its input: MATLAB's export, e.g. ARCH-COMP's TORA),
+Add/Sub/Mul/Div by a constant, Flatten/Reshape/Squeeze/Unsqueeze, Constant, Identity, and the
+activations Relu, Tanh, Sigmoid, Softplus, Elu, LeakyRelu — opsets 6 and later (the legacy
+`broadcast`/`axis` attributes of opsets < 7 included).  Anything else raises OnnxFileError naming the operator and
 the node, located at the spec's `file = "…"` string; so does a file that is too large, corrupt,
 or a graph that is not a chain (a skip connection).
 """
@@ -472,9 +472,10 @@ def read_onnx(data: bytes, what: str, name: str) -> OnnxNetwork:
     try:
         model = onnx.load_model_from_string(data)
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else \
+            type(e).__name__
         raise OnnxFileError(f"{what} file '{name}' is not an ONNX model (it cannot be decoded: "
-                            f"{type(e).__name__}{': ' + str(e).splitlines()[0][:160] if str(e) else ''})"
-                            ) from None
+                            f"{why})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxFileError(f"{what} file '{name}' is not an ONNX model (it holds no graph)")
     try:
@@ -482,9 +483,9 @@ def read_onnx(data: bytes, what: str, name: str) -> OnnxNetwork:
     except OnnxFileError:
         raise
     except Exception as e:  # noqa: BLE001 - malformed attributes, shapes numpy refuses
+        why = str(e).splitlines()[0][:200] if str(e) else ""
         raise OnnxFileError(f"{what} file '{name}' cannot be read as a feed-forward network "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
-                            ) from None
+                            f"({type(e).__name__}: {why})") from None
     if not all(np.isfinite(W).all() and np.isfinite(b).all() for W, b in network.layers):
         raise OnnxFileError(f"{what} file '{name}' has non-finite weights")
     network.sha256 = hashlib.sha256(data).hexdigest()
