@@ -476,3 +476,30 @@ def test_fetch_published_copies_acc_and_tora_from_a_checkout_and_a_bare_mirror(t
         assert got["benchmarks/Tora_Heterogeneous/nn_tora_relu_tanh.onnx"]["activations"] == \
             ["relu", "relu", "tanh", "identity"]
     assert fetch.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+
+
+PUBLISHED = Path(__file__).resolve().parent.parent / "benchmarks" / "arch" / "published"
+
+
+@pytest.mark.skipif(not any(PUBLISHED.rglob("*.onnx")) if PUBLISHED.is_dir() else True,
+                    reason="no local copy of ARCH-COMP's controllers (fetch_published.py)")
+def test_the_published_arch_controllers_read_and_agree_with_onnxruntime():
+    """Where benchmarks/arch/fetch_published.py has copied them: each file reads, and agrees
+    with onnxruntime (float32) to 1e-6 relative to its output's size where it runs the file."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(15)
+    for path in sorted(PUBLISHED.rglob("*.onnx")):
+        data = path.read_bytes()
+        net = read_onnx(data, "backup", path.name)
+        xs = rng.uniform(-1, 1, size=(SAMPLES, net.n_in))
+        got = ours(data, xs)
+        try:
+            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - e.g. ACC: Gemm on a rank-4 input
+            continue
+        info = session.get_inputs()[0]
+        shape = [d if isinstance(d, int) else 1 for d in info.shape]
+        ref = np.stack([session.run(None, {info.name: x.astype(np.float32).reshape(shape)})[0]
+                        .reshape(-1) for x in xs])
+        scale = max(1.0, float(np.abs(ref).max()))
+        assert np.abs(got - ref).max() <= 1e-6 * scale, path.name

@@ -106,6 +106,7 @@ class _Signal:
     c: np.ndarray       # (size,)
     shape: tuple[int, ...]
     gen: int            # the number of layers closed when h was current
+    eye: bool = False   # A is the identity (a layer's W is then used as it is, not W @ I)
 
 
 class _Reader:
@@ -144,7 +145,7 @@ class _Reader:
         shape = self._input_shape(inputs[0])
         n = int(np.prod(shape)) if shape else 1
         self._check_width(n)
-        self.values[inputs[0].name] = _Signal(np.eye(n), np.zeros(n), shape, 0)
+        self.values[inputs[0].name] = _Signal(np.eye(n), np.zeros(n), shape, 0, eye=True)
         for index, node in enumerate(g.node):
             label = f"'{node.name}' " if node.name else ""
             self.node = f"node {index} {label}({node.op_type})"
@@ -212,7 +213,7 @@ class _Reader:
         self.layers.append((s.A, s.c))
         self.activations.append(activation)
         k = s.A.shape[0]
-        return _Signal(np.eye(k), np.zeros(k), s.shape, len(self.layers))
+        return _Signal(np.eye(k), np.zeros(k), s.shape, len(self.layers), eye=True)
 
     def _affine(self, s: _Signal, W: np.ndarray, b: np.ndarray, shape) -> _Signal:
         """flat(out) = W flat(s) + b."""
@@ -220,7 +221,8 @@ class _Reader:
             raise self.fail(f"a map of {W.shape[0]}×{s.A.shape[1]} entries (at most "
                             f"{MAX_MATRIX})")
         self._check_width(W.shape[0])
-        return _Signal(W @ s.A, W @ s.c + b, tuple(int(d) for d in shape), s.gen)
+        A = W.copy() if s.eye else W @ s.A
+        return _Signal(A, W @ s.c + b, tuple(int(d) for d in shape), s.gen)
 
     def attrs(self, node) -> dict:
         from onnx import helper
@@ -321,7 +323,7 @@ class _Reader:
             raise self.fail(f"reshapes {list(shape)} to {list(new)}, which does not keep the "
                             "number of elements")
         if isinstance(x, _Signal):
-            return _Signal(x.A, x.c, new, x.gen)
+            return _Signal(x.A, x.c, new, x.gen, x.eye)
         return np.reshape(x, new)
 
     def _fold(self, op: str, args: list, attrs: dict):
