@@ -503,3 +503,17 @@ def test_the_published_arch_controllers_read_and_agree_with_onnxruntime():
                         .reshape(-1) for x in xs])
         scale = max(1.0, float(np.abs(ref).max()))
         assert np.abs(got - ref).max() <= 1e-6 * scale, path.name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (PUBLISHED / "Benchmark9-Tora" / "controllerTora.onnx").is_file(),
+                    reason="no local copy of ARCH-COMP's TORA controller (fetch_published.py)")
+def test_the_published_tora_controller_is_proved_on_its_box():
+    """benchmarks/arch/tora_published.scpo: ARCH-COMP's own TORA network (4-100-100-100-1,
+    ReLU after every layer, a [1, 1, 1, 4] Conv input) keeps every state in [−2, 2] for
+    20 control periods from the benchmark's initial box (the rk4 model as written)."""
+    result = _cli("verify", PUBLISHED.parent / "tora_published.scpo", "--json")
+    assert result.exit_code == 0, result.output
+    import json
+    out = json.loads(result.stdout)
+    assert out["verdict"] == "PROVED" and out["constraints"]["box"]["bound"] < 0
