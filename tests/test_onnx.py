@@ -436,6 +436,15 @@ def test_policy_onnx_theta0_is_the_files_weights_and_it_trains(tmp_path):
     assert a.ok and a.steps == 3 and a.accepted_violations == 0
     result = _cli("verify", spec_path)
     assert result.exit_code == 0, result.output
+    # the trained run exported as ONNX reads back, through the same reader, to the same policy
+    assert _cli("export", res.run_dir, "--format", "onnx", "-o", tmp_path / "out.onnx") \
+        .exit_code == 0
+    from scpo_spec.engine.run import load_run
+    back = read_onnx((tmp_path / "out.onnx").read_bytes(), "policy", "out.onnx")
+    assert back.activations[-2:] == ["tanh", "identity"]
+    with torch.no_grad():
+        exported = back.module()(x).numpy()
+    assert_close_across_paths(exported, load_run(res.run_dir).policy(x.numpy()))
 
 
 # ---- benchmarks/arch/fetch_published.py: a local copy of the published controllers ----
