@@ -172,8 +172,12 @@ def numpy_eval(data: bytes, x: np.ndarray) -> np.ndarray:
             out = np.where(ins[0] > 0, ins[0], al * np.expm1(np.minimum(ins[0], 0)))
         elif op == "LeakyRelu":
             out = np.where(ins[0] > 0, ins[0], a.get("alpha", 0.01) * ins[0])
-        elif op == "Identity":
+        elif op in ("Identity", "Dropout"):
             out = ins[0]
+        elif op == "BatchNormalization":
+            shape = (1, -1) + (1,) * (ins[0].ndim - 2)
+            scale, b, mean, var = (v.reshape(shape) for v in ins[1:5])
+            out = (ins[0] - mean) / np.sqrt(var + a.get("epsilon", 1e-5)) * scale + b
         else:
             raise NotImplementedError(op)
         env[node.output[0]] = out

@@ -131,6 +131,27 @@ def test_identity_nodes_and_reshapes_are_transparent():
     np.testing.assert_allclose(got, runtime(data, xs, [1, 3]), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("opset", [9, 15])
+def test_batch_normalization_and_dropout_as_inference_computes_them(opset):
+    """torch.onnx's export of nn.BatchNorm1d and nn.Dropout in eval mode: affine, identity."""
+    rng = np.random.default_rng(16)
+    inits = {"W": f32(rng, 3, 5), "b": f32(rng, 5), "scale": f32(rng, 5), "B": f32(rng, 5),
+             "mean": f32(rng, 5), "var": np.abs(f32(rng, 5)) + np.float32(0.1),
+             "W2": f32(rng, 5, 2)}
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["a"]),
+             helper.make_node("Add", ["a", "b"], ["h"]),
+             helper.make_node("BatchNormalization", ["h", "scale", "B", "mean", "var"], ["n"],
+                              epsilon=1e-3),
+             helper.make_node("Relu", ["n"], ["r"]),
+             helper.make_node("Dropout", ["r"], ["d"]),
+             helper.make_node("MatMul", ["d", "W2"], ["y"])]
+    data = build(nodes, inits, [1, 3], [1, 2], opset)
+    net = read_onnx(data, "policy", "p.onnx")
+    assert net.shapes == [(5, 3), (2, 5)] and net.activations == ["relu", "identity"]
+    xs, got = check(data, 3, [1, 3], rng)
+    np.testing.assert_allclose(got, runtime(data, xs, [1, 3]), rtol=1e-6, atol=1e-6)
+
+
 def test_theta_is_the_families_layout():
     rng = np.random.default_rng(7)
     net = read_onnx(tora_mixed(rng), "policy", "p.onnx")

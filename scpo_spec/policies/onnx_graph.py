@@ -13,7 +13,8 @@ sample, and only reshapes that keep the elements' order are accepted.
 
 Supported (LANGUAGE-v3): Gemm (transA/transB/alpha/beta), MatMul, a Conv used as a dense
 layer (a 1×1 kernel, or one that covers its input: MATLAB's export, e.g. ARCH-COMP's TORA),
-Add/Sub/Mul/Div by a constant, Flatten/Reshape/Squeeze/Unsqueeze, Constant, Identity, and the
+Add/Sub/Mul/Div by a constant, BatchNormalization and Dropout as inference computes them (affine;
+the identity), Flatten/Reshape/Squeeze/Unsqueeze, Constant, Identity, and the
 activations Relu, Tanh, Sigmoid, Softplus, Elu, LeakyRelu — opsets 6 and later (the legacy
 `broadcast`/`axis` attributes of opsets < 7 included).  Anything else raises OnnxFileError naming the operator and
 the node, located at the spec's `file = "…"` string; so does a file that is too large, corrupt,
@@ -39,8 +40,8 @@ MAX_WIDTH = 65_536                  # elements of any value the input flows into
 MAX_MATRIX = 50_000_000             # entries of any composed affine map (400 MB in float64)
 
 ACTIVATION_OPS = ("Relu", "Tanh", "Sigmoid", "Softplus", "Elu", "LeakyRelu")
-LINEAR_OPS = ("Gemm", "MatMul", "Conv", "Add", "Sub", "Mul", "Div")
-SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Constant")
+LINEAR_OPS = ("Gemm", "MatMul", "Conv", "Add", "Sub", "Mul", "Div", "BatchNormalization")
+SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Constant")
 SUPPORTED_OPS = LINEAR_OPS + SHAPE_OPS + ACTIVATION_OPS
 
 
@@ -239,6 +240,11 @@ class _Reader:
             self._current(s)
         if op == "Identity":
             return [args[0]]
+        if op == "Dropout":  # inference: the identity (a training-mode flag must be false)
+            mode = args[2] if len(args) > 2 else None
+            if mode is not None and (isinstance(mode, _Signal) or np.any(mode)):
+                raise self.fail("a Dropout in training mode (export the network in eval mode)")
+            return [args[0]]
         if op in ACTIVATION_OPS:
             if not signals:
                 raise self.fail("an activation of a constant (fold it before export)")
@@ -253,6 +259,8 @@ class _Reader:
             return [self._matmul(args)]
         if op == "Conv":
             return [self._conv(args, attrs)]
+        if op == "BatchNormalization":
+            return [self._batch_norm(args, attrs)]
         return [self._elementwise(op, args, attrs)]
 
     def _constant(self, attrs: dict) -> np.ndarray:
@@ -430,6 +438,27 @@ class _Reader:
         j = b.shape[1] if len(b.shape) == 2 else 1
         M = W if j == 1 else np.kron(W, np.eye(j))
         return self._affine(b, M, np.zeros(M.shape[0]), (r,) + tuple(b.shape[1:]))
+
+    def _batch_norm(self, args: list, attrs: dict) -> _Signal:
+        """Inference: y = scale·(x − mean)/√(var + ε) + B per channel (axis 1), affine."""
+        x = args[0]
+        stats = args[1:5]
+        if len(stats) != 4 or not all(isinstance(a, np.ndarray) for a in stats):
+            raise self.fail("a BatchNormalization without constant scale, B, mean and var")
+        if attrs.get("training_mode", 0):  # (opsets < 7's is_test: inference is what runs)
+            raise self.fail("a BatchNormalization in training mode (export in eval mode)")
+        if len(x.shape) < 2:
+            raise self.fail(f"a BatchNormalization of a value of shape {list(x.shape)}")
+        scale, bias, mean, var = (np.asarray(a, np.float64).reshape(-1) for a in stats)
+        channels = x.shape[1]
+        if any(v.size != channels for v in (scale, bias, mean, var)):
+            raise self.fail(f"a BatchNormalization with statistics for other than "
+                            f"{channels} channels")
+        eps = float(attrs.get("epsilon", 1e-5))
+        per = int(np.prod(x.shape[2:]))  # the elements of one channel (row-major: contiguous)
+        g = np.repeat(scale / np.sqrt(var + eps), per)
+        shift = np.repeat(bias - mean * scale / np.sqrt(var + eps), per)
+        return _Signal(g[:, None] * x.A, g * x.c + shift, x.shape, x.gen)
 
     def _conv(self, args: list, attrs: dict) -> _Signal:
         x, w = args[0], args[1]
