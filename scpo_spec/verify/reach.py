@@ -19,7 +19,7 @@ import torch
 
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
-from scpo_spec.verify.zonotope import (ACTIVATIONS, LIB_ERROR, TINY, U, Zono, activation,
+from scpo_spec.verify.zonotope import (COVERED, LIB_ERROR, TINY, U, Zono, activation,
                                        affine, reduce, relaxable, up)
 
 
@@ -101,7 +101,7 @@ class ClosedLoop:
         for name in set(self.activations + self.backup_activations):
             if not relaxable(name):
                 raise Unsupported(f"no sound relaxation of the activation '{name}' yet "
-                                  f"(covered: {', '.join(ACTIVATIONS)})")
+                                  f"(covered: {COVERED})")
         theta = torch.as_tensor(theta, dtype=DTYPE).reshape(1, -1)
         self.layers = [(W[0].clone(), None if b is None else b[0, 0].clone())
                        for W, b in family._unpack(theta)]

@@ -155,14 +155,19 @@ def _softplus(z: torch.Tensor) -> torch.Tensor:
 _CONVEX = {"elu": (_elu, lambda z: torch.where(z > 0, 1.0, torch.exp(torch.clamp(z, max=0))),
                    0.0),
            "softplus": (_softplus, torch.sigmoid, 2.1e-9)}
-ACTIVATIONS = ("tanh", "sigmoid", "relu", "elu", "softplus", "identity", "leaky_relu:α ≤ 1",
-               "elu:α ≤ 1")
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "elu", "softplus", "identity")
+COVERED = ", ".join(ACTIVATIONS) + ", leaky_relu:α and elu:α with 0 ≤ α ≤ 1"  # for messages
 
 
 def _slope_of(name: str) -> float | None:
     """α of a parametrised `leaky_relu:α` / `elu:α` (policies/activations.py), else None."""
     base, _, arg = name.partition(":")
-    return float(arg) if arg and base in ("leaky_relu", "elu") else None
+    if not arg or base not in ("leaky_relu", "elu"):
+        return None
+    try:
+        return float(arg)
+    except ValueError:
+        return float("nan")  # not a number: relaxable() says no
 
 
 def relaxable(name: str) -> bool:
