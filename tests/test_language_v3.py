@@ -27,6 +27,7 @@ system discrete {
     input f
     next p = p + dt * v
     next v = v + dt * (f - c)
+    equilibrium { f = c }
 }
 backup lqr { Q = diag(1, 1)  R = diag(1) }
 policy mlp { hidden = [8]  residual = backup }
@@ -74,8 +75,7 @@ FORMS = {
     "parameter and disturbance": sub(
         "const c = 1\n", "const c = 1\nparameter a in [-2, -1]\ndisturbance w in [-0.05, 0.05]\n"
         "parameter b in [0, 2 * c]\n"),
-    "equilibrium": sub("    next v = v + dt * (f - c)\n",
-                       "    next v = v + dt * (f - c)\n    equilibrium { f = c  p = 0.5 }\n"),
+    "equilibrium": sub("equilibrium { f = c }", "equilibrium { f = c  p = 0.5 }"),
     "observe and output_scale on an mlp": sub(
         "policy mlp { hidden = [8]  residual = backup }",
         "policy mlp { hidden = [8]  residual = backup  observe = [p, v - p, 2 * c]  "
@@ -150,7 +150,8 @@ def test_equilibrium_point_names_some_signals_the_rest_are_zero():
     assert [(a.signal.name, a.value.value) for a in spec.system.equilibrium] == [
         ("f", 1.0), ("p", 0.5)]
     assert spec.equilibrium_point() == ([0.5, 0.0], [1.0])
-    assert built(BASE).equilibrium_point() == ([0.0, 0.0], [0.0])
+    assert built(BASE).equilibrium_point() == ([0.0, 0.0], [1.0])
+    assert built(sub("    equilibrium { f = c }\n", "")).equilibrium_point() == ([0.0, 0.0], [0.0])
 
 
 def test_equilibrium_on_an_ode_as_the_contract_writes_it():
@@ -208,7 +209,7 @@ def test_hand_written_yaml_twin_means_the_same_spec():
     mappings, `equilibrium` a mapping, `observe` a list, the label as `id`, `verify_every`."""
     scpo = sub("const c = 1\n", "const c = 1\nparameter a in [-2, -1]\nlet push = f - c\n",
                sub("    next v = v + dt * (f - c)\n",
-                   "    next v = v + dt * push\n    equilibrium { f = c }\n",
+                   "    next v = v + dt * push\n",
                    sub("policy mlp { hidden = [8]  residual = backup }",
                        'policy python "m:make" { observe = [p, v - a]  output_scale = [2] }',
                        sub("margin 0 }", "margin 0 verify every 1 }"))))
