@@ -167,18 +167,15 @@ def test_backup_linear_k_and_K_shapes():
     assert check(sub(LQR, "backup linear { K = [[-1, -2]]  k = [0.5] }")).ok
 
 
-def test_onnx_files_are_named_and_looked_for(tmp_path):
-    text = sub(LQR, 'backup onnx { file = "nope.onnx" }', sub(POLICY, "policy onnx { }"))
-    assert found(text, path=str(tmp_path / "t.scpo"), base_dir=tmp_path) == [
-        (*at(text, '"nope.onnx"'), "file 'nope.onnx' does not exist",
-         f"looked for {tmp_path / 'nope.onnx'} (paths are relative to the spec)"),
+def test_onnx_controllers_need_a_file():
+    """Only its absence is the language's to say; the file itself (there, readable, supported
+    operators, sizes) is read by compile/usercode.py's check, which runs after these."""
+    text = sub(LQR, "backup onnx { observe = [p, v] }", sub(POLICY, "policy onnx { }"))
+    assert found(text) == [
+        (*at(text, "backup onnx"), "backup onnx needs a file",
+         'add `file = "controller.onnx"` (an ONNX file, relative to the spec)'),
         (*at(text, "policy onnx"), "policy onnx needs a file",
          'add `file = "policy.onnx"` (an ONNX file, relative to the spec)')]
-    (tmp_path / "nope.onnx").write_bytes(b"")
-    (tmp_path / "policy.onnx").write_bytes(b"")
-    fine = sub(LQR, 'backup onnx { file = "nope.onnx" }',
-               sub(POLICY, 'policy onnx { file = "policy.onnx" }'))
-    assert found(fine, path=str(tmp_path / "t.scpo"), base_dir=tmp_path) == []
 
 
 @pytest.mark.parametrize("label", ["nocolon", "pkg.mod:", ":make", "pkg-x.mod:make",
@@ -197,21 +194,15 @@ def test_policy_python_without_its_label():
                             "(a callable returning an nn.Module)")]
 
 
-def test_policy_from_needs_a_run_and_a_well_formed_head(tmp_path):
+def test_policy_from_needs_a_run():
+    """The run itself (there, its audit, its head) is compile/usercode.py's to read."""
     hint = 'write `policy from "runs/acc"` (a run directory, relative to the spec)'
     text = sub(POLICY, 'policy from { head = "abc" }')
-    assert found(text) == [
-        (*at(text, "policy from"), "policy from needs the run it starts from", hint),
-        (*at(text, '"abc"'), "head 'abc' is not a log head (64 lowercase hexadecimal digits)",
-         "copy it from `scpo audit RUN`, or leave `head` out")]
+    assert found(text) == [(*at(text, "policy from"), "policy from needs the run it starts from",
+                            hint)]
     empty = sub(POLICY, 'policy from ""')
     assert found(empty) == [(*at(empty, '""'), "policy from needs the run it starts from", hint)]
-    missing = sub(POLICY, f'policy from "runs/none" {{ head = "{"a" * 64}" }}')
-    assert found(missing, path=str(tmp_path / "t.scpo"), base_dir=tmp_path) == [
-        (*at(missing, '"runs/none"'), "run 'runs/none' is not a directory",
-         f"looked for {tmp_path / 'runs/none'} (paths are relative to the spec)")]
-    (tmp_path / "runs" / "none").mkdir(parents=True)
-    assert found(missing, path=str(tmp_path / "t.scpo"), base_dir=tmp_path) == []
+    assert found(sub(POLICY, 'policy from "runs/none"')) == []
 
 
 # ---------------------------------------------------------------- verify

@@ -477,20 +477,18 @@ class Checker(V3Checks):
         elif isinstance(backup, M.TorchBackup):
             self._check_file(backup.file, "backup torch", "controller.pt", backup)
 
-    def _check_file(self, file: M.Text | None, what: str, example: str, owner: M.Node,
-                    sort: str = "TorchScript") -> None:
+    def _check_file(self, file: M.Text | None, what: str, example: str, owner: M.Node) -> None:
         """A file a section names: given, and there (relative to the spec); never opened here."""
         if file is None:
-            self.error(f"{what} needs a file", owner.span, f'add `file = "{example}"` '
-                       f"(a{'n' * (sort[0] in 'AEIOU')} {sort} file, relative to the spec)")
+            self.error(f"{what} needs a file", owner.span, f'add `file = "{example}"` (a '
+                       "TorchScript file, relative to the spec)")
             return
         if not self.run_code:  # a run's stored spec: the file is the author's, checked at `trust`
             return
         base = self.base_dir or Path.cwd()
         path = base / file.value
         if path.is_dir():
-            self.error(f"'{file.value}' is a directory, not a{'n' * (sort[0] in 'AEIOU')} "
-                       f"{sort} file", file.span,
+            self.error(f"'{file.value}' is a directory, not a TorchScript file", file.span,
                        f"{path} (paths are relative to the spec)")
         elif not path.is_file():
             self.error(f"file '{file.value}' " + _not_a_file(path), file.span,

@@ -10,9 +10,6 @@ linearisation point in check.py (`_check_linearisation_point`).
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 
 from scpo_spec.language import expr as E
@@ -20,7 +17,6 @@ from scpo_spec.language import model as M
 from scpo_spec.language.diagnostics import did_you_mean, one_of
 from scpo_spec.language.lets import expand
 
-LOG_HEAD = re.compile(r"[0-9a-f]{64}")
 # Names an observation cannot read, and why (inputs and disturbances are said by name).
 NOT_OBSERVABLE = {
     "input": "the controller computes the inputs, so it cannot see them",
@@ -112,10 +108,12 @@ class V3Checks:
         backup, policy = spec.backup, spec.policy
         if isinstance(backup, M.LinearBackup) and backup.k is not None:
             self._shape(backup.k, self.m, None, "k", required=False)
-        if isinstance(backup, M.OnnxBackup):
-            self._check_file(backup.file, "backup onnx", "controller.onnx", backup, "ONNX")
-        if isinstance(policy, M.OnnxPolicy):
-            self._check_file(policy.file, "policy onnx", "policy.onnx", policy, "ONNX")
+        for owner in (backup, policy):  # the file itself is read by compile/usercode.py's check
+            if isinstance(owner, (M.OnnxBackup, M.OnnxPolicy)) and owner.file is None:
+                what = "backup" if owner is backup else "policy"
+                self.error(f"{what} onnx needs a file", owner.span,
+                           f'add `file = "{"controller" if owner is backup else "policy"}.onnx"` '
+                           "(an ONNX file, relative to the spec)")
         if isinstance(policy, M.PythonPolicy):
             self._check_factory(policy)
         if isinstance(policy, M.FromPolicy):
@@ -178,21 +176,12 @@ class V3Checks:
                        '"my_pkg.nets:make_policy"')
 
     def _check_source_run(self, policy: M.FromPolicy) -> None:
-        """`policy from "RUN" { head = "…" }`: a run path, and a head of 64 hex digits (the run
-        itself is read after its audit when the spec is compiled)."""
-        if policy.head is not None and not LOG_HEAD.fullmatch(policy.head.value):
-            self.error(f"head '{policy.head.value}' is not a log head (64 lowercase hexadecimal "
-                       "digits)", policy.head.span,
-                       "copy it from `scpo audit RUN`, or leave `head` out")
+        """`policy from "RUN"`: a run is named (the run itself, its audit and its head are read
+        by compile/usercode.py's check, after these)."""
         if policy.run is None or not policy.run.value.strip():
             self.error("policy from needs the run it starts from", policy.run.span
                        if policy.run is not None else policy.span,
                        'write `policy from "runs/acc"` (a run directory, relative to the spec)')
-        elif self.run_code:
-            path = (self.base_dir or Path.cwd()) / policy.run.value
-            if not path.is_dir():
-                self.error(f"run '{policy.run.value}' is not a directory", policy.run.span,
-                           f"looked for {path} (paths are relative to the spec)")
 
     # ---------------------------------------------------------------- verify
     def _check_verify(self) -> None:
