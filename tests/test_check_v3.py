@@ -399,3 +399,22 @@ def test_metrics_print_lets_expanded_and_parenthesised_as_they_compute():
         gap = p - v
         oracle = -8 - (2 * gap - gap * gap)  # the violation of `twice - gap*gap >= -8`
         assert float(evaluate(body, {"p": p, "v": v})) == pytest.approx(oracle, rel=1e-12)
+
+
+def test_a_python_plants_equilibrium_is_checked_by_calling_it(tmp_path):
+    """compile/usercode.py, `scpo check`'s second stage: F(x*, u*) − x* of the author's plant."""
+    from scpo_spec.compile.usercode import check_code
+    from tests.test_plant_failures import GRAVITY, python_spec
+    spec = python_spec(tmp_path, "plant_hover", GRAVITY)
+    text = spec.read_text().replace("input force }", "input force  equilibrium { force = 9.81 } }")
+    spec.write_text(text)
+    model = check(text, path=str(spec), base_dir=tmp_path).spec
+    assert check_code(model, tmp_path) == []
+    text = text.replace("force = 9.81", "force = 9  position = 2")
+    spec.write_text(text)
+    (d,) = check_code(check(text, path=str(spec), base_dir=tmp_path).spec, tmp_path)
+    dv = 0.1 * (9 - 9.81)  # v⁺ − v at v = 0, force 9 (the oracle)
+    assert (d.span.line, d.span.column) == at(text, "force = 9")
+    assert d.message == ("the equilibrium is not a fixed point of this plant: F(x*, u*) − x* = "
+                         f"[0, {dv:.6g}] (largest {abs(dv):.3g}, above 1e-09 × the state scale 2)")
+    assert d.hint == EQUILIBRIUM_HINT
