@@ -184,6 +184,12 @@ def test_controller_keys_are_on_every_policy_and_backup():
         assert {"observe", "output_scale"} <= set(cls.model_fields)
 
 
+def test_a_label_with_nothing_to_set_is_written_alone():
+    for form, line in (("policy python", 'policy python "my_pkg.nets:make_policy"\n'),
+                       ("policy from without a head", 'policy from "runs/acc"\n')):
+        assert f"\n{line}\n" in format_spec(built(FORMS[form])), form
+
+
 def test_new_controller_kinds_build_their_fields():
     assert built(FORMS["backup linear with k"]).backup.k.value == [0.5]
     assert built(FORMS["backup onnx"]).backup.file.value == "controller.onnx"
