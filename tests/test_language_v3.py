@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
+
 import pytest
 
 from scpo_spec.language import expr as E
@@ -271,3 +273,46 @@ def test_a_checked_spec_may_use_every_visible_name():
                        "constraint stay: always abs(p) + speed <= 2 smoothness 10")))
     result = check(text)
     assert result.ok, [d.headline() for d in result.diagnostics]
+
+
+# ---- expand against an independent oracle: the lets evaluated one after another ----
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from scpo_spec.language.evaluate import EvalError, evaluate  # noqa: E402
+from scpo_spec.language.scpo_reader import parse_expression  # noqa: E402
+from scpo_spec.language.source import Source  # noqa: E402
+
+
+def _tree(names):
+    leaves = st.one_of(st.sampled_from([E.Name(id=n) for n in names]),
+                       st.sampled_from([-1.5, 0.5, 2.0]).map(lambda v: E.Num(value=v)))
+    return st.recursive(leaves, lambda sub: st.one_of(
+        st.builds(lambda op, a, b: E.Binary(op=op, left=a, right=b),
+                  st.sampled_from(["+", "-", "*", "/"]), sub, sub),
+        st.builds(lambda a: E.Unary(op="-", arg=a), sub),
+        st.builds(lambda a: E.Binary(op="^", left=a, right=E.Num(value=2.0)), sub),
+        st.builds(lambda a: E.Call(func="abs", args=[a]), sub)), max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=_tree(["x", "y"]), b=_tree(["x", "a"]), e=_tree(["a", "b", "y"]),
+       x=st.floats(-2, 2), y=st.floats(-2, 2))
+def test_expand_means_the_lets_evaluated_in_turn(a, b, e, x, y):
+    text = f"let a = {E.unparse(a)}\nlet b = {E.unparse(b)}\n"
+    spec = built("spec s\n" + text)
+    try:
+        va = float(evaluate(a, {"x": x, "y": y}))
+        vb = float(evaluate(b, {"x": x, "a": va}))
+        oracle = float(evaluate(e, {"a": va, "b": vb, "y": y}))
+        expanded = expand(e, spec)
+        got = float(evaluate(expanded, {"x": x, "y": y}))
+    except (EvalError, OverflowError, ZeroDivisionError):
+        assume(False)
+    assume(np.isfinite(oracle) and abs(oracle) < 1e12)
+    assert got == pytest.approx(oracle, rel=1e-9, abs=1e-9)
+    # the printed expansion re-parses to the same function (its parentheses are right)
+    reparsed, diags = parse_expression(E.unparse(expanded), Source(path="e", text=""))
+    assert not diags
+    assert float(evaluate(reparsed, {"x": x, "y": y})) == pytest.approx(got, rel=1e-12,
+                                                                          abs=1e-12)
