@@ -53,7 +53,8 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     tau = settings.tau if settings.aggregate == "smooth" else None
     compiler = ExpressionCompiler([s.name for s in spec.system.states],
                                   [s.name for s in spec.system.inputs], consts,
-                                  backup.P if backup is not None else None, Reducer(tau))
+                                  backup.P if backup is not None else None, Reducer(tau),
+                                  dynamics.x_star)
     metrics = [Metric(**fields, per_scenario=compiler.formula(prop.formula),
                       uses_linearisation=any(n.id == "spectral_radius"
                                              for n in names(prop.formula)))

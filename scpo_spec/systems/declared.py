@@ -181,6 +181,29 @@ def _integrator(f: StepMap, dt: float, substeps: int, method: str) -> StepMap:
     return step
 
 
+def _expanded(spec: Spec, e: E.Node) -> E.Node:
+    """e with the spec's lets replaced by their definitions (language/lets.py)."""
+    try:
+        from scpo_spec.language.lets import expand
+    except ImportError:  # a language layer without lets
+        return e
+    return expand(e, spec)
+
+
+def compile_observation(spec: Spec, exprs: list) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A controller's `observe = [e₁, …, e_p]` as one batched map: states (…, n) → (…, p)
+    (expressions of states and constants, lets expanded), compiled once."""
+    consts = {c.name: c.value.value for c in spec.consts}
+    compiler = EquationCompiler([s.name for s in spec.system.states], [], consts)
+    parts = [compiler.value(_expanded(spec, e)) for e in exprs]
+
+    def observe(x: torch.Tensor) -> torch.Tensor:
+        ctx = (x, None, [])
+        outs = [p(ctx) for p in parts]
+        return torch.stack(torch.broadcast_tensors(*outs, x[..., 0])[:-1], dim=-1)
+    return observe
+
+
 def compile_declared(spec: Spec) -> StepMap:
     """The one-step map of a `system discrete` or `system ode`."""
     system = spec.system
