@@ -36,6 +36,7 @@ class Around:
     observe: Callable[[torch.Tensor], torch.Tensor] | None = None  # (…, n) → (…, p)
     p: int = 0                               # the observation's size (n when not declared)
     scale: np.ndarray | None = None          # (m,)
+    observe_exprs: list | None = None        # the declared observation, as written
     _on: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -156,4 +157,4 @@ def around_of(spec: Spec, controller, n: int, m: int) -> Around | None:
     scale = _scale_of(controller, m)
     if observe is None and scale is None and not np.any(x_star) and not np.any(u_star):
         return None
-    return Around(x_star, u_star, observe, p, scale)
+    return Around(x_star, u_star, observe, p, scale, exprs)

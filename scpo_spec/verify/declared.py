@@ -234,6 +234,27 @@ class AffineEquations(ElementwiseCompiler):
         raise Unbounded(f"'{E.unparse(e)}'")
 
 
+def observation_map(spec: Spec, exprs: list):
+    """A controller's declared observation: x components ↦ o components (one-component
+    zonotopes), as systems/declared.py's `compile_observation` computes them (lets expanded);
+    affine expressions keep every generator, the rest go through this affine arithmetic."""
+    from scpo_spec.systems.declared import _expanded
+    consts = {c.name: c.value.value for c in spec.consts}
+    compiler = AffineEquations([s.name for s in spec.system.states], [], consts)
+    parts = [compiler.value(_expanded(spec, e)) for e in exprs]
+
+    def observe(x: list) -> list:
+        out = []
+        for p in parts:
+            v = p((x, []))
+            if _is_number(v):  # a constant entry: the same number in every cell
+                v = Zono(torch.full_like(x[0].c, float(v)), torch.zeros_like(x[0].G),
+                         torch.zeros_like(x[0].e))
+            out.append(v)
+        return out
+    return observe
+
+
 def declared_step(spec: Spec):
     """(x components, u components) ↦ x⁺ components, as systems/declared.py computes them."""
     system = spec.system

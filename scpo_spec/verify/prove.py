@@ -133,7 +133,8 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         compiler = IntervalCompiler([s.name for s in spec.system.states],
                                     [s.name for s in spec.system.inputs],
                                     {c.name: c.value.value for c in spec.consts},
-                                    compiled.backup.P if compiled.backup is not None else None)
+                                    compiled.backup.P if compiled.backup is not None else None,
+                                    compiled.dynamics.x_star)
     except Unsupported as e:
         return undecided(str(e))
     bounders, unbounded = [], [None] * len(metrics)  # a metric it cannot bound: its reason
