@@ -46,7 +46,7 @@ constraint speed: always abs(v) <= 5
 stability margin: spectral_radius <= 0.999
 objective cost { stage quad(diag(1, 0.1), [p - 0.5, v]) }
 train { steps 2  optimizer sgd { lr = 0.01 }  directions 4  perturbation 1e-3  radius 0.5
-        margin 1e-6  solver clarabel  seed 0 }
+        margin 1e-6  solver clarabel  seed 0  smoothness estimate }
 """
 
 
@@ -186,7 +186,7 @@ constraint thrust: always u in [5, 15]
 stability decay: lyapunov(backup) <= 2 at final
 objective cost { stage quad(diag(1, 0.1), [p - 1, v]) }
 train { steps 2  optimizer sgd { lr = 0.01 }  directions 4  perturbation 1e-3  radius 0.5
-        margin 1e-6  solver clarabel  seed 0 }
+        margin 1e-6  solver clarabel  seed 0  smoothness estimate }
 """
 
 

@@ -499,15 +499,16 @@ def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
             nn.init.zeros_(last.bias)
         theta0 = nn.utils.parameters_to_vector(net.parameters()).detach().to(DTYPE)
         return PolicyFamily(n, m, layers, True, activation,
-                            backup if residual and backup is not None else None, theta0, around)
+                            backup if residual and backup is not None else None, theta0,
+                            around=around)
     if isinstance(policy, LinearPolicy):
         init = policy.init.name if policy.init else "zero"
         K = _backup_gain(backup, around) if init == "backup" and backup is not None \
             else np.zeros((m, p))
         theta0 = torch.as_tensor(np.asarray(K, dtype=np.float64).reshape(-1), dtype=DTYPE)
-        return PolicyFamily(n, m, [(m, p)], False, "identity", None, theta0, around)
+        return PolicyFamily(n, m, [(m, p)], False, "identity", None, theta0, around=around)
     if isinstance(policy, TorchPolicy):
         found = load_policy_structure(spec, base_dir)
         return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,
-                            found.theta0.clone(), around)
+                            found.theta0.clone(), around=around)
     raise NotImplementedError(f"policy kind '{policy.kind}'")
