@@ -337,3 +337,29 @@ def test_a_torch_backup_and_a_torch_policy_see_their_observations_around_u_star(
     np.testing.assert_allclose(u, 9.81 + 0.5 * ref_net, rtol=1e-13, atol=1e-13)
     # the backup's K is its Jacobian at x* = (1, 0): 3 · 2 · [1, −1]
     np.testing.assert_allclose(compiled.backup.K, [[6.0, -6.0]], rtol=1e-13)
+
+
+def test_the_quadrotor_on_raw_thrusts_is_the_same_closed_loop_as_written_in_deviations(root):
+    """specs/quadrotor.scpo (raw thrusts, `equilibrium`) against the workaround LANGUAGE-v3
+    replaces: inputs written as deviations from the hover, limits shifted by hand.  The same
+    LQR, the same rollouts (inputs shifted by m g / 2), the same metrics — spectral_radius
+    included."""
+    text = (root / "specs" / "quadrotor.scpo").read_text()
+    deviations = (text.replace("let thrust = T1 + T2", "let thrust = T1 + T2 + m * g")
+                  .replace("    equilibrium { T1 = m * g / 2  T2 = m * g / 2 }\n", "")
+                  .replace("always T1 in [0, Tmax]", "always T1 in [-m * g / 2, Tmax - m * g / 2]")
+                  .replace("always T2 in [0, Tmax]", "always T2 in [-m * g / 2, Tmax - m * g / 2]"))
+    assert deviations.count("m * g / 2") == 4  # every replacement happened
+    out = []
+    for t in (text, deviations):
+        c = compiled_of(t)
+        thetas = _bank(c.family, 3, seed=4, scale=0.05)
+        x0 = c.evaluator.x0[:8]
+        with torch.no_grad():
+            out.append((c.backup.K, *c.evaluator.rollout(thetas, x0),
+                        c.evaluator.per_scenario(thetas, x0)))
+    (K1, X1, U1, g1), (K2, X2, U2, g2) = out
+    np.testing.assert_allclose(K1, K2, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(X1.numpy(), X2.numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(U1.numpy(), U2.numpy() + 9.81 / 2, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(g1.numpy(), g2.numpy(), rtol=1e-12, atol=1e-13)
