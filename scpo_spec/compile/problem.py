@@ -14,6 +14,7 @@ from scpo_spec.compile.signals import ExpressionCompiler, Reducer
 from scpo_spec.policies.backup import Backup, make_backup
 from scpo_spec.policies.policy import PolicyFamily, make_policy
 from scpo_spec.language.expr import names
+from scpo_spec.language.lets import expand
 from scpo_spec.language.model import Spec
 from scpo_spec.language.settings import Settings
 from scpo_spec.systems.dynamics import Dynamics, make_dynamics
@@ -53,8 +54,9 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     tau = settings.tau if settings.aggregate == "smooth" else None
     compiler = ExpressionCompiler([s.name for s in spec.system.states],
                                   [s.name for s in spec.system.inputs], consts,
-                                  backup.P if backup is not None else None, Reducer(tau))
-    metrics = [Metric(**fields, per_scenario=compiler.formula(prop.formula),
+                                  backup.P if backup is not None else None, Reducer(tau),
+                                  dynamics.x_star)
+    metrics = [Metric(**fields, per_scenario=compiler.formula(expand(prop.formula, spec)),
                       uses_linearisation=any(n.id == "spectral_radius"
                                              for n in names(prop.formula)))
                for prop, fields in zip(spec.properties, spec.declared_metrics())]
