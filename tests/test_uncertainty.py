@@ -21,7 +21,7 @@ from scpo_spec.engine.run import train
 from scpo_spec.language.scenarios import (holdout_draws, holdout_states, training_draws,
                                           training_states)
 from scpo_spec.report import gather
-from scpo_spec.report.render import render_markdown
+from scpo_spec.report.render import write_report
 from tests.forgery import copy_run, records, write_rechained
 from tests.helpers import check, errors
 from tests.numerics import assert_close_across_paths
@@ -46,12 +46,15 @@ scenarios {
     count 7
     seed 3
     horizon 12
-    holdout 50
+    holdout 20000
 }
 constraint pos:  always abs(p) <= 2 + k   smoothness 10
 constraint gust: always abs(v + w) <= 3   smoothness 10
 objective cost { stage p^2 + c * v^2 + w * f }
-train { steps 2  directions 4  radius 0.05  margin 1e-6  solver clarabel  seed 0 }
+train {
+    steps 2  optimizer sgd { lr = 0.01 }  directions 4  perturbation 1e-3  radius 0.05
+    margin 1e-6  solver clarabel  seed 0
+}
 """
 
 
@@ -71,7 +74,7 @@ def numpy_rollout(K: np.ndarray, x0: np.ndarray, params: np.ndarray, noise: np.n
         x = x0[s].copy()
         X[s, 0] = x
         for t in range(T):
-            u = float(K @ x)
+            u = float((K @ x)[0])
             w = noise[t, s, 0]
             x = np.array([x[0] + DT * x[1], x[1] + DT * (k * u - c * x[1] + w)])
             X[s, t + 1], U[s, t] = x, u
@@ -106,7 +109,7 @@ def test_draws_follow_the_documented_rule_and_are_reproducible():
     assert np.all(np.abs(d.disturbances) <= 0.3)
     # the holdout draws fresh values (other streams), as many as its scenarios
     h = holdout_draws(spec)
-    assert h.parameters.shape == (50, 2) and h.disturbances.shape == (12, 50, 1)
+    assert h.parameters.shape == (20000, 2) and h.disturbances.shape == (12, 20000, 1)
     assert not np.isin(h.parameters, d.parameters).any()
     assert not np.isin(h.disturbances, d.disturbances).any()
     # another seed: other draws
@@ -161,7 +164,7 @@ def test_holdout_is_the_same_rollout_on_fresh_draws_in_chunks():
     np.testing.assert_array_equal(ho.draws.parameters.numpy(), d.parameters)
     Xn, Un = numpy_rollout(theta.numpy().reshape(1, 2), x0, d.parameters, d.disturbances)
     want = numpy_metrics(Xn, Un, d.parameters, d.disturbances)
-    result = validate_holdout(c, theta, chunk=8)  # 7 chunks, the last one short
+    result = validate_holdout(c, theta, chunk=3000)  # 7 chunks, the last one short
     for i, name in enumerate(["pos", "gust"]):
         assert result["worst"][name] == pytest.approx(want[:, i].max(), abs=1e-12)
         j = result["worst_scenario"][name]["index"]
@@ -212,7 +215,10 @@ policy linear { init = backup }
 scenarios { initial p in [0, 0]  count 5  seed 0  horizon 10  holdout 4000 }
 constraint reach: always p <= 0.95  smoothness 1
 objective cost { stage p^2 }
-train { steps 1  directions 2  radius 0.05  margin 1e-6  solver clarabel  seed 0 }
+train {
+    steps 1  optimizer sgd { lr = 0.01 }  directions 2  perturbation 1e-3  radius 0.05
+    margin 1e-6  solver clarabel  seed 0
+}
 """
 
 
@@ -316,9 +322,12 @@ def test_simulate_takes_parameters_and_disturbance_sequences(trained):
         run.simulate(x0[0], parameters={"k": 1.0}, disturbances=noise[0])
 
 
-def test_the_report_lists_the_uncertain_values(trained):
+def test_the_report_lists_the_uncertain_values(trained, tmp_path):
     res, _ = trained
-    md = render_markdown(gather(res.run_dir))
+    evidence = gather(res.run_dir)
+    md = write_report(evidence, tmp_path / "r.md", "md").read_text()
+    html = write_report(evidence, tmp_path / "r.html", "html").read_text()
+    assert 'id="uncertain"' in html and "disturbance: a fresh value at every step" in html
     assert "| k | parameter: one value per scenario, held | [0.5, 1.5] |" in md
     assert "| w | disturbance: a fresh value at every step | [-0.3, 0.3] |" in md
     assert "The certificate holds over those draws" in md

@@ -142,14 +142,14 @@ class Draws:
 
 def uncertain_ranges(spec: Spec, section: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The names and (lo, hi) of the spec's `parameter`s or `disturbance`s, in order."""
-    items = getattr(spec, "parameters" if section == "parameter" else "disturbances", [])  # TEMP
+    items = spec.parameters if section == "parameter" else spec.disturbances
     bounds = np.array([np.asarray(u.interval.array(), dtype=np.float64).reshape(2)
                        for u in items]).reshape(-1, 2)
     return [u.name.name for u in items], bounds[:, 0].copy(), bounds[:, 1].copy()
 
 
 def has_uncertainty(spec: Spec) -> bool:
-    return bool(getattr(spec, "parameters", []) or getattr(spec, "disturbances", []))  # TEMP
+    return bool(spec.parameters or spec.disturbances)
 
 
 def _draws(spec: Spec, count: int, stream: list[int]) -> Draws | None:
