@@ -18,10 +18,13 @@ from scpo_spec.audit.verify import audit_run
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.run import train
+from scpo_spec.engine.train import Trainer
 from scpo_spec.language.scenarios import (holdout_draws, holdout_states, training_draws,
                                           training_states)
 from scpo_spec.report import gather
 from scpo_spec.report.render import write_report
+from scpo_spec.verify.prove import verify
+from scpo_spec.verify.verdicts import UNDECIDED
 from tests.forgery import copy_run, records, write_rechained
 from tests.helpers import check, errors
 from tests.numerics import assert_close_across_paths
@@ -332,3 +335,29 @@ def test_the_report_lists_the_uncertain_values(trained, tmp_path):
     assert "| w | disturbance: a fresh value at every step | [-0.3, 0.3] |" in md
     assert "The certificate holds over those draws" in md
     json.dumps(records(res.run_dir))  # every record (counterexamples too) is plain JSON
+
+
+def test_the_verifier_leaves_uncertain_specs_undecided_and_says_why():
+    """Sound: `scpo verify` does not bound parameters and disturbances yet, so it proves
+    nothing about a spec that has them (rather than proving the nominal plant)."""
+    c = compiled()
+    result = verify(c, c.family.theta0, cells=4, time_limit=10)
+    assert result.verdict == UNDECIDED
+    assert all(r.verdict == UNDECIDED and "parameters and disturbances" in r.reason
+               for r in result.constraints.values())
+
+
+def test_a_counterexample_carries_its_scenarios_draws():
+    """The worst scenario of a refuted candidate comes with its parameters and disturbance
+    sequence, and re-simulating it with them gives the logged rollout."""
+    c = compiled(UNSAFE)
+    trainer = Trainer(c)
+    theta = c.family.theta0
+    cx = trainer.counterexample(theta, np.array([True]))["reach"]
+    d = training_draws(c.spec)
+    j = cx["scenario"]
+    assert j == int(np.argmax(d.parameters[:, 0]))
+    np.testing.assert_array_equal(cx["parameters"].numpy(), d.parameters[j])
+    np.testing.assert_array_equal(cx["disturbances"].numpy(), d.disturbances[:, j])
+    assert cx["value"] == pytest.approx(d.parameters[j, 0] - 0.95, abs=1e-12)
+    assert float(cx["states"][-1, 0]) == pytest.approx(d.parameters[j, 0], abs=1e-12)
