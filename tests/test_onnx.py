@@ -547,3 +547,90 @@ def test_the_published_tora_controller_is_proved_on_its_box():
     import json
     out = json.loads(result.stdout)
     assert out["verdict"] == "PROVED" and out["constraints"]["box"]["bound"] < 0
+
+
+# ---- ONNX controllers around an operating point, with observations and output scales ----
+def _tanh2(opset: int = 9) -> bytes:
+    """net(o) = 2·tanh(o₁ − o₂)."""
+    inits = {"W": np.array([[1.0, -1.0]], np.float32), "k": np.array([2.0], np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1),
+             helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("Mul", ["t", "k"], ["y"])]
+    return build(nodes, inits, [1, 2], [1, 1], opset)
+
+
+def _observed_policy() -> bytes:
+    """3 observations → 4 (LeakyRelu 0.2) → 1 (tanh after the last layer)."""
+    rng = np.random.default_rng(17)
+    inits = {"W1": f32(rng, 3, 4), "b1": f32(rng, 4), "W2": f32(rng, 4, 1), "b2": f32(rng, 1)}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a1"]),
+             helper.make_node("Add", ["a1", "b1"], ["h1"]),
+             helper.make_node("LeakyRelu", ["h1"], ["r1"], alpha=0.2),
+             helper.make_node("MatMul", ["r1", "W2"], ["a2"]),
+             helper.make_node("Add", ["a2", "b2"], ["h2"]),
+             helper.make_node("Tanh", ["h2"], ["y"])]
+    return build(nodes, inits, ["N", 3], ["N", 1], 13)
+
+
+def _compiled_gravity(tmp_path, backup: str, policy: str):
+    from scpo_spec.compile.problem import compile_spec
+    from scpo_spec.language.load import check_text
+    from tests.test_operating_point import gravity
+    (tmp_path / "b.onnx").write_bytes(_tanh2())
+    (tmp_path / "p.onnx").write_bytes(_observed_policy())
+    text = gravity(backup, policy, lyapunov=False)
+    path = tmp_path / "g.scpo"
+    path.write_text(text)
+    result = check_text(text, path=str(path), base_dir=tmp_path)
+    assert result.ok, [d.headline() for d in result.diagnostics]
+    from scpo_spec.compile.usercode import check_code
+    assert check_code(result.spec, tmp_path) == []
+    return compile_spec(result.spec, tmp_path)
+
+
+def test_onnx_controllers_see_their_observations_around_u_star(tmp_path):
+    compiled = _compiled_gravity(
+        tmp_path, 'onnx { file = "b.onnx"  observe = [p - 1, v]  output_scale = [3] }',
+        'onnx { file = "p.onnx"  observe = [p, v, p * v]  output_scale = [0.5] }')
+    x = np.random.default_rng(1).uniform([0, -1], [2, 1], size=(20, 2))
+    xt = torch.as_tensor(x, dtype=DTYPE)
+    observed = np.stack([x[:, 0], x[:, 1], x[:, 0] * x[:, 1]], 1)
+    net_p = np.stack([numpy_eval(_observed_policy(), o) for o in observed])
+    with torch.no_grad():
+        b = compiled.backup(xt).numpy()
+        u = compiled.family.forward(compiled.family.theta0[None], xt[None])[0].numpy()
+    np.testing.assert_allclose(b, 9.81 + 3 * 2 * np.tanh((x[:, :1] - 1) - x[:, 1:2]),
+                               rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(u, 9.81 + 0.5 * net_p, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(compiled.backup.K, [[6.0, -6.0]], rtol=1e-6)  # at x* = (1, 0)
+    assert compiled.family.per_layer == [f"leaky_relu:{float(np.float32(0.2))!r}", "tanh"]
+
+
+def test_onnx_sizes_are_checked_against_observe(tmp_path):
+    from scpo_spec.language.load import check_text
+    from scpo_spec.compile.usercode import check_code
+    from tests.test_operating_point import gravity
+    (tmp_path / "b.onnx").write_bytes(_tanh2())
+    text = gravity('onnx { file = "b.onnx"  observe = [p - 1, v, p * v] }',
+                   "mlp { hidden = [4]  residual = backup  seed = 0 }", lyapunov=False)
+    result = check_text(text, path=str(tmp_path / "g.scpo"), base_dir=tmp_path)
+    messages = [d.message for d in check_code(result.spec, tmp_path)]
+    assert messages == ["backup file 'b.onnx' takes 2 values; its `observe` list has 3 values"]
+
+
+def test_verify_encloses_a_residual_over_an_observed_scaled_onnx_backup_around_u_star(tmp_path):
+    from tests.test_operating_point import _enclosed, _perturbed
+    compiled = _compiled_gravity(
+        tmp_path, 'onnx { file = "b.onnx"  observe = [p - 1, v]  output_scale = [3] }',
+        "mlp { hidden = [6]  residual = backup  seed = 0\n"
+        "      observe = [p - 1, v, 2 * p + v]  output_scale = [0.7] }")
+    assert compiled.backup.network is not None and compiled.family.around is not None
+    _enclosed(compiled, _perturbed(compiled))
+
+
+def test_verify_encloses_an_observed_onnx_policy_around_u_star(tmp_path):
+    from tests.test_operating_point import _enclosed
+    compiled = _compiled_gravity(
+        tmp_path, "lqr { Q = diag(1, 1)  R = diag(1) }",
+        'onnx { file = "p.onnx"  observe = [p - 1, v, 2 * p + v]  output_scale = [2] }')
+    _enclosed(compiled, compiled.family.theta0)

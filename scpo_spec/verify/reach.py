@@ -5,9 +5,11 @@ states (compile/evaluator.py's float64 rollout, rounding included: zonotope.py).
 What is covered: plants `linear` (exact but for rounding), `static`, `pendulum` (sin by a
 mean-value remainder) and declared `discrete`/`ode` ones (declared.py: the integrator's one-step
 map); policies `mlp` (tanh, sigmoid, relu, elu, softplus, identity; `residual = backup` over a
-gain backup — lqr or linear — or a feed-forward network backup: `onnx`) and `linear`, and
-`torch`/`onnx` policies mapped onto the MLP family (per-layer activations, LeakyReLU and ELU
-with a slope ≤ 1 included).
+gain backup: lqr or linear, affine with `k` or around x*, or a feed-forward network: `onnx`)
+and `linear`, and `torch`/`onnx` policies mapped onto the MLP family (per-layer activations,
+LeakyReLU and ELU with a slope ≤ 1 included); around an operating point (x*, u*), with an
+output scale, and with a declared observation (affine ones exactly but for rounding, others
+through declared.py's affine arithmetic, or Unsupported naming what it cannot bound).
 Anything else raises Unsupported with the reason (the verdict is then UNDECIDED, never PROVED).
 """
 
@@ -46,6 +48,14 @@ def _cat(zs: list[Zono]) -> Zono:
 
 def _column(z: Zono, i: int) -> Zono:
     return Zono(z.c[:, i:i + 1], z.G[:, :, i:i + 1], z.e[:, i:i + 1])
+
+
+def _one(like: Zono, value: torch.Tensor) -> tuple[Zono, torch.Tensor]:
+    """A constant vector as an `affine` part: the number 1 (no generators) times value (D, 1),
+    so that it counts as one more term of the evaluator's sum."""
+    N = like.c.shape[0]
+    one = Zono(like.c.new_ones(N, 1), like.c.new_zeros(N, 0, 1), like.c.new_zeros(N, 1))
+    return one, value.reshape(-1, 1)
 
 
 def _sin(z: Zono) -> Zono:
@@ -91,9 +101,12 @@ class ClosedLoop:
         backup = family.backup
         network = None if backup is None else getattr(backup, "network", None)
         if backup is not None and backup.module is not None and network is None:
-            raise Unsupported("a TorchScript backup is not bounded by the verifier yet")
+            raise Unsupported("a frozen backup (a TorchScript backup, or a gain backup that "
+                              "declares `observe`) is not bounded by the verifier yet")
         self.K = None if backup is None or network is not None else \
             torch.as_tensor(backup.K, dtype=DTYPE)
+        self.offset = (None if backup is None or backup.offset is None
+                       else torch.as_tensor(backup.offset, dtype=DTYPE))
         self.backup_layers = [] if network is None else [
             (torch.as_tensor(W, dtype=DTYPE), torch.as_tensor(b, dtype=DTYPE))
             for W, b in network.layers]
@@ -102,6 +115,13 @@ class ClosedLoop:
             if not relaxable(name):
                 raise Unsupported(f"no sound relaxation of the activation '{name}' yet "
                                   f"(covered: {COVERED})")
+        self.around = family.around
+        self.observe = self._observation_map(compiled, self.around, "policy")
+        self.backup_around = self.backup_observe = None
+        if network is not None:  # the backup's own operating point, observation and scale
+            from scpo_spec.policies.operating import around_of
+            self.backup_around = around_of(compiled.spec, compiled.spec.backup, self.n, self.m)
+            self.backup_observe = self._observation_map(compiled, self.backup_around, "backup")
         theta = torch.as_tensor(theta, dtype=DTYPE).reshape(1, -1)
         self.layers = [(W[0].clone(), None if b is None else b[0, 0].clone())
                        for W, b in family._unpack(theta)]
@@ -116,33 +136,106 @@ class ClosedLoop:
 
     # ---- one step ----
     @staticmethod
-    def _chain(h: Zono, layers, activations: list[str], gain: tuple | None = None) -> Zono:
-        """A feed-forward chain over h; `gain` (x, K): + x Kᵀ in the last layer's dot product
-        (the evaluator's addmm_, where no activation follows the last layer)."""
+    def _observation_map(compiled: CompiledSpec, around, what: str):
+        """The declared observation of a controller as a map over zonotope columns (None when
+        it declares none)."""
+        if around is None or around.observe is None:
+            return None
+        from scpo_spec.verify.declared import Unbounded, observation_map
+        try:
+            return observation_map(compiled.spec, around.observe_exprs)
+        except Unbounded as e:
+            raise Unsupported(f"the {what}'s observation uses {e}, which the verifier "
+                              "does not bound yet") from None
+
+    @staticmethod
+    def _chain(h: Zono, layers, activations: list[str], gain: tuple | None = None,
+               offset: tuple | None = None) -> Zono:
+        """A feed-forward chain over h; `gain` (x, K) (and `offset`, a constant part): + x Kᵀ
+        (+ offset) in the last layer's dot product (the evaluator's addmm_), or after the last
+        layer's activation when it has one."""
         last = len(layers) - 1
+        extra = [p for p in (gain, offset) if p is not None]
         for i, ((W, b), name) in enumerate(zip(layers, activations)):
             parts = [(h, W)]
-            if i == last and gain is not None and name == "identity":
-                parts.append(gain)
-                gain = None
+            if i == last and extra and name == "identity":
+                parts += extra
+                extra = []
             h = activation(affine(parts, b), name)
-        if gain is not None:
-            h = affine([(h, torch.eye(h.c.shape[1], dtype=DTYPE, device=h.c.device)), gain],
+        if extra:
+            h = affine([(h, torch.eye(h.c.shape[1], dtype=DTYPE, device=h.c.device)), *extra],
                        None)
         return h
 
     def policy(self, x: Zono) -> Zono:
-        """u = net(x) (+ K x, or + backup_net(x)), its generators x's first, then the backup's
-        neurons', then the policy's (fresh generators never share a position)."""
-        if not self.backup_layers:
-            gain = None if self.K is None else (x, self.K)
-            return self._chain(x, self.layers, self.activations, gain)
-        backup = self._chain(x, self.backup_layers, self.backup_activations)
-        shared = Zono(x.c, x.padded(backup.k), x.e)  # the policy's symbols after the backup's
-        h = self._chain(shared, self.layers, self.activations)
-        m = h.c.shape[1]
-        eye = torch.eye(m, dtype=DTYPE, device=h.c.device)
+        """u = net(x) (+ K x (+ offset), or + backup_net(x)), its generators x's first, then an
+        ONNX backup's neurons', then the policy's (fresh generators never share a position);
+        around an operating point `_around` (the evaluator's operations in its order)."""
+        backup = None
+        if self.backup_layers:
+            backup = self._network_backup(x)
+            x = Zono(x.c, x.padded(backup.k), x.e)  # the policy's symbols after the backup's
+        if self.around is not None:
+            return self._around(x, backup)
+        gain = None if self.K is None else (x, self.K)
+        offset = None if self.offset is None else _one(x, self.offset)
+        h = self._chain(x, self.layers, self.activations, gain, offset)
+        if backup is None:
+            return h
+        eye = torch.eye(self.m, dtype=DTYPE, device=h.c.device)
         return affine([(h, eye), (backup, eye)], None)  # u = net(x) + backup(x): one addition
+
+    def _network_backup(self, x: Zono) -> Zono:
+        """An ONNX backup u_b = s ⊙ net(o) + u* (operating.AroundModule's operations), or
+        net(x) when it acts around nothing."""
+        around = self.backup_around
+        o = x if around is None else self._observation(x, around, self.backup_observe)
+        z = self._chain(o, self.backup_layers, self.backup_activations)
+        if around is None:
+            return z
+        if around.scale is not None:
+            from scpo_spec.verify.declared import _rounded
+            s = z.c.new_tensor(around.scale)
+            z = _rounded(z.c * s, z.G * s, z.e * s.abs())
+        if not around.offset:
+            return z
+        eye = torch.eye(self.m, dtype=DTYPE, device=z.c.device)
+        return affine([(z, eye), _one(x, z.c.new_tensor(around.u_star))], None)
+
+    def _observation(self, x: Zono, around=None, observe=None) -> Zono:
+        """o = observe(x) or x − x* (the policy's, unless another controller's is given)."""
+        if around is None:
+            around, observe = self.around, self.observe
+        if observe is not None:
+            from scpo_spec.verify.declared import Unbounded
+            try:
+                return _cat(observe([_column(x, i) for i in range(self.n)]))
+            except Unbounded as e:
+                raise Unsupported(f"an observation uses {e}, which the verifier does not "
+                                  "bound yet") from None
+        if not around.shifted:
+            return x
+        x_star = x.c.new_tensor(around.x_star)  # fl(x − x*): a two-term sum
+        return affine([(x, torch.eye(self.n, dtype=DTYPE)), _one(x, -x_star)], None)
+
+    def _around(self, x: Zono, backup: Zono | None = None) -> Zono:
+        """o = observe(x) or x − x*; z = net(o); z ⊙= s; then z + x Kᵀ (+ offset) for a gain
+        backup, z + backup(x) for an ONNX one, or z + u*."""
+        h = self._chain(self._observation(x), self.layers, self.activations)
+        if self.around.scale is not None:
+            from scpo_spec.verify.declared import _rounded
+            s = h.c.new_tensor(self.around.scale)
+            h = _rounded(h.c * s, h.G * s, h.e * s.abs())
+        parts = [(h, torch.eye(self.m, dtype=DTYPE))]
+        if self.K is not None:
+            parts.append((x, self.K))
+            if self.offset is not None:
+                parts.append(_one(x, self.offset))
+        elif backup is not None:
+            parts.append((backup, torch.eye(self.m, dtype=DTYPE)))
+        elif self.around.offset:
+            parts.append(_one(x, h.c.new_tensor(self.around.u_star)))
+        return h if len(parts) == 1 else affine(parts, None)
 
     @staticmethod
     def _unbounded(kind: str, e: Exception) -> str:
