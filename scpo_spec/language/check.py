@@ -102,6 +102,7 @@ class Checker(V3Checks):
         self._check_signal_names()
         self._check_v3_names()
         self._check_system()
+        self._check_uncertain()
         self._check_backup()
         self._check_policy()
         self._check_controllers()
@@ -331,6 +332,31 @@ class Checker(V3Checks):
                        f"(x = 0, u = 0): {err.message}", err.span or eq.expr.span,
                        "the dynamics are linearised at the origin and every rollout may pass "
                        "it; guard the expression (e.g. sqrt(x^2 + 1e-9), log(1 + x^2))")
+
+    def _check_uncertain(self) -> None:
+        """`parameter`/`disturbance`: a range of two finite numbers, lo ≤ hi (a point is a
+        constant, allowed), a name no signal or constant has, and a plant that can read it:
+        declared equations can; the code of a `python` or `gymnasium` plant is not given the
+        draws, so there they are refused rather than silently ignored."""
+        items = [*self.spec.parameters, *self.spec.disturbances]
+        taken = {*self.states, *self.inputs, *self.consts}
+        for u in items:
+            what = f"the range of {u.section} '{u.name.name}'"
+            if self._interval(u.interval, what, allow_point=True) is not None and \
+                    not np.all(np.isfinite(np.asarray(u.interval.value, dtype=np.float64))):
+                self.error(f"{what} must be finite", u.interval.span)
+            if u.name.name in taken:
+                kind = "constant" if u.name.name in self.consts else "signal"
+                self.error(f"{u.section} '{u.name.name}' has the same name as a {kind}",
+                           u.name.span, f"rename the {u.section}")
+        system = self.spec.system
+        if items and isinstance(system, (M.PythonSystem, M.GymnasiumSystem)):
+            u = items[0]
+            self.error(f"{u.section} '{u.name.name}': parameters and disturbances are not "
+                       f"supported with a `system {system.kind}` plant (its code is not given "
+                       "their draws)", u.span,
+                       "declare the plant's equations (`system discrete` or `system ode`), "
+                       "which may use them")
 
     def _check_python_function(self, system: M.PythonSystem) -> None:
         """`system python "module:callable"`: the label's shape only (it is imported, needing
