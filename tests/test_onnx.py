@@ -634,3 +634,17 @@ def test_verify_encloses_an_observed_onnx_policy_around_u_star(tmp_path):
         tmp_path, "lqr { Q = diag(1, 1)  R = diag(1) }",
         'onnx { file = "p.onnx"  observe = [p - 1, v, 2 * p + v]  output_scale = [2] }')
     _enclosed(compiled, compiled.family.theta0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (PUBLISHED / "ACC" / "controller_5_20.onnx").is_file(),
+                    reason="no local copy of ARCH-COMP's ACC controller (fetch_published.py)")
+def test_the_published_acc_controller_is_proved_on_the_safe_distance():
+    """benchmarks/arch/acc_published.scpo: ARCH-COMP's ACC network (opset 6, Sub + Gemm on a
+    rank-4 input, which onnxruntime refuses; 5-20×5-1 ReLU) seeing (v_set, T_gap, v_ego, gap,
+    relative speed) keeps x_lead − x_ego ≥ 10 + 1.4 v_ego for 5 s from the benchmark's box."""
+    result = _cli("verify", PUBLISHED.parent / "acc_published.scpo", "--json")
+    assert result.exit_code == 0, result.output
+    import json
+    out = json.loads(result.stdout)
+    assert out["verdict"] == "PROVED" and out["constraints"]["safe_distance"]["bound"] < 0
