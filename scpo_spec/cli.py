@@ -975,11 +975,10 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.verify.prove import verify
     if RunDir(target).is_run():
-        from scpo_spec.compile.problem import compile_spec
         from scpo_spec.engine.run import load_run
         try:
             run = load_run(target)
-            compiled = compile_spec(run.spec, run.base_dir)
+            compiled = run.compiled_spec()  # its files as the run recorded them
         except ScpoError as e:
             err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
             raise typer.Exit(2)

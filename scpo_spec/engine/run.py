@@ -44,7 +44,8 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
-from scpo_spec.language.code import CodeError, expecting, identities, ran_as_recorded
+from scpo_spec.language.code import (CodeError, expecting, identities, ran_as_recorded,
+                                     unchanged)
 from scpo_spec.language.format import format_spec
 from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
@@ -543,6 +544,9 @@ def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_tex
     from scpo_spec.audit.verify import pending_problems, verify_chain  # numpy only
     lines, _ = run.lines()
     text_changed = _spec_changed(run, spec_path, spec, spec_text)
+    moved = unchanged(run.header().code, spec, spec_path.resolve().parent)
+    if moved:  # the same text over other code or networks would be another run's policy
+        raise RunError(f"{moved[0]}; refusing to resume {run.path} with it")
     problems = verify_chain(lines)
     if problems:
         raise RunError(f"{run.log} fails its hash chain ({problems[0]}); refusing to extend it")
@@ -840,6 +844,10 @@ class Run:
             if ev.gym is not None:
                 ev.gym.close()
         return states[0], inputs[0]
+
+    def compiled_spec(self) -> CompiledSpec:
+        """The run's spec compiled once, its code and ONNX files held to the bytes it recorded."""
+        return self._compile()
 
     def _compile(self) -> CompiledSpec:
         if self._compiled is None:

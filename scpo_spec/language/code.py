@@ -1,5 +1,6 @@
 """The code a spec names — a `system python` callable, a gymnasium `module:EnvId`, a `backup
-torch` or `policy torch` file — found, imported and fingerprinted in one place.
+torch` or `policy torch` file — found, imported and fingerprinted in one place; and the ONNX
+files it names, fingerprinted the same way (they are data: read, never run).
 
 Importing a module or loading a file runs its author's code, so only `check` and `train` of the
 author's own spec do it.  A run's header keeps each piece's identity (its file's SHA-256, found
@@ -35,6 +36,9 @@ class CodeMismatch(CodeError):
     way up: the reader refuses the run's code, it is not a diagnostic of the spec)."""
 
 
+FILE_KINDS = ("backup torch", "policy torch", "backup onnx", "policy onnx")
+
+
 @dataclass(frozen=True)
 class Reference:
     """One piece of code a spec names: `kind` as written ("system python", …), `target` the
@@ -46,7 +50,13 @@ class Reference:
 
     @property
     def is_file(self) -> bool:
-        return self.kind in ("backup torch", "policy torch")
+        return self.kind in FILE_KINDS
+
+    @property
+    def runs_code(self) -> bool:
+        """A TorchScript file or a module runs its author's code; an ONNX file is data (read
+        by the onnx package, never run), fingerprinted all the same."""
+        return not self.kind.endswith(" onnx")
 
     @property
     def module(self) -> str:
@@ -63,13 +73,15 @@ def references(spec: M.Spec) -> list[Reference]:
             and ":" in system.env_id.value:
         out.append(Reference("system gymnasium", system.env_id.value, system.env_id.span))
     for section, node in (("backup", spec.backup), ("policy", spec.policy)):
-        if getattr(node, "kind", None) == "torch" and node.file is not None:
-            out.append(Reference(f"{section} torch", node.file.value, node.file.span))
+        kind = getattr(node, "kind", None)
+        if kind in ("torch", "onnx") and node.file is not None:
+            out.append(Reference(f"{section} {kind}", node.file.value, node.file.span))
     return out
 
 
 def names_code(spec: M.Spec) -> bool:
-    return bool(references(spec))
+    """Whether reading the spec's controller would run code (ONNX files do not)."""
+    return any(ref.runs_code for ref in references(spec))
 
 
 @contextmanager
@@ -329,7 +341,7 @@ def ran_as_recorded(recorded: list | None, spec: M.Spec, base_dir: Path | None,
 
 def untrusted(spec: M.Spec) -> str | None:
     """Why a run's policy cannot be rolled out without trusting its code (None if it names none)."""
-    refs = references(spec)
+    refs = [ref for ref in references(spec) if ref.runs_code]
     if not refs:
         return None
     named = ", ".join(f"{r.kind} '{r.target}'" for r in refs)

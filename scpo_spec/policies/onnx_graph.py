@@ -523,6 +523,20 @@ def read_onnx(data: bytes, what: str, name: str) -> OnnxNetwork:
     return network
 
 
+def _as_recorded(path: Path, data: bytes, what: str, name: str) -> None:
+    """While a run is read (`code.expecting`), its ONNX files must hold the bytes it recorded:
+    the network is data, not code, but it is the controller the certificate is about.  What was
+    read is noted in `code.EXECUTED`, so `ran_as_recorded` can say each file was the run's."""
+    from scpo_spec.language.code import EXECUTED, EXPECTED
+    key, sha = str(path.resolve()), hashlib.sha256(data).hexdigest()
+    want = EXPECTED.get(key)
+    if want is not None and want[1] != sha:
+        raise OnnxFileError(f"{what} file '{name}' ({path}) is not the file the run was trained "
+                            f"with: its SHA-256 is {sha[:16]}…, the run recorded "
+                            f"{str(want[1])[:16]}…; refusing to read the run's policy with it")
+    EXECUTED[key] = want if want is not None else (key, sha)
+
+
 def load_onnx(path: Path, what: str, name: str, span: Span | None = None) -> OnnxNetwork:
     """read_onnx of the file at `path`, every error located at `span`."""
     try:
@@ -536,6 +550,7 @@ def load_onnx(path: Path, what: str, name: str, span: Span | None = None) -> Onn
         except OSError as e:
             raise OnnxFileError(f"{what} file '{name}' cannot be read: {e.strerror or e}") \
                 from None
+        _as_recorded(path, data, what, name)
         return read_onnx(data, what, name)
     except OnnxFileError as e:
         raise OnnxFileError(e.message, span) from None
