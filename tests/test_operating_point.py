@@ -363,3 +363,44 @@ def test_the_quadrotor_on_raw_thrusts_is_the_same_closed_loop_as_written_in_devi
     np.testing.assert_allclose(X1.numpy(), X2.numpy(), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(U1.numpy(), U2.numpy() + 9.81 / 2, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(g1.numpy(), g2.numpy(), rtol=1e-12, atol=1e-13)
+
+
+# ---- a python plant is linearised at its equilibrium, which `check` verifies ----
+GRAVITY_PLANT = """\
+import torch
+
+def step(x, u):
+    p, v = x[..., 0], x[..., 1]
+    return torch.stack((p + 0.1 * v, v + 0.1 * (u[..., 0] - 9.81)), -1)
+"""
+
+
+def _python_gravity(tmp_path, equilibrium: str):
+    (tmp_path / "gravity_plant.py").write_text(GRAVITY_PLANT)
+    text = gravity("lqr { Q = diag(1, 1)  R = diag(1) }",
+                   "mlp { hidden = [4]  residual = backup  seed = 0 }", lyapunov=False)
+    start, end = text.index("system discrete {"), text.index("}\n", text.index("equilibrium"))
+    end = text.index("}\n", end + 2) + 2
+    text = (text[:start] + 'system python "gravity_plant:step" {\n    state p, v\n    input u\n'
+            f"    equilibrium {{ {equilibrium} }}\n}}\n" + text[end:])
+    result = check_text(text, path=str(tmp_path / "g.scpo"), base_dir=tmp_path)
+    return result
+
+
+def test_a_python_plant_is_linearised_at_its_equilibrium_and_a_wrong_one_is_refused(tmp_path):
+    from scpo_spec.compile.usercode import check_code
+    result = _python_gravity(tmp_path, "p = 1  u = 9.81")
+    assert result.ok, [d.headline() for d in result.diagnostics]
+    assert check_code(result.spec, tmp_path) == []
+    compiled = compile_spec(result.spec, tmp_path)
+    A, B = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[0.0], [0.1]])
+    P = scipy.linalg.solve_discrete_are(A, B, np.eye(2), np.eye(1))
+    K = -np.linalg.solve(np.eye(1) + B.T @ P @ B, B.T @ P @ A)
+    np.testing.assert_allclose(compiled.backup.K, K, rtol=1e-9)
+    x = torch.tensor([[1.2, 0.1]], dtype=DTYPE)
+    np.testing.assert_allclose(compiled.backup(x).numpy(),
+                               9.81 + np.array([[0.2, 0.1]]) @ K.T, rtol=1e-13)
+    wrong = _python_gravity(tmp_path, "p = 1  u = 5")
+    (d,) = check_code(wrong.spec, tmp_path)
+    assert "not a fixed point" in d.message and "-0.481" in d.message, d.message
+    assert d.span.line == 5 and d.hint

@@ -1,7 +1,8 @@
 """The `system` section as torch code.
 
 Every system maps states (..., n) and inputs (..., m) to next states (..., n), batched over any
-leading shape (candidates × scenarios), and offers its linearisation at the origin for
+leading shape (candidates × scenarios), and offers its linearisation at the operating point
+(x*, u*) (the system's `equilibrium`; the origin without one) for
 `spectral_radius`, `backup lqr` and `lyapunov(backup)`: in closed form for `linear` and
 `pendulum`, by autograd on the one-step map for declared (`discrete`, `ode`) and `python`
 systems — only the dynamics are differentiated, never a safety metric.  Gymnasium systems are
@@ -186,15 +187,17 @@ class Dynamics:
             probe = self.map(x0.requires_grad_(), u0.requires_grad_())
             if not probe.requires_grad:
                 raise LinearisationError(
-                    f"the {self.kind} system's step is not differentiable at the origin (its "
+                    f"the {self.kind} system's step is not differentiable at "
+                    f"{'the origin' if self.x_star is None else 'the operating point'} (its "
                     "result is not connected to x and u by torch operations), so it has no "
                     "linearisation for spectral_radius, backup lqr or lyapunov(backup)")
             try:
                 A, B = torch.autograd.functional.jacobian(
                     lambda x, u: self.map(x[None], u[None])[0], (x_star, u_star))
             except RuntimeError as err:
+                where = "origin" if self.x_star is None else "operating point"
                 raise LinearisationError(f"differentiating the {self.kind} system's step at the "
-                                         f"origin failed: {str(err).splitlines()[0]}") from None
+                                         f"{where} failed: {str(err).splitlines()[0]}") from None
         return A.detach().numpy().copy(), B.detach().numpy().copy().reshape(self.n, self.m)
 
 
