@@ -247,8 +247,11 @@ def test_verify_encloses_a_policy_around_u_star_and_the_centred_lyapunov():
                                    "mlp { hidden = [5]  activation = tanh  seed = 0 }"))
     _enclosed(compiled, _perturbed(compiled, 1) * 0.1)
     from scpo_spec.verify.prove import verify
-    result = verify(compiled, compiled.family.theta0, cells=64, time_limit=60)
-    assert result.verdict in ("PROVED", "COUNTEREXAMPLE", "UNDECIDED")
+    result = verify(compiled, compiled.family.theta0, cells=64, time_limit=60).as_json()
+    verdicts = {name: c["verdict"] for name, c in result["constraints"].items()}
+    # θ₀'s net is not zero at x*: a start at x* (V = 0 there) leaves it, a real counterexample
+    assert verdicts == {"height": "PROVED", "thrust": "PROVED", "decay": "COUNTEREXAMPLE"}
+    assert result["constraints"]["decay"]["counterexample"]["x0"] == [1.0, 0.0]
 
 
 def test_a_nonlinear_observation_is_bounded_or_undecided_never_proved_on_a_guess():
@@ -403,4 +406,4 @@ def test_a_python_plant_is_linearised_at_its_equilibrium_and_a_wrong_one_is_refu
     wrong = _python_gravity(tmp_path, "p = 1  u = 5")
     (d,) = check_code(wrong.spec, tmp_path)
     assert "not a fixed point" in d.message and "-0.481" in d.message, d.message
-    assert d.span.line == 5 and d.hint
+    assert d.span.line == 7 and d.hint  # the equilibrium block
