@@ -407,3 +407,50 @@ def test_a_python_plant_is_linearised_at_its_equilibrium_and_a_wrong_one_is_refu
     (d,) = check_code(wrong.spec, tmp_path)
     assert "not a fixed point" in d.message and "-0.481" in d.message, d.message
     assert d.span.line == 7 and d.hint  # the equilibrium block
+
+
+# ---- an observation of a parameter reads each scenario's draw ----
+def test_an_observation_of_a_parameter_reads_the_scenarios_draws():
+    from scpo_spec.language.scenarios import training_draws, training_states
+    text = """spec obs "a controller that knows its plant's gain"
+const dt = 0.1
+system discrete {
+    state p, v
+    input f
+    next p = p + dt * v
+    next v = v + dt * (k * f + w)
+}
+parameter k in [0.5, 1.5]
+disturbance w in [-0.1, 0.1]
+policy mlp { hidden = [4]  seed = 0  observe = [p, v, k * p]  output_scale = [2] }
+scenarios {
+    initial p in [-1, 1]
+    initial v in [-0.5, 0.5]
+    count 5
+    seed 3
+    horizon 8
+    holdout 16
+}
+constraint pos: always abs(p) <= 3
+objective cost { stage p^2 }
+train { steps 2  optimizer sgd { lr = 0.01 }  directions 4  perturbation 1e-3  radius 0.05
+        margin 1e-6  solver clarabel  seed 0  smoothness estimate }
+"""
+    c = compiled_of(text)
+    assert c.family.around.uncertain
+    d, x0 = training_draws(c.spec), training_states(c.spec)
+    thetas = _bank(c.family, 3, seed=5, scale=0.5)
+    with torch.no_grad():
+        X, U = c.evaluator.rollout(thetas)
+    with torch.enable_grad():
+        Xg, Ug = c.evaluator.rollout(thetas)
+    np.testing.assert_allclose(Ug.detach().numpy(), U.numpy(), rtol=1e-12, atol=1e-13)
+    k, noise = d.parameters[:, 0], d.disturbances[:, :, 0]
+    for i in range(3):
+        x = x0.copy()
+        for t in range(8):
+            o = np.stack([x[:, 0], x[:, 1], k * x[:, 0]], 1)
+            u = 2 * _numpy_mlp(thetas[i].numpy(), [3, 4, 1], o)[:, 0]
+            np.testing.assert_allclose(U[i, :, t, 0].numpy(), u, rtol=1e-12, atol=1e-13)
+            x = np.stack([x[:, 0] + 0.1 * x[:, 1], x[:, 1] + 0.1 * (k * u + noise[t])], 1)
+        np.testing.assert_allclose(X[i, :, -1].numpy(), x, rtol=1e-12, atol=1e-13)
