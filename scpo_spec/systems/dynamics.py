@@ -195,21 +195,20 @@ class Dynamics:
         u_star = torch.zeros(self.m, dtype=DTYPE) if self.u_star is None else \
             torch.as_tensor(self.u_star, dtype=DTYPE)
         x0, u0 = x_star[None].clone(), u_star[None].clone()
+        at = "the origin" if not (x_star.any() or u_star.any()) else "the operating point"
         with torch.enable_grad():
             probe = self.map(x0.requires_grad_(), u0.requires_grad_())
             if not probe.requires_grad:
                 raise LinearisationError(
-                    f"the {self.kind} system's step is not differentiable at "
-                    f"{'the origin' if self.x_star is None else 'the operating point'} (its "
+                    f"the {self.kind} system's step is not differentiable at {at} (its "
                     "result is not connected to x and u by torch operations), so it has no "
                     "linearisation for spectral_radius, backup lqr or lyapunov(backup)")
             try:
                 A, B = torch.autograd.functional.jacobian(
                     lambda x, u: self.map(x[None], u[None])[0], (x_star, u_star))
             except RuntimeError as err:
-                where = "origin" if self.x_star is None else "operating point"
-                raise LinearisationError(f"differentiating the {self.kind} system's step at the "
-                                         f"{where} failed: {str(err).splitlines()[0]}") from None
+                raise LinearisationError(f"differentiating the {self.kind} system's step at "
+                                         f"{at} failed: {str(err).splitlines()[0]}") from None
         return A.detach().numpy().copy(), B.detach().numpy().copy().reshape(self.n, self.m)
 
 
