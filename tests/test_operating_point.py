@@ -245,7 +245,15 @@ def test_verify_encloses_an_affine_backup_around_the_equilibrium_with_observatio
 def test_verify_encloses_a_policy_around_u_star_and_the_centred_lyapunov():
     compiled = compiled_of(gravity("lqr { Q = diag(1, 1)  R = diag(1) }",
                                    "mlp { hidden = [5]  activation = tanh  seed = 0 }"))
-    _enclosed(compiled, _perturbed(compiled, 1) * 0.1)
+    theta = _perturbed(compiled, 1) * 0.1
+    _enclosed(compiled, theta)
+    # lyapunov(backup) is V = (x − x*)ᵀ P (x − x*): g = V(x_T) / V(x_0) − 2, by numpy
+    with torch.no_grad():
+        X, _ = compiled.evaluator.rollout(theta[None])
+        g = compiled.evaluator.per_scenario(theta[None])[0, :, 2].numpy()
+    d = X[0].numpy() - [1.0, 0.0]
+    V = np.einsum("sti,ij,stj->st", d, compiled.backup.P, d)
+    np.testing.assert_allclose(g, V[:, -1] / V[:, 0] - 2, rtol=1e-10, atol=1e-12)
     from scpo_spec.verify.prove import verify
     result = verify(compiled, compiled.family.theta0, cells=64, time_limit=60).as_json()
     verdicts = {name: c["verdict"] for name, c in result["constraints"].items()}
