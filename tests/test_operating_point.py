@@ -418,9 +418,7 @@ def test_a_python_plant_is_linearised_at_its_equilibrium_and_a_wrong_one_is_refu
 
 
 # ---- an observation of a parameter reads each scenario's draw ----
-def test_an_observation_of_a_parameter_reads_the_scenarios_draws():
-    from scpo_spec.language.scenarios import training_draws, training_states
-    text = """spec obs "a controller that knows its plant's gain"
+OBSERVES_K = """spec obs "a controller that knows its plant's gain"
 const dt = 0.1
 system discrete {
     state p, v
@@ -444,7 +442,11 @@ objective cost { stage p^2 }
 train { steps 2  optimizer sgd { lr = 0.01 }  directions 4  perturbation 1e-3  radius 0.05
         margin 1e-6  solver clarabel  seed 0  smoothness estimate }
 """
-    c = compiled_of(text)
+
+
+def test_an_observation_of_a_parameter_reads_the_scenarios_draws():
+    from scpo_spec.language.scenarios import training_draws, training_states
+    c = compiled_of(OBSERVES_K)
     assert c.family.around.uncertain
     d, x0 = training_draws(c.spec), training_states(c.spec)
     thetas = _bank(c.family, 3, seed=5, scale=0.5)
@@ -462,3 +464,14 @@ train { steps 2  optimizer sgd { lr = 0.01 }  directions 4  perturbation 1e-3  r
             np.testing.assert_allclose(U[i, :, t, 0].numpy(), u, rtol=1e-12, atol=1e-13)
             x = np.stack([x[:, 0] + 0.1 * x[:, 1], x[:, 1] + 0.1 * (k * u + noise[t])], 1)
         np.testing.assert_allclose(X[i, :, -1].numpy(), x, rtol=1e-12, atol=1e-13)
+
+
+def test_a_policy_observing_a_parameter_is_not_exported(tmp_path):
+    from scpo_spec.engine.run import train
+    from scpo_spec.export import ExportError, export_run
+    path = tmp_path / "obs.scpo"
+    path.write_text(OBSERVES_K)
+    run_dir = train(path, check_text(OBSERVES_K, path=str(path)).spec, OBSERVES_K,
+                    out=tmp_path / "run").run_dir
+    with pytest.raises(ExportError, match="reads parameters"):
+        export_run(run_dir, "torchscript", tmp_path / "p.pt", force=True)
