@@ -1,7 +1,8 @@
 """`scpo export`: a run's certified policy as a standalone ONNX or TorchScript file.
 
 A view of a finished run (docs/architecture.md: beside cli.py): the policy is `load_run`'s
-(the last θ the log accepted, the backup included — a gain or a TorchScript controller), float64,
+(the last θ the log accepted, the backup included — a gain or a TorchScript controller — and,
+around an operating point, u*, x*, the observation map and the output scale), float64,
 states (N, n) → inputs (N, m) with a dynamic batch axis.  The verdict is every reader's
 (`audit.verdict`, read from the log alone: nothing is re-trained or rolled out), and a run that
 is not CERTIFIED is refused unless `force`, which the file then says (`forced: true`).
@@ -74,6 +75,10 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
                           "not exporting its policy (--force exports it anyway, marked "
                           "forced: true in the file)")
     run = load_run(run_dir, trust_code=trust_code, allow_incomplete=force)
+    around = getattr(run._family, "around", None)
+    if around is not None and around.uncertain:
+        raise ExportError("the policy's `observe` reads parameters, which the exported file "
+                          "cannot be given (it takes the state alone); not exporting it")
     theta_hash = theta_sha256(run.theta.numpy())
     if theta_hash != audit.final_theta:  # load_run already binds them; say so if not
         raise RunError(f"{run.path}: the policy loaded ({theta_hash[:16]}…) is not the log's "

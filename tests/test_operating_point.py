@@ -245,10 +245,21 @@ def test_verify_encloses_an_affine_backup_around_the_equilibrium_with_observatio
 def test_verify_encloses_a_policy_around_u_star_and_the_centred_lyapunov():
     compiled = compiled_of(gravity("lqr { Q = diag(1, 1)  R = diag(1) }",
                                    "mlp { hidden = [5]  activation = tanh  seed = 0 }"))
-    _enclosed(compiled, _perturbed(compiled, 1) * 0.1)
+    theta = _perturbed(compiled, 1) * 0.1
+    _enclosed(compiled, theta)
+    # lyapunov(backup) is V = (x − x*)ᵀ P (x − x*): g = V(x_T) / V(x_0) − 2, by numpy
+    with torch.no_grad():
+        X, _ = compiled.evaluator.rollout(theta[None])
+        g = compiled.evaluator.per_scenario(theta[None])[0, :, 2].numpy()
+    d = X[0].numpy() - [1.0, 0.0]
+    V = np.einsum("sti,ij,stj->st", d, compiled.backup.P, d)
+    np.testing.assert_allclose(g, V[:, -1] / V[:, 0] - 2, rtol=1e-10, atol=1e-12)
     from scpo_spec.verify.prove import verify
-    result = verify(compiled, compiled.family.theta0, cells=64, time_limit=60)
-    assert result.verdict in ("PROVED", "COUNTEREXAMPLE", "UNDECIDED")
+    result = verify(compiled, compiled.family.theta0, cells=64, time_limit=60).as_json()
+    verdicts = {name: c["verdict"] for name, c in result["constraints"].items()}
+    # θ₀'s net is not zero at x*: a start at x* (V = 0 there) leaves it, a real counterexample
+    assert verdicts == {"height": "PROVED", "thrust": "PROVED", "decay": "COUNTEREXAMPLE"}
+    assert result["constraints"]["decay"]["counterexample"]["x0"] == [1.0, 0.0]
 
 
 def test_a_nonlinear_observation_is_bounded_or_undecided_never_proved_on_a_guess():
@@ -363,3 +374,104 @@ def test_the_quadrotor_on_raw_thrusts_is_the_same_closed_loop_as_written_in_devi
     np.testing.assert_allclose(X1.numpy(), X2.numpy(), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(U1.numpy(), U2.numpy() + 9.81 / 2, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(g1.numpy(), g2.numpy(), rtol=1e-12, atol=1e-13)
+
+
+# ---- a python plant is linearised at its equilibrium, which `check` verifies ----
+GRAVITY_PLANT = """\
+import torch
+
+def step(x, u):
+    p, v = x[..., 0], x[..., 1]
+    return torch.stack((p + 0.1 * v, v + 0.1 * (u[..., 0] - 9.81)), -1)
+"""
+
+
+def _python_gravity(tmp_path, equilibrium: str):
+    (tmp_path / "gravity_plant.py").write_text(GRAVITY_PLANT)
+    text = gravity("lqr { Q = diag(1, 1)  R = diag(1) }",
+                   "mlp { hidden = [4]  residual = backup  seed = 0 }", lyapunov=False)
+    start, end = text.index("system discrete {"), text.index("}\n", text.index("equilibrium"))
+    end = text.index("}\n", end + 2) + 2
+    text = (text[:start] + 'system python "gravity_plant:step" {\n    state p, v\n    input u\n'
+            f"    equilibrium {{ {equilibrium} }}\n}}\n" + text[end:])
+    result = check_text(text, path=str(tmp_path / "g.scpo"), base_dir=tmp_path)
+    return result
+
+
+def test_a_python_plant_is_linearised_at_its_equilibrium_and_a_wrong_one_is_refused(tmp_path):
+    from scpo_spec.compile.usercode import check_code
+    result = _python_gravity(tmp_path, "p = 1  u = 9.81")
+    assert result.ok, [d.headline() for d in result.diagnostics]
+    assert check_code(result.spec, tmp_path) == []
+    compiled = compile_spec(result.spec, tmp_path)
+    A, B = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[0.0], [0.1]])
+    P = scipy.linalg.solve_discrete_are(A, B, np.eye(2), np.eye(1))
+    K = -np.linalg.solve(np.eye(1) + B.T @ P @ B, B.T @ P @ A)
+    np.testing.assert_allclose(compiled.backup.K, K, rtol=1e-9)
+    x = torch.tensor([[1.2, 0.1]], dtype=DTYPE)
+    np.testing.assert_allclose(compiled.backup(x).numpy(),
+                               9.81 + np.array([[0.2, 0.1]]) @ K.T, rtol=1e-13)
+    wrong = _python_gravity(tmp_path, "p = 1  u = 5")
+    (d,) = check_code(wrong.spec, tmp_path)
+    assert "not a fixed point" in d.message and "-0.481" in d.message, d.message
+    assert d.span.line == 7 and d.hint  # the equilibrium block
+
+
+# ---- an observation of a parameter reads each scenario's draw ----
+OBSERVES_K = """spec obs "a controller that knows its plant's gain"
+const dt = 0.1
+system discrete {
+    state p, v
+    input f
+    next p = p + dt * v
+    next v = v + dt * (k * f + w)
+}
+parameter k in [0.5, 1.5]
+disturbance w in [-0.1, 0.1]
+policy mlp { hidden = [4]  seed = 0  observe = [p, v, k * p]  output_scale = [2] }
+scenarios {
+    initial p in [-1, 1]
+    initial v in [-0.5, 0.5]
+    count 5
+    seed 3
+    horizon 8
+    holdout 16
+}
+constraint pos: always abs(p) <= 3
+objective cost { stage p^2 }
+train { steps 2  optimizer sgd { lr = 0.01 }  directions 4  perturbation 1e-3  radius 0.05
+        margin 1e-6  solver clarabel  seed 0  smoothness estimate }
+"""
+
+
+def test_an_observation_of_a_parameter_reads_the_scenarios_draws():
+    from scpo_spec.language.scenarios import training_draws, training_states
+    c = compiled_of(OBSERVES_K)
+    assert c.family.around.uncertain
+    d, x0 = training_draws(c.spec), training_states(c.spec)
+    thetas = _bank(c.family, 3, seed=5, scale=0.5)
+    with torch.no_grad():
+        X, U = c.evaluator.rollout(thetas)
+    with torch.enable_grad():
+        Xg, Ug = c.evaluator.rollout(thetas)
+    np.testing.assert_allclose(Ug.detach().numpy(), U.numpy(), rtol=1e-12, atol=1e-13)
+    k, noise = d.parameters[:, 0], d.disturbances[:, :, 0]
+    for i in range(3):
+        x = x0.copy()
+        for t in range(8):
+            o = np.stack([x[:, 0], x[:, 1], k * x[:, 0]], 1)
+            u = 2 * _numpy_mlp(thetas[i].numpy(), [3, 4, 1], o)[:, 0]
+            np.testing.assert_allclose(U[i, :, t, 0].numpy(), u, rtol=1e-12, atol=1e-13)
+            x = np.stack([x[:, 0] + 0.1 * x[:, 1], x[:, 1] + 0.1 * (k * u + noise[t])], 1)
+        np.testing.assert_allclose(X[i, :, -1].numpy(), x, rtol=1e-12, atol=1e-13)
+
+
+def test_a_policy_observing_a_parameter_is_not_exported(tmp_path):
+    from scpo_spec.engine.run import train
+    from scpo_spec.export import ExportError, export_run
+    path = tmp_path / "obs.scpo"
+    path.write_text(OBSERVES_K)
+    run_dir = train(path, check_text(OBSERVES_K, path=str(path)).spec, OBSERVES_K,
+                    out=tmp_path / "run").run_dir
+    with pytest.raises(ExportError, match="reads parameters"):
+        export_run(run_dir, "torchscript", tmp_path / "p.pt", force=True)

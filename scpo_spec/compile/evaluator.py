@@ -171,6 +171,8 @@ class RolloutEvaluator:
         if W is not None:
             views.buffer("uncertain", tuple(W.shape)).copy_(W)
         X, U = views.X, views.U
+        # an observation of parameters reads this step's draws (policies/operating.py)
+        views.uncertain = None if W is None else views.buffer("uncertain", tuple(W.shape))
         X[0].copy_(x0.expand(C, S, n))
         act = self.family.batched(thetas).rollout_step(views)
         t = 0
@@ -203,9 +205,10 @@ class RolloutEvaluator:
         states, inputs = [x], []
         policy = self.family.batched(thetas)
         for t in range(T):
-            u = policy(x)
+            w = None if W is None else W[t]
+            u = policy(x, w=w)
             try:
-                x = self.dynamics.step(x, u, None if W is None else W[t])
+                x = self.dynamics.step(x, u, w)
             except PlantFailure as failure:  # the author's plant raised: say where
                 raise failure.located(t, x0.detach().cpu(), training) from None
             states.append(x)

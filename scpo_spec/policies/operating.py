@@ -44,6 +44,8 @@ class Around:
         self.p = self.p or self.n
         self.shifted = self.observe is None and bool(np.any(self.x_star != 0))
         self.offset = bool(np.any(self.u_star != 0))
+        # the observation reads the scenario's parameters (w): their nominal values without it
+        self.uncertain = bool(getattr(self.observe, "reads_uncertain", False))
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
                                                      torch.Tensor | None]:
@@ -55,10 +57,12 @@ class Around:
             kept = self._on[device] = (t(self.x_star), t(self.u_star), t(self.scale))
         return kept
 
-    def observation(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """o (…, p) for states x (…, n), written into `out` when given."""
+    def observation(self, x: torch.Tensor, out: torch.Tensor | None = None,
+                    w: torch.Tensor | None = None) -> torch.Tensor:
+        """o (…, p) for states x (…, n), written into `out` when given; `w`: the scenarios'
+        uncertain values, for an observation of parameters (nominal ones without it)."""
         if self.observe is not None:
-            o = self.observe(x)
+            o = self.observe(x, w) if self.uncertain else self.observe(x)
             return o if out is None else out.copy_(o)
         if not self.shifted:
             return x if out is None else out.copy_(x)

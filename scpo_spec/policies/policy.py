@@ -300,14 +300,15 @@ class BatchedForward:
                 for Wt, _ in self.layers[:-1]]
         return bufs
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None,
+                 w: torch.Tensor | None = None) -> torch.Tensor:
         """Actions (C, B, m) for states x (C, B, n), written into `out` when given.  With
         autograd on, the same operations out of place (no buffers, `out` ignored): a
         differentiable rollout computes the very numbers of an evaluated one."""
         if torch.is_grad_enabled():
-            return self._differentiable(x)
+            return self._differentiable(x, w)
         if self.around is not None:
-            return self._around(x, out)
+            return self._around(x, out, w)
         h, last = x, len(self.layers) - 1
         work = self._work(x)
         for i, (Wt, b) in enumerate(self.layers):
@@ -327,10 +328,12 @@ class BatchedForward:
             h = h.add_(backup) if out is not None else h + backup
         return h
 
-    def _around(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    def _around(self, x: torch.Tensor, out: torch.Tensor | None, w: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """`__call__` with an operating point, observation or output scale: the network on
-        o = observe(x), then u = s ⊙ net(o) + (u* or backup(x)), in place."""
-        h, last = self.around.observation(x), len(self.layers) - 1
+        o = observe(x) (of the scenarios' parameters `w` too), then u = s ⊙ net(o) + (u* or
+        backup(x)), in place."""
+        h, last = self.around.observation(x, w=w), len(self.layers) - 1
         work = self._work(h)
         for i, (Wt, b) in enumerate(self.layers):
             dest = out if i == last else work[i]
@@ -402,6 +405,8 @@ class BatchedForward:
         C, B = xs[0].shape[0], xs[0].shape[1]
         x_star, u_star, scale = around.tensors(device)
         observe = around.observe
+        held = getattr(views, "uncertain", None)  # W (T, 1, S, p + d), refilled per rollout
+        ws = held.unbind(0) if around.uncertain and held is not None else None
         obs = (views.buffer("observation", (C, B, around.p))
                if observe is not None or around.shifted else None)
         Wt_last, b_last = self.layers[-1]
@@ -413,7 +418,9 @@ class BatchedForward:
 
         def step(t: int) -> None:
             x, out = xs[t], us[t]
-            if observe is not None:
+            if ws is not None:
+                h = obs.copy_(observe(x, ws[t]))
+            elif observe is not None:
                 h = obs.copy_(observe(x))
             elif obs is not None:
                 h = sub(x, x_star, out=obs)
@@ -439,9 +446,9 @@ class BatchedForward:
                 out.add_(u_star)
         return step
 
-    def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
+    def _differentiable(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         if self.around is not None:
-            h = self.around.observation(x)
+            h = self.around.observation(x, w=w)
             z = self._differentiable_net(h)
             backup = self.family.backup
             return self.around.output(z, None if backup is None else backup(x))

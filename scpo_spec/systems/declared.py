@@ -209,17 +209,24 @@ def _expanded_equations(spec: Spec, eqs: list) -> list:
     return [eq.model_copy(update={"expr": _expanded(spec, eq.expr)}) for eq in eqs]
 
 
-def compile_observation(spec: Spec, exprs: list) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_observation(spec: Spec, exprs: list) -> Callable[..., torch.Tensor]:
     """A controller's `observe = [e₁, …, e_p]` as one batched map: states (…, n) → (…, p)
-    (expressions of states and constants, lets expanded), compiled once."""
+    (expressions of states, constants and parameters, lets expanded), compiled once.  Its
+    second argument is the uncertain values w (…, p + d) as the plant's step takes them (the
+    scenario's parameters); without it, their nominal values.  `reads_uncertain` says whether
+    it reads any."""
     consts = {c.name: c.value.value for c in spec.consts}
-    compiler = EquationCompiler([s.name for s in spec.system.states], [], consts)
-    parts = [compiler.value(_expanded(spec, e)) for e in exprs]
+    names, nominal = uncertain_nominal(spec)
+    compiler = EquationCompiler([s.name for s in spec.system.states], [], consts, names, nominal)
+    expanded = [_expanded(spec, e) for e in exprs]
+    parts = [compiler.value(e) for e in expanded]
+    centre = compiler.nominal
 
-    def observe(x: torch.Tensor) -> torch.Tensor:
-        ctx = (x, None, [])
+    def observe(x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        ctx = (x, None, [], centre if w is None else w)
         outs = [p(ctx) for p in parts]
         return torch.stack(torch.broadcast_tensors(*outs, x[..., 0])[:-1], dim=-1)
+    observe.reads_uncertain = any(n.id in names for e in expanded for n in E.names(e))
     return observe
 
 

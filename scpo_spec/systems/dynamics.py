@@ -1,7 +1,8 @@
 """The `system` section as torch code.
 
 Every system maps states (..., n) and inputs (..., m) to next states (..., n), batched over any
-leading shape (candidates × scenarios), and offers its linearisation at the origin for
+leading shape (candidates × scenarios), and offers its linearisation at the operating point
+(x*, u*) (the system's `equilibrium`; the origin without one) for
 `spectral_radius`, `backup lqr` and `lyapunov(backup)`: in closed form for `linear` and
 `pendulum`, by autograd on the one-step map for declared (`discrete`, `ode`) and `python`
 systems — only the dynamics are differentiated, never a safety metric.  Gymnasium systems are
@@ -194,19 +195,20 @@ class Dynamics:
         u_star = torch.zeros(self.m, dtype=DTYPE) if self.u_star is None else \
             torch.as_tensor(self.u_star, dtype=DTYPE)
         x0, u0 = x_star[None].clone(), u_star[None].clone()
+        at = "the origin" if not (x_star.any() or u_star.any()) else "the operating point"
         with torch.enable_grad():
             probe = self.map(x0.requires_grad_(), u0.requires_grad_())
             if not probe.requires_grad:
                 raise LinearisationError(
-                    f"the {self.kind} system's step is not differentiable at the origin (its "
+                    f"the {self.kind} system's step is not differentiable at {at} (its "
                     "result is not connected to x and u by torch operations), so it has no "
                     "linearisation for spectral_radius, backup lqr or lyapunov(backup)")
             try:
                 A, B = torch.autograd.functional.jacobian(
                     lambda x, u: self.map(x[None], u[None])[0], (x_star, u_star))
             except RuntimeError as err:
-                raise LinearisationError(f"differentiating the {self.kind} system's step at the "
-                                         f"origin failed: {str(err).splitlines()[0]}") from None
+                raise LinearisationError(f"differentiating the {self.kind} system's step at "
+                                         f"{at} failed: {str(err).splitlines()[0]}") from None
         return A.detach().numpy().copy(), B.detach().numpy().copy().reshape(self.n, self.m)
 
 
