@@ -10,7 +10,7 @@ from tests.conftest import SPECS
 def test_there_are_ready_specs():
     names = {p.name for p in SPECS}
     assert {"regression.scpo", "double_integrator.scpo", "linear_stability.scpo",
-            "pendulum.scpo", "gust.scpo", "acc.scpo"} <= names
+            "pendulum.scpo", "quadrotor.scpo", "gust.scpo", "acc.scpo"} <= names
     assert any(p.suffix in (".yaml", ".yml") for p in SPECS)
 
 

@@ -223,10 +223,10 @@ class RolloutEvaluator:
                                 self.horizon)
 
     def spectral_radius(self, thetas: torch.Tensor) -> torch.Tensor:
-        """ρ(A + B ∂π/∂x(0)) per candidate (C,); NaN where the closed loop is not finite (LAPACK
+        """ρ(A + B ∂π/∂x(x*)) per candidate (C,); NaN where the closed loop is not finite (LAPACK
         need not read every entry: torch's eigvals gives [1, 1] for [[1, nan], [0, 1]])."""
         # on θ's device (a GPU's bank: θ never crosses the bus, only J's C·m·n numbers do)
-        J = self.family.jacobian_at_origin(thetas).cpu()
+        J = self.family.jacobian_at_operating_point(thetas).cpu()
         C, n = J.shape[0], self._A.shape[0]
         closed = torch.baddbmm(self._A.expand(C, n, n), self._B.expand(C, *self._B.shape), J)
         rho = torch.linalg.eigvals(closed).abs().amax(dim=1)

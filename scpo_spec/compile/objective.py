@@ -24,6 +24,7 @@ from scpo_spec.language.model import (DEFAULTS, CostObjective, ImitationObjectiv
 
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.data import TableError, read_columns
+from scpo_spec.language.lets import expand
 
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 
@@ -162,8 +163,9 @@ def make_objective(spec: Spec, family, evaluator, compiler: ExpressionCompiler,
         return SupervisedObjective(family, X, Y, loss,
                                    f"regression, {loss} on {len(X)} rows of {obj.data.value}")
     if isinstance(obj, CostObjective):
-        stage = compiler.value(obj.stage) if obj.stage is not None else None
-        terminal = compiler.value(obj.terminal) if obj.terminal is not None else None
+        stage = compiler.value(expand(obj.stage, spec)) if obj.stage is not None else None
+        terminal = (compiler.value(expand(obj.terminal, spec)) if obj.terminal is not None
+                    else None)
         return CostRollout(evaluator, stage, terminal,
                            "rollout cost (Σ stage + terminal, mean over scenarios)")
     if isinstance(obj, ReturnObjective):

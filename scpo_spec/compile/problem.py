@@ -15,6 +15,7 @@ from scpo_spec.compile.signals import ExpressionCompiler, Reducer
 from scpo_spec.policies.backup import Backup, make_backup
 from scpo_spec.policies.policy import PolicyFamily, make_policy
 from scpo_spec.language.expr import names
+from scpo_spec.language.lets import expand
 from scpo_spec.language.model import Spec
 from scpo_spec.language.settings import Settings
 from scpo_spec.systems.dynamics import Dynamics, make_dynamics
@@ -56,9 +57,10 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     compiler = ExpressionCompiler([s.name for s in spec.system.states],
                                   [s.name for s in spec.system.inputs], consts,
                                   backup.P if backup is not None else None, Reducer(tau),
-                                  uncertain_ranges(spec, "parameter")[0],
-                                  uncertain_ranges(spec, "disturbance")[0])
-    metrics = [Metric(**fields, per_scenario=compiler.formula(prop.formula),
+                                  lyapunov_center=dynamics.x_star,
+                                  parameters=uncertain_ranges(spec, "parameter")[0],
+                                  disturbances=uncertain_ranges(spec, "disturbance")[0])
+    metrics = [Metric(**fields, per_scenario=compiler.formula(expand(prop.formula, spec)),
                       uses_linearisation=any(n.id == "spectral_radius"
                                              for n in names(prop.formula)))
                for prop, fields in zip(spec.properties, spec.declared_metrics())]

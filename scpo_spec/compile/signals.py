@@ -106,10 +106,12 @@ class ExpressionCompiler(ElementwiseCompiler[Val]):
 
     def __init__(self, states: list[str], inputs: list[str], consts: dict,
                  lyapunov_backup: np.ndarray | None, reducer: Reducer,
+                 lyapunov_center: np.ndarray | None = None,
                  parameters: list[str] = (), disturbances: list[str] = ()):
         self.states, self.inputs, self.consts = states, inputs, consts
         self.parameters, self.disturbances = list(parameters), list(disturbances)
         self.lyapunov_backup = lyapunov_backup
+        self.lyapunov_center = lyapunov_center  # x*: V = (x − x*)ᵀ P (x − x*) (None: 0)
         self.reduce = reducer
 
     # ---- formulas: → a violation per candidate and scenario, (C, S, 1, 1) ----
@@ -266,9 +268,12 @@ class ExpressionCompiler(ElementwiseCompiler[Val]):
             else:
                 P = evaluate(arg, self.consts)
             P = torch.as_tensor(P, dtype=DTYPE)
+            center = (None if self.lyapunov_center is None
+                      else torch.as_tensor(self.lyapunov_center, dtype=DTYPE))
 
             def lyapunov(trace):
-                V = _quad(Val(trace.states, True), P).t
+                x = trace.states if center is None else trace.states - center
+                V = _quad(Val(x, True), P).t
                 return Val(V / V[:, :, :1].clamp_min(LYAPUNOV_FLOOR), True)
             return lyapunov
         if f == "norm":

@@ -24,6 +24,7 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.errors import ScpoError
 from scpo_spec.language import expr as E
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, evaluate
+from scpo_spec.language.lets import expand
 from scpo_spec.language.model import DEFAULTS, DiscreteSystem, OdeSystem, Spec
 from scpo_spec.language.scenarios import uncertain_ranges
 from scpo_spec.systems.expressions import Constant, ElementwiseCompiler
@@ -198,6 +199,30 @@ def _integrator(f: StepMap, dt: float, substeps: int, method: str) -> StepMap:
     return step
 
 
+def _expanded(spec: Spec, e: E.Node) -> E.Node:
+    """e with the spec's lets replaced by their definitions (language/lets.py)."""
+    return expand(e, spec)
+
+
+def _expanded_equations(spec: Spec, eqs: list) -> list:
+    """The equations with the spec's lets expanded (a copy each; the model is not changed)."""
+    return [eq.model_copy(update={"expr": _expanded(spec, eq.expr)}) for eq in eqs]
+
+
+def compile_observation(spec: Spec, exprs: list) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A controller's `observe = [e₁, …, e_p]` as one batched map: states (…, n) → (…, p)
+    (expressions of states and constants, lets expanded), compiled once."""
+    consts = {c.name: c.value.value for c in spec.consts}
+    compiler = EquationCompiler([s.name for s in spec.system.states], [], consts)
+    parts = [compiler.value(_expanded(spec, e)) for e in exprs]
+
+    def observe(x: torch.Tensor) -> torch.Tensor:
+        ctx = (x, None, [])
+        outs = [p(ctx) for p in parts]
+        return torch.stack(torch.broadcast_tensors(*outs, x[..., 0])[:-1], dim=-1)
+    return observe
+
+
 def uncertain_nominal(spec: Spec) -> tuple[list[str], np.ndarray]:
     """w's component names (parameters, then disturbances) and the middle of each range."""
     names, mids = [], []
@@ -216,7 +241,7 @@ def compile_declared(spec: Spec) -> StepMap:
     compiler = EquationCompiler([s.name for s in system.states], [s.name for s in system.inputs],
                                 consts, names, nominal)
     if isinstance(system, DiscreteSystem):
-        return compiler.equations(system.next, "next")
+        return compiler.equations(_expanded_equations(spec, system.next), "next")
     if not isinstance(system, OdeSystem):
         raise TypeError(f"not a declared system: {system.kind}")
     method = (system.integrator.name if system.integrator is not None
@@ -227,4 +252,5 @@ def compile_declared(spec: Spec) -> StepMap:
         DEFAULTS[("system ode", "substeps")]
     if system.dt is None or not float(system.dt) > 0 or substeps < 1:
         raise DeclaredSystemError("an ode system needs dt > 0 and substeps ≥ 1")
-    return _integrator(compiler.equations(system.der, "der"), float(system.dt), substeps, method)
+    return _integrator(compiler.equations(_expanded_equations(spec, system.der), "der"),
+                       float(system.dt), substeps, method)

@@ -101,6 +101,8 @@ class Dynamics:
     env_id: str | None = None         # gymnasium: the registered environment id
     map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # discrete, ode,
     #                                   python: the one-step map (a PythonPlant for python)
+    x_star: np.ndarray | None = None  # the operating point (`equilibrium`; None: the origin)
+    u_star: np.ndarray | None = None
 
     def __post_init__(self):
         if self.A is not None:
@@ -167,11 +169,12 @@ class Dynamics:
         return moved
 
     def linearisation(self) -> tuple[np.ndarray, np.ndarray]:
-        """(A, B) of the plant linearised at x = 0, u = 0."""
+        """(A, B) of the plant linearised at the operating point (x*, u*)."""
         if self.kind == "linear":
             return self.A, self.B
         if self.kind == "pendulum":
-            a = 3 * self.g / (2 * self.length)
+            theta_star = 0.0 if self.x_star is None else float(self.x_star[0])
+            a = 3 * self.g / (2 * self.length) * np.cos(theta_star)
             b = 3 / (self.mass * self.length ** 2)
             dt = self.dt
             return (np.array([[1 + dt * dt * a, dt], [dt * a, 1.0]]),
@@ -183,10 +186,14 @@ class Dynamics:
         raise ValueError(f"a '{self.kind}' system has no linearisation")
 
     def _autograd_linearisation(self) -> tuple[np.ndarray, np.ndarray]:
-        """∂F/∂x and ∂F/∂u of the one-step map at x = 0, u = 0 (a batch of one), by autograd."""
+        """∂F/∂x and ∂F/∂u of the one-step map at (x*, u*) (a batch of one), by autograd."""
         if isinstance(self.map, PythonPlant):
             self.map.load()  # import and probe errors first, with their own messages
-        x0, u0 = torch.zeros(1, self.n, dtype=DTYPE), torch.zeros(1, self.m, dtype=DTYPE)
+        x_star = torch.zeros(self.n, dtype=DTYPE) if self.x_star is None else \
+            torch.as_tensor(self.x_star, dtype=DTYPE)
+        u_star = torch.zeros(self.m, dtype=DTYPE) if self.u_star is None else \
+            torch.as_tensor(self.u_star, dtype=DTYPE)
+        x0, u0 = x_star[None].clone(), u_star[None].clone()
         with torch.enable_grad():
             probe = self.map(x0.requires_grad_(), u0.requires_grad_())
             if not probe.requires_grad:
@@ -196,8 +203,7 @@ class Dynamics:
                     "linearisation for spectral_radius, backup lqr or lyapunov(backup)")
             try:
                 A, B = torch.autograd.functional.jacobian(
-                    lambda x, u: self.map(x[None], u[None])[0],
-                    (torch.zeros(self.n, dtype=DTYPE), torch.zeros(self.m, dtype=DTYPE)))
+                    lambda x, u: self.map(x[None], u[None])[0], (x_star, u_star))
             except RuntimeError as err:
                 raise LinearisationError(f"differentiating the {self.kind} system's step at the "
                                          f"origin failed: {str(err).splitlines()[0]}") from None
@@ -205,9 +211,27 @@ class Dynamics:
 
 
 
+def operating_point(spec: Spec, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x*, u*) float64, (n,) and (m,): the system's `equilibrium` (zeros where not named)."""
+    point = getattr(spec, "equilibrium_point", None)
+    if point is None or getattr(spec.system, "equilibrium", None) is None:
+        return np.zeros(n), np.zeros(m)
+    x_star, u_star = point()
+    return (np.asarray(x_star, dtype=np.float64).reshape(n),
+            np.asarray(u_star, dtype=np.float64).reshape(m))
+
+
 def make_dynamics(spec: Spec, base_dir: Path | None = None) -> Dynamics:
     """The torch plant of a checked spec (a python system's module is looked for in `base_dir`
     first, and imported only when first stepped or linearised)."""
+    dynamics = _plant(spec, base_dir)
+    x_star, u_star = operating_point(spec, dynamics.n, dynamics.m)
+    if np.any(x_star) or np.any(u_star):
+        dynamics.x_star, dynamics.u_star = x_star, u_star
+    return dynamics
+
+
+def _plant(spec: Spec, base_dir: Path | None) -> Dynamics:
     system = spec.system
     n, m = len(system.states), len(system.inputs)
     if isinstance(system, LinearSystem):
