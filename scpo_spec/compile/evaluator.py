@@ -168,8 +168,8 @@ class RolloutEvaluator:
             views = RolloutViews.allocate(T, C, S, n, m, thetas)
             held = None if W is None else views.buffer("uncertain", tuple(W.shape))
             advance = self.dynamics.rollout_step(views, held)
-        if W is not None:
-            views.buffer("uncertain", tuple(W.shape)).copy_(W)
+        if W is not None:  # read by the plant's step and a policy observing parameters
+            views.uncertain = views.buffer("uncertain", tuple(W.shape)).copy_(W)
         X, U = views.X, views.U
         X[0].copy_(x0.expand(C, S, n))
         act = self.family.batched(thetas).rollout_step(views)
@@ -203,7 +203,7 @@ class RolloutEvaluator:
         states, inputs = [x], []
         policy = self.family.batched(thetas)
         for t in range(T):
-            u = policy(x)
+            u = policy(x) if W is None else policy(x, w=W[t])
             try:
                 x = self.dynamics.step(x, u, None if W is None else W[t])
             except PlantFailure as failure:  # the author's plant raised: say where

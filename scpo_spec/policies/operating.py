@@ -55,10 +55,13 @@ class Around:
             kept = self._on[device] = (t(self.x_star), t(self.u_star), t(self.scale))
         return kept
 
-    def observation(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """o (…, p) for states x (…, n), written into `out` when given."""
+    def observation(self, x: torch.Tensor, out: torch.Tensor | None = None,
+                    w: torch.Tensor | None = None) -> torch.Tensor:
+        """o (…, p) for states x (…, n), written into `out` when given; `w`: the scenarios'
+        parameters and disturbances (…, p + d) a declared observation may read (None: the
+        middle of each range)."""
         if self.observe is not None:
-            o = self.observe(x)
+            o = self.observe(x) if w is None else self.observe(x, w)
             return o if out is None else out.copy_(o)
         if not self.shifted:
             return x if out is None else out.copy_(x)

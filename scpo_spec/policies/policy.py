@@ -302,14 +302,16 @@ class BatchedForward:
                 for Wt, _ in self.layers[:-1]]
         return bufs
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None,
+                 w: torch.Tensor | None = None) -> torch.Tensor:
         """Actions (C, B, m) for states x (C, B, n), written into `out` when given.  With
         autograd on, the same operations out of place (no buffers, `out` ignored): a
-        differentiable rollout computes the very numbers of an evaluated one."""
+        differentiable rollout computes the very numbers of an evaluated one.  `w`: the
+        scenarios' parameters (and disturbances), for an observation that reads them."""
         if torch.is_grad_enabled():
-            return self._differentiable(x)
+            return self._differentiable(x, w)
         if self.around is not None:
-            return self._around(x, out)
+            return self._around(x, out, w)
         h, last = x, len(self.layers) - 1
         work = self._work(x)
         for i, (Wt, b) in enumerate(self.layers):
@@ -327,10 +329,11 @@ class BatchedForward:
             h = h.add_(backup) if out is not None else h + backup
         return h
 
-    def _around(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    def _around(self, x: torch.Tensor, out: torch.Tensor | None,
+                w: torch.Tensor | None = None) -> torch.Tensor:
         """`__call__` with an operating point, observation or output scale: the network on
         o = observe(x), then u = s ⊙ net(o) + (u* or backup(x)), in place."""
-        h, last = self.around.observation(x), len(self.layers) - 1
+        h, last = self.around.observation(x, w=w), len(self.layers) - 1
         work = self._work(h)
         for i, (Wt, b) in enumerate(self.layers):
             dest = out if i == last else work[i]
@@ -399,6 +402,9 @@ class BatchedForward:
         observe = around.observe
         obs = (views.buffer("observation", (C, B, around.p))
                if observe is not None or around.shifted else None)
+        # the scenarios' values at each step (T, 1, B, p + d), for an observation of parameters
+        ws = views.uncertain.unbind(0) if observe is not None and views.uncertain is not None \
+            else None
         Wt_last, b_last = self.layers[-1]
         baddbmm, bmm, sub = torch.baddbmm, torch.bmm, torch.sub
         gain = None if backup is None or backup.module is not None else backup.gain_on(device)
@@ -408,7 +414,7 @@ class BatchedForward:
         def step(t: int) -> None:
             x, out = xs[t], us[t]
             if observe is not None:
-                h = obs.copy_(observe(x))
+                h = obs.copy_(observe(x) if ws is None else observe(x, ws[t]))
             elif obs is not None:
                 h = sub(x, x_star, out=obs)
             else:
@@ -431,9 +437,9 @@ class BatchedForward:
                 out.add_(u_star)
         return step
 
-    def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
+    def _differentiable(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         if self.around is not None:
-            h = self.around.observation(x)
+            h = self.around.observation(x, w=w)
             z = self._differentiable_net(h)
             backup = self.family.backup
             return self.around.output(z, None if backup is None else backup(x))

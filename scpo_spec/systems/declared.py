@@ -209,15 +209,19 @@ def _expanded_equations(spec: Spec, eqs: list) -> list:
     return [eq.model_copy(update={"expr": _expanded(spec, eq.expr)}) for eq in eqs]
 
 
-def compile_observation(spec: Spec, exprs: list) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_observation(spec: Spec, exprs: list) -> Callable[..., torch.Tensor]:
     """A controller's `observe = [e₁, …, e_p]` as one batched map: states (…, n) → (…, p)
-    (expressions of states and constants, lets expanded), compiled once."""
+    (expressions of states, constants and parameters, lets expanded), compiled once.  Like the
+    plant it takes the scenarios' values w (…, p + d) as a second argument, and reads the
+    middle of each range without it."""
     consts = {c.name: c.value.value for c in spec.consts}
-    compiler = EquationCompiler([s.name for s in spec.system.states], [], consts)
+    names, nominal = uncertain_nominal(spec)
+    compiler = EquationCompiler([s.name for s in spec.system.states], [], consts, names, nominal)
     parts = [compiler.value(_expanded(spec, e)) for e in exprs]
+    middle = compiler.nominal
 
-    def observe(x: torch.Tensor) -> torch.Tensor:
-        ctx = (x, None, [])
+    def observe(x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        ctx = (x, None, [], middle if w is None else w)
         outs = [p(ctx) for p in parts]
         return torch.stack(torch.broadcast_tensors(*outs, x[..., 0])[:-1], dim=-1)
     return observe
