@@ -76,6 +76,27 @@ def test_ray_and_local_metrics_agree(ray_instance, tmp_path):
 
 
 @needs_ray
+def test_ray_and_local_agree_on_uncertain_scenarios(ray_instance, tmp_path):
+    """The workers draw the same parameters and disturbances (the fingerprint covers them), and
+    a subset of scenarios travels with its own draws."""
+    from tests.test_uncertainty import SPEC
+    spec = spec_of(SPEC, tmp_path)
+    local = compile_spec(spec, tmp_path).evaluator
+    ev = RayEvaluator(local, spec, tmp_path, workers=2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        thetas = torch.tensor([-1.0, -2.0]) + 0.3 * torch.randn(6, 2, generator=gen,
+                                                                 dtype=torch.float64)
+        assert_close_across_paths(ev(thetas), local(thetas))
+        assert_close_across_paths(ev.per_scenario(thetas), local.per_scenario(thetas))
+        chosen = local.select(slice(2, 5))
+        assert_close_across_paths(ev.per_scenario(thetas, *chosen),
+                                  local.per_scenario(thetas, *chosen))
+    finally:
+        ev.close()
+
+
+@needs_ray
 def test_gymnasium_rollouts_on_ray_agree(ray_instance, tmp_path, root):
     """A gymnasium system's scenarios are int64 reset seeds, not float64 states."""
     text = (root / "specs" / "gym_pendulum.scpo").read_text(encoding="utf-8")

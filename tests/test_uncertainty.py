@@ -361,3 +361,35 @@ def test_a_counterexample_carries_its_scenarios_draws():
     np.testing.assert_array_equal(cx["disturbances"].numpy(), d.disturbances[:, j])
     assert cx["value"] == pytest.approx(d.parameters[j, 0] - 0.95, abs=1e-12)
     assert float(cx["states"][-1, 0]) == pytest.approx(d.parameters[j, 0], abs=1e-12)
+
+
+def test_a_policy_observing_a_parameter_sees_each_scenarios_draw():
+    """observe = [p, v, k]: u = θ · (p, v, k) with scenario s's own k, in the evaluated and the
+    differentiable (cost) rollout alike."""
+    c = compiled(SPEC.replace("policy linear { init = backup }",
+                              "policy linear { observe = [p, v, k] }"))
+    d, x0 = training_draws(c.spec), training_states(c.spec)
+    theta = np.array([-1.0, -2.0, 0.7])
+    X, U = c.evaluator.rollout(torch.as_tensor(theta)[None])
+    S, T = x0.shape[0], 12
+    Xn = np.zeros((S, T + 1, 2))
+    for s in range(S):
+        k, drag = d.parameters[s]
+        x = x0[s].copy()
+        Xn[s, 0] = x
+        for t in range(T):
+            u = theta[0] * x[0] + theta[1] * x[1] + theta[2] * k
+            x = np.array([x[0] + DT * x[1], x[1] + DT * (k * u - drag * x[1]
+                                                          + d.disturbances[t, s, 0])])
+            Xn[s, t + 1] = x
+    assert_close_across_paths(X[0], Xn, "a policy observing k")
+    with torch.enable_grad():
+        Xg, _ = c.evaluator.rollout(torch.as_tensor(theta)[None].requires_grad_())
+    assert_close_across_paths(Xg[0].detach(), Xn, "the differentiable rollout")
+
+
+def test_a_backup_observing_a_parameter_is_a_located_error():
+    text = SPEC.replace("backup linear { K = [[-1, -2]] }",
+                        "backup linear { K = [[-1, -2, 0]]  observe = [p, v, k] }")
+    found = [e for e in errors(text) if "backup's observe reads the parameter 'k'" in e[2]]
+    assert found and found[0][:2] == (12, 53), errors(text)  # at the `k` it reads

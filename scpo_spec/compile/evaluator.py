@@ -168,11 +168,10 @@ class RolloutEvaluator:
             views = RolloutViews.allocate(T, C, S, n, m, thetas)
             held = None if W is None else views.buffer("uncertain", tuple(W.shape))
             advance = self.dynamics.rollout_step(views, held)
-        if W is not None:
+        # read by the plant's step and by a policy observing parameters (policies/operating.py)
+        views.uncertain = None if W is None else \
             views.buffer("uncertain", tuple(W.shape)).copy_(W)
         X, U = views.X, views.U
-        # an observation of parameters reads this step's draws (policies/operating.py)
-        views.uncertain = None if W is None else views.buffer("uncertain", tuple(W.shape))
         X[0].copy_(x0.expand(C, S, n))
         act = self.family.batched(thetas).rollout_step(views)
         t = 0

@@ -334,21 +334,17 @@ class Checker(V3Checks):
                        "it; guard the expression (e.g. sqrt(x^2 + 1e-9), log(1 + x^2))")
 
     def _check_uncertain(self) -> None:
-        """`parameter`/`disturbance`: a range of two finite numbers, lo ≤ hi (a point is a
-        constant, allowed), a name no signal or constant has, and a plant that can read it:
+        """`parameter`/`disturbance`: a plant that can read them, and a backup that does not:
         declared equations can; the code of a `python` or `gymnasium` plant is not given the
         draws, so there they are refused rather than silently ignored."""
-        items = [*self.spec.parameters, *self.spec.disturbances]
-        taken = {*self.states, *self.inputs, *self.consts}
-        for u in items:
-            what = f"the range of {u.section} '{u.name.name}'"
-            if self._interval(u.interval, what, allow_point=True) is not None and \
-                    not np.all(np.isfinite(np.asarray(u.interval.value, dtype=np.float64))):
-                self.error(f"{what} must be finite", u.interval.span)
-            if u.name.name in taken:
-                kind = "constant" if u.name.name in self.consts else "signal"
-                self.error(f"{u.section} '{u.name.name}' has the same name as a {kind}",
-                           u.name.span, f"rename the {u.section}")
+        items = [*self.spec.parameters, *self.spec.disturbances]  # (ranges, names: check_v3)
+        backup_sees = getattr(self.spec.backup, "observe", None) or []
+        read = [n for e in backup_sees for n in E.names(self.x(e)) if n.id in self.parameters]
+        if read:  # a backup is a fixed controller of the state, called without the draws
+            self.error(f"the backup's observe reads the parameter '{read[0].id}': a backup's "
+                       "observation cannot read parameters", read[0].span or self.spec.backup.span,
+                       "observe parameters in the policy, or use the middle of the range "
+                       "as a const")
         system = self.spec.system
         if items and isinstance(system, (M.PythonSystem, M.GymnasiumSystem)):
             u = items[0]

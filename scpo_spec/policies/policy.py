@@ -304,7 +304,8 @@ class BatchedForward:
                  w: torch.Tensor | None = None) -> torch.Tensor:
         """Actions (C, B, m) for states x (C, B, n), written into `out` when given.  With
         autograd on, the same operations out of place (no buffers, `out` ignored): a
-        differentiable rollout computes the very numbers of an evaluated one."""
+        differentiable rollout computes the very numbers of an evaluated one.  `w`: the
+        scenarios' parameters (and disturbances), for an observation that reads them."""
         if torch.is_grad_enabled():
             return self._differentiable(x, w)
         if self.around is not None:

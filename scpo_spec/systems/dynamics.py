@@ -45,6 +45,7 @@ class RolloutViews:
     def __init__(self, X: torch.Tensor, U: torch.Tensor, scratch: dict | None = None):
         self.X, self.U, self.device = X, U, X.device
         self.scratch = {} if scratch is None else scratch
+        self.uncertain: torch.Tensor | None = None  # W (T, 1, S, p + d), when the spec has it
 
     @classmethod
     def allocate(cls, T: int, C: int, S: int, n: int, m: int, like: torch.Tensor,
