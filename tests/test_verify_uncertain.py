@@ -329,3 +329,29 @@ train {{ steps 2  optimizer sgd {{ lr = 0.05 }}  directions 2  perturbation 1e-3
     assert (q_width < 1e-13).all(), q_width
     result = verify(compiled, theta, cells=4, time_limit=60)
     assert result.constraints["cancels"].verdict == "PROVED", result.as_json()
+
+
+def test_splitting_a_parameter_range_turns_undecided_into_proved():
+    """The initial state is one point, so every split is of the parameters' ranges: one cell
+    over k ∈ [0.2, 3] leaves the limits open, a few cells along k and c prove them."""
+    torch.set_num_threads(1)
+    text = PARAMETRIC.replace("[0.8, 1.2]", "[0.2, 3.0]") \
+        .replace("initial position in [-1, 1]", "initial position in [1, 1]") \
+        .replace("initial velocity in [-0.5, 0.5]", "initial velocity in [0, 0]")
+    compiled = _compiled_text(text)
+    theta = _perturbed(compiled, 17, seed=2, scale=0.1)
+    assert verify(compiled, theta, cells=1, time_limit=60).verdict == "UNDECIDED"
+    result = verify(compiled, theta, cells=256, time_limit=120)
+    assert result.verdict == "PROVED" and result.cells > 1, result.as_json()
+    lo, hi = cell_box(compiled)
+    x0, draws = _samples(compiled, lo, hi, 10_000, seed=4)
+    g = compiled.evaluator.per_scenario(theta[None], torch.as_tensor(x0), draws)[0]
+    for j, m in enumerate(compiled.metrics):
+        assert result.constraints[m.name].bound >= float(g[:, j].max()), m.name
+
+
+@pytest.mark.slow
+def test_1e5_sampled_trajectories_with_parameters_and_disturbances_lie_inside():
+    torch.set_num_threads(1)
+    compiled = _compiled_text(PARAMETRIC)
+    _check_enclosed(compiled, _perturbed(compiled, 17, seed=7), 100_000, seed=7)
