@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.problem import CompiledSpec
-from scpo_spec.dtype import DTYPE
 from scpo_spec.language import expr as E
 from scpo_spec.language.scenarios import Draws, initial_box, uncertain_ranges
 from scpo_spec.verify.bounds import Iv, IntervalCompiler
