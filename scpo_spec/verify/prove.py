@@ -251,11 +251,18 @@ def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, cex: list
         owner += [i] * len(mine)
     x0, draws, owner = uncertainty.rollouts(np.array(points), np.array(owner),
                                             compiled.dynamics.n, rng)
-    with torch.no_grad():
-        g = compiled.evaluator.per_scenario(theta[None], torch.as_tensor(x0, dtype=DTYPE),
-                                            draws)[0].numpy()  # (Q, k)
+    def evaluate(x0, draws):
+        with torch.no_grad():
+            return compiled.evaluator.per_scenario(
+                theta[None], torch.as_tensor(x0, dtype=DTYPE), draws)[0].numpy()  # (Q, k)
+    g = evaluate(x0, draws)
     for j in range(g.shape[1]):
         worst = int(np.argmax(g[:, j]))
+        if cex[j] is None and g[worst, j] <= 0 and uncertainty.disturbances \
+                and np.isfinite(g[worst, j]):  # search the worst one's disturbance sequence
+            x1, d1, g1 = uncertainty.sharpen(evaluate, x0, draws, worst, j)
+            if g1 > 0:
+                cex[j] = uncertainty.counterexample(x1, d1, 0, g1)
         if g[worst, j] > 0 and (cex[j] is None or g[worst, j] > cex[j]["g"]):
             cex[j] = uncertainty.counterexample(x0, draws, worst, g[worst, j])
     return g, owner

@@ -30,6 +30,7 @@ from scpo_spec.verify.reach import ClosedLoop, Reach, Unsupported, _cat, _column
 from scpo_spec.verify.zonotope import Zono, reduce
 
 CORNER_DIMENSIONS = 3   # disturbances up to this many: every corner of their box, held constant
+SHARPEN_ROUNDS = 4      # of the falsifier's search over a disturbance sequence
 
 
 @dataclass
@@ -123,6 +124,41 @@ class Uncertainty:
             for k, name in enumerate(self.disturbances)}
         return {"x0": [float(v) for v in x0[i]], "parameters": params, "disturbances": dist,
                 "g": float(g)}
+
+
+    def sharpen(self, evaluate, x0: np.ndarray, draws: Draws, i: int, j: int,
+                rounds: int = SHARPEN_ROUNDS) -> tuple[np.ndarray, Draws, float]:
+        """A zeroth-order search from scenario i's disturbance sequence for a larger g of
+        metric j (no gradient: safety metrics are never differentiated): each round rolls out
+        every single-step move of one disturbance to the far end of its range, in one batch,
+        then takes every move that raised g together (exact where the rollout is linear in
+        w), or the best single one where that is larger.  `evaluate(x0, draws)` → g (Q, k).
+        Returns (x0 (1, n), the draws, g)."""
+        T, d = draws.disturbances.shape[0], draws.disturbances.shape[2]
+        p = draws.parameters[i:i + 1]
+        w = draws.disturbances[:, i].copy()                       # (T, d)
+        best = float(evaluate(x0[i:i + 1], Draws(p, w[:, None]))[0, j])
+        if d == 0:
+            return x0[i:i + 1], Draws(p, w[:, None]), best
+        far = np.where(np.abs(w - self.d_lo) > np.abs(w - self.d_hi), self.d_lo, self.d_hi)
+        for _ in range(rounds):
+            moves = np.repeat(w[None], T * d, axis=0)            # (T·d, T, d)
+            t_idx, k_idx = np.divmod(np.arange(T * d), d)
+            moves[np.arange(T * d), t_idx, k_idx] = far[t_idx, k_idx]
+            g = evaluate(np.repeat(x0[i:i + 1], T * d, axis=0),
+                         Draws(np.repeat(p, T * d, axis=0), moves.transpose(1, 0, 2)))[:, j]
+            better = g > best
+            if not better.any():
+                break
+            together = np.where(better.reshape(T, d), far, w)
+            g_all = float(evaluate(x0[i:i + 1], Draws(p, together[:, None]))[0, j])
+            single = int(np.argmax(g))
+            if g_all >= g[single]:
+                w, best = together, g_all
+            else:
+                w, best = moves[single], float(g[single])
+            far = np.where(np.abs(w - self.d_lo) > np.abs(w - self.d_hi), self.d_lo, self.d_hi)
+        return x0[i:i + 1], Draws(p, w[:, None]), best
 
 
 def cell_box(compiled: CompiledSpec) -> tuple[np.ndarray, np.ndarray]:
