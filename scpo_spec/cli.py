@@ -1010,9 +1010,14 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
         if r.verdict == "PROVED":
             body = f"{bound}, within −margin = {_bound(r.margin)}"
         elif r.verdict == "COUNTEREXAMPLE":
-            x0 = ", ".join(f"{v:.6g}" for v in r.counterexample["x0"])
-            body = (f"x0 = [{x0}] gives g = {r.counterexample['g']:.4g} > 0 (the ordinary "
-                    "evaluator's rollout)")
+            cex = r.counterexample
+            x0 = ", ".join(f"{v:.6g}" for v in cex["x0"])
+            with_values = "".join(f", {_esc(k)} = {v:.6g}"
+                                  for k, v in (cex.get("parameters") or {}).items())
+            with_values += "".join(f", {_esc(k)} = [{min(v):.3g} … {max(v):.3g}] over the steps"
+                                   for k, v in (cex.get("disturbances") or {}).items() if v)
+            body = (f"x0 = [{x0}]{with_values} gives g = {cex['g']:.4g} > 0 (the ordinary "
+                    "evaluator's rollout; --json has the values)")
         else:
             body = (f"{bound}; proved on {100 * r.proved_fraction:.3g}% of the box"
                     + (f" ({_esc(r.reason)})" if r.reason else ""))

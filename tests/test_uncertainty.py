@@ -24,7 +24,6 @@ from scpo_spec.language.scenarios import (holdout_draws, holdout_states, trainin
 from scpo_spec.report import gather
 from scpo_spec.report.render import write_report
 from scpo_spec.verify.prove import verify
-from scpo_spec.verify.verdicts import UNDECIDED
 from tests.forgery import copy_run, records, write_rechained
 from tests.helpers import check, errors
 from tests.numerics import assert_close_across_paths
@@ -337,14 +336,26 @@ def test_the_report_lists_the_uncertain_values(trained, tmp_path):
     json.dumps(records(res.run_dir))  # every record (counterexamples too) is plain JSON
 
 
-def test_the_verifier_leaves_uncertain_specs_undecided_and_says_why():
-    """Sound: `scpo verify` does not bound parameters and disturbances yet, so it proves
-    nothing about a spec that has them (rather than proving the nominal plant)."""
+def test_the_verifier_bounds_uncertain_specs_over_their_ranges():
+    """`scpo verify` treats parameters and disturbances as bounded sets (verify/uncertain.py):
+    every bound it gives is ≥ g of plain-numpy rollouts with random gains, drags and gusts."""
     c = compiled()
-    result = verify(c, c.family.theta0, cells=4, time_limit=10)
-    assert result.verdict == UNDECIDED
-    assert all(r.verdict == UNDECIDED and "parameters and disturbances" in r.reason
-               for r in result.constraints.values())
+    theta = c.family.theta0
+    result = verify(c, theta, cells=64, time_limit=60)
+    assert "k in [0.5, 1.5], c in [0, 0.2] (held over the rollout)" in result.model
+    assert result.verdict == "PROVED", result.as_json()
+    assert "w in [-0.3, 0.3] at every step" in result.model
+    rng = np.random.default_rng(5)
+    S, T = 4000, 12
+    x0 = rng.uniform([-1, -0.5], [1, 0.5], size=(S, 2))
+    params = rng.uniform([0.5, 0], [1.5, 0.2], size=(S, 2))
+    noise = np.where(rng.random((T, S, 1)) < 0.5, -0.3, 0.3)
+    X, U = numpy_rollout(np.array([[-1.0, -2.0]]), x0, params, noise)  # θ₀ = the backup's K
+    worst = numpy_metrics(X, U, params, noise).max(axis=0)
+    for j, name in enumerate(["pos", "gust"]):
+        r = result.constraints[name]
+        assert r.reason is None or "parameters and disturbances" not in r.reason
+        assert r.bound is not None and r.bound >= worst[j] - 1e-9, (name, r.bound, worst[j])
 
 
 def test_a_counterexample_carries_its_scenarios_draws():

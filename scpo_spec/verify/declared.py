@@ -18,7 +18,7 @@ import torch
 from scpo_spec.language import expr as E
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS
 from scpo_spec.language.model import DEFAULTS, DiscreteSystem, Spec
-from scpo_spec.systems.declared import _expanded
+from scpo_spec.systems.declared import _expanded, uncertain_nominal
 from scpo_spec.systems.expressions import Constant, ElementwiseCompiler
 from scpo_spec.verify.zonotope import LIB_ERROR, TINY, U, Zono, activation, up
 
@@ -206,8 +206,10 @@ class AffineEquations(ElementwiseCompiler):
     """A declared equation → ctx = (x components, u components) ↦ a one-component Zono (or a
     number)."""
 
-    def __init__(self, states: list[str], inputs: list[str], consts: dict):
+    def __init__(self, states: list[str], inputs: list[str], consts: dict,
+                 uncertain: list[str] = ()):
         self.states, self.inputs, self.consts = states, inputs, consts
+        self.uncertain = list(uncertain)  # parameters then disturbances: ctx[2]'s components
 
     def constant(self, value):
         from scpo_spec.dtype import DTYPE
@@ -228,6 +230,9 @@ class AffineEquations(ElementwiseCompiler):
         if e.id in self.inputs:
             j = self.inputs.index(e.id)
             return lambda ctx: ctx[1][j]
+        if e.id in self.uncertain:  # verify/uncertain.py: a zonotope per value (and step)
+            k = self.uncertain.index(e.id)
+            return lambda ctx: ctx[2][k]
         value = self.consts.get(e.id, BUILTIN_CONSTANTS.get(e.id))
         return Constant(self.constant(float(value)))
 
@@ -256,21 +261,24 @@ def observation_map(spec: Spec, exprs: list):
 
 
 def declared_step(spec: Spec):
-    """(x components, u components) ↦ x⁺ components, as systems/declared.py computes them."""
+    """(x components, u components[, w components]) ↦ x⁺ components, as systems/declared.py
+    computes them; w: the spec's parameters then disturbances (verify/uncertain.py gives
+    them), held over the step as the evaluator holds them."""
     system = spec.system
     consts = {c.name: c.value.value for c in spec.consts}
     compiler = AffineEquations([s.name for s in system.states],
-                               [s.name for s in system.inputs], consts)
+                               [s.name for s in system.inputs], consts,
+                               uncertain_nominal(spec)[0])
     if isinstance(system, DiscreteSystem):
         eqs = {eq.state.name: compiler.value(_expanded(spec, eq.expr)) for eq in system.next}
     else:
         eqs = {eq.state.name: compiler.value(_expanded(spec, eq.expr)) for eq in system.der}
     parts = [eqs[s.name] for s in system.states]
 
-    def f(x: list, u: list) -> list:
+    def f(x: list, u: list, w: list = ()) -> list:
         out = []
         for p in parts:
-            v = p((x, u))
+            v = p((x, u, w))
             if _is_number(v):  # a constant equation: the same number in every cell
                 like = x[0]
                 v = Zono(torch.full_like(like.c, float(v)), torch.zeros_like(like.G),
@@ -288,20 +296,20 @@ def declared_step(spec: Spec):
     def axpy(x, k, y):  # x + k * y, componentwise, as the evaluator's tensors do
         return [add(a, scale(b, k)) for a, b in zip(x, y)]
 
-    def one(x, u):
+    def one(x, u, w):
         if method == "euler":
-            return axpy(x, h, f(x, u))
+            return axpy(x, h, f(x, u, w))
         if method == "midpoint":
-            return axpy(x, h, f(axpy(x, h / 2, f(x, u)), u))
-        k1 = f(x, u)
-        k2 = f(axpy(x, h / 2, k1), u)
-        k3 = f(axpy(x, h / 2, k2), u)
-        k4 = f(axpy(x, h, k3), u)
+            return axpy(x, h, f(axpy(x, h / 2, f(x, u, w)), u, w))
+        k1 = f(x, u, w)
+        k2 = f(axpy(x, h / 2, k1), u, w)
+        k3 = f(axpy(x, h / 2, k2), u, w)
+        k4 = f(axpy(x, h, k3), u, w)
         s = [add(add(add(a, scale(b, 2)), scale(c, 2)), d) for a, b, c, d in zip(k1, k2, k3, k4)]
         return axpy(x, h / 6, s)
 
-    def step(x, u):
+    def step(x, u, w=()):
         for _ in range(substeps):
-            x = one(x, u)
+            x = one(x, u, w)
         return x
     return step

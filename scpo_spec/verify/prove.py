@@ -19,9 +19,8 @@ import torch
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.lets import expand
-from scpo_spec.language.scenarios import initial_box
-from scpo_spec.verify.bounds import IntervalCompiler
-from scpo_spec.verify.reach import ClosedLoop, Unsupported
+from scpo_spec.verify.reach import Unsupported
+from scpo_spec.verify.uncertain import Uncertainty, cell_box, closed_loop, interval_compiler
 from scpo_spec.verify.verdicts import COUNTEREXAMPLE, PROVED, UNDECIDED, overall_proof_verdict
 
 
@@ -42,7 +41,7 @@ class ConstraintResult:
     cells: int                    # leaf cells it was bounded on
     open_cells: int               # of them, where its bound stays above −margin
     margin: float
-    counterexample: dict | None = None   # {"x0": [...], "g": float}
+    counterexample: dict | None = None   # {"x0", "parameters", "disturbances", "g"}
     reason: str | None = None
 
     def as_json(self) -> dict:
@@ -94,7 +93,8 @@ def model_of(compiled: CompiledSpec) -> str:
                        f"{'s' * (substeps != 1)} as written, not the ODE between steps")
     return (f"the spec's discrete-time model ({kind}: {what.get(kind, kind)}) in closed loop "
             f"with the policy, evaluated in float64 as `scpo train` evaluates it, over T = {T} "
-            "steps from every initial state in the scenarios' initial box")
+            "steps from every initial state in the scenarios' initial box"
+            + Uncertainty.of(compiled).clause())
 
 
 def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = 4096,
@@ -126,19 +126,12 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
                                                       reason=reason)
                              for m, mg in zip(metrics, margins)}, reason)
     try:
-        if compiled.evaluator.draws is not None:
-            raise Unsupported("parameters and disturbances are not bounded by the verifier yet "
-                              "(the claim stays the one on the scenarios' draws)")
         if compiled.settings.aggregate != "hard":
             raise Unsupported("`aggregate smooth`: the rounding of its logsumexp is not "
                               "bounded yet")
-        loop = ClosedLoop(compiled, theta, keep=keep)
+        loop = closed_loop(compiled, theta, keep)  # over (x0, parameters): uncertain.py
         spec = compiled.spec
-        compiler = IntervalCompiler([s.name for s in spec.system.states],
-                                    [s.name for s in spec.system.inputs],
-                                    {c.name: c.value.value for c in spec.consts},
-                                    compiled.backup.P if compiled.backup is not None else None,
-                                    compiled.dynamics.x_star)
+        compiler = interval_compiler(compiled)
     except Unsupported as e:
         return undecided(str(e))
     bounders, unbounded = [], [None] * len(metrics)  # a metric it cannot bound: its reason
@@ -148,11 +141,12 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         except Unsupported as e:
             bounders.append(None)
             unbounded[j] = str(e)
+    uncertainty = Uncertainty.of(compiled)
     rho = None
     if any(m.uses_linearisation for m in metrics):
         rho = float(compiled.evaluator.spectral_radius(theta[None])[0])
 
-    box_lo, box_hi = (torch.as_tensor(a, dtype=DTYPE) for a in initial_box(compiled.spec))
+    box_lo, box_hi = (torch.as_tensor(a, dtype=DTYPE) for a in cell_box(compiled))
     width = (box_hi - box_lo).clamp_min(0)
     scale = torch.where(width > 0, width, torch.ones_like(width))
     k = len(metrics)
@@ -188,7 +182,7 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         # the falsifier on every cell: a counterexample where g > 0, and a check of the
         # bounds themselves — a point's g above its cell's bound is a bug in the verifier,
         # which must never print PROVED over it
-        g, owner = _falsify(compiled, theta, batch, cex, rng)
+        g, owner = _falsify(compiled, theta, batch, cex, rng, uncertainty)
         above = g > his[owner]
         if above.any():
             p, j = np.argwhere(above)[0]
@@ -238,10 +232,12 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
 
 
 def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, cex: list,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Roll the centre, corners and a few random points of each cell out with the ordinary
-    evaluator; record the worst violating point per metric (g > 0) in `cex`.  Returns every
-    point's g (P, k) and the index of its cell in `batch` (P,)."""
+             rng: np.random.Generator, uncertainty: Uncertainty
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Roll the centre, corners and a few random points of each cell (x0, parameters) out with
+    the ordinary evaluator, each with the falsifier's disturbance sequences (uncertain.py);
+    record the worst violating scenario per metric (g > 0) in `cex`.  Returns every
+    scenario's g (Q, k) and the index of its cell in `batch` (Q,)."""
     points, owner = [], []
     for i, (lo, hi, _, _) in enumerate(batch):
         lo_np, hi_np = lo.numpy(), hi.numpy()
@@ -253,11 +249,20 @@ def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, cex: list
         mine += list(rng.uniform(lo_np, hi_np, size=(RANDOM_POINTS, n)))
         points += mine
         owner += [i] * len(mine)
-    x0 = torch.as_tensor(np.array(points), dtype=DTYPE)
-    with torch.no_grad():
-        g = compiled.evaluator.per_scenario(theta[None], x0)[0].numpy()  # (P, k)
+    x0, draws, owner = uncertainty.rollouts(np.array(points), np.array(owner),
+                                            compiled.dynamics.n, rng)
+    def evaluate(x0, draws):
+        with torch.no_grad():
+            return compiled.evaluator.per_scenario(
+                theta[None], torch.as_tensor(x0, dtype=DTYPE), draws)[0].numpy()  # (Q, k)
+    g = evaluate(x0, draws)
     for j in range(g.shape[1]):
         worst = int(np.argmax(g[:, j]))
+        if cex[j] is None and g[worst, j] <= 0 and uncertainty.disturbances \
+                and np.isfinite(g[worst, j]):  # search the worst one's disturbance sequence
+            x1, d1, g1 = uncertainty.sharpen(evaluate, x0, draws, worst, j)
+            if g1 > 0:
+                cex[j] = uncertainty.counterexample(x1, d1, 0, g1)
         if g[worst, j] > 0 and (cex[j] is None or g[worst, j] > cex[j]["g"]):
-            cex[j] = {"x0": [float(v) for v in x0[worst]], "g": float(g[worst, j])}
-    return g, np.array(owner)
+            cex[j] = uncertainty.counterexample(x0, draws, worst, g[worst, j])
+    return g, owner
