@@ -197,9 +197,11 @@ class Trainer:
         refuted = np.array([[n in t.refuted for n in self.ev.names] for t in tries]).any(axis=0)
         ell_next, floor = self.next_ell(state, tries, refuted)
         theta_next = verified if win else state.theta  # θ + Dξ, the very θ verified
+        # a rejected step keeps θ and the loss logged for it (the autograd pass above may
+        # differ in a last bit, and the end record must repeat the last accepted policy's)
         update = theta_next - state.theta if win else state.previous
         new_state = State(theta=theta_next, g=win.verified if win else state.g,
-                          loss=win.loss if win else loss, ell=ell_next, ell_floor=floor,
+                          loss=win.loss if win else state.loss, ell=ell_next, ell_floor=floor,
                           previous=update, step=state.step + 1,
                           accepted=state.accepted + int(accepted), optimizer=opt_state,
                           theta_sha=None if win else state.theta_sha)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scpo_spec.language.model import TRAIN_DEFAULTS, Spec
+from scpo_spec.language.model import DEFAULTS, TRAIN_DEFAULTS, Spec
 
 
 @dataclass
@@ -60,8 +60,7 @@ class Settings:
                    ray_workers=(int(t.executor.workers) if getattr(t.executor, "workers", None)
                                 is not None else 2),
                    device=t.device.name if getattr(t, "device", None) is not None else "cpu",
-                   verify_every=(int(t.verify_every) if getattr(t, "verify_every", None)
-                                 is not None else None))
+                   verify_every=int(t.verify_every) if t.verify_every is not None else None)
 
     def proof_due(self, step: int) -> bool:
         """Whether step `step` (0-based) must prove its update: the K-th, 2K-th, … step."""
@@ -75,15 +74,17 @@ def declared_seeds(spec: Spec) -> dict:
             "scenarios": int(spec.scenarios.seed) if spec.scenarios.seed is not None else 0}
 
 
-VERIFY_CELLS = 4096        # `verify { cells }` left out: most cells the initial box is split into
-VERIFY_TIME_LIMIT = 300.0  # `verify { time_limit }` left out: seconds before the splitting stops
+# `verify { }` entries left out: most cells the initial box is split into, seconds before the
+# splitting stops (the language's DEFAULTS)
+VERIFY_CELLS = int(DEFAULTS[("verify", "cells")])
+VERIFY_TIME_LIMIT = float(DEFAULTS[("verify", "time_limit")])
 
 
 def verify_limits(spec: Spec) -> tuple[int, float]:
     """The `verify { cells  time_limit }` section with its defaults: what `scpo verify` proves
     with unless its flags say otherwise, and what `train { verify every K }` proves with."""
-    v = getattr(spec, "verify", None)
-    cells = getattr(v, "cells", None)
-    limit = getattr(v, "time_limit", None)
+    v = spec.verify
+    cells = v.cells if v is not None else None
+    limit = v.time_limit if v is not None else None
     return (int(cells) if cells is not None else VERIFY_CELLS,
             float(limit) if limit is not None else VERIFY_TIME_LIMIT)

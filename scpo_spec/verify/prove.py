@@ -20,6 +20,7 @@ import torch
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.scenarios import initial_box
+from scpo_spec.language.settings import VERIFY_CELLS, VERIFY_TIME_LIMIT
 from scpo_spec.verify.bounds import IntervalCompiler
 from scpo_spec.verify.reach import ClosedLoop, Unsupported
 from scpo_spec.verify.verdicts import COUNTEREXAMPLE, PROVED, UNDECIDED, overall_proof_verdict
@@ -173,8 +174,8 @@ class CellExecutor(Protocol):
                     points: np.ndarray, owner: np.ndarray) -> CellAnswer: ...
 
 
-def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = 4096,
-           time_limit: float = 300.0, keep: int = KEEP, seed: int = SEED,
+def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = VERIFY_CELLS,
+           time_limit: float = VERIFY_TIME_LIMIT, keep: int = KEEP, seed: int = SEED,
            executor: CellExecutor | None = None) -> VerifyResult:
     """Prove, refute or leave open each metric of `compiled` for the policy θ; `executor`:
     where the cells are bounded (this process by default; the splitting stays here).
