@@ -197,3 +197,16 @@ def test_the_spec_verify_section_bounds_the_loops_proofs(tmp_path, root):
         assert dict(zip([m["name"] for m in recs[0]["metrics"]], proof["verdicts"]))["decay"] \
             == "UNDECIDED"
     assert res.state.accepted == 0 and audit_run(res.run_dir).ok
+
+
+@pytest.mark.parametrize("fmt", ["md", "html"])
+def test_the_report_says_how_many_updates_were_proved(proved_run, tmp_path, fmt):
+    out = runner.invoke(app, ["report", str(proved_run), "--format", fmt, "--out",
+                              str(tmp_path / f"r.{fmt}")])
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / f"r.{fmt}").read_text()
+    n = audit_run(proved_run).proved_steps
+    assert f"{n} accepted updates PROVED" in text.replace("<strong>", "").replace(
+        "</strong>", "").replace("**", "")
+    assert "on every step an update is accepted only if the prover" in text
+    assert "safe over the whole initial box, not only on the scenarios" in text
