@@ -101,6 +101,9 @@ def test_a_spec_the_prover_cannot_prove_rejects_every_update(tmp_path):
         # rejected like a refuted certificate: ℓ doubled from try to try
         ells = [np.array(t["ell"]) for t in step["tries"]]
         assert all(np.all(b == 2 * a) for a, b in zip(ells, ells[1:]))
+        # … within the step only: a proof says nothing about smoothness, so every step starts
+        # from the spec's ℓ again (never the refutation-style growth that would trip a stall)
+        assert ells[0].tolist() == [m["smoothness"] for m in recs[0]["metrics"]]
     assert recs[-1]["type"] == "end" and recs[-1]["theta"] == init["theta"]
     a = audit_run(res.run_dir)
     assert a.ok and a.complete and a.proved_steps == 0 and a.theta0_proved is False

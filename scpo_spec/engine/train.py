@@ -194,7 +194,10 @@ class Trainer:
         # 4–7. project, backtrack, verify; on refutation double ℓ and re-solve
         tries, accepted, reason, verified = self.solve_and_verify(state, bank, grad, loss, timer)
         win = tries[-1] if accepted else None  # the verified try, whose θ + Dξ becomes θ
-        refuted = np.array([[n in t.refuted for n in self.ev.names] for t in tries]).any(axis=0)
+        # the metrics whose smoothness a rollout refuted; a candidate the prover did not prove
+        # (`unproved`) doubled ℓ within this step only: it says nothing about ℓ
+        refuted = np.array([[n in t.refuted and t.outcome == "refuted" for n in self.ev.names]
+                            for t in tries]).any(axis=0)
         ell_next, floor = self.next_ell(state, tries, refuted)
         theta_next = verified if win else state.theta  # θ + Dξ, the very θ verified
         # a rejected step keeps θ and the loss logged for it (the autograd pass above may
@@ -343,11 +346,11 @@ class Trainer:
             seen = np.max(np.vstack([np.zeros(self.k), *observed]), axis=0)
             seen = np.where(np.isfinite(seen), seen, 0.0)  # a NaN rollout says nothing about ℓ
             floor = np.where(self.estimated, np.maximum(floor, 2 * seen), floor)
-        last = tries[-1]
-        ell = last.ell
-        if last.outcome == "unproved" or (last.outcome == "refuted"
-                                          and self.s.on_violation != "stop"):  # doubled for the next
-            ell = np.where([n in last.refuted for n in self.ev.names], 2 * ell, ell)
+        ell = state.ell  # as the step began, doubled for each refutation in it (not for a
+        # candidate the prover left unproved: that doubling shortened this step's tries only)
+        for t in tries:
+            if t.outcome == "refuted" and self.s.on_violation != "stop":
+                ell = np.where([n in t.refuted for n in self.ev.names], 2 * ell, ell)
         return np.where(refuted, np.maximum(ell, floor), np.maximum(floor, ell * ELL_RELAX)), floor
 
     @staticmethod
