@@ -235,3 +235,33 @@ def test_verify_on_an_unreachable_cluster_is_a_usage_error(tmp_path, monkeypatch
     assert out.exit_code == 2  # never a verdict's code (1 is a counterexample)
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in out.output
     assert "Traceback" not in out.output
+
+
+@needs_ray
+@pytest.mark.slow
+def test_verify_every_on_ray_proves_on_the_actors_as_local(ray_instance, tmp_path, monkeypatch):
+    """`executor ray` with `verify every 1`: the step's bank and its proofs' cells go to the
+    actors, and the run — decisions, proofs, numbers — is the local one."""
+    sizes = spy_on_cells(monkeypatch)
+    runs = {}
+    for name, extra in (("local", "executor local\n    verify every 1"),
+                        ("ray", RAY2 + "\n    verify every 1")):
+        base = tmp_path / name
+        base.mkdir()
+        text = small_di(steps=3, extra=extra)
+        runs[name] = train(write_spec(base, text), spec_of(text, base), text, out=base / "run")
+    assert_same_run(runs["local"], runs["ray"])
+    a, b = (audit_run(runs[n].run_dir) for n in ("local", "ray"))
+    assert a.proved_steps == b.proved_steps == a.accepted > 0
+    proofs = {n: [t["proof"] for s in _records(runs[n].run_dir) if s["type"] == "step"
+                  for t in s["tries"] if t.get("proof")] for n in runs}
+    assert [p["verdicts"] for p in proofs["ray"]] == [p["verdicts"] for p in proofs["local"]]
+    for p, q in zip(proofs["ray"], proofs["local"], strict=True):
+        assert p["cells"] == q["cells"]
+        assert_close_across_paths(p["bounds"], q["bounds"])
+    assert len(sizes) == len(proofs["ray"]) + 1  # θ₀'s proof and each candidate's: on Ray
+
+
+def _records(run_dir) -> list[dict]:
+    lines, _ = read_lines(RunDir(run_dir).log)
+    return [ln.record for ln in lines]

@@ -142,9 +142,11 @@ class Trainer:
     # ---- pieces ----
     def prove(self, theta: torch.Tensor) -> Proof:
         """`verify every K`: the prover's answer for the policy θ over the whole initial box,
-        with the spec's `verify { cells  time_limit }`, as the record the log keeps."""
+        with the spec's `verify { cells  time_limit }`, as the record the log keeps (its cells
+        bounded on the executor's Ray actors under `executor ray`)."""
         res = prove_over_box(self.c, theta, cells=self.proof_cells,
-                             time_limit=self.proof_time_limit)
+                             time_limit=self.proof_time_limit,
+                             executor=self.ev if hasattr(self.ev, "bound_cells") else None)
         found = [res.constraints[n] for n in self.ev.names]
         return Proof(verdict=res.verdict, verdicts=[c.verdict for c in found],
                      bounds=np.array([c.bound if c.bound is not None else np.inf
