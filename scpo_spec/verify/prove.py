@@ -19,6 +19,7 @@ import torch
 
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
+from scpo_spec.language.lets import expand
 from scpo_spec.language.scenarios import initial_box
 from scpo_spec.language.settings import VERIFY_CELLS, VERIFY_TIME_LIMIT
 from scpo_spec.verify.bounds import IntervalCompiler
@@ -124,11 +125,12 @@ class Cells:
         compiler = IntervalCompiler([s.name for s in spec.system.states],
                                     [s.name for s in spec.system.inputs],
                                     {c.name: c.value.value for c in spec.consts},
-                                    compiled.backup.P if compiled.backup is not None else None)
+                                    compiled.backup.P if compiled.backup is not None else None,
+                                    compiled.dynamics.x_star)
         self.bounders, self.unbounded = [], []
         for prop in spec.properties:
             try:
-                self.bounders.append(compiler.formula(prop.formula))
+                self.bounders.append(compiler.formula(expand(prop.formula, spec)))
                 self.unbounded.append(None)
             except Unsupported as e:
                 self.bounders.append(None)
@@ -205,6 +207,9 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
                                                       reason=reason)
                              for m, mg in zip(metrics, margins)}, reason)
     try:
+        if compiled.evaluator.draws is not None:
+            raise Unsupported("parameters and disturbances are not bounded by the verifier yet "
+                              "(the claim stays the one on the scenarios' draws)")
         if compiled.settings.aggregate != "hard":
             raise Unsupported("`aggregate smooth`: the rounding of its logsumexp is not "
                               "bounded yet")
