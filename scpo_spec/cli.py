@@ -987,9 +987,10 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
     with an initial state the ordinary evaluator re-simulates to a violation, or leave it
     undecided (docs/verify.md: what is proved, about which model).  Exit 0 every metric
     PROVED; 1 a COUNTEREXAMPLE; 3 UNDECIDED; 2 usage errors, a spec with errors, a run that
-    does not pass its audit or a Ray cluster that cannot be used.  For a run, the result is also written to RUN/verify.json (chained
-    to the log's head; `scpo audit` checks it), unless --no-record; a record that cannot be
-    written is said on stderr and leaves the exit code the verdict's."""
+    does not pass its audit or a Ray cluster that cannot be used.  For a run, the result is
+    also written to RUN/verify.json (chained to the log's head; `scpo audit` checks it), unless
+    --no-record; a record that cannot be written is said on stderr and leaves the exit code the
+    verdict's.  --cells and --time-limit default to the spec's `verify { }` section."""
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.language.settings import verify_limits
     if RunDir(target).is_run():

@@ -102,7 +102,8 @@ def _answer_problems(say: str, verdict: str, bound, margin: float, cex) -> list[
     COUNTEREXAMPLE an initial state x0 whose g > 0 (null: the rollout left the numbers)."""
     out = []
     if verdict == PROVED and (bound is None or not (math.isfinite(bound) and bound <= -margin)):
-        out.append(f"{say}: PROVED with the bound {bound!r}, which is not ≤ −margin {-margin!r}")
+        out.append(f"{say}: PROVED with the bound {bound!r}, which is not ≤ −margin "
+                   f"{-margin!r}")
     if verdict == COUNTEREXAMPLE and not (
             isinstance(cex, dict) and isinstance(cex.get("x0"), list)
             and (cex.get("g") is None or _positive(cex.get("g")))):
@@ -117,8 +118,9 @@ def proof_problems(proof: Proof, names: list[str], margins) -> list[str]:
     k = len(names)
     if not (isinstance(proof.verdicts, list) and len(proof.verdicts) == k
             and proof.bounds.shape == (k,)):
-        return [f"the proof holds {len(proof.verdicts) if isinstance(proof.verdicts, list) else '?'}"
-                f" verdicts and {proof.bounds.shape} bounds for {k} metrics"]
+        said = len(proof.verdicts) if isinstance(proof.verdicts, list) else "?"
+        return [f"the proof holds {said} verdicts and {proof.bounds.shape} bounds for {k} "
+                "metrics"]
     out = []
     for name, verdict, bound, margin in zip(names, proof.verdicts, proof.bounds, margins):
         say = f"the proof of '{name}'"

@@ -202,9 +202,9 @@ class Trainer:
                             for t in tries]).any(axis=0)
         ell_next, floor = self.next_ell(state, tries, refuted)
         theta_next = verified if win else state.theta  # θ + Dξ, the very θ verified
+        update = theta_next - state.theta if win else state.previous
         # a rejected step keeps θ and the loss logged for it (the autograd pass above may
         # differ in a last bit, and the end record must repeat the last accepted policy's)
-        update = theta_next - state.theta if win else state.previous
         new_state = State(theta=theta_next, g=win.verified if win else state.g,
                           loss=win.loss if win else state.loss, ell=ell_next, ell_floor=floor,
                           previous=update, step=state.step + 1,
@@ -269,8 +269,9 @@ class Trainer:
 
     def solve_and_verify(self, state: State, bank: Bank, grad: torch.Tensor, loss: float,
                          timer: Timer) -> tuple[list[Try], bool, str, torch.Tensor | None]:
-        """Steps 4–7 at ℓ, then at ℓ doubled for each refuted metric, up to MAX_TRIES; the
-        tries, whether the last was accepted, why not, and the accepted θ + Dξ."""
+        """Steps 4–7 at ℓ, then at ℓ doubled for each refuted metric (and, on a step `verify
+        every K` names, each metric the prover left unproved for a verified candidate), up to
+        MAX_TRIES; the tries, whether the last was accepted, why not, and the accepted θ + Dξ."""
         ell, tries, reason = state.ell.copy(), [], f"refuted {MAX_TRIES} times: update rejected"
         gD = (bank.D @ grad.to(bank.D.device)).cpu().numpy()  # ∇Lᵀd_j
         due = self.s.proof_due(state.step)
