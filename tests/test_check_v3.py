@@ -50,14 +50,14 @@ def test_a_let_that_shadows_a_signal_constant_or_parameter():
     text = sub("const c = 1\n", "const c = 1\nparameter w in [0, 1]\nlet p = v\nlet f = 2\n"
                                 "let c = 3\nlet w = 4\nlet abs = 5\n")
     assert found(text) == [
-        (*at(text, "p = v"), "let 'p' has the name of a state",
-         "rename the let: it would hide a state of that name"),
-        (*at(text, "f = 2"), "let 'f' has the name of an input",
-         "rename the let: it would hide an input of that name"),
-        (*at(text, "c = 3"), "let 'c' has the name of a constant",
-         "rename the let: it would hide a constant of that name"),
-        (*at(text, "w = 4"), "let 'w' has the name of a parameter",
-         "rename the let: it would hide a parameter of that name"),
+        (*at(text, "p = v"), "let 'p' has the same name as a signal",
+         "rename the let: it would hide the signal"),
+        (*at(text, "f = 2"), "let 'f' has the same name as a signal",
+         "rename the let: it would hide the signal"),
+        (*at(text, "c = 3"), "let 'c' has the same name as a constant",
+         "rename the let: it would hide the constant"),
+        (*at(text, "w = 4"), "let 'w' has the same name as a parameter",
+         "rename the let: it would hide the parameter"),
         (*at(text, "abs = 5"), "'abs' is a reserved word and cannot name a let",
          "rename the let")]
 
@@ -67,10 +67,10 @@ def test_parameters_and_disturbances_shadowing_and_duplicates():
                                 "disturbance norm in [0, 1]\nparameter w in [0, 1]\n"
                                 "disturbance w in [0, 1]\nlet q = 1\nlet q = 2\n")
     assert found(text) == [
-        (*at(text, "v in"), "parameter 'v' has the name of a state",
-         "rename the parameter: a name means one thing in a spec"),
-        (*at(text, "dt in"), "parameter 'dt' has the name of a constant",
-         "rename the parameter: a name means one thing in a spec"),
+        (*at(text, "v in"), "parameter 'v' has the same name as a signal",
+         "rename the parameter"),
+        (*at(text, "dt in"), "parameter 'dt' has the same name as a constant",
+         "rename the parameter"),
         (*at(text, "norm in"), "'norm' is a reserved word and cannot name a disturbance",
          "rename the disturbance"),
         (*at(text, "w in [0, 1]\nlet"), "'w' is declared twice (parameter and disturbance)",

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from scpo_spec.language.diagnostics import Diagnostic
-from scpo_spec.language.dynamics import (EQUILIBRIUM_HINT, OPERATING_POINT_HINT,
-                                         linearisation_uses, not_an_equilibrium, off_equilibrium,
-                                         riccati_problem)
+from scpo_spec.language.dynamics import (OPERATING_POINT_HINT, linearisation_uses,
+                                         not_an_equilibrium, riccati_problem)
 from scpo_spec.language.model import LqrBackup, PythonSystem, Spec
 
 
@@ -45,6 +44,7 @@ def _linearisation_point(spec: Spec, plant) -> list[Diagnostic]:
     import numpy as np
     import torch
     from scpo_spec.dtype import DTYPE
+    from scpo_spec.language.dynamics import EQUILIBRIUM_HINT, off_equilibrium
     from scpo_spec.systems.dynamics import Dynamics, LinearisationError
     from scpo_spec.systems.user_code import PlantFailure
     n, m = plant.n, plant.m

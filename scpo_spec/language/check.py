@@ -102,7 +102,6 @@ class Checker(V3Checks):
         self._check_signal_names()
         self._check_v3_names()
         self._check_system()
-        self._check_equilibrium_names()
         self._check_uncertain()
         self._check_backup()
         self._check_policy()

@@ -34,13 +34,10 @@ class V3Checks:
         expression is checked once (unknown names, did-you-mean over every visible name)."""
         from scpo_spec.language.check import FORMULA_KEYWORDS, RESERVED, SIGNAL_FUNCTIONS
         spec = self.spec
-        taken: dict[str, str] = {}
-        for name in self.states:
-            taken.setdefault(name, "a state")
-        for name in self.inputs:
-            taken.setdefault(name, "an input")
+        # name → what it is, in the words `constant 'x' has the same name as a signal` uses
+        taken = {name: "signal" for name in [*self.states, *self.inputs]}
         for const in spec.consts:
-            taken.setdefault(const.name, "a constant")
+            taken.setdefault(const.name, "constant")
         reserved = {*RESERVED, *SIGNAL_FUNCTIONS, *FORMULA_KEYWORDS}
         for u in [*spec.parameters, *spec.disturbances]:
             name = u.name.name
@@ -48,10 +45,10 @@ class V3Checks:
                 self.error(f"'{name}' is a reserved word and cannot name a {u.section}",
                            u.name.span, f"rename the {u.section}")
             elif name in taken:
-                self.error(f"{u.section} '{name}' has the name of {taken[name]}", u.name.span,
-                           f"rename the {u.section}: a name means one thing in a spec")
+                self.error(f"{u.section} '{name}' has the same name as a {taken[name]}",
+                           u.name.span, f"rename the {u.section}")
             else:
-                taken[name] = f"a {u.section}"
+                taken[name] = u.section
             self._interval(u.interval, f"the range of {u.section} '{name}'", allow_point=True)
         for let in spec.lets:
             name = let.name.name
@@ -59,10 +56,11 @@ class V3Checks:
                 self.error(f"'{name}' is a reserved word and cannot name a let", let.name.span,
                            "rename the let")
             elif name in taken:
-                self.error(f"let '{name}' has the name of {taken[name]}", let.name.span,
-                           f"rename the let: it would hide {taken[name]} of that name")
+                self.error(f"let '{name}' has the same name as a {taken[name]}", let.name.span,
+                           f"rename the let: it would hide the {taken[name]}")
             else:
-                taken[name] = "a let"
+                taken[name] = "let"
+        self._check_equilibrium_names()
         if self.let_cycle is not None:
             cycle = self.let_cycle
             first = next(x for x in spec.lets if x.name.name == cycle[0])
