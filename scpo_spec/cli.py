@@ -669,6 +669,11 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     out.print(f"  updates accepted {res.accepted}, rejected {res.rejected}; certificates "
               f"refuted {res.refutations}; loss {res.loss_first:.6g} → {res.loss_last:.6g}"
               if res.loss_first is not None else "  no initial record")
+    if res.proof_every is not None:
+        theta0 = {True: "PROVED", False: "not proved", None: "no proof"}[res.theta0_proved]
+        out.print(f"  verify every {res.proof_every}: {res.proved_steps} accepted updates "
+                  f"PROVED over the whole initial box (θ₀ {theta0}; proofs checked for "
+                  "consistency, not redone)", markup=False)
     for name, v in res.worst.items():
         out.print(f"  worst {name}: {v:.6g} ({res.worst_step[name]})", markup=False)
     _say_verify_record(res, run, mark)
@@ -954,26 +959,40 @@ def report(run: Path = typer.Argument(..., help="A run directory."),
     _say_verdict(evidence.verdict, target)
 
 
+class VerifyExecutor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @command("verify")
 def verify_(target: Path = typer.Argument(..., help="A run directory (its final policy) or a "
                                           "spec file (its θ₀)."),
             as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-            cells: int = typer.Option(4096, "--cells", min=1, help="Most cells the initial "
-                                      "box may be split into."),
-            time_limit: float = typer.Option(300.0, "--time-limit", min=0.0,
-                                             help="Seconds before the splitting stops."),
+            cells: Optional[int] = typer.Option(None, "--cells", min=1, help="Most cells the "
+                                                "initial box may be split into (default: the "
+                                                "spec's `verify { cells }`, else 4096)."),
+            time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0,
+                                                       help="Seconds before the splitting "
+                                                       "stops (default: the spec's `verify { "
+                                                       "time_limit }`, else 300)."),
             no_record: bool = typer.Option(False, "--no-record", help="For a run: do not "
                                            "write the result to RUN/verify.json."),
+            executor: VerifyExecutor = typer.Option(VerifyExecutor.local, "--executor",
+                                                    help="Where the cells are bounded: this "
+                                                    "process, or the Ray cluster of the spec's "
+                                                    "`executor ray { address  workers }` (else "
+                                                    "RAY_ADDRESS, else a local Ray instance)."),
             ) -> None:
     """Prove each safety metric over the whole initial box (not only the scenarios), refute it
     with an initial state the ordinary evaluator re-simulates to a violation, or leave it
     undecided (docs/verify.md: what is proved, about which model).  Exit 0 every metric
-    PROVED; 1 a COUNTEREXAMPLE; 3 UNDECIDED; 2 usage errors, a spec with errors or a run that
-    does not pass its audit.  For a run, the result is also written to RUN/verify.json (chained
-    to the log's head; `scpo audit` checks it), unless --no-record; a record that cannot be
-    written is said on stderr and leaves the exit code the verdict's."""
+    PROVED; 1 a COUNTEREXAMPLE; 3 UNDECIDED; 2 usage errors, a spec with errors, a run that
+    does not pass its audit or a Ray cluster that cannot be used.  For a run, the result is
+    also written to RUN/verify.json (chained to the log's head; `scpo audit` checks it), unless
+    --no-record; a record that cannot be written is said on stderr and leaves the exit code the
+    verdict's.  --cells and --time-limit default to the spec's `verify { }` section."""
     from scpo_spec.audit.rundir import RunDir
-    from scpo_spec.verify.prove import verify
+    from scpo_spec.language.settings import verify_limits
     if RunDir(target).is_run():
         from scpo_spec.engine.run import load_run
         try:
@@ -983,6 +1002,7 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
             err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
             raise typer.Exit(2)
         theta, what = run.theta, f"run {target}: its final policy"
+        base_dir = run.base_dir
         log_head = RunDir(target).head()  # what load_run audited, unless a writer came in between
     else:
         if target.is_dir():
@@ -994,7 +1014,11 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
             err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
             raise typer.Exit(2)
         theta, what = compiled.family.theta0, f"spec {target}: its initial policy θ₀"
-    res = verify(compiled, theta, cells=cells, time_limit=time_limit)
+        base_dir = target.resolve().parent
+    spec_cells, spec_time_limit = verify_limits(compiled.spec)  # the flags override the spec's
+    cells = cells if cells is not None else spec_cells
+    time_limit = time_limit if time_limit is not None else spec_time_limit
+    res = _verify_with(executor, compiled, theta, base_dir, cells, time_limit)
     recorded = None
     if what.startswith("run ") and not no_record:
         recorded = _record_verify(RunDir(target), log_head, compiled, theta, res,
@@ -1029,6 +1053,30 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
         out.print(f"recorded in {_esc(recorded)} (chained to the head {log_head[:16]}…; "
                   "`scpo audit` checks it)", soft_wrap=True)
     raise typer.Exit(res.exit_code)
+
+
+def _verify_with(executor: VerifyExecutor, compiled, theta, base_dir: Path, cells: int,
+                 time_limit: float):
+    """The prover's result, its cells bounded here or on Ray (an unusable cluster: exit 2,
+    never a verdict's code)."""
+    from scpo_spec.verify.prove import verify
+    if executor is VerifyExecutor.local:
+        return verify(compiled, theta, cells=cells, time_limit=time_limit)
+    from scpo_spec.engine.executors.ray import RayUnavailable
+    from scpo_spec.engine.executors.ray_cells import RayCells
+    s = compiled.settings
+    try:
+        cells_on = RayCells(compiled, base_dir, workers=s.ray_workers, address=s.ray_address)
+    except RayUnavailable as e:
+        err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        return verify(compiled, theta, cells=cells, time_limit=time_limit, executor=cells_on)
+    except RayUnavailable as e:
+        err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
+        raise typer.Exit(2)
+    finally:
+        cells_on.close()
 
 
 def _record_verify(run, head: str, compiled, theta, res, settings: dict) -> str | None:

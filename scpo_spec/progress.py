@@ -122,6 +122,10 @@ class TrainingProgress:
                       f"certificates refuted {a.refutations} (each candidate discarded, ℓ "
                       f"doubled, step re-solved); accepted policies violating "
                       f"{a.accepted_violations}; loss {a.loss_first:.6g} → {a.loss_last:.6g}")
+        if a.proof_every is not None:
+            console.print(f"verify every {a.proof_every}: {a.proved_steps} accepted updates "
+                          "PROVED over the whole initial box; θ₀ "
+                          + ("PROVED" if a.theta0_proved else "not proved"), markup=False)
         if a.stall:
             console.print(escape(describe_stall(a.stall)), style="yellow")
         console.print(("[green]audit passed[/]" if a.ok else "[red]audit FAILED[/]")

@@ -12,6 +12,7 @@ test find Ray running and leave it alone). Skipped where ray is not installed, e
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import sys
 
@@ -194,3 +195,94 @@ def test_unreachable_cluster_is_refused_quickly_by_the_cli(tmp_path, monkeypatch
     assert result.exit_code == 1
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+# ---- `scpo verify --executor ray`: the prover's cells on the actors ----
+def spy_on_cells(monkeypatch) -> list[int]:
+    """How many cells each batch RayCells sends to its actors holds (the list fills as it
+    runs)."""
+    from scpo_spec.engine.executors.ray_cells import RayCells
+    sizes, original = [], RayCells.bound_cells
+
+    def counted(self, theta, keep, lo, *rest):
+        sizes.append(len(lo))
+        return original(self, theta, keep, lo, *rest)
+    monkeypatch.setattr(RayCells, "bound_cells", counted)
+    return sizes
+
+
+def assert_same_proof(local: dict, ray: dict) -> None:
+    """`scpo verify --json` answers: the same verdicts, splits and counterexamples; the bounds
+    to CROSS_PATH (an actor bounds fewer cells at once: BLAS may take another kernel)."""
+    assert ray["verdict"] == local["verdict"] and ray["cells"] == local["cells"]
+    assert ray["constraints"].keys() == local["constraints"].keys()
+    for name, a in local["constraints"].items():
+        b = ray["constraints"][name]
+        for key in ("verdict", "proved_fraction", "cells", "open_cells", "reason"):
+            assert b[key] == a[key], (name, key)
+        assert (a["bound"] is None) == (b["bound"] is None)
+        if a["bound"] is not None:
+            assert_close_across_paths(b["bound"], a["bound"], name)
+        assert (a["counterexample"] is None) == (b["counterexample"] is None)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_verify_on_ray_gives_the_local_answer(ray_instance, monkeypatch, root):
+    """linear_stability at 64 cells: three metrics PROVED, the Lyapunov ratio UNDECIDED on part
+    of the box (cells at the origin stay open) — the split, fractions and bounds as local."""
+    sizes = spy_on_cells(monkeypatch)
+    spec = str(root / "specs" / "linear_stability.scpo")
+    answers = {}
+    for executor in ("local", "ray"):
+        out = CliRunner().invoke(app, ["verify", spec, "--json", "--cells", "64",
+                                       "--executor", executor])
+        assert out.exit_code == 3, out.output  # UNDECIDED
+        answers[executor] = json.loads(out.output)
+    assert_same_proof(answers["local"], answers["ray"])
+    assert answers["ray"]["constraints"]["decay"]["verdict"] == "UNDECIDED"
+    assert 0 < answers["ray"]["constraints"]["decay"]["proved_fraction"] < 1
+    assert sum(sizes) == 64 + 63 and max(sizes) > 2  # every cell bounded there (leaves and
+    # the parents they were split from), batches of many cells among them
+    assert ray_instance.is_initialized()  # Ray was running: left running
+
+
+@needs_ray
+def test_verify_on_an_unreachable_cluster_is_a_usage_error(tmp_path, monkeypatch):
+    import ray
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as if no Ray were running here
+    spec = write_spec(tmp_path, small_di(steps=2, extra=UNREACHABLE))
+    out = CliRunner().invoke(app, ["verify", str(spec), "--executor", "ray"])
+    assert out.exit_code == 2  # never a verdict's code (1 is a counterexample)
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in out.output
+    assert "Traceback" not in out.output
+
+
+@needs_ray
+@pytest.mark.slow
+def test_verify_every_on_ray_proves_on_the_actors_as_local(ray_instance, tmp_path, monkeypatch):
+    """`executor ray` with `verify every 1`: the step's bank and its proofs' cells go to the
+    actors, and the run — decisions, proofs, numbers — is the local one."""
+    sizes = spy_on_cells(monkeypatch)
+    runs = {}
+    for name, extra in (("local", "executor local\n    verify every 1"),
+                        ("ray", RAY2 + "\n    verify every 1")):
+        base = tmp_path / name
+        base.mkdir()
+        text = small_di(steps=3, extra=extra)
+        runs[name] = train(write_spec(base, text), spec_of(text, base), text, out=base / "run")
+    assert_same_run(runs["local"], runs["ray"])
+    a, b = (audit_run(runs[n].run_dir) for n in ("local", "ray"))
+    assert a.proved_steps == b.proved_steps == a.accepted > 0
+    proofs = {n: [t["proof"] for s in _records(runs[n].run_dir) if s["type"] == "step"
+                  for t in s["tries"] if t.get("proof")] for n in runs}
+    assert [p["verdicts"] for p in proofs["ray"]] == [p["verdicts"] for p in proofs["local"]]
+    for p, q in zip(proofs["ray"], proofs["local"], strict=True):
+        assert p["cells"] == q["cells"]
+        assert_close_across_paths(p["bounds"], q["bounds"])
+    assert len(sizes) == len(proofs["ray"]) + 1  # θ₀'s proof and each candidate's: on Ray
+
+
+def _records(run_dir) -> list[dict]:
+    lines, _ = read_lines(RunDir(run_dir).log)
+    return [ln.record for ln in lines]

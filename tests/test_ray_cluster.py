@@ -373,3 +373,26 @@ def test_a_run_by_address_on_two_nodes_is_the_local_run(cluster, tmp_path, monke
     assert not ray.is_initialized()  # the run connected, so the run disconnected
     assert spread == ["metrics"] * 3  # each step's bank went to the two nodes
     assert_same_run(runs["local"], runs["ray"])
+
+
+@pytest.mark.slow
+def test_verify_cells_bounded_on_two_nodes_give_the_local_answer(cluster, monkeypatch, root):
+    """`scpo verify --executor ray` on the cluster this process is connected to: the prover's
+    batches of cells go to one actor on each node, and the verdicts, splits and bounds are the
+    local ones (tests/test_ray.py: the same check on one machine's Ray)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from scpo_spec.cli import app
+    from tests.test_ray import assert_same_proof, spy_on_cells
+    sizes = spy_on_cells(monkeypatch)
+    spec = str(root / "specs" / "linear_stability.scpo")
+    answers = {}
+    for executor in ("local", "ray"):
+        out = CliRunner().invoke(app, ["verify", spec, "--json", "--cells", "64",
+                                       "--executor", executor])
+        assert out.exit_code == 3, out.output  # UNDECIDED: the Lyapunov ratio at the origin
+        answers[executor] = json.loads(out.output)
+    assert_same_proof(answers["local"], answers["ray"])
+    assert sum(sizes) == 64 + 63 and max(sizes) > 2

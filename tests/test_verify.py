@@ -430,7 +430,10 @@ def test_verify_proves_the_double_integrators_initial_policy(root):
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["verdict"] == "PROVED" and out["cells"] >= 1
+    assert {"verdict", "seconds", "cells", "model", "constraints"} <= set(out)
     assert set(out["constraints"]) == {"position_limit", "force_limit", "settle", "margin"}
+    assert all({"verdict", "bound", "proved_fraction", "cells", "counterexample"} <= set(c)
+               for c in out["constraints"].values())
     for c in out["constraints"].values():
         assert c["verdict"] == "PROVED" and c["proved_fraction"] == 1.0
         assert c["bound"] <= -c["margin"] and c["counterexample"] is None
@@ -476,6 +479,9 @@ def test_verify_exit_codes_for_a_counterexample_and_usage_errors(tmp_path):
     out = json.loads(result.stdout)
     cex = out["constraints"]["force_limit"]["counterexample"]
     assert out["verdict"] == "COUNTEREXAMPLE" and cex["g"] > 0 and len(cex["x0"]) == 2
+    # the shape: what re-simulates it (no parameters or disturbances in this spec)
+    assert set(cex) == {"x0", "parameters", "disturbances", "g"}
+    assert cex["parameters"] == {} and cex["disturbances"] == {}
     assert runner.invoke(app, ["verify", str(tmp_path / "missing.scpo")]).exit_code == 2
     assert runner.invoke(app, ["verify", str(tmp_path)]).exit_code == 2
     bad = tmp_path / "bad.scpo"

@@ -51,6 +51,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], where) if len(inner) == 1 else value
+    if isinstance(annotation, type) and issubclass(annotation, Entry):
+        return annotation.from_dict(value, where)
     if origin is list and args and isinstance(args[0], type) and issubclass(args[0], Entry):
         if not isinstance(value, list):
             raise RecordError(f"{where}: expected a list")
@@ -104,8 +106,26 @@ class Entry:
             v = getattr(self, f.name)
             if isinstance(v, list) and v and isinstance(v[0], Entry):
                 v = [e.to_dict() for e in v]
+            elif isinstance(v, Entry):
+                v = v.to_dict()
             out[f.name] = v
         return out
+
+
+@dataclass
+class Proof(Entry):
+    """What `scpo verify`'s prover said of one policy over the whole initial box, for
+    `train { verify every K }`: a candidate is accepted on such a step only if every metric is
+    PROVED (docs/verify.md).  The audit checks these numbers against the margins; it cannot
+    redo the proof (no torch)."""
+
+    verdict: str                      # overall: PROVED | COUNTEREXAMPLE | UNDECIDED
+    verdicts: list                    # per metric, in the header's order
+    bounds: Vec                       # per metric: an upper bound of g over the box (inf: none)
+    cells: int                        # leaf cells of the split
+    seconds: float
+    reason: str | None = None         # why nothing could be bounded, when nothing could
+    counterexamples: dict = field(default_factory=dict)  # metric → {"x0": [...], "g": float}
 
 
 @dataclass
@@ -113,7 +133,7 @@ class Try(Entry):
     """One solve of the projection at one ℓ (a step re-solves with ℓ doubled after a refutation)."""
 
     ell: Vec
-    outcome: str = ""                 # accepted | refuted | no_descent | solver_failed
+    outcome: str = ""                 # accepted | refuted | unproved | no_descent | solver_failed
     status: str = ""
     solve_time: float = 0.0
     objective: float | None = None
@@ -125,8 +145,10 @@ class Try(Entry):
     verified: Vec | None = None       # g(θ + Dξ) by rollout
     observed_curvature: Vec | None = None
     loss: float | None = None
-    refuted: list = field(default_factory=list)          # names of the refuted metrics
+    refuted: list = field(default_factory=list)          # names of the refuted metrics (for
+    # `unproved`: the metrics the prover did not prove)
     counterexample: dict = field(default_factory=dict)   # metric → worst scenario's rollout
+    proof: Proof | None = None        # `verify every K`: the prover's answer for the candidate
 
 
 @dataclass
@@ -185,6 +207,7 @@ class Init(Record):
     loss: float
     ell: Vec | None = None
     margins: Vec | None = None
+    proof: Proof | None = None    # `verify every K`: θ₀ over the whole initial box
 
 
 @dataclass
@@ -216,6 +239,9 @@ class Step(Record):
     ell_next: Vec | None = None
     timing: dict = field(default_factory=dict)
     stopped: bool = False     # `on_violation stop` ended the run here
+    # `verify every K`: True the accepted update is PROVED over the whole initial box, False a
+    # proof was due and no candidate was proved (rejected), None no proof was due at this step
+    proved: bool | None = None
 
     @property
     def refutations(self) -> int:

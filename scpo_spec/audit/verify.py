@@ -18,9 +18,11 @@ from scpo_spec.audit.files import TooLarge, UnreadableFile, read_regular
 from scpo_spec.audit.log import GENESIS, LogLine, parse_line, read_lines, sha256_hex
 from scpo_spec.audit.records import (End, Header, Holdout, Init, RecordError, Resume, Step,
                                      Try, parse_record)
-from scpo_spec.audit.proof import check_verify_record
+from scpo_spec.audit.proof import (check_verify_record, initial_proof_problems,
+                                   step_proof_problems)
 from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.compile.certificate import certificate, rounding_error
+from scpo_spec.verify.verdicts import PROVED
 
 REL_TOL = 1e-9   # a recomputed certificate must match the logged one to this relative precision
 GRAM_TOL = 1e-9  # S must be symmetric and PSD, diag(S) = ‖d_j‖², to this relative precision
@@ -80,6 +82,12 @@ class AuditResult:
     verify: str = "absent"
     verify_record: dict | None = None   # the record, when consistent
     verify_problems: list = field(default_factory=list)
+    # `train { verify every K }`: K (None: no proofs asked), the steps whose accepted update was
+    # PROVED over the whole initial box (the logged proofs checked for consistency, not redone),
+    # and whether θ₀ was
+    proof_every: int | None = None
+    proved_steps: int = 0
+    theta0_proved: bool | None = None
 
     @property
     def spec_ok(self) -> bool:
@@ -209,7 +217,9 @@ def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
     said = {"name": header.spec.get("name"), "seeds": header.seeds, "settings": settings,
             "horizon": header.dimensions.get("horizon"),
             "scenarios": header.dimensions.get("scenarios"), "uncertainty": header.uncertainty}
-    stated_settings = {k: v for k, v in stated["settings"].items() if k not in OVERRIDABLE}
+    # a setting newer than the log (absent from its header) is read as its default, None
+    stated_settings = {k: v for k, v in stated["settings"].items()
+                       if k not in OVERRIDABLE and (k in settings or v is not None)}
     for key, want in (("name", stated["name"]), ("seeds", stated["seeds"]),
                       ("settings", stated_settings), ("horizon", stated["horizon"]),
                       ("scenarios", stated["scenarios"]),
@@ -303,6 +313,12 @@ class _Audit:
         self.streak: list[Step] = []   # rejected steps since the last accepted one
         self.longest: list[Step] = []  # the longest such run
         self.all_steps: list[Step] = []
+        every = header.settings.get("verify_every")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int)
+                                  or every < 1):
+            self.fail(f"the header's verify_every {every!r} is not a positive integer")
+            every = None
+        self.every = res.proof_every = every
 
     def fail(self, msg: str) -> None:
         self.res.certificates_ok = False
@@ -345,6 +361,7 @@ class _Audit:
             return
         for i, t in enumerate(rec.tries):
             self._try(rec, i, where)
+        self._proofs(rec, where)
         last = rec.tries[-1] if rec.tries else None
         if rec.accepted:
             if last is None or last.outcome != "accepted" or last.certificate is None \
@@ -354,6 +371,18 @@ class _Audit:
                 self.fail(f"{where}: the accepted g is not the verified one")
         elif rec.theta_next != rec.theta:
             self.fail(f"{where}: a rejected step changed the policy")
+
+    def initial_proof(self, rec: Init, where: str) -> None:
+        for p in initial_proof_problems(rec.proof, self.names, self.margins, self.every):
+            self.fail(f"{where}: {p}")
+        if self.every is not None and rec.proof is not None:
+            self.res.theta0_proved = rec.proof.verdict == PROVED
+
+    def _proofs(self, rec: Step, where: str) -> None:
+        problems, proved = step_proof_problems(rec, self.names, self.margins, self.every)
+        for p in problems:
+            self.fail(f"{where}: {p}")
+        self.res.proved_steps += proved
 
     def _bank_ok(self, rec: Step, where: str) -> bool:
         """G, S and the bank norms are finite, S is the Gram matrix of a real bank (symmetric,
@@ -423,6 +452,7 @@ def _check_records(records: list, res: AuditResult) -> None:
                 a.fail(f"record {seq}: a second initial policy")
             res.loss_first = res.loss_last = rec.loss
             a.accept(rec.theta, rec.g, "θ₀")
+            a.initial_proof(rec, f"record {seq}")
         elif isinstance(rec, Resume):
             if rec.from_step != res.steps:
                 a.fail(f"record {seq}: resumed from step {rec.from_step}, but the log holds "
@@ -537,6 +567,8 @@ def _rejection_cause(rec: Step, a: _Audit, refuted_before: str | None) -> str | 
     last = rec.tries[-1]
     if last.outcome == "no_descent":
         return "loss"
+    if last.outcome == "unproved":
+        return "proof"
     refuted = [t for t in rec.tries if t.outcome == "refuted"]
     if refuted:
         return _refutation_cause(refuted[-1], a)
@@ -588,7 +620,8 @@ def _worst_g(steps: list[Step]) -> float | None:
 CAUSE_WORDS = {"loss": "no loss decrease along the certified step",
                "certificate": "refuted by rollout beyond the bound",
                "margin": "refuted by rollout within the margin",
-               "solver": "no usable projection"}
+               "solver": "no usable projection",
+               "proof": "not proved over the whole initial box"}
 
 
 def describe_stall(s: dict) -> str:
@@ -627,6 +660,11 @@ def describe_stall(s: dict) -> str:
                 "training is: lower that metric's `margin` (or train's `margin`) if the slack "
                 "is not needed, or raise its `smoothness` ℓ so the certified steps keep further "
                 "from the bound")
+    if cause == "proof":
+        return (f"{rejected}: the candidates passed their rollouts but the prover did not prove "
+                f"them over the whole initial box (`verify every`){mixed}. hint: `scpo verify` "
+                "on the spec says why (a part it cannot bound, the cell budget, the time limit); "
+                "raise `verify { cells  time_limit }`, or prove less often (`verify every K`)")
     if cause == "certificate":
         return (f"stalled: '{metric}' blocked training ({s['rejected_in_a_row']} updates "
                 f"rejected in a row from step {s['from_step']}{growth}{where}){mixed}. "

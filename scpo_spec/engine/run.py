@@ -394,6 +394,9 @@ def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
             note, on_record=None, asked_steps: int | None = None) -> tuple[Recorder, State]:
     compiled = trainer.c
     state = trainer.initial_state()  # raises UnsafeStart before anything is written
+    # `verify every K`: θ₀ over the whole initial box, logged; a θ₀ not PROVED still starts
+    # (no update is accepted unless proved, so the log shows why θ stays θ₀)
+    proof = trainer.prove(state.theta) if compiled.settings.verify_every is not None else None
     run, made = _new_run(out, Path("runs") / spec.name.name, force, spec_path, note)
     recorder = None
     try:
@@ -401,7 +404,7 @@ def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
         recorder = Recorder(run, AuditWriter.create(run.log), trainer, on_record, asked_steps)
         recorder.commit(header(compiled, spec_text, spec_path, trainer), state)
         recorder.commit(Init(theta=theta_hash(state.theta), g=state.g, loss=state.loss,
-                             ell=state.ell, margins=trainer.margins), state)
+                             ell=state.ell, margins=trainer.margins, proof=proof), state)
     except BaseException as e:  # not started: leave nothing behind
         if recorder is not None:
             recorder.close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from scpo_spec.audit.records import Step, Try, theta_sha256
+from scpo_spec.audit.records import Proof, Step, Try, theta_sha256
 from scpo_spec.compile.certificate import certificate, certificate_terms
 from scpo_spec.compile.evaluator import Evaluator
 from scpo_spec.compile.problem import CompiledSpec
@@ -26,6 +26,9 @@ from scpo_spec.engine.memory import keep_freed_memory
 from scpo_spec.engine.optimizers import Optimizer
 from scpo_spec.engine.probes import fill_gaussian
 from scpo_spec.errors import ScpoError
+from scpo_spec.language.settings import verify_limits
+from scpo_spec.verify.prove import verify as prove_over_box
+from scpo_spec.verify.verdicts import PROVED
 
 MAX_TRIES = 6          # re-solves with doubled ℓ after a refutation, per step
 ARMIJO_C = 1e-4        # sufficient-decrease constant
@@ -43,12 +46,13 @@ def theta_hash(theta: torch.Tensor) -> str:
 class Timer:
     """Seconds per phase of a step: gradient, rollouts (the bank's batched evaluation and the
     counterexamples), verification (each try's rollout of its candidate), bank (the probes,
-    the Gram matrix, R and Qᵀs), qcqp, hashing (θ's SHA-256); the rest is `other`."""
+    the Gram matrix, R and Qᵀs), qcqp, hashing (θ's SHA-256), proof (`verify every K`: the
+    prover over the whole initial box); the rest is `other`."""
 
     def __init__(self):
         self.start = time.perf_counter()
         self.phases = {"rollouts": 0.0, "verification": 0.0, "bank": 0.0, "qcqp": 0.0,
-                       "gradient": 0.0, "hashing": 0.0}
+                       "gradient": 0.0, "hashing": 0.0, "proof": 0.0}
 
     @contextmanager
     def __call__(self, phase: str):
@@ -115,6 +119,7 @@ class Trainer:
         self.estimated = np.array([m.smoothness is None for m in self.ev.metrics])
         self.spec_ell = np.array([m.smoothness if m.smoothness is not None else ESTIMATE_START
                                   for m in self.ev.metrics], dtype=np.float64)
+        self.proof_cells, self.proof_time_limit = verify_limits(compiled.spec)
 
     # ---- θ₀ ----
     def initial_state(self) -> State:
@@ -135,6 +140,21 @@ class Trainer:
                      ell_floor=self.spec_ell.copy(), previous=torch.zeros(self.d, dtype=DTYPE))
 
     # ---- pieces ----
+    def prove(self, theta: torch.Tensor) -> Proof:
+        """`verify every K`: the prover's answer for the policy θ over the whole initial box,
+        with the spec's `verify { cells  time_limit }`, as the record the log keeps (its cells
+        bounded on the executor's Ray actors under `executor ray`)."""
+        res = prove_over_box(self.c, theta, cells=self.proof_cells,
+                             time_limit=self.proof_time_limit,
+                             executor=self.ev if hasattr(self.ev, "bound_cells") else None)
+        found = [res.constraints[n] for n in self.ev.names]
+        return Proof(verdict=res.verdict, verdicts=[c.verdict for c in found],
+                     bounds=np.array([c.bound if c.bound is not None else np.inf
+                                      for c in found], dtype=np.float64),
+                     cells=res.cells, seconds=res.seconds, reason=res.reason,
+                     counterexamples={n: c.counterexample for n, c in zip(self.ev.names, found)
+                                      if c.counterexample is not None})
+
     def metrics(self, thetas: torch.Tensor) -> np.ndarray:
         return self.ev(thetas).cpu().numpy()
 
@@ -176,12 +196,17 @@ class Trainer:
         # 4–7. project, backtrack, verify; on refutation double ℓ and re-solve
         tries, accepted, reason, verified = self.solve_and_verify(state, bank, grad, loss, timer)
         win = tries[-1] if accepted else None  # the verified try, whose θ + Dξ becomes θ
-        refuted = np.array([[n in t.refuted for n in self.ev.names] for t in tries]).any(axis=0)
+        # the metrics whose smoothness a rollout refuted; a candidate the prover did not prove
+        # (`unproved`) doubled ℓ within this step only: it says nothing about ℓ
+        refuted = np.array([[n in t.refuted and t.outcome == "refuted" for n in self.ev.names]
+                            for t in tries]).any(axis=0)
         ell_next, floor = self.next_ell(state, tries, refuted)
         theta_next = verified if win else state.theta  # θ + Dξ, the very θ verified
         update = theta_next - state.theta if win else state.previous
+        # a rejected step keeps θ and the loss logged for it (the autograd pass above may
+        # differ in a last bit, and the end record must repeat the last accepted policy's)
         new_state = State(theta=theta_next, g=win.verified if win else state.g,
-                          loss=win.loss if win else loss, ell=ell_next, ell_floor=floor,
+                          loss=win.loss if win else state.loss, ell=ell_next, ell_floor=floor,
                           previous=update, step=state.step + 1,
                           accepted=state.accepted + int(accepted), optimizer=opt_state,
                           theta_sha=None if win else state.theta_sha)
@@ -198,7 +223,8 @@ class Trainer:
             grad_norm=float(grad.norm()), raw_norm=raw_norm, nu=nu, probe_cap=cap, bank=kinds,
             dropped=bank.dropped, update_norm=float(update.norm()) if win else 0.0,
             ell_next=ell_next, timing=timer.done(),
-            stopped=tries[-1].outcome == "refuted" and self.s.on_violation == "stop")
+            stopped=tries[-1].outcome == "refuted" and self.s.on_violation == "stop",
+            proved=accepted if self.s.proof_due(state.step) else None)
         return new_state, record
 
     def candidate_bank(self, state: State, raw: torch.Tensor):
@@ -243,10 +269,12 @@ class Trainer:
 
     def solve_and_verify(self, state: State, bank: Bank, grad: torch.Tensor, loss: float,
                          timer: Timer) -> tuple[list[Try], bool, str, torch.Tensor | None]:
-        """Steps 4–7 at ℓ, then at ℓ doubled for each refuted metric, up to MAX_TRIES; the
-        tries, whether the last was accepted, why not, and the accepted θ + Dξ."""
+        """Steps 4–7 at ℓ, then at ℓ doubled for each refuted metric (and, on a step `verify
+        every K` names, each metric the prover left unproved for a verified candidate), up to
+        MAX_TRIES; the tries, whether the last was accepted, why not, and the accepted θ + Dξ."""
         ell, tries, reason = state.ell.copy(), [], f"refuted {MAX_TRIES} times: update rejected"
         gD = (bank.D @ grad.to(bank.D.device)).cpu().numpy()  # ∇Lᵀd_j
+        due = self.s.proof_due(state.step)
         for attempt in range(MAX_TRIES):
             with timer("qcqp"):
                 p = self.template.project(bank, ell)
@@ -275,9 +303,18 @@ class Trainer:
             entry.observed_curvature = (2 * (entry.verified - lin) / quad if quad > 0
                                         else np.zeros(self.k))
             refuted = ~(entry.verified <= -self.margins)
+            if not refuted.any() and due:  # `verify every K`: the whole initial box too
+                with timer("proof"):
+                    entry.proof = self.prove(candidate)
+                unproved = np.array([v != PROVED for v in entry.proof.verdicts])
+                if unproved.any():  # rejected like a refuted certificate: ℓ doubled below
+                    entry.outcome = "unproved"
+                    entry.refuted = [self.ev.names[i] for i in np.flatnonzero(unproved)]
+                    ell = np.where(unproved, 2 * ell, ell)
+                    continue
             if not refuted.any():
                 entry.outcome = "accepted"
-                return tries, True, "verified", candidate
+                return tries, True, "verified and proved" if due else "verified", candidate
             entry.outcome = "refuted"
             entry.refuted = [self.ev.names[i] for i in np.flatnonzero(refuted)]
             with timer("rollouts"):
@@ -286,7 +323,22 @@ class Trainer:
                 return (tries, False,
                         "refuted: " + ", ".join(entry.refuted) + " (on_violation stop)", None)
             ell = np.where(refuted, 2 * ell, ell)
-        return tries, False, reason, None
+        return tries, False, self.exhausted(tries, reason), None
+
+    @staticmethod
+    def exhausted(tries: list[Try], refuted_reason: str) -> str:
+        """Why MAX_TRIES tries left the update rejected: refuted certificates, or (`verify
+        every K`) candidates the prover did not prove, with the last proof's verdicts."""
+        unproved = [t for t in tries if t.outcome == "unproved"]
+        if not unproved:
+            return refuted_reason
+        p = unproved[-1]
+        said = ", ".join(p.refuted)
+        refuted = len(tries) - len(unproved)
+        return (f"not proved over the whole initial box ({len(unproved)} of {len(tries)} "
+                f"candidates{f'; {refuted} refuted' if refuted else ''}): update rejected "
+                f"(last proof: {p.proof.verdict}, {said} not proved"
+                + (f": {p.proof.reason}" if p.proof.reason else "") + ")")
 
     def next_ell(self, state: State, tries: list[Try], refuted: np.ndarray):
         """ℓ relaxes by ELL_RELAX back toward its floor where not refuted this step; under
@@ -297,10 +349,11 @@ class Trainer:
             seen = np.max(np.vstack([np.zeros(self.k), *observed]), axis=0)
             seen = np.where(np.isfinite(seen), seen, 0.0)  # a NaN rollout says nothing about ℓ
             floor = np.where(self.estimated, np.maximum(floor, 2 * seen), floor)
-        last = tries[-1]
-        ell = last.ell
-        if last.outcome == "refuted" and self.s.on_violation != "stop":  # doubled for the next
-            ell = np.where([n in last.refuted for n in self.ev.names], 2 * ell, ell)
+        ell = state.ell  # as the step began, doubled for each refutation in it (not for a
+        # candidate the prover left unproved: that doubling shortened this step's tries only)
+        for t in tries:
+            if t.outcome == "refuted" and self.s.on_violation != "stop":
+                ell = np.where([n in t.refuted for n in self.ev.names], 2 * ell, ell)
         return np.where(refuted, np.maximum(ell, floor), np.maximum(floor, ell * ELL_RELAX)), floor
 
     @staticmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scpo_spec.language.model import TRAIN_DEFAULTS, Spec
+from scpo_spec.language.model import DEFAULTS, TRAIN_DEFAULTS, Spec
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Settings:
     ray_address: str | None = None
     ray_workers: int = 2
     device: str = "cpu"     # where rollouts, the policy and the bank run (certificates: numpy)
+    verify_every: int | None = None  # `verify every K`: every K-th update must also be PROVED
 
     @property
     def bank_size(self) -> int:
@@ -58,7 +59,12 @@ class Settings:
                                 is not None else None),
                    ray_workers=(int(t.executor.workers) if getattr(t.executor, "workers", None)
                                 is not None else 2),
-                   device=t.device.name if getattr(t, "device", None) is not None else "cpu")
+                   device=t.device.name if getattr(t, "device", None) is not None else "cpu",
+                   verify_every=int(t.verify_every) if t.verify_every is not None else None)
+
+    def proof_due(self, step: int) -> bool:
+        """Whether step `step` (0-based) must prove its update: the K-th, 2K-th, … step."""
+        return self.verify_every is not None and (step + 1) % self.verify_every == 0
 
 
 def declared_seeds(spec: Spec) -> dict:
@@ -66,3 +72,19 @@ def declared_seeds(spec: Spec) -> dict:
     policy = getattr(spec.policy, "seed", None)
     return {"train": Settings.of(spec).seed, "policy": int(policy) if policy is not None else None,
             "scenarios": int(spec.scenarios.seed) if spec.scenarios.seed is not None else 0}
+
+
+# `verify { }` entries left out: most cells the initial box is split into, seconds before the
+# splitting stops (the language's DEFAULTS)
+VERIFY_CELLS = int(DEFAULTS[("verify", "cells")])
+VERIFY_TIME_LIMIT = float(DEFAULTS[("verify", "time_limit")])
+
+
+def verify_limits(spec: Spec) -> tuple[int, float]:
+    """The `verify { cells  time_limit }` section with its defaults: what `scpo verify` proves
+    with unless its flags say otherwise, and what `train { verify every K }` proves with."""
+    v = spec.verify
+    cells = v.cells if v is not None else None
+    limit = v.time_limit if v is not None else None
+    return (int(cells) if cells is not None else VERIFY_CELLS,
+            float(limit) if limit is not None else VERIFY_TIME_LIMIT)

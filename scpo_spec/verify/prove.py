@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.lets import expand
+from scpo_spec.language.settings import VERIFY_CELLS, VERIFY_TIME_LIMIT
 from scpo_spec.verify.reach import Unsupported
 from scpo_spec.verify.uncertain import Uncertainty, cell_box, closed_loop, interval_compiler
 from scpo_spec.verify.verdicts import COUNTEREXAMPLE, PROVED, UNDECIDED, overall_proof_verdict
@@ -97,9 +99,86 @@ def model_of(compiled: CompiledSpec) -> str:
             + Uncertainty.of(compiled).clause())
 
 
-def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = 4096,
-           time_limit: float = 300.0, keep: int = KEEP, seed: int = SEED) -> VerifyResult:
-    """Prove, refute or leave open each metric of `compiled` for the policy θ.
+@dataclass
+class CellAnswer:
+    """What bounding a batch of cells gives: each cell's upper bound of each metric's g
+    (B, k; inf where none), each falsifier point's g by the ordinary evaluator (P, k), the
+    metrics found unbounded on the way (their reason, else None), or why nothing could be
+    bounded at all (`unsupported`)."""
+
+    his: np.ndarray
+    g: np.ndarray
+    unbounded: list
+    unsupported: str | None = None
+
+
+class Cells:
+    """The part of the prover that a batch of cells needs, and nothing of the splitting: the
+    closed loop over sets, each metric's bounder, the falsifier's evaluator.  Cells are
+    independent, so a batch may be cut into parts bounded anywhere this can be built (Ray's
+    workers: engine/executors/ray_cells.py) and the parts joined in order."""
+
+    def __init__(self, compiled: CompiledSpec, theta: torch.Tensor, keep: int = KEEP):
+        self.compiled, self.theta = compiled, theta
+        self.loop = closed_loop(compiled, theta, keep)  # over (x0, parameters): uncertain.py
+        spec = compiled.spec
+        compiler = interval_compiler(compiled)
+        self.bounders, self.unbounded = [], []
+        for prop in spec.properties:
+            try:
+                self.bounders.append(compiler.formula(expand(prop.formula, spec)))
+                self.unbounded.append(None)
+            except Unsupported as e:
+                self.bounders.append(None)
+                self.unbounded.append(str(e))
+        self.rho = None
+        if any(m.uses_linearisation for m in compiled.metrics):
+            self.rho = float(compiled.evaluator.spectral_radius(theta[None])[0])
+
+    @property
+    def batch(self) -> int:
+        return self.loop.batch
+
+    def bound(self, lo: np.ndarray, hi: np.ndarray, points: np.ndarray,
+              owner: np.ndarray) -> CellAnswer:
+        """Bound the cells [lo, hi] (B, n) and roll the falsifier's points out (`owner`: the
+        cell of each point, unused here: a part of a batch carries its own points)."""
+        k = len(self.bounders)
+        g = np.zeros((0, k))
+        if len(points):  # the driver rolls its falsifier out itself (`_falsify`): none sent
+            with torch.no_grad():
+                g = self.compiled.evaluator.per_scenario(
+                    self.theta[None], torch.as_tensor(points, dtype=DTYPE))[0].numpy()  # (P, k)
+        lo_t, hi_t = torch.as_tensor(lo, dtype=DTYPE), torch.as_tensor(hi, dtype=DTYPE)
+        try:
+            reach = self.loop.reach(lo_t, hi_t)
+        except Unsupported as e:
+            return CellAnswer(np.full((len(lo), k), np.inf), g, [None] * k, str(e))
+        his = np.full((len(lo), k), np.inf)
+        unbounded = list(self.unbounded)
+        for j, bounder in enumerate(self.bounders):
+            if unbounded[j] is None:
+                try:
+                    his[:, j] = bounder(reach, self.rho)[1].expand(len(lo)).numpy()
+                except Unsupported as e:
+                    unbounded[j] = str(e)
+        return CellAnswer(np.where(np.isnan(his), np.inf, his), g, unbounded)
+
+
+class CellExecutor(Protocol):
+    """Where a batch of cells is bounded when not in this process (`scpo verify --executor
+    ray`: engine/executors/ray_cells.py): the answer `Cells(compiled, θ, keep).bound(lo, hi,
+    points, owner)` would give, for the spec it was opened with."""
+
+    def bound_cells(self, theta: np.ndarray, keep: int, lo: np.ndarray, hi: np.ndarray,
+                    points: np.ndarray, owner: np.ndarray) -> CellAnswer: ...
+
+
+def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = VERIFY_CELLS,
+           time_limit: float = VERIFY_TIME_LIMIT, keep: int = KEEP, seed: int = SEED,
+           executor: CellExecutor | None = None) -> VerifyResult:
+    """Prove, refute or leave open each metric of `compiled` for the policy θ; `executor`:
+    where the cells are bounded (this process by default; the splitting stays here).
 
     Runs on one torch thread: its matmuls are small (≤ 256 cells × ~200 generators × the
     layer width), where intra-op threads cost more than they give — on a loaded 2-core
@@ -107,13 +186,13 @@ def verify(compiled: CompiledSpec, theta: torch.Tensor, *, cells: int = 4096,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _verify(compiled, theta, cells, time_limit, keep, seed)
+        return _verify(compiled, theta, cells, time_limit, keep, seed, executor)
     finally:
         torch.set_num_threads(threads)
 
 
 def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit: float,
-            keep: int, seed: int) -> VerifyResult:
+            keep: int, seed: int, executor) -> VerifyResult:
     start = time.perf_counter()
     theta = torch.as_tensor(theta, dtype=DTYPE).reshape(-1)
     metrics = compiled.metrics
@@ -129,22 +208,16 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         if compiled.settings.aggregate != "hard":
             raise Unsupported("`aggregate smooth`: the rounding of its logsumexp is not "
                               "bounded yet")
-        loop = closed_loop(compiled, theta, keep)  # over (x0, parameters): uncertain.py
-        spec = compiled.spec
-        compiler = interval_compiler(compiled)
+        here = Cells(compiled, theta, keep)
     except Unsupported as e:
         return undecided(str(e))
-    bounders, unbounded = [], [None] * len(metrics)  # a metric it cannot bound: its reason
-    for j, prop in enumerate(spec.properties):
-        try:
-            bounders.append(compiler.formula(expand(prop.formula, spec)))
-        except Unsupported as e:
-            bounders.append(None)
-            unbounded[j] = str(e)
+    if executor is None:
+        bound_cells = here.bound
+    else:  # the same answer, bounded elsewhere (CellExecutor)
+        theta_np = theta.detach().cpu().numpy()
+        bound_cells = lambda *batch: executor.bound_cells(theta_np, keep, *batch)  # noqa: E731
+    unbounded = list(here.unbounded)  # a metric it cannot bound: its reason
     uncertainty = Uncertainty.of(compiled)
-    rho = None
-    if any(m.uses_linearisation for m in metrics):
-        rho = float(compiled.evaluator.spectral_radius(theta[None])[0])
 
     box_lo, box_hi = (torch.as_tensor(a, dtype=DTYPE) for a in cell_box(compiled))
     width = (box_hi - box_lo).clamp_min(0)
@@ -163,21 +236,16 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         if time.perf_counter() - start > time_limit:
             timed_out = True
             break
-        batch, pending = pending[:loop.batch], pending[loop.batch:]
+        batch, pending = pending[:here.batch], pending[here.batch:]
         lo = torch.stack([c[0] for c in batch])
         hi = torch.stack([c[1] for c in batch])
-        try:
-            reach = loop.reach(lo, hi)
-        except Unsupported as e:
-            return undecided(str(e))
-        his = np.full((len(batch), k), np.inf)
-        for j, bounder in enumerate(bounders):
-            if unbounded[j] is None:
-                try:
-                    his[:, j] = bounder(reach, rho)[1].expand(len(batch)).numpy()
-                except Unsupported as e:
-                    unbounded[j] = str(e)
-        his = np.where(np.isnan(his), np.inf, his)
+        answer = bound_cells(lo.numpy(), hi.numpy(), np.zeros((0, lo.shape[1])),
+                             np.zeros(0, dtype=int))
+        if answer.unsupported is not None:
+            return undecided(answer.unsupported)
+        his = answer.his
+        unbounded = [u if u is not None else a for u, a in zip(unbounded, answer.unbounded)]
+        his[:, [u is not None for u in unbounded]] = np.inf
         proved = his <= -margins  # (B, k)
         # the falsifier on every cell: a counterexample where g > 0, and a check of the
         # bounds themselves — a point's g above its cell's bound is a bug in the verifier,

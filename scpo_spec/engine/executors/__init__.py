@@ -19,6 +19,9 @@ def open_evaluator(compiled: CompiledSpec, base_dir: Path | None) -> Evaluator:
     s = compiled.settings
     if s.executor != "ray":
         return compiled.evaluator
+    if s.verify_every is not None:  # the same actors also bound the cells of the loop's proofs
+        from scpo_spec.engine.executors.ray_cells import RayCells
+        return RayCells(compiled, base_dir, workers=s.ray_workers, address=s.ray_address)
     from scpo_spec.engine.executors.ray import RayEvaluator
     return RayEvaluator(compiled.evaluator, compiled.spec, base_dir, workers=s.ray_workers,
                         address=s.ray_address)

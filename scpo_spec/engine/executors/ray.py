@@ -178,7 +178,8 @@ class EvaluatorWorker:
         if sums and str(self.base) not in sys.path:  # gymnasium imports "module:EnvId" itself
             sys.path.insert(0, str(self.base))
         self.sums = dict(sums)  # as checked above
-        self.spec, self.ev = spec, compile_spec(spec, self.base).evaluator
+        self.spec, self.compiled = spec, compile_spec(spec, self.base)
+        self.ev = self.compiled.evaluator
 
     def fingerprint(self) -> str:
         return fingerprint(self.ev)
@@ -248,7 +249,10 @@ def connect(address: str | None, workers: int):
 
 
 class RayEvaluator:
-    """An `Evaluator`; batches of ≥ LOCAL_BELOW rows run on `workers` actors."""
+    """An `Evaluator`; batches of ≥ LOCAL_BELOW rows run on `workers` actors (of class
+    WORKER: ray_cells.py's subclass also bounds `scpo verify`'s cells)."""
+
+    WORKER = EvaluatorWorker
 
     def __init__(self, local: RolloutEvaluator, spec, base_dir: Path | str | None,
                  workers: int = 2, address: str | None = None,
@@ -267,7 +271,7 @@ class RayEvaluator:
                 packed = tempfile.mkdtemp(prefix="scpo-ray-files-")
                 self.shipped = shipment.pack(Path(packed, "files"))
                 options["runtime_env"] = {"working_dir": upload(Path(packed))}
-            actor = ray.remote(EvaluatorWorker).options(**options)
+            actor = ray.remote(self.WORKER).options(**options)
             self._actors = [actor.remote(spec, shipment.folder, self.shipped)
                             for _ in range(self.workers)]
             ready, pending = ray.wait([a.fingerprint.remote() for a in self._actors],
