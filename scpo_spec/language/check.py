@@ -445,7 +445,7 @@ class Checker:
         one-step map (compile uses autograd on the torch map; a test keeps them close)."""
         system = self.spec.system
         try:
-            return linearisation(system, self.consts)
+            return linearisation(system, self.consts, at=self.spec.equilibrium_point())
         except (EvalError, KeyError, TypeError, ValueError, FloatingPointError):
             return None  # an equation that cannot be evaluated: reported by its own check
 
@@ -1152,9 +1152,13 @@ class Checker:
             return
         if isinstance(system, (M.DiscreteSystem, M.OdeSystem)):
             try:
-                residual = right_hand_side(system, self.consts)(np.zeros(self.n), np.zeros(self.m))
+                x_star, u_star = (np.asarray(v, dtype=np.float64)
+                                  for v in self.spec.equilibrium_point())
+                residual = right_hand_side(system, self.consts)(x_star, u_star)
             except (EvalError, KeyError, TypeError, ValueError, FloatingPointError):
                 return  # an equation that cannot be evaluated there: reported by its own check
+            if isinstance(system, M.DiscreteSystem):
+                residual = residual - x_star  # x* must map to itself
             moved = not_an_equilibrium(residual, isinstance(system, M.OdeSystem), uses)
             for message, span in moved:
                 self.error(message, span, OPERATING_POINT_HINT)

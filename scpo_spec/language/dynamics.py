@@ -92,11 +92,14 @@ def step_map(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any]) \
 
 
 def linearisation(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any],
-                  step: float = FD_STEP) -> tuple[np.ndarray, np.ndarray]:
-    """(A, B) = (∂F/∂x, ∂F/∂u) at the origin by central differences of the one-step map."""
+                  step: float = FD_STEP, at: tuple[Vector, Vector] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) = (∂F/∂x, ∂F/∂u) at `at` = (x*, u*) (the origin when None) by central
+    differences of the one-step map."""
     F = step_map(system, consts)
     n, m = len(system.states), len(system.inputs)
-    x0, u0 = np.zeros(n), np.zeros(m)
+    x0, u0 = ((np.zeros(n), np.zeros(m)) if at is None
+              else (np.asarray(at[0], dtype=np.float64), np.asarray(at[1], dtype=np.float64)))
     A, B = np.zeros((n, n)), np.zeros((n, m))
     for j in range(n):
         e = np.zeros(n)
