@@ -66,6 +66,20 @@ def test_tora_and_unicycle_declare_the_published_input_offsets():
         assert np.abs(moved).max() > 1  # without the offset the origin is not at rest
 
 
+def test_a_wrong_operating_point_is_refused_by_check(tmp_path):
+    """scpo check evaluates the plant at the declared (x*, u*): TORA at u* = 9 is not at rest,
+    so its LQR backup and spectral_radius are refused; at u* = 10 they are accepted."""
+    text = (ARCH / "tora.scpo").read_text()
+    assert "equilibrium { u = 10 }" in text
+    wrong = tmp_path / "tora.scpo"
+    wrong.write_text(text.replace("equilibrium { u = 10 }", "equilibrium { u = 9 }"))
+    result = check_file(wrong)
+    assert not result.ok
+    messages = [d.message for d in result.diagnostics if d.severity == "error"]
+    assert len(messages) == 2 and all("not an equilibrium" in m and "[0, 0, 0, -1]" in m
+                                      for m in messages), messages
+
+
 def test_acc_backup_keeps_the_safe_distance_in_plain_numpy():
     """An independent rollout of acc.scpo's backup (dynamicsACC.m, RK4 with the spec's
     substeps) on the initial box's corners: the safe distance holds with the margin its

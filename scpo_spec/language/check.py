@@ -1143,8 +1143,8 @@ class Checker:
         return P if P.shape == (self.n, self.n) else None
 
     def _check_linearisation_point(self) -> None:
-        """backup lqr, lyapunov(backup) and spectral_radius linearise the plant at x = 0, u = 0:
-        refused where that is not an equilibrium (the LQR of a plant drifting away from it is
+        """backup lqr, lyapunov(backup) and spectral_radius linearise the plant at (x*, u*) (the
+        `equilibrium` block's point, else x = 0, u = 0): refused where that is not an equilibrium (the LQR of a plant drifting away from it is
         garbage), or where the LQR's Riccati equation has no stabilising solution.  A python
         plant's numbers need its code: compile/usercode.py checks it the same way."""
         system, uses = self.spec.system, linearisation_uses(self.spec)
@@ -1159,9 +1159,13 @@ class Checker:
                 return  # an equation that cannot be evaluated there: reported by its own check
             if isinstance(system, M.DiscreteSystem):
                 residual = residual - x_star  # x* must map to itself
-            moved = not_an_equilibrium(residual, isinstance(system, M.OdeSystem), uses)
+            declared = bool(getattr(system, "equilibrium", None))
+            moved = not_an_equilibrium(residual, isinstance(system, M.OdeSystem), uses, declared)
+            hint = ("the `equilibrium` block's states and inputs must put the plant at rest "
+                    "there; the residual above says by how much it moves" if declared
+                    else OPERATING_POINT_HINT)
             for message, span in moved:
-                self.error(message, span, OPERATING_POINT_HINT)
+                self.error(message, span, hint)
             if moved:
                 return
             AB = self._declared_linearisation()

@@ -131,17 +131,21 @@ def linearisation_uses(spec: M.Spec) -> list[tuple[str, Any]]:
     return uses
 
 
-def not_an_equilibrium(residual: np.ndarray, derivative: bool, uses: list[tuple[str, Any]]
-                       ) -> list[tuple[str, Any]]:
+def not_an_equilibrium(residual: np.ndarray, derivative: bool, uses: list[tuple[str, Any]],
+                       declared: bool = False) -> list[tuple[str, Any]]:
     """(message, span) for each use of the linearisation (`linearisation_uses`) when x = 0,
-    u = 0 is not an equilibrium (none when it is): the plant moves away from it, by `residual`
-    = x⁺ (a one-step map) or ẋ (`derivative`: an ode's right-hand side)."""
+    u = 0 (or the `declared` equilibrium) is not an equilibrium (none when it is): the plant
+    moves away from it, by `residual` = x⁺ − x* (a one-step map) or ẋ (`derivative`: an ode's
+    right-hand side)."""
     residual = np.asarray(residual, dtype=np.float64)
     if np.all(np.abs(residual) <= EQUILIBRIUM_TOLERANCE):
         return []
     value = "[" + ", ".join(f"{v:.6g}" for v in residual + 0.0) + "]"
-    moved = f"ẋ = f(0, 0) = {value}" if derivative else f"x⁺ = F(0, 0) = {value}"
-    return [(f"{what} linearises the plant at x = 0, u = 0, which is not an equilibrium of "
+    at, point = (("x*, u*", "the declared equilibrium (x*, u*)") if declared
+                 else ("0, 0", "x = 0, u = 0"))
+    moved = (f"ẋ = f({at}) = {value}" if derivative
+             else f"x⁺ − x* = F({at}) − x* = {value}" if declared else f"x⁺ = F({at}) = {value}")
+    return [(f"{what} linearises the plant at {point}, which is not an equilibrium of "
              f"this plant: {moved}", span) for what, span in uses]
 
 
