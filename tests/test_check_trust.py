@@ -235,7 +235,8 @@ def test_chunked_holdout_equals_one_batch(monkeypatch):
     sizes = []
     real = type(ev).per_scenario
     monkeypatch.setattr(type(ev), "per_scenario",
-                        lambda self, th, x0=None: sizes.append(len(x0)) or real(self, th, x0))
+                        lambda self, th, x0=None, *rest: sizes.append(len(x0))
+                        or real(self, th, x0, *rest))
     validate_holdout(c, theta, chunk=50)
     assert sizes == [50, 50, 50, 50, 3]
     # the default chunk keeps one rollout under the budget

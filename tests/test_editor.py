@@ -70,16 +70,20 @@ def expected_tokens(text: str) -> list[tuple[int, int, int, str]]:
     tree = parser.parse(text)
     out = []
     kinds = {"NUMBER": NUMBER, "STRING": STRING, "SECTION": SECTION, "PROPERTY": SECTION,
-             "SPEC": SECTION, "CONST": SECTION, "TEMPORAL": TEMPORAL, "UNTIL": TEMPORAL,
-             "AT": TEMPORAL, "FINAL": TEMPORAL, "NOT": LOGICAL, "AND": LOGICAL, "OR": LOGICAL,
-             "IN": LOGICAL, "IMPLIES": LOGICAL}
+             "SPEC": SECTION, "CONST": SECTION, "LET": SECTION, "UNCERTAIN": SECTION,
+             "TEMPORAL": TEMPORAL,
+             "UNTIL": TEMPORAL, "AT": TEMPORAL, "FINAL": TEMPORAL, "NOT": LOGICAL,
+             "AND": LOGICAL, "OR": LOGICAL, "IN": LOGICAL, "IMPLIES": LOGICAL}
     for tok in tree.scan_values(lambda v: isinstance(v, Token)):
         if tok.type in kinds:
             out.append((tok.line, tok.column - 1, tok.end_column - 1, kinds[tok.type]))
+    # `equilibrium { T1 = … }`: the words inside a block without a kind name signals, not entries
+    signals = {id(a) for sub in tree.iter_subtrees() if sub.data == "nested"
+               for a in sub.children[1].children}
     for sub in tree.iter_subtrees():
         first = sub.children[0] if sub.children else None
-        if sub.data in ("assign", "setting", "sub_block", "equation", "option") and \
-                isinstance(first, Token):  # an entry's word
+        if sub.data in ("assign", "setting", "sub_block", "nested", "equation", "option") and \
+                isinstance(first, Token) and id(sub) not in signals:  # an entry's word
             out.append((first.line, first.column - 1, first.end_column - 1, ENTRY))
         if sub.data == "call" and isinstance(first, Token):
             out.append((first.line, first.column - 1, first.end_column - 1, FUNCTION))

@@ -304,3 +304,62 @@ def test_a_linear_policy_initialised_at_the_backup_is_the_backup_around_the_equi
         u = compiled.family.module()(x)
         b = compiled.backup(x)
     np.testing.assert_allclose(u.numpy(), b.numpy(), rtol=1e-13, atol=1e-13)
+
+
+# ---- every controller kind acts around the operating point, through its observation ----
+class _Tanh2(torch.nn.Module):
+    """u = 2 tanh(o₀ − o₁): a frozen controller of two observed values."""
+
+    def forward(self, o: torch.Tensor) -> torch.Tensor:
+        return 2 * torch.tanh(o[:, :1] - o[:, 1:2])
+
+
+def test_a_torch_backup_and_a_torch_policy_see_their_observations_around_u_star(tmp_path):
+    torch.jit.script(_Tanh2()).save(str(tmp_path / "b.pt"))
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    torch.jit.script(net.double()).save(str(tmp_path / "p.pt"))
+    text = gravity('torch { file = "b.pt"  observe = [p - 1, v]  output_scale = [3] }',
+                   'torch { file = "p.pt"  observe = [p, v, p * v]  output_scale = [0.5] }',
+                   lyapunov=False)
+    path = tmp_path / "t.scpo"
+    path.write_text(text)
+    result = check_text(text, path=str(path), base_dir=tmp_path)
+    assert result.ok, [d.headline() for d in result.diagnostics]
+    compiled = compile_spec(result.spec, tmp_path)
+    x = np.random.default_rng(1).uniform([0, -1], [2, 1], size=(20, 2))
+    xt = torch.as_tensor(x, dtype=DTYPE)
+    with torch.no_grad():
+        b = compiled.backup(xt).numpy()
+        u = compiled.family.module()(xt).numpy()
+        ref_net = net(torch.as_tensor(np.stack([x[:, 0], x[:, 1], x[:, 0] * x[:, 1]], 1))).numpy()
+    np.testing.assert_allclose(b, 9.81 + 3 * 2 * np.tanh((x[:, :1] - 1) - x[:, 1:2]),
+                               rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(u, 9.81 + 0.5 * ref_net, rtol=1e-13, atol=1e-13)
+    # the backup's K is its Jacobian at x* = (1, 0): 3 · 2 · [1, −1]
+    np.testing.assert_allclose(compiled.backup.K, [[6.0, -6.0]], rtol=1e-13)
+
+
+def test_the_quadrotor_on_raw_thrusts_is_the_same_closed_loop_as_written_in_deviations(root):
+    """specs/quadrotor.scpo (raw thrusts, `equilibrium`) against the workaround LANGUAGE-v3
+    replaces: inputs written as deviations from the hover, limits shifted by hand.  The same
+    LQR, the same rollouts (inputs shifted by m g / 2), the same metrics — spectral_radius
+    included."""
+    text = (root / "specs" / "quadrotor.scpo").read_text()
+    deviations = (text.replace("let thrust = T1 + T2", "let thrust = T1 + T2 + m * g")
+                  .replace("    equilibrium { T1 = m * g / 2  T2 = m * g / 2 }\n", "")
+                  .replace("always T1 in [0, Tmax]", "always T1 in [-m * g / 2, Tmax - m * g / 2]")
+                  .replace("always T2 in [0, Tmax]", "always T2 in [-m * g / 2, Tmax - m * g / 2]"))
+    assert deviations.count("m * g / 2") == 4  # every replacement happened
+    out = []
+    for t in (text, deviations):
+        c = compiled_of(t)
+        thetas = _bank(c.family, 3, seed=4, scale=0.05)
+        x0 = c.evaluator.x0[:8]
+        with torch.no_grad():
+            out.append((c.backup.K, *c.evaluator.rollout(thetas, x0),
+                        c.evaluator.per_scenario(thetas, x0)))
+    (K1, X1, U1, g1), (K2, X2, U2, g2) = out
+    np.testing.assert_allclose(K1, K2, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(X1.numpy(), X2.numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(U1.numpy(), U2.numpy() + 9.81 / 2, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(g1.numpy(), g2.numpy(), rtol=1e-12, atol=1e-13)

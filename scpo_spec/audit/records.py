@@ -153,6 +153,8 @@ class Header(Record):
     versions: dict = field(default_factory=dict)
     command: str = ""
     code: list | None = None   # the code the spec names: kind, target, file, sha256 each
+    uncertainty: dict | None = None  # parameters, disturbances (name, lo, hi) and the SHA-256
+    #                                  of the training draws (language.scenarios.uncertainty_record)
 
     METRIC: ClassVar[dict] = {"name": str, "section": str, "formula": str, "margin": float,
                               "smoothness": float | None, "lipschitz": float | None,

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.compile.signals import ExpressionCompiler, Trace
+from scpo_spec.compile.signals import ExpressionCompiler
 from scpo_spec.language.model import (DEFAULTS, CostObjective, ImitationObjective, NormalStates,
                                   RegressionObjective, ReturnObjective, Spec)
 
@@ -71,7 +71,7 @@ class CostRollout(Objective):
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         X, U = self.evaluator.rollout(theta.unsqueeze(0))
-        trace = Trace(X, U)
+        trace = self.evaluator.trace(X, U, self.evaluator.draws)  # the same draws as the metrics
         total = torch.zeros((), dtype=DTYPE)
         if self.stage is not None:  # t = 0 … T−1, also when the stage reads states only
             total = total + self.stage(trace).t[:, :, :U.shape[2]].sum(dim=(2, 3)).mean()

@@ -111,9 +111,12 @@ class Dynamics:
         self._linearised: tuple[np.ndarray, np.ndarray] | None = None
         self._moved: dict = {}  # device → (Aᵀ, Bᵀ) there
 
-    def step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, u: torch.Tensor, w: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """x⁺ from x and u; `w` (..., p + d): the scenarios' parameters and this step's
+        disturbances, read by declared equations (None: the middle of each range)."""
         if self.map is not None:
-            return self.map(x, u)
+            return self.map(x, u) if w is None else self.map(x, u, w)
         if self.kind == "linear":
             At, Bt = self._on(x.device)
             return x @ At + u @ Bt
@@ -128,8 +131,11 @@ class Dynamics:
                              "(scpo_spec.systems.gym_rollout), not in torch")
         return x  # static
 
-    def rollout_step(self, views: RolloutViews) -> Callable[[int], None]:
-        """t ↦ X[t+1] = step(X[t], U[t]), written into a rollout's buffers (`views`).  A linear
+    def rollout_step(self, views: RolloutViews, uncertain: torch.Tensor | None = None
+                     ) -> Callable[[int], None]:
+        """t ↦ X[t+1] = step(X[t], U[t], W[t]), written into a rollout's buffers (`views`);
+        `uncertain` is W (T, 1, S, p + d), read when the step is taken (a kept buffer may be
+        refilled between rollouts), None when the spec declares no uncertainty.  A linear
         plant is two BLAS calls on (C·S, ·) views, X[t+1] = X[t] Aᵀ, then += U[t] Bᵀ by
         `addmm_` (a fused multiply-add: equal to rounding to x @ Aᵀ + u @ Bᵀ,
         tests/test_perf_equality.py); any other plant is `step` copied into X[t+1] (the same
@@ -142,6 +148,12 @@ class Dynamics:
                 mm(xf[t], At, out=xf[t + 1]).addmm_(uf[t], Bt)
             return linear
         xs, us, step = views.xs, views.us, self.step
+        if uncertain is not None and self.map is not None:
+            ws = uncertain.unbind(0)
+
+            def uncertain_step(t: int) -> None:
+                xs[t + 1].copy_(step(xs[t], us[t], ws[t]))
+            return uncertain_step
 
         def mapped(t: int) -> None:
             xs[t + 1].copy_(step(xs[t], us[t]))

@@ -126,6 +126,9 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
                                                       reason=reason)
                              for m, mg in zip(metrics, margins)}, reason)
     try:
+        if compiled.evaluator.draws is not None:
+            raise Unsupported("parameters and disturbances are not bounded by the verifier yet "
+                              "(the claim stays the one on the scenarios' draws)")
         if compiled.settings.aggregate != "hard":
             raise Unsupported("`aggregate smooth`: the rounding of its logsumexp is not "
                               "bounded yet")
