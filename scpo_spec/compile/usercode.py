@@ -77,6 +77,23 @@ def _torch_files(spec: Spec, base_dir: Path) -> list[Diagnostic]:
     return check_files(spec, base_dir)
 
 
+def _python_policy(spec: Spec, base_dir: Path) -> list[Diagnostic]:
+    """`policy python "module:factory"`: importable, returns an nn.Module mapping (B, n) states
+    to (B, m) float64 inputs, and evaluable for several candidates at once (torch.func.vmap)."""
+    policy = spec.policy
+    factory = getattr(policy, "factory", None) if getattr(policy, "kind", None) == "python" \
+        else None
+    if factory is None or spec.system is None:
+        return []
+    from scpo_spec.policies.python_module import PythonPolicyError, load_python_module
+    try:
+        load_python_module(factory.value, len(spec.system.states), len(spec.system.inputs),
+                           base_dir)
+    except PythonPolicyError as err:
+        return [Diagnostic(message=err.message, span=factory.span, hint=err.hint)]
+    return []
+
+
 def import_plant(dynamics) -> None:
     """A `system python` plant imported and probed now rather than at its first step (where
     `make_dynamics` leaves it): a trusted run's plant must run while only the bytes the run
@@ -122,7 +139,8 @@ def _device(spec: Spec, base_dir: Path) -> list[Diagnostic]:
                             "CUDA GPU and a CUDA build of torch")]
 
 
-CHECKS: list[Callable[[Spec, Path], list[Diagnostic]]] = [_python_system, _torch_files, _device]
+CHECKS: list[Callable[[Spec, Path], list[Diagnostic]]] = [_python_system, _python_policy,
+                                                          _torch_files, _device]
 
 
 def check_code(spec: Spec, base_dir: Path) -> list[Diagnostic]:

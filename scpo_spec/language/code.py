@@ -1,5 +1,5 @@
 """The code a spec names — a `system python` callable, a gymnasium `module:EnvId`, a `backup
-torch` or `policy torch` file — found, imported and fingerprinted in one place.
+torch` or `policy torch` file, a `policy python` factory — found, imported and fingerprinted in one place.
 
 Importing a module or loading a file runs its author's code, so only `check` and `train` of the
 author's own spec do it.  A run's header keeps each piece's identity (its file's SHA-256, found
@@ -65,6 +65,10 @@ def references(spec: M.Spec) -> list[Reference]:
     for section, node in (("backup", spec.backup), ("policy", spec.policy)):
         if getattr(node, "kind", None) == "torch" and node.file is not None:
             out.append(Reference(f"{section} torch", node.file.value, node.file.span))
+    factory = getattr(spec.policy, "factory", None) if getattr(spec.policy, "kind", None) \
+        == "python" else None
+    if factory is not None:
+        out.append(Reference("policy python", factory.value, factory.span))
     return out
 
 

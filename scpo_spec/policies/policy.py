@@ -75,11 +75,12 @@ class PolicyModule(nn.Module):
     (that is the batched `PolicyFamily.forward`).  `.core` is the same policy on tensors only
     (TorchScript-able; the backup, a gain or a TorchScript module, included)."""
 
-    def __init__(self, net: nn.Module, backup: Backup | None):
+    def __init__(self, net: nn.Module, backup: Backup | None, n: int | None = None):
         super().__init__()
         self.core = PolicyCore(net, backup.as_module() if backup is not None else None)
-        first = next(mod for mod in net.modules() if isinstance(mod, nn.Linear))
-        self.n = first.in_features
+        if n is None:  # (an MLP's: its first layer's inputs)
+            n = next(mod for mod in net.modules() if isinstance(mod, nn.Linear)).in_features
+        self.n = n
 
     def forward(self, x) -> torch.Tensor | np.ndarray:
         if isinstance(x, torch.Tensor):
@@ -379,6 +380,9 @@ def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
         K = backup.K if init == "backup" and backup is not None else np.zeros((m, n))
         theta0 = torch.as_tensor(np.asarray(K, dtype=np.float64).reshape(-1), dtype=DTYPE)
         return PolicyFamily(n, m, [(m, n)], False, "identity", None, theta0)
+    if getattr(policy, "kind", None) == "python":  # any nn.Module, batched with torch.func
+        from scpo_spec.policies.python_module import ModuleFamily, load_python_module
+        return ModuleFamily(n, m, load_python_module(policy.factory.value, n, m, base_dir))
     if isinstance(policy, TorchPolicy):
         found = load_policy_structure(spec, base_dir)
         return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,

@@ -85,6 +85,9 @@ class ClosedLoop:
             raise Unsupported(f"a '{dyn.kind}' system is not bounded by the verifier (it covers "
                               "linear, pendulum, static and declared discrete/ode plants)")
         self.kind = dyn.kind
+        if family.activation == "python":  # policies.python_module.ModuleFamily
+            raise Unsupported("a `policy python` module is not bounded by the verifier (it "
+                              "covers MLP, linear and `policy torch` policies)")
         if len(family.layers) > 1 and family.activation not in ACTIVATIONS:
             raise Unsupported(f"no sound relaxation of the activation '{family.activation}' "
                               f"yet (covered: {', '.join(ACTIVATIONS)})")
