@@ -128,8 +128,10 @@ def _check_file(file: Path) -> CheckResult:
     result = check_file(file)
     if result.ok:
         from scpo_spec.compile.usercode import check_code
-        result.diagnostics = sorted([*result.diagnostics,
-                                     *check_code(result.spec, file.resolve().parent)],
+        from scpo_spec.engine.warm import check_warm_start
+        base = file.resolve().parent
+        result.diagnostics = sorted([*result.diagnostics, *check_code(result.spec, base),
+                                     *check_warm_start(result.spec, base)],
                                     key=lambda d: d.sort_key())
     return result
 
@@ -229,8 +231,8 @@ def _bound(margin: float) -> str:
 
 
 def _compile_or_exit(result: CheckResult, file: Path):
-    from scpo_spec.compile.problem import compile_spec
-    return compile_spec(result.spec, file.resolve().parent)
+    from scpo_spec.engine.warm import compile_warm  # a `policy from` resolved
+    return compile_warm(result.spec, file.resolve().parent)[0]
 
 
 def _read_model(file: Path, action: str = "rewritten") -> tuple[CheckResult, str] | None:

@@ -153,6 +153,7 @@ class Header(Record):
     versions: dict = field(default_factory=dict)
     command: str = ""
     code: list | None = None   # the code the spec names: kind, target, file, sha256 each
+    warm_start: dict | None = None  # `policy from`: the source run (audit/warm_start.py)
 
     METRIC: ClassVar[dict] = {"name": str, "section": str, "formula": str, "margin": float,
                               "smoothness": float | None, "lipschitz": float | None,

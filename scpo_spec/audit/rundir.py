@@ -286,6 +286,13 @@ class RunDir:
             problems = ran_as_recorded(header.code, result.spec, origin.parent, every=False)
             if problems:
                 raise CodeChanged(f"not trusting the code of {self.path}: {problems[0]}")
+        from scpo_spec.audit.warm_start import WarmStart, is_warm_start, resolved
+        if is_warm_start(result.spec):  # `policy from`: the family the header recorded
+            if header.warm_start is None:
+                raise RunError(f"{self.log}: the spec says `policy from`, but the header does "
+                               "not record the run it started from")
+            return resolved(result.spec, WarmStart.from_record(header.warm_start,
+                                                               str(self.log))), origin.parent
         return result.spec, origin.parent
 
     def declared(self, header: Header | None = None) -> dict | None:

@@ -37,12 +37,14 @@ from scpo_spec.audit.log import FORMAT, AuditWriter, sha256_hex
 from scpo_spec.audit.records import (End, Header, Holdout, Init, Record, Resume, Step,
                                      parse_record)
 from scpo_spec.audit.rundir import RunDir, RunError, StateFile
+from scpo_spec.audit.warm_start import WarmStart, is_warm_start
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
 from scpo_spec.language.settings import declared_seeds
 from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
+from scpo_spec.engine.warm import compile_warm
 from scpo_spec.language.code import CodeError, expecting, identities, ran_as_recorded
 from scpo_spec.language.format import format_spec
 from scpo_spec.language.load import syntax_of
@@ -168,7 +170,7 @@ def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Tra
                     "scenarios": int(compiled.evaluator.x0.shape[0]),
                     "horizon": compiled.evaluator.horizon},
         objective=compiled.objective.describe, versions=versions(), command=" ".join(sys.argv),
-        code=_code_that_ran(spec, spec_path.resolve().parent))
+        code=_code_that_ran(spec, spec_path.resolve().parent), warm_start=compiled.warm_start)
 
 
 def _code_that_ran(spec: Spec, base_dir: Path) -> list[dict] | None:
@@ -338,7 +340,10 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
             raise RunError(f"{run.path} is not a run that can be resumed (no {run.log.name})")
         run.lock()
     try:
-        compiled = compile_spec(spec, spec_path.resolve().parent)
+        recorded = None
+        if resume and is_warm_start(spec):  # the source as the run recorded it, not read again
+            recorded = WarmStart.from_record(run.header().warm_start, str(run.log))
+        compiled, _ = compile_warm(spec, spec_path.resolve().parent, recorded)
         evaluator = open_evaluator(compiled, spec_path.resolve().parent)
     except RayUnavailable as e:
         if run is not None:

@@ -387,4 +387,7 @@ def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
         found = load_policy_structure(spec, base_dir)
         return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,
                             found.theta0.clone())
+    if getattr(policy, "kind", None) == "from":  # never reached through engine/warm.py
+        raise NotImplementedError("`policy from` is resolved to the source run's policy section "
+                                  "before compiling (scpo_spec.engine.warm.compile_warm)")
     raise NotImplementedError(f"policy kind '{policy.kind}'")
