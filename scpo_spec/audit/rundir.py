@@ -511,6 +511,13 @@ class RunDir:
             raise RunError(f"{path} cannot be read: {e.strerror or e}") from None
 
 
+def built_spec(text: str, path: str, syntax: str | None):
+    """A spec text a header holds (a warm start's source, audit/warm_start.py), parsed and built
+    — nothing read, nothing run — or None when it does not build."""
+    from scpo_spec.language.load import parse_model
+    return parse_model(text, path=path, syntax=syntax).spec
+
+
 def _dimensions(lines: list[LogLine]) -> dict:
     """The header's dimensions (what a state file is checked against), or RunError."""
     if not lines or lines[0].record.get("type") != "header":

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from scpo_spec.audit.records import theta_sha256
-from scpo_spec.audit.rundir import RunDir, RunError
+from scpo_spec.audit.rundir import RunDir, RunError, built_spec
 from scpo_spec.errors import ScpoError
 from scpo_spec.language import model as M
 from scpo_spec.language.source import Span
@@ -75,8 +75,7 @@ class WarmStart:
 
     def source_spec(self) -> M.Spec:
         """The source's spec, built from the recorded text (nothing read, nothing run)."""
-        from scpo_spec.language.load import parse_model
-        built = parse_model(self.spec_text, path=self.path, syntax=self.syntax).spec
+        built = built_spec(self.spec_text, self.path, self.syntax)
         if built is None or built.policy is None or is_warm_start(built):
             raise RunError(f"the warm start's recorded spec ({self.path}) does not build a "
                            "policy section")
