@@ -148,8 +148,11 @@ def _occupied(path: Path, spec_path: Path) -> str:
             f"to move what is there aside to {_aside_name(path).name}")
 
 
-def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Trainer) -> Header:
-    spec, s = compiled.spec, compiled.settings
+def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Trainer,
+           written: Spec | None = None) -> Header:
+    """`written`: the spec as its text says, when `compiled.spec` is not (a `policy from`
+    compiled as the source's policy section): the header records the text's seeds and code."""
+    spec, s = written or compiled.spec, compiled.settings
     data = None
     if spec.objective.kind == "regression":
         path = spec_path.resolve().parent / spec.objective.data.value
@@ -401,7 +404,7 @@ def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
     try:
         run.spec_file(spec_path.suffix).write_text(spec_text, encoding="utf-8")
         recorder = Recorder(run, AuditWriter.create(run.log), trainer, on_record, asked_steps)
-        recorder.commit(header(compiled, spec_text, spec_path, trainer), state)
+        recorder.commit(header(compiled, spec_text, spec_path, trainer, spec), state)
         recorder.commit(Init(theta=theta_hash(state.theta), g=state.g, loss=state.loss,
                              ell=state.ell, margins=trainer.margins), state)
     except BaseException as e:  # not started: leave nothing behind

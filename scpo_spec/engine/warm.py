@@ -17,14 +17,15 @@ from scpo_spec.language.diagnostics import Diagnostic
 
 def compile_warm(spec, base_dir: Path, recorded: WarmStart | None = None
                  ) -> tuple[CompiledSpec, WarmStart | None]:
-    """`compile_spec`, with a `policy from` resolved (from `recorded` when given).  The compiled
-    spec stays the one written (`.spec`: the header records its text, seeds and settings); its
-    family is the source's, with θ₀ the source's θ unless `recorded` (the state holds θ)."""
+    """`compile_spec`, with a `policy from` resolved (from `recorded` when given): `.spec` has
+    the source's policy section in its place (what Ray's workers and `verify` compile again),
+    `.family` is the source's, with θ₀ the source's θ unless `recorded` (the state holds θ),
+    and `.warm_start` the header's record of the source."""
     if not is_warm_start(spec):
         return compile_spec(spec, base_dir), None
     warm = recorded if recorded is not None else read_source(spec, base_dir)
     compiled = compile_spec(resolved(spec, warm), base_dir)
-    compiled.spec, compiled.warm_start = spec, warm.record()
+    compiled.warm_start = warm.record()
     if warm.theta is not None:
         theta = torch.from_numpy(warm.theta).to(DTYPE)
         family = compiled.family
