@@ -3,6 +3,7 @@ with torch.func (scpo_spec/policies/python_module.py), and every way the factory
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import numpy as np
@@ -225,3 +226,93 @@ def test_rollout_metrics_equal_the_built_in_family_on_the_same_network(tmp_path)
     X_ref, U_ref = ev.rollout(thetas)
     assert_close_across_paths(X, X_ref)
     assert_close_across_paths(U, U_ref)
+
+
+# ---- the spec's `policy python "module:factory"` ----
+MLP_LINE = "policy mlp { hidden = [8]  activation = tanh  residual = backup  seed = 0 }"
+
+
+def safe_nets(K: np.ndarray) -> str:
+    """A skip-connection module whose θ₀ is safe on small_di: u = K x + W2 tanh(W1 x + b1),
+    the hidden branch's output layer at zero (the spec's θ₀ must verify)."""
+    return textwrap.dedent(f'''
+        import torch
+        from torch import nn
+
+        class SkipLqr(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = nn.Linear(2, 6)
+                self.outer = nn.Linear(6, 1)
+                self.skip = nn.Linear(2, 1, bias=False)
+
+            def forward(self, x):
+                return self.outer(torch.tanh(self.inner(x))) + self.skip(x)
+
+        def make_policy():
+            torch.manual_seed(0)
+            net = SkipLqr()
+            with torch.no_grad():
+                net.outer.weight.zero_()
+                net.outer.bias.zero_()
+                net.skip.weight.copy_(torch.tensor({np.asarray(K).tolist()!r}))
+            return net
+        ''')
+
+
+def python_spec(home, steps: int = 3) -> str:
+    from tests.test_torch_policies import lqr_gain
+    (home / "skip_nets.py").write_text(safe_nets(lqr_gain(home)), encoding="utf-8")
+    from tests.engine_specs import small_di
+    return small_di(steps=steps).replace(MLP_LINE, 'policy python "skip_nets:make_policy"')
+
+
+def test_check_locates_each_error_at_the_label(nets):
+    from scpo_spec.compile.usercode import check_code
+    from tests.engine_specs import small_di, spec_of
+    for factory, words in [("my_nets:make_skp", "has no attribute 'make_skp'"),
+                           ("my_nets:broken", "ValueError: hidden width must be even"),
+                           ("my_nets:branchy", "data-dependent control flow")]:
+        text = small_di().replace(MLP_LINE, f'policy python "{factory}"')
+        diags = check_code(spec_of(text, nets), nets)
+        assert len(diags) == 1 and words in diags[0].message, diags
+        line = text.splitlines().index(f'policy python "{factory}"') + 1
+        assert (diags[0].span.line, diags[0].span.column) == (line, 15), diags[0].span
+
+
+def test_check_cli_exit_and_location(nets):
+    import subprocess
+    import sys
+    from tests.engine_specs import small_di
+    text = small_di().replace(MLP_LINE, 'policy python "my_nets:broken"')
+    (nets / "spec.scpo").write_text(text, encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "scpo_spec.cli", "check", "spec.scpo"],
+                          cwd=nets, capture_output=True, text=True, timeout=120)
+    line = text.splitlines().index('policy python "my_nets:broken"') + 1
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"spec.scpo:{line}:15" in proc.stdout and "hidden width must be even" in proc.stdout
+
+
+def test_policy_python_trains_and_is_data_to_readers(tmp_path):
+    from scpo_spec.audit.verify import audit_run
+    from scpo_spec.engine.run import RunError, load_run, train
+    from tests.engine_specs import spec_of
+    text = python_spec(tmp_path)
+    spec = spec_of(text, tmp_path)
+    res = train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "run")
+    a = audit_run(res.run_dir)
+    assert a.ok and a.steps == 3 and a.accepted >= 1 and a.accepted_violations == 0
+    header = json.loads((tmp_path / "run" / "audit.jsonl").read_text().splitlines()[0])
+    assert [(c["kind"], c["target"]) for c in header["code"]] == \
+        [("policy python", "skip_nets:make_policy")]
+    with pytest.raises(RunError, match="policy python 'skip_nets:make_policy'.*--trust-code"):
+        load_run(tmp_path / "run")  # without --trust-code: refused, the module not imported
+    run = load_run(tmp_path / "run", trust_code=True)
+    assert run.verdict.word == "CERTIFIED"
+    g = run.metrics()
+    assert all(g[name] <= -m for name, m in run.margins.items())
+    # the loaded policy is the author's module holding the final θ
+    x = np.array([[0.3, -0.2], [-1.0, 0.4]])
+    W1, b1, W2, b2, S = np.split(run.theta.numpy(), np.cumsum([12, 6, 6, 1]))
+    expected = np.tanh(x @ W1.reshape(6, 2).T + b1) @ W2.reshape(1, 6).T + b2 + x @ S.reshape(1, 2).T
+    assert_close_across_paths(run.policy(x), expected)
