@@ -24,8 +24,8 @@ def source(tmp_path_factory):
     """A CERTIFIED run of small_di (3 steps) in runs/src, and its head."""
     home = tmp_path_factory.mktemp("warm")
     text = small_di(steps=3)
-    (home / "src.scpo").write_text(text, encoding="utf-8")
-    res = train(home / "src.scpo", spec_of(text, home), text, out=home / "runs" / "src")
+    (home / "spec.scpo").write_text(text, encoding="utf-8")
+    res = train(home / "spec.scpo", spec_of(text, home), text, out=home / "runs" / "src")
     return home, res.head
 
 
@@ -116,7 +116,7 @@ def test_a_missing_run_is_refused(source):
 def test_a_source_of_other_dimensions_is_refused(source):
     home, _ = source
     three = small_di().replace("state position, velocity", "state position, velocity, jerk") \
-        .replace("A = [[1, dt], [0, 1]]", "A = [[1, dt, 0], [0, 1, 0], [0, 0, 1]]") \
+        .replace("A = [[1, dt], [0, 1]]", "A = [[1, dt, 0], [0, 1, 0], [0, 0, 0.5]]") \
         .replace("B = [[0.5 * dt^2], [dt]]", "B = [[0.5 * dt^2], [dt], [0]]") \
         .replace("Q = diag(1, 1)", "Q = diag(1, 1, 1)") \
         .replace("initial velocity in [-0.5, 0.5]",
