@@ -227,7 +227,8 @@ def test_completion_fits_where_the_cursor_is(lsp, tmp_path):
     typed = SPEC.replace("optimizer sgd", "optimizer s")
     assert labels(typed, at(typed, "optimizer s", len("optimizer s"))) == ["sgd", "adam"]
     assert labels(SPEC, at(SPEC, "\nspec ", 1)) == list(SECTION_WORDS)  # a top-level item
-    assert labels(SPEC, at(SPEC, "    input force", 4)) == ["state", "input", "A", "B"]
+    assert labels(SPEC, at(SPEC, "    input force", 4)) == ["state", "input", "A", "B",
+                                                          "equilibrium"]
     assert labels(SPEC, at(SPEC, "# Discrete", 5)) == []
     lsp.diagnostics(uri)  # the debounced check of the last version
 

@@ -72,8 +72,8 @@ def test_unknown_section_does_not_hide_other_errors():
     assert found == [("unknown section 'sytem'", "did you mean 'system'?"),
                      ("count must be positive, got -1", None),
                      ("unexpected name 'bogus'", "a section starts with one of spec, const, "
-                      "system, backup, policy, scenarios, constraint, stability, objective, "
-                      "train")], found
+                      "let, parameter, disturbance, system, backup, policy, scenarios, "
+                      "constraint, stability, objective, train, verify")], found
 
 
 def test_unknown_section_then_a_syntax_error_reports_both():

@@ -51,7 +51,7 @@ def test_the_report_of_every_ready_spec_renders(path, tmp_path):
         assert ("NOT CERTIFIED" in page) != ev.certified
         for prop in spec.properties:
             assert prop.name.name in page
-            assert f"{path.relative_to(ROOT) if path.is_absolute() else path}" or True
+            assert path.name in page  # the spec file the run was trained from
         assert ev.header.spec["sha256"] in page and ev.audit.head in page
         assert "scpo audit" in page
     assert html.count('<figure class="plot">') == 1 + len(spec.properties)

@@ -12,6 +12,7 @@ from scpo_spec.language import model as M
 from scpo_spec.language.diagnostics import Collector, did_you_mean, one_of
 from scpo_spec.language.document import Entry, Map, Scalar, Seq, Value
 from scpo_spec.language.evaluate import EvalError, evaluate, to_plain
+from scpo_spec.language.layout import SECTIONS, UNITS
 from scpo_spec.language.scpo_reader import parse_expression
 from scpo_spec.language.source import Source, Span
 
@@ -212,6 +213,44 @@ class Builder:
                 other = "der" if entry.key == "next" else "next"
                 self.failed |= {f"{other} {t.key}" for t in entry.value.entries}
 
+    def observe(self, value: Value, what: str) -> list[E.Node] | None:
+        """`observe = [v_set, x_lead - x_ego]`: the network's input, one expression each (their
+        names are checked later, with every name the spec declares)."""
+        tree = self.expr(value, what)
+        if tree is None:
+            return None
+        items = tree.items if isinstance(tree, E.Vector) else [tree]
+        if not items:
+            self.diag.error(f"{what} is empty", tree.span,
+                            "list what the network sees, e.g. `observe = [x, v]`; leave "
+                            "`observe` out for the default x − x*")
+            return None
+        return items
+
+    def assignments(self, value: Value, what: str) -> list[M.Assignment] | None:
+        """`equilibrium { T1 = m * g / 2  T2 = m * g / 2 }` (.scpo) or `equilibrium: {T1: …}`
+        (YAML): a value per named state or input, folded with the constants."""
+        if not isinstance(value, Map) or any(e.key == "kind" for e in value.entries):
+            self.diag.error(f"`{what}` is a block of `NAME = VALUE` entries",
+                            getattr(value, "span", None),
+                            f"write `{what} {{ T1 = m * g / 2  T2 = m * g / 2 }}`; states and "
+                            "inputs not named are 0")
+            self.failed.add(what)
+            return None
+        out: list[M.Assignment] = []
+        for entry in value.entries:
+            first = next((a for a in out if a.signal.name == entry.key), None)
+            if first is not None:
+                self.diag.error(f"'{entry.key}' is given twice in {what}", entry.key_span,
+                                f"first given at line {first.span.line}" if first.span else None)
+                continue
+            q = self.quantity(entry.value, f"the {what} value of '{entry.key}'")
+            if q is not None:
+                span = entry.key_span.to(q.span) if entry.key_span and q.span else entry.key_span
+                out.append(M.Assignment(signal=M.Signal(name=entry.key, span=entry.key_span),
+                                        value=q, span=span))
+        return out
+
     def aggregate(self, value: Value, what: str) -> M.Aggregate | None:
         tree = self.expr(value, what)
         if isinstance(tree, E.Name) and tree.id == "hard":
@@ -246,8 +285,9 @@ class Builder:
                 continue
             if entry.key == "id" and "id" not in table:
                 self.diag.error(f"{what} takes no quoted id", entry.key_span,
-                                'only `system gymnasium "ENV-ID"` and `system python '
-                                '"module:function"` name something in quotes')
+                                'only `system gymnasium "ENV-ID"`, `system python '
+                                '"module:function"`, `policy python "module:factory"` and '
+                                '`policy from "RUN"` name something in quotes')
                 continue
             accepted = [k for k, (name, _) in table.items() if name is not None]
             if entry.key not in table:
@@ -317,8 +357,7 @@ class Builder:
     def build(self, doc: Map, path: str | None) -> M.Spec:
         sections: dict[str, Entry] = {}
         spec = M.Spec(span=doc.span, path=path)
-        known = ("spec", "title", "const", "system", "backup", "policy", "scenarios",
-                 "constraints", "stability", "objective", "train")
+        known = ("spec", "title", "const", *UNITS, *SECTIONS)
         for entry in doc.entries:
             if entry.key not in known:
                 guess = did_you_mean(entry.key, known)
@@ -330,7 +369,7 @@ class Builder:
                                     else word)
                 continue
             if entry.key in sections and entry.key not in ("const", "constraints",
-                                                            "stability"):
+                                                            "stability", *UNITS):
                 first = sections[entry.key].key_span
                 self.failed.add(entry.key)
                 self.diag.error(f"duplicate section '{entry.key}'", entry.key_span,
@@ -340,6 +379,11 @@ class Builder:
             sections[entry.key] = entry
             if entry.key in ("const",):
                 self.build_consts(entry.value, spec)
+        for entry in doc.entries:  # several `.scpo` lines each, or one YAML mapping
+            if entry.key == "let":
+                self.build_lets(entry.value, spec)
+            elif entry.key in ("parameter", "disturbance"):
+                self.build_uncertain(entry, spec)
         for key in ("constraints", "stability"):  # several .scpo items or one YAML list
             for entry in doc.entries:
                 if entry.key == key:
@@ -372,6 +416,8 @@ class Builder:
                                         tables["objective"])
         if "train" in sections:
             spec.train = self.build_train(sections["train"].value)
+        if "verify" in sections:
+            spec.verify = self.build_verify(sections["verify"].value)
         return spec
 
     def tables(self) -> dict[str, dict[str, tuple[type, dict[str, tuple[str | None, Any]]]]]:
@@ -388,14 +434,17 @@ class Builder:
             convert.block = what
             return convert
 
+        eq = {"equilibrium": ("equilibrium", self.assignments)}  # (x*, u*) of linearisable plants
+        # every policy and backup: what the network sees, and how its output is scaled
+        ctl = {"observe": ("observe", self.observe), "output_scale": ("output_scale", q)}
         out["system"] = {
             "linear": (M.LinearSystem, {"state": ("states", s),
                                         "input": ("inputs", s),
-                                        "A": ("A", q), "B": ("B", q)}),
+                                        "A": ("A", q), "B": ("B", q), **eq}),
             "pendulum": (M.PendulumSystem, {"state": ("states", s),
                                             "input": ("inputs", s),
                                             "dt": ("dt", q), "g": ("g", q),
-                                            "m": ("m", q), "l": ("l", q)}),
+                                            "m": ("m", q), "l": ("l", q), **eq}),
             "static": (M.StaticSystem, {"state": ("states", s),
                                         "input": ("inputs", s)}),
             "gymnasium": (M.GymnasiumSystem, {"id": ("env_id", self.text),
@@ -404,28 +453,33 @@ class Builder:
             "discrete": (M.DiscreteSystem, {"state": ("states", s),
                                             "input": ("inputs", s),
                                             "next": ("next", self.equations),
-                                            "der": (None, MISPLACED_DER)}),
+                                            "der": (None, MISPLACED_DER), **eq}),
             "ode": (M.OdeSystem, {"state": ("states", s), "input": ("inputs", s),
                                   "dt": ("dt", q),
                                   "integrator": ("integrator", ident(INTEGRATORS)),
                                   "substeps": ("substeps", q),
                                   "der": ("der", self.equations),
-                                  "next": (None, MISPLACED_NEXT)}),
+                                  "next": (None, MISPLACED_NEXT), **eq}),
             "python": (M.PythonSystem, {"id": ("function", self.text),
-                                        "state": ("states", s), "input": ("inputs", s)}),
+                                        "state": ("states", s), "input": ("inputs", s), **eq}),
         }
         out["backup"] = {
-            "lqr": (M.LqrBackup, {"Q": ("Q", q), "R": ("R", q)}),
-            "linear": (M.LinearBackup, {"K": ("K", q)}),
-            "torch": (M.TorchBackup, {"file": ("file", self.text)}),
+            "lqr": (M.LqrBackup, {"Q": ("Q", q), "R": ("R", q), **ctl}),
+            "linear": (M.LinearBackup, {"K": ("K", q), "k": ("k", q), **ctl}),
+            "torch": (M.TorchBackup, {"file": ("file", self.text), **ctl}),
+            "onnx": (M.OnnxBackup, {"file": ("file", self.text), **ctl}),
         }
         out["policy"] = {
             "mlp": (M.MlpPolicy, {"hidden": ("hidden", q),
                                   "activation": ("activation", ident(ACTIVATIONS)),
                                   "residual": ("residual", ident(("backup", "none"))),
-                                  "seed": ("seed", q)}),
-            "linear": (M.LinearPolicy, {"init": ("init", ident(POLICY_INIT))}),
-            "torch": (M.TorchPolicy, {"file": ("file", self.text)}),
+                                  "seed": ("seed", q), **ctl}),
+            "linear": (M.LinearPolicy, {"init": ("init", ident(POLICY_INIT)), **ctl}),
+            "torch": (M.TorchPolicy, {"file": ("file", self.text), **ctl}),
+            "onnx": (M.OnnxPolicy, {"file": ("file", self.text), **ctl}),
+            "python": (M.PythonPolicy, {"id": ("factory", self.text), **ctl}),
+            "from": (M.FromPolicy, {"id": ("run", self.text), "head": ("head", self.text),
+                                    **ctl}),
         }
         out["expert"] = {"linear": (M.LinearExpert, {"K": ("K", q), "bias": ("bias", q)})}
         out["states"] = {
@@ -463,7 +517,10 @@ class Builder:
             "smoothness": ("smoothness", ident(SMOOTHNESS_MODES)),
             "executor": ("executor", sub("executor")),
             "device": ("device", ident(DEVICES)),
+            "verify_every": ("verify_every", q),
         })}
+        out["verify"] = {"": (M.Verify, {"cells": ("cells", q),
+                                         "time_limit": ("time_limit", q)})}
         out["scenarios"] = {"": (M.Scenarios, {
             "count": ("count", q), "grid": ("grid", q), "seed": ("seed", q),
             "horizon": ("horizon", q), "holdout": ("holdout", q),
@@ -496,6 +553,63 @@ class Builder:
             spec.consts.append(M.Const(name=entry.key, value=quantity, span=entry.key_span))
             if quantity.value is not None:
                 self.consts[entry.key] = quantity.value
+
+    def build_lets(self, value: Value, spec: M.Spec) -> None:
+        """`let NAME = EXPR` lines (.scpo) or `let: {NAME: "EXPR"}` (YAML), in the order written;
+        what a let may read, and cycles, are check's."""
+        if not isinstance(value, Map):
+            self.diag.error("let must map names to expressions", getattr(value, "span", None),
+                            'in YAML: `let: {thrust: "T1 + T2"}`')
+            self.failed.add("let")
+            return
+        for entry in value.entries:
+            first = next((x for x in spec.lets if x.name.name == entry.key), None)
+            if first is not None:
+                self.diag.error(f"duplicate let '{entry.key}'", entry.key_span,
+                                f"first defined at line {first.span.line}" if first.span else None)
+                continue
+            tree = self.expr(entry.value, f"let '{entry.key}'")
+            if tree is None:
+                self.failed.add(f"let {entry.key}")
+                continue
+            span = entry.key_span.to(tree.span) if entry.key_span and tree.span else \
+                entry.key_span
+            spec.lets.append(M.Let(name=M.Signal(name=entry.key, span=entry.key_span),
+                                   expr=tree, span=span))
+
+    def build_uncertain(self, entry: Entry, spec: M.Spec) -> None:
+        """`parameter NAME in [lo, hi]` lines (.scpo) or `parameter: {NAME: [lo, hi]}` (YAML)."""
+        section = entry.key
+        into = spec.parameters if section == "parameter" else spec.disturbances
+        pairs: list[tuple[str, Span | None, Value]] = []
+        if isinstance(entry.value, Map):
+            pairs = [(e.key, e.key_span, e.value) for e in entry.value.entries]
+        else:
+            items = entry.value.items if isinstance(entry.value, Seq) else [entry.value]
+            for item in items:
+                tree = self.expr(item, section)
+                if isinstance(tree, E.Within) and isinstance(tree.arg, E.Name):
+                    pairs.append((tree.arg.id, tree.arg.span,
+                                  Scalar(span=tree.interval.span, expr=tree.interval)))
+                elif tree is not None:
+                    self.diag.error(f"expected `{section} NAME in [lo, hi]`", tree.span,
+                                    f"e.g. `{section} a_lead in [-2, -1]`")
+        for name, span, value in pairs:
+            if any(u.name.name == name for u in [*spec.parameters, *spec.disturbances]):
+                first = next(u for u in [*spec.parameters, *spec.disturbances]
+                             if u.name.name == name)
+                self.diag.error(f"'{name}' is declared twice ({first.section} and {section})"
+                                if first.section != section else f"duplicate {section} '{name}'",
+                                span, f"first declared at line {first.name.span.line}"
+                                if first.name.span else None)
+                continue
+            interval = self.quantity(value, f"the range of {section} '{name}'")
+            if interval is None:
+                self.failed.add(f"{section} {name}")
+                continue
+            into.append(M.Uncertain(section=section, name=M.Signal(name=name, span=span),
+                                    interval=interval, span=span.to(interval.span)
+                                    if span and interval.span else span))
 
     def build_property(self, item: Value, section: str) -> M.Property | None:
         if not isinstance(item, Map):
@@ -565,6 +679,15 @@ class Builder:
             return None
         values = self.fields(block, "train", self.tables()["train"][""][1], skip=())
         return M.Train(span=block.span, **values)
+
+    def build_verify(self, block: Value) -> M.Verify | None:
+        if not isinstance(block, Map):
+            self.diag.error("verify must be a block", getattr(block, "span", None),
+                            "write `verify { cells 4096  time_limit 300 }`")
+            self.failed.add("verify")
+            return None
+        values = self.fields(block, "verify", self.tables()["verify"][""][1], skip=())
+        return M.Verify(span=block.span, **values)
 
 
 def vocabulary() -> dict[str, dict[str, dict[str, tuple[str, ...]]]]:

@@ -23,6 +23,7 @@ from scpo_spec.language.dynamics import (OPERATING_POINT_HINT, linearisation, li
                                          not_an_equilibrium, right_hand_side, riccati_problem)
 from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
+from scpo_spec.language.lets import LetCycle, expand, find_cycle, let_table
 from scpo_spec.language.source import Span
 
 REQUIRED_SECTIONS = ("system", "policy", "scenarios", "objective", "train")
@@ -68,6 +69,15 @@ class Checker:
         self.states = [s.name for s in system.states] if system else []
         self.inputs = [s.name for s in system.inputs] if system else []
         self.n, self.m = len(self.states), len(self.inputs)
+        # v3: lets are checked where they are used, expanded (a cycle is reported on its own);
+        # parameters are numbers per scenario, disturbances numbers per step (like inputs)
+        self.lets = let_table(spec)
+        self.let_cycle = find_cycle(spec)
+        self.parameters = [u.name.name for u in spec.parameters]
+        self.disturbances = [u.name.name for u in spec.disturbances]
+        self.nominal = {u.name.name: float(np.mean(u.interval.value))
+                        for u in [*spec.parameters, *spec.disturbances]
+                        if u.interval.value is not None and np.size(u.interval.value) == 2}
         horizon = spec.scenarios.horizon if spec.scenarios else None
         self.horizon = _as_int(horizon)
         if self.horizon is None and isinstance(system, M.StaticSystem):
@@ -75,6 +85,15 @@ class Checker:
 
     def error(self, message, span, hint=None):
         self.diag.error(message, span, hint)
+
+    def x(self, e: E.Node) -> E.Node:
+        """`e` with its lets expanded (as written while the lets form a cycle)."""
+        if self.let_cycle is not None:
+            return e
+        try:
+            return expand(e, self.spec)
+        except LetCycle:
+            return e
 
     # ---------------------------------------------------------------- entry point
     def run(self) -> None:
@@ -270,7 +289,8 @@ class Checker:
     def _check_equation_expr(self, eq: M.Equation, word: str) -> bool:
         """The right-hand side is a scalar value; True when it is (and can be evaluated)."""
         what = f"the `{word}` equation of '{eq.state.name}'"
-        for node in E.walk(eq.expr):
+        expr = self.x(eq.expr)
+        for node in E.walk(expr):
             if isinstance(node, E.FORMULA_NODES):
                 sort = "a temporal operator" if isinstance(node, (E.Temporal, E.Until)) \
                     else "a condition"
@@ -287,7 +307,7 @@ class Checker:
                 self.error(f"{what} cannot call lyapunov (a property of the closed loop)",
                            node.span)
                 return False
-        t = self._num(eq.expr)
+        t = self._num(expr)
         if t is None:
             return False
         if t.size != 1:
@@ -299,8 +319,9 @@ class Checker:
     def _check_finite_at_origin(self, eq: M.Equation, word: str) -> None:
         env = dict(self.consts)
         env.update({name: 0.0 for name in [*self.states, *self.inputs]})
+        env.update(self.nominal)
         try:
-            evaluate(eq.expr, env)
+            evaluate(self.x(eq.expr), env)
         except EvalError as err:
             self.error(f"the `{word}` equation of '{eq.state.name}' is not finite at the origin "
                        f"(x = 0, u = 0): {err.message}", err.span or eq.expr.span,
@@ -591,7 +612,8 @@ class Checker:
                            f"first used at line {first.line}" if first else None)
             else:
                 seen[name] = prop
-            ty = self.infer(prop.formula)
+            formula = self.x(prop.formula)
+            ty = self.infer(formula)
             if ty is not None:
                 if ty.kind != "bool":
                     self.error(f"{prop.section} '{name}' is not a condition", prop.formula.span,
@@ -601,7 +623,7 @@ class Checker:
                                "reads no signal, so its metric can never change",
                                prop.formula.span, "refer to a state or input signal")
                 elif self.horizon is not None:
-                    self._check_times(E.implicit_always(prop.formula), 0, 0)
+                    self._check_times(E.implicit_always(formula), 0, 0)
             if prop.smoothness is None:
                 if not estimate:
                     self.error(f"{prop.section} '{name}' has no smoothness constant",
@@ -728,6 +750,12 @@ class Checker:
             return Ty("num", states=True, policy=True)
         if e.id in self.inputs:
             return Ty("num", inputs=True, policy=True)
+        if e.id in self.parameters:
+            return Ty("num")
+        if e.id in self.disturbances:
+            return Ty("num", inputs=True)
+        if e.id in self.lets:  # only in a cycle (elsewhere lets are expanded): said there
+            return None
         if e.id == "state":
             return Ty("num", size=max(self.n, 1), states=True, policy=True)
         if e.id == "input":
@@ -753,7 +781,8 @@ class Checker:
             self.error("'backup' names a controller, not a value", e.span,
                        "use lyapunov(backup) for its Lyapunov function")
             return None
-        known = [*self.states, *self.inputs, *self.consts, "state", "input", "spectral_radius",
+        known = [*self.states, *self.inputs, *self.consts, *self.lets, *self.parameters,
+                 *self.disturbances, "state", "input", "spectral_radius",
                  *FORMULA_KEYWORDS]  # `alway abs(p) <= 1` reads as a name: did you mean always?
         self.error(f"unknown name '{e.id}'", e.span,
                    did_you_mean(e.id, known) or
@@ -885,7 +914,7 @@ class Checker:
 
     # ---------------------------------------------------------------- time bases and windows
     def _last(self, e: E.Node) -> int | None:
-        return E.last_step(e, self.states, self.inputs, self.horizon)
+        return E.last_step(e, self.states, [*self.inputs, *self.disturbances], self.horizon)
 
     def _check_times(self, e: E.Node, lo: int, hi: int,
                      reader: str = "an enclosing window") -> None:
@@ -997,7 +1026,7 @@ class Checker:
             for what, e in (("stage", obj.stage), ("terminal", obj.terminal)):
                 if e is None:
                     continue
-                t = self._num(e)
+                t = self._num(self.x(e))
                 if t is None:
                     continue
                 if t.size != 1:
@@ -1152,7 +1181,8 @@ class Checker:
         sc, system = self.spec.scenarios, self.spec.system
         if sc is None or system is None or isinstance(system, M.GymnasiumSystem) or not self.n:
             return
-        calls = [(prop, node) for prop in self.spec.properties for node in E.walk(prop.formula)
+        calls = [(prop, node) for prop in self.spec.properties
+                 for node in E.walk(self.x(prop.formula))
                  if isinstance(node, E.Call) and node.func == "lyapunov" and len(node.args) == 1]
         if not calls:
             return

@@ -17,13 +17,13 @@ INDENT = "    "
 WIDTH = 100  # a short section with a kind stays on one line up to this width
 # Sections whose entries LANGUAGE.md writes as `key = value`; the rest as `key value`.
 _ASSIGN_STYLE = (M.LinearSystem, M.PendulumSystem, M.StaticSystem, M.GymnasiumSystem,
-                 M.PythonSystem, M.LqrBackup, M.LinearBackup, M.TorchBackup, M.MlpPolicy,
-                 M.LinearPolicy, M.TorchPolicy, M.LinearExpert, M.NormalStates,
+                 M.PythonSystem, M.Controller, M.LinearExpert, M.NormalStates,
                  M.UniformStates, M.SgdOptimizer, M.AdamOptimizer, M.RayExecutor)
 # `system ode`: `dt = 0.02` but `integrator rk4`, `substeps 1` (as LANGUAGE-v2.md writes them)
 _ASSIGN_KEYS = {M.OdeSystem: ("dt",)}
-# Systems whose quoted label is an entry of the model: written after the kind, not inside.
-_LABELLED = {M.GymnasiumSystem: "id", M.PythonSystem: "id"}
+# Sections whose quoted label is an entry of the model: written after the kind, not inside.
+_LABELLED = {M.GymnasiumSystem: "id", M.PythonSystem: "id", M.PythonPolicy: "id",
+             M.FromPolicy: "id"}
 
 
 @dataclass
@@ -56,6 +56,10 @@ def value_text(value) -> str:
         return "hard" if value.kind == "hard" else f"smooth({value_text(value.tau)})"
     if isinstance(value, list) and value and isinstance(value[0], M.Signal):
         return ", ".join(s.name for s in value)
+    if isinstance(value, list) and value and isinstance(value[0], M.Assignment):
+        return "{ " + "  ".join(f"{a.signal.name} = {value_text(a.value)}" for a in value) + " }"
+    if isinstance(value, list) and all(isinstance(v, E.EXPR_NODES) for v in value):  # observe
+        return E.unparse(E.Vector(items=value))
     if isinstance(value, E.EXPR_NODES):
         return E.unparse(value)
     raise TypeError(f"cannot format {type(value).__name__}")
@@ -82,8 +86,10 @@ def _is_equations(value) -> bool:
 def _entry_text(node: M.Node, key: str, value) -> str:
     if isinstance(value, M.Node) and hasattr(value, "kind") and not isinstance(value, M.Aggregate):
         return f"{key} {_inline_block(value)}"
-    if isinstance(value, list):  # signal names: `state theta, omega`
-        return f"{key} {value_text(value)}"
+    if key == "verify_every":  # `verify every 1`
+        return f"verify every {value_text(value)}"
+    if isinstance(value, list) and value and isinstance(value[0], (M.Signal, M.Assignment)):
+        return f"{key} {value_text(value)}"  # `state theta, omega`, `equilibrium { u = 1 }`
     return f"{key} {_sep(node, key)}{value_text(value)}"
 
 
@@ -132,7 +138,15 @@ def wrap(text: str, first: int, pad: str, width: int) -> str:
     return ("\n" + pad).join(lines)
 
 
-def _section(keyword: str, node: M.Node, label: str = "") -> list[Line]:
+def _label(node: M.Node) -> str:
+    """The quoted label written after a section's kind (`system python "mod:fn"`), or ""."""
+    key = _LABELLED.get(type(node))
+    value = next((v for k, v in entries(node) if k == key), None) if key else None
+    return value_text(value) if value is not None else ""
+
+
+def _section(keyword: str, node: M.Node) -> list[Line]:
+    label = _label(node)
     kind = getattr(node, "kind", None)
     head = " ".join(p for p in (keyword, kind if isinstance(kind, str) else None, label) if p)
     short = _one_line(head, node)
@@ -153,6 +167,12 @@ def _section(keyword: str, node: M.Node, label: str = "") -> list[Line]:
             for rng in value:
                 lines.append(Line(f"initial {rng.signal.name} in {value_text(rng.interval)}",
                                   _start(rng.span), indent=1))
+            continue
+        if key == "equilibrium" and len(INDENT + _entry_text(node, key, value)) > WIDTH:
+            lines.append(Line(f"{key} {{", _start(value[0].span), indent=1))
+            lines += [Line(f"{a.signal.name} = {value_text(a.value)}", _start(a.span), indent=2)
+                      for a in value]
+            lines.append(Line("}", _end(value[-1].span), indent=1))
             continue
         anchor = _start(getattr(value, "span", None) or (value[0].span if isinstance(
             value, list) and value else None))
@@ -188,12 +208,15 @@ def layout(spec: M.Spec) -> list[Line]:
     for i, const in enumerate(spec.consts):
         lines.append(Line(f"const {const.name} = {value_text(const.value)}",
                           _start(const.span), blank_before=(i == 0)))
+    for group in (spec.parameters, spec.disturbances):
+        lines += [Line(f"{u.section} {u.name.name} in {value_text(u.interval)}",
+                       _start(u.span), blank_before=(i == 0)) for i, u in enumerate(group)]
+    for i, let in enumerate(spec.lets):
+        head = f"let {let.name.name} = "
+        lines.append(Line(head + wrap(E.unparse(let.expr), WIDTH - len(head), INDENT, WIDTH),
+                          _start(let.span), blank_before=(i == 0)))
     if spec.system is not None:
-        label = value_text(spec.system.env_id) if isinstance(spec.system, M.GymnasiumSystem) \
-            and spec.system.env_id is not None else value_text(spec.system.function) \
-            if isinstance(spec.system, M.PythonSystem) and spec.system.function is not None \
-            else ""
-        lines += _section("system", spec.system, label)
+        lines += _section("system", spec.system)
     if spec.backup is not None:
         lines += _section("backup", spec.backup)
     if spec.policy is not None:
@@ -206,6 +229,8 @@ def layout(spec: M.Spec) -> list[Line]:
         lines += _section("objective", spec.objective)
     if spec.train is not None:
         lines += _section("train", spec.train)
+    if spec.verify is not None:
+        lines += _section("verify", spec.verify)
     return lines
 
 

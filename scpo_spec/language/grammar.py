@@ -15,14 +15,15 @@ from scpo_spec.language.source import Source, Span
 MAX_DEPTH = 200         # nesting beyond this is refused with a diagnostic (no recursion blow-ups)
 MAX_BYTES = 4 * 2**20   # a spec is a page of text, not megabytes
 
-SECTION_WORDS = ("spec", "const", "system", "backup", "policy", "scenarios", "constraint",
-                 "stability", "objective", "train")
+SECTION_WORDS = ("spec", "const", "let", "parameter", "disturbance", "system", "backup",
+                 "policy", "scenarios", "constraint", "stability", "objective", "train", "verify")
 
 _TOKEN_WORDS = {
     "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "LPAR": "'('",
     "RPAR": "')'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "NAME": "a name",
     "NUMBER": "a number", "BAD_NUMBER": "a number", "STRING": "a string", "SECTION": "a section", "PROPERTY":
-    "'constraint' or 'stability'", "SPEC": "'spec'", "CONST": "'const'", "TEMPORAL":
+    "'constraint' or 'stability'", "SPEC": "'spec'", "CONST": "'const'", "LET": "'let'",
+    "UNCERTAIN": "'parameter' or 'disturbance'", "EVERY": "'every'", "TEMPORAL":
     "'always' or 'eventually'", "UNTIL": "'until'", "NOT": "'not'", "IMPLIES": "'->'",
     "AT": "'at'", "FINAL": "'final'", "AND": "'and'", "OR": "'or'",
     "IN": "'in'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",

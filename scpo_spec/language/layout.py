@@ -7,12 +7,16 @@ from typing import Any, Iterator
 from scpo_spec.language import model as M
 
 SECTIONS = ("system", "backup", "policy", "scenarios", "constraints", "stability", "objective",
-            "train")
+            "train", "verify")
+# Top-level items written once per name, several to a spec (`let thrust = …`): one YAML mapping.
+UNITS = ("let", "parameter", "disturbance")
 
 # model field → key, where the two differ
 _SYSTEM_KEYS = {"states": "state", "inputs": "input"}
 _GYM_KEYS = {"states": "observation", "inputs": "action", "env_id": "id"}
 _PYTHON_KEYS = {**_SYSTEM_KEYS, "function": "id"}  # the label: `system python "module:fn"`
+# a policy's quoted label: `policy python "module:factory"`, `policy from "RUN"`
+_LABEL_KEYS = {M.PythonPolicy: {"factory": "id"}, M.FromPolicy: {"run": "id"}}
 
 
 def entries(node: M.Node) -> Iterator[tuple[str, Any]]:
@@ -26,8 +30,12 @@ def entries(node: M.Node) -> Iterator[tuple[str, Any]]:
                            M.OdeSystem)):
         keys = _SYSTEM_KEYS
     else:
-        keys = {}
-    for name in type(node).model_fields:
+        keys = _LABEL_KEYS.get(type(node), {})
+    fields = list(type(node).model_fields)
+    if isinstance(node, M.Controller):  # what every controller shares goes last
+        shared = list(M.Controller.model_fields)
+        fields = [f for f in fields if f not in shared] + shared
+    for name in fields:
         if name in ("span", "kind"):
             continue
         value = getattr(node, name)

@@ -55,6 +55,30 @@ class Const(Node):
     value: Quantity
 
 
+class Let(Node):
+    """`let NAME = EXPR`: a named expression of states, inputs, constants, parameters,
+    disturbances and other lets; downstream code sees it expanded (language/lets.py)."""
+
+    name: Signal
+    expr: Expr
+
+
+class Uncertain(Node):
+    """`parameter NAME in [lo, hi]` (one value per scenario, held over the rollout) or
+    `disturbance NAME in [lo, hi]` (a fresh value at every step, per scenario)."""
+
+    section: Literal["parameter", "disturbance"]
+    name: Signal
+    interval: Quantity  # [lo, hi], folded
+
+
+class Assignment(Node):
+    """One entry of `equilibrium { T1 = m * g / 2 }`: a state's or input's operating value."""
+
+    signal: Signal
+    value: Quantity
+
+
 # ---- system ----
 class LinearSystem(Node):
     """x⁺ = A x + B u."""
@@ -64,6 +88,7 @@ class LinearSystem(Node):
     inputs: list[Signal]
     A: Quantity | None = None
     B: Quantity | None = None
+    equilibrium: list[Assignment] = Field(default_factory=list)  # x*, u*; 0 when unnamed
 
 
 class PendulumSystem(Node):
@@ -76,6 +101,7 @@ class PendulumSystem(Node):
     g: Quantity | None = None
     m: Quantity | None = None
     l: Quantity | None = None
+    equilibrium: list[Assignment] = Field(default_factory=list)  # x*, u*; 0 when unnamed
 
 
 class StaticSystem(Node):
@@ -109,6 +135,7 @@ class DiscreteSystem(Node):
     states: list[Signal]
     inputs: list[Signal]
     next: list[Equation] = Field(default_factory=list)
+    equilibrium: list[Assignment] = Field(default_factory=list)  # x*, u*; 0 when unnamed
 
 
 class OdeSystem(Node):
@@ -122,6 +149,7 @@ class OdeSystem(Node):
     integrator: Ident | None = None   # rk4 (default) | euler | midpoint
     substeps: Quantity | None = None  # default 1
     der: list[Equation] = Field(default_factory=list)
+    equilibrium: list[Assignment] = Field(default_factory=list)  # x*, u*; 0 when unnamed
 
 
 class PythonSystem(Node):
@@ -132,6 +160,7 @@ class PythonSystem(Node):
     function: Text | None = None      # written as the section's label: "module:callable"
     states: list[Signal]
     inputs: list[Signal]
+    equilibrium: list[Assignment] = Field(default_factory=list)  # x*, u*; 0 when unnamed
 
 
 System = Annotated[Union[LinearSystem, PendulumSystem, StaticSystem, GymnasiumSystem,
@@ -139,30 +168,50 @@ System = Annotated[Union[LinearSystem, PendulumSystem, StaticSystem, GymnasiumSy
                    Field(discriminator="kind")]
 
 
+# ---- controllers: every backup and policy ----
+class Controller(Node):
+    """What every policy and backup shares: u = u* + output_scale ⊙ net(o), o = observe(x) when
+    declared, else x − x*.  Written last in a block (layout.entries)."""
+
+    observe: list[Expr] | None = None      # the network's input; None = x − x*
+    output_scale: Quantity | None = None   # per input (or one number), default 1
+
+
 # ---- backup ----
-class LqrBackup(Node):
+class LqrBackup(Controller):
     kind: Literal["lqr"] = "lqr"
     Q: Quantity | None = None
     R: Quantity | None = None
 
 
-class LinearBackup(Node):
+class LinearBackup(Controller):
+    """u = u* + K (x − x*) + k."""
+
     kind: Literal["linear"] = "linear"
     K: Quantity | None = None
+    k: Quantity | None = None
 
 
-class TorchBackup(Node):
+class TorchBackup(Controller):
     """A frozen TorchScript controller, states (N, n) → inputs (N, m)."""
 
     kind: Literal["torch"] = "torch"
     file: Text | None = None
 
 
-Backup = Annotated[Union[LqrBackup, LinearBackup, TorchBackup], Field(discriminator="kind")]
+class OnnxBackup(Controller):
+    """A frozen ONNX network, read with `onnx` and evaluated in float64."""
+
+    kind: Literal["onnx"] = "onnx"
+    file: Text | None = None
+
+
+Backup = Annotated[Union[LqrBackup, LinearBackup, TorchBackup, OnnxBackup],
+                   Field(discriminator="kind")]
 
 
 # ---- policy ----
-class MlpPolicy(Node):
+class MlpPolicy(Controller):
     kind: Literal["mlp"] = "mlp"
     hidden: Quantity | None = None
     activation: Ident | None = None
@@ -170,19 +219,42 @@ class MlpPolicy(Node):
     seed: Quantity | None = None
 
 
-class LinearPolicy(Node):
+class LinearPolicy(Controller):
     kind: Literal["linear"] = "linear"
     init: Ident | None = None  # `backup` (start at the backup's gain) or `zero`
 
 
-class TorchPolicy(Node):
+class TorchPolicy(Controller):
     """A TorchScript policy whose parameters are θ (θ₀: the parameters in the file)."""
 
     kind: Literal["torch"] = "torch"
     file: Text | None = None
 
 
-Policy = Annotated[Union[MlpPolicy, LinearPolicy, TorchPolicy], Field(discriminator="kind")]
+class OnnxPolicy(Controller):
+    """An ONNX network whose weights are θ (θ₀: the weights in the file)."""
+
+    kind: Literal["onnx"] = "onnx"
+    file: Text | None = None
+
+
+class PythonPolicy(Controller):
+    """`policy python "pkg.mod:make"`: a callable returning an nn.Module whose parameters are θ."""
+
+    kind: Literal["python"] = "python"
+    factory: Text | None = None  # written as the section's label: "module:callable"
+
+
+class FromPolicy(Controller):
+    """`policy from "RUN" { head = "…" }`: θ₀ = that run's last accepted θ, its family reused."""
+
+    kind: Literal["from"] = "from"
+    run: Text | None = None      # written as the section's label
+    head: Text | None = None     # the run's log head (64 hex) it must have, when given
+
+
+Policy = Annotated[Union[MlpPolicy, LinearPolicy, TorchPolicy, OnnxPolicy, PythonPolicy,
+                         FromPolicy], Field(discriminator="kind")]
 
 
 # ---- scenarios ----
@@ -327,6 +399,14 @@ class Train(Node):
     smoothness: Ident | None = None
     executor: Executor | None = None
     device: Ident | None = None    # cpu | cuda: where the rollouts, the policy and the bank run
+    verify_every: Quantity | None = None  # `verify every K`: every K-th update must be PROVED
+
+
+class Verify(Node):
+    """`verify { cells 4096  time_limit 300 }`: the budget of `scpo verify`."""
+
+    cells: Quantity | None = None       # most initial-set cells the splitting may make
+    time_limit: Quantity | None = None  # seconds
 
 
 # Defaults LANGUAGE.md gives for optional train entries.
@@ -347,6 +427,7 @@ DEFAULTS = {
     ("objective return", "seed"): 0, ("train", "executor"): "local",
     ("executor ray", "workers"): 2,
     ("system ode", "integrator"): "rk4", ("system ode", "substeps"): 1,
+    ("verify", "cells"): 4096, ("verify", "time_limit"): 300,
 }
 
 
@@ -356,6 +437,9 @@ class Spec(Node):
     name: Ident | None = None
     title: Text | None = None
     consts: list[Const] = Field(default_factory=list)
+    lets: list[Let] = Field(default_factory=list)
+    parameters: list[Uncertain] = Field(default_factory=list)
+    disturbances: list[Uncertain] = Field(default_factory=list)
     system: System | None = None
     backup: Backup | None = None
     policy: Policy | None = None
@@ -364,6 +448,7 @@ class Spec(Node):
     stability: list[Property] = Field(default_factory=list)
     objective: Objective | None = None
     train: Train | None = None
+    verify: Verify | None = None
     path: str | None = Field(default=None, exclude=True)
 
     @property
@@ -388,6 +473,17 @@ class Spec(Node):
                 "lipschitz": float(prop.lipschitz) if prop.lipschitz is not None else None,
                 "location": f"{span.file}:{span.line}" if span is not None else ""})
         return out
+
+    def equilibrium_point(self) -> tuple[list[float], list[float]]:
+        """(x*, u*) as floats in declaration order: the `equilibrium` block's values, 0 for every
+        state and input it does not name (and everywhere when there is none)."""
+        system = self.system
+        if system is None:
+            return [], []
+        given = {a.signal.name: float(a.value.value) for a in getattr(system, "equilibrium", [])
+                 if a.value.value is not None and np.ndim(a.value.value) == 0}
+        return ([given.get(s.name, 0.0) for s in system.states],
+                [given.get(s.name, 0.0) for s in system.inputs])
 
     def same_as(self, other: Spec) -> bool:
         """Equal in meaning: same content, wherever and in whichever syntax it was written."""

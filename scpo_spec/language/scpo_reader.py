@@ -236,6 +236,18 @@ class _ToDocument(Transformer):
         return Entry(str(key), self._tok(key), block)
 
     @v_args(meta=True)
+    def nested(self, meta, children):
+        key, block = children
+        block.span = self._span(meta)
+        return Entry(str(key), self._tok(key), block)
+
+    @v_args(meta=True)
+    def every(self, meta, children):
+        """`verify every 1` is the entry `verify_every` (the YAML twin's key)."""
+        key, value = children
+        return Entry(f"{key}_every", self._tok(key), Scalar(span=value.span, expr=value))
+
+    @v_args(meta=True)
     def setting(self, meta, children):
         key, *values = children
         items = [Scalar(span=v.span, expr=v) for v in values]
@@ -265,6 +277,24 @@ class _ToDocument(Transformer):
         name, value = children
         return ("const", self._span(meta),
                 Entry(str(name), self._tok(name), Scalar(span=value.span, expr=value)))
+
+    @v_args(meta=True)
+    def let_def(self, meta, children):
+        name, value = children
+        return ("let", self._span(meta),
+                Entry(str(name), self._tok(name), Scalar(span=value.span, expr=value)))
+
+    @v_args(meta=True)
+    def uncertain(self, meta, children):
+        """`parameter a in [-2, -1]`: the builder reads the `in` (as it reads `initial`)."""
+        keyword, value = children
+        return ("uncertain", self._span(meta),
+                Entry(str(keyword), self._tok(keyword), Scalar(span=value.span, expr=value)))
+
+    @v_args(meta=True)
+    def labelled(self, meta, children):
+        keyword, kind, label = children
+        return self.section(meta, [keyword, kind, label, Map(span=self._span(meta))])
 
     @v_args(meta=True)
     def section(self, meta, children):
@@ -376,16 +406,21 @@ def _unknown_item(text: str, err: UnexpectedInput) -> tuple[int, int] | None:
 def assemble(items, source: Source) -> Map:
     """Top-level items → one document map shaped like the YAML twin."""
     doc = Map(span=Span(file=source.path, line=1, column=1, end_line=1, end_column=1))
-    consts: Map | None = None
+    maps: dict[str, Map] = {}  # `const`s and `let`s: one mapping each, as in YAML
     lists: dict[str, Seq] = {}
     for kind, span, payload in items:
         if kind == "header":
             doc.entries.extend(payload)
-        elif kind == "const":
-            if consts is None:
-                consts = Map(span=span)
-                doc.entries.append(Entry("const", span, consts))
-            consts.entries.append(payload)
+        elif kind in ("const", "let"):
+            if kind not in maps:
+                maps[kind] = Map(span=span)
+                doc.entries.append(Entry(kind, span, maps[kind]))
+            maps[kind].entries.append(payload)
+        elif kind == "uncertain":  # `parameter a in [lo, hi]`: a list of `in`s per keyword
+            if payload.key not in lists:
+                lists[payload.key] = Seq(span=span)
+                doc.entries.append(Entry(payload.key, span, lists[payload.key]))
+            lists[payload.key].items.append(payload.value)
         elif kind == "section":
             doc.entries.append(payload)
         elif kind == "property":

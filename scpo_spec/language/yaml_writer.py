@@ -39,6 +39,10 @@ def _value(value) -> Any:
         return {eq.state.name: E.unparse(eq.expr) for eq in value}  # `next: {p: "…"}`
     if isinstance(value, list) and value and isinstance(value[0], M.InitialRange):
         return {r.signal.name: _value(r.interval) for r in value}
+    if isinstance(value, list) and value and isinstance(value[0], M.Assignment):
+        return {a.signal.name: _value(a.value) for a in value}  # `equilibrium: {T1: …}`
+    if isinstance(value, list) and all(isinstance(v, E.EXPR_NODES) for v in value):  # observe
+        return [_literal(v) if _literal(v) is not None else E.unparse(v) for v in value]
     if isinstance(value, E.EXPR_NODES):
         return E.unparse(value)
     if isinstance(value, M.Node):
@@ -73,6 +77,11 @@ def to_yaml_data(spec: M.Spec) -> dict:
         doc["title"] = spec.title.value
     if spec.consts:
         doc["const"] = {c.name: _value(c.value) for c in spec.consts}
+    for key, group in (("parameter", spec.parameters), ("disturbance", spec.disturbances)):
+        if group:
+            doc[key] = {u.name.name: _value(u.interval) for u in group}
+    if spec.lets:
+        doc["let"] = {x.name.name: E.unparse(x.expr) for x in spec.lets}
     for section in ("system", "backup", "policy", "scenarios"):
         node = getattr(spec, section)
         if node is not None:
@@ -81,7 +90,7 @@ def to_yaml_data(spec: M.Spec) -> dict:
         doc["constraints"] = [_property(p) for p in spec.constraints]
     if spec.stability:
         doc["stability"] = [_property(p) for p in spec.stability]
-    for section in ("objective", "train"):
+    for section in ("objective", "train", "verify"):
         node = getattr(spec, section)
         if node is not None:
             doc[section] = _mapping(node)

@@ -34,6 +34,12 @@ from scpo_spec.language.yaml_writer import format_yaml
 KEYWORD_DOCS = {
     "spec": "`spec NAME \"title\"`: names the spec (exactly once).",
     "const": "`const NAME = VALUE`: a named number, vector or matrix, usable everywhere.",
+    "let": "`let NAME = EXPR`: a named expression of states, inputs, constants, parameters, "
+           "disturbances and other lets, usable wherever an expression is.",
+    "parameter": "`parameter NAME in [lo, hi]`: an uncertain number, one value per scenario "
+                 "held over the whole rollout (drawn uniformly from the scenarios' seed).",
+    "disturbance": "`disturbance NAME in [lo, hi]`: an uncertain input, a fresh value at every "
+                   "step of every scenario (drawn uniformly from the scenarios' seed).",
     "system": "`system KIND { … }`: the plant — its signals and dynamics (exactly once).",
     "backup": "`backup KIND { … }`: the known-safe controller the policy starts from or falls "
               "back to (at most once).",
@@ -47,6 +53,8 @@ KEYWORD_DOCS = {
     "objective": "`objective KIND { … }`: what training improves (exactly once).",
     "train": "`train { … }`: the SCPO step — optimizer, directions, radius, margin, solver "
              "(exactly once).",
+    "verify": "`verify { cells 4096  time_limit 300 }`: the budget of `scpo verify`, which "
+              "proves each constraint over the whole initial set (at most once).",
     "always": "`always φ` / `always[a:b] φ`: φ at every step (of the window); violation = max.",
     "eventually": "`eventually φ` / `eventually[a:b] φ`: φ at some step (of the window); "
                   "violation = min.",
