@@ -45,7 +45,7 @@ class WarmStartError(ScpoError):
 
 
 def is_warm_start(spec: M.Spec | None) -> bool:
-    return spec is not None and getattr(spec.policy, "kind", None) == "from"
+    return spec is not None and isinstance(spec.policy, M.FromPolicy)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Callable
 from scpo_spec.language.diagnostics import Diagnostic
 from scpo_spec.language.dynamics import (OPERATING_POINT_HINT, linearisation_uses,
                                          not_an_equilibrium, riccati_problem)
-from scpo_spec.language.model import LqrBackup, PythonSystem, Spec
+from scpo_spec.language.model import LqrBackup, PythonPolicy, PythonSystem, Spec
 
 
 def _python_system(spec: Spec, base_dir: Path) -> list[Diagnostic]:
@@ -80,9 +80,7 @@ def _torch_files(spec: Spec, base_dir: Path) -> list[Diagnostic]:
 def _python_policy(spec: Spec, base_dir: Path) -> list[Diagnostic]:
     """`policy python "module:factory"`: importable, returns an nn.Module mapping (B, n) states
     to (B, m) float64 inputs, and evaluable for several candidates at once (torch.func.vmap)."""
-    policy = spec.policy
-    factory = getattr(policy, "factory", None) if getattr(policy, "kind", None) == "python" \
-        else None
+    factory = spec.policy.factory if isinstance(spec.policy, PythonPolicy) else None
     if factory is None or spec.system is None:
         return []
     from scpo_spec.policies.python_module import PythonPolicyError, load_python_module

@@ -65,9 +65,8 @@ def references(spec: M.Spec) -> list[Reference]:
     for section, node in (("backup", spec.backup), ("policy", spec.policy)):
         if getattr(node, "kind", None) == "torch" and node.file is not None:
             out.append(Reference(f"{section} torch", node.file.value, node.file.span))
-    factory = getattr(spec.policy, "factory", None) if getattr(spec.policy, "kind", None) \
-        == "python" else None
-    if factory is not None:
+    if isinstance(spec.policy, M.PythonPolicy) and spec.policy.factory is not None:
+        factory = spec.policy.factory
         out.append(Reference("policy python", factory.value, factory.span))
     return out
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from scpo_spec.policies.backup import Backup
-from scpo_spec.language.model import LinearPolicy, MlpPolicy, Spec, TorchPolicy
+from scpo_spec.language.model import (FromPolicy, LinearPolicy, MlpPolicy, PythonPolicy, Spec,
+                                      TorchPolicy)
 from scpo_spec.policies.torch_file import load_policy_structure
 from scpo_spec.systems.dynamics import RolloutViews
 
@@ -380,14 +381,14 @@ def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
         K = backup.K if init == "backup" and backup is not None else np.zeros((m, n))
         theta0 = torch.as_tensor(np.asarray(K, dtype=np.float64).reshape(-1), dtype=DTYPE)
         return PolicyFamily(n, m, [(m, n)], False, "identity", None, theta0)
-    if getattr(policy, "kind", None) == "python":  # any nn.Module, batched with torch.func
+    if isinstance(policy, PythonPolicy):  # any nn.Module, batched with torch.func
         from scpo_spec.policies.python_module import ModuleFamily, load_python_module
         return ModuleFamily(n, m, load_python_module(policy.factory.value, n, m, base_dir))
     if isinstance(policy, TorchPolicy):
         found = load_policy_structure(spec, base_dir)
         return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,
                             found.theta0.clone())
-    if getattr(policy, "kind", None) == "from":  # never reached through engine/warm.py
+    if isinstance(policy, FromPolicy):  # never reached through engine/warm.py
         raise NotImplementedError("`policy from` is resolved to the source run's policy section "
                                   "before compiling (scpo_spec.engine.warm.compile_warm)")
     raise NotImplementedError(f"policy kind '{policy.kind}'")
