@@ -137,7 +137,7 @@ class ModuleFamily:
             [p for _, p in named]).detach().to(DTYPE).clone()
         self.d = int(self.theta0.numel())
         self._buffers = {k: b for k, b in self.template.named_buffers()}
-        self._single = vmap(self._call, in_dims=(0, 0))
+        self._vmapped = vmap(self._call_params)
 
     @property
     def layers(self) -> list[tuple[int, int]]:
@@ -147,20 +147,21 @@ class ModuleFamily:
                  if isinstance(mod, nn.Linear)]
         return found or [(self.m, self.n)]
 
-    def _params(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One candidate's θ (d,) as the module's parameters, by name (views, no copy)."""
-        out, offset = {}, 0
+    def unpack(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """θ (…, d) as the module's parameters by name, each (…, *shape): views, no copy."""
+        out, offset, lead = {}, 0, theta.shape[:-1]
         for name, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[name] = theta[offset:offset + size].view(shape)
+            out[name] = theta[..., offset:offset + size].view(*lead, *shape)
             offset += size
         return out
 
-    def _call(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.template, {**self._buffers, **self._params(theta)}, (x,))
+    def _call_params(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The module on states x (B, n) with one candidate's parameters."""
+        return functional_call(self.template, {**self._buffers, **params}, (x,))
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Actions (C, B, m) of C candidates θ (C, d) on their states x (C, B, n)."""
-        return self._single(theta, x)
+        return self._vmapped(self.unpack(theta), x)
 
     def batched(self, theta: torch.Tensor) -> "BatchedModule":
         return BatchedModule(self, theta)
@@ -168,8 +169,8 @@ class ModuleFamily:
     def jacobian_at_origin(self, theta: torch.Tensor) -> torch.Tensor:
         """∂π/∂x at x = 0 for each candidate: (C, m, n), by torch.func.jacrev (exact)."""
         zero = torch.zeros(self.n, dtype=theta.dtype, device=theta.device)
-        one = lambda th, x: self._call(th, x[None])[0]  # noqa: E731
-        return vmap(jacrev(one, argnums=1), in_dims=(0, None))(theta, zero)
+        one = lambda params, x: self._call_params(params, x[None])[0]  # noqa: E731
+        return vmap(jacrev(one, argnums=1), in_dims=(0, None))(self.unpack(theta), zero)
 
     def module(self, theta: torch.Tensor | None = None):
         """A torch module holding θ (θ₀ when omitted): the author's module, a copy."""
@@ -184,18 +185,18 @@ class BatchedModule:
     """`ModuleFamily.forward` for one set of C candidates, called T times by a rollout."""
 
     def __init__(self, family: ModuleFamily, theta: torch.Tensor):
-        self.family, self.theta = family, theta
+        self.family, self.params = family, family.unpack(theta)  # unpacked once, used T times
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.family.forward(self.theta, x)
+        u = self.family._vmapped(self.params, x)
         if out is not None and not torch.is_grad_enabled():
             return out.copy_(u)
         return u
 
     def rollout_step(self, views: RolloutViews) -> Callable[[int], None]:
         """t ↦ U[t] = π(X[t]) on a rollout's time-major buffers (under no_grad)."""
-        xs, us, forward, theta = views.xs, views.us, self.family.forward, self.theta
+        xs, us, call, params = views.xs, views.us, self.family._vmapped, self.params
 
         def step(t: int) -> None:
-            us[t].copy_(forward(theta, xs[t]))
+            us[t].copy_(call(params, xs[t]))
         return step
