@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,38 @@ def test_a_source_of_other_dimensions_is_refused(source):
     no_backup = warm_text().replace("backup lqr { Q = diag(1, 1)  R = diag(1) }",
                                     "backup linear { K = [[-1, -1.5]] }")
     assert "backup lqr where this spec has backup linear" in only_error(no_backup, home)
+
+
+def test_observe_on_a_warm_start_is_refused(source):
+    home, _ = source
+    text = warm_text().replace('policy from "runs/src"',
+                               'policy from "runs/src" { output_scale = 2 }')
+    assert "also gives output_scale" in only_error(text, home)
+
+
+@pytest.mark.slow  # three `scpo` processes, ~15 s
+def test_cli_check_train_and_resume_without_the_source(source, tmp_path):
+    import os
+    import subprocess
+    import sys
+    home, head = source
+    base = copy_of(home, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def scpo(*args):
+        return subprocess.run([sys.executable, "-m", "scpo_spec.cli", *args], cwd=base,
+                              capture_output=True, text=True, timeout=300, env=env)
+    wrong = ("0" if head[0] != "0" else "1") + head[1:]
+    (base / "spec.scpo").write_text(warm_text(head=wrong), encoding="utf-8")
+    proc = scpo("check", "spec.scpo")
+    assert proc.returncode == 1 and "spec.scpo:10:13: error: the run 'runs/src' does not pass " \
+        "`scpo audit`" in proc.stdout, proc.stdout
+    (base / "spec.scpo").write_text(warm_text(head=head), encoding="utf-8")
+    proc = scpo("train", "spec.scpo", "--out", "runs/next", "-q", "--no-report",
+                "--no-tensorboard")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shutil.rmtree(base / "runs" / "src")
+    proc = scpo("train", "spec.scpo", "--out", "runs/next", "--resume", "--steps", "3", "-q",
+                "--no-report", "--no-tensorboard")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert audit_run(base / "runs" / "next").steps == 3

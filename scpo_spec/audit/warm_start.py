@@ -143,6 +143,13 @@ def _match(spec: M.Spec, source: M.Spec, written: str, span: Span | None) -> Non
     """The source's family must fit this spec: the same numbers of states and inputs, the same
     kind of backup, and a policy section that names no code or file of the source's."""
     kind = getattr(source.policy, "kind", None)
+    written = [name for name in ("observe", "output_scale")
+               if getattr(spec.policy, name, None) is not None]
+    if written:
+        raise WarmStartError(f"`policy from` takes the run's policy as it was trained, what it "
+                             f"observes and its output scale included; this one also gives "
+                             f"{' and '.join(written)}", span,
+                             f"leave {' and '.join(written)} out of `policy from`")
     if kind in CODE_POLICIES:
         raise WarmStartError(f"the run '{written}' has a `policy {kind}`, whose code or file "
                              "lives with that run; a warm start takes an mlp or linear policy",
