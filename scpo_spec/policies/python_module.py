@@ -125,8 +125,9 @@ class ModuleFamily:
     n: int
     m: int
     template: nn.Module = field(repr=False)
-    backup: None = None  # (a residual policy's backup belongs to the generic wrapper)
+    backup: None = None  # (a python policy adds no backup)
     activation: str = "python"
+    around: object | None = None  # policies/operating.py's Around: x*, u*, observe, scale
 
     def __post_init__(self):
         named = list(self.template.named_parameters())
@@ -160,8 +161,14 @@ class ModuleFamily:
         return functional_call(self.template, {**self._buffers, **params}, (x,))
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Actions (C, B, m) of C candidates θ (C, d) on their states x (C, B, n)."""
-        return self._vmapped(self.unpack(theta), x)
+        """Actions (C, B, m) of C candidates θ (C, d) on their states x (C, B, n):
+        u = u* + s ⊙ net(o) with an `around`, o its observation of x."""
+        return self.act(self.unpack(theta), x)
+
+    def act(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if self.around is None:
+            return self._vmapped(params, x)
+        return self.around.output(self._vmapped(params, self.around.observation(x)))
 
     def batched(self, theta: torch.Tensor) -> "BatchedModule":
         return BatchedModule(self, theta)
@@ -169,8 +176,24 @@ class ModuleFamily:
     def jacobian_at_origin(self, theta: torch.Tensor) -> torch.Tensor:
         """∂π/∂x at x = 0 for each candidate: (C, m, n), by torch.func.jacrev (exact)."""
         zero = torch.zeros(self.n, dtype=theta.dtype, device=theta.device)
-        one = lambda params, x: self._call_params(params, x[None])[0]  # noqa: E731
-        return vmap(jacrev(one, argnums=1), in_dims=(0, None))(self.unpack(theta), zero)
+        return self._net_jacobian(theta, zero)
+
+    def _net_jacobian(self, theta: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """∂net/∂o at the network input o (p,) for each candidate: (C, m, p)."""
+        one = lambda params, v: self._call_params(params, v[None])[0]  # noqa: E731
+        return vmap(jacrev(one, argnums=1), in_dims=(0, None))(self.unpack(theta), o)
+
+    def jacobian_at_operating_point(self, theta: torch.Tensor) -> torch.Tensor:
+        """∂u/∂x at x* for each candidate: (C, m, n) — s ⊙ ∂net/∂o at o* = o(x*), times ∂o/∂x
+        at x* (exact chain rule); `jacobian_at_origin` without an `around`."""
+        around = self.around
+        if around is None:
+            return self.jacobian_at_origin(theta)
+        J = self._net_jacobian(theta, around.o_star().to(theta.device))
+        scale = around.tensors(theta.device)[2]
+        if scale is not None:
+            J = J * scale[:, None]
+        return J @ around.observation_jacobian().to(theta.device)
 
     def module(self, theta: torch.Tensor | None = None):
         """A torch module holding θ (θ₀ when omitted): the author's module, a copy."""
@@ -178,7 +201,9 @@ class ModuleFamily:
         net = copy.deepcopy(self.template)
         theta = self.theta0 if theta is None else torch.as_tensor(theta, dtype=DTYPE)
         nn.utils.vector_to_parameters(theta.detach().clone(), net.parameters())
-        return PolicyModule(net, None, n=self.n).to(DTYPE)
+        if self.around is None:
+            return PolicyModule(net, None, n=self.n).to(DTYPE)
+        return PolicyModule(net, None, self.around, n=self.n).to(DTYPE)
 
 
 class BatchedModule:
@@ -188,14 +213,14 @@ class BatchedModule:
         self.family, self.params = family, family.unpack(theta)  # unpacked once, used T times
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.family._vmapped(self.params, x)
+        u = self.family.act(self.params, x)
         if out is not None and not torch.is_grad_enabled():
             return out.copy_(u)
         return u
 
     def rollout_step(self, views: RolloutViews) -> Callable[[int], None]:
         """t ↦ U[t] = π(X[t]) on a rollout's time-major buffers (under no_grad)."""
-        xs, us, call, params = views.xs, views.us, self.family._vmapped, self.params
+        xs, us, call, params = views.xs, views.us, self.family.act, self.params
 
         def step(t: int) -> None:
             us[t].copy_(call(params, xs[t]))
