@@ -85,6 +85,23 @@ def running_mean():
 
 def no_parameters():
     return torch.nn.Tanh()
+
+
+class Normalised(nn.Module):
+    """Input normalisation held in buffers (not θ), then a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5, -0.25]))
+        self.register_buffer("std", torch.tensor([2.0, 4.0]))
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.lin((x - self.mean) / self.std)
+
+
+def normalised():
+    return Normalised()
 '''
 
 
@@ -316,3 +333,14 @@ def test_policy_python_trains_and_is_data_to_readers(tmp_path):
     W1, b1, W2, b2, S = np.split(run.theta.numpy(), np.cumsum([12, 6, 6, 1]))
     expected = np.tanh(x @ W1.reshape(6, 2).T + b1) @ W2.reshape(1, 6).T + b2 + x @ S.reshape(1, 2).T
     assert_close_across_paths(run.policy(x), expected)
+
+
+def test_buffers_are_kept_and_are_not_theta(nets):
+    family = ModuleFamily(2, 1, load_python_module("my_nets:normalised", 2, 1, nets))
+    assert family.d == 3  # the linear layer's weight and bias; the buffers are not trained
+    thetas = torch.tensor([[1.0, 2.0, 0.5], [-1.0, 0.0, 0.0]], dtype=torch.float64)
+    x = torch.tensor([[[0.5, -0.25], [2.5, 3.75]]], dtype=torch.float64).expand(2, -1, -1)
+    u = family.forward(thetas, x)
+    o = (x[0].numpy() - [0.5, -0.25]) / [2.0, 4.0]
+    for c, theta in enumerate(thetas.numpy()):
+        assert_close_across_paths(u[c], o @ theta[:2, None] + theta[2])

@@ -137,8 +137,8 @@ class ModuleFamily:
         self.theta0 = nn.utils.parameters_to_vector(
             [p for _, p in named]).detach().to(DTYPE).clone()
         self.d = int(self.theta0.numel())
-        self._buffers = {k: b for k, b in self.template.named_buffers()}
-        self._vmapped = vmap(self._call_params)
+        self._buffers = {torch.device("cpu"): dict(self.template.named_buffers())}
+        self._vmapped = vmap(self._call_params, in_dims=(0, None, 0))
 
     @property
     def layers(self) -> list[tuple[int, int]]:
@@ -156,9 +156,18 @@ class ModuleFamily:
             offset += size
         return out
 
-    def _call_params(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def buffers_on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The module's buffers on `device` (θ's: `train { device cuda }`), copied once."""
+        kept = self._buffers.get(device)
+        if kept is None:
+            cpu = self._buffers[torch.device("cpu")]
+            kept = self._buffers[device] = {k: b.to(device) for k, b in cpu.items()}
+        return kept
+
+    def _call_params(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                     x: torch.Tensor) -> torch.Tensor:
         """The module on states x (B, n) with one candidate's parameters."""
-        return functional_call(self.template, {**self._buffers, **params}, (x,))
+        return functional_call(self.template, {**buffers, **params}, (x,))
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Actions (C, B, m) of C candidates θ (C, d) on their states x (C, B, n):
@@ -166,9 +175,10 @@ class ModuleFamily:
         return self.act(self.unpack(theta), x)
 
     def act(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        buffers = self.buffers_on(x.device)
         if self.around is None:
-            return self._vmapped(params, x)
-        return self.around.output(self._vmapped(params, self.around.observation(x)))
+            return self._vmapped(params, buffers, x)
+        return self.around.output(self._vmapped(params, buffers, self.around.observation(x)))
 
     def batched(self, theta: torch.Tensor) -> "BatchedModule":
         return BatchedModule(self, theta)
@@ -180,7 +190,8 @@ class ModuleFamily:
 
     def _net_jacobian(self, theta: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """∂net/∂o at the network input o (p,) for each candidate: (C, m, p)."""
-        one = lambda params, v: self._call_params(params, v[None])[0]  # noqa: E731
+        buffers = self.buffers_on(theta.device)
+        one = lambda params, v: self._call_params(params, buffers, v[None])[0]  # noqa: E731
         return vmap(jacrev(one, argnums=1), in_dims=(0, None))(self.unpack(theta), o)
 
     def jacobian_at_operating_point(self, theta: torch.Tensor) -> torch.Tensor:
