@@ -27,6 +27,7 @@ from rich.markup import escape
 from scpo_spec.errors import ScpoError
 from scpo_spec.language.diagnostics import render, to_json
 from scpo_spec.language.format import format_spec
+from scpo_spec.language.lets import expand
 from scpo_spec.language.load import CheckResult, check_file, parse_model, read_source, syntax_of
 from scpo_spec.language.scpo_reader import find_comments
 from scpo_spec.language.source import Source
@@ -420,8 +421,9 @@ def compile_(file: Path = typer.Argument(..., help="A spec file."),
         for m, prop in zip(ev.metrics, result.spec.properties):
             out.print(f"\n{m.section} {m.name}   {m.location}", markup=False)
             out.print(f"  as written : {m.formula}", markup=False)
-            out.print("  compiled   : g = " + describe_metric(prop.formula, consts, states, inputs,
-                                                          ev.horizon, tau), markup=False)
+            out.print("  compiled   : g = " + describe_metric(  # lets expanded: what is computed
+                expand(prop.formula, result.spec), consts, states, inputs, ev.horizon, tau),
+                markup=False)
             ell = "estimated" if m.smoothness is None else f"{m.smoothness:g}"
             out.print(f"  margin {m.margin:g}   smoothness ℓ = {ell}"
                       + (f"   lipschitz {m.lipschitz:g}" if m.lipschitz else ""), markup=False)

@@ -70,9 +70,9 @@ def expected_tokens(text: str) -> list[tuple[int, int, int, str]]:
     tree = parser.parse(text)
     out = []
     kinds = {"NUMBER": NUMBER, "STRING": STRING, "SECTION": SECTION, "PROPERTY": SECTION,
-             "SPEC": SECTION, "CONST": SECTION, "TEMPORAL": TEMPORAL, "UNTIL": TEMPORAL,
-             "AT": TEMPORAL, "FINAL": TEMPORAL, "NOT": LOGICAL, "AND": LOGICAL, "OR": LOGICAL,
-             "IN": LOGICAL, "IMPLIES": LOGICAL}
+             "SPEC": SECTION, "CONST": SECTION, "UNCERTAIN": SECTION, "TEMPORAL": TEMPORAL,
+             "UNTIL": TEMPORAL, "AT": TEMPORAL, "FINAL": TEMPORAL, "NOT": LOGICAL,
+             "AND": LOGICAL, "OR": LOGICAL, "IN": LOGICAL, "IMPLIES": LOGICAL}
     for tok in tree.scan_values(lambda v: isinstance(v, Token)):
         if tok.type in kinds:
             out.append((tok.line, tok.column - 1, tok.end_column - 1, kinds[tok.type]))

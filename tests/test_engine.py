@@ -126,8 +126,8 @@ def test_nan_rollouts_are_unsafe_and_never_accepted(tmp_path, monkeypatch):
     state = t.initial_state()
     real = t.ev._rollout_on_device  # what `rollout` and the metrics' reused-buffer rollout run
 
-    def poisoned(thetas, x0, reuse=False):  # every single-candidate rollout (the verification)
-        X, U = real(thetas, x0, reuse)      # is NaN
+    def poisoned(thetas, x0, reuse=False, draws=None):  # every single-candidate rollout
+        X, U = real(thetas, x0, reuse, draws)  # is NaN
         if thetas.shape[0] == 1 and not thetas.requires_grad:
             X = X.clone()
             X[:, 0, 5, 0] = float("nan")

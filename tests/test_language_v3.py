@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
+
 import pytest
 
 from scpo_spec.language import expr as E
@@ -27,6 +29,7 @@ system discrete {
     input f
     next p = p + dt * v
     next v = v + dt * (f - c)
+    equilibrium { f = c }
 }
 backup lqr { Q = diag(1, 1)  R = diag(1) }
 policy mlp { hidden = [8]  residual = backup }
@@ -74,8 +77,7 @@ FORMS = {
     "parameter and disturbance": sub(
         "const c = 1\n", "const c = 1\nparameter a in [-2, -1]\ndisturbance w in [-0.05, 0.05]\n"
         "parameter b in [0, 2 * c]\n"),
-    "equilibrium": sub("    next v = v + dt * (f - c)\n",
-                       "    next v = v + dt * (f - c)\n    equilibrium { f = c  p = 0.5 }\n"),
+    "equilibrium": sub("equilibrium { f = c }", "equilibrium { f = c  p = 0.5 }"),
     "observe and output_scale on an mlp": sub(
         "policy mlp { hidden = [8]  residual = backup }",
         "policy mlp { hidden = [8]  residual = backup  observe = [p, v - p, 2 * c]  "
@@ -150,7 +152,8 @@ def test_equilibrium_point_names_some_signals_the_rest_are_zero():
     assert [(a.signal.name, a.value.value) for a in spec.system.equilibrium] == [
         ("f", 1.0), ("p", 0.5)]
     assert spec.equilibrium_point() == ([0.5, 0.0], [1.0])
-    assert built(BASE).equilibrium_point() == ([0.0, 0.0], [0.0])
+    assert built(BASE).equilibrium_point() == ([0.0, 0.0], [1.0])
+    assert built(sub("    equilibrium { f = c }\n", "")).equilibrium_point() == ([0.0, 0.0], [0.0])
 
 
 def test_equilibrium_on_an_ode_as_the_contract_writes_it():
@@ -183,6 +186,12 @@ def test_controller_keys_are_on_every_policy_and_backup():
         assert {"observe", "output_scale"} <= set(cls.model_fields)
 
 
+def test_a_label_with_nothing_to_set_is_written_alone():
+    for form, line in (("policy python", 'policy python "my_pkg.nets:make_policy"\n'),
+                       ("policy from without a head", 'policy from "runs/acc"\n')):
+        assert f"\n{line}\n" in format_spec(built(FORMS[form])), form
+
+
 def test_new_controller_kinds_build_their_fields():
     assert built(FORMS["backup linear with k"]).backup.k.value == [0.5]
     assert built(FORMS["backup onnx"]).backup.file.value == "controller.onnx"
@@ -208,7 +217,7 @@ def test_hand_written_yaml_twin_means_the_same_spec():
     mappings, `equilibrium` a mapping, `observe` a list, the label as `id`, `verify_every`."""
     scpo = sub("const c = 1\n", "const c = 1\nparameter a in [-2, -1]\nlet push = f - c\n",
                sub("    next v = v + dt * (f - c)\n",
-                   "    next v = v + dt * push\n    equilibrium { f = c }\n",
+                   "    next v = v + dt * push\n",
                    sub("policy mlp { hidden = [8]  residual = backup }",
                        'policy python "m:make" { observe = [p, v - a]  output_scale = [2] }',
                        sub("margin 0 }", "margin 0 verify every 1 }"))))
@@ -264,3 +273,46 @@ def test_a_checked_spec_may_use_every_visible_name():
                        "constraint stay: always abs(p) + speed <= 2 smoothness 10")))
     result = check(text)
     assert result.ok, [d.headline() for d in result.diagnostics]
+
+
+# ---- expand against an independent oracle: the lets evaluated one after another ----
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from scpo_spec.language.evaluate import EvalError, evaluate  # noqa: E402
+from scpo_spec.language.scpo_reader import parse_expression  # noqa: E402
+from scpo_spec.language.source import Source  # noqa: E402
+
+
+def _tree(names):
+    leaves = st.one_of(st.sampled_from([E.Name(id=n) for n in names]),
+                       st.sampled_from([-1.5, 0.5, 2.0]).map(lambda v: E.Num(value=v)))
+    return st.recursive(leaves, lambda sub: st.one_of(
+        st.builds(lambda op, a, b: E.Binary(op=op, left=a, right=b),
+                  st.sampled_from(["+", "-", "*", "/"]), sub, sub),
+        st.builds(lambda a: E.Unary(op="-", arg=a), sub),
+        st.builds(lambda a: E.Binary(op="^", left=a, right=E.Num(value=2.0)), sub),
+        st.builds(lambda a: E.Call(func="abs", args=[a]), sub)), max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=_tree(["x", "y"]), b=_tree(["x", "a"]), e=_tree(["a", "b", "y"]),
+       x=st.floats(-2, 2), y=st.floats(-2, 2))
+def test_expand_means_the_lets_evaluated_in_turn(a, b, e, x, y):
+    text = f"let a = {E.unparse(a)}\nlet b = {E.unparse(b)}\n"
+    spec = built("spec s\n" + text)
+    try:
+        va = float(evaluate(a, {"x": x, "y": y}))
+        vb = float(evaluate(b, {"x": x, "a": va}))
+        oracle = float(evaluate(e, {"a": va, "b": vb, "y": y}))
+        expanded = expand(e, spec)
+        got = float(evaluate(expanded, {"x": x, "y": y}))
+    except (EvalError, OverflowError, ZeroDivisionError):
+        assume(False)
+    assume(np.isfinite(oracle) and abs(oracle) < 1e12)
+    assert got == pytest.approx(oracle, rel=1e-9, abs=1e-9)
+    # the printed expansion re-parses to the same function (its parentheses are right)
+    reparsed, diags = parse_expression(E.unparse(expanded), Source(path="e", text=""))
+    assert not diags
+    assert float(evaluate(reparsed, {"x": x, "y": y})) == pytest.approx(got, rel=1e-12,
+                                                                          abs=1e-12)

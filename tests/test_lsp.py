@@ -294,3 +294,126 @@ def test_code_checks_run_on_save_only(lsp, tmp_path):
     [d] = lsp.diagnostics(uri, timeout=60)["diagnostics"]
     assert "returned a list, not a torch tensor" in d["message"]
     assert d["range"]["start"] == at(text, '"plant:f"')
+
+
+# ---- LANGUAGE-v3: lets, parameters, disturbances and the new entry words ----
+V3_SPEC = """\
+spec hover "v3 names"
+const m = 1.5
+const g = 9.81
+parameter drag in [0.05, 0.15]
+disturbance gust in [-0.2, 0.2]
+let thrust = T1 + T2
+let climb = thrust / m - g
+system ode {
+    state z, zd
+    input T1, T2
+    dt = 0.02
+    der z = zd
+    der zd = climb - drag * zd + gust
+    equilibrium { T1 = m * g / 2  T2 = m * g / 2 }
+}
+backup lqr { Q = diag(10, 1)  R = diag(0.1, 0.1) }
+policy mlp { hidden = [16]  residual = backup  observe = [z, zd]  output_scale = [0.5, 0.5] }
+scenarios { initial z in [-0.5, 0.5]  initial zd in [-0.2, 0.2]  count 16  horizon 50 }
+constraint altitude: always abs(z) + 0 * climb <= 1 smoothness 20
+objective cost { stage z^2 }
+train { steps 2 optimizer sgd { lr = 0.01 } directions 4 perturbation 1e-3 radius 0.05
+        margin 1e-6 verify every 1 }
+verify { cells 64 }
+"""
+
+
+def _v3(text: str = V3_SPEC):
+    from scpo_spec.language.load import parse_model
+    return text.splitlines(), parse_model(text, path="v3.scpo").spec
+
+
+def _pos(text: str, needle: str, offset: int = 0, occurrence: int = 0) -> tuple[int, int]:
+    p = at(text, needle, offset, occurrence)
+    return p["line"], p["character"]
+
+
+def test_v3_hover_lets_parameters_disturbances_and_entry_words():
+    from scpo_spec.lsp.analysis import ENTRY_DOCS, hover
+    lines, spec = _v3()
+    checked = check_text(V3_SPEC, path="v3.scpo")
+    assert checked.ok, [d.headline() for d in checked.diagnostics]
+    said = hover(lines, *_pos(V3_SPEC, "climb - drag", 1), spec, checked)
+    assert said == "```scpo\nlet climb = thrust / m - g\n```\n= `(T1 + T2) / m - g`"
+    assert hover(lines, *_pos(V3_SPEC, "thrust = T1", 1), spec, checked) == \
+        "```scpo\nlet thrust = T1 + T2\n```"
+    said = hover(lines, *_pos(V3_SPEC, "drag * zd", 1), spec, checked)
+    assert said.startswith("```scpo\nparameter drag in [0.05, 0.15]\n```\nan uncertain number, "
+                           "one value per scenario")
+    said = hover(lines, *_pos(V3_SPEC, "gust\n", 1), spec, checked)
+    assert said.startswith("```scpo\ndisturbance gust in [-0.2, 0.2]\n```\nan uncertain input, a "
+                           "fresh value at every step")
+    for word in ("equilibrium", "observe", "output_scale", "cells", "every"):
+        assert hover(lines, *_pos(V3_SPEC, word, 1), spec, checked) == ENTRY_DOCS[word], word
+    assert hover(lines, *_pos(V3_SPEC, "\nverify {", 2), spec, checked) == KEYWORD_DOCS["verify"]
+    assert hover(lines, *_pos(V3_SPEC, "\nlet thrust", 2), spec, checked) == KEYWORD_DOCS["let"]
+    metric = hover(lines, *_pos(V3_SPEC, "altitude", 1), spec, checked)
+    assert "compiled: `g = max_{scenarios} max_{t∈[0:49]} " \
+           "(abs(z) + 0 * ((T1 + T2) / m - g) − 1)`" in metric, metric  # lets expanded
+
+
+def test_v3_definition_of_lets_parameters_and_disturbances():
+    from scpo_spec.lsp.analysis import definition
+    lines, spec = _v3()
+    for use, defined in (("climb - drag", "climb = thrust"), ("thrust / m", "thrust = T1"),
+                         ("drag * zd", "drag in"), ("gust\n", "gust in")):
+        span = definition(lines, *_pos(V3_SPEC, use, 1), spec)
+        assert (span.line - 1, span.column - 1) == _pos(V3_SPEC, defined), use
+    span = definition(lines, *_pos(V3_SPEC, "T1 = m", 0), spec)  # an equilibrium's signal
+    assert (span.line - 1, span.column - 1) == _pos(V3_SPEC, "T1, T2")
+
+
+def test_v3_completion_offers_the_names_each_place_may_use():
+    from scpo_spec.lsp.analysis import completion
+
+    def labels(text, needle, offset):
+        lines, _ = _v3(text)
+        return [i.label for i in completion(lines, *_pos(text, needle, offset), _v3()[1])]
+    formula = labels(V3_SPEC, "always abs(z)", len("always "))
+    assert {"thrust", "climb", "drag", "gust", "z", "T1"} <= set(formula)
+    observe = labels(V3_SPEC, "observe = [z", len("observe = ["))
+    assert {"z", "zd", "drag", "thrust"} <= set(observe)
+    assert not {"T1", "T2", "gust"} & set(observe)  # a controller sees no inputs, no disturbances
+    inside = V3_SPEC.replace("equilibrium { T1 = m * g / 2  T2 = m * g / 2 }", "equilibrium {\n"
+                             "        \n    }")
+    assert labels(inside, "equilibrium {\n        ", len("equilibrium {\n        ")) == [
+        "z", "zd", "T1", "T2"]
+    let_value = labels(V3_SPEC, "let climb = ", len("let climb = "))
+    assert {"thrust", "z", "T1", "drag", "gust", "m"} <= set(let_value)
+    verify = V3_SPEC.replace("verify { cells 64 }", "verify {\n    \n}")
+    assert labels(verify, "verify {\n    ", len("verify {\n    ")) == ["cells", "time_limit"]
+    train = V3_SPEC.replace("margin 1e-6 verify every 1 }", "margin 1e-6\n    \n}")
+    assert "verify every" in labels(train, "margin 1e-6\n    ", len("margin 1e-6\n    "))
+    policy = V3_SPEC.replace("policy mlp { hidden = [16]", "policy mlp {\n    \n hidden = [16]")
+    assert {"observe", "output_scale"} <= set(labels(policy, "policy mlp {\n    ",
+                                                     len("policy mlp {\n    ")))
+    backup = labels(V3_SPEC.replace("backup lqr", "backup "), "backup ", len("backup "))
+    assert backup == ["lqr", "linear", "torch", "onnx"]
+    policies = labels(V3_SPEC.replace("policy mlp", "policy "), "policy ", len("policy "))
+    assert policies == ["mlp", "linear", "torch", "onnx", "python", "from"]
+
+
+def test_v3_outline_lists_lets_parameters_disturbances_and_verify():
+    from scpo_spec.lsp.analysis import symbols
+    names = [(s.name, s.detail) for s in symbols(_v3()[1])]
+    assert names[:7] == [("hover", "spec"), ("m", "1.5"), ("g", "9.81"),
+                         ("drag", "parameter in [0.05, 0.15]"), ("gust", "disturbance in [-0.2, 0.2]"),
+                         ("thrust", "let = T1 + T2"), ("climb", "let = thrust / m - g")]
+    assert names[-1] == ("verify", None)
+
+
+def test_v3_hover_through_the_server(lsp, tmp_path):
+    uri, published = open_doc(lsp, tmp_path / "v3.scpo", V3_SPEC)
+    assert published["diagnostics"] == []
+    said = lsp.request("textDocument/hover", {"textDocument": {"uri": uri},
+                                              "position": at(V3_SPEC, "climb - drag", 1)})
+    assert "let climb = thrust / m - g" in said["contents"]["value"]
+    where = lsp.request("textDocument/definition", {"textDocument": {"uri": uri},
+                                                    "position": at(V3_SPEC, "drag * zd", 1)})
+    assert where["range"]["start"] == at(V3_SPEC, "drag in")

@@ -199,7 +199,7 @@ def test_finiteness_from_sums_is_the_all_isfinite_check(case, exact_tanh, monkey
     ev, thetas = c.evaluator, bank_of(c, C=3)
     with torch.no_grad():
         X, U = crafted(*ev.rollout(thetas), case)
-        monkeypatch.setattr(ev, "_rollout_on_device", lambda th, x0, reuse=False: (X, U))
+        monkeypatch.setattr(ev, "_rollout_on_device", lambda th, x0, reuse=False, draws=None: (X, U))
         h, ref = ev.per_scenario(thetas), reference_violations(ev, thetas, (X, U))
     assert close(h, ref)
     if case != "huge but finite":
@@ -218,7 +218,7 @@ def test_a_rollout_whose_sum_overflows_is_unsafe(exact_tanh, monkeypatch):
         X, U = ev.rollout(thetas)
         X, U = X.clone(), U.clone()
         X[1, 2, 40:] = 1e308
-        monkeypatch.setattr(ev, "_rollout_on_device", lambda th, x0, reuse=False: (X, U))
+        monkeypatch.setattr(ev, "_rollout_on_device", lambda th, x0, reuse=False, draws=None: (X, U))
         h, ref = ev.per_scenario(thetas), reference_violations(ev, thetas, (X, U))
     assert torch.isfinite(ref[1, 2]).any() and (h[1, 2] == torch.inf).all()
     h[1, 2], ref[1, 2] = 0.0, 0.0

@@ -21,7 +21,7 @@ from scpo_spec.policies.backup import BackupError
 from tests.engine_specs import small_di
 
 runner = CliRunner()
-HINT = "LANGUAGE-v3's `equilibrium` will do this"
+HINT = "equilibrium { force = 9.81 }"
 
 LINEAR_SYSTEM = """\
 system linear {

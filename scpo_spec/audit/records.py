@@ -154,6 +154,8 @@ class Header(Record):
     command: str = ""
     code: list | None = None   # the code the spec names: kind, target, file, sha256 each
     warm_start: dict | None = None  # `policy from`: the source run (audit/warm_start.py)
+    uncertainty: dict | None = None  # parameters, disturbances (name, lo, hi) and the SHA-256
+    #                                  of the training draws (language.scenarios.uncertainty_record)
 
     METRIC: ClassVar[dict] = {"name": str, "section": str, "formula": str, "margin": float,
                               "smoothness": float | None, "lipschitz": float | None,

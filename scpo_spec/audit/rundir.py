@@ -297,13 +297,14 @@ class RunDir:
 
     def declared(self, header: Header | None = None) -> dict | None:
         """What the header's spec text says of the fields the header records beside it (its
-        name, metrics, settings, seeds, horizon, scenario count), as the header records them:
+        name, metrics, settings, seeds, horizon, scenario count, uncertainty with the digest of its
+        draws), as the header records them:
         parsed and built, and passed through `scpo check`'s size checks before anything is
         sized (nothing read or run); None when the text does not build, RunError when it fails
         those checks."""
         from scpo_spec.language.check import size_errors
         from scpo_spec.language.load import parse_model
-        from scpo_spec.language.scenarios import scenario_count
+        from scpo_spec.language.scenarios import scenario_count, uncertainty_record
         from scpo_spec.language.settings import Settings, declared_seeds
         header = header or self.header()
         spec = header.spec
@@ -321,10 +322,14 @@ class RunDir:
             scenarios = scenario_count(built)
         except (ValueError, TypeError, OSError):  # not computable from the text alone
             scenarios = None
+        try:  # the draws too, made again from the text (numpy only)
+            uncertainty = uncertainty_record(built)
+        except (ValueError, TypeError, OverflowError) as err:
+            uncertainty = f"its draws cannot be made ({err})"
         return {"name": built.name.name if built.name else None,
                 "metrics": built.declared_metrics(), "settings": vars(Settings.of(built)),
                 "seeds": declared_seeds(built), "horizon": int(built.scenarios.horizon),
-                "scenarios": scenarios}
+                "scenarios": scenarios, "uncertainty": uncertainty}
 
     # ---- the state file ----
     def write_state(self, state: StateFile) -> None:

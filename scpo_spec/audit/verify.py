@@ -173,7 +173,9 @@ def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
     """What a reader sees of the spec must be the header's spec text, whose SHA-256 the chain
     covers: the copy RUN/spec.* beside the log, and the header's own account of the spec — each
     metric (its margin and ℓ are what the certificates are checked against, its name and
-    formula what the report shows), the settings, seeds, horizon, scenario count and name."""
+    formula what the report shows), the settings, seeds, horizon, scenario count and name, and
+    the parameters and disturbances with the digest of their draws (drawn again here from the
+    text, so a resume and the audit see the draws the certificates were made on)."""
     text = header.spec.get("text")
     if not isinstance(text, str):
         return  # _check_records has said so
@@ -206,11 +208,12 @@ def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
     settings = {k: v for k, v in header.settings.items() if k not in OVERRIDABLE}
     said = {"name": header.spec.get("name"), "seeds": header.seeds, "settings": settings,
             "horizon": header.dimensions.get("horizon"),
-            "scenarios": header.dimensions.get("scenarios")}
+            "scenarios": header.dimensions.get("scenarios"), "uncertainty": header.uncertainty}
     stated_settings = {k: v for k, v in stated["settings"].items() if k not in OVERRIDABLE}
     for key, want in (("name", stated["name"]), ("seeds", stated["seeds"]),
                       ("settings", stated_settings), ("horizon", stated["horizon"]),
-                      ("scenarios", stated["scenarios"])):
+                      ("scenarios", stated["scenarios"]),
+                      ("uncertainty", stated["uncertainty"])):
         if said[key] != want and not (key == "scenarios" and want is None):
             fail(f"the header's {key} is not its spec text's: the header says {said[key]!r}; "
                  f"the text {want!r}")

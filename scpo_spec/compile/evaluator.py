@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.signals import Compiled, Trace
+from scpo_spec.language.scenarios import Draws
 from scpo_spec.policies.policy import PolicyFamily
 from scpo_spec.systems.dynamics import Dynamics, RolloutViews
 from scpo_spec.systems.gym_rollout import GymRollout
@@ -52,11 +53,11 @@ class Evaluator(Protocol):
 
     def __call__(self, thetas: torch.Tensor) -> torch.Tensor: ...
 
-    def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None
-                     ) -> torch.Tensor: ...
+    def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None,
+                     draws: Draws | None = None) -> torch.Tensor: ...
 
-    def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None,
+                draws: Draws | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class RolloutEvaluator:
@@ -65,6 +66,11 @@ class RolloutEvaluator:
     `initial_states` are the scenarios' x₀ (S, n); for a gymnasium system, their reset seeds (S,),
     kept as an int64 `x0` (a subset of it selects scenarios the same way).
 
+    `draws`: the scenarios' parameters (S, p) and disturbances (T, S, d)
+    (language.scenarios.training_draws), or None when the spec declares none.  Every candidate
+    sees the same draws; scenarios chosen by an `x0` of their own (a subset, the holdout's
+    chunks, a counterexample) come with their own `draws` (`select` gives both).
+
     `device` (`train { device cuda }`): where the rollout runs — the policy's matmuls and the
     plant, in float64.  Everything handed out is on the CPU (x0, the metrics, rollouts), and
     the metrics are reduced on the CPU from the trajectory copied back (one pass over
@@ -72,8 +78,10 @@ class RolloutEvaluator:
     code wherever the rollout ran.  A gymnasium system always rolls out on the CPU."""
 
     def __init__(self, dynamics: Dynamics, family: PolicyFamily, metrics: list[Metric],
-                 initial_states: np.ndarray, horizon: int, reducer, device: str = "cpu"):
+                 initial_states: np.ndarray, horizon: int, reducer, device: str = "cpu",
+                 draws: Draws | None = None):
         self.dynamics, self.family, self.metrics = dynamics, family, metrics
+        self.draws = _as_torch(draws)
         self.gym = (GymRollout(dynamics.env_id, dynamics.n, dynamics.m)
                     if dynamics.kind == "gymnasium" else None)
         self.device = torch.device("cpu" if self.gym is not None else device)
@@ -96,37 +104,72 @@ class RolloutEvaluator:
     def margins(self) -> np.ndarray:
         return np.array([m.margin for m in self.metrics], dtype=np.float64)
 
-    def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(self, index) -> tuple[torch.Tensor, Draws | None]:
+        """The initial states and draws of the scenarios `index` selects (a slice, list, index
+        tensor or one int), for `rollout` and `per_scenario`."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return self.x0[index], None if self.draws is None else self.draws.rows(index)
+
+    def draws_for(self, x0: torch.Tensor | None, draws: Draws | None) -> Draws | None:
+        """The draws that go with the scenarios `x0` (this evaluator's own when x0 is None);
+        ValueError when the spec has uncertainty and x0 came without them, or the shapes
+        disagree."""
+        if x0 is None or x0 is self.x0:
+            return self.draws if draws is None else _as_torch(draws)
+        if draws is None:
+            if self.draws is not None:
+                raise ValueError("these scenarios need their parameters and disturbances: pass "
+                                 "draws= with x0 (RolloutEvaluator.select gives both)")
+            return None
+        draws = _as_torch(draws)
+        S, T = x0.shape[0], self.horizon
+        if draws.parameters.ndim != 2 or draws.parameters.shape[0] != S or \
+                draws.disturbances.ndim != 3 or draws.disturbances.shape[:2] != (T, S):
+            raise ValueError(f"draws for {S} scenarios over {T} steps need parameters (S, p) "
+                             f"and disturbances (T, S, d); got {tuple(draws.parameters.shape)} "
+                             f"and {tuple(draws.disturbances.shape)}")
+        return draws
+
+    def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None,
+                draws: Draws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """States (C, S, T+1, n) and inputs (C, S, T, m); differentiable if called with grad
         (except for a gymnasium system, whose environment is never differentiable)."""
+        draws = self.draws_for(x0, draws)
         x0 = self.x0 if x0 is None else x0
         if self.gym is not None:
             X, U, _ = self.gym.rollout(self.family.forward, thetas, x0, self.horizon)
             return X, U
-        X, U = self._rollout_on_device(thetas, x0)
+        X, U = self._rollout_on_device(thetas, x0, draws=draws)
         return X.cpu(), U.cpu()
 
-    def _rollout_on_device(self, thetas: torch.Tensor, x0: torch.Tensor, reuse: bool = False
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rollout_on_device(self, thetas: torch.Tensor, x0: torch.Tensor, reuse: bool = False,
+                           draws: Draws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`reuse`: write into this evaluator's buffers for the shape, kept from call to call
-        (for `_violations`, which hands nothing of the rollout out); else fresh tensors."""
+        (for `_violations`, which hands nothing of the rollout out); else fresh tensors.
+        `draws`: the scenarios' uncertain values (checked by `draws_for`)."""
         training = x0 is self.x0  # the spec's scenarios (a PlantFailure names them)
         thetas, x0 = thetas.to(self.device), x0.to(self.device)
+        W = _uncertain(draws, self.horizon, self.device)  # (T, 1, S, p + d) or None
         if torch.is_grad_enabled():  # the cost objective's differentiable rollout
-            return self._rollout_autograd(thetas, x0, training)
+            return self._rollout_autograd(thetas, x0, training, W)
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
         # time-major buffers: X[t] and U[t] are contiguous (C, S, ·) blocks, written in place.
         # Reused, they keep their per-step views and the plant's step from call to call
+        # the draws are copied into a kept buffer that the plant's step reads
         if reuse:
-            scratch = self._scratch_for((C, S, T, thetas.device))
+            scratch = self._scratch_for((C, S, T, thetas.device, None if W is None else W.shape))
             if "views" not in scratch:
                 views = RolloutViews.allocate(T, C, S, n, m, thetas, scratch)
-                scratch["views"] = views, self.dynamics.rollout_step(views)
+                held = None if W is None else views.buffer("uncertain", tuple(W.shape))
+                scratch["views"] = views, self.dynamics.rollout_step(views, held)
             views, advance = scratch["views"]
         else:
             views = RolloutViews.allocate(T, C, S, n, m, thetas)
-            advance = self.dynamics.rollout_step(views)
+            held = None if W is None else views.buffer("uncertain", tuple(W.shape))
+            advance = self.dynamics.rollout_step(views, held)
+        if W is not None:
+            views.buffer("uncertain", tuple(W.shape)).copy_(W)
         X, U = views.X, views.U
         X[0].copy_(x0.expand(C, S, n))
         act = self.family.batched(thetas).rollout_step(views)
@@ -151,8 +194,8 @@ class RolloutEvaluator:
         self._scratch[key] = scratch = {} if scratch is None else scratch
         return scratch
 
-    def _rollout_autograd(self, thetas: torch.Tensor, x0: torch.Tensor, training: bool
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rollout_autograd(self, thetas: torch.Tensor, x0: torch.Tensor, training: bool,
+                          W: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The rollout on autograd's graph (nothing written in place): the same arithmetic as
         the evaluated rollout, bit for bit (tests/test_perf_equality.py)."""
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
@@ -162,7 +205,7 @@ class RolloutEvaluator:
         for t in range(T):
             u = policy(x)
             try:
-                x = self.dynamics.step(x, u)
+                x = self.dynamics.step(x, u, None if W is None else W[t])
             except PlantFailure as failure:  # the author's plant raised: say where
                 raise failure.located(t, x0.detach().cpu(), training) from None
             states.append(x)
@@ -180,10 +223,10 @@ class RolloutEvaluator:
                                 self.horizon)
 
     def spectral_radius(self, thetas: torch.Tensor) -> torch.Tensor:
-        """ρ(A + B ∂π/∂x(0)) per candidate (C,); NaN where the closed loop is not finite (LAPACK
+        """ρ(A + B ∂π/∂x(x*)) per candidate (C,); NaN where the closed loop is not finite (LAPACK
         need not read every entry: torch's eigvals gives [1, 1] for [[1, nan], [0, 1]])."""
         # on θ's device (a GPU's bank: θ never crosses the bus, only J's C·m·n numbers do)
-        J = self.family.jacobian_at_origin(thetas).cpu()
+        J = self.family.jacobian_at_operating_point(thetas).cpu()
         C, n = J.shape[0], self._A.shape[0]
         closed = torch.baddbmm(self._A.expand(C, n, n), self._B.expand(C, *self._B.shape), J)
         rho = torch.linalg.eigvals(closed).abs().amax(dim=1)
@@ -202,10 +245,11 @@ class RolloutEvaluator:
         return None if failure is None else failure.located(failure.step, self.x0, True)
 
     @torch.no_grad()
-    def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
+    def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None,
+                     draws: Draws | None = None) -> torch.Tensor:
         """Violations (C, S, k) before the max over scenarios; +inf for a scenario whose rollout
         left the finite numbers (NaN/inf is unsafe, never accepted)."""
-        return self._violations(thetas, x0)
+        return self._violations(thetas, x0, draws)
 
     def differentiable_metrics(self, thetas: torch.Tensor) -> torch.Tensor:
         """Metrics (C, k) with autograd, for the soft-penalty *baseline* only: the SCPO engine
@@ -213,16 +257,20 @@ class RolloutEvaluator:
         g = self.reducer.max(self._violations(thetas, None), 1).squeeze(1)
         return torch.where(torch.isfinite(g), g, torch.inf)
 
-    def _violations(self, thetas: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
+    def _violations(self, thetas: torch.Tensor, x0: torch.Tensor | None,
+                    draws: Draws | None = None) -> torch.Tensor:
         thetas = torch.as_tensor(thetas, dtype=DTYPE)
+        draws = self.draws_for(x0, draws)
         if self.gym is None:  # on the rollout's device once, for the rollout and ρ alike
             thetas = thetas.to(self.device)
         if self.gym is None and not torch.is_grad_enabled():  # reused buffers: nothing escapes
-            X, U = self._rollout_on_device(thetas, self.x0 if x0 is None else x0, reuse=True)
+            X, U = self._rollout_on_device(thetas, self.x0 if x0 is None else x0, reuse=True,
+                                           draws=draws)
             X, U = X.cpu(), U.cpu()
         else:
-            X, U = self.rollout(thetas, x0)
-        trace = Trace(X, U, self.spectral_radius(thetas) if self.needs_spectral else None)
+            X, U = self.rollout(thetas, x0, draws)
+        trace = self.trace(X, U, draws, self.spectral_radius(thetas) if self.needs_spectral
+                           else None)
         S = X.shape[1]
         cols = []
         for metric in self.metrics:
@@ -240,6 +288,13 @@ class RolloutEvaluator:
             h = torch.where(bad.view(-1, 1, 1), torch.inf, h)
         return h
 
+    def trace(self, X: torch.Tensor, U: torch.Tensor, draws: Draws | None = None,
+              spectral_radius: torch.Tensor | None = None) -> Trace:
+        """What the metrics and the cost read of a rollout of the scenarios `draws` go with."""
+        if draws is None:
+            return Trace(X, U, spectral_radius)
+        return Trace(X, U, spectral_radius, draws.parameters, draws.disturbances)
+
     @torch.no_grad()
     def __call__(self, thetas: torch.Tensor) -> torch.Tensor:
         """Metrics (C, k): the max over scenarios of each per-scenario violation (smooth
@@ -247,3 +302,22 @@ class RolloutEvaluator:
         h = self.per_scenario(thetas)
         g = self.reducer.max(h, 1).squeeze(1)
         return torch.where(torch.isfinite(g), g, torch.inf)
+
+
+def _as_torch(draws: Draws | None) -> Draws | None:
+    """The draws as float64 CPU tensors (numpy arrays in, as the language layer makes them)."""
+    if draws is None:
+        return None
+    return Draws(torch.as_tensor(draws.parameters, dtype=DTYPE),
+                 torch.as_tensor(draws.disturbances, dtype=DTYPE))
+
+
+def _uncertain(draws: Draws | None, horizon: int, device) -> torch.Tensor | None:
+    """W (T, 1, S, p + d): step t's values, the parameters (held) then that step's
+    disturbances, broadcast over the candidates axis; None without uncertainty."""
+    if draws is None:
+        return None
+    P, D = draws.parameters, draws.disturbances
+    T, S = horizon, P.shape[0]
+    W = torch.cat([P.to(device).expand(T, S, P.shape[1]), D.to(device)], dim=2)
+    return W.unsqueeze(1)

@@ -18,12 +18,13 @@ import torch
 from torch.nn import functional as F
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.compile.signals import ExpressionCompiler, Trace
+from scpo_spec.compile.signals import ExpressionCompiler
 from scpo_spec.language.model import (DEFAULTS, CostObjective, ImitationObjective, NormalStates,
                                   RegressionObjective, ReturnObjective, Spec)
 
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.data import TableError, read_columns
+from scpo_spec.language.lets import expand
 
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 
@@ -70,7 +71,7 @@ class CostRollout(Objective):
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         X, U = self.evaluator.rollout(theta.unsqueeze(0))
-        trace = Trace(X, U)
+        trace = self.evaluator.trace(X, U, self.evaluator.draws)  # the same draws as the metrics
         total = torch.zeros((), dtype=DTYPE)
         if self.stage is not None:  # t = 0 … T−1, also when the stage reads states only
             total = total + self.stage(trace).t[:, :, :U.shape[2]].sum(dim=(2, 3)).mean()
@@ -162,8 +163,9 @@ def make_objective(spec: Spec, family, evaluator, compiler: ExpressionCompiler,
         return SupervisedObjective(family, X, Y, loss,
                                    f"regression, {loss} on {len(X)} rows of {obj.data.value}")
     if isinstance(obj, CostObjective):
-        stage = compiler.value(obj.stage) if obj.stage is not None else None
-        terminal = compiler.value(obj.terminal) if obj.terminal is not None else None
+        stage = compiler.value(expand(obj.stage, spec)) if obj.stage is not None else None
+        terminal = (compiler.value(expand(obj.terminal, spec)) if obj.terminal is not None
+                    else None)
         return CostRollout(evaluator, stage, terminal,
                            "rollout cost (Σ stage + terminal, mean over scenarios)")
     if isinstance(obj, ReturnObjective):

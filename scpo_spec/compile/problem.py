@@ -9,11 +9,13 @@ from pathlib import Path
 
 from scpo_spec.compile.evaluator import Metric, RolloutEvaluator
 from scpo_spec.compile.objective import Objective, make_objective
-from scpo_spec.language.scenarios import holdout_states, training_states
+from scpo_spec.language.scenarios import (holdout_draws, holdout_states, training_draws,
+                                          training_states, uncertain_ranges)
 from scpo_spec.compile.signals import ExpressionCompiler, Reducer
 from scpo_spec.policies.backup import Backup, make_backup
 from scpo_spec.policies.policy import PolicyFamily, make_policy
 from scpo_spec.language.expr import names
+from scpo_spec.language.lets import expand
 from scpo_spec.language.model import Spec
 from scpo_spec.language.settings import Settings
 from scpo_spec.systems.dynamics import Dynamics, make_dynamics
@@ -39,7 +41,8 @@ class CompiledSpec:
         """The same metrics on the spec's fresh holdout scenarios."""
         ev = self.evaluator
         return RolloutEvaluator(ev.dynamics, ev.family, ev.metrics, holdout_states(self.spec, count),
-                                ev.horizon, ev.reducer, device=ev.device)
+                                ev.horizon, ev.reducer, device=ev.device,
+                                draws=holdout_draws(self.spec, count))
 
 
 def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
@@ -54,14 +57,18 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     tau = settings.tau if settings.aggregate == "smooth" else None
     compiler = ExpressionCompiler([s.name for s in spec.system.states],
                                   [s.name for s in spec.system.inputs], consts,
-                                  backup.P if backup is not None else None, Reducer(tau))
-    metrics = [Metric(**fields, per_scenario=compiler.formula(prop.formula),
+                                  backup.P if backup is not None else None, Reducer(tau),
+                                  lyapunov_center=dynamics.x_star,
+                                  parameters=uncertain_ranges(spec, "parameter")[0],
+                                  disturbances=uncertain_ranges(spec, "disturbance")[0])
+    metrics = [Metric(**fields, per_scenario=compiler.formula(expand(prop.formula, spec)),
                       uses_linearisation=any(n.id == "spectral_radius"
                                              for n in names(prop.formula)))
                for prop, fields in zip(spec.properties, spec.declared_metrics())]
     horizon = int(spec.scenarios.horizon)
     evaluator = RolloutEvaluator(dynamics, family, metrics, training_states(spec), horizon,
-                                 compiler.reduce, device=settings.device)
+                                 compiler.reduce, device=settings.device,
+                                 draws=training_draws(spec))
     objective = make_objective(spec, family, evaluator, compiler, base)
     return CompiledSpec(spec, settings, dynamics, backup, family, evaluator, objective, compiler)
 

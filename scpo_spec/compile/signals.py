@@ -4,7 +4,9 @@ A trace holds the states x_0 … x_T (C, S, T+1, n) and inputs u_0 … u_{T−1}
 candidates on S scenarios.  Every sub-expression evaluates to a `Val`: a tensor (C, S, L, K) with
 L the steps it is read at (T+1 over states, T once it reads an input: arithmetic mixing the two
 keeps the common steps t = 0 … T−1, as LANGUAGE.md says) or L = 1 when it does not depend on
-time, and K its components.
+time, and K its components.  A `parameter` is one number per scenario (1, S, 1, 1), untimed; a
+`disturbance` w_0 … w_{T−1} is read on the steps of an input (1, S, T, 1) — w_t is the value
+that acted on the step from x_t to x_{t+1}.
 
 Formulas follow discrete-time STL robustness semantics, written as violations h = −ρ: an atom is
 its violation per step, `and` is the max, `or` the min, `not` the negation, `always[a:b]` the max
@@ -50,11 +52,14 @@ class Val:
 
 @dataclass
 class Trace:
-    """What an expression may read: the rollout, plus per-candidate quantities."""
+    """What an expression may read: the rollout, its scenarios' uncertain values, plus
+    per-candidate quantities."""
 
     states: torch.Tensor                      # (C, S, T+1, n)
     inputs: torch.Tensor                      # (C, S, T, m)
     spectral_radius: torch.Tensor | None = None   # (C,)
+    parameters: torch.Tensor | None = None        # (S, p): one value per scenario
+    disturbances: torch.Tensor | None = None      # (T, S, d): one per step and scenario
 
 
 class Reducer:
@@ -100,9 +105,13 @@ class ExpressionCompiler(ElementwiseCompiler[Val]):
     formulas."""
 
     def __init__(self, states: list[str], inputs: list[str], consts: dict,
-                 lyapunov_backup: np.ndarray | None, reducer: Reducer):
+                 lyapunov_backup: np.ndarray | None, reducer: Reducer,
+                 lyapunov_center: np.ndarray | None = None,
+                 parameters: list[str] = (), disturbances: list[str] = ()):
         self.states, self.inputs, self.consts = states, inputs, consts
+        self.parameters, self.disturbances = list(parameters), list(disturbances)
         self.lyapunov_backup = lyapunov_backup
+        self.lyapunov_center = lyapunov_center  # x*: V = (x − x*)ᵀ P (x − x*) (None: 0)
         self.reduce = reducer
 
     # ---- formulas: → a violation per candidate and scenario, (C, S, 1, 1) ----
@@ -228,6 +237,12 @@ class ExpressionCompiler(ElementwiseCompiler[Val]):
         if name in self.inputs:
             j = self.inputs.index(name)
             return lambda trace: Val(trace.inputs[..., j:j + 1], True)
+        if name in self.parameters:  # one number per scenario, the same at every step
+            k = self.parameters.index(name)
+            return lambda trace: Val(trace.parameters[:, k].view(1, -1, 1, 1), False)
+        if name in self.disturbances:  # w_0 … w_{T−1}: read on the steps of an input
+            k = self.disturbances.index(name)
+            return lambda trace: Val(trace.disturbances[:, :, k].t()[None, :, :, None], True)
         if name == "state":
             return lambda trace: Val(trace.states, True)
         if name == "input":
@@ -253,9 +268,12 @@ class ExpressionCompiler(ElementwiseCompiler[Val]):
             else:
                 P = evaluate(arg, self.consts)
             P = torch.as_tensor(P, dtype=DTYPE)
+            center = (None if self.lyapunov_center is None
+                      else torch.as_tensor(self.lyapunov_center, dtype=DTYPE))
 
             def lyapunov(trace):
-                V = _quad(Val(trace.states, True), P).t
+                x = trace.states if center is None else trace.states - center
+                V = _quad(Val(x, True), P).t
                 return Val(V / V[:, :, :1].clamp_min(LYAPUNOV_FLOOR), True)
             return lyapunov
         if f == "norm":

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Callable
 
 from scpo_spec.language.diagnostics import Diagnostic
-from scpo_spec.language.dynamics import (OPERATING_POINT_HINT, linearisation_uses,
-                                         not_an_equilibrium, riccati_problem)
+from scpo_spec.language.dynamics import (EQUILIBRIUM_HINT, OPERATING_POINT_HINT,
+                                         linearisation_uses, not_an_equilibrium, off_equilibrium,
+                                         riccati_problem)
 from scpo_spec.language.model import LqrBackup, PythonPolicy, PythonSystem, Spec
 
 
@@ -34,25 +35,40 @@ def _python_system(spec: Spec, base_dir: Path) -> list[Diagnostic]:
 
 
 def _linearisation_point(spec: Spec, plant) -> list[Diagnostic]:
-    """What `check` does for declared plants (language/check.py), for the author's: backup lqr,
-    lyapunov(backup) and spectral_radius need x = 0, u = 0 to be an equilibrium, the plant to
-    be differentiable there, and the LQR's Riccati equation a stabilising solution."""
-    uses = linearisation_uses(spec)
-    if not uses:
+    """What `check` does for declared plants (language/check.py), for the author's: a declared
+    `equilibrium` must be a fixed point, x⁺ = x* (said at the block, with the residual); without
+    one, backup lqr, lyapunov(backup) and spectral_radius need x = 0, u = 0 to be one; the plant
+    must be differentiable there, and the LQR's Riccati equation have a stabilising solution."""
+    uses, declared = linearisation_uses(spec), spec.system.equilibrium
+    if not uses and not declared:
         return []
+    import numpy as np
     import torch
     from scpo_spec.dtype import DTYPE
     from scpo_spec.systems.dynamics import Dynamics, LinearisationError
     from scpo_spec.systems.user_code import PlantFailure
     n, m = plant.n, plant.m
+    x_star, u_star = (np.asarray(v, dtype=np.float64) for v in spec.equilibrium_point())
     with torch.no_grad():
-        residual = plant(torch.zeros(1, n, dtype=DTYPE), torch.zeros(1, m, dtype=DTYPE))[0]
-    moved = not_an_equilibrium(residual.numpy(), False, uses)
-    if moved:
-        return [Diagnostic(message=message, span=span, hint=OPERATING_POINT_HINT)
-                for message, span in moved]
+        moved_to = plant(torch.as_tensor(x_star, dtype=DTYPE)[None],
+                         torch.as_tensor(u_star, dtype=DTYPE)[None])[0].numpy()
+    if declared:
+        message = off_equilibrium(moved_to - x_star, False, x_star)
+        if message is not None:
+            first, last = declared[0].span, declared[-1].span
+            return [Diagnostic(message=message, span=first.to(last) if first and last else
+                               spec.system.span, hint=EQUILIBRIUM_HINT)]
+        if not uses:
+            return []
+    else:
+        moved = not_an_equilibrium(moved_to, False, uses)
+        if moved:
+            return [Diagnostic(message=message, span=span, hint=OPERATING_POINT_HINT)
+                    for message, span in moved]
+    dynamics = Dynamics("python", n, m, map=plant)
+    dynamics.x_star, dynamics.u_star = x_star, u_star  # linearised at (x*, u*)
     try:
-        A, B = Dynamics("python", n, m, map=plant).linearisation()
+        A, B = dynamics.linearisation()
     except LinearisationError as err:
         return [Diagnostic(message=str(err), span=spec.system.function.span)]
     except PlantFailure as err:  # raised under autograd only
@@ -84,9 +100,10 @@ def _python_policy(spec: Spec, base_dir: Path) -> list[Diagnostic]:
     if factory is None or spec.system is None:
         return []
     from scpo_spec.policies.python_module import PythonPolicyError, load_python_module
+    observe = spec.policy.observe  # the network sees the observation (default x − x*)
+    inputs = len(observe) if observe is not None else len(spec.system.states)
     try:
-        load_python_module(factory.value, len(spec.system.states), len(spec.system.inputs),
-                           base_dir)
+        load_python_module(factory.value, inputs, len(spec.system.inputs), base_dir)
     except PythonPolicyError as err:
         return [Diagnostic(message=err.message, span=factory.span, hint=err.hint)]
     return []

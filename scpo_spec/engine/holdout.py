@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.problem import CompiledSpec
-from scpo_spec.language.scenarios import HOLDOUT_BETA, holdout_bound, holdout_chunk
+from scpo_spec.language.scenarios import (HOLDOUT_BETA, holdout_bound, holdout_chunk,
+                                          uncertain_ranges)
 
 BETA = HOLDOUT_BETA
 
@@ -22,7 +23,7 @@ def holdout_violations(ev, theta: torch.Tensor, chunk: int) -> np.ndarray:
     scenario is independent of the others, so this equals one batch over all N while a large
     holdout's rollout (N × (T+1) × n floats, and more) never sits in memory at once."""
     N = ev.x0.shape[0]
-    parts = [ev.per_scenario(theta[None], ev.x0[i:i + chunk])[0].numpy()
+    parts = [ev.per_scenario(theta[None], *ev.select(slice(i, i + chunk)))[0].numpy()
              for i in range(0, N, max(int(chunk), 1))]
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, len(ev.metrics)))
 
@@ -49,7 +50,18 @@ def validate_holdout(compiled: CompiledSpec, theta: torch.Tensor, beta: float = 
         "violations": violations,
         "bound": holdout_bound(count, beta) if violations == 0 else None,
         "worst": {n: float(h[worst_idx[i], i]) for i, n in enumerate(names)},
-        "worst_scenario": {n: {"index": int(worst_idx[i]),
-                               "x0": ev.x0[worst_idx[i]].tolist()} for i, n in enumerate(names)},
+        "worst_scenario": {n: {"index": int(worst_idx[i]), "x0": ev.x0[worst_idx[i]].tolist(),
+                               **_draw_of(compiled.spec, ev, int(worst_idx[i]))}
+                           for i, n in enumerate(names)},
         "violations_per_metric": {n: int(bad[:, i].sum()) for i, n in enumerate(names)},
     }
+
+
+def _draw_of(spec, ev, j: int) -> dict:
+    """Scenario j's parameter values and disturbance sequence (T, d), by name order ({} without
+    uncertainty): what, with x0, re-simulates it (`load_run(...).simulate`)."""
+    if ev.draws is None:
+        return {}
+    return {"parameters": dict(zip(uncertain_ranges(spec, "parameter")[0],
+                                   ev.draws.parameters[j].tolist())),
+            "disturbances": ev.draws.disturbances[:, j].tolist()}

@@ -39,6 +39,7 @@ from scpo_spec.audit.records import (End, Header, Holdout, Init, Record, Resume,
 from scpo_spec.audit.rundir import RunDir, RunError, StateFile
 from scpo_spec.audit.warm_start import WarmStart, is_warm_start
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
+from scpo_spec.language.scenarios import uncertainty_record
 from scpo_spec.language.settings import declared_seeds
 from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
@@ -173,7 +174,8 @@ def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Tra
                     "scenarios": int(compiled.evaluator.x0.shape[0]),
                     "horizon": compiled.evaluator.horizon},
         objective=compiled.objective.describe, versions=versions(), command=" ".join(sys.argv),
-        code=_code_that_ran(spec, spec_path.resolve().parent), warm_start=compiled.warm_start)
+        code=_code_that_ran(spec, spec_path.resolve().parent),
+        uncertainty=uncertainty_record(spec), warm_start=compiled.warm_start)
 
 
 def _code_that_ran(spec: Spec, base_dir: Path) -> list[dict] | None:
@@ -681,15 +683,40 @@ class Run:
         from scpo_spec.language.scenarios import training_states
         return training_states(self.spec)
 
+    @property
+    def parameter_names(self) -> list[str]:
+        """The spec's `parameter`s, in order (the columns of `simulate(parameters=…)`)."""
+        from scpo_spec.language.scenarios import uncertain_ranges
+        return uncertain_ranges(self.spec, "parameter")[0]
+
+    @property
+    def disturbance_names(self) -> list[str]:
+        """The spec's `disturbance`s, in order (the columns of `simulate(disturbances=…)`)."""
+        from scpo_spec.language.scenarios import uncertain_ranges
+        return uncertain_ranges(self.spec, "disturbance")[0]
+
+    @property
+    def uncertainty(self) -> dict[str, tuple[float, float]]:
+        """Parameter or disturbance → (lo, hi), the range its draws come from ({} if none)."""
+        from scpo_spec.language.scenarios import uncertain_ranges
+        out = {}
+        for section in ("parameter", "disturbance"):
+            names, lo, hi = uncertain_ranges(self.spec, section)
+            out.update({n: (float(a), float(b)) for n, a, b in zip(names, lo, hi)})
+        return out
+
     def spec_summary(self) -> dict:
         """The spec's shape in one plain dict (JSON-ready): name, system, sizes, names, horizon,
-        scenario count, initial box, and each metric's section, formula and margin."""
+        scenario count, initial box, parameters and disturbances with their ranges, and each
+        metric's section, formula and margin."""
         return {"name": self.spec.name.name if self.spec.name else None,
                 "system": self.spec.system.kind, "n": len(self.state_names),
                 "m": len(self.input_names), "states": self.state_names,
                 "inputs": self.input_names, "horizon": self.horizon,
                 "scenarios": int(self.header.dimensions.get("scenarios", 0)),
                 "initial_box": {k: list(v) for k, v in self.initial_box.items()},
+                "parameters": {k: list(self.uncertainty[k]) for k in self.parameter_names},
+                "disturbances": {k: list(self.uncertainty[k]) for k in self.disturbance_names},
                 "metrics": [{"name": m["name"], "section": m["section"], "formula": m["formula"],
                              "margin": m["margin"]} for m in self.header.metrics]}
 
@@ -698,12 +725,19 @@ class Run:
     def _is_gym(self) -> bool:
         return self.spec.system.kind == "gymnasium"
 
-    def simulate(self, x0=None, steps: int | None = None, *, seeds=None) -> Trajectory:
+    def simulate(self, x0=None, steps: int | None = None, *, seeds=None, parameters=None,
+                 disturbances=None) -> Trajectory:
         """Roll the final policy out on the spec's own plant, exactly as training's rollouts do.
 
         x0: one initial state (n,) → states (T+1, n), inputs (T, m); or a batch (B, n) → (B, …);
         default: the spec's training scenarios.  steps: T, default the spec's horizon.  Numpy
         (or a list) in → numpy out; torch in → float64 torch out (differentiable in x0).
+
+        A spec with `parameter`s and `disturbance`s needs their values with an x0 of one's own:
+        `parameters` (p,) for one x0, (B, p) or (p,) for all of a batch, and `disturbances`
+        (T, d), or (B, T, d); or a dict by name (a number or (B,) per parameter, (T,) or (B, T)
+        per disturbance); columns in `parameter_names` / `disturbance_names` order.  Without
+        x0 the training scenarios come with their own draws (those certified).
 
         A gymnasium system's state cannot be set: its environment's reset puts it somewhere
         from a seed.  So for those, pass `seeds` (one int → one episode, or a sequence), not x0;
@@ -729,21 +763,25 @@ class Run:
         as_torch = isinstance(x0, torch.Tensor)
         x = self._states(self.scenarios if x0 is None else x0)
         single = x.ndim == 1
+        draws = self._draws(1 if single else x.shape[0], steps, single, parameters,
+                            disturbances, x0 is None)
         with nullcontext() if as_torch else torch.no_grad():
-            states, inputs = self._roll(x[None] if single else x, steps)
+            states, inputs = self._roll(x[None] if single else x, steps, draws)
         if single:
             states, inputs = states[0], inputs[0]
         return (Trajectory(states, inputs) if as_torch
                 else Trajectory(states.numpy(), inputs.numpy()))
 
-    def metrics(self, x0=None, *, seeds=None) -> dict[str, float]:
+    def metrics(self, x0=None, *, seeds=None, parameters=None, disturbances=None
+                ) -> dict[str, float]:
         """Metric name → g of the final policy: the value `scpo train` certified (≤ −margin) on
         the spec's training scenarios, or the same metric over other initial states x0 (B, n)
-        (reset `seeds` for a gymnasium system).  +inf where a rollout left the finite numbers."""
+        (reset `seeds` for a gymnasium system), with their `parameters` and `disturbances` as
+        `simulate` takes them.  +inf where a rollout left the finite numbers."""
         compiled = self._compile()
         ev = compiled.evaluator
         try:
-            if x0 is None and seeds is None:
+            if x0 is None and seeds is None and parameters is None and disturbances is None:
                 g = ev(self.theta[None])[0]
             else:
                 if self._is_gym:
@@ -755,9 +793,12 @@ class Run:
                     if seeds is not None:
                         raise ValueError(f"seeds are for gymnasium systems; a "
                                          f"'{self.spec.system.kind}' system starts from x0")
-                    xs = self._states(x0)
-                    xs = xs[None] if xs.ndim == 1 else xs
-                h = ev.per_scenario(self.theta[None], xs)
+                    xs = self._states(self.scenarios if x0 is None else x0)
+                    single = xs.ndim == 1
+                    xs = xs[None] if single else xs
+                draws = self._draws(xs.shape[0], ev.horizon, single, parameters, disturbances,
+                                    x0 is None)
+                h = ev.per_scenario(self.theta[None], xs, draws)
                 g = ev.reducer.max(h, 1).squeeze(1)[0]
                 g = torch.where(torch.isfinite(g), g, torch.inf)
         finally:
@@ -774,14 +815,35 @@ class Run:
                              f"({', '.join(self.state_names)}); got shape {tuple(x.shape)}")
         return x
 
-    def _roll(self, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draws(self, count: int, steps: int, single: bool, parameters, disturbances,
+               training: bool):
+        """The scenarios' Draws (None without uncertainty) from `simulate`'s arguments; the
+        training scenarios' own when none are given for them (cut to `steps`)."""
+        from scpo_spec.language.scenarios import Draws, given_draws, training_draws
+        if training and parameters is None and disturbances is None:
+            own = training_draws(self.spec)
+            if own is None:
+                return None
+            if steps > own.disturbances.shape[0]:
+                raise ValueError(f"the training scenarios' disturbances last {self.horizon} "
+                                 f"steps; pass disturbances=… to simulate {steps}")
+            return Draws(own.parameters, own.disturbances[:steps])
+        if isinstance(parameters, torch.Tensor):
+            parameters = parameters.detach().cpu().numpy()
+        if isinstance(disturbances, torch.Tensor):
+            disturbances = disturbances.detach().cpu().numpy()
+        return given_draws(self.spec, parameters, disturbances, count, steps, single)
+
+    def _roll(self, x: torch.Tensor, steps: int, draws=None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """The engine's own batched rollout (one candidate: this run's θ) for `steps` steps."""
         from scpo_spec.compile.evaluator import RolloutEvaluator
         if steps == 0 and not self._is_gym:  # the engine's loop needs one step to stack
             return x[:, None, :], x.new_zeros(x.shape[0], 0, self._dynamics.m)
-        ev = RolloutEvaluator(self._dynamics, self._family, [], x.detach().numpy(), steps, None)
+        ev = RolloutEvaluator(self._dynamics, self._family, [], x.detach().numpy(), steps, None,
+                              draws=draws)
         try:
-            states, inputs = ev.rollout(self.theta[None], x)
+            states, inputs = ev.rollout(self.theta[None], x, ev.draws)
         finally:
             if ev.gym is not None:
                 ev.gym.close()

@@ -316,9 +316,13 @@ class Trainer:
         out = {}
         for i in np.flatnonzero(refuted):
             j = int(torch.argmax(torch.nan_to_num(h[:, i], nan=torch.inf)))
-            X, U = self.ev.rollout(candidate[None], self.ev.x0[j:j + 1])
+            x0, draws = self.ev.select(j)
+            X, U = self.ev.rollout(candidate[None], x0, draws)
             out[self.ev.names[i]] = {"scenario": j, "x0": X[0, 0, 0], "value": float(h[j, i]),
                                      "states": X[0, 0], "inputs": U[0, 0]}
+            if draws is not None:  # the scenario's uncertain values, which re-simulate it
+                out[self.ev.names[i]].update(parameters=draws.parameters[0],
+                                             disturbances=draws.disturbances[:, 0])
         return out
 
     @torch.no_grad()

@@ -35,6 +35,13 @@ MISPLACED_NEXT = ("an ode system's equations are written `der STATE = …`, not 
                   "`der x = …` gives ẋ, the derivative; `next x = …` (the next state x⁺) "
                   "belongs to `system discrete`")
 
+# `equilibrium` in a plant that is not linearised (no dynamics, or an environment's own)
+NO_OPERATING_POINT = {
+    kind: (f"a {kind} system has no operating point to declare",
+           "`equilibrium` is for the plants that are linearised there: linear, pendulum, "
+           "discrete, ode and python; remove it")
+    for kind in ("static", "gymnasium")}
+
 
 class Builder:
     def __init__(self, source: Source, diagnostics: Collector):
@@ -446,10 +453,13 @@ class Builder:
                                             "dt": ("dt", q), "g": ("g", q),
                                             "m": ("m", q), "l": ("l", q), **eq}),
             "static": (M.StaticSystem, {"state": ("states", s),
-                                        "input": ("inputs", s)}),
+                                        "input": ("inputs", s),
+                                        "equilibrium": (None, NO_OPERATING_POINT["static"])}),
             "gymnasium": (M.GymnasiumSystem, {"id": ("env_id", self.text),
                                               "observation": ("states", s),
-                                              "action": ("inputs", s)}),
+                                              "action": ("inputs", s),
+                                              "equilibrium": (None,
+                                                              NO_OPERATING_POINT["gymnasium"])}),
             "discrete": (M.DiscreteSystem, {"state": ("states", s),
                                             "input": ("inputs", s),
                                             "next": ("next", self.equations),

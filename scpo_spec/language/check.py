@@ -19,8 +19,11 @@ from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
 from scpo_spec.language.data import TableError, read_columns
 from scpo_spec.language.code import CodeMismatch, load_module, one_line
-from scpo_spec.language.dynamics import (OPERATING_POINT_HINT, linearisation, linearisation_uses,
-                                         not_an_equilibrium, right_hand_side, riccati_problem)
+from scpo_spec.language.check_v3 import V3Checks
+from scpo_spec.language.dynamics import (EQUILIBRIUM_HINT, OPERATING_POINT_HINT, linearisation,
+                                         linearisation_uses, nominal_values, not_an_equilibrium,
+                                         off_equilibrium, right_hand_side, riccati_problem,
+                                         step_map)
 from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
 from scpo_spec.language.lets import LetCycle, expand, find_cycle, let_table
@@ -56,7 +59,7 @@ class Ty:
     policy: bool = False  # depends on the policy at all (signals, spectral_radius, lyapunov)
 
 
-class Checker:
+class Checker(V3Checks):
     def __init__(self, spec: M.Spec, diagnostics: Collector, base_dir: Path | None,
                  unbuilt: set[str] = frozenset(), run_code: bool = True):
         self.spec = spec
@@ -75,9 +78,7 @@ class Checker:
         self.let_cycle = find_cycle(spec)
         self.parameters = [u.name.name for u in spec.parameters]
         self.disturbances = [u.name.name for u in spec.disturbances]
-        self.nominal = {u.name.name: float(np.mean(u.interval.value))
-                        for u in [*spec.parameters, *spec.disturbances]
-                        if u.interval.value is not None and np.size(u.interval.value) == 2}
+        self.nominal = nominal_values(spec)
         horizon = spec.scenarios.horizon if spec.scenarios else None
         self.horizon = _as_int(horizon)
         if self.horizon is None and isinstance(system, M.StaticSystem):
@@ -99,13 +100,18 @@ class Checker:
     def run(self) -> None:
         self._check_required()
         self._check_signal_names()
+        self._check_v3_names()
         self._check_system()
+        self._check_equilibrium_names()
+        self._check_uncertain()
         self._check_backup()
         self._check_policy()
+        self._check_controllers()
         self._check_scenarios()
         self._check_properties()
         self._check_objective()
         self._check_train()
+        self._check_verify()
         if not self.diag.has_errors:  # these need a model whose parts are all valid
             self._check_linearisation_point()
             self._check_lyapunov_starts()
@@ -328,6 +334,31 @@ class Checker:
                        "the dynamics are linearised at the origin and every rollout may pass "
                        "it; guard the expression (e.g. sqrt(x^2 + 1e-9), log(1 + x^2))")
 
+    def _check_uncertain(self) -> None:
+        """`parameter`/`disturbance`: a range of two finite numbers, lo ≤ hi (a point is a
+        constant, allowed), a name no signal or constant has, and a plant that can read it:
+        declared equations can; the code of a `python` or `gymnasium` plant is not given the
+        draws, so there they are refused rather than silently ignored."""
+        items = [*self.spec.parameters, *self.spec.disturbances]
+        taken = {*self.states, *self.inputs, *self.consts}
+        for u in items:
+            what = f"the range of {u.section} '{u.name.name}'"
+            if self._interval(u.interval, what, allow_point=True) is not None and \
+                    not np.all(np.isfinite(np.asarray(u.interval.value, dtype=np.float64))):
+                self.error(f"{what} must be finite", u.interval.span)
+            if u.name.name in taken:
+                kind = "constant" if u.name.name in self.consts else "signal"
+                self.error(f"{u.section} '{u.name.name}' has the same name as a {kind}",
+                           u.name.span, f"rename the {u.section}")
+        system = self.spec.system
+        if items and isinstance(system, (M.PythonSystem, M.GymnasiumSystem)):
+            u = items[0]
+            self.error(f"{u.section} '{u.name.name}': parameters and disturbances are not "
+                       f"supported with a `system {system.kind}` plant (its code is not given "
+                       "their draws)", u.span,
+                       "declare the plant's equations (`system discrete` or `system ode`), "
+                       "which may use them")
+
     def _check_python_function(self, system: M.PythonSystem) -> None:
         """`system python "module:callable"`: the label's shape only (it is imported, needing
         torch, when the spec is compiled; never here)."""
@@ -445,7 +476,7 @@ class Checker:
         one-step map (compile uses autograd on the torch map; a test keeps them close)."""
         system = self.spec.system
         try:
-            return linearisation(system, self.consts)
+            return linearisation(system, self.consts, spec=self.spec)
         except (EvalError, KeyError, TypeError, ValueError, FloatingPointError):
             return None  # an equation that cannot be evaluated: reported by its own check
 
@@ -1121,7 +1152,7 @@ class Checker:
                 A, B = system.A.array().reshape(self.n, self.n), \
                     system.B.array().reshape(self.n, self.m)
             elif isinstance(system, M.PendulumSystem):
-                A, B = pendulum_linearisation(system)
+                A, B = pendulum_linearisation(system, self.spec.equilibrium_point()[0][0])
             elif isinstance(system, (M.DiscreteSystem, M.OdeSystem)):
                 AB = self._declared_linearisation()
                 if AB is None:
@@ -1143,26 +1174,49 @@ class Checker:
         return P if P.shape == (self.n, self.n) else None
 
     def _check_linearisation_point(self) -> None:
-        """backup lqr, lyapunov(backup) and spectral_radius linearise the plant at x = 0, u = 0:
-        refused where that is not an equilibrium (the LQR of a plant drifting away from it is
-        garbage), or where the LQR's Riccati equation has no stabilising solution.  A python
-        plant's numbers need its code: compile/usercode.py checks it the same way."""
+        """backup lqr, lyapunov(backup) and spectral_radius linearise the plant at the operating
+        point (x*, u*): the `equilibrium` (checked to be a fixed point wherever it is declared,
+        at its block), else x = 0, u = 0 (refused at each use where it is no fixed point: the LQR
+        of a plant drifting away from it is garbage); and the LQR's Riccati equation must have
+        a stabilising solution.  A python plant's numbers need its code: compile/usercode.py
+        checks it the same way."""
         system, uses = self.spec.system, linearisation_uses(self.spec)
-        if not uses or not isinstance(system, LINEARISABLE) or isinstance(system, M.PythonSystem):
+        if not isinstance(system, LINEARISABLE) or isinstance(system, M.PythonSystem):
             return
-        if isinstance(system, (M.DiscreteSystem, M.OdeSystem)):
-            try:
-                residual = right_hand_side(system, self.consts)(np.zeros(self.n), np.zeros(self.m))
-            except (EvalError, KeyError, TypeError, ValueError, FloatingPointError):
-                return  # an equation that cannot be evaluated there: reported by its own check
-            moved = not_an_equilibrium(residual, isinstance(system, M.OdeSystem), uses)
+        declared = system.equilibrium
+        if not uses and not declared:
+            return
+        x_star, u_star = (np.asarray(v, dtype=np.float64) for v in self.spec.equilibrium_point())
+        derivative = isinstance(system, M.OdeSystem)
+        try:
+            if isinstance(system, M.OdeSystem):
+                residual = right_hand_side(system, self.consts, self.spec)(x_star, u_star)
+            elif isinstance(system, M.DiscreteSystem):
+                residual = step_map(system, self.consts, self.spec)(x_star, u_star) - x_star
+            elif isinstance(system, M.PendulumSystem):
+                residual = pendulum_step(system, x_star, u_star) - x_star
+            else:
+                residual = system.A.array().reshape(self.n, self.n) @ x_star \
+                    + system.B.array().reshape(self.n, self.m) @ u_star - x_star
+        except (EvalError, KeyError, TypeError, ValueError, FloatingPointError):
+            return  # an equation that cannot be evaluated there: reported by its own check
+        if declared:
+            message = off_equilibrium(residual, derivative, x_star)
+            if message is not None:
+                self.error(message, declared[0].span.to(declared[-1].span)
+                           if declared[0].span and declared[-1].span else system.span,
+                           EQUILIBRIUM_HINT)
+                return
+        else:
+            moved = not_an_equilibrium(residual, derivative, uses)
             for message, span in moved:
                 self.error(message, span, OPERATING_POINT_HINT)
             if moved:
                 return
+        if isinstance(system, (M.DiscreteSystem, M.OdeSystem)):
             AB = self._declared_linearisation()
         elif isinstance(system, M.PendulumSystem):
-            AB = pendulum_linearisation(system)
+            AB = pendulum_linearisation(system, float(x_star[0]))
         else:
             AB = (system.A.array().reshape(self.n, self.n),
                   system.B.array().reshape(self.n, self.m))
@@ -1191,7 +1245,9 @@ class Checker:
         for rng in sc.initial:
             lo[names.index(rng.signal.name)], hi[names.index(rng.signal.name)] = \
                 rng.interval.array()
-        grid = training_states(self.spec) if sc.grid is not None else None
+        x_star = np.asarray(self.spec.equilibrium_point()[0], dtype=np.float64)
+        lo, hi = lo - x_star, hi - x_star  # V reads the deviation from the operating point
+        grid = training_states(self.spec) - x_star if sc.grid is not None else None
         for prop, call in calls:
             P = self._lyapunov_matrix(call.args[0])
             if P is None:
@@ -1204,14 +1260,14 @@ class Checker:
             if top ** 2 <= LYAPUNOV_FLOOR:
                 self.error(f"{what} every scenario: V(x₀) = 0 on the whole initial box",
                            sc.span, "V(x₀) divides the ratio V(x_t)/V(x₀); give the initial "
-                                    "ranges room away from V's zeros (the origin)")
+                                    "ranges room away from V's zeros (the operating point)")
                 continue
             if grid is None:
                 continue
             V = np.einsum("si,ij,sj->s", grid, P, grid)
             bad = np.flatnonzero(V <= LYAPUNOV_FLOOR)
             if bad.size:
-                x0 = ", ".join(f"{v:g}" for v in grid[bad[0]] + 0.0)
+                x0 = ", ".join(f"{v:g}" for v in grid[bad[0]] + x_star + 0.0)
                 more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
                 self.error(f"{what} {bad.size} of the {len(grid)} grid scenarios: V(x₀) = 0 at "
                            f"x₀ = [{x0}]{more}", sc.grid.span,
@@ -1255,14 +1311,22 @@ def _not_a_file(path: Path) -> str:
     return ("is not a regular file (a pipe or a device)" if path.exists() else "does not exist")
 
 
-def pendulum_linearisation(system: M.PendulumSystem) -> tuple[np.ndarray, np.ndarray]:
-    """(A, B) of the pendulum at the upright origin; the same numbers as
+def pendulum_linearisation(system: M.PendulumSystem, theta: float = 0.0
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) of the pendulum at angle θ* (0: upright); at the origin the same numbers as
     systems.dynamics.Dynamics.linearisation (a test keeps them equal), without importing torch."""
     dt, g, mass, length = (float(system.dt), float(system.g), float(system.m), float(system.l))
-    a = 3 * g / (2 * length)
+    a = 3 * g / (2 * length) * np.cos(theta)
     b = 3 / (mass * length ** 2)
     return (np.array([[1 + dt * dt * a, dt], [dt * a, 1.0]]),
             np.array([[dt * dt * b], [dt * b]]))
+
+
+def pendulum_step(system: M.PendulumSystem, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """x⁺ of the pendulum (systems/dynamics.py's step, in numpy)."""
+    dt, g, mass, length = (float(system.dt), float(system.g), float(system.m), float(system.l))
+    omega = x[1] + dt * (3 * g / (2 * length) * np.sin(x[0]) + 3 / (mass * length ** 2) * u[0])
+    return np.array([x[0] + dt * omega, omega])
 
 
 def machine_memory() -> int | None:

@@ -1,5 +1,7 @@
 """Declared dynamics (`system discrete`, `system ode`) evaluated in numpy, for the checker's own
-use: the one-step map x⁺ = F(x, u) and its linearisation at the origin (x = 0, u = 0).
+use: the one-step map x⁺ = F(x, u) and its linearisation at the operating point (x*, u*): the
+system's `equilibrium`, the origin when there is none.  Lets are expanded, and parameters and
+disturbances take their nominal values (the middle of their ranges) here.
 
 compile/ builds the same map in torch and linearises it by autograd; this module uses central
 finite differences (step `FD_STEP`) of the numpy map, so the checker can solve an LQR backup's
@@ -28,6 +30,7 @@ import numpy as np
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
 from scpo_spec.language.evaluate import evaluate
+from scpo_spec.language.lets import expand
 
 INTEGRATORS = ("rk4", "euler", "midpoint")
 FD_STEP = 1e-6
@@ -35,20 +38,33 @@ FD_STEP = 1e-6
 Vector = np.ndarray
 
 
-def right_hand_side(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any]) \
-        -> Callable[[Vector, Vector], Vector]:
-    """(x, u) ↦ the equations' values in state order (x⁺ for discrete, ẋ for ode).  Raises
+def nominal_values(spec: M.Spec | None) -> dict[str, float]:
+    """Each parameter and disturbance at the middle of its range: where the checker evaluates
+    the plant (its fixed point, its linearisation)."""
+    if spec is None:
+        return {}
+    return {u.name.name: float(np.mean(u.interval.value))
+            for u in [*spec.parameters, *spec.disturbances]
+            if u.interval.value is not None and np.size(u.interval.value) == 2}
+
+
+def right_hand_side(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any],
+                    spec: M.Spec | None = None) -> Callable[[Vector, Vector], Vector]:
+    """(x, u) ↦ the equations' values in state order (x⁺ for discrete, ẋ for ode); with `spec`,
+    its lets expanded and its parameters and disturbances at their nominal values.  Raises
     EvalError where an equation cannot be evaluated (log of 0, division by zero, …)."""
     states = [s.name for s in system.states]
     inputs = [s.name for s in system.inputs]
     eqs = system.next if isinstance(system, M.DiscreteSystem) else system.der
     by_state = {}
     for eq in eqs:  # the first equation of a state (a duplicate is an error elsewhere)
-        by_state.setdefault(eq.state.name, eq.expr)
+        by_state.setdefault(eq.state.name, expand(eq.expr, spec) if spec else eq.expr)
     order = [by_state[s] for s in states]
+    nominal = nominal_values(spec)
 
     def f(x: Vector, u: Vector) -> Vector:
         env = dict(consts)
+        env.update(nominal)
         env.update(zip(states, map(float, x)))
         env.update(zip(inputs, map(float, u)))
         return np.array([float(evaluate(e, env)) for e in order], dtype=np.float64)
@@ -63,10 +79,10 @@ def substeps_of(system: M.OdeSystem) -> int:
     return int(system.substeps) if system.substeps is not None else 1
 
 
-def step_map(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any]) \
-        -> Callable[[Vector, Vector], Vector]:
+def step_map(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any],
+             spec: M.Spec | None = None) -> Callable[[Vector, Vector], Vector]:
     """The one-step map x⁺ = F(x, u) of a declared system."""
-    f = right_hand_side(system, consts)
+    f = right_hand_side(system, consts, spec)
     if isinstance(system, M.DiscreteSystem):
         return f
     dt, k, method = float(system.dt), substeps_of(system), integrator_name(system)
@@ -92,11 +108,14 @@ def step_map(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any]) \
 
 
 def linearisation(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any],
-                  step: float = FD_STEP) -> tuple[np.ndarray, np.ndarray]:
-    """(A, B) = (∂F/∂x, ∂F/∂u) at the origin by central differences of the one-step map."""
-    F = step_map(system, consts)
+                  step: float = FD_STEP, spec: M.Spec | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) = (∂F/∂x, ∂F/∂u) at the operating point (`spec`'s equilibrium; the origin without
+    a spec) by central differences of the one-step map."""
+    F = step_map(system, consts, spec)
     n, m = len(system.states), len(system.inputs)
-    x0, u0 = np.zeros(n), np.zeros(m)
+    x0, u0 = (np.asarray(v, dtype=np.float64) for v in spec.equilibrium_point()) if spec \
+        else (np.zeros(n), np.zeros(m))
     A, B = np.zeros((n, n)), np.zeros((n, m))
     for j in range(n):
         e = np.zeros(n)
@@ -111,9 +130,28 @@ def linearisation(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any]
 
 # ---- the linearisation point: what backup lqr, lyapunov(backup) and spectral_radius assume --
 EQUILIBRIUM_TOLERANCE = 1e-9  # |F(0, 0)| (discrete) or |f(0, 0)| (ode) counted as zero
-OPERATING_POINT_HINT = ("write the states and inputs as deviations from an operating point "
-                        "(x = x* + δx, u = u* + δu with the plant at rest at x*, u*), so that "
-                        "the origin is one (LANGUAGE-v3's `equilibrium` will do this)")
+OPERATING_POINT_HINT = ("declare the operating point the plant rests at inside the system, e.g. "
+                        "`equilibrium { force = 9.81 }` (states and inputs not named are 0), "
+                        "or write the states and inputs as deviations from an operating point "
+                        "(x = x* + δx, u = u* + δu), so that the origin is one")
+EQUILIBRIUM_HINT = ("at an operating point the plant is at rest: x⁺ = x* (ẋ = 0 for an ode); "
+                    "solve the dynamics for the inputs that hold it there (a hover thrust "
+                    "m * g / 2 per rotor), and name every state and input that is not 0")
+
+
+def off_equilibrium(residual: np.ndarray, derivative: bool, x_star: np.ndarray) -> str | None:
+    """The message when the declared operating point (x*, u*) is no fixed point: `residual` =
+    F(x*, u*) − x* (a one-step map) or ẋ = f(x*, u*) (`derivative`, an ode), above
+    EQUILIBRIUM_TOLERANCE relative to the state scale max(1, |x*|); None when it is one."""
+    residual = np.asarray(residual, dtype=np.float64)
+    scale = max(1.0, float(np.max(np.abs(x_star), initial=0.0)))
+    size = float(np.max(np.abs(residual), initial=0.0))
+    if size <= EQUILIBRIUM_TOLERANCE * scale:
+        return None
+    value = "[" + ", ".join(f"{v:.6g}" for v in residual + 0.0) + "]"
+    moved = f"ẋ = f(x*, u*) = {value}" if derivative else f"F(x*, u*) − x* = {value}"
+    return (f"the equilibrium is not a fixed point of this plant: {moved} (largest "
+            f"{size:.3g}, above {EQUILIBRIUM_TOLERANCE:g} × the state scale {scale:g})")
 
 
 def linearisation_uses(spec: M.Spec) -> list[tuple[str, Any]]:

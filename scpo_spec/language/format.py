@@ -149,6 +149,8 @@ def _section(keyword: str, node: M.Node) -> list[Line]:
     label = _label(node)
     kind = getattr(node, "kind", None)
     head = " ".join(p for p in (keyword, kind if isinstance(kind, str) else None, label) if p)
+    if label and not any(k != _LABELLED.get(type(node)) for k, _ in entries(node)):
+        return [Line(head, _start(node.span), blank_before=True, end=_end(node.span))]  # a label
     short = _one_line(head, node)
     if short is not None:
         return [Line(short, _start(node.span), blank_before=True, end=_end(node.span))]

@@ -1,14 +1,25 @@
 """The scenarios' initial states: a seeded uniform draw from the box, or a full grid; and the
 holdout draw, a separate stream of the same seed so it never repeats a training scenario.
 
+The scenarios' uncertain values (`parameter NAME in [lo, hi]`, `disturbance NAME in [lo, hi]`)
+are drawn here too, the one place that says what they are (`training_draws`, `holdout_draws`):
+each scenario gets one value per parameter, held over its rollout, and a fresh value per
+disturbance at every step, uniform over each range, from streams of the same seed apart from the
+initial states' ([seed, 2] and [seed, 3]; the holdout's [seed, 1, 2] and [seed, 1, 3]), so the
+initial states of a spec without uncertainty are what they always were.  A `grid` scenario is
+its grid point with one such draw.  Scenario j's disturbance sequence is the j-th block of its
+stream (drawn (S, T, d), stored time-major (T, S, d)).
+
 For a gymnasium system a scenario is `env.reset(seed=…)`, so the "initial states" are the reset
 seeds, an int64 vector: seed, seed + 1, …, seed + count − 1 for training and
 seed + GYM_HOLDOUT_OFFSET + j for the holdout (a disjoint range)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -93,3 +104,146 @@ def holdout_chunk(horizon: int, n: int, m: int, widths: list[int],
     """How many holdout scenarios one rollout may hold so that it stays under `budget` bytes."""
     per = rollout_bytes(1, 1, horizon, n, m, widths, 0)
     return max(1, budget // max(per, 1))
+
+
+# ---- the uncertain values: parameters (one per scenario) and disturbances (one per step) ----
+PARAMETER_STREAM, DISTURBANCE_STREAM = 2, 3  # [seed, ·] (training) and [seed, 1, ·] (holdout)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The scenarios' uncertain values, float64, in declaration order: `parameters` (S, p), one
+    per scenario, held over the rollout; `disturbances` (T, S, d), a fresh one at every step.
+    numpy arrays here; the evaluator holds the same numbers as torch tensors."""
+
+    parameters: object
+    disturbances: object
+
+    @property
+    def count(self) -> int:
+        return int(self.parameters.shape[0])
+
+    def rows(self, index) -> "Draws":
+        """The draws of the scenarios `index` selects (a slice, a list or an index array; one
+        int keeps its axis), as x0[index] selects their initial states."""
+        if isinstance(index, (int, np.integer)):
+            index = slice(int(index), int(index) + 1)
+        return Draws(self.parameters[index], self.disturbances[:, index])
+
+    def digest(self) -> str:
+        """SHA-256 of the parameters' then the disturbances' float64 little-endian bytes: the
+        header records it, and `scpo audit` draws them again from the spec text and compares."""
+        h = hashlib.sha256()
+        for a in (self.parameters, self.disturbances):
+            a = np.ascontiguousarray(a, dtype="<f8")
+            h.update(repr(a.shape).encode() + a.tobytes())
+        return h.hexdigest()
+
+
+def uncertain_ranges(spec: Spec, section: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The names and (lo, hi) of the spec's `parameter`s or `disturbance`s, in order."""
+    items = spec.parameters if section == "parameter" else spec.disturbances
+    bounds = np.array([np.asarray(u.interval.array(), dtype=np.float64).reshape(2)
+                       for u in items]).reshape(-1, 2)
+    return [u.name.name for u in items], bounds[:, 0].copy(), bounds[:, 1].copy()
+
+
+def has_uncertainty(spec: Spec) -> bool:
+    return bool(spec.parameters or spec.disturbances)
+
+
+def _draws(spec: Spec, count: int, stream: list[int]) -> Draws | None:
+    if not has_uncertainty(spec):
+        return None
+    sc = spec.scenarios
+    seed = int(sc.seed) if sc.seed is not None else 0
+    T = int(sc.horizon)
+    _, plo, phi = uncertain_ranges(spec, "parameter")
+    _, dlo, dhi = uncertain_ranges(spec, "disturbance")
+    params = np.random.default_rng([seed, *stream, PARAMETER_STREAM]).uniform(
+        plo, phi, size=(count, len(plo)))
+    noise = np.random.default_rng([seed, *stream, DISTURBANCE_STREAM]).uniform(
+        dlo, dhi, size=(count, T, len(dlo)))
+    return Draws(params, np.ascontiguousarray(noise.transpose(1, 0, 2)))
+
+
+def training_draws(spec: Spec) -> Draws | None:
+    """The training scenarios' parameters (S, p) and disturbances (T, S, d); None when the spec
+    declares neither (its rollouts are exactly those of a spec without this section)."""
+    return _draws(spec, scenario_count(spec), [])
+
+
+def holdout_draws(spec: Spec, count: int | None = None) -> Draws | None:
+    """Fresh draws for the holdout's scenarios (disjoint streams from training's)."""
+    sc = spec.scenarios
+    count = int(sc.holdout) if count is None and sc.holdout is not None else int(count or 0)
+    return _draws(spec, count, [1])
+
+
+def uncertainty_record(spec: Spec) -> dict | None:
+    """What a run's header says of the uncertainty (None without any): each parameter and
+    disturbance with its range, and the digest of the training draws, which `scpo audit`
+    recomputes from the spec text alone."""
+    if not has_uncertainty(spec):
+        return None
+    out: dict = {}
+    for section, key in (("parameter", "parameters"), ("disturbance", "disturbances")):
+        names, lo, hi = uncertain_ranges(spec, section)
+        out[key] = [{"name": n, "lo": float(a), "hi": float(b)} for n, a, b in zip(names, lo, hi)]
+    out["draws"] = training_draws(spec).digest()
+    return out
+
+
+def given_draws(spec: Spec, parameters, disturbances, count: int, steps: int, single: bool
+                ) -> Draws | None:
+    """Draws from values a user gives (`load_run(...).simulate(parameters=…, disturbances=…)`)
+    for `count` scenarios over `steps` steps: parameters (p,) or (count, p), disturbances
+    (steps, d) or (count, steps, d) — without the count axis when `single` — or dicts by name.
+    None for a spec without uncertainty (which takes no values); ValueError saying what is
+    missing or misshapen."""
+    pnames = uncertain_ranges(spec, "parameter")[0]
+    dnames = uncertain_ranges(spec, "disturbance")[0]
+    if not pnames and not dnames:
+        if parameters is not None or disturbances is not None:
+            raise ValueError("the spec declares no parameters or disturbances")
+        return None
+    lead = () if single else (count,)
+    P = _given(parameters, pnames, "parameters", lead, ())
+    D = _given(disturbances, dnames, "disturbances", lead, (steps,))
+    P, D = P.reshape(count, len(pnames)), D.reshape(count, steps, len(dnames))
+    return Draws(np.array(P), np.ascontiguousarray(D.transpose(1, 0, 2)))
+
+
+def _given(value, names: list[str], what: str, lead: tuple, tail: tuple) -> np.ndarray:
+    """Run.simulate's parameters or disturbances as float64 (*lead, *tail, len(names)): an array
+    of that shape, or of (*tail, len(names)) shared by a batch, or a dict by name."""
+    k = len(names)
+    if k == 0:
+        if value is not None and np.size(value if not isinstance(value, dict) else list(value)):
+            raise ValueError(f"the spec declares no {what}")
+        return np.zeros((*lead, *tail, 0))
+    if value is None:
+        raise ValueError(f"this spec's {what} ({', '.join(names)}) need values for these "
+                         f"initial states: pass {what}=… (see Run.simulate)")
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        missing = [n for n in names if n not in value]
+        if unknown or missing:
+            raise ValueError(f"{what}: " + "; ".join(
+                ([f"unknown {', '.join(unknown)}"] if unknown else [])
+                + ([f"missing {', '.join(missing)}"] if missing else []))
+                + f" (the spec's are {', '.join(names)})")
+        try:
+            cols = [np.broadcast_to(np.asarray(value[n], dtype=np.float64), (*lead, *tail))
+                    for n in names]
+        except ValueError:
+            raise ValueError(f"each of the {what} must be a number per "
+                             f"{'step ' if tail else ''}of shape {(*lead, *tail)} or "
+                             f"{tail or 'one number'}") from None
+        return np.stack(cols, axis=-1)
+    arr = np.asarray(value, dtype=np.float64)
+    for shape in ((*lead, *tail, k), (*tail, k)):
+        if arr.shape == shape:
+            return np.broadcast_to(arr, (*lead, *tail, k))
+    raise ValueError(f"{what} must have shape {(*lead, *tail, k)} or {(*tail, k)} (columns "
+                     f"{', '.join(names)}); got {arr.shape}")

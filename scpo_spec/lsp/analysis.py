@@ -24,6 +24,7 @@ from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, NUMERIC_FUNCTIONS
 from scpo_spec.language.expr import unparse
 from scpo_spec.language.format import format_spec
 from scpo_spec.language.grammar import SECTION_WORDS
+from scpo_spec.language.lets import LetCycle, expand
 from scpo_spec.language.load import CheckResult, check_text, parse_model, syntax_of
 from scpo_spec.language.scpo_reader import find_comments
 from scpo_spec.language.source import Span
@@ -65,6 +66,23 @@ KEYWORD_DOCS = {
     "and": "`φ and ψ`: both hold (violation max).",
     "or": "`φ or ψ`: either holds (violation min).",
     "in": "`e in [lo, hi]`: lo ≤ e ≤ hi (violation max(lo − e, e − hi)).",
+}
+# What hover says for the entry words of LANGUAGE-v3 (docs/language.md §14 says more).
+ENTRY_DOCS = {
+    "equilibrium": "`equilibrium { T1 = m * g / 2 }`: the operating point (x*, u*) — where the "
+                   "plant is linearised and the controllers act around; states and inputs not "
+                   "named are 0. `check` requires it to be a fixed point.",
+    "observe": "`observe = [x, v_lead - v_ego]`: what the network sees, o = observe(x); default "
+               "x − x*. States, constants, parameters and lets — not inputs or disturbances.",
+    "output_scale": "`output_scale = [11]`: u = u* + output_scale ⊙ net(o); one number or one "
+                    "per input (default 1).",
+    "k": "`backup linear { K = [[…]]  k = [0.5] }`: the constant term, u = u* + K (x − x*) + k.",
+    "head": "`policy from \"RUN\" { head = \"…\" }`: the source run's log head (64 hex), "
+            "checked by its audit before θ₀ is read.",
+    "every": "`verify every K` (in train): every K-th accepted update must also be PROVED.",
+    "cells": "`verify { cells 4096 }`: the most initial-set cells scpo verify's splitting may "
+             "make.",
+    "time_limit": "`verify { time_limit 300 }`: the seconds scpo verify may take.",
 }
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOKEN = re.compile(r'#[^\n]*|"(?:\\.|[^"\\\n])*"|[A-Za-z_][A-Za-z0-9_]*|\n|->|<=|>=|\S')
@@ -178,6 +196,13 @@ def hover(lines: list[str], line: int, character: int, spec: M.Spec | None,
     for c in getattr(spec, "consts", []):
         if c.name == word:
             return f"```scpo\n{_const_text(c)}\n```"
+    for let in getattr(spec, "lets", []):
+        if let.name.name == word:
+            return _let_text(let, spec)
+    for u in [*getattr(spec, "parameters", []), *getattr(spec, "disturbances", [])]:
+        if u.name.name == word:
+            return (f"```scpo\n{u.section} {word} in {unparse(u.interval.expr)}\n```\n"
+                    + KEYWORD_DOCS[u.section].split(": ", 1)[1])
     for prop in getattr(spec, "properties", []):
         if prop.name.name == word:
             return _metric(prop, checked)
@@ -186,7 +211,18 @@ def hover(lines: list[str], line: int, character: int, spec: M.Spec | None,
         return f"**{word}**: the vector [{', '.join(s.name for s in group)}] at each step"
     if word in KEYWORD_DOCS:
         return KEYWORD_DOCS[word]
-    return None
+    return ENTRY_DOCS.get(word)
+
+
+def _let_text(let: M.Let, spec: M.Spec) -> str:
+    """`let NAME = EXPR`, and what it means with the lets it uses expanded."""
+    written = unparse(let.expr)
+    text = f"```scpo\nlet {let.name.name} = {written}\n```"
+    try:
+        expanded = unparse(expand(let.expr, spec))
+    except (LetCycle, RecursionError):
+        return text + "\n(part of a cycle of lets)"
+    return text + (f"\n= `{expanded}`" if expanded != written else "")
 
 
 def _metric(prop: M.Property, checked: CheckResult | None) -> str:
@@ -200,7 +236,8 @@ def _metric(prop: M.Property, checked: CheckResult | None) -> str:
         if train and train.aggregate and train.aggregate.kind == "smooth":
             tau = float(train.aggregate.tau)
         try:
-            compiled = describe_metric(prop.formula, {c.name: c.value.value for c in spec.consts},
+            compiled = describe_metric(expand(prop.formula, spec),
+                                       {c.name: c.value.value for c in spec.consts},
                                        [s.name for s in spec.system.states],
                                        [s.name for s in spec.system.inputs],
                                        int(spec.scenarios.horizon), tau)
@@ -214,8 +251,8 @@ def _metric(prop: M.Property, checked: CheckResult | None) -> str:
 
 # ---------------------------------------------------------------- definition and symbols
 def definition(lines: list[str], line: int, character: int, spec: M.Spec | None) -> Span | None:
-    """Where the name at the cursor is defined: a constant's `const` line, a signal in the
-    system's list, a metric's name."""
+    """Where the name at the cursor is defined: a constant's `const` line, a let's, parameter's
+    or disturbance's name, a signal in the system's list, a metric's name."""
     found = word_at(lines, line, character)
     if found is None or spec is None:
         return None
@@ -223,6 +260,9 @@ def definition(lines: list[str], line: int, character: int, spec: M.Spec | None)
     for c in spec.consts:
         if c.name == word:
             return c.span
+    for named in [*spec.lets, *spec.parameters, *spec.disturbances]:
+        if named.name.name == word:
+            return named.name.span
     for name, _, _, node in signals(spec):
         if name == word:
             return node.span
@@ -261,7 +301,15 @@ def symbols(spec: M.Spec | None) -> list[T.DocumentSymbol]:
         add(c.span, T.DocumentSymbol(name=c.name, kind=T.SymbolKind.Constant, range=whole,
                                      selection_range=span_range(c.span),
                                      detail=_const_text(c).split(" = ", 1)[1]))
-    for section in ("system", "backup", "policy", "scenarios", "objective", "train"):
+    for named in [*spec.parameters, *spec.disturbances, *spec.lets]:
+        if named.span is None or named.name.span is None:
+            continue
+        detail = (f"{named.section} in {unparse(named.interval.expr)}"
+                  if isinstance(named, M.Uncertain) else f"let = {unparse(named.expr)}")
+        add(named.name.span, T.DocumentSymbol(
+            name=named.name.name, kind=T.SymbolKind.Variable, detail=detail,
+            range=span_range(named.span), selection_range=span_range(named.name.span)))
+    for section in ("system", "backup", "policy", "scenarios", "objective", "train", "verify"):
         node = getattr(spec, section)
         if node is None or node.span is None:
             continue
@@ -336,13 +384,25 @@ def _items(words, kind, detail=None) -> list[T.CompletionItem]:
             for w in words]
 
 
-def _names(spec: M.Spec | None, formula: bool) -> list[T.CompletionItem]:
-    """The names an expression may use: signals (in formulas), constants, functions."""
+def _names(spec: M.Spec | None, formula: bool, observed: bool = False
+           ) -> list[T.CompletionItem]:
+    """The names an expression may use: signals, lets, parameters and disturbances (in
+    formulas; `observed`: what a controller can see, no inputs or disturbances), constants,
+    functions."""
     items = []
     if formula:
         items += [T.CompletionItem(label=name, kind=T.CompletionItemKind.Variable,
                                    detail=f"{role} {index}")
-                  for name, role, index, _ in signals(spec)]
+                  for name, role, index, _ in signals(spec)
+                  if not (observed and role in ("input", "action"))]
+        uncertain = [*getattr(spec, "parameters", []),
+                     *([] if observed else getattr(spec, "disturbances", []))]
+        items += [T.CompletionItem(label=u.name.name, kind=T.CompletionItemKind.Variable,
+                                   detail=f"{u.section} in {unparse(u.interval.expr)}")
+                  for u in uncertain]
+        items += [T.CompletionItem(label=x.name.name, kind=T.CompletionItemKind.Variable,
+                                   detail=f"let = {unparse(x.expr)}")
+                  for x in getattr(spec, "lets", [])]
         items += _items(("state", "input"), T.CompletionItemKind.Variable,
                         lambda w: f"the {w} vector")
         items += _items(SIGNAL_FUNCTIONS, T.CompletionItemKind.Function, lambda w: "function")
@@ -393,16 +453,27 @@ def completion(lines: list[str], line: int, character: int,
             return _names(spec, formula=True) + extra
         if head == "const" and "=" in current:
             return _names(spec, formula=False)
+        if head == "let" and "=" in current:  # a let is a signal expression
+            return _names(spec, formula=True)
+        if head in ("parameter", "disturbance") and "in" in current:
+            return _names(spec, formula=False)
         return []
     block, kind = stack[-1]
+    if block == "equilibrium":  # `equilibrium { T1 = … }`: a state or input, then a number
+        if "=" in current:
+            return _names(spec, formula=False)
+        return [T.CompletionItem(label=name, kind=T.CompletionItemKind.Variable,
+                                 detail=f"{role} {index}")
+                for name, role, index, _ in signals(spec)] if len(current) <= 1 else []
     if len(stack) == 1 and block not in KINDS_OF:
         kind = ""  # `train {`, `scenarios {`: a block without kinds
     entries = vocab.get(block, {}).get(kind)
     if entries is None:  # an unknown kind: every entry of the block
         entries = {w: c for table in vocab.get(block, {}).values() for w, c in table.items()}
     current = _last_entry(current, entries)
-    if not current:
-        return _items(entries, T.CompletionItemKind.Field, lambda w: f"{block} {kind}".strip())
+    if not current:  # the YAML key verify_every is written `verify every` in .scpo
+        return _items([w.replace("_every", " every") for w in entries],
+                      T.CompletionItemKind.Field, lambda w: f"{block} {kind}".strip())
     entry = current[0]
     values = [w for w in current[1:] if w != "="]
     if entry in entries and entries[entry] and not values:
@@ -415,6 +486,8 @@ def completion(lines: list[str], line: int, character: int,
                                      detail=f"{role} {index}")
                     for name, role, index, _ in signals(spec) if role in ("state", "observation")]
         return _names(spec, formula=False) if "in" in values else []
+    if entry == "observe" and block in ("policy", "backup"):
+        return _names(spec, formula=True, observed=True)
     formula = entry in _FORMULA_ENTRIES.get((block, kind), ())
     return _names(spec, formula=formula)
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from scpo_spec.policies.backup import Backup
+from scpo_spec.policies.operating import Around, around_of
 from scpo_spec.language.model import (FromPolicy, LinearPolicy, MlpPolicy, PythonPolicy, Spec,
                                       TorchPolicy)
 from scpo_spec.policies.torch_file import load_policy_structure
@@ -50,10 +51,13 @@ def _activation_slope(name: str, z: torch.Tensor) -> torch.Tensor:
 
 class PolicyCore(nn.Module):
     """u = net(x) (+ backup(x)): tensors (N, n) → (N, m), float64, TorchScript-able — what
-    `scpo export` writes."""
+    `scpo export` writes.  Around an operating point, or with an observation or output scale
+    (policies/operating.py), `net` is the whole u = s ⊙ net(o) + (u* or backup(x))."""
 
-    def __init__(self, net: nn.Module, backup: nn.Module | None):
+    def __init__(self, net: nn.Module, backup: nn.Module | None, around: Around | None = None):
         super().__init__()
+        if around is not None:
+            net, backup = around.module(net, backup), None
         self.net = net
         self.has_backup = backup is not None
         self.backup = backup if backup is not None else nn.Identity()
@@ -76,9 +80,10 @@ class PolicyModule(nn.Module):
     (that is the batched `PolicyFamily.forward`).  `.core` is the same policy on tensors only
     (TorchScript-able; the backup, a gain or a TorchScript module, included)."""
 
-    def __init__(self, net: nn.Module, backup: Backup | None, n: int | None = None):
+    def __init__(self, net: nn.Module, backup: Backup | None, around: Around | None = None,
+                 n: int | None = None):
         super().__init__()
-        self.core = PolicyCore(net, backup.as_module() if backup is not None else None)
+        self.core = PolicyCore(net, backup.as_module() if backup is not None else None, around)
         if n is None:  # (an MLP's: its first layer's inputs)
             n = next(mod for mod in net.modules() if isinstance(mod, nn.Linear)).in_features
         self.n = n
@@ -103,7 +108,9 @@ class PolicyModule(nn.Module):
 class PolicyFamily:
     """Layers (out, in) of an MLP (one layer, no bias, for a linear policy), an activation
     between layers, and an optional fixed backup added to the output (`residual = backup`): a
-    gain K x, or a frozen TorchScript controller called once on all C·B states."""
+    gain K x (+ offset), or a frozen controller called once on all C·B states.  `around`: the
+    operating point, observation and output scale (None: u = net(x) (+ backup(x)), as before
+    LANGUAGE-v3 — the path every spec without those forms keeps)."""
 
     n: int
     m: int
@@ -112,12 +119,16 @@ class PolicyFamily:
     activation: str
     backup: Backup | None
     theta0: torch.Tensor = field(repr=False)
+    around: Around | None = None
 
     def __post_init__(self):
         self.d = int(self.theta0.numel())
         self._gain_t = (None if self.backup is None
                         else torch.as_tensor(self.backup.K, dtype=DTYPE).T.contiguous())
         self._act = ACTIVATIONS[self.activation]
+        if self.around is not None:
+            self._o_star = self.around.o_star()
+            self._observation_jacobian = self.around.observation_jacobian()
 
     # ---- torch module view ----
     def module(self, theta: torch.Tensor | None = None) -> PolicyModule:
@@ -125,7 +136,7 @@ class PolicyFamily:
         net = _build_net(self.layers, self.bias, self.activation)
         theta = self.theta0 if theta is None else torch.as_tensor(theta, dtype=DTYPE)
         nn.utils.vector_to_parameters(theta.detach().clone(), net.parameters())
-        return PolicyModule(net, self.backup).to(DTYPE)
+        return PolicyModule(net, self.backup, self.around, self.n).to(DTYPE)
 
     # ---- batched functional forward ----
     def _unpack(self, theta: torch.Tensor):
@@ -143,12 +154,14 @@ class PolicyFamily:
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Actions (C, B, m) of C candidates θ (C, d) on their states x (C, B, n)."""
-        h = x
+        h = x if self.around is None else self.around.observation(x)
         layers = list(self._unpack(theta))
         for i, (W, b) in enumerate(layers):
             h = torch.bmm(h, W.transpose(1, 2)) if b is None else torch.baddbmm(b, h, W.transpose(1, 2))
             if i < len(layers) - 1:
                 h = self._act(h)
+        if self.around is not None:
+            return self.around.output(h, None if self.backup is None else self.backup(x))
         if self.backup is not None:
             h = h + self.backup(x)  # a torch backup: one call on all C·B states
         return h
@@ -180,6 +193,30 @@ class PolicyFamily:
                     _activation_slope(self.activation, pre)
                 J = slope.transpose(1, 2) * J
         if self._gain_t is not None:  # a torch backup's K is its Jacobian at the origin
+            J = J + self._gain_t.T.to(theta.device)
+        return J
+
+    def jacobian_at_operating_point(self, theta: torch.Tensor) -> torch.Tensor:
+        """∂u/∂x at x* for each candidate: (C, m, n) — s ⊙ ∂net/∂o at o* = o(x*), times ∂o/∂x
+        at x*, plus the backup's K (exact chain rule); `jacobian_at_origin` without `around`."""
+        if self.around is None:
+            return self.jacobian_at_origin(theta)
+        layers = list(self._unpack(theta))
+        C = theta.shape[0]
+        h = self._o_star.to(theta.device).expand(C, 1, -1)
+        J = None
+        for i, (W, b) in enumerate(layers):
+            J = W if J is None else torch.bmm(W, J)
+            if i < len(layers) - 1:
+                Wt = W.transpose(1, 2)
+                pre = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
+                h = self._act(pre)
+                J = _activation_slope(self.activation, pre).transpose(1, 2) * J
+        scale = self.around.tensors(theta.device)[2]
+        if scale is not None:
+            J = J * scale[:, None]
+        J = J @ self._observation_jacobian.to(theta.device)
+        if self._gain_t is not None:
             J = J + self._gain_t.T.to(theta.device)
         return J
 
@@ -256,6 +293,7 @@ class BatchedForward:
         self.layers = layers
         self.C = theta.shape[0]
         self._buffers: dict[tuple, list[torch.Tensor]] = {}
+        self.around = family.around
 
     def _work(self, x: torch.Tensor) -> list[torch.Tensor]:
         key = (x.shape[1], x.device)
@@ -272,6 +310,8 @@ class BatchedForward:
         differentiable rollout computes the very numbers of an evaluated one."""
         if torch.is_grad_enabled():
             return self._differentiable(x)
+        if self.around is not None:
+            return self._around(x, out)
         h, last = x, len(self.layers) - 1
         work = self._work(x)
         for i, (Wt, b) in enumerate(self.layers):
@@ -288,6 +328,24 @@ class BatchedForward:
             backup = self.family.backup(x)
             h = h.add_(backup) if out is not None else h + backup
         return h
+
+    def _around(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """`__call__` with an operating point, observation or output scale: the network on
+        o = observe(x), then u = s ⊙ net(o) + (u* or backup(x)), in place."""
+        h, last = self.around.observation(x), len(self.layers) - 1
+        work = self._work(h)
+        for i, (Wt, b) in enumerate(self.layers):
+            dest = out if i == last else work[i]
+            if dest is None:
+                h = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
+            elif b is None:
+                h = torch.bmm(h, Wt, out=dest)
+            else:
+                h = torch.baddbmm(b, h, Wt, out=dest)
+            if i < last:
+                h = self._acts_[i](h)
+        backup = self.family.backup
+        return self.around.output(h, None if backup is None else backup(x), inplace=True)
 
     def rollout_step(self, views: RolloutViews) -> Callable[[int], None]:
         """t ↦ U[t] = π(X[t]) for a rollout's time-major buffers X (T+1, C, B, n) and U
@@ -311,7 +369,10 @@ class BatchedForward:
         Wt_last, b_last = self.layers[-1]
         baddbmm, bmm = torch.baddbmm, torch.bmm
         backup = self.family.backup
-        gain = None if backup is None or backup.module is not None else backup.gain_on(device)
+        if self.around is not None:
+            return self._around_step(views, hidden, backup)
+        gain = None if backup is None or backup.module is not None or backup.offset is not None \
+            else backup.gain_on(device)
         xf, uf = (views.xf, views.uf) if gain is not None else (None, None)
 
         def step(t: int) -> None:
@@ -328,7 +389,59 @@ class BatchedForward:
                 out.add_(backup(xs[t]))
         return step
 
+    def _around_step(self, views: RolloutViews, hidden: list, backup: Backup | None
+                     ) -> Callable[[int], None]:
+        """`rollout_step` with `around`: o = observe(X[t]) (or X[t] − x*) into a kept buffer,
+        the layers, then U[t] ⊙= s, and U[t] += X[t] Kᵀ (one `addmm_`) + offset for a gain
+        backup, += backup(X[t]) for a frozen one, or += u*."""
+        around, device = self.around, views.device
+        xs, us, xf, uf = views.xs, views.us, views.xf, views.uf
+        C, B = xs[0].shape[0], xs[0].shape[1]
+        x_star, u_star, scale = around.tensors(device)
+        observe = around.observe
+        obs = (views.buffer("observation", (C, B, around.p))
+               if observe is not None or around.shifted else None)
+        Wt_last, b_last = self.layers[-1]
+        baddbmm, bmm, sub = torch.baddbmm, torch.bmm, torch.sub
+        gain = None if backup is None or backup.module is not None else backup.gain_on(device)
+        offset = None if gain is None else backup.offset_on(device)
+        u_star = u_star if backup is None and around.offset else None
+
+        def step(t: int) -> None:
+            x, out = xs[t], us[t]
+            if observe is not None:
+                h = obs.copy_(observe(x))
+            elif obs is not None:
+                h = sub(x, x_star, out=obs)
+            else:
+                h = x
+            for b, Wt, dest, act in hidden:
+                h = act(bmm(h, Wt, out=dest) if b is None else baddbmm(b, h, Wt, out=dest))
+            if b_last is None:
+                bmm(h, Wt_last, out=out)
+            else:
+                baddbmm(b_last, h, Wt_last, out=out)
+            if scale is not None:
+                out.mul_(scale)
+            if gain is not None:
+                uf[t].addmm_(xf[t], gain)
+                if offset is not None:
+                    out.add_(offset)
+            elif backup is not None:
+                out.add_(backup(x))
+            elif u_star is not None:
+                out.add_(u_star)
+        return step
+
     def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        if self.around is not None:
+            h = self.around.observation(x)
+            z = self._differentiable_net(h)
+            backup = self.family.backup
+            return self.around.output(z, None if backup is None else backup(x))
+        return self._differentiable_net(x, self.family.backup)
+
+    def _differentiable_net(self, x: torch.Tensor, backup: Backup | None = None) -> torch.Tensor:
         h, last = x, len(self.layers) - 1
         for i, (Wt, b) in enumerate(self.layers):
             h = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
@@ -339,8 +452,8 @@ class BatchedForward:
                                   torch.sigmoid(h), alpha=2 * k)
                 else:
                     h = self.family._act(h)
-        if self.family.backup is not None:
-            h = h + self.family.backup(x)
+        if backup is not None:
+            h = h + backup(x)
         return h
 
 
@@ -353,15 +466,28 @@ def _build_net(layers, bias: bool, activation: str) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+def _backup_gain(backup: Backup, around: Around | None) -> np.ndarray:
+    """`policy linear { init = backup }`: W₀ with s ⊙ W₀ ∂o/∂x = the backup's K at x* (least
+    squares through a declared observation's Jacobian; exact for o = x − x*)."""
+    K = np.asarray(backup.K, dtype=np.float64)
+    if around is None:
+        return K
+    if around.observe is not None:
+        K = K @ np.linalg.pinv(around.observation_jacobian().numpy())
+    return K if around.scale is None else K / around.scale[:, None]
+
+
 def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
                 base_dir: Path | None = None) -> PolicyFamily:
     """The policy family of a checked spec and its initial weights θ₀ (float64); a `policy torch`
     file (relative to `base_dir`, the spec's directory by default) is mapped exactly onto the
     MLP family (TorchFileError when it is not a plain MLP)."""
     policy = spec.policy
+    around = around_of(spec, policy, n, m)
+    p = n if around is None else around.p  # the network's input: the observation
     if isinstance(policy, MlpPolicy):
         widths = [int(h) for h in np.atleast_1d(policy.hidden.array())]
-        sizes = [n, *widths, m]
+        sizes = [p, *widths, m]
         layers = [(sizes[i + 1], sizes[i]) for i in range(len(sizes) - 1)]
         activation = policy.activation.name if policy.activation else "tanh"
         residual = policy.residual is not None and policy.residual.name == "backup"
@@ -375,20 +501,23 @@ def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
             nn.init.zeros_(last.bias)
         theta0 = nn.utils.parameters_to_vector(net.parameters()).detach().to(DTYPE)
         return PolicyFamily(n, m, layers, True, activation,
-                            backup if residual and backup is not None else None, theta0)
+                            backup if residual and backup is not None else None, theta0,
+                            around=around)
     if isinstance(policy, LinearPolicy):
         init = policy.init.name if policy.init else "zero"
-        K = backup.K if init == "backup" and backup is not None else np.zeros((m, n))
+        K = _backup_gain(backup, around) if init == "backup" and backup is not None \
+            else np.zeros((m, p))
         theta0 = torch.as_tensor(np.asarray(K, dtype=np.float64).reshape(-1), dtype=DTYPE)
-        return PolicyFamily(n, m, [(m, n)], False, "identity", None, theta0)
+        return PolicyFamily(n, m, [(m, p)], False, "identity", None, theta0, around=around)
     if isinstance(policy, PythonPolicy):  # any nn.Module, batched with torch.func
         from scpo_spec.policies.python_module import ModuleFamily, load_python_module
-        return ModuleFamily(n, m, load_python_module(policy.factory.value, n, m, base_dir))
-    if isinstance(policy, TorchPolicy):
-        found = load_policy_structure(spec, base_dir)
-        return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,
-                            found.theta0.clone())
+        return ModuleFamily(n, m, load_python_module(policy.factory.value, p, m, base_dir),
+                            around=around)
     if isinstance(policy, FromPolicy):  # never reached through engine/warm.py
         raise NotImplementedError("`policy from` is resolved to the source run's policy section "
                                   "before compiling (scpo_spec.engine.warm.compile_warm)")
+    if isinstance(policy, TorchPolicy):
+        found = load_policy_structure(spec, base_dir)
+        return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,
+                            found.theta0.clone(), around=around)
     raise NotImplementedError(f"policy kind '{policy.kind}'")

@@ -178,13 +178,17 @@ def mlp_structure(module: torch.nn.Module) -> MlpStructure | str:
     return MlpStructure(layers, biases[0], acts[0] if acts else "identity", theta0)
 
 
-def _sizes(spec: Spec) -> tuple[int, int]:
-    return len(spec.system.states), len(spec.system.inputs)
+def _sizes(spec: Spec, controller=None) -> tuple[int, int]:
+    """(what the controller's network reads, inputs): its `observe` entries when it declares
+    them, else the states (it sees x − x*)."""
+    observe = getattr(controller, "observe", None)
+    return (len(observe) if observe is not None else len(spec.system.states),
+            len(spec.system.inputs))
 
 
 def load_policy_structure(spec: Spec, base_dir: Path | None) -> MlpStructure:
     """`policy torch { file }` as the MLP family's layers and θ₀; TorchFileError otherwise."""
-    n, m = _sizes(spec)
+    n, m = _sizes(spec, spec.policy)
     file = spec.policy.file
     module = load_torch_file(file, base_dir, n, m, "policy", spec)
     found = mlp_structure(module)
@@ -194,7 +198,9 @@ def load_policy_structure(spec: Spec, base_dir: Path | None) -> MlpStructure:
                              f"supported: {SUPPORTED}", file.span)
     if found.layers[0][1] != n or found.layers[-1][0] != m:
         raise TorchFileError(f"policy file '{file.value}' maps {found.layers[0][1]} states to "
-                             f"{found.layers[-1][0]} inputs; the spec has {n} and {m}", file.span)
+                             f"{found.layers[-1][0]} inputs; the spec has {n} and {m}"
+                             + " (its network reads the `observe` entries)"
+                             * (getattr(spec.policy, "observe", None) is not None), file.span)
     return found
 
 
@@ -205,7 +211,7 @@ def check_files(spec: Spec, base_dir: Path | None) -> list[Diagnostic]:
     diagnostics = []
     if spec.system is None:
         return diagnostics
-    n, m = _sizes(spec)
+    n, m = _sizes(spec, spec.backup)
     if isinstance(spec.backup, TorchBackup) and spec.backup.file is not None:
         try:
             load_torch_file(spec.backup.file, base_dir, n, m, "backup", spec)

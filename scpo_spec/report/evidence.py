@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,15 @@ class Evidence:
     trajectories: object | None = None    # final.Trajectories: the final policy's rollouts
     regression: object | None = None      # final.RegressionFit: f(x) against the data and band
     final_note: str | None = None         # why the final policy could not be shown, if so
+
+    @cached_property
+    def uncertainty(self) -> dict | None:
+        """The parameters and disturbances with their ranges and the digest of the training
+        draws, made from the checked spec (the audit holds the header's account to it)."""
+        if self.spec is None:
+            return None
+        from scpo_spec.language.scenarios import uncertainty_record
+        return uncertainty_record(self.spec)
 
     @property
     def refuted_then_accepted(self) -> int:

@@ -151,7 +151,7 @@ def trajectories(compiled, theta: np.ndarray) -> Trajectories | None:
             picks.append((j, f"#{j}: {why}"))
     picks = picks[:MAX_SCENARIOS]
     idx = torch.as_tensor([p for p, _ in picks])
-    X, U = ev.rollout(th, ev.x0[idx])
+    X, U = ev.rollout(th, *ev.select(idx))
     spec = compiled.spec
     return Trajectories([p for p, _ in picks], [w for _, w in picks], X[0].numpy(), U[0].numpy(),
                         [s.name for s in spec.system.states], [s.name for s in spec.system.inputs],

@@ -3,6 +3,12 @@ float64 torch map x⁺ = F(x, u), states (..., n) and inputs (..., m) → (..., 
 batch shape (candidates × scenarios): one closure per equation, each a few torch calls over the
 whole batch — no Python per scenario.
 
+A spec's `parameter`s and `disturbance`s are the map's third argument w (..., p + d), parameters
+first, in declaration order: F(x, u, w), w broadcast against x like u (the evaluator passes
+(1, S, p + d) per step: the same draws for every candidate).  Called without w, F uses the middle
+of each range (the nominal plant: where it is linearised and its operating point checked).  An
+ODE holds w over the control period, as it holds u.
+
 An ODE ẋ = f(x, u) is integrated over the control period dt with the input held, in `substeps`
 steps of h = dt / substeps of the integrator (rk4, the default; euler; midpoint).
 """
@@ -18,10 +24,12 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.errors import ScpoError
 from scpo_spec.language import expr as E
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, evaluate
+from scpo_spec.language.lets import expand
 from scpo_spec.language.model import DEFAULTS, DiscreteSystem, OdeSystem, Spec
+from scpo_spec.language.scenarios import uncertain_ranges
 from scpo_spec.systems.expressions import Constant, ElementwiseCompiler
 
-StepMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepMap = Callable[..., torch.Tensor]  # (x, u) or (x, u, w) ↦ x⁺
 INTEGRATORS = ("rk4", "euler", "midpoint")
 
 
@@ -41,7 +49,8 @@ class DeclaredSystemError(ScpoError):
 
 
 class EquationCompiler(ElementwiseCompiler[torch.Tensor]):
-    """A scalar expression of states, inputs and constants → ctx = (x, u, memo) ↦ tensor (...).
+    """A scalar expression of states, inputs, uncertain values and constants → ctx = (x, u,
+    memo, w) ↦ tensor (...).
 
     A sub-expression written more than once across the system's equations (a cart-pole's shared
     `temp` term, `sin(theta)`) is computed once per evaluation: its value is kept in `memo` for
@@ -49,8 +58,12 @@ class EquationCompiler(ElementwiseCompiler[torch.Tensor]):
 
     plain = True
 
-    def __init__(self, states: list[str], inputs: list[str], consts: dict):
+    def __init__(self, states: list[str], inputs: list[str], consts: dict,
+                 uncertain: list[str] = (), nominal: np.ndarray | None = None):
         self.states, self.inputs, self.consts = states, inputs, consts
+        self.uncertain = list(uncertain)  # parameters then disturbances: w's components
+        self.nominal = torch.as_tensor(np.zeros(len(self.uncertain)) if nominal is None
+                                       else nominal, dtype=DTYPE)
         self._shared: dict[str, int] = {}   # canonical text → memo slot, for repeated ones
         self._compiled: dict[str, Callable] = {}
 
@@ -86,10 +99,13 @@ class EquationCompiler(ElementwiseCompiler[torch.Tensor]):
         if e.id in self.inputs:
             j = self.inputs.index(e.id)
             return lambda ctx: ctx[1][..., j]
+        if e.id in self.uncertain:
+            k = self.uncertain.index(e.id)
+            return lambda ctx: ctx[3][..., k]
         value = self.consts.get(e.id, BUILTIN_CONSTANTS.get(e.id))
         if value is None:
-            raise self.error(f"unknown name '{e.id}' in an equation (it may use states, inputs "
-                             "and constants)", e)
+            raise self.error(f"unknown name '{e.id}' in an equation (it may use states, inputs, "
+                             "parameters, disturbances and constants)", e)
         if np.ndim(value) != 0:
             raise self.error(f"'{e.id}' is not a number; an equation is one number per state",
                              e)
@@ -141,8 +157,10 @@ class EquationCompiler(ElementwiseCompiler[torch.Tensor]):
         slots = len(self._shared)
         constant = any(isinstance(p, Constant) for p in parts)
 
-        def F(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-            ctx = (x, u, [None] * slots)
+        nominal = self.nominal
+
+        def F(x: torch.Tensor, u: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+            ctx = (x, u, [None] * slots, nominal if w is None else w)
             outs = [p(ctx) for p in parts]
             if not constant:
                 try:
@@ -158,37 +176,72 @@ def _integrator(f: StepMap, dt: float, substeps: int, method: str) -> StepMap:
     """x⁺ after `substeps` steps of h = dt / substeps of `method`, u held."""
     h = dt / substeps
 
-    def euler(x, u):
-        return x + h * f(x, u)
+    def euler(x, u, w=None):
+        return x + h * f(x, u, w)
 
-    def midpoint(x, u):
-        return x + h * f(x + (h / 2) * f(x, u), u)
+    def midpoint(x, u, w=None):
+        return x + h * f(x + (h / 2) * f(x, u, w), u, w)
 
-    def rk4(x, u):
-        k1 = f(x, u)
-        k2 = f(x + (h / 2) * k1, u)
-        k3 = f(x + (h / 2) * k2, u)
-        k4 = f(x + h * k3, u)
+    def rk4(x, u, w=None):
+        k1 = f(x, u, w)
+        k2 = f(x + (h / 2) * k1, u, w)
+        k3 = f(x + (h / 2) * k2, u, w)
+        k4 = f(x + h * k3, u, w)
         return x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
     one = {"euler": euler, "midpoint": midpoint, "rk4": rk4}[method]
     if substeps == 1:
         return one
 
-    def step(x, u):
+    def step(x, u, w=None):
         for _ in range(substeps):
-            x = one(x, u)
+            x = one(x, u, w)
         return x
     return step
+
+
+def _expanded(spec: Spec, e: E.Node) -> E.Node:
+    """e with the spec's lets replaced by their definitions (language/lets.py)."""
+    return expand(e, spec)
+
+
+def _expanded_equations(spec: Spec, eqs: list) -> list:
+    """The equations with the spec's lets expanded (a copy each; the model is not changed)."""
+    return [eq.model_copy(update={"expr": _expanded(spec, eq.expr)}) for eq in eqs]
+
+
+def compile_observation(spec: Spec, exprs: list) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A controller's `observe = [e₁, …, e_p]` as one batched map: states (…, n) → (…, p)
+    (expressions of states and constants, lets expanded), compiled once."""
+    consts = {c.name: c.value.value for c in spec.consts}
+    compiler = EquationCompiler([s.name for s in spec.system.states], [], consts)
+    parts = [compiler.value(_expanded(spec, e)) for e in exprs]
+
+    def observe(x: torch.Tensor) -> torch.Tensor:
+        ctx = (x, None, [])
+        outs = [p(ctx) for p in parts]
+        return torch.stack(torch.broadcast_tensors(*outs, x[..., 0])[:-1], dim=-1)
+    return observe
+
+
+def uncertain_nominal(spec: Spec) -> tuple[list[str], np.ndarray]:
+    """w's component names (parameters, then disturbances) and the middle of each range."""
+    names, mids = [], []
+    for section in ("parameter", "disturbance"):
+        got, lo, hi = uncertain_ranges(spec, section)
+        names += got
+        mids += list((lo + hi) / 2)
+    return names, np.array(mids, dtype=np.float64)
 
 
 def compile_declared(spec: Spec) -> StepMap:
     """The one-step map of a `system discrete` or `system ode`."""
     system = spec.system
     consts = {c.name: c.value.value for c in spec.consts}
+    names, nominal = uncertain_nominal(spec)
     compiler = EquationCompiler([s.name for s in system.states], [s.name for s in system.inputs],
-                                consts)
+                                consts, names, nominal)
     if isinstance(system, DiscreteSystem):
-        return compiler.equations(system.next, "next")
+        return compiler.equations(_expanded_equations(spec, system.next), "next")
     if not isinstance(system, OdeSystem):
         raise TypeError(f"not a declared system: {system.kind}")
     method = (system.integrator.name if system.integrator is not None
@@ -199,4 +252,5 @@ def compile_declared(spec: Spec) -> StepMap:
         DEFAULTS[("system ode", "substeps")]
     if system.dt is None or not float(system.dt) > 0 or substeps < 1:
         raise DeclaredSystemError("an ode system needs dt > 0 and substeps ≥ 1")
-    return _integrator(compiler.equations(system.der, "der"), float(system.dt), substeps, method)
+    return _integrator(compiler.equations(_expanded_equations(spec, system.der), "der"),
+                       float(system.dt), substeps, method)

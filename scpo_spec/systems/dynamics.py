@@ -101,6 +101,8 @@ class Dynamics:
     env_id: str | None = None         # gymnasium: the registered environment id
     map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # discrete, ode,
     #                                   python: the one-step map (a PythonPlant for python)
+    x_star: np.ndarray | None = None  # the operating point (`equilibrium`; None: the origin)
+    u_star: np.ndarray | None = None
 
     def __post_init__(self):
         if self.A is not None:
@@ -109,9 +111,12 @@ class Dynamics:
         self._linearised: tuple[np.ndarray, np.ndarray] | None = None
         self._moved: dict = {}  # device → (Aᵀ, Bᵀ) there
 
-    def step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, u: torch.Tensor, w: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """x⁺ from x and u; `w` (..., p + d): the scenarios' parameters and this step's
+        disturbances, read by declared equations (None: the middle of each range)."""
         if self.map is not None:
-            return self.map(x, u)
+            return self.map(x, u) if w is None else self.map(x, u, w)
         if self.kind == "linear":
             At, Bt = self._on(x.device)
             return x @ At + u @ Bt
@@ -126,8 +131,11 @@ class Dynamics:
                              "(scpo_spec.systems.gym_rollout), not in torch")
         return x  # static
 
-    def rollout_step(self, views: RolloutViews) -> Callable[[int], None]:
-        """t ↦ X[t+1] = step(X[t], U[t]), written into a rollout's buffers (`views`).  A linear
+    def rollout_step(self, views: RolloutViews, uncertain: torch.Tensor | None = None
+                     ) -> Callable[[int], None]:
+        """t ↦ X[t+1] = step(X[t], U[t], W[t]), written into a rollout's buffers (`views`);
+        `uncertain` is W (T, 1, S, p + d), read when the step is taken (a kept buffer may be
+        refilled between rollouts), None when the spec declares no uncertainty.  A linear
         plant is two BLAS calls on (C·S, ·) views, X[t+1] = X[t] Aᵀ, then += U[t] Bᵀ by
         `addmm_` (a fused multiply-add: equal to rounding to x @ Aᵀ + u @ Bᵀ,
         tests/test_perf_equality.py); any other plant is `step` copied into X[t+1] (the same
@@ -140,6 +148,12 @@ class Dynamics:
                 mm(xf[t], At, out=xf[t + 1]).addmm_(uf[t], Bt)
             return linear
         xs, us, step = views.xs, views.us, self.step
+        if uncertain is not None and self.map is not None:
+            ws = uncertain.unbind(0)
+
+            def uncertain_step(t: int) -> None:
+                xs[t + 1].copy_(step(xs[t], us[t], ws[t]))
+            return uncertain_step
 
         def mapped(t: int) -> None:
             xs[t + 1].copy_(step(xs[t], us[t]))
@@ -155,11 +169,12 @@ class Dynamics:
         return moved
 
     def linearisation(self) -> tuple[np.ndarray, np.ndarray]:
-        """(A, B) of the plant linearised at x = 0, u = 0."""
+        """(A, B) of the plant linearised at the operating point (x*, u*)."""
         if self.kind == "linear":
             return self.A, self.B
         if self.kind == "pendulum":
-            a = 3 * self.g / (2 * self.length)
+            theta_star = 0.0 if self.x_star is None else float(self.x_star[0])
+            a = 3 * self.g / (2 * self.length) * np.cos(theta_star)
             b = 3 / (self.mass * self.length ** 2)
             dt = self.dt
             return (np.array([[1 + dt * dt * a, dt], [dt * a, 1.0]]),
@@ -171,10 +186,14 @@ class Dynamics:
         raise ValueError(f"a '{self.kind}' system has no linearisation")
 
     def _autograd_linearisation(self) -> tuple[np.ndarray, np.ndarray]:
-        """∂F/∂x and ∂F/∂u of the one-step map at x = 0, u = 0 (a batch of one), by autograd."""
+        """∂F/∂x and ∂F/∂u of the one-step map at (x*, u*) (a batch of one), by autograd."""
         if isinstance(self.map, PythonPlant):
             self.map.load()  # import and probe errors first, with their own messages
-        x0, u0 = torch.zeros(1, self.n, dtype=DTYPE), torch.zeros(1, self.m, dtype=DTYPE)
+        x_star = torch.zeros(self.n, dtype=DTYPE) if self.x_star is None else \
+            torch.as_tensor(self.x_star, dtype=DTYPE)
+        u_star = torch.zeros(self.m, dtype=DTYPE) if self.u_star is None else \
+            torch.as_tensor(self.u_star, dtype=DTYPE)
+        x0, u0 = x_star[None].clone(), u_star[None].clone()
         with torch.enable_grad():
             probe = self.map(x0.requires_grad_(), u0.requires_grad_())
             if not probe.requires_grad:
@@ -184,8 +203,7 @@ class Dynamics:
                     "linearisation for spectral_radius, backup lqr or lyapunov(backup)")
             try:
                 A, B = torch.autograd.functional.jacobian(
-                    lambda x, u: self.map(x[None], u[None])[0],
-                    (torch.zeros(self.n, dtype=DTYPE), torch.zeros(self.m, dtype=DTYPE)))
+                    lambda x, u: self.map(x[None], u[None])[0], (x_star, u_star))
             except RuntimeError as err:
                 raise LinearisationError(f"differentiating the {self.kind} system's step at the "
                                          f"origin failed: {str(err).splitlines()[0]}") from None
@@ -193,9 +211,27 @@ class Dynamics:
 
 
 
+def operating_point(spec: Spec, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x*, u*) float64, (n,) and (m,): the system's `equilibrium` (zeros where not named)."""
+    point = getattr(spec, "equilibrium_point", None)
+    if point is None or getattr(spec.system, "equilibrium", None) is None:
+        return np.zeros(n), np.zeros(m)
+    x_star, u_star = point()
+    return (np.asarray(x_star, dtype=np.float64).reshape(n),
+            np.asarray(u_star, dtype=np.float64).reshape(m))
+
+
 def make_dynamics(spec: Spec, base_dir: Path | None = None) -> Dynamics:
     """The torch plant of a checked spec (a python system's module is looked for in `base_dir`
     first, and imported only when first stepped or linearised)."""
+    dynamics = _plant(spec, base_dir)
+    x_star, u_star = operating_point(spec, dynamics.n, dynamics.m)
+    if np.any(x_star) or np.any(u_star):
+        dynamics.x_star, dynamics.u_star = x_star, u_star
+    return dynamics
+
+
+def _plant(spec: Spec, base_dir: Path | None) -> Dynamics:
     system = spec.system
     n, m = len(system.states), len(system.inputs)
     if isinstance(system, LinearSystem):

@@ -153,9 +153,11 @@ class IntervalCompiler(S.ElementwiseCompiler):
     bounds at t = 0 per cell, (lo, hi) each (N,)."""
 
     def __init__(self, states: list[str], inputs: list[str], consts: dict,
-                 lyapunov_backup: np.ndarray | None = None):
+                 lyapunov_backup: np.ndarray | None = None,
+                 lyapunov_center: np.ndarray | None = None):
         self.states, self.inputs, self.consts = states, inputs, consts
         self.lyapunov_backup = lyapunov_backup
+        self.lyapunov_center = lyapunov_center  # x*: V = (x − x*)ᵀ P (x − x*)
         self.reach: Reach | None = None
         self.spectral_radius: float | None = None
 
@@ -228,9 +230,15 @@ class IntervalCompiler(S.ElementwiseCompiler):
                 raise Unsupported("lyapunov(backup) without a backup's P")
             P = np.atleast_2d(np.asarray(P, dtype=np.float64))
 
+            center = (None if self.lyapunov_center is None
+                      else torch.as_tensor(self.lyapunov_center, dtype=DTYPE))
+
             def lyapunov(ctx):
                 r = self.reach
-                V = _quad(Iv(r.states_lo[:, None], r.states_hi[:, None], True), P)
+                lo, hi = r.states_lo[:, None], r.states_hi[:, None]
+                if center is not None:  # fl(x − x*) is monotone in x: the ends' own roundings
+                    lo, hi = lo - center, hi - center
+                V = _quad(Iv(lo, hi, True), P)
                 lo0 = V.lo[:, :, :1].clamp_min(S.LYAPUNOV_FLOOR)
                 hi0 = V.hi[:, :, :1].clamp_min(S.LYAPUNOV_FLOOR)
                 lo, hi = V.lo.clamp_min(0), V.hi  # V ≥ 0 (P is positive semidefinite)

@@ -18,6 +18,7 @@ import torch
 from scpo_spec.language import expr as E
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS
 from scpo_spec.language.model import DEFAULTS, DiscreteSystem, Spec
+from scpo_spec.systems.declared import _expanded
 from scpo_spec.systems.expressions import Constant, ElementwiseCompiler
 from scpo_spec.verify.zonotope import LIB_ERROR, TINY, U, Zono, activation, up
 
@@ -234,6 +235,26 @@ class AffineEquations(ElementwiseCompiler):
         raise Unbounded(f"'{E.unparse(e)}'")
 
 
+def observation_map(spec: Spec, exprs: list):
+    """A controller's declared observation: x components ↦ o components (one-component
+    zonotopes), as systems/declared.py's `compile_observation` computes them (lets expanded);
+    affine expressions keep every generator, the rest go through this affine arithmetic."""
+    consts = {c.name: c.value.value for c in spec.consts}
+    compiler = AffineEquations([s.name for s in spec.system.states], [], consts)
+    parts = [compiler.value(_expanded(spec, e)) for e in exprs]
+
+    def observe(x: list) -> list:
+        out = []
+        for p in parts:
+            v = p((x, []))
+            if _is_number(v):  # a constant entry: the same number in every cell
+                v = Zono(torch.full_like(x[0].c, float(v)), torch.zeros_like(x[0].G),
+                         torch.zeros_like(x[0].e))
+            out.append(v)
+        return out
+    return observe
+
+
 def declared_step(spec: Spec):
     """(x components, u components) ↦ x⁺ components, as systems/declared.py computes them."""
     system = spec.system
@@ -241,9 +262,9 @@ def declared_step(spec: Spec):
     compiler = AffineEquations([s.name for s in system.states],
                                [s.name for s in system.inputs], consts)
     if isinstance(system, DiscreteSystem):
-        eqs = {eq.state.name: compiler.value(eq.expr) for eq in system.next}
+        eqs = {eq.state.name: compiler.value(_expanded(spec, eq.expr)) for eq in system.next}
     else:
-        eqs = {eq.state.name: compiler.value(eq.expr) for eq in system.der}
+        eqs = {eq.state.name: compiler.value(_expanded(spec, eq.expr)) for eq in system.der}
     parts = [eqs[s.name] for s in system.states]
 
     def f(x: list, u: list) -> list:

@@ -18,6 +18,7 @@ import torch
 
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
+from scpo_spec.language.lets import expand
 from scpo_spec.language.scenarios import initial_box
 from scpo_spec.verify.bounds import IntervalCompiler
 from scpo_spec.verify.reach import ClosedLoop, Unsupported
@@ -125,6 +126,9 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
                                                       reason=reason)
                              for m, mg in zip(metrics, margins)}, reason)
     try:
+        if compiled.evaluator.draws is not None:
+            raise Unsupported("parameters and disturbances are not bounded by the verifier yet "
+                              "(the claim stays the one on the scenarios' draws)")
         if compiled.settings.aggregate != "hard":
             raise Unsupported("`aggregate smooth`: the rounding of its logsumexp is not "
                               "bounded yet")
@@ -133,13 +137,14 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         compiler = IntervalCompiler([s.name for s in spec.system.states],
                                     [s.name for s in spec.system.inputs],
                                     {c.name: c.value.value for c in spec.consts},
-                                    compiled.backup.P if compiled.backup is not None else None)
+                                    compiled.backup.P if compiled.backup is not None else None,
+                                    compiled.dynamics.x_star)
     except Unsupported as e:
         return undecided(str(e))
     bounders, unbounded = [], [None] * len(metrics)  # a metric it cannot bound: its reason
     for j, prop in enumerate(spec.properties):
         try:
-            bounders.append(compiler.formula(prop.formula))
+            bounders.append(compiler.formula(expand(prop.formula, spec)))
         except Unsupported as e:
             bounders.append(None)
             unbounded[j] = str(e)

@@ -5,7 +5,10 @@ states (compile/evaluator.py's float64 rollout, rounding included: zonotope.py).
 What is covered: plants `linear` (exact but for rounding), `static`, `pendulum` (sin by a
 mean-value remainder) and declared `discrete`/`ode` ones (declared.py: the integrator's one-step
 map); policies `mlp` (tanh, sigmoid, relu, elu, softplus, identity; `residual = backup` over a
-gain backup: lqr or linear) and `linear`, and a `torch` policy mapped onto the MLP family.
+gain backup: lqr or linear, affine with `k` or around x*) and `linear`, and a `torch` policy
+mapped onto the MLP family; around an operating point (x*, u*), with an output scale, and with
+a declared observation (affine ones exactly but for rounding, others through declared.py's
+affine arithmetic, or Unsupported naming what it cannot bound).
 Anything else raises Unsupported with the reason (the verdict is then UNDECIDED, never PROVED).
 """
 
@@ -44,6 +47,14 @@ def _cat(zs: list[Zono]) -> Zono:
 
 def _column(z: Zono, i: int) -> Zono:
     return Zono(z.c[:, i:i + 1], z.G[:, :, i:i + 1], z.e[:, i:i + 1])
+
+
+def _one(like: Zono, value: torch.Tensor) -> tuple[Zono, torch.Tensor]:
+    """A constant vector as an `affine` part: the number 1 (no generators) times value (D, 1),
+    so that it counts as one more term of the evaluator's sum."""
+    N = like.c.shape[0]
+    one = Zono(like.c.new_ones(N, 1), like.c.new_zeros(N, 0, 1), like.c.new_zeros(N, 1))
+    return one, value.reshape(-1, 1)
 
 
 def _sin(z: Zono) -> Zono:
@@ -94,8 +105,20 @@ class ClosedLoop:
         self.activation = family.activation
         backup = family.backup
         if backup is not None and backup.module is not None:
-            raise Unsupported("a TorchScript backup is not bounded by the verifier yet")
+            raise Unsupported("a frozen backup (a TorchScript backup, an ONNX file, or one that declares "
+                              "`observe`) is not bounded by the verifier yet")
         self.K = None if backup is None else torch.as_tensor(backup.K, dtype=DTYPE)
+        self.offset = (None if backup is None or backup.offset is None
+                       else torch.as_tensor(backup.offset, dtype=DTYPE))
+        self.around = family.around
+        self.observe = None
+        if self.around is not None and self.around.observe is not None:
+            from scpo_spec.verify.declared import Unbounded, observation_map
+            try:
+                self.observe = observation_map(compiled.spec, self.around.observe_exprs)
+            except Unbounded as e:
+                raise Unsupported(f"the policy's observation uses {e}, which the verifier "
+                                  "does not bound yet") from None
         theta = torch.as_tensor(theta, dtype=DTYPE).reshape(1, -1)
         self.layers = [(W[0].clone(), None if b is None else b[0, 0].clone())
                        for W, b in family._unpack(theta)]
@@ -110,16 +133,55 @@ class ClosedLoop:
 
     # ---- one step ----
     def policy(self, x: Zono) -> Zono:
-        """u = net(x) (+ K x), its generators x's first, then the neurons'."""
+        """u = net(x) (+ K x (+ offset)), its generators x's first, then the neurons'; around
+        an operating point `_around` (the evaluator's operations in its order)."""
+        if self.around is not None:
+            return self._around(x)
         h, last = x, len(self.layers) - 1
         for i, (W, b) in enumerate(self.layers):
             parts = [(h, W)]
             if i == last and self.K is not None:  # u = W h + b, then += x Kᵀ (addmm_)
                 parts.append((x, self.K))
+                if self.offset is not None:  # + (x Kᵀ + offset): one more term of the sum
+                    parts.append(_one(x, self.offset))
             h = affine(parts, b)
             if i < last:
                 h = activation(h, self.activation)
         return h
+
+    def _observation(self, x: Zono) -> Zono:
+        if self.observe is not None:
+            from scpo_spec.verify.declared import Unbounded
+            try:
+                return _cat(self.observe([_column(x, i) for i in range(self.n)]))
+            except Unbounded as e:
+                raise Unsupported(f"the policy's observation uses {e}, which the verifier "
+                                  "does not bound yet") from None
+        if not self.around.shifted:
+            return x
+        x_star = x.c.new_tensor(self.around.x_star)  # fl(x − x*): a two-term sum
+        return affine([(x, torch.eye(self.n, dtype=DTYPE)), _one(x, -x_star)], None)
+
+    def _around(self, x: Zono) -> Zono:
+        """o = observe(x) or x − x*; z = net(o); z ⊙= s; then z + x Kᵀ (+ offset) for a gain
+        backup, or z + u*."""
+        h, last = self._observation(x), len(self.layers) - 1
+        for i, (W, b) in enumerate(self.layers):
+            h = affine([(h, W)], b)
+            if i < last:
+                h = activation(h, self.activation)
+        if self.around.scale is not None:
+            from scpo_spec.verify.declared import _rounded
+            s = h.c.new_tensor(self.around.scale)
+            h = _rounded(h.c * s, h.G * s, h.e * s.abs())
+        parts = [(h, torch.eye(self.m, dtype=DTYPE))]
+        if self.K is not None:
+            parts.append((x, self.K))
+            if self.offset is not None:
+                parts.append(_one(x, self.offset))
+        elif self.around.offset:
+            parts.append(_one(x, h.c.new_tensor(self.around.u_star)))
+        return h if len(parts) == 1 else affine(parts, None)
 
     @staticmethod
     def _unbounded(kind: str, e: Exception) -> str:

@@ -45,6 +45,7 @@ from scpo_spec.compile.evaluator import RolloutEvaluator
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language import code
 from scpo_spec.language import model as M
+from scpo_spec.language.scenarios import Draws
 
 INSTALL_HINT = "pip install 'scpo-spec[ray]'"
 PROBE_TIMEOUT_S = 5.0      # TCP check of a cluster address (ray.init would retry for minutes)
@@ -58,11 +59,14 @@ class RayUnavailable(ScpoError):
 
 def fingerprint(ev: RolloutEvaluator) -> str:
     """What the workers must agree on with the driver: metric names, horizon and scenarios (x₀,
-    or a gymnasium system's reset seeds)."""
+    or a gymnasium system's reset seeds, and the parameters' and disturbances' draws)."""
     h = hashlib.sha256()
     h.update(repr((list(ev.names), int(ev.horizon))).encode())
     x0 = np.ascontiguousarray(ev.x0.detach().cpu().numpy())  # float64 states or int64 seeds
     h.update(x0.dtype.str.encode() + x0.tobytes())
+    if ev.draws is not None:
+        h.update(Draws(ev.draws.parameters.numpy(), ev.draws.disturbances.numpy())
+                 .digest().encode())
     return h.hexdigest()
 
 
@@ -190,9 +194,11 @@ class EvaluatorWorker:
     def metrics(self, thetas: np.ndarray) -> np.ndarray:
         return self.ev(torch.from_numpy(thetas)).numpy()
 
-    def per_scenario(self, thetas: np.ndarray, x0: np.ndarray | None) -> np.ndarray:
+    def per_scenario(self, thetas: np.ndarray, x0: np.ndarray | None,
+                     draws: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         x0_t = torch.from_numpy(x0) if x0 is not None else None
-        return self.ev.per_scenario(torch.from_numpy(thetas), x0_t).numpy()
+        return self.ev.per_scenario(torch.from_numpy(thetas), x0_t,
+                                    Draws(*draws) if draws is not None else None).numpy()
 
 
 def _one_line(e: BaseException) -> str:
@@ -310,8 +316,18 @@ class RayEvaluator:
     def horizon(self) -> int:
         return self.local.horizon
 
-    def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None):
-        return self.local.rollout(thetas, x0)
+    @property
+    def draws(self):
+        return self.local.draws
+
+    def select(self, index):
+        return self.local.select(index)
+
+    def trace(self, *args, **kwargs):
+        return self.local.trace(*args, **kwargs)
+
+    def rollout(self, thetas: torch.Tensor, x0: torch.Tensor | None = None, draws=None):
+        return self.local.rollout(thetas, x0, draws)
 
     @torch.no_grad()
     def __call__(self, thetas: torch.Tensor) -> torch.Tensor:
@@ -321,12 +337,16 @@ class RayEvaluator:
         return self._spread("metrics", thetas)
 
     @torch.no_grad()
-    def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
+    def per_scenario(self, thetas: torch.Tensor, x0: torch.Tensor | None = None,
+                     draws=None) -> torch.Tensor:
         thetas = torch.as_tensor(thetas, dtype=DTYPE)
         if thetas.shape[0] < self.local_below or not self._actors:
-            return self.local.per_scenario(thetas, x0)
+            return self.local.per_scenario(thetas, x0, draws)
         x0_np = np.ascontiguousarray(x0.detach().cpu().numpy()) if x0 is not None else None
-        return self._spread("per_scenario", thetas, x0_np)
+        draws = self.local.draws_for(x0, draws) if x0 is not None else None  # checked here
+        draws_np = None if draws is None else (draws.parameters.numpy(),
+                                               draws.disturbances.numpy())
+        return self._spread("per_scenario", thetas, x0_np, draws_np)
 
     def _spread(self, method: str, thetas: torch.Tensor, *extra) -> torch.Tensor:
         rows = thetas.detach().cpu().numpy().astype(np.float64, copy=False)
