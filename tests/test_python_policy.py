@@ -344,3 +344,37 @@ def test_buffers_are_kept_and_are_not_theta(nets):
     o = (x[0].numpy() - [0.5, -0.25]) / [2.0, 4.0]
     for c, theta in enumerate(thetas.numpy()):
         assert_close_across_paths(u[c], o @ theta[:2, None] + theta[2])
+
+
+OBSERVED_NETS = '''
+import torch
+from torch import nn
+
+
+def make_observed():
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+'''
+
+
+def test_observation_and_output_scale_wrap_a_python_module_as_any_policy(tmp_path):
+    """u = s ⊙ net(o), o = observe(x): the python module and the built-in MLP family, the same
+    network and the same `observe`/`output_scale`, give the same rollouts and metrics (the
+    spectral radius through ∂o/∂x at x* included)."""
+    from scpo_spec.compile.evaluator import RolloutEvaluator
+    from scpo_spec.compile.problem import compile_spec
+    from tests.engine_specs import small_di, spec_of
+    (tmp_path / "observed_nets.py").write_text(OBSERVED_NETS, encoding="utf-8")
+    wrap = "observe = [position, velocity, position * velocity]  output_scale = [0.5]"
+    mlp = small_di().replace(MLP_LINE, f"policy mlp {{ hidden = [8]  activation = tanh  {wrap} }}")
+    py = small_di().replace(MLP_LINE, f'policy python "observed_nets:make_observed" {{ {wrap} }}')
+    ref = compile_spec(spec_of(mlp, tmp_path), tmp_path)
+    mine = compile_spec(spec_of(py, tmp_path), tmp_path)
+    assert isinstance(mine.family, ModuleFamily) and mine.family.d == ref.family.d == 3 * 8 + 8 + 9
+    torch.manual_seed(4)
+    thetas = ref.family.theta0 + 0.3 * torch.randn(3, ref.family.d, dtype=torch.float64)
+    assert_close_across_paths(mine.evaluator(thetas), ref.evaluator(thetas))
+    X, U = mine.evaluator.rollout(thetas)
+    X_ref, U_ref = ref.evaluator.rollout(thetas)
+    assert_close_across_paths(U, U_ref)
+    x = np.array([[0.3, -0.2], [1.0, 0.5]])  # the module view: the same u = s ⊙ net(o)
+    assert_close_across_paths(mine.family.module(thetas[1])(x), ref.family.module(thetas[1])(x))
