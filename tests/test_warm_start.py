@@ -81,6 +81,10 @@ def test_a_warm_started_run_never_reads_its_source_again(source, tmp_path):
     assert a.ok and a.accepted_violations == 0
     run = load_run(res.run_dir)
     assert run.verdict.word == "CERTIFIED" and run.spec.policy.kind == "mlp"
+    from scpo_spec.report import gather, write_report
+    md = write_report(gather(res.run_dir), tmp_path / "r.md", "md").read_text()
+    assert "**CERTIFIED**" in md and "**Warm start.** θ₀ is the last policy that the run " \
+        f"`runs/src` accepted (its head `{head[:16]}…`)" in md
     assert all(v <= -run.margins[k] for k, v in run.metrics().items())
     # one step more (--resume --steps 3), the source still gone
     res2 = train(base / "spec.scpo", spec_of(text, base), text, out=base / "runs" / "next",
