@@ -123,14 +123,17 @@ def _report(results: list[CheckResult], console: Console = err) -> None:
         render(r.diagnostics, {r.source.path: r.source}, console)
 
 
-def _check_file(file: Path) -> CheckResult:
+def _check_file(file: Path, resuming: bool = False) -> CheckResult:
     """The language checks, then — once they pass — the checks that run the author's code (a
-    `system python` callable): a bad callable is one more located error, the same exit code."""
+    `system python` callable): a bad callable is one more located error, the same exit code.
+    A `policy from` run is audited too, unless `resuming` (the run recorded its source)."""
     result = check_file(file)
     if result.ok:
         from scpo_spec.compile.usercode import check_code
-        result.diagnostics = sorted([*result.diagnostics,
-                                     *check_code(result.spec, file.resolve().parent)],
+        from scpo_spec.engine.warm import check_warm_start
+        base = file.resolve().parent
+        warm = [] if resuming else check_warm_start(result.spec, base)
+        result.diagnostics = sorted([*result.diagnostics, *check_code(result.spec, base), *warm],
                                     key=lambda d: d.sort_key())
     return result
 
@@ -230,8 +233,8 @@ def _bound(margin: float) -> str:
 
 
 def _compile_or_exit(result: CheckResult, file: Path):
-    from scpo_spec.compile.problem import compile_spec
-    return compile_spec(result.spec, file.resolve().parent)
+    from scpo_spec.engine.warm import compile_warm  # a `policy from` resolved
+    return compile_warm(result.spec, file.resolve().parent)[0]
 
 
 def _read_model(file: Path, action: str = "rewritten") -> tuple[CheckResult, str] | None:
@@ -380,10 +383,10 @@ def convert(file: Path = typer.Argument(..., help="A spec file."),
         sys.stdout.write(converted)
 
 
-def _checked(file: Path, code: int = 1) -> CheckResult:
+def _checked(file: Path, code: int = 1, resuming: bool = False) -> CheckResult:
     """A spec that passed `check`, or exit `code` with its diagnostics."""
     _need_spec_files([file])
-    result = _check_file(file)
+    result = _check_file(file, resuming)
     if not result.ok:
         _report([result])
         err.print(f"[red]✗[/] {_esc(file)}: fix the errors above first (`scpo check {_esc(file)}`)")
@@ -504,7 +507,7 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         _usage("--resume continues the run in --out and --force starts a new one: give one")
     if mlflow is not None and no_mlflow:
         _usage("--mlflow tracks the run in MLflow and --no-mlflow does not: give one")
-    result = _checked(file, code=2)
+    result = _checked(file, code=2, resuming=resume)
     if sign is not None:  # a key that cannot sign is a usage error, said before training
         from scpo_spec.audit.signing import SigningError, check_private_key
         try:

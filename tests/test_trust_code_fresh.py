@@ -82,10 +82,18 @@ def _policy_torch(home: Path) -> str:
     return small_di(steps=2).replace(MLP, 'policy torch { file "policy.pt" }')
 
 
+def _policy_python(home: Path) -> str:
+    from tests.test_python_policy import safe_nets  # a skip connection, θ₀ the LQR gain
+    (home / "scpo_fresh_nets.py").write_text(safe_nets(lqr_gain(home)), encoding="utf-8")
+    return small_di(steps=2).replace(MLP, 'policy python "scpo_fresh_nets:make_policy"')
+
+
 KINDS = {"system python": _python_plant, "system gymnasium": _gymnasium_module,
-         "backup torch": _backup_torch, "policy torch": _policy_torch}
+         "backup torch": _backup_torch, "policy torch": _policy_torch,
+         "policy python": _policy_python}
 CODE_FILE = {"system python": "scpo_fresh_plant.py", "system gymnasium": "scpo_fresh_point.py",
-             "backup torch": "ctrl.pt", "policy torch": "policy.pt"}
+             "backup torch": "ctrl.pt", "policy torch": "policy.pt",
+             "policy python": "scpo_fresh_nets.py"}
 
 
 def _run(args: list, cwd: Path) -> subprocess.CompletedProcess:

@@ -175,6 +175,7 @@ class Header(Record):
     versions: dict = field(default_factory=dict)
     command: str = ""
     code: list | None = None   # the code the spec names: kind, target, file, sha256 each
+    warm_start: dict | None = None  # `policy from`: the source run (audit/warm_start.py)
     uncertainty: dict | None = None  # parameters, disturbances (name, lo, hi) and the SHA-256
     #                                  of the training draws (language.scenarios.uncertainty_record)
 

@@ -286,6 +286,13 @@ class RunDir:
             problems = ran_as_recorded(header.code, result.spec, origin.parent, every=False)
             if problems:
                 raise CodeChanged(f"not trusting the code of {self.path}: {problems[0]}")
+        from scpo_spec.audit.warm_start import WarmStart, is_warm_start, resolved
+        if is_warm_start(result.spec):  # `policy from`: the family the header recorded
+            if header.warm_start is None:
+                raise RunError(f"{self.log}: the spec says `policy from`, but the header does "
+                               "not record the run it started from")
+            return resolved(result.spec, WarmStart.from_record(header.warm_start,
+                                                               str(self.log))), origin.parent
         return result.spec, origin.parent
 
     def declared(self, header: Header | None = None) -> dict | None:
@@ -507,6 +514,13 @@ class RunDir:
             raise RunError(str(e)) from None
         except OSError as e:
             raise RunError(f"{path} cannot be read: {e.strerror or e}") from None
+
+
+def built_spec(text: str, path: str, syntax: str | None):
+    """A spec text a header holds (a warm start's source, audit/warm_start.py), parsed and built
+    — nothing read, nothing run — or None when it does not build."""
+    from scpo_spec.language.load import parse_model
+    return parse_model(text, path=path, syntax=syntax).spec
 
 
 def _dimensions(lines: list[LogLine]) -> dict:

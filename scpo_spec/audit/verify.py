@@ -451,6 +451,10 @@ def _check_records(records: list, res: AuditResult) -> None:
             if a.theta is not None:
                 a.fail(f"record {seq}: a second initial policy")
             res.loss_first = res.loss_last = rec.loss
+            warm = header.warm_start  # `policy from`: θ₀ is the source run's last θ
+            if isinstance(warm, dict) and warm.get("theta0") != rec.theta:
+                a.fail(f"record {seq}: θ₀ is not the policy the header's warm start took from "
+                       f"{warm.get('run')!r}")
             a.accept(rec.theta, rec.g, "θ₀")
             a.initial_proof(rec, f"record {seq}")
         elif isinstance(rec, Resume):

@@ -31,6 +31,7 @@ class CompiledSpec:
     evaluator: RolloutEvaluator
     objective: Objective
     compiler: ExpressionCompiler = field(repr=False)
+    warm_start: dict | None = None  # `policy from`: the header's record (engine/warm.py)
 
     @property
     def metrics(self) -> list[Metric]:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from scpo_spec.language.diagnostics import Diagnostic
-from scpo_spec.language.dynamics import (OPERATING_POINT_HINT, linearisation_uses,
-                                         not_an_equilibrium, riccati_problem)
-from scpo_spec.language.model import LqrBackup, PythonSystem, Spec
+from scpo_spec.language.dynamics import (EQUILIBRIUM_HINT, OPERATING_POINT_HINT,
+                                         linearisation_uses, not_an_equilibrium, off_equilibrium,
+                                         riccati_problem)
+from scpo_spec.language.model import LqrBackup, PythonPolicy, PythonSystem, Spec
 
 
 def _python_system(spec: Spec, base_dir: Path) -> list[Diagnostic]:
@@ -103,6 +104,22 @@ def _onnx_files(spec: Spec, base_dir: Path) -> list[Diagnostic]:
     return check_files(spec, base_dir)
 
 
+def _python_policy(spec: Spec, base_dir: Path) -> list[Diagnostic]:
+    """`policy python "module:factory"`: importable, returns an nn.Module mapping (B, n) states
+    to (B, m) float64 inputs, and evaluable for several candidates at once (torch.func.vmap)."""
+    factory = spec.policy.factory if isinstance(spec.policy, PythonPolicy) else None
+    if factory is None or spec.system is None:
+        return []
+    from scpo_spec.policies.python_module import PythonPolicyError, load_python_module
+    observe = spec.policy.observe  # the network sees the observation (default x − x*)
+    inputs = len(observe) if observe is not None else len(spec.system.states)
+    try:
+        load_python_module(factory.value, inputs, len(spec.system.inputs), base_dir)
+    except PythonPolicyError as err:
+        return [Diagnostic(message=err.message, span=factory.span, hint=err.hint)]
+    return []
+
+
 def import_plant(dynamics) -> None:
     """A `system python` plant imported and probed now rather than at its first step (where
     `make_dynamics` leaves it): a trusted run's plant must run while only the bytes the run
@@ -148,8 +165,8 @@ def _device(spec: Spec, base_dir: Path) -> list[Diagnostic]:
                             "CUDA GPU and a CUDA build of torch")]
 
 
-CHECKS: list[Callable[[Spec, Path], list[Diagnostic]]] = [_python_system, _torch_files,
-                                                          _onnx_files, _device]
+CHECKS: list[Callable[[Spec, Path], list[Diagnostic]]] = [_python_system, _python_policy,
+                                                          _torch_files, _onnx_files, _device]
 
 
 def check_code(spec: Spec, base_dir: Path) -> list[Diagnostic]:

@@ -37,6 +37,7 @@ from scpo_spec.audit.log import FORMAT, AuditWriter, sha256_hex
 from scpo_spec.audit.records import (End, Header, Holdout, Init, Record, Resume, Step,
                                      parse_record)
 from scpo_spec.audit.rundir import RunDir, RunError, StateFile
+from scpo_spec.audit.warm_start import WarmStart, is_warm_start
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
 from scpo_spec.language.scenarios import uncertainty_record
 from scpo_spec.language.settings import declared_seeds
@@ -44,6 +45,7 @@ from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
+from scpo_spec.engine.warm import compile_warm
 from scpo_spec.language.code import (CodeError, expecting, identities, ran_as_recorded,
                                      unchanged)
 from scpo_spec.language.format import format_spec
@@ -148,8 +150,11 @@ def _occupied(path: Path, spec_path: Path) -> str:
             f"to move what is there aside to {_aside_name(path).name}")
 
 
-def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Trainer) -> Header:
-    spec, s = compiled.spec, compiled.settings
+def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Trainer,
+           written: Spec | None = None) -> Header:
+    """`written`: the spec as its text says, when `compiled.spec` is not (a `policy from`
+    compiled as the source's policy section): the header records the text's seeds and code."""
+    spec, s = written or compiled.spec, compiled.settings
     data = None
     if spec.objective.kind == "regression":
         path = spec_path.resolve().parent / spec.objective.data.value
@@ -171,7 +176,7 @@ def header(compiled: CompiledSpec, spec_text: str, spec_path: Path, trainer: Tra
                     "horizon": compiled.evaluator.horizon},
         objective=compiled.objective.describe, versions=versions(), command=" ".join(sys.argv),
         code=_code_that_ran(spec, spec_path.resolve().parent),
-        uncertainty=uncertainty_record(spec))
+        uncertainty=uncertainty_record(spec), warm_start=compiled.warm_start)
 
 
 def _code_that_ran(spec: Spec, base_dir: Path) -> list[dict] | None:
@@ -341,7 +346,10 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
             raise RunError(f"{run.path} is not a run that can be resumed (no {run.log.name})")
         run.lock()
     try:
-        compiled = compile_spec(spec, spec_path.resolve().parent)
+        recorded = None
+        if resume and is_warm_start(spec):  # the source as the run recorded it, not read again
+            recorded = WarmStart.from_record(run.header().warm_start, str(run.log))
+        compiled, _ = compile_warm(spec, spec_path.resolve().parent, recorded)
         evaluator = open_evaluator(compiled, spec_path.resolve().parent)
     except RayUnavailable as e:
         if run is not None:
@@ -402,7 +410,7 @@ def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
     try:
         run.spec_file(spec_path.suffix).write_text(spec_text, encoding="utf-8")
         recorder = Recorder(run, AuditWriter.create(run.log), trainer, on_record, asked_steps)
-        recorder.commit(header(compiled, spec_text, spec_path, trainer), state)
+        recorder.commit(header(compiled, spec_text, spec_path, trainer, spec), state)
         recorder.commit(Init(theta=theta_hash(state.theta), g=state.g, loss=state.loss,
                              ell=state.ell, margins=trainer.margins, proof=proof), state)
     except BaseException as e:  # not started: leave nothing behind

@@ -1,6 +1,7 @@
 """The code a spec names — a `system python` callable, a gymnasium `module:EnvId`, a `backup
-torch` or `policy torch` file — found, imported and fingerprinted in one place; and the ONNX
-files it names, fingerprinted the same way (they are data: read, never run).
+torch` or `policy torch` file, a `policy python` factory — found, imported and fingerprinted in
+one place; and the ONNX files it names, fingerprinted the same way (they are data: read, never
+run).
 
 Importing a module or loading a file runs its author's code, so only `check` and `train` of the
 author's own spec do it.  A run's header keeps each piece's identity (its file's SHA-256, found
@@ -76,6 +77,9 @@ def references(spec: M.Spec) -> list[Reference]:
         kind = getattr(node, "kind", None)
         if kind in ("torch", "onnx") and node.file is not None:
             out.append(Reference(f"{section} {kind}", node.file.value, node.file.span))
+    if isinstance(spec.policy, M.PythonPolicy) and spec.policy.factory is not None:
+        factory = spec.policy.factory
+        out.append(Reference("policy python", factory.value, factory.span))
     return out
 
 

@@ -20,7 +20,8 @@ from scpo_spec.policies import activations as act_fns
 from scpo_spec.policies.activations import ACTIVATIONS, MODULES  # noqa: F401 - re-exported
 from scpo_spec.policies.backup import Backup
 from scpo_spec.policies.operating import Around, around_of
-from scpo_spec.language.model import LinearPolicy, MlpPolicy, Spec, TorchPolicy
+from scpo_spec.language.model import (FromPolicy, LinearPolicy, MlpPolicy, PythonPolicy, Spec,
+                                      TorchPolicy)
 from scpo_spec.policies.torch_file import load_policy_structure
 from scpo_spec.systems.dynamics import RolloutViews
 
@@ -64,8 +65,9 @@ class PolicyModule(nn.Module):
                  n: int | None = None):
         super().__init__()
         self.core = PolicyCore(net, backup.as_module() if backup is not None else None, around)
-        first = next(mod for mod in net.modules() if isinstance(mod, nn.Linear))
-        self.n = first.in_features if n is None else n
+        if n is None:  # (an MLP's: its first layer's inputs)
+            n = next(mod for mod in net.modules() if isinstance(mod, nn.Linear)).in_features
+        self.n = n
 
     def forward(self, x) -> torch.Tensor | np.ndarray:
         if isinstance(x, torch.Tensor):
@@ -537,6 +539,13 @@ def make_policy(spec: Spec, n: int, m: int, backup: Backup | None,
             else np.zeros((m, p))
         theta0 = torch.as_tensor(np.asarray(K, dtype=np.float64).reshape(-1), dtype=DTYPE)
         return PolicyFamily(n, m, [(m, p)], False, "identity", None, theta0, around=around)
+    if isinstance(policy, PythonPolicy):  # any nn.Module, batched with torch.func
+        from scpo_spec.policies.python_module import ModuleFamily, load_python_module
+        return ModuleFamily(n, m, load_python_module(policy.factory.value, p, m, base_dir),
+                            around=around)
+    if isinstance(policy, FromPolicy):  # never reached through engine/warm.py
+        raise NotImplementedError("`policy from` is resolved to the source run's policy section "
+                                  "before compiling (scpo_spec.engine.warm.compile_warm)")
     if isinstance(policy, TorchPolicy):
         found = load_policy_structure(spec, base_dir)
         return PolicyFamily(n, m, found.layers, found.bias, found.activation, None,

@@ -74,6 +74,15 @@ class Evidence:
         from scpo_spec.language.scenarios import uncertainty_record
         return uncertainty_record(self.spec)
 
+    @cached_property
+    def warm_start(self) -> dict | None:
+        """`policy from`: the run θ₀ came from and its head, as the header records them (the
+        audit holds θ₀ to it; nothing is read from that run)."""
+        recorded = self.header.warm_start
+        if not isinstance(recorded, dict):
+            return None
+        return {"run": str(recorded.get("run")), "head": str(recorded.get("head"))}
+
     @property
     def refuted_then_accepted(self) -> int:
         """Steps whose certificates were refuted but whose update was finally accepted."""

@@ -97,6 +97,9 @@ class ClosedLoop:
             raise Unsupported(f"a '{dyn.kind}' system is not bounded by the verifier (it covers "
                               "linear, pendulum, static and declared discrete/ode plants)")
         self.kind = dyn.kind
+        if family.activation == "python":  # policies.python_module.ModuleFamily
+            raise Unsupported("a `policy python` module is not bounded by the verifier (it "
+                              "covers MLP, linear, `policy torch` and `policy onnx` policies)")
         self.activations = list(family.per_layer)
         backup = family.backup
         network = None if backup is None else getattr(backup, "network", None)
