@@ -174,11 +174,15 @@ class ModuleFamily:
         u = u* + s ⊙ net(o) with an `around`, o its observation of x."""
         return self.act(self.unpack(theta), x)
 
-    def act(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def act(self, params: dict[str, torch.Tensor], x: torch.Tensor,
+            w: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions (C, B, m); `w` the scenarios' parameters and disturbances at this step, for an
+        observation that reads parameters (their nominal values without it)."""
         buffers = self.buffers_on(x.device)
         if self.around is None:
             return self._vmapped(params, buffers, x)
-        return self.around.output(self._vmapped(params, buffers, self.around.observation(x)))
+        o = self.around.observation(x, w=w)
+        return self.around.output(self._vmapped(params, buffers, o))
 
     def batched(self, theta: torch.Tensor) -> "BatchedModule":
         return BatchedModule(self, theta)
@@ -223,8 +227,9 @@ class BatchedModule:
     def __init__(self, family: ModuleFamily, theta: torch.Tensor):
         self.family, self.params = family, family.unpack(theta)  # unpacked once, used T times
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.family.act(self.params, x)
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None,
+                 w: torch.Tensor | None = None) -> torch.Tensor:
+        u = self.family.act(self.params, x, w)
         if out is not None and not torch.is_grad_enabled():
             return out.copy_(u)
         return u
@@ -232,7 +237,10 @@ class BatchedModule:
     def rollout_step(self, views: RolloutViews) -> Callable[[int], None]:
         """t ↦ U[t] = π(X[t]) on a rollout's time-major buffers (under no_grad)."""
         xs, us, call, params = views.xs, views.us, self.family.act, self.params
+        around, held = self.family.around, getattr(views, "uncertain", None)
+        ws = held.unbind(0) if held is not None and around is not None and around.uncertain \
+            else None  # an observation of parameters reads each step's draws
 
         def step(t: int) -> None:
-            us[t].copy_(call(params, xs[t]))
+            us[t].copy_(call(params, xs[t], None if ws is None else ws[t]))
         return step
