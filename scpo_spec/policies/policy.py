@@ -312,8 +312,16 @@ class BatchedForward:
             return self._differentiable(x, w)
         if self.around is not None:
             return self._around(x, out, w)
-        h, last = x, len(self.layers) - 1
-        work = self._work(x)
+        h = self._net(x, out)
+        if self.family.backup is not None:
+            backup = self.family.backup(x)
+            h = h.add_(backup) if out is not None else h + backup
+        return h
+
+    def _net(self, h: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """The layers on the network's input h (C, B, p), in the work buffers, the last into
+        `out` when given."""
+        last, work = len(self.layers) - 1, self._work(h)
         for i, (Wt, b) in enumerate(self.layers):
             dest = out if i == last else work[i]
             if dest is None:
@@ -326,9 +334,6 @@ class BatchedForward:
                 h = self._acts_[i](h)
             elif self.last_act_ is not None:
                 h = self.last_act_(h)
-        if self.family.backup is not None:
-            backup = self.family.backup(x)
-            h = h.add_(backup) if out is not None else h + backup
         return h
 
     def _around(self, x: torch.Tensor, out: torch.Tensor | None, w: torch.Tensor | None = None
@@ -336,20 +341,7 @@ class BatchedForward:
         """`__call__` with an operating point, observation or output scale: the network on
         o = observe(x) (of the scenarios' parameters `w` too), then u = s ⊙ net(o) + (u* or
         backup(x)), in place."""
-        h, last = self.around.observation(x, w=w), len(self.layers) - 1
-        work = self._work(h)
-        for i, (Wt, b) in enumerate(self.layers):
-            dest = out if i == last else work[i]
-            if dest is None:
-                h = torch.bmm(h, Wt) if b is None else torch.baddbmm(b, h, Wt)
-            elif b is None:
-                h = torch.bmm(h, Wt, out=dest)
-            else:
-                h = torch.baddbmm(b, h, Wt, out=dest)
-            if i < last:
-                h = self._acts_[i](h)
-            elif self.last_act_ is not None:
-                h = self.last_act_(h)
+        h = self._net(self.around.observation(x, w=w), out)
         backup = self.family.backup
         return self.around.output(h, None if backup is None else backup(x), inplace=True)
 
