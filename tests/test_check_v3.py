@@ -167,6 +167,15 @@ def test_backup_linear_k_and_K_shapes():
     assert check(sub(LQR, "backup linear { K = [[-1, -2]]  k = [0.5] }")).ok
 
 
+def test_backup_linear_with_observe_has_an_inputs_by_observations_gain():
+    """policies/backup.py reads K as m × p over the observation, so check agrees."""
+    assert check(sub(LQR, "backup linear { K = [[-1, -2, 0]]  observe = [p, v, p * v] }")).ok
+    text = sub(LQR, "backup linear { K = [[-1, -2]]  observe = [p, v, p * v] }")
+    assert found(text) == [(*at(text, "[[-1, -2]]"), "K must be 1×3, got 1×2",
+                            "the backup observes 3 value(s) and the system has 1 input(s): "
+                            "K is inputs × observations")]
+
+
 def test_onnx_controllers_need_a_file():
     """Only its absence is the language's to say; the file itself (there, readable, supported
     operators, sizes) is read by compile/usercode.py's check, which runs after these."""

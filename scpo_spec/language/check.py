@@ -168,7 +168,8 @@ class Checker(V3Checks):
 
     # ---------------------------------------------------------------- shapes and ranges
     def _shape(self, q: M.Quantity | None, rows: int, cols: int | None, what: str,
-               required: bool = True, owner: M.Node | None = None) -> np.ndarray | None:
+               required: bool = True, owner: M.Node | None = None,
+               hint: str | None = None) -> np.ndarray | None:
         """Check a vector (cols None) or matrix against the declared dimensions."""
         if q is None:
             if required and owner is not None:
@@ -186,7 +187,7 @@ class Checker(V3Checks):
         if not ok:
             got = "a number" if a.ndim == 0 else (f"a vector of {a.shape[0]}" if a.ndim == 1
                                                   else f"{a.shape[0]}×{a.shape[1]}")
-            self.error(f"{what} must be {want}, got {got}", q.span, self._dims_hint())
+            self.error(f"{what} must be {want}, got {got}", q.span, hint or self._dims_hint())
             return None
         return a
 
@@ -494,7 +495,13 @@ class Checker(V3Checks):
                     (R + R.T) / 2).min() <= 0):
                 self.error("R must be symmetric positive definite", backup.R.span)
         elif isinstance(backup, M.LinearBackup):
-            self._shape(backup.K, self.m, self.n, "K", owner=backup)
+            if backup.observe is None:  # K acts on x − x*
+                self._shape(backup.K, self.m, self.n, "K", owner=backup)
+            else:  # K acts on the observation (policies/backup.py: an m × p gain)
+                p = len(backup.observe)
+                self._shape(backup.K, self.m, p, "K", owner=backup,
+                            hint=f"the backup observes {p} value(s) and the system has "
+                                 f"{self.m} input(s): K is inputs × observations")
         elif isinstance(backup, M.TorchBackup):
             self._check_file(backup.file, "backup torch", "controller.pt", backup)
 
