@@ -547,11 +547,11 @@ class Checker(V3Checks):
                 self.error("init = backup, but the spec has no backup section",
                            policy.init.span, "add `backup lqr { Q = … R = … }`")
             elif policy.init is not None and policy.init.name == "backup" \
-                    and isinstance(self.spec.backup, M.TorchBackup):
+                    and (why := _no_gain_to_start_from(self.spec.backup)):
                 self.error("init = backup needs a linear or lqr backup (a gain K to start "
-                           "from); a torch backup has none", policy.init.span,
-                           "use `policy mlp { residual = backup }` to fine-tune on top of a "
-                           "torch controller, or `init = zero`")
+                           f"from); {why}", policy.init.span,
+                           "use `policy mlp { residual = backup }` to fine-tune on top of "
+                           "the backup, or `init = zero`")
         elif isinstance(policy, M.TorchPolicy):
             self._check_file(policy.file, "policy torch", "policy.pt", policy)
 
@@ -1305,6 +1305,17 @@ class Checker(V3Checks):
 
 
 LINEARISABLE = (M.LinearSystem, M.PendulumSystem, M.DiscreteSystem, M.OdeSystem, M.PythonSystem)
+
+
+def _no_gain_to_start_from(backup: M.Backup | None) -> str | None:
+    """Why `policy linear { init = backup }` has no gain over x − x* to copy (None: it has one).
+    A network's Jacobian, or a gain over another observation, is not the backup: starting there
+    would silently train from a different controller."""
+    if isinstance(backup, (M.TorchBackup, M.OnnxBackup)):
+        return {"torch": "a torch backup has none", "onnx": "an onnx backup has none"}[backup.kind]
+    if backup is not None and backup.observe is not None:
+        return "this backup declares `observe`, so it has no gain over the states"
+    return None
 
 
 def _not_a_file(path: Path) -> str:
