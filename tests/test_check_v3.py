@@ -167,6 +167,37 @@ def test_backup_linear_k_and_K_shapes():
     assert check(sub(LQR, "backup linear { K = [[-1, -2]]  k = [0.5] }")).ok
 
 
+def test_backup_linear_with_observe_has_an_inputs_by_observations_gain():
+    """policies/backup.py reads K as m × p over the observation, so check agrees."""
+    assert check(sub(LQR, "backup linear { K = [[-1, -2, 0]]  observe = [p, v, p * v] }")).ok
+    text = sub(LQR, "backup linear { K = [[-1, -2]]  observe = [p, v, p * v] }")
+    assert found(text) == [(*at(text, "[[-1, -2]]"), "K must be 1×3, got 1×2",
+                            "the backup observes 3 value(s) and the system has 1 input(s): "
+                            "K is inputs × observations")]
+
+
+INIT_HINT = ("use `policy mlp { residual = backup }` to fine-tune on top of the backup, or "
+             "`init = zero`")
+
+
+@pytest.mark.parametrize("backup, why", [
+    ("backup onnx { }", "an onnx backup has none"),
+    ("backup linear { K = [[-1, -2]]  observe = [p, v] }",
+     "this backup declares `observe`, so it has no gain over the states"),
+    ("backup lqr { Q = diag(1, 1)  R = diag(1)  observe = [p, v] }",
+     "this backup declares `observe`, so it has no gain over the states")])
+def test_policy_linear_init_backup_needs_a_gain_over_the_states(backup, why):
+    """A network's Jacobian (or a gain over an observation) is not the backup: init = backup
+    would silently start from a different controller, so it is a located error."""
+    text = sub(LQR, backup, sub(POLICY, "policy linear { init = backup }"))
+    init = [e for e in found(text) if e[2].startswith("init = backup")]
+    assert init == [(*at(text, "backup }"), "init = backup needs a linear or lqr backup (a gain K "
+                     f"to start from); {why}", INIT_HINT)]
+    assert check(sub(POLICY, "policy linear { init = backup }")).ok  # lqr over x − x*
+    assert check(sub(LQR, "backup linear { K = [[-1, -2]] }",
+                     sub(POLICY, "policy linear { init = backup }"))).ok
+
+
 def test_onnx_controllers_need_a_file():
     """Only its absence is the language's to say; the file itself (there, readable, supported
     operators, sizes) is read by compile/usercode.py's check, which runs after these."""

@@ -224,6 +224,58 @@ train {
 """
 
 
+def test_the_holdout_draws_in_seeded_blocks_whatever_the_chunk():
+    """docs/language.md: holdout block b (HOLDOUT_BLOCK scenarios) draws from the b-th spawned
+    child of [seed, 1, 2] and [seed, 1, 3]; a chunk of 1, 7 or all N gives the same holdout."""
+    from scpo_spec.language.scenarios import HOLDOUT_BLOCK
+    c = compiled(SPEC.replace("holdout 20000", "holdout 1500"))  # two blocks, the last short
+    d = holdout_draws(c.spec)
+    assert HOLDOUT_BLOCK == 1024 and d.parameters.shape == (1500, 2)
+    for b, rows in ((0, slice(0, 1024)), (1, slice(1024, 1500))):
+        n = rows.stop - rows.start
+        seq = [np.random.SeedSequence([3, 1, s]).spawn(b + 1)[b] for s in (2, 3)]
+        want_p = np.random.default_rng(seq[0]).uniform([0.5, 0.0], [1.5, 0.2], size=(n, 2))
+        want_d = np.random.default_rng(seq[1]).uniform(-0.3, 0.3, size=(n, 12, 1))
+        np.testing.assert_array_equal(d.parameters[rows], want_p)
+        np.testing.assert_array_equal(d.disturbances[:, rows], want_d.transpose(1, 0, 2))
+    part = holdout_draws(c.spec, None, 1000, 1100)  # straddles the block boundary
+    np.testing.assert_array_equal(part.parameters, d.parameters[1000:1100])
+    np.testing.assert_array_equal(part.disturbances, d.disturbances[:, 1000:1100])
+    theta = torch.tensor([2.0, 1.0], dtype=torch.float64)  # unstable: some scenarios violate
+    whole = validate_holdout(c, theta, chunk=1500)
+    assert 0 < whole["violations"] < 1500
+    Xn, Un = numpy_rollout(theta.numpy().reshape(1, 2), holdout_states(c.spec), d.parameters,
+                           d.disturbances)
+    want = numpy_metrics(Xn, Un, d.parameters, d.disturbances)
+    assert whole["violations"] == int((want > 0).any(axis=1).sum())
+    for chunk in (1, 7):
+        got = validate_holdout(c, theta, chunk=chunk)
+        assert got["violations"] == whole["violations"]
+        assert got["violations_per_metric"] == whole["violations_per_metric"]
+        for name in ("pos", "gust"):
+            assert got["worst"][name] == pytest.approx(whole["worst"][name], rel=1e-12)
+            assert got["worst_scenario"][name] == whole["worst_scenario"][name]
+
+
+@pytest.mark.slow
+def test_a_large_holdout_draws_per_chunk_not_all_at_once():
+    """100 000 scenarios × T = 100 × 1 disturbance is 80 MB of draws at once; chunked, the numpy
+    memory at its peak is a few blocks' worth (the states and violations are N × 2 each)."""
+    import tracemalloc
+    text = SPEC.replace("holdout 20000", "holdout 100000").replace("horizon 12", "horizon 100")
+    c = compiled(text)
+    theta = c.family.theta0
+    all_at_once = 100_000 * 100 * 1 * 8
+    tracemalloc.start()
+    try:
+        result = validate_holdout(c, theta, chunk=4096)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result["count"] == 100_000 and result["violations"] is not None
+    assert peak < all_at_once / 5, f"peak {peak / 2**20:.1f} MiB"
+
+
 def test_a_parameter_that_makes_some_scenarios_unsafe_is_caught():
     """With u = 0, p_T = T·dt·a = a: the metric is a − 0.95, > 0 exactly where a > 0.95 —
     per scenario in training, and counted among the holdout's fresh draws."""

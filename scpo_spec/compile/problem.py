@@ -37,12 +37,14 @@ class CompiledSpec:
     def metrics(self) -> list[Metric]:
         return self.evaluator.metrics
 
-    def holdout_evaluator(self, count: int | None = None) -> RolloutEvaluator:
-        """The same metrics on the spec's fresh holdout scenarios."""
+    def holdout_evaluator(self, count: int | None = None, draws: bool = True) -> RolloutEvaluator:
+        """The same metrics on the spec's fresh holdout scenarios; `draws=False` leaves their
+        parameters and disturbances to the caller, who passes each chunk's
+        (`holdout_draws(spec, count, start, stop)`: engine/holdout.py, memory bounded by a chunk)."""
         ev = self.evaluator
         return RolloutEvaluator(ev.dynamics, ev.family, ev.metrics, holdout_states(self.spec, count),
                                 ev.horizon, ev.reducer, device=ev.device,
-                                draws=holdout_draws(self.spec, count))
+                                draws=holdout_draws(self.spec, count) if draws else None)
 
 
 def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:

@@ -12,19 +12,31 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.problem import CompiledSpec
-from scpo_spec.language.scenarios import (HOLDOUT_BETA, holdout_bound, holdout_chunk,
+from scpo_spec.language.scenarios import (HOLDOUT_BETA, HOLDOUT_BLOCK, has_uncertainty,
+                                          holdout_bound, holdout_chunk, holdout_draws,
                                           uncertain_ranges)
 
 BETA = HOLDOUT_BETA
 
 
-def holdout_violations(ev, theta: torch.Tensor, chunk: int) -> np.ndarray:
+def holdout_violations(ev, theta: torch.Tensor, chunk: int, spec=None) -> np.ndarray:
     """Per-scenario violations (N, k) of θ, rolled out `chunk` scenarios at a time: every
     scenario is independent of the others, so this equals one batch over all N while a large
-    holdout's rollout (N × (T+1) × n floats, and more) never sits in memory at once."""
+    holdout's rollout (N × (T+1) × n floats, and more) never sits in memory at once.  With
+    `spec` (an evaluator made with `draws=False`), each chunk's parameters and disturbances are
+    drawn for it alone (holdout_draws' fixed blocks: the same values whatever the chunk), the
+    chunk rounded down to whole blocks when it spans one or more."""
     N = ev.x0.shape[0]
-    parts = [ev.per_scenario(theta[None], *ev.select(slice(i, i + chunk)))[0].numpy()
-             for i in range(0, N, max(int(chunk), 1))]
+    chunk = max(int(chunk), 1)
+    if spec is not None and has_uncertainty(spec) and chunk >= HOLDOUT_BLOCK:
+        chunk -= chunk % HOLDOUT_BLOCK
+    kept: dict = {}
+    parts = []
+    for i in range(0, N, chunk):
+        x0, draws = ev.select(slice(i, i + chunk))
+        if spec is not None and ev.draws is None:
+            draws = holdout_draws(spec, N, i, i + chunk, kept=kept)
+        parts.append(ev.per_scenario(theta[None], x0, draws)[0].numpy())
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, len(ev.metrics)))
 
 
@@ -37,11 +49,14 @@ def validate_holdout(compiled: CompiledSpec, theta: torch.Tensor, beta: float = 
     if count <= 0:
         return {"type": "holdout", "count": 0, "violations": None, "bound": None, "beta": beta,
                 "worst": {}, "violations_per_metric": {}}
-    ev = compiled.holdout_evaluator(count)
+    spec = compiled.spec
+    ev = compiled.holdout_evaluator(count, draws=False)  # each chunk draws its own
     if chunk is None:
+        drawn = (len(uncertain_ranges(spec, "parameter")[0])
+                 + ev.horizon * len(uncertain_ranges(spec, "disturbance")[0]))
         chunk = holdout_chunk(ev.horizon, compiled.dynamics.n, compiled.dynamics.m,
-                              [out for out, _ in compiled.family.layers[:-1]])
-    h = holdout_violations(ev, theta, chunk)  # (N, k): hard per-scenario violations
+                              [out for out, _ in compiled.family.layers[:-1]], draws=drawn)
+    h = holdout_violations(ev, theta, chunk, spec)  # (N, k): hard per-scenario violations
     bad = ~(h <= 0)
     violations = int(bad.any(axis=1).sum())
     worst_idx = np.argmax(np.where(np.isfinite(h), h, np.inf), axis=0)
@@ -51,17 +66,18 @@ def validate_holdout(compiled: CompiledSpec, theta: torch.Tensor, beta: float = 
         "bound": holdout_bound(count, beta) if violations == 0 else None,
         "worst": {n: float(h[worst_idx[i], i]) for i, n in enumerate(names)},
         "worst_scenario": {n: {"index": int(worst_idx[i]), "x0": ev.x0[worst_idx[i]].tolist(),
-                               **_draw_of(compiled.spec, ev, int(worst_idx[i]))}
+                               **_draw_of(spec, count, int(worst_idx[i]))}
                            for i, n in enumerate(names)},
         "violations_per_metric": {n: int(bad[:, i].sum()) for i, n in enumerate(names)},
     }
 
 
-def _draw_of(spec, ev, j: int) -> dict:
-    """Scenario j's parameter values and disturbance sequence (T, d), by name order ({} without
-    uncertainty): what, with x0, re-simulates it (`load_run(...).simulate`)."""
-    if ev.draws is None:
+def _draw_of(spec, count: int, j: int) -> dict:
+    """Holdout scenario j's parameter values and disturbance sequence (T, d), by name order ({}
+    without uncertainty): what, with x0, re-simulates it (`load_run(...).simulate`)."""
+    draws = holdout_draws(spec, count, j, j + 1)
+    if draws is None:
         return {}
     return {"parameters": dict(zip(uncertain_ranges(spec, "parameter")[0],
-                                   ev.draws.parameters[j].tolist())),
-            "disturbances": ev.draws.disturbances[:, j].tolist()}
+                                   draws.parameters[0].tolist())),
+            "disturbances": draws.disturbances[:, 0].tolist()}

@@ -168,7 +168,8 @@ class Checker(V3Checks):
 
     # ---------------------------------------------------------------- shapes and ranges
     def _shape(self, q: M.Quantity | None, rows: int, cols: int | None, what: str,
-               required: bool = True, owner: M.Node | None = None) -> np.ndarray | None:
+               required: bool = True, owner: M.Node | None = None,
+               hint: str | None = None) -> np.ndarray | None:
         """Check a vector (cols None) or matrix against the declared dimensions."""
         if q is None:
             if required and owner is not None:
@@ -186,7 +187,7 @@ class Checker(V3Checks):
         if not ok:
             got = "a number" if a.ndim == 0 else (f"a vector of {a.shape[0]}" if a.ndim == 1
                                                   else f"{a.shape[0]}×{a.shape[1]}")
-            self.error(f"{what} must be {want}, got {got}", q.span, self._dims_hint())
+            self.error(f"{what} must be {want}, got {got}", q.span, hint or self._dims_hint())
             return None
         return a
 
@@ -494,7 +495,13 @@ class Checker(V3Checks):
                     (R + R.T) / 2).min() <= 0):
                 self.error("R must be symmetric positive definite", backup.R.span)
         elif isinstance(backup, M.LinearBackup):
-            self._shape(backup.K, self.m, self.n, "K", owner=backup)
+            if backup.observe is None:  # K acts on x − x*
+                self._shape(backup.K, self.m, self.n, "K", owner=backup)
+            else:  # K acts on the observation (policies/backup.py: an m × p gain)
+                p = len(backup.observe)
+                self._shape(backup.K, self.m, p, "K", owner=backup,
+                            hint=f"the backup observes {p} value(s) and the system has "
+                                 f"{self.m} input(s): K is inputs × observations")
         elif isinstance(backup, M.TorchBackup):
             self._check_file(backup.file, "backup torch", "controller.pt", backup)
 
@@ -540,11 +547,11 @@ class Checker(V3Checks):
                 self.error("init = backup, but the spec has no backup section",
                            policy.init.span, "add `backup lqr { Q = … R = … }`")
             elif policy.init is not None and policy.init.name == "backup" \
-                    and isinstance(self.spec.backup, M.TorchBackup):
+                    and (why := _no_gain_to_start_from(self.spec.backup)):
                 self.error("init = backup needs a linear or lqr backup (a gain K to start "
-                           "from); a torch backup has none", policy.init.span,
-                           "use `policy mlp { residual = backup }` to fine-tune on top of a "
-                           "torch controller, or `init = zero`")
+                           f"from); {why}", policy.init.span,
+                           "use `policy mlp { residual = backup }` to fine-tune on top of "
+                           "the backup, or `init = zero`")
         elif isinstance(policy, M.TorchPolicy):
             self._check_file(policy.file, "policy torch", "policy.pt", policy)
 
@@ -1298,6 +1305,17 @@ class Checker(V3Checks):
 
 
 LINEARISABLE = (M.LinearSystem, M.PendulumSystem, M.DiscreteSystem, M.OdeSystem, M.PythonSystem)
+
+
+def _no_gain_to_start_from(backup: M.Backup | None) -> str | None:
+    """Why `policy linear { init = backup }` has no gain over x − x* to copy (None: it has one).
+    A network's Jacobian, or a gain over another observation, is not the backup: starting there
+    would silently train from a different controller."""
+    if isinstance(backup, (M.TorchBackup, M.OnnxBackup)):
+        return {"torch": "a torch backup has none", "onnx": "an onnx backup has none"}[backup.kind]
+    if backup is not None and backup.observe is not None:
+        return "this backup declares `observe`, so it has no gain over the states"
+    return None
 
 
 def _not_a_file(path: Path) -> str:

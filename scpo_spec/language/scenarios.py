@@ -5,10 +5,12 @@ The scenarios' uncertain values (`parameter NAME in [lo, hi]`, `disturbance NAME
 are drawn here too, the one place that says what they are (`training_draws`, `holdout_draws`):
 each scenario gets one value per parameter, held over its rollout, and a fresh value per
 disturbance at every step, uniform over each range, from streams of the same seed apart from the
-initial states' ([seed, 2] and [seed, 3]; the holdout's [seed, 1, 2] and [seed, 1, 3]), so the
-initial states of a spec without uncertainty are what they always were.  A `grid` scenario is
-its grid point with one such draw.  Scenario j's disturbance sequence is the j-th block of its
-stream (drawn (S, T, d), stored time-major (T, S, d)).
+initial states' ([seed, 2] and [seed, 3]), so the initial states of a spec without uncertainty
+are what they always were.  A `grid` scenario is its grid point with one such draw.  Scenario
+j's disturbance sequence is the j-th block of its stream (drawn (S, T, d), stored time-major
+(T, S, d)).  The holdout (up to 10⁶ scenarios) draws in fixed blocks of HOLDOUT_BLOCK scenarios,
+block b from the b-th child (SeedSequence spawn) of [seed, 1, 2] and [seed, 1, 3], so any range
+of its scenarios is drawn alone, with the same values whatever range or chunk asks for them.
 
 For a gymnasium system a scenario is `env.reset(seed=…)`, so the "initial states" are the reset
 seeds, an int64 vector: seed, seed + 1, …, seed + count − 1 for training and
@@ -100,9 +102,10 @@ def rollout_bytes(candidates: int, scenarios: int, horizon: int, n: int, m: int,
 
 
 def holdout_chunk(horizon: int, n: int, m: int, widths: list[int],
-                  budget: int = HOLDOUT_CHUNK_BYTES) -> int:
-    """How many holdout scenarios one rollout may hold so that it stays under `budget` bytes."""
-    per = rollout_bytes(1, 1, horizon, n, m, widths, 0)
+                  budget: int = HOLDOUT_CHUNK_BYTES, draws: int = 0) -> int:
+    """How many holdout scenarios one rollout may hold so that it stays under `budget` bytes
+    (`draws`: the uncertain values one scenario draws, p + T·d, drawn per chunk too)."""
+    per = rollout_bytes(1, 1, horizon, n, m, widths, 0) + 8 * int(draws)
     return max(1, budget // max(per, 1))
 
 
@@ -152,7 +155,10 @@ def has_uncertainty(spec: Spec) -> bool:
     return bool(spec.parameters or spec.disturbances)
 
 
-def _draws(spec: Spec, count: int, stream: list[int]) -> Draws | None:
+def _draws(spec: Spec, count: int, stream: list[int], block: int | None = None
+           ) -> Draws | None:
+    """`count` scenarios' draws from the streams [seed, *stream, ·] (block b: their b-th
+    spawned child)."""
     if not has_uncertainty(spec):
         return None
     sc = spec.scenarios
@@ -160,10 +166,14 @@ def _draws(spec: Spec, count: int, stream: list[int]) -> Draws | None:
     T = int(sc.horizon)
     _, plo, phi = uncertain_ranges(spec, "parameter")
     _, dlo, dhi = uncertain_ranges(spec, "disturbance")
-    params = np.random.default_rng([seed, *stream, PARAMETER_STREAM]).uniform(
-        plo, phi, size=(count, len(plo)))
-    noise = np.random.default_rng([seed, *stream, DISTURBANCE_STREAM]).uniform(
-        dlo, dhi, size=(count, T, len(dlo)))
+
+    def rng(which: int) -> np.random.Generator:
+        entropy = [seed, *stream, which]
+        return np.random.default_rng(entropy if block is None else np.random.SeedSequence(
+            entropy, spawn_key=(block,)))  # = SeedSequence(entropy).spawn(block + 1)[block]
+
+    params = rng(PARAMETER_STREAM).uniform(plo, phi, size=(count, len(plo)))
+    noise = rng(DISTURBANCE_STREAM).uniform(dlo, dhi, size=(count, T, len(dlo)))
     return Draws(params, np.ascontiguousarray(noise.transpose(1, 0, 2)))
 
 
@@ -173,11 +183,37 @@ def training_draws(spec: Spec) -> Draws | None:
     return _draws(spec, scenario_count(spec), [])
 
 
-def holdout_draws(spec: Spec, count: int | None = None) -> Draws | None:
-    """Fresh draws for the holdout's scenarios (disjoint streams from training's)."""
+HOLDOUT_BLOCK = 1024  # holdout scenarios per seeded block of draws (fixed: it decides values)
+
+
+def holdout_block(spec: Spec, block: int, count: int) -> Draws | None:
+    """The draws of holdout scenarios block·B … min((block + 1)·B, count) − 1 (B = HOLDOUT_BLOCK)."""
+    start = block * HOLDOUT_BLOCK
+    return _draws(spec, max(0, min(HOLDOUT_BLOCK, count - start)), [1], block=block)
+
+
+def holdout_draws(spec: Spec, count: int | None = None, start: int = 0,
+                  stop: int | None = None, kept: dict | None = None) -> Draws | None:
+    """Fresh draws for holdout scenarios start … stop − 1 of `count` (default: all), from
+    streams disjoint from training's; only the blocks they fall in are drawn.  `kept`, a dict
+    the caller holds across calls, keeps the last blocks drawn, so consecutive small ranges
+    draw each block once."""
     sc = spec.scenarios
     count = int(sc.holdout) if count is None and sc.holdout is not None else int(count or 0)
-    return _draws(spec, count, [1])
+    stop = count if stop is None else min(int(stop), count)
+    start = min(max(int(start), 0), stop)
+    if not has_uncertainty(spec):
+        return None
+    first, last = start // HOLDOUT_BLOCK, max(start, stop - 1) // HOLDOUT_BLOCK
+    drawn = {b: (kept or {}).get(b) or holdout_block(spec, b, count)
+             for b in range(first, last + 1)}
+    if kept is not None:
+        kept.clear()
+        kept.update(drawn)
+    blocks = list(drawn.values())
+    lo = start - first * HOLDOUT_BLOCK
+    return Draws(np.concatenate([b.parameters for b in blocks])[lo:lo + stop - start],
+                 np.concatenate([b.disturbances for b in blocks], axis=1)[:, lo:lo + stop - start])
 
 
 def uncertainty_record(spec: Spec) -> dict | None:
