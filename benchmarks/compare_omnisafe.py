@@ -490,9 +490,9 @@ class StepCounter:
         orig_ev, orig_gym = self._orig
         counter = self
 
-        def ev_rollout(ev, thetas, x0, reuse=False):
+        def ev_rollout(ev, thetas, x0, *args, **kwargs):  # (reuse, the scenarios' draws)
             counter.steps += int(thetas.shape[0]) * int(x0.shape[0]) * int(ev.horizon)
-            return orig_ev(ev, thetas, x0, reuse)
+            return orig_ev(ev, thetas, x0, *args, **kwargs)
 
         def gym_rollout(g, policy, thetas, seeds, horizon):
             counter.steps += int(thetas.shape[0]) * int(np.asarray(seeds).size) * int(horizon)
