@@ -6,20 +6,23 @@ The property: the bound on max_t |position_t| over the whole initial box (t = 0 
 `position_limit`: always abs(position) <= 1.5) for the policy θ₀ of specs/double_integrator.scpo
 (or a run's final policy with --run). The closed loop, T = 60 steps of x⁺ = A x + B u with
 u = K x + MLP(x) (the spec's `residual = backup` over its LQR gain), is read from the compiled spec
-(scpo_spec.verify.reach.ClosedLoop's A, B, K and layers), written to an .npz, and each peer bounds it:
+(scpo_spec.verify.reach.ClosedLoop's A, B, K and layers), written to an .npz, and each peer
+bounds it:
 
 * **scpo**: scpo_spec.verify.prove.verify (zonotopes, bisection until every metric is PROVED or
   `--cells`); the bound is position_limit's g bound + 1.5.
 * **auto_LiRPA** (GitHub source, `fetch` of Verified-Intelligence/auto_LiRPA, commit in the JSON;
   PyPI's 0.3 does not import with numpy 2: `numpy.lib.arraysetops`): the loop unrolled as one
   torch network (float64) whose output is the position at each step, bounded by IBP and by
-  CROWN over a k×k grid of the box (k = 1, 4, …; all cells as one batch). It runs in its own venv,
+  CROWN over a k×k grid of the box (k = 1, 4, …; all cells as one batch). It runs in its own
+  venv,
   `.cache/lirpa-venv` (`python -m venv --system-site-packages`, so torch is the installed one,
   plus `pip install appdirs tqdm graphviz`; the source is put on PYTHONPATH, not installed: its
   setup.py refuses torch ≥ 2.9 only by a printed warning, but the venv has no `wheel`).
 * **immrax** (PyPI 0.3.8 with jax 0.10, float64, `.cache/immrax-venv`, a plain venv with
   `pip install immrax==0.3.8`): its interval inclusion functions of the one-step closed-loop map
-  x ↦ A x + B (K x + MLP(x)) — `natif` (natural) and `mjacif` (mixed Jacobian) — applied T times
+  x ↦ A x + B (K x + MLP(x)) — `natif` (natural) and `mjacif` (mixed Jacobian) — applied T
+  times
   per cell (an interval reachability loop; a box per step). Its inclusion functions of the
   whole unrolled map were tried too: natif gives the same bound at 15× the time, mjacif a
   worse one in 60 s (not run by default).
@@ -91,7 +94,8 @@ class Loop(torch.nn.Module):
 
 net = Loop()
 lo, hi = np.asarray(d["lo"]), np.asarray(d["hi"])
-out = {"version": auto_LiRPA.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+out = {"version": auto_LiRPA.__version__, "torch": torch.__version__,
+       "threads": torch.get_num_threads(),
        "rows": []}
 x_check = torch.tensor(d["x_check"])
 with torch.no_grad():
@@ -141,7 +145,8 @@ def unrolled(x):
     for _ in range(T):
         x = step(x); ps.append(x[:1])
     return jnp.concatenate(ps)
-out = {"version": getattr(irx, "__version__", None) or __import__("importlib.metadata").metadata.version("immrax"),
+from importlib.metadata import version
+out = {"version": version("immrax"),
        "jax": jax.__version__, "rows": []}
 x_check = jnp.asarray(d["x_check"])
 out["check_max_abs_p"] = float(jnp.abs(jax.vmap(unrolled)(x_check)).max())
@@ -166,8 +171,10 @@ for k in args["splits"]:
                 worst = 0.0
                 for a, b in zip(clo, chi):
                     iy = inc(irx.interval(jnp.asarray(a), jnp.asarray(b)))
-                    worst = max(worst, float(jnp.maximum(jnp.abs(iy.lower), jnp.abs(iy.upper)).max()))
-            bound, err = (worst if np.isfinite(worst) else None), (None if np.isfinite(worst) else "not finite")
+                    worst = max(worst, float(
+                        jnp.maximum(jnp.abs(iy.lower), jnp.abs(iy.upper)).max()))
+            finite = bool(np.isfinite(worst))
+            bound, err = (worst, None) if finite else (None, "not finite")
         except Exception as e:
             bound, err = None, f"{type(e).__name__}: {e}"[:300]
         out["rows"].append({"method": name, "cells": int(k * k), "bound": bound,
@@ -197,7 +204,8 @@ def export(compiled, theta, x_check) -> Path:
     from scpo_spec.language.scenarios import initial_box
     from scpo_spec.verify.reach import ClosedLoop
     loop = ClosedLoop(compiled, theta)
-    if loop.kind != "linear" or loop.K is None or loop.offset is not None or loop.around is not None \
+    if loop.kind != "linear" or loop.K is None or loop.offset is not None \
+            or loop.around is not None \
             or loop.observe is not None or set(loop.activations) - {"tanh", "identity"}:
         raise SystemExit("compare_verifiers: only a linear plant with a tanh MLP residual over a "
                          "linear gain is exported to the peers")
@@ -224,7 +232,8 @@ def sampled_worst(compiled, theta, samples: int):
         X, _ = compiled.evaluator.rollout(theta[None], x0)
         g = compiled.evaluator.per_scenario(theta[None], x0)[0]
     names = [m.name for m in compiled.metrics]
-    return float(X[0, :, :, 0].abs().max()), float(g[:, names.index("position_limit")].max()) + LIMIT, x0
+    worst_g = float(g[:, names.index("position_limit")].max()) + LIMIT
+    return float(X[0, :, :, 0].abs().max()), worst_g, x0
 
 
 def run_scpo(compiled, theta, cells: int) -> dict:

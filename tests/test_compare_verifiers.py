@@ -23,7 +23,8 @@ def _run(root, tmp_path, *args, timeout=600):
 
 def _grid_worst_theta0() -> float:
     """max_t |position_t| over a 41×41 grid of the box for the spec's θ₀, in plain numpy: the
-    residual MLP starts at zero output, so θ₀ is the LQR loop x⁺ = (A + BK) x (Q = I, R = 1)."""
+    residual MLP starts at zero output, so θ₀ is the LQR loop x⁺ = (A + BK) x (Q = I,
+    R = 1)."""
     dt = 0.1
     A = np.array([[1, dt], [0, 1]])
     B = np.array([[0.5 * dt ** 2], [dt]])
