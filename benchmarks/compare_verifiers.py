@@ -341,7 +341,8 @@ def main(argv=None) -> int:
     print(f"{'method':<28} {'bound':>12} {'cells':>6} {'seconds':>9}  (auto_LiRPA: + building "
           "the BoundedModule)")
     for r in out["rows"]:
-        b = "-" if r["bound"] is None else f"{r['bound']:.6f}"
+        b = "-" if r["bound"] is None else \
+            f"{r['bound']:.6f}" if r["bound"] < 1e5 else f"{r['bound']:.3e}"
         build = f"  + {r['build_seconds']:.2f}" if "build_seconds" in r else ""
         print(f"{r['method']:<28} {b:>12} {r['cells']:>6} {r['seconds']:>9.2f}{build}"
               + (f"  ({r['error']})" if r.get("error") else ""))
