@@ -15,17 +15,15 @@ bounds it:
   PyPI's 0.3 does not import with numpy 2: `numpy.lib.arraysetops`): the loop unrolled as one
   torch network (float64) whose output is the position at each step, bounded by IBP and by
   CROWN over a k×k grid of the box (k = 1, 4, …; all cells as one batch). It runs in its own
-  venv,
-  `.cache/lirpa-venv` (`python -m venv --system-site-packages`, so torch is the installed one,
+  venv, `.cache/lirpa-venv` (`python -m venv --system-site-packages`, so torch is the installed one,
   plus `pip install appdirs tqdm graphviz`; the source is put on PYTHONPATH, not installed: its
   setup.py refuses torch ≥ 2.9 only by a printed warning, but the venv has no `wheel`).
 * **immrax** (PyPI 0.3.8 with jax 0.10, float64, `.cache/immrax-venv`, a plain venv with
   `pip install immrax==0.3.8`): its interval inclusion functions of the one-step closed-loop map
   x ↦ A x + B (K x + MLP(x)) — `natif` (natural) and `mjacif` (mixed Jacobian) — applied T
-  times
-  per cell (an interval reachability loop; a box per step). Its inclusion functions of the
+  times per cell (an interval reachability loop; a box per step). Its inclusion functions of the
   whole unrolled map were tried too: natif gives the same bound at 15× the time, mjacif a
-  worse one in 60 s (not run by default).
+  worse one in 60 s (not in this script).
 
 Nothing of either peer is imported into this package's python; they are no dependency of it.
 Reference: the largest |position| over 10⁴ initial states drawn uniformly from the box, rolled out
