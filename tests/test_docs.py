@@ -42,6 +42,7 @@ from scpo_spec.language import build as B
 from scpo_spec.language import check as C
 from scpo_spec.language import evaluate as EV
 from scpo_spec.language import model as M
+from scpo_spec.language import sections as SEC
 from scpo_spec.language.build import Builder
 from scpo_spec.language.diagnostics import Collector
 from scpo_spec.language.document import Map
@@ -134,7 +135,7 @@ def test_every_choice_word_is_documented():
     words = [*B.ACTIVATIONS, *B.SOLVERS, *B.LOSSES, *B.ON_VIOLATION, *B.BACKTRACK, *B.PRECISIONS,
              *B.SMOOTHNESS_MODES, *B.POLICY_INIT, "hard", "smooth",
              *C.SIGNAL_FUNCTIONS, *EV.NUMERIC_FUNCTIONS, *EV.BUILTIN_CONSTANTS,
-             *C.REQUIRED_SECTIONS, "spectral_radius", "state", "input"]
+             *SEC.WORDS, "spectral_radius", "state", "input"]
     missing = [w for w in words if f"`{w}" not in text]
     assert not missing, f"not documented: {missing}"
     train = text.split("## 10. `train`", 1)[1].split("\n## ", 1)[0]

@@ -27,9 +27,9 @@ from scpo_spec.language.dynamics import (EQUILIBRIUM_HINT, OPERATING_POINT_HINT,
 from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
 from scpo_spec.language.lets import LetCycle, expand, find_cycle, let_table
+from scpo_spec.language.sections import REQUIRED
 from scpo_spec.language.source import Span
 
-REQUIRED_SECTIONS = ("system", "policy", "scenarios", "objective", "train")
 SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "cos", "tan",
                     "tanh", "atan2", "clip", "sign", "quad", "lyapunov")
 # Names a declared system's equation cannot read: it is a function of the named states, inputs
@@ -126,7 +126,7 @@ class Checker(V3Checks):
         if self.spec.name is None:
             self.error("missing `spec NAME` header", where,
                        'start the file with `spec my_spec "What it is for"`')
-        for section in REQUIRED_SECTIONS:
+        for section in REQUIRED:
             if getattr(self.spec, section) is None and section not in self.unbuilt:
                 self.error(f"missing section '{section}'", where,
                            f"every spec needs one `{section}` section")

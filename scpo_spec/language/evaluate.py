@@ -16,9 +16,13 @@ MAX_SIZE = 1000  # the largest vector length or matrix side a spec may build
 
 
 class EvalError(ScpoError):
-    def __init__(self, message: str, span: Span | None, hint: str | None = None):
+    """Why an expression has no value; `unknown` is the name it could not resolve, if that was
+    the reason (read by the builder for its "did you mean", never parsed from the message)."""
+
+    def __init__(self, message: str, span: Span | None, hint: str | None = None,
+                 unknown: str | None = None):
         super().__init__(message)
-        self.message, self.span, self.hint = message, span, hint
+        self.message, self.span, self.hint, self.unknown = message, span, hint, unknown
 
 
 def _scalar(x: np.ndarray, what: str, span) -> float:
@@ -152,7 +156,7 @@ def _eval(e: E.Node, consts: dict[str, Any]) -> np.ndarray:
             return np.asarray(consts[e.id], dtype=np.float64)
         if e.id in BUILTIN_CONSTANTS:
             return np.float64(BUILTIN_CONSTANTS[e.id])
-        raise EvalError(f"unknown constant '{e.id}'", e.span)
+        raise EvalError(f"unknown constant '{e.id}'", e.span, unknown=e.id)
     if isinstance(e, E.Unary):
         return -_eval(e.arg, consts)
     if isinstance(e, E.Binary):
