@@ -85,3 +85,67 @@ def test_no_message_is_parsed_back():
     offenders = [str(p.relative_to(ROOT)) for p in pkg.rglob("*.py")
                  if re.search(r"""\.split\((["'])\\?'\1\)|split\("'"\)""", p.read_text())]
     assert offenders == []
+
+
+# --------------------------------------------------------------------------- functions
+def _calls(f) -> list[str]:
+    """Calls of `f` over the signals x, y, z (and a constant matrix P), one per form it has."""
+    if f.shape == "elementwise":
+        return [f"{f.name}({', '.join('xyz'[:f.arity])})"]
+    if f.shape == "reduce":
+        return [f"{f.name}(x, y, z)", f"{f.name}(x, y)", f"{f.name}([x, y, z])"]
+    if f.shape == "norm":
+        return [f"{f.name}([x, y, z])"]
+    if f.shape == "quad":
+        return [f"{f.name}(P, [x, y])"]
+    return []  # lyapunov reads a whole rollout (tests/test_stl.py); diag, eye: numbers only
+
+
+def test_every_function_has_a_torch_implementation_that_agrees_with_numpy():
+    """Each formula function, compiled by the torch expression compiler that declared equations
+    and metrics share, against the registry's numpy implementation (the oracle) on random
+    arguments, negative ones included (where numpy refuses — log, sqrt — that point is
+    skipped)."""
+    import numpy as np
+    import torch
+
+    from scpo_spec.language import functions as FN
+    from scpo_spec.language.evaluate import EvalError, evaluate
+    from scpo_spec.language.scpo_reader import parse_expression
+    from scpo_spec.language.source import Source
+    from scpo_spec.systems.declared import EquationCompiler
+    from tests.numerics import assert_close_across_paths
+
+    P = [[2.0, 0.5], [0.5, 1.0]]
+    rng = np.random.default_rng(7)
+    points = np.concatenate([rng.uniform(-3, 3, (200, 3)), rng.uniform(0.05, 3, (50, 3))])
+    covered = set()
+    for f in FN.FUNCTIONS:
+        for text in _calls(f):
+            tree, problems = parse_expression(text, Source(path="<t>", text=text))
+            assert tree is not None and not problems, text
+            compiled = EquationCompiler(["x", "y", "z"], [], {"P": P}).value(tree)
+            x = torch.as_tensor(points, dtype=torch.float64)
+            got = compiled((x, torch.zeros(len(points), 0, dtype=torch.float64), [None] * 8,
+                            None)).numpy()
+            got = np.broadcast_to(got, (len(points),))
+            checked = 0
+            for i, (a, b, c) in enumerate(points):
+                try:
+                    want = evaluate(tree, {"x": a, "y": b, "z": c, "P": P})
+                except EvalError:
+                    continue
+                assert_close_across_paths(got[i], want, f"{text} at {(a, b, c)}")
+                checked += 1
+            assert checked >= 50, text
+            covered.add(f.name)
+    assert covered == set(FN.SIGNAL_FUNCTIONS) - {"lyapunov"}
+
+
+def test_the_language_server_offers_and_explains_each_function_from_the_registry():
+    from scpo_spec.language import functions as FN
+    from scpo_spec.lsp.analysis import hover
+
+    line = "constraint c: always atan2(p, 1) <= 1"
+    assert hover([line], 0, line.index("atan2") + 1, None, None) == \
+        f"`atan2(y, x)`: {FN.BY_NAME['atan2'].doc}"

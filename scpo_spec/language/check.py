@@ -26,12 +26,11 @@ from scpo_spec.language.dynamics import (EQUILIBRIUM_HINT, OPERATING_POINT_HINT,
                                          step_map)
 from scpo_spec.language.diagnostics import Collector, did_you_mean, excerpt, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
+from scpo_spec.language.functions import BY_NAME as FUNCTIONS, SIGNAL_FUNCTIONS
 from scpo_spec.language.lets import LetCycle, expand, find_cycle, let_table
 from scpo_spec.language.sections import REQUIRED
 from scpo_spec.language.source import Span
 
-SIGNAL_FUNCTIONS = ("abs", "norm", "min", "max", "sqrt", "exp", "log", "sin", "cos", "tan",
-                    "tanh", "atan2", "clip", "sign", "quad", "lyapunov")
 # Names a declared system's equation cannot read: it is a function of the named states, inputs
 # and constants at one step.
 NOT_IN_EQUATIONS = {
@@ -825,12 +824,13 @@ class Checker(V3Checks):
 
     def _call_type(self, e: E.Call) -> Ty | None:
         f, args = e.func, e.args
-        if f not in SIGNAL_FUNCTIONS:
+        fn = FUNCTIONS.get(f)
+        if fn is None or not fn.in_formulas:
             self.error(f"unknown function '{f}'", e.span,
                        did_you_mean(f, SIGNAL_FUNCTIONS) or f"functions are "
                                                             f"{one_of(SIGNAL_FUNCTIONS)}")
             return None
-        if f == "quad":
+        if fn.shape == "quad":
             if len(args) != 2:
                 self.error("quad takes a matrix and a vector: quad(P, state)", e.span)
                 return None
@@ -853,7 +853,7 @@ class Checker(V3Checks):
                            f"got {shape}", args[0].span)
                 return None
             return _join([v], "num")
-        if f == "lyapunov":
+        if fn.shape == "lyapunov":
             if len(args) != 1:
                 self.error("lyapunov takes one argument: lyapunov(backup)", e.span)
                 return None
@@ -893,7 +893,7 @@ class Checker(V3Checks):
         tys = [self._num(a) for a in args]
         if any(t is None for t in tys):
             return None
-        if f in ("min", "max"):
+        if fn.shape == "reduce":
             if not tys:
                 self.error(f"{f} needs at least one argument", e.span)
                 return None
@@ -906,10 +906,9 @@ class Checker(V3Checks):
                     return None
                 size = s
             return _join(tys, "num", size=size)
-        if f in ("atan2", "clip"):
-            usage = "atan2(y, x)" if f == "atan2" else "clip(e, lo, hi)"
-            if len(tys) != (2 if f == "atan2" else 3):
-                self.error(f"{f} takes {2 if f == 'atan2' else 3} arguments: {usage}", e.span)
+        if fn.shape == "elementwise" and fn.arity != 1:
+            if len(tys) != fn.arity:
+                self.error(f"{f} takes {fn.arity} arguments: {fn.usage}", e.span)
                 return None
             size = tys[0].size
             for t in tys[1:]:
@@ -920,7 +919,7 @@ class Checker(V3Checks):
         if len(tys) != 1:
             self.error(f"{f} takes exactly one argument", e.span)
             return None
-        return _join(tys, "num", size=1 if f == "norm" else tys[0].size)
+        return _join(tys, "num", size=1 if fn.shape == "norm" else tys[0].size)
 
     def _check_window(self, e: E.Temporal | E.Until) -> tuple[int, int] | None:
         """The window's bounds (whole, ≥ 0, in order); None after reporting what is wrong."""

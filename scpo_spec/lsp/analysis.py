@@ -3,8 +3,8 @@
 Positions are 0-based (line, character) in Python characters; server.py converts them to the
 client's units (UTF-16 for VS Code).  Spans are 1-based with an exclusive end column, so a span
 (line l, column c) is the position (l − 1, c − 1).  Every list of words offered comes from the
-language layer's own tables (sections.SECTIONS, build.vocabulary(), check.SIGNAL_FUNCTIONS,
-check.FORMULA_KEYWORDS, evaluate.NUMERIC_FUNCTIONS), never a copy.
+language layer's own tables (sections.SECTIONS, build.vocabulary(), functions.FUNCTIONS,
+check.FORMULA_KEYWORDS), never a copy.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from lsprotocol import types as T
 from scpo_spec.compile.describe import describe_metric
 from scpo_spec.language import model as M
 from scpo_spec.language.build import vocabulary
-from scpo_spec.language.check import FORMULA_KEYWORDS, SIGNAL_FUNCTIONS
+from scpo_spec.language.check import FORMULA_KEYWORDS
 from scpo_spec.language.diagnostics import Diagnostic
-from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, NUMERIC_FUNCTIONS
+from scpo_spec.language.evaluate import BUILTIN_CONSTANTS
+from scpo_spec.language.functions import BY_NAME as FUNCTIONS, NUMERIC_FUNCTIONS, \
+    SIGNAL_FUNCTIONS
 from scpo_spec.language.expr import unparse
 from scpo_spec.language.format import format_spec
 from scpo_spec.language.lets import LetCycle, expand
@@ -189,7 +191,14 @@ def hover(lines: list[str], line: int, character: int, spec: M.Spec | None,
         return f"**{word}**: the vector [{', '.join(s.name for s in group)}] at each step"
     if word in KEYWORD_DOCS:
         return KEYWORD_DOCS[word]
+    if word in FUNCTIONS and lines[line][found[2]:].lstrip().startswith("("):
+        f = FUNCTIONS[word]
+        return f"`{f.usage}`: {f.doc}"
     return ENTRY_DOCS.get(word)
+
+
+def _function_detail(name: str) -> str:
+    return FUNCTIONS[name].usage
 
 
 def _let_text(let: M.Let, spec: M.Spec) -> str:
@@ -383,12 +392,12 @@ def _names(spec: M.Spec | None, formula: bool, observed: bool = False
                   for x in getattr(spec, "lets", [])]
         items += _items(("state", "input"), T.CompletionItemKind.Variable,
                         lambda w: f"the {w} vector")
-        items += _items(SIGNAL_FUNCTIONS, T.CompletionItemKind.Function, lambda w: "function")
+        items += _items(SIGNAL_FUNCTIONS, T.CompletionItemKind.Function, _function_detail)
         items += _items(("spectral_radius",), T.CompletionItemKind.Variable,
                         lambda w: "closed loop at the origin")
         items += _items(FORMULA_KEYWORDS, T.CompletionItemKind.Keyword)
     else:
-        items += _items(NUMERIC_FUNCTIONS, T.CompletionItemKind.Function, lambda w: "function")
+        items += _items(NUMERIC_FUNCTIONS, T.CompletionItemKind.Function, _function_detail)
     items += [T.CompletionItem(label=c.name, kind=T.CompletionItemKind.Constant,
                                detail=_const_text(c).split(" = ", 1)[1])
               for c in getattr(spec, "consts", [])]
