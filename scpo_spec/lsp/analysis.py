@@ -4,7 +4,7 @@ Positions are 0-based (line, character) in Python characters; server.py converts
 client's units (UTF-16 for VS Code).  Spans are 1-based with an exclusive end column, so a span
 (line l, column c) is the position (l − 1, c − 1).  Every list of words offered comes from the
 language layer's own tables (sections.SECTIONS, build.vocabulary(), functions.FUNCTIONS,
-check.FORMULA_KEYWORDS), never a copy.
+check_formulas.FORMULA_KEYWORDS), never a copy.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from lsprotocol import types as T
 from scpo_spec.compile.describe import describe_metric
 from scpo_spec.language import model as M
 from scpo_spec.language.build import vocabulary
-from scpo_spec.language.check import FORMULA_KEYWORDS
+from scpo_spec.language.check_formulas import FORMULA_KEYWORDS
 from scpo_spec.language.diagnostics import Diagnostic
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS
 from scpo_spec.language.functions import BY_NAME as FUNCTIONS, NUMERIC_FUNCTIONS, \
