@@ -149,3 +149,58 @@ def test_the_language_server_offers_and_explains_each_function_from_the_registry
     line = "constraint c: always atan2(p, 1) <= 1"
     assert hover([line], 0, line.index("atan2") + 1, None, None) == \
         f"`atan2(y, x)`: {FN.BY_NAME['atan2'].doc}"
+
+
+# --------------------------------------------------------------------------- atan, the example
+def _skid() -> str:
+    doc = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    start = doc.index('spec skid "')
+    return doc[start:doc.index("```", start)]
+
+
+def test_atan_folds_in_numbers_like_numpys_arctan():
+    import numpy as np
+
+    from scpo_spec.language.load import check_text as check
+
+    rng = np.random.default_rng(3)
+    values = [*rng.uniform(-50, 50, 20), 0.0, 1e300, -1e-300]
+    consts = "\n".join(f"const c{i} = atan({float(v)!r})" for i, v in enumerate(values))
+    result = check(_skid() + consts + "\nconst v3 = atan([1, -2, 3])\n", path="s.scpo")
+    assert result.ok, [d.headline() for d in result.diagnostics]
+    folded = {c.name: c.value.value for c in result.spec.consts}
+    for i, v in enumerate(values):
+        assert abs(folded[f"c{i}"] - np.arctan(v)) <= 1e-15, v
+    np.testing.assert_allclose(folded["v3"], np.arctan([1, -2, 3]), rtol=0, atol=1e-15)
+
+
+def test_atan_is_typed_and_refused_like_the_other_elementwise_functions():
+    skid = _skid()
+    assert _errors(skid + "const bad = atan(1, 2)\n", "s.scpo") == [
+        ("constant 'bad': atan takes exactly one argument", None, None, None)]
+    wrong = skid.replace("always abs(atan(v)) <= 1.2", "always abs(atan(v, 1)) <= 1.2")
+    assert [m for m, *_ in _errors(wrong, "s.scpo")] == ["atan takes exactly one argument"]
+    vector = skid.replace("always abs(atan(v)) <= 1.2", "always max(abs(atan(state))) <= 1.2")
+    assert _errors(vector, "s.scpo") == []  # elementwise over a vector, like tanh
+
+
+def test_atan_in_a_declared_equation_steps_like_its_numpy_oracle():
+    import numpy as np
+    import torch
+
+    from scpo_spec.language.load import check_text as check
+    from scpo_spec.systems.declared import compile_declared
+
+    text = _skid().replace("next v = v + dt * (clip(f, -5, 5) - 0.2 * tanh(10 * v))",
+                           "next v = v + dt * (3 * atan(f / 3) - 0.2 * tanh(10 * v))")
+    result = check(text, path="s.scpo")
+    assert result.ok, [d.headline() for d in result.diagnostics]
+    step = compile_declared(result.spec)
+    rng = np.random.default_rng(5)
+    x, u = rng.uniform(-2, 2, (64, 2)), rng.uniform(-20, 20, (64, 1))
+    got = step(torch.as_tensor(x), torch.as_tensor(u)).numpy()
+    dt = 0.05
+    want = np.stack([x[:, 0] + dt * x[:, 1],
+                     x[:, 1] + dt * (3 * np.arctan(u[:, 0] / 3) - 0.2 * np.tanh(10 * x[:, 1]))],
+                    axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -7,7 +7,7 @@ holds the two to each other on random inputs).
 A new elementwise function is one row here and one entry there.
 
 Semantics every evaluator follows (compile/signals.py and systems/declared.py in torch too):
-  abs sqrt exp log sin cos tan tanh sign: elementwise; sign(0) = 0; log, sqrt outside their
+  abs sqrt exp log sin cos tan tanh atan sign: elementwise; sign(0) = 0; log, sqrt outside their
     domain (log x ≤ 0, sqrt x < 0) are errors here and −inf/NaN in a torch rollout
   atan2(y, x): elementwise, the angle of (x, y) in (−π, π]; atan2(0, 0) = 0
   clip(e, lo, hi) = min(max(e, lo), hi) elementwise (lo > hi gives hi, as numpy and torch do)
@@ -151,6 +151,8 @@ FUNCTIONS: tuple[Function, ...] = (
     _unary("cos", np.cos, "cosine (radians), elementwise"),
     _unary("tan", np.tan, "tangent (radians), elementwise"),
     _unary("tanh", np.tanh, "hyperbolic tangent, elementwise"),
+    _unary("atan", np.arctan, "the angle whose tangent is e, in (−π/2, π/2), elementwise; "
+                              "atan(e) = atan2(e, 1)"),
     _nary("atan2", 2, np.arctan2, "atan2(y, x)",
           "the angle of the point (x, y) in (−π, π], elementwise; atan2(0, 0) = 0"),
     _nary("clip", 3, lambda e, lo, hi: np.minimum(np.maximum(e, lo), hi), "clip(e, lo, hi)",

@@ -37,7 +37,7 @@ def _clip(e: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 TORCH_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "abs": torch.abs, "sqrt": torch.sqrt, "exp": torch.exp, "log": torch.log,
     "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "tanh": torch.tanh,
-    "sign": torch.sign, "atan2": torch.atan2, "clip": _clip,
+    "atan": torch.atan, "sign": torch.sign, "atan2": torch.atan2, "clip": _clip,
     "min": torch.minimum, "max": torch.maximum,
 }
 # name → (number of arguments, torch function), the arity the language's registry gives
