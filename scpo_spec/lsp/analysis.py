@@ -28,7 +28,7 @@ from scpo_spec.language.format import format_spec
 from scpo_spec.language.lets import LetCycle, expand
 from scpo_spec.language.load import CheckResult, check_text, parse_model, syntax_of
 from scpo_spec.language.scpo_reader import find_comments
-from scpo_spec.language.sections import SECTIONS, WITH_KIND, WORDS
+from scpo_spec.language.sections import PROPERTIES, SECTIONS, WITH_KIND, WORDS
 from scpo_spec.language.source import Span
 from scpo_spec.language.yaml_reader import count_comments
 from scpo_spec.language.yaml_writer import format_yaml
@@ -67,6 +67,7 @@ ENTRY_DOCS = {
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOKEN = re.compile(r'#[^\n]*|"(?:\\.|[^"\\\n])*"|[A-Za-z_][A-Za-z0-9_]*|\n|->|<=|>=|\S')
 KINDS_OF = WITH_KIND  # top-level sections written with a kind
+PROPERTY_WORDS = tuple(s.word for s in PROPERTIES)
 
 
 # ---------------------------------------------------------------- checking
@@ -432,7 +433,7 @@ def completion(lines: list[str], line: int, character: int,
         head = current[0]
         if head in KINDS_OF and len(current) == 1:
             return _items(vocab[head], T.CompletionItemKind.Class, lambda w: f"{head} kind")
-        if head in ("constraint", "stability") and ":" in current:
+        if head in PROPERTY_WORDS and ":" in current:
             after = current[current.index(":") + 1:]
             options = [w for w in vocab[head][""] if w not in ("name", "formula")]
             extra = _items(options, T.CompletionItemKind.Property, lambda w: "option") \
