@@ -80,10 +80,11 @@ def test_a_misspelt_required_section_is_not_also_missing():
 
 
 def test_no_message_is_parsed_back():
-    """Hints are data on the diagnostic: no module splits a message or hint on its quotes."""
-    pkg = ROOT / "scpo_spec"
-    offenders = [str(p.relative_to(ROOT)) for p in pkg.rglob("*.py")
-                 if re.search(r"""\.split\((["'])\\?'\1\)|split\("'"\)""", p.read_text())]
+    """A diagnostic's or an evaluation error's reason is data (`code`, `meant`, `unknown`,
+    `arithmetic`): no module splits a message or hint on its quotes or tests how it starts."""
+    pattern = re.compile(r"""split\((["'])\\?'\1\)|(message|hint)\.(split|startswith)\(""")
+    offenders = [f"{p.relative_to(ROOT)}: {m.group()}" for p in (ROOT / "scpo_spec").rglob("*.py")
+                 for m in pattern.finditer(p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 

@@ -144,7 +144,7 @@ class FormulaChecks:
         try:
             value = np.asarray(evaluate(e, self.consts), dtype=float)
         except EvalError as err:
-            if err.message.startswith("arithmetic error"):  # numpy's overflow, 0/0, …
+            if err.arithmetic:  # numpy's overflow, 0/0, …
                 self.error(f"{E.unparse(e)} is not a finite number ({err.message})", e.span,
                            "write the bound as a finite number")
             return  # else not foldable by the numpy evaluator: compile folds it

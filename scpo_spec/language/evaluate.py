@@ -16,13 +16,15 @@ BUILTIN_CONSTANTS = {"pi": math.pi}
 
 
 class EvalError(ScpoError):
-    """Why an expression has no value; `unknown` is the name it could not resolve, if that was
-    the reason (read by the builder for its "did you mean", never parsed from the message)."""
+    """Why an expression has no value, with the reason as data (never parsed from the message):
+    `unknown`, the name it could not resolve (the builder's "did you mean"); `arithmetic`, numpy
+    refused the arithmetic (overflow, 0/0, log(0), …)."""
 
     def __init__(self, message: str, span: Span | None, hint: str | None = None,
-                 unknown: str | None = None):
+                 unknown: str | None = None, arithmetic: bool = False):
         super().__init__(message)
-        self.message, self.span, self.hint, self.unknown = message, span, hint, unknown
+        self.message, self.span, self.hint = message, span, hint
+        self.unknown, self.arithmetic = unknown, arithmetic
 
 
 def _scalar(x: np.ndarray, what: str, span) -> float:
@@ -45,7 +47,7 @@ def evaluate(e: E.Node, consts: dict[str, Any]) -> np.ndarray:
         try:
             value = _eval(e, consts)
         except FloatingPointError as err:
-            raise EvalError(f"arithmetic error: {err}", e.span) from None
+            raise EvalError(f"arithmetic error: {err}", e.span, arithmetic=True) from None
         except OverflowError:
             raise EvalError("number too large", e.span) from None
     if not np.all(np.isfinite(value)):
@@ -106,12 +108,9 @@ def _eval(e: E.Node, consts: dict[str, Any]) -> np.ndarray:
         try:
             return np.asarray(fn(args), dtype=np.float64)
         except FloatingPointError as err:  # located at the call (log(0), sqrt(-1), …)
-            raise EvalError(f"arithmetic error: {err}", e.span) from None
+            raise EvalError(f"arithmetic error: {err}", e.span, arithmetic=True) from None
         except ArgumentError as err:
-            message = str(err)
-            if message.startswith(("takes", "needs", "arguments")):
-                message = f"{e.func} {message}"
-            raise EvalError(message, e.span) from None
+            raise EvalError(f"{e.func} {err}", e.span) from None
     if isinstance(e, E.Str):
         raise EvalError("expected a number, got a string", e.span)
     raise EvalError("expected a number, got a formula", e.span)

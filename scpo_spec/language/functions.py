@@ -34,8 +34,8 @@ Shape = Literal["elementwise", "reduce", "norm", "quad", "lyapunov", "matrix"]
 
 
 class ArgumentError(ValueError):
-    """A numpy implementation refusing its arguments; the evaluator locates it at the call.  A
-    message starting with 'takes', 'needs' or 'arguments' is said after the function's name."""
+    """A numpy implementation refusing its arguments; the evaluator locates it at the call and
+    says it after the function's name ("takes exactly one argument" → "abs takes …")."""
 
 
 @dataclass(frozen=True)
@@ -109,23 +109,23 @@ def _diag(args):
     values = [np.asarray(a) for a in args]
     if len(values) == 1 and values[0].ndim == 1:
         if values[0].shape[0] > MAX_SIZE:
-            raise ArgumentError(f"diag of more than {MAX_SIZE} numbers")
+            raise ArgumentError(f"of more than {MAX_SIZE} numbers")
         return np.diag(values[0])
     if any(v.ndim != 0 for v in values):
-        raise ArgumentError("diag takes numbers, diag(1, 2), or one vector, diag([1, 2])")
+        raise ArgumentError("takes numbers, diag(1, 2), or one vector, diag([1, 2])")
     if not values:
-        raise ArgumentError("diag needs at least one number")
+        raise ArgumentError("needs at least one number")
     if len(values) > MAX_SIZE:
-        raise ArgumentError(f"diag of more than {MAX_SIZE} numbers")
+        raise ArgumentError(f"of more than {MAX_SIZE} numbers")
     return np.diag(np.array(values, dtype=np.float64))
 
 
 def _eye(args):
     if len(args) != 1 or np.asarray(args[0]).ndim != 0:
-        raise ArgumentError("eye takes one size, eye(2)")
+        raise ArgumentError("takes one size, eye(2)")
     n = float(args[0])
     if n != int(n) or not 1 <= n <= MAX_SIZE:
-        raise ArgumentError(f"eye needs a whole size between 1 and {MAX_SIZE}, got {n:g}")
+        raise ArgumentError(f"needs a whole size between 1 and {MAX_SIZE}, got {n:g}")
     return np.eye(int(n))
 
 
