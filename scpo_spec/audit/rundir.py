@@ -304,8 +304,8 @@ class RunDir:
         those checks."""
         from scpo_spec.language.check import size_errors
         from scpo_spec.language.load import parse_model
-        from scpo_spec.language.scenarios import scenario_count, uncertainty_record
-        from scpo_spec.language.settings import Settings, declared_seeds
+        from scpo_spec.plan.scenarios import scenario_count, uncertainty_record
+        from scpo_spec.plan.settings import Settings, declared_seeds
         header = header or self.header()
         spec = header.spec
         if not isinstance(spec.get("text"), str):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.language.scenarios import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, holdout_bound, \
+from scpo_spec.language.scenario_bounds import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, holdout_bound, \
     rollout_bytes, training_states
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M

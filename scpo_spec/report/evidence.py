@@ -71,7 +71,7 @@ class Evidence:
         draws, made from the checked spec (the audit holds the header's account to it)."""
         if self.spec is None:
             return None
-        from scpo_spec.language.scenarios import uncertainty_record
+        from scpo_spec.plan.scenarios import uncertainty_record
         return uncertainty_record(self.spec)
 
     @cached_property

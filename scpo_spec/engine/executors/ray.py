@@ -45,7 +45,7 @@ from scpo_spec.compile.evaluator import RolloutEvaluator
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language import code
 from scpo_spec.language import model as M
-from scpo_spec.language.scenarios import Draws
+from scpo_spec.plan.scenarios import Draws
 
 INSTALL_HINT = "pip install 'scpo-spec[ray]'"
 PROBE_TIMEOUT_S = 5.0      # TCP check of a cluster address (ray.init would retry for minutes)
