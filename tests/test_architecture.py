@@ -1,5 +1,6 @@
 """The layering of docs/architecture.md, enforced: which room may import which, that the language
-layer and the audit never import torch, and that only audit/rundir.py names the run's files."""
+layer, plan/, usercode/ and the audit never import torch, and that only audit/rundir.py names the
+run's files."""
 
 import ast
 import re
@@ -13,15 +14,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "scpo_spec"
 ALLOWED = {
     "errors": set(),
     "dtype": set(),
-    "language": {"errors"},
-    "plan": {"language", "errors"},
-    "systems": {"language", "plan", "dtype", "errors"},
-    "policies": {"language", "systems", "dtype", "errors"},
+    "usercode": {"errors"},
+    "language": {"usercode", "errors"},
+    "plan": {"language", "usercode", "errors"},
+    "systems": {"language", "plan", "usercode", "dtype", "errors"},
+    "policies": {"language", "usercode", "systems", "dtype", "errors"},
     "compile": {"language", "plan", "systems", "policies", "dtype", "errors"},
     "verify": {"language", "plan", "systems", "policies", "compile", "dtype", "errors"},
-    "audit": {"language", "plan", "compile", "verify", "errors"},
-    "engine": {"language", "plan", "systems", "policies", "compile", "verify", "audit", "dtype",
-               "errors"},
+    "audit": {"language", "plan", "usercode", "compile", "verify", "errors"},
+    "engine": {"language", "plan", "usercode", "systems", "policies", "compile", "verify", "audit",
+               "dtype", "errors"},
     "report": {"language", "plan", "compile", "engine", "audit", "errors"},
     "progress": {"audit"},
     "export": {"language", "compile", "engine", "audit", "report", "dtype", "errors"},
@@ -75,7 +77,9 @@ def test_the_audit_imports_only_numpy_side_of_compile():
 
 def test_language_and_audit_load_without_torch():
     code = ("import sys; import scpo_spec.language.load, scpo_spec.audit.verify, "
-            "scpo_spec.audit.rundir, scpo_spec.audit.signing; "
+            "scpo_spec.audit.rundir, scpo_spec.audit.signing, scpo_spec.audit.runs, "
+            "scpo_spec.plan.scenarios, scpo_spec.plan.settings, scpo_spec.plan.code, "
+            "scpo_spec.usercode.loader; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

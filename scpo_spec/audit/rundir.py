@@ -253,8 +253,8 @@ class RunDir:
         language: a gymnasium module is imported).  A python plant or a TorchScript file is
         loaded by whoever uses it, under `expecting` (these bytes or none), and is checked
         with `ran_as_recorded` after it loaded."""
-        from scpo_spec.language.code import (CodeMismatch, expecting, names_code, ran_as_recorded,
-                                             unchanged)
+        from scpo_spec.usercode.loader import CodeMismatch
+        from scpo_spec.plan.code import expecting, names_code, ran_as_recorded, unchanged
         from scpo_spec.language.load import check_text, parse_model
         header = header or self.header()
         spec = header.spec

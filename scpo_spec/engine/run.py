@@ -46,8 +46,8 @@ from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_eva
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
 from scpo_spec.engine.warm import compile_warm
-from scpo_spec.language.code import (CodeError, expecting, identities, ran_as_recorded,
-                                     unchanged)
+from scpo_spec.usercode.loader import CodeError
+from scpo_spec.plan.code import expecting, identities, ran_as_recorded, unchanged
 from scpo_spec.language.format import format_spec
 from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec
@@ -888,7 +888,7 @@ def load_run(run_dir: str | Path, *, trust_code: bool = False, head: str | None 
     from scpo_spec.audit.rundir import CodeChanged
     from scpo_spec.audit.verdict import judge
     from scpo_spec.compile.usercode import import_plant
-    from scpo_spec.language.code import untrusted
+    from scpo_spec.plan.code import untrusted
     from scpo_spec.policies import make_backup, make_policy
     from scpo_spec.systems import make_dynamics
     run = RunDir(run_dir)

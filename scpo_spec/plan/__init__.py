@@ -1,1 +1,1 @@
-"""What a run will do, derived from a checked model: its scenarios and uncertain draws, its settings (numpy only, no torch)."""
+"""What a run will do, from the checked model: scenarios, draws, settings, the code it names."""
