@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scpo_spec.language.scenarios import HOLDOUT_CHUNK_BYTES, holdout_bound, rollout_bytes
 from scpo_spec.language import model as M
+from scpo_spec.language.scenario_bounds import HOLDOUT_CHUNK_BYTES, holdout_bound, rollout_bytes
 from scpo_spec.language.source import Span
 
 MAX_SCENARIOS = 1_000_000

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.language.scenarios import HOLDOUT_BETA, holdout_bound
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
-from scpo_spec.language.data import TableError, read_columns
 from scpo_spec.language.check_system import _not_a_file
+from scpo_spec.language.data import TableError, read_columns
 from scpo_spec.language.diagnostics import did_you_mean, one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS
 from scpo_spec.language.functions import SIGNAL_FUNCTIONS
+from scpo_spec.language.scenario_bounds import HOLDOUT_BETA, holdout_bound
 from scpo_spec.language.sections import REQUIRED
 
 RESERVED = ("state", "input", "backup", "spectral_radius", "until", "not", *BUILTIN_CONSTANTS)

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.language.scenarios import training_states
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
-from scpo_spec.language.code import CodeMismatch, load_module, one_line
+from scpo_spec.language.diagnostics import did_you_mean, one_of
 from scpo_spec.language.dynamics import (EQUILIBRIUM_HINT, OPERATING_POINT_HINT, linearisation,
                                          linearisation_uses, not_an_equilibrium, off_equilibrium,
                                          right_hand_side, riccati_problem, step_map)
-from scpo_spec.language.diagnostics import did_you_mean, one_of
 from scpo_spec.language.evaluate import EvalError, evaluate
+from scpo_spec.language.scenario_bounds import training_states
 from scpo_spec.language.source import Span
+from scpo_spec.usercode.loader import CodeMismatch, load_module, one_line
 
 # Names a declared system's equation cannot read: it is a function of the named states, inputs
 # and constants at one step.
