@@ -16,7 +16,6 @@ from scpo_spec.language.source import Source, Span
 MAX_DEPTH = 200         # nesting beyond this is refused with a diagnostic (no recursion blow-ups)
 MAX_BYTES = 4 * 2**20   # a spec is a page of text, not megabytes
 
-
 _TOKEN_WORDS = {
     "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "LPAR": "'('",
     "RPAR": "')'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "NAME": "a name",
