@@ -205,3 +205,21 @@ def test_atan_in_a_declared_equation_steps_like_its_numpy_oracle():
                      x[:, 1] + dt * (3 * np.arctan(u[:, 0] / 3) - 0.2 * np.tanh(10 * x[:, 1]))],
                     axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_unknown_words_carry_their_code_and_what_they_meant():
+    cases = [
+        (SPEC.replace("abs(position)", "abz(position)"), "unknown-function", "abs",
+         "unknown function 'abz'"),
+        (SPEC.replace("abs(position)", "abs(positon)"), "unknown-name", "position",
+         "unknown name 'positon'"),
+        (SPEC.replace("activation = tanh", "activation = tahn"), "unknown-choice", "tanh",
+         "unknown activation 'tahn'"),
+        (SPEC.replace("policy mlp {", "policy mlq {"), "unknown-kind", "mlp",
+         "unknown policy kind 'mlq'"),
+        (SPEC.replace("residual = backup", "residul = backup"), "unknown-entry", "residual",
+         "unknown entry 'residul' in policy mlp"),
+    ]
+    for text, code, meant, message in cases:
+        found = _errors(text, "a.scpo")
+        assert found == [(message, f"did you mean '{meant}'?", code, meant)], found

@@ -138,8 +138,8 @@ class Builder:
                 return None
             word, span = got
             if word not in choices:
-                self.diag.error(f"unknown {what} '{word}'", span,
-                                did_you_mean(word, choices) or f"expected one of {one_of(choices)}")
+                self.diag.unknown(f"unknown {what} '{word}'", span, word, choices,
+                                  f"expected one of {one_of(choices)}", code="unknown-choice")
                 return None
             return M.Ident(name=word, span=span)
         convert.choices = choices  # the words an editor offers for this entry (vocabulary())
@@ -296,8 +296,9 @@ class Builder:
                 continue
             accepted = [k for k, (name, _) in table.items() if name is not None]
             if entry.key not in table:
-                hint = did_you_mean(entry.key, accepted) or f"{what} accepts {one_of(accepted)}"
-                self.diag.error(f"unknown entry '{entry.key}' in {what}", entry.key_span, hint)
+                self.diag.unknown(f"unknown entry '{entry.key}' in {what}", entry.key_span,
+                                  entry.key, accepted, f"{what} accepts {one_of(accepted)}",
+                                  code="unknown-entry")
                 continue
             if table[entry.key][0] is None:  # a word of another kind: (message, hint)
                 message, hint = table[entry.key][1]
@@ -335,8 +336,8 @@ class Builder:
             return None
         word, span = got
         if word not in kinds:
-            self.diag.error(f"unknown {what} kind '{word}'", span,
-                            did_you_mean(word, kinds) or f"expected one of {one_of(kinds)}")
+            self.diag.unknown(f"unknown {what} kind '{word}'", span, word, kinds,
+                              f"expected one of {one_of(kinds)}", code="unknown-kind")
             return None
         return word
 

@@ -56,6 +56,9 @@ class Checker(SectionChecks, SystemChecks, FormulaChecks, ResourceChecks, V3Chec
     def error(self, message, span, hint=None):
         self.diag.error(message, span, hint)
 
+    def unknown(self, message, span, word, choices, otherwise, code):
+        self.diag.unknown(message, span, word, choices, otherwise, code)
+
     def x(self, e: E.Node) -> E.Node:
         """`e` with its lets expanded (as written while the lets form a cycle)."""
         if self.let_cycle is not None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
-from scpo_spec.language.diagnostics import did_you_mean, one_of
+from scpo_spec.language.diagnostics import one_of
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, EvalError, evaluate
 from scpo_spec.language.functions import BY_NAME as FUNCTIONS, SIGNAL_FUNCTIONS
 
@@ -215,19 +215,17 @@ class FormulaChecks:
         known = [*self.states, *self.inputs, *self.consts, *self.lets, *self.parameters,
                  *self.disturbances, "state", "input", "spectral_radius",
                  *FORMULA_KEYWORDS]  # `alway abs(p) <= 1` reads as a name: did you mean always?
-        self.error(f"unknown name '{e.id}'", e.span,
-                   did_you_mean(e.id, known) or
-                   (f"signals are {one_of([*self.states, *self.inputs])}"
-                    if self.states else None))
+        self.unknown(f"unknown name '{e.id}'", e.span, e.id, known,
+                     f"signals are {one_of([*self.states, *self.inputs])}" if self.states
+                     else None, code="unknown-name")
         return None
 
     def _call_type(self, e: E.Call) -> Ty | None:
         f, args = e.func, e.args
         fn = FUNCTIONS.get(f)
         if fn is None or not fn.in_formulas:
-            self.error(f"unknown function '{f}'", e.span,
-                       did_you_mean(f, SIGNAL_FUNCTIONS) or f"functions are "
-                                                            f"{one_of(SIGNAL_FUNCTIONS)}")
+            self.unknown(f"unknown function '{f}'", e.span, f, SIGNAL_FUNCTIONS,
+                         f"functions are {one_of(SIGNAL_FUNCTIONS)}", code="unknown-function")
             return None
         if fn.shape == "quad":
             if len(args) != 2:

@@ -65,6 +65,14 @@ class Collector:
     def warning(self, message: str, span: Span | None, hint: str | None = None) -> None:
         self.items.append(Diagnostic(severity="warning", message=message, span=span, hint=hint))
 
+    def unknown(self, message: str, span: Span | None, word: str, choices: Iterable[str],
+                otherwise: str | None, code: str) -> None:
+        """An unknown word: "did you mean" the closest choice (carried as `meant`), else
+        `otherwise`."""
+        meant = closest(word, choices)
+        self.error(message, span, meant_hint(meant) if meant else otherwise, code=code,
+                   meant=meant)
+
     @property
     def has_errors(self) -> bool:
         return any(d.severity == "error" for d in self.items)
