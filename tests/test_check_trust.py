@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from scpo_spec.cli import app
-from scpo_spec.language import check as C
+from scpo_spec.language import check_resources as CR
+from scpo_spec.language import check_system as CS
 from tests.helpers import VALID, as_pendulum, check, errors, replace
 from tests.test_check_errors import GYM
 
@@ -60,14 +61,14 @@ def test_lyapunov_of_a_constant_matrix_sees_its_null_space():
 
 def test_lyapunov_floor_matches_the_evaluator():
     from scpo_spec.compile.signals import LYAPUNOV_FLOOR
-    assert C.LYAPUNOV_FLOOR == LYAPUNOV_FLOOR
+    assert CS.LYAPUNOV_FLOOR == LYAPUNOV_FLOOR
 
 
 def test_pendulum_linearisation_matches_the_dynamics():
     from scpo_spec.systems.dynamics import make_dynamics
     spec = check(as_pendulum()).spec
     A, B = make_dynamics(spec).linearisation()
-    A2, B2 = C.pendulum_linearisation(spec.system)
+    A2, B2 = CS.pendulum_linearisation(spec.system)
     np.testing.assert_array_equal(A, A2)
     np.testing.assert_array_equal(B, B2)
 
@@ -97,7 +98,7 @@ def test_small_holdout_warns_at_its_count():
 # ---------------------------------------------------------------- 3. resources
 @pytest.fixture
 def small_machine(monkeypatch):
-    monkeypatch.setattr(C, "machine_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(CR, "machine_memory", lambda: 16 * 2**30)
 
 
 def test_huge_policy_is_refused(small_machine):
@@ -116,7 +117,7 @@ def test_huge_holdout_is_refused(small_machine):
 
 
 def test_a_holdout_beyond_the_machines_memory_is_refused(monkeypatch):
-    monkeypatch.setattr(C, "machine_memory", lambda: 256 * 2**20)
+    monkeypatch.setattr(CR, "machine_memory", lambda: 256 * 2**20)
     (err,) = errors(replace("holdout 1000", "holdout 1000000"))
     assert err[:2] == (17, 13)
     assert err[2].startswith("the holdout evaluation needs about ") and "MiB" in err[2], err
@@ -124,7 +125,7 @@ def test_a_holdout_beyond_the_machines_memory_is_refused(monkeypatch):
 
 def test_memory_estimate_counts_rollouts_activations_and_weights():
     spec = check(VALID).spec
-    est = C.memory_estimate(spec)
+    est = CR.memory_estimate(spec)
     C_, S, T, n, m = 18, 64, 60, 2, 1
     d = (2 * 64 + 64) + (64 * 64 + 64) + (64 * 1 + 1)
     assert est.weights == d

@@ -9,10 +9,10 @@ from typing import Any, Callable
 
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
-from scpo_spec.language.diagnostics import Collector, did_you_mean, one_of
+from scpo_spec.language import sections as S
+from scpo_spec.language.diagnostics import Collector, closest, did_you_mean, meant_hint, one_of
 from scpo_spec.language.document import Entry, Map, Scalar, Seq, Value
 from scpo_spec.language.evaluate import EvalError, evaluate, to_plain
-from scpo_spec.language.layout import SECTIONS, UNITS
 from scpo_spec.language.scpo_reader import parse_expression
 from scpo_spec.language.source import Source, Span
 
@@ -108,9 +108,7 @@ class Builder:
         try:
             folded = to_plain(evaluate(tree, self.consts))
         except EvalError as err:
-            hint = err.hint
-            name = err.message.split("'")[1] if err.message.startswith("unknown constant") \
-                else None
+            hint, name = err.hint, err.unknown
             if name is not None and f"const {name}" in self.failed:
                 return M.Quantity(expr=tree, value=None, span=tree.span)  # said at the const
             if name is not None:
@@ -140,8 +138,8 @@ class Builder:
                 return None
             word, span = got
             if word not in choices:
-                self.diag.error(f"unknown {what} '{word}'", span,
-                                did_you_mean(word, choices) or f"expected one of {one_of(choices)}")
+                self.diag.unknown(f"unknown {what} '{word}'", span, word, choices,
+                                  f"expected one of {one_of(choices)}", code="unknown-choice")
                 return None
             return M.Ident(name=word, span=span)
         convert.choices = choices  # the words an editor offers for this entry (vocabulary())
@@ -298,8 +296,9 @@ class Builder:
                 continue
             accepted = [k for k, (name, _) in table.items() if name is not None]
             if entry.key not in table:
-                hint = did_you_mean(entry.key, accepted) or f"{what} accepts {one_of(accepted)}"
-                self.diag.error(f"unknown entry '{entry.key}' in {what}", entry.key_span, hint)
+                self.diag.unknown(f"unknown entry '{entry.key}' in {what}", entry.key_span,
+                                  entry.key, accepted, f"{what} accepts {one_of(accepted)}",
+                                  code="unknown-entry")
                 continue
             if table[entry.key][0] is None:  # a word of another kind: (message, hint)
                 message, hint = table[entry.key][1]
@@ -337,8 +336,8 @@ class Builder:
             return None
         word, span = got
         if word not in kinds:
-            self.diag.error(f"unknown {what} kind '{word}'", span,
-                            did_you_mean(word, kinds) or f"expected one of {one_of(kinds)}")
+            self.diag.unknown(f"unknown {what} kind '{word}'", span, word, kinds,
+                              f"expected one of {one_of(kinds)}", code="unknown-kind")
             return None
         return word
 
@@ -364,19 +363,17 @@ class Builder:
     def build(self, doc: Map, path: str | None) -> M.Spec:
         sections: dict[str, Entry] = {}
         spec = M.Spec(span=doc.span, path=path)
-        known = ("spec", "title", "const", *UNITS, *SECTIONS)
+        known = S.KEYS
         for entry in doc.entries:
             if entry.key not in known:
-                guess = did_you_mean(entry.key, known)
+                meant = closest(entry.key, known)
                 self.diag.error(f"unknown section '{entry.key}'", entry.key_span,
-                                guess or f"sections are {one_of(known)}")
-                if guess:  # written, though misspelt: not also "missing"
-                    word = guess.split("'")[1]
-                    self.failed.add("properties" if word in ("constraints", "stability")
-                                    else word)
+                                meant_hint(meant) if meant else f"sections are {one_of(known)}",
+                                code="unknown-section", meant=meant)
+                if meant:  # written, though misspelt: not also "missing"
+                    self.failed.add(S.written_as(meant))
                 continue
-            if entry.key in sections and entry.key not in ("const", "constraints",
-                                                            "stability", *UNITS):
+            if entry.key in sections and not S.repeated(entry.key):
                 first = sections[entry.key].key_span
                 self.failed.add(entry.key)
                 self.diag.error(f"duplicate section '{entry.key}'", entry.key_span,
@@ -391,15 +388,14 @@ class Builder:
                 self.build_lets(entry.value, spec)
             elif entry.key in ("parameter", "disturbance"):
                 self.build_uncertain(entry, spec)
-        for key in ("constraints", "stability"):  # several .scpo items or one YAML list
+        for kind in S.PROPERTIES:  # several .scpo items or one YAML list
             for entry in doc.entries:
-                if entry.key == key:
+                if entry.key == kind.key:
                     items = entry.value.items if isinstance(entry.value, Seq) else [entry.value]
-                    section = "constraint" if key == "constraints" else "stability"
                     for item in items:
-                        prop = self.build_property(item, section)
+                        prop = self.build_property(item, kind.word)
                         if prop is not None:
-                            getattr(spec, key).append(prop)
+                            getattr(spec, kind.key).append(prop)
 
         if "spec" in sections:
             got = self.word(sections["spec"].value, "spec name")
@@ -535,7 +531,7 @@ class Builder:
             "count": ("count", q), "grid": ("grid", q), "seed": ("seed", q),
             "horizon": ("horizon", q), "holdout": ("holdout", q),
             "initial": ("initial", None)})}
-        for section in ("constraint", "stability"):
+        for section in (p.word for p in S.PROPERTIES):
             out[section] = {"": (M.Property, {
                 "name": ("name", lambda v, w, section=section: self._name(v, f"{section} name")),
                 "formula": ("formula", self.formula),

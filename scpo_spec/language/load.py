@@ -12,6 +12,7 @@ from scpo_spec.language.document import Map
 from scpo_spec.language.grammar import MAX_BYTES
 from scpo_spec.language.model import Spec
 from scpo_spec.language.scpo_reader import read_scpo
+from scpo_spec.language.sections import written_as
 from scpo_spec.language.source import Source, Span
 from scpo_spec.language.yaml_reader import read_yaml
 
@@ -84,12 +85,8 @@ def check_text(text: str, path: str = "<spec>", syntax: str | None = None,
 def _misspelt_sections(diagnostics: list[Diagnostic]) -> set[str]:
     """Sections the reader skipped as misspelt (`sytem`, did you mean 'system'?): written, so
     the checks must not also call them missing."""
-    out = set()
-    for d in diagnostics:
-        if d.message.startswith("unknown section") and d.hint and d.hint.startswith("did you mean"):
-            word = d.hint.split("'")[1]
-            out.add("properties" if word in ("constraint", "stability") else word)
-    return out
+    return {written_as(d.meant) for d in diagnostics
+            if d.code == "unknown-section" and d.meant is not None}
 
 
 def read_source(path: Path) -> tuple[Source | None, list[Diagnostic]]:
