@@ -42,7 +42,7 @@ from scpo_spec.compile.problem import CompiledSpec, compile_spec
 from scpo_spec.language.scenarios import uncertainty_record
 from scpo_spec.language.settings import declared_seeds
 from scpo_spec.dtype import DTYPE
-from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
+from scpo_spec.engine.executors import RayUnavailable, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.train import State, Trainer, theta_hash
 from scpo_spec.engine.warm import compile_warm
@@ -376,7 +376,7 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
     finally:
         if run is not None:
             run.unlock()
-        close_evaluator(evaluator)  # Ray's actors; Ray itself only if this run started it
+        evaluator.close()  # Ray's actors (Ray itself only if this run started it), a gym's envs
 
 
 def _write_failed(e: OSError, recorder: Recorder, spec_path: Path) -> RunError:
