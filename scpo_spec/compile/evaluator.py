@@ -82,7 +82,8 @@ class ScenarioEvaluator:
     sees the same draws; scenarios chosen by an `x0` of their own (a subset, the holdout's
     chunks, a counterexample) come with their own `draws` (`select` gives both)."""
 
-    device = torch.device("cpu")
+    device = torch.device("cpu")  # where a candidate bank should live
+    gym: GymRollout | None = None  # transitional: engine/run.py's Run still asks `ev.gym`
 
     def __init__(self, dynamics: Dynamics, family: PolicyFamily, metrics: list[Metric],
                  x0: torch.Tensor, horizon: int, reducer, draws: Draws | None = None):
@@ -204,8 +205,6 @@ class ScenarioEvaluator:
 
     def close(self) -> None:
         """Release what the rollouts hold open (nothing here)."""
-
-    gym: GymRollout | None = None  # transitional: engine/run.py's Run still asks `ev.gym`
 
 
 class RolloutEvaluator(ScenarioEvaluator):
