@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.signals import Compiled, Trace
-from scpo_spec.language.scenarios import Draws
+from scpo_spec.plan.scenarios import Draws
 from scpo_spec.policies.policy import PolicyFamily
 from scpo_spec.systems.dynamics import (Dynamics, GymnasiumPlant, PythonFunctionPlant,
                                        RolloutViews)
@@ -78,7 +78,7 @@ class ScenarioEvaluator:
     rollout shares.  A subclass says how a batch is rolled out (`rollout`, `_evaluated`).
 
     `draws`: the scenarios' parameters (S, p) and disturbances (T, S, d)
-    (language.scenarios.training_draws), or None when the spec declares none.  Every candidate
+    (plan.scenarios.training_draws), or None when the spec declares none.  Every candidate
     sees the same draws; scenarios chosen by an `x0` of their own (a subset, the holdout's
     chunks, a counterexample) come with their own `draws` (`select` gives both)."""
 
