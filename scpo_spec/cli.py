@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from scpo_spec.engine.listener import RunListener  # torch-free: what a training tells
 from scpo_spec.errors import ScpoError
 from scpo_spec.language.diagnostics import render, to_json
 from scpo_spec.language.format import format_spec
@@ -455,6 +456,31 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
+class TrainListener(RunListener):
+    """`scpo train`'s listener: the progress display, the trackers (TensorBoard, MLflow) and
+    the notes on stderr."""
+
+    def __init__(self, progress, tracking, out_dir: Path | None):
+        self.progress, self.tracking = progress, tracking
+        self.run_dir = out_dir  # the real path once the run started, for the Ctrl-C hint
+
+    def started(self, trainer, state, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.progress.start(trainer, state, run_dir)
+
+    def recorded(self, run_dir: Path, record) -> None:
+        self.tracking.record(run_dir, record)
+
+    def stepped(self, record, state) -> None:
+        self.progress.update(record, state)
+
+    def note(self, message: str) -> None:
+        err.print(f"[yellow]note:[/] {_esc(message)}", soft_wrap=True)
+
+    def stop_requested(self) -> None:
+        self.progress.request_stop()
+
+
 @command()
 def train(file: Path = typer.Argument(..., help="A spec file."),
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory, used "
@@ -522,21 +548,14 @@ def train(file: Path = typer.Argument(..., help="A spec file."),
         set_device(result.spec, device, _usage)
     progress = TrainingProgress(err, enabled=not quiet)
     progress.total = steps if steps is not None else int(result.spec.train.steps)
-    run_path = [out_dir]
-    def started(trainer, state, run_dir):  # noqa: E306 - the real path, for the Ctrl-C hint
-        run_path[0] = run_dir
-        progress.start(trainer, state, run_dir)
-    def note(message: str) -> None:
-        err.print(f"[yellow]note:[/] {_esc(message)}", soft_wrap=True)
+    listener = TrainListener(progress, tracking, out_dir)
     try:
         with progress, _sigterm_interrupts():
             res = run_training(file, result.spec, result.source.text, out=out_dir, steps=steps,
-                               resume=resume, on_start=started, on_step=progress.update,
-                               force=force, on_note=note, on_record=tracking.record,
-                               on_stop_request=progress.request_stop)
+                               resume=resume, force=force, listener=listener)
     except BaseException as e:
         tracking.close(interrupted=isinstance(e, KeyboardInterrupt))
-        _train_failed(e, file, run_path[0], steps)
+        _train_failed(e, file, listener.run_dir, steps)
         raise
     signature = RunDir(res.run_dir).signature
     try:

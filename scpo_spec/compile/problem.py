@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from scpo_spec.compile.evaluator import Metric, RolloutEvaluator
+from scpo_spec.compile.evaluator import Metric, ScenarioEvaluator, make_evaluator
 from scpo_spec.compile.objective import Objective, make_objective
 from scpo_spec.language.scenario_bounds import training_states
 from scpo_spec.plan.scenarios import holdout_draws, holdout_states, training_draws, uncertain_ranges
@@ -28,7 +28,7 @@ class CompiledSpec:
     dynamics: Dynamics
     backup: Backup | None
     family: PolicyFamily
-    evaluator: RolloutEvaluator
+    evaluator: ScenarioEvaluator
     objective: Objective
     compiler: ExpressionCompiler = field(repr=False)
     warm_start: dict | None = None  # `policy from`: the header's record (engine/warm.py)
@@ -37,14 +37,14 @@ class CompiledSpec:
     def metrics(self) -> list[Metric]:
         return self.evaluator.metrics
 
-    def holdout_evaluator(self, count: int | None = None, draws: bool = True) -> RolloutEvaluator:
+    def holdout_evaluator(self, count: int | None = None, draws: bool = True
+                          ) -> ScenarioEvaluator:
         """The same metrics on the spec's fresh holdout scenarios; `draws=False` leaves their
         parameters and disturbances to the caller, who passes each chunk's
         (`holdout_draws(spec, count, start, stop)`: engine/holdout.py, memory bounded by a chunk)."""
-        ev = self.evaluator
-        return RolloutEvaluator(ev.dynamics, ev.family, ev.metrics, holdout_states(self.spec, count),
-                                ev.horizon, ev.reducer, device=ev.device,
-                                draws=holdout_draws(self.spec, count) if draws else None)
+        return self.evaluator.with_scenarios(
+            holdout_states(self.spec, count),
+            holdout_draws(self.spec, count) if draws else None)
 
 
 def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
@@ -68,9 +68,9 @@ def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
                                              for n in names(prop.formula)))
                for prop, fields in zip(spec.properties, spec.declared_metrics())]
     horizon = int(spec.scenarios.horizon)
-    evaluator = RolloutEvaluator(dynamics, family, metrics, training_states(spec), horizon,
-                                 compiler.reduce, device=settings.device,
-                                 draws=training_draws(spec))
+    evaluator = make_evaluator(dynamics, family, metrics, training_states(spec), horizon,
+                               compiler.reduce, device=settings.device,
+                               draws=training_draws(spec))
     objective = make_objective(spec, family, evaluator, compiler, base)
     return CompiledSpec(spec, settings, dynamics, backup, family, evaluator, objective, compiler)
 

@@ -56,7 +56,10 @@ def validate_holdout(compiled: CompiledSpec, theta: torch.Tensor, beta: float = 
                  + ev.horizon * len(uncertain_ranges(spec, "disturbance")[0]))
         chunk = holdout_chunk(ev.horizon, compiled.dynamics.n, compiled.dynamics.m,
                               [out for out, _ in compiled.family.layers[:-1]], draws=drawn)
-    h = holdout_violations(ev, theta, chunk, spec)  # (N, k): hard per-scenario violations
+    try:
+        h = holdout_violations(ev, theta, chunk, spec)  # (N, k): hard per-scenario violations
+    finally:
+        ev.close()  # a gymnasium plant's environments
     bad = ~(h <= 0)
     violations = int(bad.any(axis=1).sum())
     worst_idx = np.argmax(np.where(np.isfinite(h), h, np.inf), axis=0)

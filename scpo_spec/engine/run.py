@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from scpo_spec.audit.log import FORMAT, AuditWriter, sha256_hex
-from scpo_spec.audit.records import (End, Header, Holdout, Init, Record, Resume, Step,
+from scpo_spec.audit.records import (End, Header, Holdout, Init, Record, Resume,
                                      parse_record)
 from scpo_spec.audit.rundir import RunDir, RunError, StateFile
 from scpo_spec.audit.warm_start import WarmStart, is_warm_start
@@ -42,8 +42,9 @@ from scpo_spec.compile.problem import CompiledSpec, compile_spec
 from scpo_spec.plan.scenarios import uncertainty_record
 from scpo_spec.plan.settings import declared_seeds
 from scpo_spec.dtype import DTYPE
-from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
+from scpo_spec.engine.executors import RayUnavailable, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
+from scpo_spec.engine.listener import RunListener
 from scpo_spec.engine.train import State, Trainer, theta_hash
 from scpo_spec.engine.warm import compile_warm
 from scpo_spec.usercode.loader import CodeError
@@ -286,12 +287,11 @@ class Recorder:
     """Appends records to the log and keeps the state file bound to the last one."""
 
     def __init__(self, run: RunDir, log: AuditWriter, trainer: Trainer,
-                 on_record: Callable[[Path, Record], None] | None = None,
-                 asked_steps: int | None = None):
+                 listener: RunListener, asked_steps: int | None = None):
         self.run, self.log, self.trainer = run, log, trainer
         self.asked_steps = asked_steps  # --steps, for the command that continues the run
         self.state: State | None = None  # the state of the last record committed
-        self.on_record = on_record  # hears each record once it is in the log (tracking)
+        self.listener = listener  # hears each record once it is in the log (tracking)
 
     def commit(self, record: Record, state: State) -> str:
         """Write the state file, then append the line; an OSError leaves both as they were
@@ -307,9 +307,9 @@ class Recorder:
                 raise
             self.run.keep_state()
             self.state = state
-            if self.on_record is not None:  # after the log holds it (a listener sees only what
-                # the audit log says), and before a held Ctrl-C: every logged record is heard
-                self.on_record(self.run.path, record)
+            # after the log holds it (a listener sees only what the audit log says), and
+            # before a held Ctrl-C: every logged record is heard
+            self.listener.recorded(self.run.path, record)
         return head
 
     def close(self) -> None:
@@ -325,20 +325,14 @@ class TrainResult:
 
 
 def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
-          steps: int | None = None, resume: bool = False,
-          on_start: Callable[[Trainer, State, Path], None] | None = None,
-          on_step: Callable[[Step, State], None] | None = None, force: bool = False,
-          on_note: Callable[[str], None] | None = None,
-          on_record: Callable[[Path, Record], None] | None = None,
-          on_stop_request: Callable[[], None] | None = None) -> TrainResult:
+          steps: int | None = None, resume: bool = False, force: bool = False,
+          listener: RunListener | None = None) -> TrainResult:
     """Train a checked spec, logging every step under `out` (see `_new_run` for which
-    directory; `resume` continues the run in `out`, default runs/NAME).  `on_note` hears what
-    the user should know but is no error (a run moved aside, a spec that changed only in
-    comments); `on_record(run_dir, record)` hears every record right after it is committed to
-    the log (the tracking of scpo_spec/tracking: TensorBoard, MLflow); `on_stop_request()`
-    hears, inside the signal handler, a first Ctrl-C or SIGTERM that will stop the run once
-    the step under way is logged (a progress display's note; it must do no more)."""
-    note = on_note or (lambda message: None)
+    directory; `resume` continues the run in `out`, default runs/NAME).  `listener` hears
+    the run's events (engine/listener.py: its start, each record committed, each step, notes,
+    a requested stop)."""
+    listener = listener if listener is not None else RunListener()
+    note = listener.note
     run = None
     if resume:  # a second writer is refused before any work
         run = RunDir(out if out is not None else Path("runs") / spec.name.name)
@@ -363,20 +357,19 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
         total = steps if steps is not None else compiled.settings.steps
         if resume:
             recorder, state = _resume(run, Trainer(compiled, evaluator), spec_path, spec,
-                                      spec_text, total, note, on_record, steps)
+                                      spec_text, total, listener, steps)
         else:
             recorder, state = _create(Trainer(compiled, evaluator), spec_path, spec, spec_text,
-                                      out, force, note, on_record, steps)
+                                      out, force, listener, steps)
             run = recorder.run
-        if on_start is not None:
-            on_start(recorder.trainer, state, recorder.run.path)
-        return _loop(recorder, state, total, on_step, spec_path, on_stop_request)
+        listener.started(recorder.trainer, state, recorder.run.path)
+        return _loop(recorder, state, total, spec_path)
     except RayUnavailable as e:  # a worker lost mid-run: the steps before it are logged
         raise RunError(f"{e} (continue with --resume)") from None
     finally:
         if run is not None:
             run.unlock()
-        close_evaluator(evaluator)  # Ray's actors; Ray itself only if this run started it
+        evaluator.close()  # Ray's actors (Ray itself only if this run started it), a gym's envs
 
 
 def _write_failed(e: OSError, recorder: Recorder, spec_path: Path) -> RunError:
@@ -398,18 +391,18 @@ def _write_failed(e: OSError, recorder: Recorder, spec_path: Path) -> RunError:
                        else "`"))
 
 
-def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
-            note, on_record=None, asked_steps: int | None = None) -> tuple[Recorder, State]:
+def _create(trainer: Trainer, spec_path, spec, spec_text, out, force, listener: RunListener,
+            asked_steps: int | None = None) -> tuple[Recorder, State]:
     compiled = trainer.c
     state = trainer.initial_state()  # raises UnsafeStart before anything is written
     # `verify every K`: θ₀ over the whole initial box, logged; a θ₀ not PROVED still starts
     # (no update is accepted unless proved, so the log shows why θ stays θ₀)
     proof = trainer.prove(state.theta) if compiled.settings.verify_every is not None else None
-    run, made = _new_run(out, Path("runs") / spec.name.name, force, spec_path, note)
+    run, made = _new_run(out, Path("runs") / spec.name.name, force, spec_path, listener.note)
     recorder = None
     try:
         run.spec_file(spec_path.suffix).write_text(spec_text, encoding="utf-8")
-        recorder = Recorder(run, AuditWriter.create(run.log), trainer, on_record, asked_steps)
+        recorder = Recorder(run, AuditWriter.create(run.log), trainer, listener, asked_steps)
         recorder.commit(header(compiled, spec_text, spec_path, trainer, spec), state)
         recorder.commit(Init(theta=theta_hash(state.theta), g=state.g, loss=state.loss,
                              ell=state.ell, margins=trainer.margins, proof=proof), state)
@@ -424,18 +417,16 @@ def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
     return recorder, state
 
 
-def _loop(recorder: Recorder, state: State, total: int, on_step,
-          spec_path: Path, on_stop_request=None) -> TrainResult:
-    trainer, ended = recorder.trainer, "completed"
+def _loop(recorder: Recorder, state: State, total: int, spec_path: Path) -> TrainResult:
+    trainer, ended, listener = recorder.trainer, "completed", recorder.listener
     try:
         try:
-            with _stop_between_steps(on_stop_request) as stop_requested:
+            with _stop_between_steps(listener.stop_requested) as stop_requested:
                 while state.step < total:
                     new_state, record = trainer.step(state)
                     recorder.commit(record, new_state)
                     state = new_state
-                    if on_step is not None:
-                        on_step(record, state)
+                    listener.stepped(record, state)
                     if stop_requested():
                         raise KeyboardInterrupt
                     if record.stopped:
@@ -550,8 +541,9 @@ def _with_steps(spec: Spec, like: Spec) -> Spec:
 
 
 def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_text: str,
-            total: int, note, on_record=None,
+            total: int, listener: RunListener,
             asked_steps: int | None = None) -> tuple[Recorder, State]:
+    note = listener.note
     from scpo_spec.audit.verify import pending_problems, verify_chain  # numpy only
     lines, _ = run.lines()
     text_changed = _spec_changed(run, spec_path, spec, spec_text)
@@ -575,14 +567,14 @@ def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_tex
     ended = last.get("type") == "end" and not str(last.get("reason")).startswith("interrupted")
     log = AuditWriter.reopen(run.log, run.torn)
     state = _restore(trainer, saved)
-    recorder = Recorder(run, log, trainer, on_record, asked_steps)
+    recorder = Recorder(run, log, trainer, listener, asked_steps)
     if pending:  # killed between the state write and the append: finish the append
         try:
             log.write(saved.pending)
         except OSError as e:
             raise _write_failed(e, recorder, spec_path) from None
-        if on_record is not None:  # the listeners hear the completed record too
-            on_record(run.path, parse_record(json.loads(saved.pending)))
+        # the listener hears the completed record too
+        listener.recorded(run.path, parse_record(json.loads(saved.pending)))
     if state.step >= total and ended:  # else its holdout and end record are still to come
         recorder.close()
         raise RunError(f"{run.path} has already taken {state.step} steps (asked for {total}); "

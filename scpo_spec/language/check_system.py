@@ -15,7 +15,8 @@ from scpo_spec.language import model as M
 from scpo_spec.language.diagnostics import did_you_mean, one_of
 from scpo_spec.language.dynamics import (EQUILIBRIUM_HINT, OPERATING_POINT_HINT, linearisation,
                                          linearisation_uses, not_an_equilibrium, off_equilibrium,
-                                         right_hand_side, riccati_problem, step_map)
+                                         pendulum_linearisation, pendulum_step, right_hand_side,
+                                         riccati_problem, step_map)
 from scpo_spec.language.evaluate import EvalError, evaluate
 from scpo_spec.language.scenario_bounds import training_states
 from scpo_spec.language.source import Span
@@ -504,21 +505,3 @@ def _not_a_file(path: Path) -> str:
     """Why a path that is no regular file cannot be read (a pipe or device could be opened, and
     reading it may never end)."""
     return ("is not a regular file (a pipe or a device)" if path.exists() else "does not exist")
-
-
-def pendulum_linearisation(system: M.PendulumSystem, theta: float = 0.0
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """(A, B) of the pendulum at angle θ* (0: upright); at the origin the same numbers as
-    systems.dynamics.Dynamics.linearisation (a test keeps them equal), without importing torch."""
-    dt, g, mass, length = (float(system.dt), float(system.g), float(system.m), float(system.l))
-    a = 3 * g / (2 * length) * np.cos(theta)
-    b = 3 / (mass * length ** 2)
-    return (np.array([[1 + dt * dt * a, dt], [dt * a, 1.0]]),
-            np.array([[dt * dt * b], [dt * b]]))
-
-
-def pendulum_step(system: M.PendulumSystem, x: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """x⁺ of the pendulum (systems/dynamics.py's step, in numpy)."""
-    dt, g, mass, length = (float(system.dt), float(system.g), float(system.m), float(system.l))
-    omega = x[1] + dt * (3 * g / (2 * length) * np.sin(x[0]) + 3 / (mass * length ** 2) * u[0])
-    return np.array([x[0] + dt * omega, omega])

@@ -2,7 +2,7 @@
 default) and an MLflow run when asked (`scpo runs`, the table of the runs in a folder, is
 audit/runs.py: it reads run directories and their verdict, no tracker).
 
-Trackers hear the records the engine has just committed to the log (`train(on_record=…)`), so
+Trackers hear the records the engine has just committed to the log (`RunListener.recorded`), so
 what they plot is what the log says.  None of it is part of the certificate: audit, report and
 resume never read it.  A tracker that fails to write (a read-only folder, a full disk, a server
 gone) is dropped with one warning and training goes on: tracking never costs a run."""
@@ -37,7 +37,8 @@ class Tracking:
 
     # ---- the engine's listener ----
     def record(self, run_dir: Path, record: Record) -> None:
-        """The engine's `on_record`: never raises (but KeyboardInterrupt)."""
+        """A record the engine just committed (`RunListener.recorded`): never raises (but
+        KeyboardInterrupt)."""
         if self.off:
             return
         try:

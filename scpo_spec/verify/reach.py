@@ -79,7 +79,7 @@ class ClosedLoop:
         dyn, family = compiled.dynamics, compiled.family
         self.n, self.m, self.keep = dyn.n, dyn.m, keep
         self.horizon = compiled.evaluator.horizon
-        if dyn.kind == "linear" and dyn.map is None:
+        if dyn.kind == "linear":
             self.A = torch.as_tensor(dyn.A, dtype=DTYPE)
             self.B = torch.as_tensor(dyn.B, dtype=DTYPE)
         elif dyn.kind in ("discrete", "ode"):
@@ -91,8 +91,8 @@ class ClosedLoop:
         elif dyn.kind == "static":
             pass  # x⁺ = x: the policy is a model y = f(x) of fixed inputs
         elif dyn.kind == "pendulum":
-            # the evaluator's constants, computed by the same Python expressions
-            self.pend = (3 * dyn.g / (2 * dyn.length), 3 / (dyn.mass * dyn.length ** 2), dyn.dt)
+            # the evaluator's constants: the same numbers (language.dynamics.PendulumEquations)
+            self.pend = (dyn.equations.gravity, dyn.equations.gain, dyn.equations.dt)
         else:
             raise Unsupported(f"a '{dyn.kind}' system is not bounded by the verifier (it covers "
                               "linear, pendulum, static and declared discrete/ode plants)")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.compile.evaluator import RolloutEvaluator
+from scpo_spec.compile.evaluator import ScenarioEvaluator
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language import model as M
 from scpo_spec.plan import code
@@ -58,7 +58,7 @@ class RayUnavailable(ScpoError):
     """Ray is not installed, the cluster cannot be reached or the workers could not start."""
 
 
-def fingerprint(ev: RolloutEvaluator) -> str:
+def fingerprint(ev: ScenarioEvaluator) -> str:
     """What the workers must agree on with the driver: metric names, horizon and scenarios (x₀,
     or a gymnasium system's reset seeds, and the parameters' and disturbances' draws)."""
     h = hashlib.sha256()
@@ -255,7 +255,7 @@ class RayEvaluator:
 
     WORKER = EvaluatorWorker
 
-    def __init__(self, local: RolloutEvaluator, spec, base_dir: Path | str | None,
+    def __init__(self, local: ScenarioEvaluator, spec, base_dir: Path | str | None,
                  workers: int = 2, address: str | None = None,
                  local_below: int = LOCAL_BELOW):
         self.local, self.workers, self.local_below = local, int(workers), int(local_below)
@@ -301,6 +301,11 @@ class RayEvaluator:
                 shutil.rmtree(packed, ignore_errors=True)
 
     # ---- the Evaluator interface ----
+    @property
+    def device(self) -> torch.device:
+        """The bank stays on the CPU: its rows travel to the actors as numpy."""
+        return torch.device("cpu")
+
     @property
     def metrics(self):
         return self.local.metrics
@@ -367,7 +372,9 @@ class RayEvaluator:
 
     # ---- lifetime ----
     def close(self) -> None:
-        """Kill the actors; shut Ray down only if this evaluator started it."""
+        """Kill the actors and close the local evaluator (a gymnasium plant's environments);
+        shut Ray down only if this evaluator started it."""
+        self.local.close()
         ray, actors, self._actors = self._ray, self._actors, []
         for a in actors:
             try:
