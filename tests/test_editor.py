@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from lark import Lark, Token
 
-from scpo_spec.language.build import vocabulary
+from scpo_spec.language.fields import vocabulary
 from scpo_spec.language.functions import SIGNAL_FUNCTIONS
 from scpo_spec.language.functions import NUMERIC_FUNCTIONS
 from scpo_spec.language.grammar import grammar_text

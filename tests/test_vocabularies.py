@@ -223,3 +223,19 @@ def test_unknown_words_carry_their_code_and_what_they_meant():
     for text, code, meant, message in cases:
         found = _errors(text, "a.scpo")
         assert found == [(message, f"did you mean '{meant}'?", code, meant)], found
+
+
+def test_the_rooms_that_implement_a_word_list_implement_exactly_it():
+    """language/words.py is the one list; the implementations downstream are held to it."""
+    import torch
+
+    from scpo_spec.compile.projection import SOLVERS as SOLVER_NAMES
+    from scpo_spec.language import words
+    from scpo_spec.policies.activations import ACTIVATIONS, MODULES
+    from scpo_spec.systems.declared import _integrator
+    assert set(ACTIVATIONS) == set(MODULES) == set(words.ACTIVATIONS)
+    assert set(SOLVER_NAMES) == set(words.SOLVERS)
+    x = torch.tensor([[1.0]], dtype=torch.float64)
+    for method in words.INTEGRATORS:  # each word integrates ẋ = −x to within its order
+        step = _integrator(lambda x, u, w=None: -x, 0.01, 1, method)
+        assert abs(step(x, None).item() - 0.99004983374916811) < 1e-4

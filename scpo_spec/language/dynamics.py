@@ -33,7 +33,6 @@ from scpo_spec.language import model as M
 from scpo_spec.language.evaluate import evaluate
 from scpo_spec.language.lets import expand
 
-INTEGRATORS = ("rk4", "euler", "midpoint")
 FD_STEP = 1e-6
 
 Vector = np.ndarray

@@ -17,7 +17,7 @@ from lsprotocol import types as T
 
 from scpo_spec.compile.describe import describe_metric
 from scpo_spec.language import model as M
-from scpo_spec.language.build import vocabulary
+from scpo_spec.language.fields import vocabulary
 from scpo_spec.language.check_formulas import FORMULA_KEYWORDS
 from scpo_spec.language.diagnostics import Diagnostic
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS
