@@ -253,8 +253,8 @@ class RunDir:
         language: a gymnasium module is imported).  A python plant or a TorchScript file is
         loaded by whoever uses it, under `expecting` (these bytes or none), and is checked
         with `ran_as_recorded` after it loaded."""
-        from scpo_spec.language.code import (CodeMismatch, expecting, names_code, ran_as_recorded,
-                                             unchanged)
+        from scpo_spec.usercode.loader import CodeMismatch
+        from scpo_spec.plan.code import expecting, names_code, ran_as_recorded, unchanged
         from scpo_spec.language.load import check_text, parse_model
         header = header or self.header()
         spec = header.spec
@@ -304,8 +304,8 @@ class RunDir:
         those checks."""
         from scpo_spec.language.check import size_errors
         from scpo_spec.language.load import parse_model
-        from scpo_spec.language.scenarios import scenario_count, uncertainty_record
-        from scpo_spec.language.settings import Settings, declared_seeds
+        from scpo_spec.plan.scenarios import scenario_count, uncertainty_record
+        from scpo_spec.plan.settings import Settings, declared_seeds
         header = header or self.header()
         spec = header.spec
         if not isinstance(spec.get("text"), str):

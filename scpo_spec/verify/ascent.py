@@ -23,7 +23,7 @@ import torch
 
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
-from scpo_spec.language.scenarios import Draws
+from scpo_spec.plan.scenarios import Draws
 
 GRADIENT_STEPS = 10   # rollouts (with their backward pass) per search
 FIRST_STEP = 0.25     # of the cell's width (the disturbance's range); halved every two steps
