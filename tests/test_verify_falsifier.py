@@ -22,16 +22,16 @@ def _falsifier_points() -> np.ndarray:
     return np.vstack([[0.5, 0.5], corners, rng.uniform([0, 0], [1, 1], (RANDOM_POINTS, 2))])
 
 
-def _ridges(peak_g: float):
+def _ridges(peak_g: float, system: str = "system static {\n  state a, b\n  input f\n}",
+            horizon: int = 1, formula: str = "always abs(f) <= 1"):
     """x⁺ = x (one step), u = c·(ridge(a) + ridge(b)) from a 2-4-1 tanh MLP, peaking at the
     interior point farthest from every falsifier point, where |u| − 1 = peak_g."""
     points = _falsifier_points()
     grid = np.stack(np.meshgrid(*[np.linspace(0.25, 0.75, 51)] * 2), -1).reshape(-1, 2)
     a0, b0 = grid[np.argmax(np.linalg.norm(grid[:, None] - points[None], axis=2).min(1))]
-    system = "system static {\n  state a, b\n  input f\n}"
     compiled = _compiled(_spec_text(None, None, "mlp { hidden = [4]  activation = tanh  seed = 0 }",
-                                    "", horizon=1, system=system, box=((0, 1), (0, 1)),
-                                    formulas="constraint limit: always abs(f) <= 1\n"))
+                                    "", horizon=horizon, system=system, box=((0, 1), (0, 1)),
+                                    formulas=f"constraint limit: {formula}\n"))
     k, w = STEEP, HALF_WIDTH
     c = (1 + peak_g) / (4 * np.tanh(k * w))
     theta = torch.tensor([k, 0, k, 0, 0, k, 0, k,
@@ -68,3 +68,22 @@ def test_gradient_steps_never_make_a_safe_peak_a_counterexample():
     result = verify(compiled, theta, cells=1)
     assert result.constraints["limit"].verdict == "UNDECIDED"
     assert result.constraints["limit"].counterexample is None
+
+
+def test_gradient_steps_move_a_disturbance_into_the_patch():
+    """The ridges read a and, one step later, b⁺ = w (a disturbance in [0, 1]); the metric
+    reads step 1 only, so only (a₀, w₀) near the peak violates: the search moves w₀ there."""
+    torch.set_num_threads(1)
+    compiled, theta, peak = _ridges(0.05, system="disturbance w in [0, 1]\nsystem discrete {\n"
+                                    "  state a, b\n  input f\n  next a = a\n  next b = w\n}",
+                                    horizon=2, formula="always[1:2] abs(f) <= 1")
+    result = verify(compiled, theta, cells=1)
+    r = result.constraints["limit"]
+    assert r.verdict == "COUNTEREXAMPLE", r
+    cex = r.counterexample
+    assert abs(cex["x0"][0] - peak[0]) < 0.05 and abs(cex["disturbances"]["w"][0] - peak[1]) < 0.05
+    from scpo_spec.plan.scenarios import Draws
+    draws = Draws(np.zeros((1, 0)), np.array(cex["disturbances"]["w"]).reshape(2, 1, 1))
+    g = compiled.evaluator.per_scenario(theta[None], torch.tensor([cex["x0"]], dtype=torch.float64),
+                                        draws)[0, 0, 0]
+    assert g > 0 and float(g) == pytest.approx(cex["g"], abs=1e-12)
