@@ -265,12 +265,13 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
                 room -= 1
                 split[i] = True
         # gradient steps on the whole box, and on every cell left open (a cell split further
-        # is searched through its parts)
+        # is searched through its parts), while the time limit allows
         whole = np.array([depth == 0 for _, _, depth, _ in batch])
-        found = _gradient_steps(compiled, theta, batch, cex, uncertainty,
-                                ~proved & (whole | ~split)[:, None], x0, draws, g, owner)
-        if found is not None:
-            _check(*found, his, metrics)
+        if time.perf_counter() - start <= time_limit:
+            found = _gradient_steps(compiled, theta, batch, cex, uncertainty,
+                                    ~proved & (whole | ~split)[:, None], x0, draws, g, owner)
+            if found is not None:
+                _check(*found, his, metrics)
         for i, (clo, chi, depth, _) in enumerate(batch):
             if split[i]:
                 d = int(torch.argmax((chi - clo) / scale))
