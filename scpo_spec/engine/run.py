@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from scpo_spec.audit.log import FORMAT, AuditWriter, sha256_hex
-from scpo_spec.audit.records import (End, Header, Holdout, Init, Record, Resume, Step,
+from scpo_spec.audit.loaded import LoadedRun
+from scpo_spec.audit.records import (End, EndState, Header, Holdout, Init, Record, Resume, Step,
                                      parse_record)
 from scpo_spec.audit.rundir import RunDir, RunError, StateFile
 from scpo_spec.audit.warm_start import WarmStart, is_warm_start
@@ -344,10 +345,11 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
         if not run.is_run():
             raise RunError(f"{run.path} is not a run that can be resumed (no {run.log.name})")
         run.lock()
+        loaded = LoadedRun(run)  # read once, under the lock
     try:
         recorded = None
         if resume and is_warm_start(spec):  # the source as the run recorded it, not read again
-            recorded = WarmStart.from_record(run.header().warm_start, str(run.log))
+            recorded = WarmStart.from_record(loaded.header.warm_start, str(run.log))
         compiled, _ = compile_warm(spec, spec_path.resolve().parent, recorded)
         evaluator = open_evaluator(compiled, spec_path.resolve().parent)
     except RayUnavailable as e:
@@ -361,7 +363,7 @@ def train(spec_path: Path, spec: Spec, spec_text: str, out: Path | None = None,
     try:
         total = steps if steps is not None else compiled.settings.steps
         if resume:
-            recorder, state = _resume(run, Trainer(compiled, evaluator), spec_path, spec,
+            recorder, state = _resume(loaded, Trainer(compiled, evaluator), spec_path, spec,
                                       spec_text, total, note, on_record, steps)
         else:
             recorder, state = _create(Trainer(compiled, evaluator), spec_path, spec, spec_text,
@@ -425,7 +427,7 @@ def _create(trainer: Trainer, spec_path, spec, spec_text, out, force,
 
 def _loop(recorder: Recorder, state: State, total: int, on_step,
           spec_path: Path, on_stop_request=None) -> TrainResult:
-    trainer, ended = recorder.trainer, "completed"
+    trainer, ended = recorder.trainer, EndState.COMPLETED.value
     try:
         try:
             with _stop_between_steps(on_stop_request) as stop_requested:
@@ -438,11 +440,11 @@ def _loop(recorder: Recorder, state: State, total: int, on_step,
                     if stop_requested():
                         raise KeyboardInterrupt
                     if record.stopped:
-                        ended = f"stopped at step {record.step}: {record.reason}"
+                        ended = EndState.STOPPED.reason(record.step, record.reason)
                         break
         except KeyboardInterrupt:  # the end record names the last state committed
             state = recorder.state
-            recorder.commit(_end(f"interrupted after step {state.step}", state), state)
+            recorder.commit(_end(EndState.INTERRUPTED.reason(state.step), state), state)
             recorder.close()
             raise
         holdout = {**validate_holdout(trainer.c, state.theta), "theta": theta_hash(state.theta)}
@@ -452,8 +454,8 @@ def _loop(recorder: Recorder, state: State, total: int, on_step,
         raise _write_failed(e, recorder, spec_path) from None
     except PlantFailure as failure:  # the author's plant raised on a candidate or the holdout:
         state = recorder.state        # the run ends like an interrupted one, marked so
-        recorder.commit(_end(f"interrupted after step {state.step}: the plant "
-                             f"'{failure.plant.name}' {failure.what}", state), state)
+        recorder.commit(_end(EndState.INTERRUPTED.reason(
+            state.step, f"the plant '{failure.plant.name}' {failure.what}"), state), state)
         recorder.close()
         raise failure.kept(
             f"the run {recorder.run.path} is kept up to step {state.step} and marked "
@@ -476,15 +478,14 @@ def _meaning(spec: Spec | None) -> str | None:
     return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
 
 
-def _spec_changed(run: RunDir, spec_path: Path, spec: Spec, spec_text: str) -> bool:
+def _spec_changed(run: LoadedRun, spec_path: Path, spec: Spec, spec_text: str) -> bool:
     """Whether the text differs from the one the run started with; RunError when the meaning
     does (a comment or re-layout is no reason to refuse a resume, a changed bound is), naming
     what changed."""
-    header = run.header()
-    if header.spec.get("sha256") == sha256_hex(spec_text.encode()):
+    if run.header.spec.get("sha256") == sha256_hex(spec_text.encode()):
         return False
     try:
-        before, _ = run.checked_spec(header)  # the stored text, read once, through the run
+        before, _ = run.checked_spec()  # the stored text, read once, through the run
     except RunError as e:
         raise RunError(f"the spec stored in {run.path}'s header cannot be read back ({e}), so "
                        f"{spec_path} cannot be compared with it; resume with the same spec "
@@ -548,21 +549,21 @@ def _with_steps(spec: Spec, like: Spec) -> Spec:
         update={"steps": like.train.steps})})
 
 
-def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_text: str,
+def _resume(loaded: LoadedRun, trainer: Trainer, spec_path: Path, spec: Spec, spec_text: str,
             total: int, note, on_record=None,
             asked_steps: int | None = None) -> tuple[Recorder, State]:
     from scpo_spec.audit.verify import pending_problems, verify_chain  # numpy only
-    lines, _ = run.lines()
-    text_changed = _spec_changed(run, spec_path, spec, spec_text)
-    moved = unchanged(run.header().code, spec, spec_path.resolve().parent)
+    run, lines = loaded.run, loaded.lines
+    text_changed = _spec_changed(loaded, spec_path, spec, spec_text)
+    moved = unchanged(loaded.header.code, spec, spec_path.resolve().parent)
     if moved:  # the same text over other code or networks would be another run's policy
         raise RunError(f"{moved[0]}; refusing to resume {run.path} with it")
     problems = verify_chain(lines)
     if problems:
         raise RunError(f"{run.log} fails its hash chain ({problems[0]}); refusing to extend it")
-    saved, pending = run.bound_state(lines)
+    saved, pending = loaded.bound_state()
     if pending:  # the record a kill kept from the log joins it only if it audits
-        wrong = pending_problems(run.records(), saved.pending, saved.theta)
+        wrong = pending_problems(loaded.records, saved.pending, saved.theta)
         if wrong:
             raise RunError(f"{run.state}: {wrong[0]}; refusing to append it to {run.log}")
         kind = json.loads(saved.pending).get("type")
@@ -571,7 +572,8 @@ def _resume(run: RunDir, trainer: Trainer, spec_path: Path, spec: Spec, spec_tex
                  "continues from its last step and writes its own")
             pending = False
     last = lines[-1].record if lines and not pending else {}
-    ended = last.get("type") == "end" and not str(last.get("reason")).startswith("interrupted")
+    ended = (last.get("type") == "end"
+             and EndState.of(str(last.get("reason"))) is not EndState.INTERRUPTED)
     log = AuditWriter.reopen(run.log, run.torn)
     state = _restore(trainer, saved)
     recorder = Recorder(run, log, trainer, on_record, asked_steps)

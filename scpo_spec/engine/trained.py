@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
+from scpo_spec.audit.loaded import LoadedRun
 from scpo_spec.audit.records import Header
-from scpo_spec.audit.rundir import RunDir, RunError
+from scpo_spec.audit.rundir import RunError
 from scpo_spec.audit.verdict import Verdict
-from scpo_spec.compile.problem import CompiledSpec, compile_spec
+from scpo_spec.compile.problem import CompiledSpec, compile_controller, compile_spec
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.code import expecting, ran_as_recorded
 from scpo_spec.language.model import Spec
@@ -276,7 +277,7 @@ class Run:
         return self._compiled
 
 
-def load_run(run_dir: str | Path, *, trust_code: bool = False, head: str | None = None,
+def load_run(run_dir: str | Path | LoadedRun, *, trust_code: bool = False, head: str | None = None,
              key: str | Path | None = None, allow_incomplete: bool = False) -> Run:
     """A run directory that passes `scpo audit` (with `head` and `key`, as its --head and --key)
     → `Run`: `.spec` (the model), `.policy` (float64, numpy or torch states (N, n) or (n,) →
@@ -290,17 +291,16 @@ def load_run(run_dir: str | Path, *, trust_code: bool = False, head: str | None 
     verify with `key` (an Ed25519 public key file), and a run that has not ended (unless
     `allow_incomplete`).  A run whose spec names code (a python plant, a gymnasium
     `module:Env`, a TorchScript backup or policy) is refused unless `trust_code`: then its
-    files must hash as the run recorded before they run."""
+    files must hash as the run recorded before they run.  The run directory is read once
+    (audit/loaded.py); a LoadedRun a caller already holds may be given."""
     from scpo_spec.audit.rundir import CodeChanged
     from scpo_spec.audit.verdict import judge
     from scpo_spec.compile.usercode import import_plant
     from scpo_spec.language.code import untrusted
-    from scpo_spec.policies import make_backup, make_policy
-    from scpo_spec.systems import make_dynamics
-    run = RunDir(run_dir)
-    header = run.header()
+    run = LoadedRun.of(run_dir)
+    header = run.header
     if not trust_code:  # a run that names code is refused first, none of it run
-        spec, base_dir = run.checked_spec(header)
+        spec, base_dir = run.checked_spec()
         if untrusted(spec):
             raise RunError(untrusted(spec))
     audit, verdict = judge(run, head=head, key=Path(key) if key is not None else None)
@@ -311,18 +311,16 @@ def load_run(run_dir: str | Path, *, trust_code: bool = False, head: str | None 
         raise RunError(f"{run.path} does not pass `scpo audit`: {'; '.join(refused)}{more}; "
                        "not loading its policy")
     if trust_code:  # only a run that passes the audit has its code run
-        spec, base_dir = run.checked_spec(header, trust_code=True)
+        spec, base_dir = run.checked_spec(trust_code=True)
     theta = torch.from_numpy(run.final_theta(audit.final_theta)).to(DTYPE)
     with expecting(header.code, spec, base_dir):  # the recorded bytes, or nothing runs
-        dynamics = make_dynamics(spec, base_dir)
+        dynamics, _, family = compile_controller(spec, base_dir)
         import_plant(dynamics)  # now, under the check: not at the first step
-        family = make_policy(spec, dynamics.n, dynamics.m,
-                             make_backup(spec, dynamics, base_dir), base_dir)
     wrong = ran_as_recorded(header.code, spec, base_dir)  # each piece ran, from those bytes
     if wrong:
         raise CodeChanged(f"not trusting the code of {run.path}: {wrong[0]}")
     if theta.shape != family.theta0.shape:
-        raise RunError(f"{run.state} holds {theta.numel()} weights; the spec's policy has "
+        raise RunError(f"{run.run.state} holds {theta.numel()} weights; the spec's policy has "
                        f"{family.d}")
     return Run(run.path, spec, family.module(theta).eval(), theta, header, verdict, base_dir,
                _family=family, _dynamics=dynamics)
