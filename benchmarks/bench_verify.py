@@ -19,7 +19,7 @@ import torch
 
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.language.load import check_file
-from scpo_spec.language.scenarios import initial_box
+from scpo_spec.language.scenario_bounds import initial_box
 from scpo_spec.verify.prove import verify
 from scpo_spec.verify.reach import ClosedLoop
 

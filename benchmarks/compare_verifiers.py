@@ -199,7 +199,7 @@ def closed_loop(args):
 
 def export(compiled, theta, x_check) -> Path:
     """The closed loop as plain arrays for the peers (only what this spec uses is supported)."""
-    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.language.scenario_bounds import initial_box
     from scpo_spec.verify.reach import ClosedLoop
     loop = ClosedLoop(compiled, theta)
     if loop.kind != "linear" or loop.K is None or loop.offset is not None \
@@ -222,7 +222,7 @@ def export(compiled, theta, x_check) -> Path:
 
 
 def sampled_worst(compiled, theta, samples: int):
-    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.language.scenario_bounds import initial_box
     lo, hi = (torch.as_tensor(a, dtype=torch.float64) for a in initial_box(compiled.spec))
     gen = torch.Generator().manual_seed(0)
     x0 = lo + (hi - lo) * torch.rand(samples, lo.shape[0], generator=gen, dtype=lo.dtype)

@@ -722,7 +722,7 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of runs (sea
     from rich.measure import Measurement
     from rich.table import Table
 
-    from scpo_spec.tracking.runs import list_runs
+    from scpo_spec.audit.runs import list_runs
     if not folder.is_dir():
         _usage(f"{'not a folder' if folder.exists() else 'no such folder'}: {folder}")
     rows = list_runs(folder)
@@ -996,7 +996,7 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
     --no-record; a record that cannot be written is said on stderr and leaves the exit code the
     verdict's.  --cells and --time-limit default to the spec's `verify { }` section."""
     from scpo_spec.audit.rundir import RunDir
-    from scpo_spec.language.settings import verify_limits
+    from scpo_spec.plan.settings import verify_limits
     if RunDir(target).is_run():
         from scpo_spec.audit.loaded import LoadedRun
         from scpo_spec.engine.trained import load_run
@@ -1090,7 +1090,7 @@ def _record_verify(run, head: str, compiled, theta, res, settings: dict) -> str 
     when the log moved on meanwhile or the folder cannot be written."""
     import scpo_spec
     from scpo_spec.audit.records import VERIFY_FORMAT, VerifyRecord, theta_sha256
-    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.language.scenario_bounds import initial_box
     from scpo_spec.verify.prove import KEEP, SEED
     if run.head() != head:
         err.print(f"[yellow]not recorded[/]: {_esc(run.log)} changed while verifying (another "

@@ -74,7 +74,7 @@ def test_pendulum_linearisation_matches_the_dynamics():
 
 # ---------------------------------------------------------------- 2. vacuous holdout
 def test_holdout_bound():
-    from scpo_spec.language.scenarios import HOLDOUT_BETA, holdout_bound
+    from scpo_spec.language.scenario_bounds import HOLDOUT_BETA, holdout_bound
     assert holdout_bound(1000, 1e-6) == pytest.approx(math.log(1e6) / 1000)
     assert holdout_bound(1, HOLDOUT_BETA) == pytest.approx(13.8155, abs=1e-4)
     assert holdout_bound(0, 1e-6) is None
@@ -211,7 +211,7 @@ def test_chunked_holdout_equals_one_batch(monkeypatch):
     import torch
 
     from scpo_spec.compile.problem import compile_spec
-    from scpo_spec.language.scenarios import holdout_chunk
+    from scpo_spec.plan.scenarios import holdout_chunk
     from scpo_spec.engine.holdout import holdout_violations, validate_holdout
     c = compile_spec(check(replace("holdout 1000", "holdout 203")).spec)
     theta = c.family.theta0 + 0.3 * torch.randn(c.family.theta0.shape,

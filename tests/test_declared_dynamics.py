@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.compile.signals import ExpressionCompiler, Reducer, Trace
 from scpo_spec.compile.usercode import check_code
-from scpo_spec.language.code import identities
+from scpo_spec.plan.code import identities
 from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.train import Trainer
 from scpo_spec.language.load import CheckResult, check_text, load_spec

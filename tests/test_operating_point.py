@@ -199,7 +199,7 @@ def gravity(backup: str, policy: str, lyapunov: bool = True) -> str:
 def _enclosed(compiled, theta, count=400):
     """Every sampled trajectory (and input) inside the reach sets of the whole initial box, and
     every sampled metric inside its bound."""
-    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.language.scenario_bounds import initial_box
     from scpo_spec.verify.bounds import IntervalCompiler
     from scpo_spec.verify.reach import ClosedLoop
     lo, hi = (torch.as_tensor(a) for a in initial_box(compiled.spec))
@@ -445,7 +445,8 @@ train { steps 2  optimizer sgd { lr = 0.01 }  directions 4  perturbation 1e-3  r
 
 
 def test_an_observation_of_a_parameter_reads_the_scenarios_draws():
-    from scpo_spec.language.scenarios import training_draws, training_states
+    from scpo_spec.language.scenario_bounds import training_states
+    from scpo_spec.plan.scenarios import training_draws
     c = compiled_of(OBSERVES_K)
     assert c.family.around.uncertain
     d, x0 = training_draws(c.spec), training_states(c.spec)

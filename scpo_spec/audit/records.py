@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.language.scenarios import holdout_bound
+from scpo_spec.language.scenario_bounds import holdout_bound
 
 Vec = np.ndarray  # float64, one entry per metric (or per candidate)
 
@@ -178,7 +178,7 @@ class Header(Record):
     code: list | None = None   # the code the spec names: kind, target, file, sha256 each
     warm_start: dict | None = None  # `policy from`: the source run (audit/warm_start.py)
     uncertainty: dict | None = None  # parameters, disturbances (name, lo, hi) and the SHA-256
-    #                                  of the training draws (language.scenarios.uncertainty_record)
+    #                                  of the training draws (plan.scenarios.uncertainty_record)
 
     METRIC: ClassVar[dict] = {"name": str, "section": str, "formula": str, "margin": float,
                               "smoothness": float | None, "lipschitz": float | None,

@@ -267,8 +267,8 @@ class RunDir:
         loaded by whoever uses it, under `expecting` (these bytes or none), and is checked
         with `ran_as_recorded` after it loaded.  `parsed`: the text's `stored_text`, when the
         caller holds it (else it is parsed here)."""
-        from scpo_spec.language.code import (CodeMismatch, expecting, names_code, ran_as_recorded,
-                                             unchanged)
+        from scpo_spec.usercode.loader import CodeMismatch
+        from scpo_spec.plan.code import expecting, names_code, ran_as_recorded, unchanged
         header = header or self.header()
         spec = header.spec
         text, path = spec.get("text"), spec.get("path")
@@ -316,8 +316,8 @@ class RunDir:
         sized (nothing read or run); None when the text does not build, RunError when it fails
         those checks.  `parsed`: as for `checked_spec`."""
         from scpo_spec.language.check import size_errors
-        from scpo_spec.language.scenarios import scenario_count, uncertainty_record
-        from scpo_spec.language.settings import Settings, declared_seeds
+        from scpo_spec.plan.scenarios import scenario_count, uncertainty_record
+        from scpo_spec.plan.settings import Settings, declared_seeds
         header = header or self.header()
         spec = header.spec
         if not isinstance(spec.get("text"), str):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.signals import Compiled, Trace
-from scpo_spec.language.scenarios import Draws
+from scpo_spec.plan.scenarios import Draws
 from scpo_spec.policies.policy import PolicyFamily
 from scpo_spec.systems.dynamics import Dynamics, RolloutViews
 from scpo_spec.systems.gym_rollout import GymRollout
@@ -67,7 +67,7 @@ class RolloutEvaluator:
     kept as an int64 `x0` (a subset of it selects scenarios the same way).
 
     `draws`: the scenarios' parameters (S, p) and disturbances (T, S, d)
-    (language.scenarios.training_draws), or None when the spec declares none.  Every candidate
+    (plan.scenarios.training_draws), or None when the spec declares none.  Every candidate
     sees the same draws; scenarios chosen by an `x0` of their own (a subset, the holdout's
     chunks, a counterexample) come with their own `draws` (`select` gives both).
 

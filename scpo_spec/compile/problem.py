@@ -9,15 +9,15 @@ from pathlib import Path
 
 from scpo_spec.compile.evaluator import Metric, RolloutEvaluator
 from scpo_spec.compile.objective import Objective, make_objective
-from scpo_spec.language.scenarios import (holdout_draws, holdout_states, training_draws,
-                                          training_states, uncertain_ranges)
+from scpo_spec.language.scenario_bounds import training_states
+from scpo_spec.plan.scenarios import holdout_draws, holdout_states, training_draws, uncertain_ranges
 from scpo_spec.compile.signals import ExpressionCompiler, Reducer
 from scpo_spec.policies.backup import Backup, make_backup
 from scpo_spec.policies.policy import PolicyFamily, make_policy
 from scpo_spec.language.expr import names
 from scpo_spec.language.lets import expand
 from scpo_spec.language.model import Spec
-from scpo_spec.language.settings import Settings
+from scpo_spec.plan.settings import Settings
 from scpo_spec.systems.dynamics import Dynamics, make_dynamics
 
 

@@ -123,7 +123,7 @@ def _python_policy(spec: Spec, base_dir: Path) -> list[Diagnostic]:
 def import_plant(dynamics) -> None:
     """A `system python` plant imported and probed now rather than at its first step (where
     `make_dynamics` leaves it): a trusted run's plant must run while only the bytes the run
-    recorded may (`language.code.expecting`), not later, outside that check."""
+    recorded may (`plan.code.expecting`), not later, outside that check."""
     from scpo_spec.systems.user_code import PythonPlant
     if isinstance(getattr(dynamics, "map", None), PythonPlant):
         dynamics.map.load()

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.problem import CompiledSpec
-from scpo_spec.language.scenarios import (HOLDOUT_BETA, HOLDOUT_BLOCK, has_uncertainty,
-                                          holdout_bound, holdout_chunk, holdout_draws,
-                                          uncertain_ranges)
+from scpo_spec.language.scenario_bounds import HOLDOUT_BETA, holdout_bound
+from scpo_spec.plan.scenarios import (HOLDOUT_BLOCK, has_uncertainty, holdout_chunk, holdout_draws,
+                                      uncertain_ranges)
 
 BETA = HOLDOUT_BETA
 

@@ -40,14 +40,15 @@ from scpo_spec.audit.records import (End, EndState, Header, Holdout, Init, Recor
 from scpo_spec.audit.rundir import RunDir, RunError, StateFile
 from scpo_spec.audit.warm_start import WarmStart, is_warm_start
 from scpo_spec.compile.problem import CompiledSpec
-from scpo_spec.language.scenarios import uncertainty_record
-from scpo_spec.language.settings import declared_seeds
+from scpo_spec.plan.scenarios import uncertainty_record
+from scpo_spec.plan.settings import declared_seeds
 from scpo_spec.engine.executors import RayUnavailable, close_evaluator, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.trained import Run, Trajectory, load_run  # noqa: F401 - the old home
 from scpo_spec.engine.train import State, Trainer, theta_hash
 from scpo_spec.engine.warm import compile_warm
-from scpo_spec.language.code import CodeError, identities, ran_as_recorded, unchanged
+from scpo_spec.usercode.loader import CodeError
+from scpo_spec.plan.code import identities, ran_as_recorded, unchanged
 from scpo_spec.language.format import format_spec
 from scpo_spec.language.load import syntax_of
 from scpo_spec.language.model import Spec

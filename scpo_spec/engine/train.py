@@ -26,7 +26,7 @@ from scpo_spec.engine.memory import keep_freed_memory
 from scpo_spec.engine.optimizers import Optimizer
 from scpo_spec.engine.probes import fill_gaussian
 from scpo_spec.errors import ScpoError
-from scpo_spec.language.settings import verify_limits
+from scpo_spec.plan.settings import verify_limits
 from scpo_spec.verify.prove import verify as prove_over_box
 from scpo_spec.verify.verdicts import PROVED
 

@@ -18,7 +18,7 @@ from scpo_spec.audit.rundir import RunError
 from scpo_spec.audit.verdict import Verdict
 from scpo_spec.compile.problem import CompiledSpec, compile_controller, compile_spec
 from scpo_spec.dtype import DTYPE
-from scpo_spec.language.code import expecting, ran_as_recorded
+from scpo_spec.plan.code import expecting, ran_as_recorded
 from scpo_spec.language.model import Spec
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class Run:
     def initial_box(self) -> dict[str, tuple[float, float]]:
         """State → (lo, hi) of the scenarios' initial states ({} for a gymnasium system, whose
         environment's reset draws them)."""
-        from scpo_spec.language.scenarios import initial_box
+        from scpo_spec.language.scenario_bounds import initial_box
         if self._is_gym:
             return {}
         lo, hi = initial_box(self.spec)
@@ -94,25 +94,25 @@ class Run:
     def scenarios(self) -> np.ndarray:
         """The training scenarios: initial states (S, n) float64, or reset seeds (S,) int64 for a
         gymnasium system — exactly those every certificate was verified on."""
-        from scpo_spec.language.scenarios import training_states
+        from scpo_spec.language.scenario_bounds import training_states
         return training_states(self.spec)
 
     @property
     def parameter_names(self) -> list[str]:
         """The spec's `parameter`s, in order (the columns of `simulate(parameters=…)`)."""
-        from scpo_spec.language.scenarios import uncertain_ranges
+        from scpo_spec.plan.scenarios import uncertain_ranges
         return uncertain_ranges(self.spec, "parameter")[0]
 
     @property
     def disturbance_names(self) -> list[str]:
         """The spec's `disturbance`s, in order (the columns of `simulate(disturbances=…)`)."""
-        from scpo_spec.language.scenarios import uncertain_ranges
+        from scpo_spec.plan.scenarios import uncertain_ranges
         return uncertain_ranges(self.spec, "disturbance")[0]
 
     @property
     def uncertainty(self) -> dict[str, tuple[float, float]]:
         """Parameter or disturbance → (lo, hi), the range its draws come from ({} if none)."""
-        from scpo_spec.language.scenarios import uncertain_ranges
+        from scpo_spec.plan.scenarios import uncertain_ranges
         out = {}
         for section in ("parameter", "disturbance"):
             names, lo, hi = uncertain_ranges(self.spec, section)
@@ -233,7 +233,7 @@ class Run:
                training: bool):
         """The scenarios' Draws (None without uncertainty) from `simulate`'s arguments; the
         training scenarios' own when none are given for them (cut to `steps`)."""
-        from scpo_spec.language.scenarios import Draws, given_draws, training_draws
+        from scpo_spec.plan.scenarios import Draws, given_draws, training_draws
         if training and parameters is None and disturbances is None:
             own = training_draws(self.spec)
             if own is None:
@@ -296,7 +296,7 @@ def load_run(run_dir: str | Path | LoadedRun, *, trust_code: bool = False, head:
     from scpo_spec.audit.rundir import CodeChanged
     from scpo_spec.audit.verdict import judge
     from scpo_spec.compile.usercode import import_plant
-    from scpo_spec.language.code import untrusted
+    from scpo_spec.plan.code import untrusted
     run = LoadedRun.of(run_dir)
     header = run.header
     if not trust_code:  # a run that names code is refused first, none of it run

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from scpo_spec.language.scenarios import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, holdout_bound, \
+from scpo_spec.language.scenario_bounds import HOLDOUT_BETA, HOLDOUT_CHUNK_BYTES, holdout_bound, \
     rollout_bytes, training_states
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
 from scpo_spec.language.data import TableError, read_columns
-from scpo_spec.language.code import CodeMismatch, load_module, one_line
+from scpo_spec.usercode.loader import CodeMismatch, load_module, one_line
 from scpo_spec.language.check_v3 import V3Checks
 from scpo_spec.language.dynamics import (EQUILIBRIUM_HINT, OPERATING_POINT_HINT, linearisation,
                                          linearisation_uses, nominal_values, not_an_equilibrium,

@@ -27,7 +27,7 @@ from scpo_spec.audit.rundir import RunError
 from scpo_spec.audit.verdict import (Check, Verdict, holdout_bound, judge, logged_holdout,
                                      verdict)
 from scpo_spec.audit.verify import AuditResult, describe_stall
-from scpo_spec.language.code import names_code, ran_as_recorded, untrusted
+from scpo_spec.plan.code import names_code, ran_as_recorded, untrusted
 
 __all__ = ["Check", "Evidence", "Series", "fmt", "gather"]
 
@@ -73,7 +73,7 @@ class Evidence:
         draws, made from the checked spec (the audit holds the header's account to it)."""
         if self.spec is None:
             return None
-        from scpo_spec.language.scenarios import uncertainty_record
+        from scpo_spec.plan.scenarios import uncertainty_record
         return uncertainty_record(self.spec)
 
     @cached_property
@@ -200,7 +200,7 @@ class _Final:
         if self._compiled is None and self.problem is None and self.theta() is not None:
             from scpo_spec.compile.problem import compile_spec
             from scpo_spec.compile.usercode import import_plant
-            from scpo_spec.language.code import expecting
+            from scpo_spec.plan.code import expecting
             code = self.run.header.code
             try:
                 with expecting(code, self.spec, self.base):  # the recorded bytes, or none

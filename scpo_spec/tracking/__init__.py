@@ -1,5 +1,6 @@
 """Experiment tracking beside the audit log: TensorBoard event files in RUN/tensorboard/ (on by
-default), an MLflow run when asked, and `scpo runs`, the table of the runs in a folder.
+default) and an MLflow run when asked (`scpo runs`, the table of the runs in a folder, is
+audit/runs.py: it reads run directories and their verdict, no tracker).
 
 Trackers hear the records the engine has just committed to the log (`train(on_record=…)`), so
 what they plot is what the log says.  None of it is part of the certificate: audit, report and

@@ -20,7 +20,7 @@ import torch
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.lets import expand
-from scpo_spec.language.settings import VERIFY_CELLS, VERIFY_TIME_LIMIT
+from scpo_spec.plan.settings import VERIFY_CELLS, VERIFY_TIME_LIMIT
 from scpo_spec.verify.reach import Unsupported
 from scpo_spec.verify.uncertain import Uncertainty, cell_box, closed_loop, interval_compiler
 from scpo_spec.verify.verdicts import COUNTEREXAMPLE, PROVED, UNDECIDED, overall_proof_verdict

@@ -24,7 +24,8 @@ import torch
 
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.language import expr as E
-from scpo_spec.language.scenarios import Draws, initial_box, uncertain_ranges
+from scpo_spec.language.scenario_bounds import initial_box
+from scpo_spec.plan.scenarios import Draws, uncertain_ranges
 from scpo_spec.verify.bounds import Iv, IntervalCompiler
 from scpo_spec.verify.reach import ClosedLoop, Reach, Unsupported, _cat, _column
 from scpo_spec.verify.zonotope import Zono, reduce

@@ -43,9 +43,10 @@ import torch
 from scpo_spec.errors import ScpoError
 from scpo_spec.compile.evaluator import RolloutEvaluator
 from scpo_spec.dtype import DTYPE
-from scpo_spec.language import code
 from scpo_spec.language import model as M
-from scpo_spec.language.scenarios import Draws
+from scpo_spec.plan import code
+from scpo_spec.plan.scenarios import Draws
+from scpo_spec.usercode.loader import sha256_file
 
 INSTALL_HINT = "pip install 'scpo-spec[ray]'"
 PROBE_TIMEOUT_S = 5.0      # TCP check of a cluster address (ray.init would retry for minutes)
@@ -125,7 +126,7 @@ class Shipment:
                 target = folder / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
-                sums[name] = code.sha256_file(target)
+                sums[name] = sha256_file(target)
         except OSError as e:
             raise RayUnavailable(f"executor ray: cannot copy the spec's files for the workers: "
                                  f"{e.strerror or e}: {e.filename}") from None
@@ -169,7 +170,7 @@ class EvaluatorWorker:
             if not path.is_file():
                 raise FileNotFoundError(f"'{name}' did not reach the worker (runtime_env "
                                         f"working_dir {root})")
-            got = code.sha256_file(path)
+            got = sha256_file(path)
             if got != expected:
                 raise ValueError(f"'{name}' reached the worker with other bytes than the "
                                  f"driver's (SHA-256 {got[:12]}…, not {expected[:12]}…)")
