@@ -1,6 +1,6 @@
 """What the audit found wrong with a run, as data: each problem is its sentence (what `scpo
 audit` prints, what the JSON and the report show) and its `kind`, which the verdict reads
-instead of searching the sentences for words.  numpy-free, like the rest of the audit."""
+instead of searching the sentences for words."""
 
 from __future__ import annotations
 
