@@ -660,6 +660,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
             check_public_key(key)
         except SigningError as e:
             _usage(f"--key: {e}")
+    from scpo_spec.audit.records import EndState
     res, verdict = judge(run, head=head, key=key)
     # exactly what load_run refuses, and a verify record its own numbers or this log contradict
     # (a separate claim: it never changes the verdict, and `scpo verify` replaces it)
@@ -686,7 +687,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     out.print(f"{mark(res.complete)} run complete"
               + (f" ({_esc(res.end_reason)})" if res.complete else
                  f": {_esc(res.end_reason)} (continue it with `scpo train … --resume`)"
-                 if res.end_reason and res.end_reason.startswith("interrupted") else
+                 if res.end_reason and EndState.of(res.end_reason) is EndState.INTERRUPTED else
                  ": no end record after the last step (killed or cut short)"))
     out.print(f"  updates accepted {res.accepted}, rejected {res.rejected}; certificates "
               f"refuted {res.refutations}; loss {res.loss_first:.6g} → {res.loss_last:.6g}"
@@ -1016,16 +1017,18 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.plan.settings import verify_limits
     if RunDir(target).is_run():
-        from scpo_spec.engine.run import load_run
+        from scpo_spec.audit.loaded import LoadedRun
+        from scpo_spec.engine.trained import load_run
+        loaded = LoadedRun(target)
         try:
-            run = load_run(target)
+            run = load_run(loaded)
             compiled = run.compiled_spec()  # its files as the run recorded them
         except ScpoError as e:
             err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
             raise typer.Exit(2)
         theta, what = run.theta, f"run {target}: its final policy"
         base_dir = run.base_dir
-        log_head = RunDir(target).head()  # what load_run audited, unless a writer came in between
+        log_head = loaded.head  # the log load_run audited
     else:
         if target.is_dir():
             _usage(f"not a run directory (no audit.jsonl) nor a spec file: {target}")
