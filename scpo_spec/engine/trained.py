@@ -216,8 +216,7 @@ class Run:
                 g = ev.reducer.max(h, 1).squeeze(1)[0]
                 g = torch.where(torch.isfinite(g), g, torch.inf)
         finally:
-            if ev.gym is not None:
-                ev.gym.close()
+            ev.close()  # a gymnasium plant's environments; nothing for a torch plant
         return {name: float(v) for name, v in zip(ev.names, g.tolist())}
 
     def _states(self, x0) -> torch.Tensor:
@@ -251,16 +250,15 @@ class Run:
     def _roll(self, x: torch.Tensor, steps: int, draws=None
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """The engine's own batched rollout (one candidate: this run's θ) for `steps` steps."""
-        from scpo_spec.compile.evaluator import RolloutEvaluator
+        from scpo_spec.compile.evaluator import make_evaluator
         if steps == 0 and not self._is_gym:  # the engine's loop needs one step to stack
             return x[:, None, :], x.new_zeros(x.shape[0], 0, self._dynamics.m)
-        ev = RolloutEvaluator(self._dynamics, self._family, [], x.detach().numpy(), steps, None,
-                              draws=draws)
+        ev = make_evaluator(self._dynamics, self._family, [], x.detach().numpy(), steps, None,
+                            draws=draws)
         try:
             states, inputs = ev.rollout(self.theta[None], x, ev.draws)
         finally:
-            if ev.gym is not None:
-                ev.gym.close()
+            ev.close()
         return states[0], inputs[0]
 
     def compiled_spec(self) -> CompiledSpec:
