@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 import yaml
 
-from scpo_spec.language import build as B
+from scpo_spec.language import words as W
 from scpo_spec.language import check as C
 from scpo_spec.language import evaluate as EV
 from scpo_spec.language import functions as FN
@@ -131,10 +131,10 @@ def test_the_document_has_every_kind_of_example():
 
 
 def test_every_choice_word_is_documented():
-    """When build.py gains a choice (an activation, a solver, a loss, …), the reference says so."""
+    """When words.py gains a choice (an activation, a solver, a loss, …), the reference says so."""
     text = DOC.read_text(encoding="utf-8")
-    words = [*B.ACTIVATIONS, *B.SOLVERS, *B.LOSSES, *B.ON_VIOLATION, *B.BACKTRACK, *B.PRECISIONS,
-             *B.SMOOTHNESS_MODES, *B.POLICY_INIT, "hard", "smooth",
+    words = [*W.ACTIVATIONS, *W.SOLVERS, *W.LOSSES, *W.ON_VIOLATION, *W.BACKTRACK, *W.PRECISIONS,
+             *W.SMOOTHNESS_MODES, *W.POLICY_INIT, *W.DEVICES, *W.INTEGRATORS, "hard", "smooth",
              *FN.SIGNAL_FUNCTIONS, *FN.NUMERIC_FUNCTIONS, *EV.BUILTIN_CONSTANTS,
              *SEC.WORDS, "spectral_radius", "state", "input"]
     missing = [w for w in words if f"`{w}" not in text]

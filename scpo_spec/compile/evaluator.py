@@ -83,7 +83,6 @@ class ScenarioEvaluator:
     chunks, a counterexample) come with their own `draws` (`select` gives both)."""
 
     device = torch.device("cpu")  # where a candidate bank should live
-    gym: GymRollout | None = None  # transitional: engine/run.py's Run still asks `ev.gym`
 
     def __init__(self, dynamics: Dynamics, family: PolicyFamily, metrics: list[Metric],
                  x0: torch.Tensor, horizon: int, reducer, draws: Draws | None = None):
@@ -216,13 +215,6 @@ class RolloutEvaluator(ScenarioEvaluator):
     the metrics are reduced on the CPU from the trajectory copied back (one pass over
     C·S·(T+1)·(n+m) numbers): the numbers a certificate is made of are computed by the same
     code wherever the rollout ran."""
-
-    def __new__(cls, dynamics: Dynamics | None = None, *args, **kwargs):
-        # transitional: engine/run.py's Run builds its evaluator by this name; make_evaluator
-        # is the factory (a gymnasium plant gets a GymEvaluator)
-        if cls is RolloutEvaluator and isinstance(dynamics, GymnasiumPlant):
-            return GymEvaluator(dynamics, *args, **kwargs)
-        return super().__new__(cls)
 
     def __init__(self, dynamics: Dynamics, family: PolicyFamily, metrics: list[Metric],
                  initial_states: np.ndarray, horizon: int, reducer, device: str = "cpu",

@@ -47,14 +47,21 @@ class CompiledSpec:
             holdout_draws(self.spec, count) if draws else None)
 
 
+def compile_controller(spec: Spec, base: Path) -> tuple[Dynamics, Backup | None, PolicyFamily]:
+    """The plant, the backup and the policy family of a checked spec: what `compile_spec` makes
+    first, and all that rolling a loaded run's policy out needs (`load_run`: no scenarios,
+    metrics or objective, whose data files a finished run no longer reads)."""
+    dynamics = make_dynamics(spec, base)
+    backup = make_backup(spec, dynamics, base)  # a torch file is relative to the spec
+    return dynamics, backup, make_policy(spec, dynamics.n, dynamics.m, backup, base)
+
+
 def compile_spec(spec: Spec, base_dir: Path | None = None) -> CompiledSpec:
     """Compile a spec that passed `check` (its data paths are relative to `base_dir`)."""
     settings = Settings.of(spec)
     base = base_dir if base_dir is not None else (
         Path(spec.path).resolve().parent if spec.path else Path.cwd())
-    dynamics = make_dynamics(spec, base)
-    backup = make_backup(spec, dynamics, base)  # a torch file is relative to the spec
-    family = make_policy(spec, dynamics.n, dynamics.m, backup, base)
+    dynamics, backup, family = compile_controller(spec, base)
     consts = {c.name: c.value.value for c in spec.consts}
     tau = settings.tau if settings.aggregate == "smooth" else None
     compiler = ExpressionCompiler([s.name for s in spec.system.states],

@@ -130,7 +130,8 @@ class Uncertainty:
     def sharpen(self, evaluate, x0: np.ndarray, draws: Draws, i: int, j: int,
                 rounds: int = SHARPEN_ROUNDS) -> tuple[np.ndarray, Draws, float]:
         """A zeroth-order search from scenario i's disturbance sequence for a larger g of
-        metric j (no gradient: safety metrics are never differentiated): each round rolls out
+        metric j (zeroth order: a step's disturbance jumps to the far end of its range, where
+        ascent.py's sign steps stop short): each round rolls out
         every single-step move of one disturbance to the far end of its range, in one batch,
         then takes every move that raised g together (exact where the rollout is linear in
         w), or the best single one where that is larger.  `evaluate(x0, draws)` → g (Q, k).
