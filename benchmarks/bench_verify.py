@@ -38,7 +38,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run is not None:
-        from scpo_spec.engine.run import load_run
+        from scpo_spec.engine.trained import load_run
         run = load_run(args.run)
         compiled, theta, what = compile_spec(run.spec, run.base_dir), run.theta, str(args.run)
     else:

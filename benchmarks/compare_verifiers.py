@@ -186,7 +186,7 @@ def closed_loop(args):
     """(compiled, θ, label) of the spec's θ₀ or the run's final policy."""
     from scpo_spec.compile.problem import compile_spec
     if args.run is not None:
-        from scpo_spec.engine.run import load_run
+        from scpo_spec.engine.trained import load_run
         run = load_run(args.run)
         return compile_spec(run.spec, run.base_dir), run.theta, f"{args.run} (final policy)"
     from scpo_spec.language.load import check_file

@@ -32,7 +32,7 @@ from scpo_spec.audit.records import theta_sha256
 from scpo_spec.audit.loaded import LoadedRun
 from scpo_spec.audit.rundir import RunError
 from scpo_spec.dtype import DTYPE
-from scpo_spec.engine.run import load_run
+from scpo_spec.engine.trained import load_run
 from scpo_spec.errors import ScpoError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

@@ -279,7 +279,8 @@ def test_a_nonlinear_observation_is_bounded_or_undecided_never_proved_on_a_guess
 # ---- the export still takes the state ----
 def test_the_export_of_an_observed_policy_around_the_equilibrium_is_load_runs_policy(tmp_path):
     import onnxruntime
-    from scpo_spec.engine.run import load_run, train
+    from scpo_spec.engine.run import train
+    from scpo_spec.engine.trained import load_run
     from scpo_spec.export import export_run
     text = gravity("linear { K = [[-2, -3]]  k = [0.1] }",
                    "mlp { hidden = [6]  residual = backup  seed = 0\n"

@@ -45,7 +45,6 @@ from scpo_spec.plan.settings import declared_seeds
 from scpo_spec.engine.executors import RayUnavailable, open_evaluator
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.listener import RunListener
-from scpo_spec.engine.trained import Run, Trajectory, load_run  # noqa: F401 - the old home
 from scpo_spec.engine.train import State, Trainer, theta_hash
 from scpo_spec.engine.warm import compile_warm
 from scpo_spec.usercode.loader import CodeError
