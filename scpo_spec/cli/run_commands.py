@@ -52,6 +52,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
             check_public_key(key)
         except SigningError as e:
             _usage(f"--key: {e}")
+    from scpo_spec.audit.records import EndState
     res, verdict = judge(run, head=head, key=key)
     # exactly what load_run refuses, and a verify record its own numbers or this log contradict
     # (a separate claim: it never changes the verdict, and `scpo verify` replaces it)
@@ -78,7 +79,7 @@ def audit(run: Path = typer.Argument(..., help="A run directory."),
     out.print(f"{mark(res.complete)} run complete"
               + (f" ({_esc(res.end_reason)})" if res.complete else
                  f": {_esc(res.end_reason)} (continue it with `scpo train … --resume`)"
-                 if res.end_reason and res.end_reason.startswith("interrupted") else
+                 if res.end_reason and EndState.of(res.end_reason) is EndState.INTERRUPTED else
                  ": no end record after the last step (killed or cut short)"))
     out.print(f"  updates accepted {res.accepted}, rejected {res.rejected}; certificates "
               f"refuted {res.refutations}; loss {res.loss_first:.6g} → {res.loss_last:.6g}"

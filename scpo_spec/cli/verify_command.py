@@ -62,16 +62,18 @@ def verify_(target: Path = typer.Argument(..., help="A run directory (its final 
     from scpo_spec.audit.rundir import RunDir
     from scpo_spec.plan.settings import verify_limits
     if RunDir(target).is_run():
-        from scpo_spec.engine.run import load_run
+        from scpo_spec.audit.loaded import LoadedRun
+        from scpo_spec.engine.trained import load_run
+        loaded = LoadedRun(target)
         try:
-            run = load_run(target)
+            run = load_run(loaded)
             compiled = run.compiled_spec()  # its files as the run recorded them
         except ScpoError as e:
             err.print(f"[red]error:[/] {_esc(e)}", soft_wrap=True)
             raise typer.Exit(2)
         theta, what = run.theta, f"run {target}: its final policy"
         base_dir = run.base_dir
-        log_head = RunDir(target).head()  # what load_run audited, unless a writer came in between
+        log_head = loaded.head  # the log load_run audited
     else:
         if target.is_dir():
             _usage(f"not a run directory (no audit.jsonl) nor a spec file: {target}")
