@@ -1,6 +1,6 @@
 """`scpo export`: a run's certified policy as a standalone ONNX or TorchScript file.
 
-A view of a finished run (docs/architecture.md: beside cli.py): the policy is `load_run`'s
+A view of a finished run (docs/architecture.md: beside cli/): the policy is `load_run`'s
 (the last θ the log accepted, the backup included — a gain or a TorchScript controller — and,
 around an operating point, u*, x*, the observation map and the output scale), float64,
 states (N, n) → inputs (N, m) with a dynamic batch axis.  The verdict is every reader's
