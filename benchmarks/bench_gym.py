@@ -13,7 +13,7 @@ spec's S training scenarios for its horizon T, i.e. C·S episodes of T steps.
   sub-environments, one batched policy call per step (what `scpo train` runs);
 - loop: one `gymnasium.make` environment, episode after episode, one policy call per step.
 
-Both give the same states, inputs and returns (checked here, and in tests/test_gymnasium.py).
+Both give the same states, inputs and returns (checked here, and in tests/systems/test_gymnasium.py).
 Best of `--repeat` rounds, after one warm-up round (the vector environment is created once and
 reused, as in training). Nothing is asserted on a time: it only measures and prints.
 """

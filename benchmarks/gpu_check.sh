@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent CUDA machine (the project never needs one):
 #   bash benchmarks/gpu_check.sh [LOG]
-# 1. the device tests (tests/test_device.py: GPU metrics = CPU metrics to 1e-12; `scpo train
+# 1. the device tests (tests/engine/test_device.py: GPU metrics = CPU metrics to 1e-12; `scpo train
 #    --device cuda` CERTIFIED and audited) and the optimisations' equality tests;
 # 2. the scale benchmark with the rollouts and the bank on the GPU, up to d ≈ 4.2 million;
 # 3. bench_engine's figures with the plain-matmul baselines on the GPU.
@@ -22,7 +22,7 @@ fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'CPUs', os.cpu_count())"
   echo "== tests on the GPU"
-  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_perf_equality.py 2>&1 | tail -15
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/engine/test_device.py tests/compile/test_perf_equality.py 2>&1 | tail -15
   echo "== scpo train --device cuda, then scpo audit (no GPU used by the audit)"
   rm -rf /tmp/gpu_run
   timeout 60 python3 -m scpo_spec.cli train specs/double_integrator.scpo --device cuda \

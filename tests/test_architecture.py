@@ -106,3 +106,18 @@ def test_only_rundir_parses_a_stored_spec_below_the_cli():
             if isinstance(node, ast.ImportFrom) and {a.name for a in node.names} & parsing:
                 offenders.append(str(path.relative_to(PACKAGE)))
     assert not offenders
+
+
+def test_the_tests_mirror_the_package():
+    """A test file sits in the folder of the room it tests (tests/language/ for scpo_spec/language/,
+    …); only whole-product tests (docs, layering, packaging, the ready specs) stay at the top and
+    the benchmark scripts' tests in tests/benchmarks/."""
+    tests = Path(__file__).resolve().parent
+    rooms = {_room(p) for p in PACKAGE.rglob("*.py")} - {"__init__"}
+    folders = {p.parent.name for p in tests.rglob("test_*.py") if p.parent != tests}
+    assert folders <= rooms | {"benchmarks"}, sorted(folders - rooms)
+    top = {p.name for p in tests.glob("test_*.py")}
+    assert top == {"test_architecture.py", "test_docs.py", "test_packaging.py",
+                   "test_ready_specs.py", "test_ready_specs_train.py", "test_examples.py"}, top
+    for folder in {p.parent for p in tests.rglob("test_*.py")}:
+        assert (folder / "__init__.py").exists(), folder  # unique module names per folder

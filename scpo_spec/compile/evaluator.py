@@ -302,7 +302,7 @@ class RolloutEvaluator(ScenarioEvaluator):
     def _rollout_autograd(self, thetas: torch.Tensor, x0: torch.Tensor, training: bool,
                           W: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The rollout on autograd's graph (nothing written in place): the same arithmetic as
-        the evaluated rollout, bit for bit (tests/test_perf_equality.py)."""
+        the evaluated rollout, bit for bit (tests/compile/test_perf_equality.py)."""
         C, (S, n), T, m = thetas.shape[0], x0.shape, self.horizon, self.dynamics.m
         x = x0.expand(C, S, n)
         states, inputs = [x], []

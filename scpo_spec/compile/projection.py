@@ -78,7 +78,7 @@ def gram_factor(S: np.ndarray, norms: np.ndarray, rows: int) -> tuple[np.ndarray
     ‖Rξ − Qᵀs‖² = ‖D̂ᵀξ − s‖² − ‖s‖² + ‖Qᵀs‖², the QCQP's objective up to a constant.
 
     The same problem as a Householder QR of the d × n bank (O(d·n²), 45–72 ms at d ≈ 265 000 on
-    2 cores), in O(n³) after S, which the certificate needs anyway (tests/test_perf_equality.py
+    2 cores), in O(n³) after S, which the certificate needs anyway (tests/compile/test_perf_equality.py
     compares the two to 1e-12).  Eigenvalues below n·ε·λ_max (a zero or repeated direction) get
     a zero row: R then still satisfies RᵀR = D̂D̂ᵀ to rounding.  This only shapes the solver's
     problem; the certificate is recomputed from S itself."""

@@ -302,7 +302,7 @@ class Trainer:
             entry.xi, entry.alpha, entry.loss = xi, alpha, cand_loss
             entry.certificate = certificate(bank.g0, bank.G, bank.S, ell, xi)
             # = θ + Dᵀ(αξ) bit for bit: α is 1 or a power of two (Armijo halvings), and scaling
-            # by a power of two commutes with every rounding (tests/test_perf_equality.py)
+            # by a power of two commutes with every rounding (tests/compile/test_perf_equality.py)
             candidate = state.theta + alpha * direction
             with timer("verification"):  # 7. verification by rollout
                 entry.verified = self.metrics(candidate[None])[0]

@@ -1,7 +1,7 @@
 """The words of the language's choices — activations, solvers, losses, integrators, … — one
 list each.  The builder accepts exactly these (fields.py), an editor offers them (vocabulary()),
 and the rooms that implement them (policies/activations, compile/projection, systems/declared)
-are held to them by tests/test_vocabularies.py."""
+are held to them by tests/language/test_vocabularies.py."""
 
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "sigmoid", "softplus", "identity")
 SOLVERS = ("clarabel", "gurobi", "scs")

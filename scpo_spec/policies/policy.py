@@ -260,7 +260,7 @@ class BatchedForward:
     between calls (`baddbmm(out=)`, the activation in place), so a step allocates nothing but
     what the backup returns.  Every operation is `forward`'s, in the same order, on the same
     operands — bit for bit the same numbers — except tanh under FAST_TANH: 2σ(2z) − 1, within
-    3.4e-16 of torch.tanh per activation (tests/test_perf_equality.py checks both: bit for bit
+    3.4e-16 of torch.tanh per activation (tests/compile/test_perf_equality.py checks both: bit for bit
     with FAST_TANH off, the metrics to 1e-12 with it on).
 
     Under FAST_TANH σ must read 2z.  The first layer's W and b are doubled once (small: its
@@ -352,7 +352,7 @@ class BatchedForward:
         `rollout_step`, ~0.7 ms of a 32 ms rollout at 2-64-64-1, C = 18, S = 64, T = 60).  The
         same operations as `__call__(X[t], out=U[t])`, except a gain backup: U[t] += X[t] Kᵀ
         in one `addmm_` (a fused multiply-add) instead of X[t] @ Kᵀ, then add_ — equal to
-        rounding (tests/test_perf_equality.py)."""
+        rounding (tests/compile/test_perf_equality.py)."""
         xs, us, device = views.xs, views.us, views.device
         C, B = xs[0].shape[0], xs[0].shape[1]
         if self.doubled:  # k·tanh = 2kσ(2z) − k on doubled pre-activations (tanh_via_sigmoid_)

@@ -159,7 +159,7 @@ class LinearPlant(Dynamics):
 
     def rollout_step(self, views, uncertain=None):
         """Two BLAS calls on (C·S, ·) views, X[t+1] = X[t] Aᵀ, then += U[t] Bᵀ by `addmm_` (a
-        fused multiply-add: equal to rounding to x @ Aᵀ + u @ Bᵀ, tests/test_perf_equality.py)."""
+        fused multiply-add: equal to rounding to x @ Aᵀ + u @ Bᵀ, tests/compile/test_perf_equality.py)."""
         At, Bt = self._on(views.device)
         xf, uf, mm = views.xf, views.uf, torch.mm
 

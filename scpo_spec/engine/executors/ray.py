@@ -8,7 +8,7 @@ batched evaluator, and the results are concatenated in order. Each actor compile
 spec model it is sent (`compile_spec`; nothing re-reads the text), then only θ rows travel.
 The metrics are float64 computations of the same code on the same rows: the local executor's
 up to the last bits (an actor's chunk of rows, on one thread, may take another BLAS kernel;
-tests/test_ray.py checks 1e-12); single-candidate calls
+tests/engine/test_ray.py checks 1e-12); single-candidate calls
 (θ₀, the verification of a step's candidate, counterexamples, holdout) stay in this process.
 
 Files: whatever the spec names — a regression's `data` CSV, a `system python` or gymnasium
