@@ -114,187 +114,7 @@ ALGOS = {"ppo_lag": "PPOLag", "cpo": "CPO"}
 BUDGET = {True: dict(seeds=2, total_steps=12_000, steps_per_epoch=2_000),
           False: dict(seeds=5, total_steps=100_000, steps_per_epoch=5_000)}
 
-STUB = '''"""Stub written by benchmarks/compare_omnisafe.py: safety-gymnasium 1.0.0 does not import
-on Python 3.11 (a dataclass with an ndarray default). OmniSafe imports it only for its own
-Safety-Gymnasium tasks, which are not used; making one of them raises."""
-__version__ = "stub"
-
-
-def make(*args, **kwargs):
-    raise RuntimeError("safety-gymnasium is not installed in this venv (stub)")
-
-
-class vector:  # noqa: N801  (mirrors safety_gymnasium.vector.make)
-    make = staticmethod(make)
-'''
-
-ENV_MODULE = r'''"""The spec tasks as OmniSafe CMDPs (written by benchmarks/compare_omnisafe.py).
-
-The task's parameters come from the JSON file named by $SCPO_OMNI_TASK."""
-from __future__ import annotations
-
-import json
-import os
-from typing import Any, ClassVar
-
-import gymnasium
-import numpy as np
-import torch
-from gymnasium import spaces
-
-from omnisafe.envs.core import CMDP, env_register
-
-TASK = json.loads(open(os.environ["SCPO_OMNI_TASK"]).read())
-
-
-@env_register
-class ScpoSpecEnv(CMDP):
-    _support_envs: ClassVar[list[str]] = ["ScpoPendulum-v0", "ScpoDoubleIntegrator-v0"]
-    metadata: ClassVar[dict[str, int]] = {}
-    need_auto_reset_wrapper = True
-    need_time_limit_wrapper = True
-    _num_envs = 1
-
-    def __init__(self, env_id: str, **kwargs: Any) -> None:
-        self._env_id = env_id
-        self._horizon = int(TASK["horizon"])
-        self._rng = np.random.default_rng(0)
-        self._t = 0
-        self.env_spec_log = {}
-        if env_id == "ScpoPendulum-v0":
-            self._pend = gymnasium.make(TASK["env_id"]).unwrapped
-            self._observation_space = self._pend.observation_space
-            self._action_space = self._pend.action_space
-        else:
-            self._A = np.array(TASK["A"], dtype=np.float64)
-            self._B = np.array(TASK["B"], dtype=np.float64)
-            self._K = np.array(TASK["K_expert"], dtype=np.float64)
-            self._b = np.array(TASK["bias"], dtype=np.float64)
-            self._lo = np.array(TASK["box_low"], dtype=np.float64)
-            self._hi = np.array(TASK["box_high"], dtype=np.float64)
-            f = float(TASK["force_limit"])
-            self._observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float64)
-            self._action_space = spaces.Box(-f, f, (1,), np.float64)
-            self._x = np.zeros(2)
-
-    def step(self, action):
-        u = np.asarray(action.detach().cpu().numpy(), dtype=np.float64).reshape(-1)
-        self._t += 1
-        if self._env_id == "ScpoPendulum-v0":
-            obs, reward, terminated, _, _ = self._pend.step(u)  # Pendulum-v1 clips u itself
-            bad = (abs(u[0]) > TASK["torque_limit"]) or (abs(obs[2]) > TASK["speed_limit"])
-            cost = 1.0 if bad else 0.0
-        else:
-            x = self._x
-            reward = -float(((self._K @ x + self._b) - u) @ ((self._K @ x + self._b) - u))
-            self._x = self._A @ x + self._B @ u
-            obs, terminated = self._x.copy(), False
-            bad = abs(self._x[0]) > TASK["position_limit"] or abs(u[0]) > TASK["force_limit"]
-            lo, hi, radius = TASK["settle"]
-            if lo <= self._t <= hi:
-                self._settled = self._settled or float(np.linalg.norm(self._x)) <= radius
-            if self._t == hi and not self._settled:
-                bad = True
-            cost = 1.0 if bad else 0.0
-        truncated = self._t >= self._horizon
-        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32))
-        return (obs_t, torch.as_tensor(float(reward), dtype=torch.float32),
-                torch.as_tensor(cost, dtype=torch.float32), torch.as_tensor(bool(terminated)),
-                torch.as_tensor(bool(truncated)), {"final_observation": obs_t})
-
-    def reset(self, seed=None, options=None):
-        if seed is not None:
-            self.set_seed(seed)
-        self._t = 0
-        if self._env_id == "ScpoPendulum-v0":
-            obs, _ = self._pend.reset(seed=int(self._rng.integers(2**31 - 1)))
-        else:
-            self._x = self._rng.uniform(self._lo, self._hi)
-            self._settled = False
-            obs = self._x.copy()
-        return torch.as_tensor(np.asarray(obs, dtype=np.float32)), {}
-
-    @property
-    def max_episode_steps(self) -> int:
-        return self._horizon
-
-    def spec_log(self, logger) -> None:
-        pass
-
-    def set_seed(self, seed: int) -> None:
-        self._rng = np.random.default_rng(int(seed))
-
-    def render(self):
-        return np.zeros((8, 8, 3), dtype=np.uint8)
-
-    def close(self) -> None:
-        pass
-'''
-
-RUNNER = r'''"""Train one OmniSafe algorithm on one spec task and export every epoch's actor as .npz
-(written by benchmarks/compare_omnisafe.py; runs in the OmniSafe venv)."""
-import glob
-import json
-import os
-import re
-import sys
-import time
-
-import numpy as np
-import torch
-
-args = json.loads(sys.argv[1])
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import omnisafe  # noqa: E402
-import scpo_omni_envs  # noqa: E402,F401  (registers the CMDP)
-
-cfgs = {
-    "seed": args["seed"],
-    "train_cfgs": {"total_steps": args["total_steps"], "device": "cpu", "torch_threads": 1},
-    "algo_cfgs": {"steps_per_epoch": args["steps_per_epoch"]},
-    "logger_cfgs": {"log_dir": args["log_dir"], "save_model_freq": 1, "use_tensorboard": False,
-                    "use_wandb": False},
-    "model_cfgs": {"actor": {"hidden_sizes": args["hidden"]}},
-    "lagrange_cfgs": {"cost_limit": 0.0},
-}
-if args["algo"] == "CPO":  # CPO has no Lagrange multiplier; its limit is an algo_cfg
-    del cfgs["lagrange_cfgs"]
-    cfgs["algo_cfgs"]["cost_limit"] = 0.0
-start = time.perf_counter()
-agent = omnisafe.Agent(args["algo"], args["env_id"], custom_cfgs=cfgs)
-ep_ret, ep_cost, ep_len = agent.learn()
-seconds = time.perf_counter() - start
-saves = glob.glob(os.path.join(args["log_dir"], "**", "torch_save", "epoch-*.pt"), recursive=True)
-os.makedirs(args["out"], exist_ok=True)
-space = scpo_omni_envs.ScpoSpecEnv(args["env_id"]).action_space  # before ActionScale
-exported = []
-for path in sorted(saves, key=lambda p: int(re.search(r"epoch-(\d+)", p).group(1))):
-    epoch = int(re.search(r"epoch-(\d+)", path).group(1))
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    pi = ckpt["pi"]
-    arrays = {}
-    i = 0
-    while f"mean.{i}.weight" in pi or f"mean.{i + 1}.weight" in pi:
-        if f"mean.{i}.weight" in pi:
-            arrays[f"W{len(arrays) // 2}"] = pi[f"mean.{i}.weight"].double().numpy()
-            arrays[f"b{len(arrays) // 2}"] = pi[f"mean.{i}.bias"].double().numpy()
-        i += 1
-    norm = ckpt.get("obs_normalizer")
-    if norm is not None:
-        arrays["obs_mean"] = norm["_mean"].double().numpy()
-        arrays["obs_std"] = norm["_std"].double().numpy()
-        arrays["obs_clip"] = np.asarray(norm["_clip"].double().numpy())
-        arrays["obs_count"] = np.asarray(float(norm["_count"]))
-    arrays["act_low"] = np.asarray(space.low, dtype=np.float64)
-    arrays["act_high"] = np.asarray(space.high, dtype=np.float64)
-    arrays["epoch"] = np.asarray(epoch)
-    out = os.path.join(args["out"], f"epoch-{epoch:04d}.npz")
-    np.savez(out, **arrays)
-    exported.append(out)
-print("SCPO_OMNI_RESULT " + json.dumps({
-    "seconds": seconds, "exported": exported, "env_steps": int(args["total_steps"]),
-    "ep_ret": float(ep_ret), "ep_cost": float(ep_cost), "version": omnisafe.__version__}))
-'''
+VENV_SIDE = Path(__file__).resolve().parent / "omnisafe_venv"  # run in the venv, not here
 
 
 class VenvError(RuntimeError):
@@ -337,7 +157,7 @@ def ensure_venv(log=print) -> Path:
                 log).strip()
     stub = Path(site) / "safety_gymnasium"
     stub.mkdir(exist_ok=True)
-    (stub / "__init__.py").write_text(STUB)
+    (stub / "__init__.py").write_text((VENV_SIDE / "safety_gymnasium_stub.py").read_text())
     got = venv_version()
     if got != OMNISAFE_VERSION:
         _run([str(venv_python()), "-c", "import omnisafe"], log)  # raises with the traceback
@@ -662,8 +482,8 @@ def main(argv=None) -> int:
     except VenvError as e:
         log(f"OmniSafe venv could not be made: {e}")
         return 3
-    (WORK / "scpo_omni_envs.py").write_text(ENV_MODULE)
-    (WORK / "omni_runner.py").write_text(RUNNER)
+    for name in ("scpo_omni_envs.py", "omni_runner.py"):
+        (WORK / name).write_text((VENV_SIDE / name).read_text())
     versions = venv_versions(py)
     import torch
     from importlib.metadata import version
