@@ -1,6 +1,7 @@
 """Stub copied by benchmarks/compare_omnisafe.py into the venv as safety_gymnasium/__init__.py:
-safety-gymnasium 1.0.0 does not import on Python 3.11 (a dataclass with an ndarray default). OmniSafe imports it only for its own
-Safety-Gymnasium tasks, which are not used; making one of them raises."""
+safety-gymnasium 1.0.0 does not import on Python 3.11 (a dataclass with an ndarray default).
+OmniSafe imports it only for its own Safety-Gymnasium tasks, which are not used; making one of
+them raises."""
 __version__ = "stub"
 
 

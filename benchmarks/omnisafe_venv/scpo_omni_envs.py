@@ -1,4 +1,5 @@
-"""The spec tasks as OmniSafe CMDPs (copied into .cache/omnisafe-work by benchmarks/compare_omnisafe.py).
+"""The spec tasks as OmniSafe CMDPs (copied into .cache/omnisafe-work by
+benchmarks/compare_omnisafe.py).
 
 The task's parameters come from the JSON file named by $SCPO_OMNI_TASK."""
 from __future__ import annotations
