@@ -139,6 +139,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from omnisafe_tables import merge, plot, print_table  # noqa: E402  (beside this script)
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache"
 VENV = CACHE / "omnisafe-venv"
@@ -596,62 +599,6 @@ def _version(dist: str) -> str:
     return version(dist)
 
 
-COLORS = {"scpo": "#1f5fa8", "ppo_lag": "#c0392b", "cpo": "#e67e22", "ppo_lag_warm": "#8e44ad",
-          "cpo_warm": "#27ae60"}
-
-
-def plot(name: str, curves: dict, metrics: list[str], out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(7.5, 1.9 * len(metrics)), sharex=False)
-    for method, seeds in curves.items():
-        for j, s in enumerate(seeds):
-            for i, metric in enumerate(metrics):
-                axes[i].plot(np.arange(len(s["g"])), s["g"][:, i], color=COLORS[method],
-                             lw=1.2, alpha=0.9 if j == 0 else 0.5,
-                             label=method if j == 0 else None)
-    for i, metric in enumerate(metrics):
-        axes[i].axhline(0, color="black", lw=0.8)
-        axes[i].set_ylabel(metric, fontsize=8)
-        axes[i].tick_params(labelsize=7)
-        axes[i].grid(alpha=0.25)
-    axes[0].legend(fontsize=7)
-    axes[0].set_title(f"{name}: the spec's metrics g of every iterate (g > 0 violates)",
-                      fontsize=9, loc="left")
-    axes[-1].set_xlabel("iterate (SCPO: θ₀ and accepted updates; OmniSafe: epoch)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / f"omnisafe_{name}.png", dpi=110)
-    plt.close(fig)
-
-
-def _verdicts(row: dict) -> str:
-    """`P/C/U` counts of the final policies' overall `scpo verify` verdicts."""
-    v = [f["verdict"] for f in row["final_verify"]]
-    return "/".join(str(v.count(x)) for x in ("PROVED", "COUNTEREXAMPLE", "UNDECIDED"))
-
-
-def print_table(all_rows: dict, budget: dict, mode: str) -> None:
-    print(f"\nbudget mode {mode}; violating = iterates with any of the spec's metrics g > 0 on "
-          f"its scenarios; OmniSafe: {budget['seeds']} seeds, epochs of "
-          f"{budget['steps_per_epoch']:,}; mean ± std over seeds; verify = final policies "
-          "PROVED/COUNTEREXAMPLE/UNDECIDED")
-    head = ("task", "method", "seeds", "iterates", "violating", "violating per seed",
-            "worst g", "return final", "steps per run", "verify", "seconds")
-    print("| " + " | ".join(head) + " |")
-    print("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
-    for name, rows in all_rows.items():
-        for method, r in rows.items():
-            v, ret = r["violating_per_seed"], r["return_final_per_seed"]
-            steps = sorted(set(r["env_steps_per_run"]))
-            steps_s = (f"{steps[0]:,}" if len(steps) == 1
-                       else f"{steps[0]:,}–{steps[-1]:,}")
-            print(f"| {name} | {method} | {r['seeds']} | {r['iterates']} | "
-                  f"{r['violating_iterates']} | {v['mean']:.3g} ± {v['std']:.2g} | "
-                  f"{r['worst']:.4g} | {ret['mean']:.4g} ± {ret['std']:.2g} | {steps_s} | "
-                  f"{_verdicts(r)} | {r['seconds']:.0f} |")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds × 12,000 steps per OmniSafe run")
@@ -671,8 +618,16 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="override the environment steps per OmniSafe run")
     ap.add_argument("--epoch", type=int, help="override OmniSafe's steps_per_epoch")
     ap.add_argument("--jobs", type=int, default=1, help="OmniSafe runs at once (default 1)")
+    ap.add_argument("--merge", type=Path, nargs="+", help="only merge these JSON files (runs of "
+                    "the same budget, one task each, made at once) into --json")
     args = ap.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.merge:
+        if not args.json:
+            ap.error("--merge needs --json")
+        args.json.write_text(json.dumps(merge([json.loads(p.read_text()) for p in args.merge]),
+                                        indent=1) + "\n")
+        return 0
     budget = dict(BUDGET[args.quick])
     for key, value in (("seeds", args.seeds), ("total_steps", args.steps),
                        ("steps_per_epoch", args.epoch)):

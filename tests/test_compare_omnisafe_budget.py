@@ -107,3 +107,23 @@ def test_the_summary_gives_totals_and_the_spread_over_seeds(script):
     assert row["violating_per_seed"] == {"mean": 2.0, "std": 2.0, "min": 0.0, "max": 4.0}
     assert [f["seed"] for f in row["final_verify"]] == [0, 1, 2]
     assert "g" not in row["per_seed"][0]
+
+
+def test_runs_made_side_by_side_merge_and_stay_partial_while_a_task_is_missing(root):
+    import sys
+    sys.path.insert(0, str(root / "benchmarks"))
+    from omnisafe_tables import merge
+    common = {"quick": False, "budget_mode": "scpo_capped_to_omnisafe",
+              "budget": {"seeds": 3, "total_steps": 20_000, "steps_per_epoch": 2_000},
+              "omnisafe_settings": {"cost_limit": 0.0}, "verify_limits": {"cells": 4096},
+              "versions": {"omnisafe": "0.5.0"}}
+    di = {**common, "partial": True, "tasks_asked": ["double_integrator", "gym_pendulum"],
+          "seconds": 3000.0, "tasks": {"double_integrator": {"scpo": {"seeds": 3}}}}
+    pendulum = {**common, "partial": False, "tasks_asked": ["gym_pendulum"], "seconds": 3500.0,
+                "tasks": {"gym_pendulum": {"scpo": {"seeds": 3}}}}
+    both = merge([di, pendulum])
+    assert both["partial"] is False and set(both["tasks"]) == {"double_integrator", "gym_pendulum"}
+    assert both["seconds"] == 3500.0 and [p["seconds"] for p in both["parts"]] == [3000.0, 3500.0]
+    assert merge([di])["partial"] is True  # the pendulum was asked and is not there
+    with pytest.raises(AssertionError, match="budget"):
+        merge([di, {**pendulum, "budget": {**common["budget"], "total_steps": 40_000}}])
