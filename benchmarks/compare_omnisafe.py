@@ -581,7 +581,7 @@ def run_task(name: str, py: Path, budget: dict, mode: str, runs: Path, log,
         per_seed = [omnisafe_seed(name, plain, s, res, verify_limits)
                     for (m, s), res in zip(jobs_list, results) if m == method]
         rows[method] = summarise(per_seed, f"omnisafe {results[0]['version']}")
-        rows[method]["budget_matched"] = scpo
+        rows[method]["budget_matched"] = scpo or mode == "scpo_capped_to_omnisafe"
         rows[method]["clamp_iterates"] = int(sum(s["clamp_iterates"] for s in per_seed))
         if METHODS[method][1]:
             rows[method]["bc"] = [s["bc"] for s in per_seed]

@@ -64,15 +64,22 @@ def print_table(all_rows: dict, budget: dict, mode: str) -> None:
 
 
 def merge(parts: list[dict]) -> dict:
-    """One result of several runs made side by side (one task each, the same settings): their
-    tasks together, each part's wall time kept; partial while an asked task is missing."""
-    same = ("quick", "budget_mode", "budget", "omnisafe_settings", "verify_limits", "versions")
+    """One result of several runs made side by side or one after the other (a task each, or
+    some methods of a task each: `--no-scpo --algos …`), all with the same settings: their rows
+    together, each part's wall time kept; partial while an asked task is missing."""
+    same = ("quick", "budget", "omnisafe_settings", "verify_limits", "versions")
     for part in parts[1:]:
         for key in same:
             assert part[key] == parts[0][key], f"the runs differ in {key}: cannot merge"
-    tasks = {name: rows for part in parts for name, rows in part["tasks"].items()}
+    modes = {part["budget_mode"] for part in parts} - {None}  # None: a part without SCPO
+    assert len(modes) <= 1, f"the runs differ in budget_mode {sorted(modes)}: cannot merge"
+    tasks: dict = {}
+    for part in parts:
+        for name, rows in part["tasks"].items():
+            tasks.setdefault(name, {}).update(rows)
     asked = list(dict.fromkeys(t for part in parts for t in part["tasks_asked"]))
-    return {**{key: parts[0][key] for key in same}, "partial": not set(asked) <= set(tasks),
-            "tasks_asked": asked, "seconds": max(part["seconds"] for part in parts),
-            "parts": [{"tasks": list(part["tasks"]), "seconds": part["seconds"]}
-                      for part in parts], "tasks": tasks}
+    return {**{key: parts[0][key] for key in same}, "budget_mode": next(iter(modes), None),
+            "partial": not set(asked) <= set(tasks), "tasks_asked": asked,
+            "seconds": sum(part["seconds"] for part in parts),
+            "parts": [{"tasks": {n: list(r) for n, r in part["tasks"].items()},
+                       "seconds": part["seconds"]} for part in parts], "tasks": tasks}

@@ -123,7 +123,12 @@ def test_runs_made_side_by_side_merge_and_stay_partial_while_a_task_is_missing(r
                 "tasks": {"gym_pendulum": {"scpo": {"seeds": 3}}}}
     both = merge([di, pendulum])
     assert both["partial"] is False and set(both["tasks"]) == {"double_integrator", "gym_pendulum"}
-    assert both["seconds"] == 3500.0 and [p["seconds"] for p in both["parts"]] == [3000.0, 3500.0]
+    assert both["seconds"] == 6500.0 and [p["seconds"] for p in both["parts"]] == [3000.0, 3500.0]
+    cold = {**common, "budget_mode": None, "partial": False, "tasks_asked": ["gym_pendulum"],
+            "seconds": 100.0, "tasks": {"gym_pendulum": {"cpo": {"seeds": 3}}}}
+    three = merge([di, pendulum, cold])  # a part without SCPO adds its rows to the task's
+    assert set(three["tasks"]["gym_pendulum"]) == {"scpo", "cpo"}
+    assert three["budget_mode"] == "scpo_capped_to_omnisafe"
     assert merge([di])["partial"] is True  # the pendulum was asked and is not there
     with pytest.raises(AssertionError, match="budget"):
         merge([di, {**pendulum, "budget": {**common["budget"], "total_steps": 40_000}}])
