@@ -243,7 +243,7 @@ def plain_variant(name: str):
     assert count == 1, f"{path}: no `residual = backup` on its policy line"
     out = WORK / "specs" / f"{name}_no_residual.scpo"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(new)
+    write_whole(out, new)
     compiled = compile_spec(load_spec(out), path.parent)
     assert compiled.family.backup is None
     return out, compiled
@@ -276,10 +276,19 @@ def hidden_of(compiled) -> list[int]:
 
 # ---------------------------------------------------------------- OmniSafe runs
 
+def write_whole(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (runs made side by side share .cache/omnisafe-work)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def run_omnisafe(py: Path, name: str, method: str, seed: int, total_steps: int,
-                 steps_per_epoch: int, cfg_path: Path, hidden: list[int], log) -> dict:
+                 steps_per_epoch: int, cfg_path: Path, hidden: list[int], runs: Path,
+                 log) -> dict:
+    """One OmniSafe run in the venv; its logs, checkpoints and exports under RUNS/omnisafe/."""
     tag = f"{name}-{method}-s{seed}"
-    run_dir = WORK / "runs" / tag
+    run_dir = runs / "omnisafe" / tag
     if run_dir.exists():
         import shutil
         shutil.rmtree(run_dir)
@@ -295,11 +304,12 @@ def run_omnisafe(py: Path, name: str, method: str, seed: int, total_steps: int,
     p = subprocess.run([str(py), str(WORK / "omni_runner.py"), json.dumps(args)], env=env,
                        capture_output=True, text=True, cwd=str(WORK))
     wall = time.perf_counter() - start
-    (WORK / "runs" / f"{tag}.log").write_text(p.stdout + p.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "runner.log").write_text(p.stdout + p.stderr)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("SCPO_OMNI_RESULT ")]
     if p.returncode != 0 or not line:
         raise RuntimeError(f"OmniSafe {algo} on {name} (seed {seed}) failed (rc {p.returncode}); "
-                           f"log: {WORK / 'runs' / (tag + '.log')}\n"
+                           f"log: {run_dir / 'runner.log'}\n"
                            f"{(p.stdout + p.stderr)[-2500:]}")
     res = json.loads(line[-1][len("SCPO_OMNI_RESULT "):])
     res["wall"] = wall
@@ -412,7 +422,7 @@ def seed_variant(name: str, seed: int) -> Path:
     assert n_policy == n_train == 1, (name, n_policy, n_train)
     out = WORK / "specs" / f"{name}_seed{seed}.scpo"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_whole(out, text)
     return out
 
 
@@ -555,7 +565,7 @@ def run_task(name: str, py: Path, budget: dict, mode: str, runs: Path, log,
     _, _, compiled = load(name)
     plain_path, plain = plain_variant(name)
     cfg_path = WORK / f"task_{name}.json"
-    cfg_path.write_text(json.dumps(task_config(name, compiled), indent=1))
+    write_whole(cfg_path, json.dumps(task_config(name, compiled), indent=1))
     rows, curves, seeds = {}, {}, budget["seeds"]
     epoch = budget["steps_per_epoch"]
     omni_steps = [budget["total_steps"]] * seeds
@@ -575,7 +585,8 @@ def run_task(name: str, py: Path, budget: dict, mode: str, runs: Path, log,
     jobs_list = [(m, s) for m in methods for s in range(seeds)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(lambda ms: run_omnisafe(
-            py, name, ms[0], ms[1], omni_steps[ms[1]], epoch, cfg_path, hidden_of(plain), log),
+            py, name, ms[0], ms[1], omni_steps[ms[1]], epoch, cfg_path, hidden_of(plain), runs,
+            log),
             jobs_list))
     for method in methods:
         per_seed = [omnisafe_seed(name, plain, s, res, verify_limits)
@@ -606,7 +617,8 @@ def main(argv=None) -> int:
                     "partial until the last)")
     ap.add_argument("--plots", type=Path, help="write one PNG per task here")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "omnisafe",
-                    help="SCPO's run directories (default runs/omnisafe)")
+                    help="SCPO's run directories, and OmniSafe's under DIR/omnisafe (default "
+                    "runs/omnisafe)")
     ap.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--algos", nargs="*", default=list(METHODS), choices=list(METHODS),
                     help="OmniSafe methods to run (default all four)")
@@ -640,7 +652,7 @@ def main(argv=None) -> int:
         log(f"OmniSafe venv could not be made: {e}")
         return 3
     for name in ("scpo_omni_envs.py", "omni_runner.py"):
-        (WORK / name).write_text((VENV_SIDE / name).read_text())
+        write_whole(WORK / name, (VENV_SIDE / name).read_text())
     versions = venv_versions(py)
     import torch
     versions.update({"scpo_spec": _version("scpo-spec"), "host_torch": torch.__version__,
