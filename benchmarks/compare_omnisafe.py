@@ -637,8 +637,9 @@ def main(argv=None) -> int:
     if args.merge:
         if not args.json:
             ap.error("--merge needs --json")
-        args.json.write_text(json.dumps(merge([json.loads(p.read_text()) for p in args.merge]),
-                                        indent=1) + "\n")
+        merged = merge([json.loads(p.read_text()) for p in args.merge])
+        args.json.write_text(json.dumps(merged, indent=1) + "\n")
+        print_table(merged["tasks"], merged["budget"], merged["budget_mode"])
         return 0
     budget = dict(BUDGET[args.quick])
     for key, value in (("seeds", args.seeds), ("total_steps", args.steps),

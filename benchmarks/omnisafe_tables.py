@@ -48,7 +48,8 @@ def print_table(all_rows: dict, budget: dict, mode: str) -> None:
           f"{budget['steps_per_epoch']:,}; mean ± std over seeds; verify = final policies "
           "PROVED/COUNTEREXAMPLE/UNDECIDED")
     head = ("task", "method", "seeds", "iterates", "violating", "violating per seed",
-            "worst g", "return final", "steps per run", "verify", "seconds")
+            "first/last iterate violating", "worst g", "return final", "steps per run",
+            "verify P/C/U", "seconds")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
     for name, rows in all_rows.items():
@@ -59,6 +60,7 @@ def print_table(all_rows: dict, budget: dict, mode: str) -> None:
                        else f"{steps[0]:,}–{steps[-1]:,}")
             print(f"| {name} | {method} | {r['seeds']} | {r['iterates']} | "
                   f"{r['violating_iterates']} | {v['mean']:.3g} ± {v['std']:.2g} | "
+                  f"{r['violating_initial']}/{r['violating_final']} | "
                   f"{r['worst']:.4g} | {ret['mean']:.4g} ± {ret['std']:.2g} | {steps_s} | "
                   f"{_verdicts(r)} | {r['seconds']:.0f} |")
 
