@@ -637,7 +637,7 @@ def main(argv=None) -> int:
     if args.merge:
         if not args.json:
             ap.error("--merge needs --json")
-        merged = merge([json.loads(p.read_text()) for p in args.merge])
+        merged = merge([json.loads(p.read_text()) for p in args.merge], tuple(METHODS))
         args.json.write_text(json.dumps(merged, indent=1) + "\n")
         print_table(merged["tasks"], merged["budget"], merged["budget_mode"])
         return 0

@@ -65,10 +65,11 @@ def print_table(all_rows: dict, budget: dict, mode: str) -> None:
                   f"{_verdicts(r)} | {r['seconds']:.0f} |")
 
 
-def merge(parts: list[dict]) -> dict:
+def merge(parts: list[dict], methods: tuple[str, ...] = ()) -> dict:
     """One result of several runs made side by side or one after the other (a task each, or
     some methods of a task each: `--no-scpo --algos …`), all with the same settings: their rows
-    together, each part's wall time kept; partial while an asked task is missing."""
+    together, each part's wall time kept; partial while an asked task, or one of `methods` in
+    a task, is missing (`missing` names them)."""
     same = ("quick", "budget", "omnisafe_settings", "verify_limits", "versions")
     for part in parts[1:]:
         for key in same:
@@ -80,8 +81,10 @@ def merge(parts: list[dict]) -> dict:
         for name, rows in part["tasks"].items():
             tasks.setdefault(name, {}).update(rows)
     asked = list(dict.fromkeys(t for part in parts for t in part["tasks_asked"]))
+    missing = {t: [m for m in methods if m not in tasks.get(t, {})] for t in asked}
+    missing = {t: ms for t, ms in missing.items() if ms or t not in tasks}
     return {**{key: parts[0][key] for key in same}, "budget_mode": next(iter(modes), None),
-            "partial": not set(asked) <= set(tasks), "tasks_asked": asked,
+            "partial": bool(missing), "missing": missing, "tasks_asked": asked,
             "seconds": sum(part["seconds"] for part in parts),
             "parts": [{"tasks": {n: list(r) for n, r in part["tasks"].items()},
                        "seconds": part["seconds"]} for part in parts], "tasks": tasks}

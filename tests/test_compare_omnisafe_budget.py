@@ -129,6 +129,11 @@ def test_runs_made_side_by_side_merge_and_stay_partial_while_a_task_is_missing(r
     three = merge([di, pendulum, cold])  # a part without SCPO adds its rows to the task's
     assert set(three["tasks"]["gym_pendulum"]) == {"scpo", "cpo"}
     assert three["budget_mode"] == "scpo_capped_to_omnisafe"
+    short = merge([di, pendulum, cold], ("scpo", "cpo", "cpo_warm"))  # methods not run: partial
+    assert short["partial"] is True
+    assert short["missing"] == {"double_integrator": ["cpo", "cpo_warm"],
+                                "gym_pendulum": ["cpo_warm"]}
+    assert merge([di, pendulum, cold], ("scpo",))["missing"] == {}
     assert merge([di])["partial"] is True  # the pendulum was asked and is not there
     with pytest.raises(AssertionError, match="budget"):
         merge([di, {**pendulum, "budget": {**common["budget"], "total_steps": 40_000}}])
