@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from scpo_spec.compile.evaluator import RolloutEvaluator
 from scpo_spec.compile.problem import CompiledSpec, compile_spec
 from scpo_spec.engine.train import Trainer, UnsafeStart
 from scpo_spec.policies.policy import ACTIVATIONS
@@ -232,7 +233,7 @@ def excess_split(compiled: CompiledSpec, thetas: torch.Tensor, pairs: int) -> di
     rollout run on caches the rollout has filled with other things).  None for a gymnasium
     system (its rollout is the environment's)."""
     ev = compiled.evaluator
-    if ev.gym is not None:
+    if not isinstance(ev, RolloutEvaluator):
         return None
 
     def rollout():

@@ -29,6 +29,7 @@ import gymnasium
 import numpy as np
 import torch
 
+from scpo_spec.compile.evaluator import GymEvaluator
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.language.load import load_spec
 
@@ -86,7 +87,7 @@ def main() -> None:
     spec = load_spec(args.spec)
     c = compile_spec(spec, args.spec.resolve().parent)
     ev, family = c.evaluator, c.family
-    if ev.gym is None:
+    if not isinstance(ev, GymEvaluator):
         raise SystemExit(f"{args.spec} is not a gymnasium spec")
     env_id = c.dynamics.env_id
     gen = torch.Generator().manual_seed(0)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from scpo_spec.audit.records import Step
+from scpo_spec.engine.listener import RunListener
 from scpo_spec.engine.run import train
 from scpo_spec.language.load import load_spec
 from scpo_spec.tracking import Tracking
@@ -41,14 +42,15 @@ def main() -> None:
                             warn=print)
         listener, step_time = [], []
 
-        def timed(run_dir, record):
-            t = time.perf_counter()
-            tracking.record(run_dir, record)
-            if isinstance(record, Step):
-                listener.append(time.perf_counter() - t)
-                step_time.append(sum(record.timing.values()))
+        class Timed(RunListener):
+            def recorded(self, run_dir, record):
+                t = time.perf_counter()
+                tracking.record(run_dir, record)
+                if isinstance(record, Step):
+                    listener.append(time.perf_counter() - t)
+                    step_time.append(sum(record.timing.values()))
 
-        train(args.spec, spec, text, out=Path(tmp) / "run", steps=args.steps, on_record=timed)
+        train(args.spec, spec, text, out=Path(tmp) / "run", steps=args.steps, listener=Timed())
         tracking.finish("n/a", [])
         files = list((Path(tmp) / "run" / "tensorboard").iterdir())
         size = sum(f.stat().st_size for f in files)

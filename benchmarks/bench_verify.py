@@ -19,7 +19,7 @@ import torch
 
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.language.load import check_file
-from scpo_spec.language.scenarios import initial_box
+from scpo_spec.language.scenario_bounds import initial_box
 from scpo_spec.verify.prove import verify
 from scpo_spec.verify.reach import ClosedLoop
 
@@ -38,7 +38,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run is not None:
-        from scpo_spec.engine.run import load_run
+        from scpo_spec.engine.trained import load_run
         run = load_run(args.run)
         compiled, theta, what = compile_spec(run.spec, run.base_dir), run.theta, str(args.run)
     else:

@@ -186,7 +186,7 @@ def closed_loop(args):
     """(compiled, θ, label) of the spec's θ₀ or the run's final policy."""
     from scpo_spec.compile.problem import compile_spec
     if args.run is not None:
-        from scpo_spec.engine.run import load_run
+        from scpo_spec.engine.trained import load_run
         run = load_run(args.run)
         return compile_spec(run.spec, run.base_dir), run.theta, f"{args.run} (final policy)"
     from scpo_spec.language.load import check_file
@@ -199,7 +199,7 @@ def closed_loop(args):
 
 def export(compiled, theta, x_check) -> Path:
     """The closed loop as plain arrays for the peers (only what this spec uses is supported)."""
-    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.language.scenario_bounds import initial_box
     from scpo_spec.verify.reach import ClosedLoop
     loop = ClosedLoop(compiled, theta)
     if loop.kind != "linear" or loop.K is None or loop.offset is not None \
@@ -222,7 +222,7 @@ def export(compiled, theta, x_check) -> Path:
 
 
 def sampled_worst(compiled, theta, samples: int):
-    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.language.scenario_bounds import initial_box
     lo, hi = (torch.as_tensor(a, dtype=torch.float64) for a in initial_box(compiled.spec))
     gen = torch.Generator().manual_seed(0)
     x0 = lo + (hi - lo) * torch.rand(samples, lo.shape[0], generator=gen, dtype=lo.dtype)

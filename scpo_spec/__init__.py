@@ -6,7 +6,7 @@ policy, its verdict, rollouts and metrics: see README.md "Python API").  Every p
 looked up on first use (PEP 562): `import scpo_spec` stays instant (the language layer takes
 ~0.6 s, torch more), so the `scpo` console script (console.py) is running before the command line
 loads, and a Ctrl-C then is "interrupted", not a traceback.  `load_run` and `Run` are
-scpo_spec.engine.run's own objects, not wrappers.
+scpo_spec.engine.trained's own objects, not wrappers.
 """
 
 _HOMES = {  # public name → the module that owns it
@@ -16,8 +16,8 @@ _HOMES = {  # public name → the module that owns it
     "Diagnostic": "scpo_spec.language.diagnostics",
     "SpecError": "scpo_spec.language.diagnostics",
     "Spec": "scpo_spec.language.model",
-    "load_run": "scpo_spec.engine.run",  # torch comes in with these two
-    "Run": "scpo_spec.engine.run",
+    "load_run": "scpo_spec.engine.trained",  # torch comes in with these two
+    "Run": "scpo_spec.engine.trained",
 }
 
 

@@ -1,5 +1,5 @@
 """The `scpo` console script.  Loading the command line takes Python ~0.7 s of imports; a
-Ctrl-C in that time is "interrupted", exit 130, as during a command (cli.py), not a traceback.
+Ctrl-C in that time is "interrupted", exit 130, as during a command (cli/), not a traceback.
 Nothing but `sys` is imported before the guard (scpo_spec/__init__.py imports lazily)."""
 
 import sys

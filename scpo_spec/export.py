@@ -1,6 +1,6 @@
 """`scpo export`: a run's certified policy as a standalone ONNX or TorchScript file.
 
-A view of a finished run (docs/architecture.md: beside cli.py): the policy is `load_run`'s
+A view of a finished run (docs/architecture.md: beside cli/): the policy is `load_run`'s
 (the last θ the log accepted, the backup included — a gain or a TorchScript controller — and,
 around an operating point, u*, x*, the observation map and the output scale), float64,
 states (N, n) → inputs (N, m) with a dynamic batch axis.  The verdict is every reader's
@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from scpo_spec.audit.records import theta_sha256
-from scpo_spec.audit.rundir import RunDir, RunError
+from scpo_spec.audit.loaded import LoadedRun
+from scpo_spec.audit.rundir import RunError
 from scpo_spec.dtype import DTYPE
-from scpo_spec.engine.run import load_run
+from scpo_spec.engine.trained import load_run
 from scpo_spec.errors import ScpoError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -69,12 +70,13 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
     from scpo_spec.audit.verdict import judge
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}' (onnx or torchscript)")
-    audit, verdict = judge(run_dir)
+    loaded = LoadedRun(run_dir)  # read once: the verdict here and load_run's are one
+    audit, verdict = judge(loaded)
     if not verdict.certified and not force:
         raise ExportError(f"{Path(run_dir)} is NOT CERTIFIED ({'; '.join(verdict.failures)}); "
                           "not exporting its policy (--force exports it anyway, marked "
                           "forced: true in the file)")
-    run = load_run(run_dir, trust_code=trust_code, allow_incomplete=force)
+    run = load_run(loaded, trust_code=trust_code, allow_incomplete=force)
     around = getattr(run._family, "around", None)
     if around is not None and around.uncertain:
         raise ExportError("the policy's `observe` reads parameters, which the exported file "
@@ -88,7 +90,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
         "run": run.path.name,
         "spec_name": run.spec.name.name if run.spec.name else "",
         "spec_sha256": run.header.spec.get("sha256"),
-        "head": RunDir(run.path).head(),
+        "head": loaded.head,
         "theta_sha256": theta_hash,
         "verdict": verdict.word,
         "failures": list(verdict.failures),

@@ -164,7 +164,8 @@ def test_published_controllers_match_a_numpy_rollout(tmp_path, monkeypatch):
 def _train_and_verify(name: str, tmp_path: Path) -> tuple:
     from scpo_spec.audit.verify import audit_run
     from scpo_spec.compile.problem import compile_spec
-    from scpo_spec.engine.run import load_run, train
+    from scpo_spec.engine.run import train
+    from scpo_spec.engine.trained import load_run
     from scpo_spec.verify.prove import verify
     path = ARCH / f"{name}.scpo"
     result = check_file(path)

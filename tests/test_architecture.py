@@ -1,5 +1,6 @@
 """The layering of docs/architecture.md, enforced: which room may import which, that the language
-layer and the audit never import torch, and that only audit/rundir.py names the run's files."""
+layer, plan/, usercode/ and the audit never import torch, and that only audit/rundir.py names the
+run's files."""
 
 import ast
 import re
@@ -13,21 +14,23 @@ PACKAGE = Path(__file__).resolve().parents[1] / "scpo_spec"
 ALLOWED = {
     "errors": set(),
     "dtype": set(),
-    "language": {"errors"},
-    "systems": {"language", "dtype", "errors"},
-    "policies": {"language", "systems", "dtype", "errors"},
-    "compile": {"language", "systems", "policies", "dtype", "errors"},
-    "verify": {"language", "systems", "policies", "compile", "dtype", "errors"},
-    "audit": {"language", "compile", "verify", "errors"},
-    "engine": {"language", "systems", "policies", "compile", "verify", "audit", "dtype",
-               "errors"},
-    "report": {"language", "compile", "engine", "audit", "errors"},
+    "usercode": {"errors"},
+    "language": {"usercode", "errors"},
+    "plan": {"language", "usercode", "errors"},
+    "systems": {"language", "plan", "usercode", "dtype", "errors"},
+    "policies": {"language", "usercode", "systems", "dtype", "errors"},
+    "compile": {"language", "plan", "systems", "policies", "dtype", "errors"},
+    "verify": {"language", "plan", "systems", "policies", "compile", "dtype", "errors"},
+    "audit": {"language", "plan", "usercode", "compile", "verify", "errors"},
+    "engine": {"language", "plan", "usercode", "systems", "policies", "compile", "verify", "audit",
+               "dtype", "errors"},
+    "report": {"language", "plan", "compile", "engine", "audit", "errors"},
     "progress": {"audit"},
     "export": {"language", "compile", "engine", "audit", "report", "dtype", "errors"},
     "lsp": {"language", "compile", "errors"},
     "tracking": {"audit", "report", "errors"},
-    "cli": {"language", "compile", "verify", "engine", "audit", "report", "progress", "export",
-            "lsp", "tracking", "errors"},
+    "cli": {"language", "plan", "compile", "verify", "engine", "audit", "report", "progress",
+            "export", "lsp", "tracking", "errors"},
     "__init__": {"language", "engine"},
     "console": {"cli"},
 }
@@ -74,7 +77,9 @@ def test_the_audit_imports_only_numpy_side_of_compile():
 
 def test_language_and_audit_load_without_torch():
     code = ("import sys; import scpo_spec.language.load, scpo_spec.audit.verify, "
-            "scpo_spec.audit.rundir, scpo_spec.audit.signing; "
+            "scpo_spec.audit.rundir, scpo_spec.audit.signing, scpo_spec.audit.runs, "
+            "scpo_spec.plan.scenarios, scpo_spec.plan.settings, scpo_spec.plan.code, "
+            "scpo_spec.usercode.loader; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -90,7 +95,7 @@ def test_only_rundir_names_the_run_files():
 
 def test_only_rundir_parses_a_stored_spec_below_the_cli():
     """Downstream rooms never re-read text: the CLI parses the user's file, rundir the run's."""
-    parsing = {"check_text", "parse_model", "check_file", "load_spec"}
+    parsing = {"check_text", "parse_model", "parse_text", "check_file", "load_spec"}
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         room = _room(path)

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from scpo_spec.cli import app
-from scpo_spec.language import check as C
+from scpo_spec.language import check_resources as CR
+from scpo_spec.language import check_system as CS
 from tests.helpers import VALID, as_pendulum, check, errors, replace
 from tests.test_check_errors import GYM
 
@@ -60,21 +61,21 @@ def test_lyapunov_of_a_constant_matrix_sees_its_null_space():
 
 def test_lyapunov_floor_matches_the_evaluator():
     from scpo_spec.compile.signals import LYAPUNOV_FLOOR
-    assert C.LYAPUNOV_FLOOR == LYAPUNOV_FLOOR
+    assert CS.LYAPUNOV_FLOOR == LYAPUNOV_FLOOR
 
 
 def test_pendulum_linearisation_matches_the_dynamics():
     from scpo_spec.systems.dynamics import make_dynamics
     spec = check(as_pendulum()).spec
     A, B = make_dynamics(spec).linearisation()
-    A2, B2 = C.pendulum_linearisation(spec.system)
+    A2, B2 = CS.pendulum_linearisation(spec.system)
     np.testing.assert_array_equal(A, A2)
     np.testing.assert_array_equal(B, B2)
 
 
 # ---------------------------------------------------------------- 2. vacuous holdout
 def test_holdout_bound():
-    from scpo_spec.language.scenarios import HOLDOUT_BETA, holdout_bound
+    from scpo_spec.language.scenario_bounds import HOLDOUT_BETA, holdout_bound
     assert holdout_bound(1000, 1e-6) == pytest.approx(math.log(1e6) / 1000)
     assert holdout_bound(1, HOLDOUT_BETA) == pytest.approx(13.8155, abs=1e-4)
     assert holdout_bound(0, 1e-6) is None
@@ -97,7 +98,7 @@ def test_small_holdout_warns_at_its_count():
 # ---------------------------------------------------------------- 3. resources
 @pytest.fixture
 def small_machine(monkeypatch):
-    monkeypatch.setattr(C, "machine_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(CR, "machine_memory", lambda: 16 * 2**30)
 
 
 def test_huge_policy_is_refused(small_machine):
@@ -116,7 +117,7 @@ def test_huge_holdout_is_refused(small_machine):
 
 
 def test_a_holdout_beyond_the_machines_memory_is_refused(monkeypatch):
-    monkeypatch.setattr(C, "machine_memory", lambda: 256 * 2**20)
+    monkeypatch.setattr(CR, "machine_memory", lambda: 256 * 2**20)
     (err,) = errors(replace("holdout 1000", "holdout 1000000"))
     assert err[:2] == (17, 13)
     assert err[2].startswith("the holdout evaluation needs about ") and "MiB" in err[2], err
@@ -124,7 +125,7 @@ def test_a_holdout_beyond_the_machines_memory_is_refused(monkeypatch):
 
 def test_memory_estimate_counts_rollouts_activations_and_weights():
     spec = check(VALID).spec
-    est = C.memory_estimate(spec)
+    est = CR.memory_estimate(spec)
     C_, S, T, n, m = 18, 64, 60, 2, 1
     d = (2 * 64 + 64) + (64 * 64 + 64) + (64 * 1 + 1)
     assert est.weights == d
@@ -211,7 +212,7 @@ def test_chunked_holdout_equals_one_batch(monkeypatch):
     import torch
 
     from scpo_spec.compile.problem import compile_spec
-    from scpo_spec.language.scenarios import holdout_chunk
+    from scpo_spec.plan.scenarios import holdout_chunk
     from scpo_spec.engine.holdout import holdout_violations, validate_holdout
     c = compile_spec(check(replace("holdout 1000", "holdout 203")).spec)
     theta = c.family.theta0 + 0.3 * torch.randn(c.family.theta0.shape,

@@ -204,12 +204,12 @@ def test_a_hand_edited_log_gets_a_message_never_a_traceback(finished, tmp_path, 
 
 
 def test_ctrl_c_before_training_starts_says_interrupted(tmp_path, monkeypatch):
-    import scpo_spec.cli as cli
+    from scpo_spec.cli import train_command
     spec = write_spec(tmp_path, small_di(steps=2))
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "_checked", interrupted)
+    monkeypatch.setattr(train_command, "_checked", interrupted)
     result = invoke(["train", spec, "--out", tmp_path / "run"])
     assert result.exit_code == 130 and "interrupted" in result.output
     assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""language/code.py's loader: the code a spec names runs from the bytes it hashes (never from a
+"""usercode/loader.py: the code a spec names runs from the bytes it hashes (never from a
 cached .pyc, never a same-named module imported from elsewhere), and EXECUTED says which."""
 
 import hashlib
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scpo_spec.language.code import EXECUTED, load_module
+from scpo_spec.usercode.loader import EXECUTED, load_module
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_a_sourceless_module_is_its_own_file_not_an_earlier_import(tmp_path):
 
 
 def test_code_a_trusted_run_did_not_record_is_refused_before_it_runs(plant, tmp_path):
-    from scpo_spec.language.code import EXPECTED, CodeMismatch
+    from scpo_spec.usercode.loader import EXPECTED, CodeMismatch
     name, path = plant
     marker = tmp_path / "ran"
     path.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n",

@@ -16,7 +16,8 @@ from torch import nn
 
 from scpo_spec import check_text
 from scpo_spec.compile.problem import compile_spec
-from scpo_spec.language.scenarios import holdout_states, initial_box, training_states
+from scpo_spec.language.scenario_bounds import initial_box, training_states
+from scpo_spec.plan.scenarios import holdout_states
 from scpo_spec.compile.signals import Trace
 from scpo_spec.policies.policy import ACTIVATIONS
 from tests.conftest import ROOT

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.compile.signals import ExpressionCompiler, Reducer, Trace
 from scpo_spec.compile.usercode import check_code
-from scpo_spec.language.code import identities
+from scpo_spec.plan.code import identities
 from scpo_spec.dtype import DTYPE
 from scpo_spec.engine.train import Trainer
 from scpo_spec.language.load import CheckResult, check_text, load_spec
@@ -446,15 +446,16 @@ def test_a_python_plant_outside_torch_has_no_linearisation(tmp_path):
 # ---- the CLI: a bad callable is a check error, and train refuses before any run exists ----
 def test_cli_check_and_train_report_a_bad_callable(tmp_path, monkeypatch):
     from scpo_spec import cli
+    from scpo_spec.cli import common
     spec_file = tmp_path / "spec.scpo"
     spec_file.write_text(small_di(), encoding="utf-8")
     spec = python_spec(tmp_path, "plant_cli:dynamcs", PLANT, module="plant_cli")
-    real = cli.check_file
+    real = common.check_file
 
     def check_file(path):  # the parsed text, with the python system the parser will produce
         result = real(path)
         return CheckResult(result.source, spec, list(result.diagnostics))
-    monkeypatch.setattr(cli, "check_file", check_file)
+    monkeypatch.setattr(common, "check_file", check_file)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     res = runner.invoke(cli.app, ["check", "--json", str(spec_file)])

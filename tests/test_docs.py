@@ -38,10 +38,12 @@ import numpy as np
 import pytest
 import yaml
 
-from scpo_spec.language import build as B
+from scpo_spec.language import words as W
 from scpo_spec.language import check as C
 from scpo_spec.language import evaluate as EV
+from scpo_spec.language import functions as FN
 from scpo_spec.language import model as M
+from scpo_spec.language import sections as SEC
 from scpo_spec.language.build import Builder
 from scpo_spec.language.diagnostics import Collector
 from scpo_spec.language.document import Map
@@ -129,12 +131,12 @@ def test_the_document_has_every_kind_of_example():
 
 
 def test_every_choice_word_is_documented():
-    """When build.py gains a choice (an activation, a solver, a loss, …), the reference says so."""
+    """When words.py gains a choice (an activation, a solver, a loss, …), the reference says so."""
     text = DOC.read_text(encoding="utf-8")
-    words = [*B.ACTIVATIONS, *B.SOLVERS, *B.LOSSES, *B.ON_VIOLATION, *B.BACKTRACK, *B.PRECISIONS,
-             *B.SMOOTHNESS_MODES, *B.POLICY_INIT, "hard", "smooth",
-             *C.SIGNAL_FUNCTIONS, *EV.NUMERIC_FUNCTIONS, *EV.BUILTIN_CONSTANTS,
-             *C.REQUIRED_SECTIONS, "spectral_radius", "state", "input"]
+    words = [*W.ACTIVATIONS, *W.SOLVERS, *W.LOSSES, *W.ON_VIOLATION, *W.BACKTRACK, *W.PRECISIONS,
+             *W.SMOOTHNESS_MODES, *W.POLICY_INIT, *W.DEVICES, *W.INTEGRATORS, "hard", "smooth",
+             *FN.SIGNAL_FUNCTIONS, *FN.NUMERIC_FUNCTIONS, *EV.BUILTIN_CONSTANTS,
+             *SEC.WORDS, "spectral_radius", "state", "input"]
     missing = [w for w in words if f"`{w}" not in text]
     assert not missing, f"not documented: {missing}"
     train = text.split("## 10. `train`", 1)[1].split("\n## ", 1)[0]
@@ -146,7 +148,7 @@ def test_every_choice_word_is_documented():
 
 def test_every_formula_function_is_used_in_a_checked_spec():
     used = "\n".join(b.text for b in FULL_SCPO)
-    for f in C.SIGNAL_FUNCTIONS:
+    for f in FN.SIGNAL_FUNCTIONS:
         assert f"{f}(" in used, f"no complete example uses {f}(…)"
     for word in ("always", "eventually[", "at final", " in [", " or ", " and ", "<=", ">=", " < ",
                  " > ", "lyapunov(backup)", "spectral_radius", "terminal"):

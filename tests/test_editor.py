@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from lark import Lark, Token
 
-from scpo_spec.language.build import vocabulary
-from scpo_spec.language.check import SIGNAL_FUNCTIONS
-from scpo_spec.language.evaluate import NUMERIC_FUNCTIONS
-from scpo_spec.language.grammar import SECTION_WORDS, grammar_text
+from scpo_spec.language.fields import vocabulary
+from scpo_spec.language.functions import SIGNAL_FUNCTIONS
+from scpo_spec.language.functions import NUMERIC_FUNCTIONS
+from scpo_spec.language.grammar import grammar_text
+from scpo_spec.language.sections import WORDS as SECTION_WORDS
 from scpo_spec.language.scpo_reader import find_comments
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -191,9 +191,14 @@ def test_a_second_run_never_overwrites_the_first(tmp_path, monkeypatch):
         audit_run(second.run_dir).worst
     with pytest.raises(RunError, match="already holds a run.*--resume.*--force"):
         train(tmp_path / "s.scpo", spec_of(text, tmp_path), text, out=first.run_dir)
+    from scpo_spec.engine.listener import RunListener
     notes = []
+
+    class Notes(RunListener):
+        def note(self, message):
+            notes.append(message)
     third = train(tmp_path / "s.scpo", spec_of(text, tmp_path), text, out=first.run_dir,
-                  force=True, on_note=notes.append)
+                  force=True, listener=Notes())
     assert third.run_dir == first.run_dir
     assert (tmp_path / "runs/small_di.old-1/audit.jsonl").read_bytes() != b""
     assert notes and "small_di.old-1" in notes[0]

@@ -15,7 +15,8 @@ from scpo_spec.audit.records import theta_sha256
 from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.cli import app
-from scpo_spec.engine.run import load_run, train
+from scpo_spec.engine.run import train
+from scpo_spec.engine.trained import load_run
 from scpo_spec.export import (ExportError, export_run, read_onnx_metadata,
                               read_torchscript_metadata)
 from tests.engine_specs import small_di, spec_of, write_spec

@@ -13,7 +13,7 @@ import torch
 
 from scpo_spec.audit.verify import audit_run
 from scpo_spec.compile.problem import compile_spec
-from scpo_spec.language.scenarios import GYM_HOLDOUT_OFFSET
+from scpo_spec.plan.scenarios import GYM_HOLDOUT_OFFSET
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.run import train
 from scpo_spec.engine.train import Trainer

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from scpo_spec.language.build import ACTIVATIONS, SOLVERS
-from scpo_spec.language.grammar import SECTION_WORDS
+from scpo_spec.language.words import ACTIVATIONS, SOLVERS
+from scpo_spec.language.sections import WORDS as SECTION_WORDS
 from scpo_spec.language.load import check_text
 from scpo_spec.lsp.analysis import KEYWORD_DOCS
 from scpo_spec.lsp.server import DEBOUNCE

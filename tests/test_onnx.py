@@ -460,7 +460,7 @@ def test_policy_onnx_theta0_is_the_files_weights_and_it_trains(tmp_path):
     # the trained run exported as ONNX reads back, through the same reader, to the same policy
     assert _cli("export", res.run_dir, "--format", "onnx", "-o", tmp_path / "out.onnx") \
         .exit_code == 0
-    from scpo_spec.engine.run import load_run
+    from scpo_spec.engine.trained import load_run
     back = read_onnx((tmp_path / "out.onnx").read_bytes(), "policy", "out.onnx")
     assert back.activations[-2:] == ["tanh", "identity"]
     with torch.no_grad():

@@ -199,7 +199,7 @@ def gravity(backup: str, policy: str, lyapunov: bool = True) -> str:
 def _enclosed(compiled, theta, count=400):
     """Every sampled trajectory (and input) inside the reach sets of the whole initial box, and
     every sampled metric inside its bound."""
-    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.language.scenario_bounds import initial_box
     from scpo_spec.verify.bounds import IntervalCompiler
     from scpo_spec.verify.reach import ClosedLoop
     lo, hi = (torch.as_tensor(a) for a in initial_box(compiled.spec))
@@ -279,7 +279,8 @@ def test_a_nonlinear_observation_is_bounded_or_undecided_never_proved_on_a_guess
 # ---- the export still takes the state ----
 def test_the_export_of_an_observed_policy_around_the_equilibrium_is_load_runs_policy(tmp_path):
     import onnxruntime
-    from scpo_spec.engine.run import load_run, train
+    from scpo_spec.engine.run import train
+    from scpo_spec.engine.trained import load_run
     from scpo_spec.export import export_run
     text = gravity("linear { K = [[-2, -3]]  k = [0.1] }",
                    "mlp { hidden = [6]  residual = backup  seed = 0\n"
@@ -445,7 +446,8 @@ train { steps 2  optimizer sgd { lr = 0.01 }  directions 4  perturbation 1e-3  r
 
 
 def test_an_observation_of_a_parameter_reads_the_scenarios_draws():
-    from scpo_spec.language.scenarios import training_draws, training_states
+    from scpo_spec.language.scenario_bounds import training_states
+    from scpo_spec.plan.scenarios import training_draws
     c = compiled_of(OBSERVES_K)
     assert c.family.around.uncertain
     d, x0 = training_draws(c.spec), training_states(c.spec)

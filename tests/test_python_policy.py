@@ -312,7 +312,8 @@ def test_check_cli_exit_and_location(nets):
 
 def test_policy_python_trains_and_is_data_to_readers(tmp_path):
     from scpo_spec.audit.verify import audit_run
-    from scpo_spec.engine.run import RunError, load_run, train
+    from scpo_spec.engine.run import RunError, train
+    from scpo_spec.engine.trained import load_run
     from tests.engine_specs import spec_of
     text = python_spec(tmp_path)
     spec = spec_of(text, tmp_path)

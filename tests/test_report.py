@@ -596,6 +596,9 @@ def test_paths_are_shown_relative_never_absolute_home(tmp_path, monkeypatch):
     cmd = f"{home}/venv/lib/scpo_spec/cli.py train {work}/specs/a.scpo --out {home}/runs/r -q"
     assert shown_command(cmd) == "scpo train specs/a.scpo --out ~/runs/r -q"
     assert shown_command(f"{home}/.venv/bin/scpo train x.scpo") == "scpo train x.scpo"
+    assert shown_command(f"{home}/venv/lib/scpo_spec/cli/__main__.py check x.scpo") \
+        == "scpo check x.scpo"  # python -m scpo_spec.cli, since cli/ is a package
+    assert shown_command("/opt/other/cli.py check x.scpo") == "cli.py check x.scpo"
     assert shown_path(work) == "." and shown_path("/opt/x") == "/opt/x"
     assert shown_path("rel/x") == "rel/x"
 

@@ -23,6 +23,7 @@ from scpo_spec import load_run
 from scpo_spec.audit import log as log_module
 from scpo_spec.audit.rundir import RunDir, RunError
 from scpo_spec.cli import _sigterm_interrupts, app
+from scpo_spec.engine.listener import RunListener
 from scpo_spec.engine.run import train
 from scpo_spec.engine.train import Trainer
 from tests.engine_specs import small_di, spec_of, write_spec
@@ -506,12 +507,15 @@ def test_a_first_signal_lets_the_step_under_way_finish_and_be_logged(tmp_path, m
     spec = spec_of(text, tmp_path)
     seen = _signalling_step(monkeypatch, 4, sig)
     heard = []
+
+    class Stop(RunListener):
+        def stop_requested(self):
+            heard.append(seen["calls"])
     with (_sigterm_interrupts() if sig == signal.SIGTERM
           else _handler(sig, signal.default_int_handler)):
         interrupt = signal.getsignal(sig)
         with pytest.raises(KeyboardInterrupt):
-            train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r",
-                  on_stop_request=lambda: heard.append(seen["calls"]))
+            train(tmp_path / "spec.scpo", spec, text, out=tmp_path / "r", listener=Stop())
         assert signal.getsignal(sig) is interrupt
     assert seen == {"calls": 4, "finished": True} and heard == [4]  # told once, as it came
     recs = records(tmp_path / "r")

@@ -130,7 +130,7 @@ def test_backup_identity(tmp_path):
     path = save(Saturated(lqr_gain(tmp_path)), tmp_path / "ctrl.pt")
     import hashlib
 
-    from scpo_spec.language.code import identities
+    from scpo_spec.plan.code import identities
     assert identities(with_backup(tmp_path), tmp_path) == [
         {"kind": "backup torch", "target": "ctrl.pt", "file": str(path.resolve()),
          "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]

@@ -80,7 +80,7 @@ def test_readers_never_import_the_module_unless_trusted(trained):
     home, run = trained
     probe = textwrap.dedent(f'''
         import sys, json
-        from scpo_spec.engine.run import load_run
+        from scpo_spec.engine.trained import load_run
         from scpo_spec.report.evidence import gather
         from scpo_spec.audit.verify import audit_run
         out = {{}}
@@ -109,7 +109,7 @@ def test_trusted_code_loads_and_matches_the_run(trained):
     home, run = trained
     probe = textwrap.dedent(f'''
         import sys, json
-        from scpo_spec.engine.run import load_run
+        from scpo_spec.engine.trained import load_run
         r = load_run({str(run)!r}, trust_code=True)
         m = r.metrics()
         print(json.dumps({{"imported": {MODULE!r} in sys.modules, "metrics": m}}))
@@ -208,7 +208,7 @@ def test_a_planted_pyc_never_runs_in_place_of_the_fingerprinted_source(trained, 
     try:
         probe = textwrap.dedent(f'''
             import sys, json
-            from scpo_spec.engine.run import load_run
+            from scpo_spec.engine.trained import load_run
             r = load_run({str(run)!r}, trust_code=True)
             print(json.dumps({{"metrics": r.metrics()}}))
         ''')

@@ -19,8 +19,8 @@ from scpo_spec.compile.problem import compile_spec
 from scpo_spec.engine.holdout import validate_holdout
 from scpo_spec.engine.run import train
 from scpo_spec.engine.train import Trainer
-from scpo_spec.language.scenarios import (holdout_draws, holdout_states, training_draws,
-                                          training_states)
+from scpo_spec.language.scenario_bounds import training_states
+from scpo_spec.plan.scenarios import holdout_draws, holdout_states, training_draws
 from scpo_spec.report import gather
 from scpo_spec.report.render import write_report
 from scpo_spec.verify.prove import verify
@@ -227,7 +227,7 @@ train {
 def test_the_holdout_draws_in_seeded_blocks_whatever_the_chunk():
     """docs/language.md: holdout block b (HOLDOUT_BLOCK scenarios) draws from the b-th spawned
     child of [seed, 1, 2] and [seed, 1, 3]; a chunk of 1, 7 or all N gives the same holdout."""
-    from scpo_spec.language.scenarios import HOLDOUT_BLOCK
+    from scpo_spec.plan.scenarios import HOLDOUT_BLOCK
     c = compiled(SPEC.replace("holdout 20000", "holdout 1500"))  # two blocks, the last short
     d = holdout_draws(c.spec)
     assert HOLDOUT_BLOCK == 1024 and d.parameters.shape == (1500, 2)

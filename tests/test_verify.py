@@ -126,7 +126,7 @@ def _check_enclosed(compiled, theta, lo, hi, count, seed=0):
 
 
 def _box(compiled):
-    from scpo_spec.language.scenarios import initial_box
+    from scpo_spec.language.scenario_bounds import initial_box
     lo, hi = initial_box(compiled.spec)
     return torch.as_tensor(lo), torch.as_tensor(hi)
 

@@ -18,7 +18,7 @@ from scpo_spec.audit.verify import audit_run, describe_stall
 from scpo_spec.cli import app
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.engine.run import train
-from scpo_spec.language.scenarios import initial_box
+from scpo_spec.language.scenario_bounds import initial_box
 from tests.engine_specs import small_di, spec_of, write_spec
 from tests.forgery import copy_run, records, write_rechained
 

@@ -17,7 +17,7 @@ from scpo_spec.cli import app
 from scpo_spec.compile.problem import compile_spec
 from scpo_spec.language.lets import expand
 from scpo_spec.language.load import check_file, check_text
-from scpo_spec.language.scenarios import Draws
+from scpo_spec.plan.scenarios import Draws
 from scpo_spec.verify.prove import verify
 from scpo_spec.verify.uncertain import cell_box, closed_loop, interval_compiler
 

@@ -12,7 +12,8 @@ import pytest
 
 from scpo_spec.audit.records import theta_sha256
 from scpo_spec.audit.verify import audit_run
-from scpo_spec.engine.run import load_run, train
+from scpo_spec.engine.run import train
+from scpo_spec.engine.trained import load_run
 from scpo_spec.engine.warm import check_warm_start, compile_warm
 from tests.engine_specs import small_di, spec_of
 from tests.numerics import assert_close_across_paths

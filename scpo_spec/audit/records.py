@@ -9,6 +9,7 @@ Numbers that certificates are made of come back as float64 arrays.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import types
 import typing
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.language.scenarios import holdout_bound
+from scpo_spec.language.scenario_bounds import holdout_bound
 
 Vec = np.ndarray  # float64, one entry per metric (or per candidate)
 
@@ -177,7 +178,7 @@ class Header(Record):
     code: list | None = None   # the code the spec names: kind, target, file, sha256 each
     warm_start: dict | None = None  # `policy from`: the source run (audit/warm_start.py)
     uncertainty: dict | None = None  # parameters, disturbances (name, lo, hi) and the SHA-256
-    #                                  of the training draws (language.scenarios.uncertainty_record)
+    #                                  of the training draws (plan.scenarios.uncertainty_record)
 
     METRIC: ClassVar[dict] = {"name": str, "section": str, "formula": str, "margin": float,
                               "smoothness": float | None, "lipschitz": float | None,
@@ -286,6 +287,30 @@ class Resume(Record):
     spec_text_changed: bool = False
 
 
+class EndState(enum.Enum):
+    """How a run ended, as its end record's `reason` starts: the log stores the sentence
+    ("interrupted after step 12", "stopped at step 40: …"), and `of` is the one place it is
+    read back.  An interrupted run is not complete: a resume reopens it."""
+
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
+
+    @classmethod
+    def of(cls, reason: str) -> EndState:
+        """The state a reason says (one no state starts: completed, as any end but an
+        interrupt)."""
+        return next((s for s in (cls.INTERRUPTED, cls.STOPPED) if reason.startswith(s.value)),
+                    cls.COMPLETED)
+
+    def reason(self, step: int, why: str = "") -> str:
+        """The end record's reason: "completed", or "<state> after|at step N[: why]"."""
+        if self is EndState.COMPLETED:
+            return self.value
+        where = "after" if self is EndState.INTERRUPTED else "at"
+        return f"{self.value} {where} step {step}" + (f": {why}" if why else "")
+
+
 @dataclass
 class End(Record):
     """Why training ended, and the final (last accepted) policy."""
@@ -298,6 +323,10 @@ class End(Record):
     g: Vec
     loss: float
     stall: dict | None = None
+
+    @property
+    def state(self) -> EndState:
+        return EndState.of(self.reason)
 
 
 RECORD_TYPES: dict[str, type[Record]] = {c.TYPE: c for c in (Header, Init, Step, Holdout, Resume, End)}

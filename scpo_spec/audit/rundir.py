@@ -214,8 +214,9 @@ class RunDir:
         except OSError as e:
             raise RunError(f"cannot read {self.log}: {e.strerror or e}") from None
 
-    def header(self) -> Header:
-        lines, _ = self.lines()
+    def header(self, lines: list[LogLine] | None = None) -> Header:
+        """The header record (of `lines`, the log as read once, when given)."""
+        lines = self.lines()[0] if lines is None else lines
         if not lines:
             raise RunError(f"{self.log} is empty")
         if lines[0].problem:
@@ -228,9 +229,9 @@ class RunDir:
             raise RunError(f"{self.log} does not start with a header record")
         return rec
 
-    def records(self) -> list[Record]:
+    def records(self, lines: list[LogLine] | None = None) -> list[Record]:
         """Every record, typed (RunError naming the first unreadable one)."""
-        lines, _ = self.lines()
+        lines = self.lines()[0] if lines is None else lines
         bad = next((i for i, ln in enumerate(lines) if ln.problem), None)
         if bad is not None:
             raise RunError(f"{self.log}: line {bad + 1} {lines[bad].problem}")
@@ -239,12 +240,24 @@ class RunDir:
         except RecordError as e:
             raise RunError(f"{self.log}: {e}") from None
 
-    def head(self) -> str:
-        lines, _ = self.lines()
+    def head(self, lines: list[LogLine] | None = None) -> str:
+        lines = self.lines()[0] if lines is None else lines
         return sha256_hex(lines[-1].raw) if lines else "0" * 64
 
     # ---- the spec, rebuilt once from the header ----
-    def checked_spec(self, header: Header | None = None, trust_code: bool = False):
+    def stored_text(self, header: Header | None = None):
+        """The header's spec text read into its document (language.load.ParsedText), the one
+        parse every use of the stored spec shares (audit/loaded.py keeps it); None when the
+        header holds no text."""
+        from scpo_spec.language.load import parse_text
+        spec = (header or self.header()).spec
+        if not isinstance(spec.get("text"), str):
+            return None
+        return parse_text(spec["text"], path=str(spec.get("path") or "<spec>"),
+                          syntax=spec.get("syntax"))
+
+    def checked_spec(self, header: Header | None = None, trust_code: bool = False,
+                     parsed=None):
         """The spec stored in the header, checked as `scpo check` would (its data files relative
         to where the spec was), or RunError.  A spec that names code (a python plant, a
         gymnasium `module:Env`, a TorchScript backup or policy) is checked without importing
@@ -252,10 +265,10 @@ class RunDir:
         header fingerprinted, and then the checks that run the code run too (those of the
         language: a gymnasium module is imported).  A python plant or a TorchScript file is
         loaded by whoever uses it, under `expecting` (these bytes or none), and is checked
-        with `ran_as_recorded` after it loaded."""
-        from scpo_spec.language.code import (CodeMismatch, expecting, names_code, ran_as_recorded,
-                                             unchanged)
-        from scpo_spec.language.load import check_text, parse_model
+        with `ran_as_recorded` after it loaded.  `parsed`: the text's `stored_text`, when the
+        caller holds it (else it is parsed here)."""
+        from scpo_spec.usercode.loader import CodeMismatch
+        from scpo_spec.plan.code import expecting, names_code, ran_as_recorded, unchanged
         header = header or self.header()
         spec = header.spec
         text, path = spec.get("text"), spec.get("path")
@@ -264,17 +277,17 @@ class RunDir:
         if sha256_hex(text.encode()) != spec.get("sha256"):
             raise RunError(f"{self.log}: the spec text in the header does not match its SHA-256")
         origin = Path(spec.get("resolved") or path)
-        parsed = parse_model(text, path=path, syntax=spec.get("syntax"))  # builds, runs nothing
-        runs_code = parsed.spec is not None and names_code(parsed.spec)
+        parsed = parsed or self.stored_text(header)
+        built = parsed.check(run_checks=False)  # builds, runs nothing
+        runs_code = built.spec is not None and names_code(built.spec)
         if runs_code and trust_code:
-            problems = unchanged(header.code, parsed.spec, origin.parent)
+            problems = unchanged(header.code, built.spec, origin.parent)
             if problems:
                 raise CodeChanged(f"not trusting the code of {self.path}: {problems[0]}")
         try:  # trusted: only the recorded bytes may run, refused before they would
-            with expecting(header.code, parsed.spec, origin.parent) if runs_code and trust_code \
+            with expecting(header.code, built.spec, origin.parent) if runs_code and trust_code \
                     else contextlib.nullcontext():
-                result = check_text(text, path=path, base_dir=origin.parent,
-                                    syntax=spec.get("syntax"), run_code=trust_code or not runs_code)
+                result = parsed.check(base_dir=origin.parent, run_code=trust_code or not runs_code)
         except CodeMismatch as err:
             raise CodeChanged(f"not trusting the code of {self.path}: {err}") from None
         if result.spec is None or not result.ok:
@@ -295,23 +308,21 @@ class RunDir:
                                                                str(self.log))), origin.parent
         return result.spec, origin.parent
 
-    def declared(self, header: Header | None = None) -> dict | None:
+    def declared(self, header: Header | None = None, parsed=None) -> dict | None:
         """What the header's spec text says of the fields the header records beside it (its
         name, metrics, settings, seeds, horizon, scenario count, uncertainty with the digest of its
         draws), as the header records them:
         parsed and built, and passed through `scpo check`'s size checks before anything is
         sized (nothing read or run); None when the text does not build, RunError when it fails
-        those checks."""
+        those checks.  `parsed`: as for `checked_spec`."""
         from scpo_spec.language.check import size_errors
-        from scpo_spec.language.load import parse_model
-        from scpo_spec.language.scenarios import scenario_count, uncertainty_record
-        from scpo_spec.language.settings import Settings, declared_seeds
+        from scpo_spec.plan.scenarios import scenario_count, uncertainty_record
+        from scpo_spec.plan.settings import Settings, declared_seeds
         header = header or self.header()
         spec = header.spec
         if not isinstance(spec.get("text"), str):
             return None
-        built = parse_model(spec["text"], path=str(spec.get("path") or "<spec>"),
-                            syntax=spec.get("syntax")).spec
+        built = (parsed or self.stored_text(header)).check(run_checks=False).spec
         if built is None or built.train is None or built.scenarios is None:
             return None
         too_large = size_errors(built)
@@ -459,9 +470,11 @@ class RunDir:
                        f"{state.head[:16]}…, the log's {head[:16]}…); the state and the log "
                        "do not go together")
 
-    def final_theta(self, expected_hash: str | None) -> np.ndarray:
-        """θ of the state file, which must be the log's last accepted policy `expected_hash`."""
-        state, _ = self.bound_state()
+    def final_theta(self, expected_hash: str | None,
+                    bound: tuple[StateFile, bool] | None = None) -> np.ndarray:
+        """θ of the state file (`bound`: its `bound_state`, when the caller holds it), which
+        must be the log's last accepted policy `expected_hash`."""
+        state, _ = bound or self.bound_state()
         if expected_hash is None or state.theta != expected_hash:
             raise RunError(f"{self.state} holds a policy ({state.theta[:16]}…) that is not the "
                            f"last one the log accepted ({str(expected_hash)[:16]}…)")
@@ -519,8 +532,8 @@ class RunDir:
 def built_spec(text: str, path: str, syntax: str | None):
     """A spec text a header holds (a warm start's source, audit/warm_start.py), parsed and built
     — nothing read, nothing run — or None when it does not build."""
-    from scpo_spec.language.load import parse_model
-    return parse_model(text, path=path, syntax=syntax).spec
+    from scpo_spec.language.load import parse_text
+    return parse_text(text, path=path, syntax=syntax).check(run_checks=False).spec
 
 
 def _dimensions(lines: list[LogLine]) -> dict:

@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from scpo_spec.audit.records import Holdout
-from scpo_spec.audit.rundir import STATE_NAME, RunDir, RunError
+from scpo_spec.audit.loaded import LoadedRun
+from scpo_spec.audit.problem import ProblemKind, of_kind
+from scpo_spec.audit.records import EndState, Holdout
+from scpo_spec.audit.rundir import RunDir
 from scpo_spec.audit.verify import AuditResult, audit_run
 from scpo_spec.errors import ScpoError
 
@@ -81,22 +83,15 @@ def holdout_bound(h: dict | None) -> float | None:
         return None
 
 
-def stored_spec(run: RunDir, header=None) -> tuple:
-    """(spec, its folder, None) for the spec stored in the run's header, or (None, None, why
-    it is unusable: it fails `scpo check`, …).  Checked without running any code it names: the
-    verdict never depends on running it."""
-    try:
-        return (*run.checked_spec(header), None)
-    except RunError as err:
-        return None, None, str(err)
-
-
-def judge(run_dir: str | Path | RunDir, head: str | None = None,
+def judge(run_dir: str | Path | RunDir | LoadedRun, head: str | None = None,
           key: Path | None = None) -> tuple[AuditResult, Verdict]:
-    """Audit a run (`head`, `key` as for `scpo audit`) and give the verdict on it."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    audit = audit_run(run.path, head=head, key=key)
-    return audit, verdict(audit, stored_spec(run)[2])
+    """Audit a run (`head`, `key` as for `scpo audit`) and give the verdict on it; its stored
+    spec is checked without running any code it names (the verdict never depends on running
+    it).  A LoadedRun is judged from what it has read, once."""
+    run = LoadedRun.of(run_dir)
+    audit = audit_run(run, head=head, key=key)
+    return audit, run.once(("verdict", head, key),
+                           lambda: verdict(audit, run.stored_spec()[2]))
 
 
 def verdict(audit: AuditResult, spec_problem: str | None = None) -> Verdict:
@@ -105,8 +100,7 @@ def verdict(audit: AuditResult, spec_problem: str | None = None) -> Verdict:
     a = audit
     chain = Check("hash chain", a.chain_ok,
                   f"{a.records} records verify; head {a.head}" if a.chain_ok else
-                  "; ".join(p for p in a.problems if "prev" in p or "seq" in p or "JSON" in p)
-                  or "; ".join(a.problems[:3]))
+                  "; ".join(of_kind(a.problems, ProblemKind.CHAIN)) or "; ".join(a.problems[:3]))
     certs = Check("certificates recomputed from the log", a.certificates_ok,
                   f"every certificate of {a.steps} steps recomputes and proves g ≤ −margin"
                   if a.certificates_ok else
@@ -118,7 +112,7 @@ def verdict(audit: AuditResult, spec_problem: str | None = None) -> Verdict:
     ended = Check(COMPLETE, a.complete and a.end_reason is not None,
                   f"the log ends with its end record ({a.end_reason})" if a.complete else
                   f"the run was {a.end_reason} (resume it with `scpo train … --resume`)"
-                  if a.end_reason and a.end_reason.startswith("interrupted") else
+                  if a.end_reason and EndState.of(a.end_reason) is EndState.INTERRUPTED else
                   "the log has no end record after its last step: the run was killed or cut "
                   "short (resume it with `scpo train … --resume`)")
     spec = Check(STORED_SPEC, spec_problem is None and a.spec_ok,
@@ -128,7 +122,7 @@ def verdict(audit: AuditResult, spec_problem: str | None = None) -> Verdict:
                  spec_problem or "; ".join(a.spec_problems[:2]))
     state = Check("state file bound to the log", a.state_ok,
                   "state.npz belongs to the log's last record and holds its last accepted θ"
-                  if a.state_ok else next((p for p in a.problems if STATE_NAME in p),
+                  if a.state_ok else next(iter(of_kind(a.problems, ProblemKind.STATE)),
                                           "state.npz does not belong to this log"))
     if a.state_present is False:  # a log handed over alone: nothing to bind, nothing to deploy
         state = Check("state file", True, "absent: the log alone was audited; this directory "
@@ -137,7 +131,7 @@ def verdict(audit: AuditResult, spec_problem: str | None = None) -> Verdict:
     if a.anchored is not None:
         checks.append(Check("anchored head", a.anchored,
                             "the chain ends at the given head" if a.anchored else
-                            next((p for p in a.problems if "anchor" in p), "another head")))
+                            next(iter(of_kind(a.problems, ProblemKind.ANCHOR)), "another head")))
     if a.signature is not None:  # a key was given, or the signature file is of another head
         checks.append(Check("signature", a.signature == "valid",
                             "the head is signed with the given Ed25519 key"

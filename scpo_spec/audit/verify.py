@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from scpo_spec.audit.files import TooLarge, UnreadableFile, read_regular
-from scpo_spec.audit.log import GENESIS, LogLine, parse_line, read_lines, sha256_hex
-from scpo_spec.audit.records import (End, Header, Holdout, Init, RecordError, Resume, Step,
-                                     Try, parse_record)
+from scpo_spec.audit.loaded import LoadedRun
+from scpo_spec.audit.log import GENESIS, LogLine, parse_line, sha256_hex
+from scpo_spec.audit.problem import Problem
+from scpo_spec.audit.problem import ProblemKind as K
+from scpo_spec.audit.records import (End, EndState, Header, Holdout, Init, RecordError, Resume,
+                                     Step, Try, parse_record)
 from scpo_spec.audit.proof import (check_verify_record, initial_proof_problems,
                                    step_proof_problems)
-from scpo_spec.audit.rundir import RunDir, RunError
+from scpo_spec.audit.rundir import LEGACY_CHECKPOINT, RunDir, RunError
 from scpo_spec.compile.certificate import certificate, rounding_error
 from scpo_spec.verify.verdicts import PROVED
 
@@ -38,12 +41,15 @@ def verify_chain(lines: list[LogLine]) -> list[str]:
     for i, line in enumerate(lines):
         rec = line.record
         if not rec:
-            problems.append(f"line {i + 1} {line.problem or 'is not a JSON record'}")
+            problems.append(Problem(K.CHAIN, f"line {i + 1} "
+                                    f"{line.problem or 'is not a JSON record'}"))
         elif rec.get("seq") != i:
-            problems.append(f"line {i + 1} has seq {rec.get('seq')!r}, expected {i}")
+            problems.append(Problem(K.CHAIN, f"line {i + 1} has seq {rec.get('seq')!r}, "
+                                    f"expected {i}"))
         elif rec.get("prev") != prev:
-            problems.append(f"line {i + 1}: prev does not match the SHA-256 of line {i} "
-                            "(an earlier record was changed, dropped or reordered)")
+            problems.append(Problem(K.CHAIN, f"line {i + 1}: prev does not match the SHA-256 of "
+                                    f"line {i} (an earlier record was changed, dropped or "
+                                    "reordered)"))
         prev = sha256_hex(line.raw)
     return problems
 
@@ -105,27 +111,33 @@ class AuditResult:
         return out
 
 
-def audit_run(run_dir: str | Path, head: str | None = None,
+def audit_run(run_dir: str | Path | RunDir | LoadedRun, head: str | None = None,
               key: Path | None = None) -> AuditResult:
     """Audit a run directory (never raises on a bad log: problems are reported).  With `head`,
     the chain must end exactly at that hash (an anchor kept outside the run); with `key` (an
-    Ed25519 public key file), RUN/signature.json must sign the chain's head with it."""
-    run = RunDir(run_dir)
+    Ed25519 public key file), RUN/signature.json must sign the chain's head with it.  A
+    LoadedRun is audited from what it has read (and keeps the result: asked again, the same
+    audit is given back)."""
+    run = LoadedRun.of(run_dir)
+    return run.once(("audit", head, key), lambda: _audit(run, head, key))
+
+
+def _audit(loaded: LoadedRun, head: str | None, key: Path | None) -> AuditResult:
+    run = loaded.run
     res = AuditResult()
     if not run.is_run():
         res.chain_ok = res.certificates_ok = False
-        res.problems.append(f"{run.log}: no such file")
+        res.problems.append(Problem(K.LOG, f"{run.log}: no such file"))
         return res
     try:
-        lines, tail = read_lines(run.log)
-    except OSError as err:  # not a regular file of the run, too large, unreadable
+        lines, tail = loaded.lines, loaded.tail
+    except RunError as err:  # not a regular file of the run, too large, unreadable
         res.chain_ok = res.certificates_ok = False
-        res.problems.append(str(err) if isinstance(err, UnreadableFile) else
-                            f"cannot read {run.log}: {err.strerror or err}")
+        res.problems.append(Problem(K.LOG, str(err)))
         return res
     if tail:
-        res.problems.append(f"the log ends with a torn line ({len(tail)} bytes): the run was "
-                            "killed mid-write")
+        res.problems.append(Problem(K.LOG, f"the log ends with a torn line ({len(tail)} "
+                                    "bytes): the run was killed mid-write"))
     chain = verify_chain(lines)
     if chain:
         res.chain_ok = False
@@ -136,32 +148,31 @@ def audit_run(run_dir: str | Path, head: str | None = None,
     if head is not None:
         res.anchored = res.head == head.strip().lower()
         if not res.anchored:
-            res.problems.append(f"the chain ends at {res.head}, not at the anchor {head.strip()}"
-                                " (the log was changed, cut or extended since)")
-    if key is not None or run.signature.exists():
-        from scpo_spec.audit.signing import verify_signature
-        said = verify_signature(run.signature, res.head, key)
-        if key is not None or said.startswith("invalid"):  # unreadable, or of another head:
-            res.signature = said  # the report says NOT CERTIFIED for it, and so does the audit
-            if said != "valid":
-                res.problems.append(f"signature {said}")
+            res.problems.append(Problem(K.ANCHOR, f"the chain ends at {res.head}, not at the "
+                                        f"anchor {head.strip()} (the log was changed, cut or "
+                                        "extended since)"))
+    said = loaded.signature(res.head, key)
+    if said is not None and (key is not None or said.startswith("invalid")):
+        res.signature = said  # unreadable, or of another head: the report says NOT CERTIFIED
+        if said != "valid":   # for it, and so does the audit
+            res.problems.append(Problem(K.SIGNATURE, f"signature {said}"))
     try:
         records = [parse_record(ln.record, i) for i, ln in enumerate(lines)]
     except RecordError as err:
         res.certificates_ok = False
-        res.problems.append(f"a record cannot be read: {err}")
+        res.problems.append(Problem(K.RECORD, f"a record cannot be read: {err}"))
         _check_verify_record(run, lines, None, res)
         return res
     try:
         _check_records(records, res)
-        _check_state(run, lines, records, res)
+        _check_state(loaded, records, res)
         if records and isinstance(records[0], Header):
-            _check_spec(run, records[0], res)
+            _check_spec(loaded, records[0], res)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
         # a value of the right type but the wrong shape, in a log the typed records let through
         res.certificates_ok = False
-        res.problems.append(f"a record holds a value the audit cannot use "
-                            f"({type(err).__name__}: {err})")
+        res.problems.append(Problem(K.RECORD, f"a record holds a value the audit cannot use "
+                                    f"({type(err).__name__}: {err})"))
     _check_verify_record(run, lines, records[0] if records and isinstance(records[0], Header)
                          else None, res)
     return res
@@ -177,7 +188,7 @@ OVERRIDABLE = ("device",)  # settings `scpo train` may override (--device): not 
 METRIC_FIELDS = ("name", "section", "formula", "margin", "smoothness", "lipschitz", "location")
 
 
-def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
+def _check_spec(loaded: LoadedRun, header: Header, res: AuditResult) -> None:
     """What a reader sees of the spec must be the header's spec text, whose SHA-256 the chain
     covers: the copy RUN/spec.* beside the log, and the header's own account of the spec — each
     metric (its margin and ℓ are what the certificates are checked against, its name and
@@ -190,9 +201,9 @@ def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
 
     def fail(msg: str) -> None:
         res.spec_problems.append(msg)
-        res.problems.append(msg)
+        res.problems.append(Problem(K.SPEC, msg))
 
-    for copy in run.spec_files():
+    for copy in loaded.run.spec_files():
         try:  # no larger than the header's text: a larger file is not that text anyway
             same = hashlib.sha256(read_regular(copy, len(text.encode()))).hexdigest() \
                 == header.spec.get("sha256")
@@ -206,7 +217,7 @@ def _check_spec(run: RunDir, header: Header, res: AuditResult) -> None:
             fail(f"{copy} is not the spec the log's header holds (its SHA-256 differs): read "
                  "the spec in the report, or `scpo runs`")
     try:
-        stated = run.declared(header)
+        stated = loaded.declared()
     except RunError as err:
         fail(str(err))
         return
@@ -262,37 +273,39 @@ def pending_problems(records: list, pending: bytes, theta: str) -> list[str]:
     return problems
 
 
-def _check_state(run: RunDir, lines: list[LogLine], records: list, res: AuditResult) -> None:
+def _check_state(loaded: LoadedRun, records: list, res: AuditResult) -> None:
     """The state file is what `--resume`, `load_run` and the report take θ from: it must belong
     to this log (its head) and hold the last accepted policy (its θ hash); one record ahead of
     the log (a kill between its two writes), that record must pass the audit too."""
-    from scpo_spec.audit.rundir import LEGACY_CHECKPOINT, RunError
+    run = loaded.run
     res.state_present = run.state.exists()
     if not res.state_present:
         if (run.path / LEGACY_CHECKPOINT).exists():
-            res.problems.append(f"{run.path / LEGACY_CHECKPOINT} is a pickle from an older "
-                                "scpo-spec; it is not read (the log alone was audited)")
+            res.problems.append(Problem(K.STATE, f"{run.path / LEGACY_CHECKPOINT} is a pickle "
+                                        "from an older scpo-spec; it is not read (the log "
+                                        "alone was audited)"))
         return
     try:
-        state, pending = run.bound_state(lines)
+        state, pending = loaded.bound_state()
     except RunError as err:
         res.state_ok = False
-        res.problems.append(str(err))
+        res.problems.append(Problem(K.STATE, str(err)))
         return
     if pending:  # killed between the state write and the append: the log itself is intact
         wrong = pending_problems(records, state.pending, state.theta)
         if wrong:
             res.state_ok = False
-            res.problems += [f"{run.state}: {p}" for p in wrong]
+            res.problems += [Problem(K.STATE, f"{run.state}: {p}") for p in wrong]
             return
-        res.problems.append(f"{run.state} holds one record the log does not have yet (the run "
-                            "was killed between its two writes); `scpo train … --resume` "
-                            "completes the log")
+        res.problems.append(Problem(K.STATE, f"{run.state} holds one record the log does not "
+                                    "have yet (the run was killed between its two writes); "
+                                    "`scpo train … --resume` completes the log"))
         return
     if res.final_theta is not None and state.theta != res.final_theta:
         res.state_ok = False
-        res.problems.append(f"{run.state} holds a policy ({state.theta[:16]}…) that is not the "
-                            f"last one the log accepted ({res.final_theta[:16]}…)")
+        res.problems.append(Problem(K.STATE, f"{run.state} holds a policy "
+                                    f"({state.theta[:16]}…) that is not the last one the log "
+                                    f"accepted ({res.final_theta[:16]}…)"))
 
 
 class _Audit:
@@ -322,7 +335,7 @@ class _Audit:
 
     def fail(self, msg: str) -> None:
         self.res.certificates_ok = False
-        self.res.problems.append(msg)
+        self.res.problems.append(Problem(K.CERTIFICATE, msg))
 
     def shape(self, values: np.ndarray, where: str) -> bool:
         if values.shape != (len(self.names),):
@@ -338,8 +351,9 @@ class _Audit:
         self.theta, self.g = theta, values
         if np.any(~(values <= 0)):
             res.accepted_violations += 1
-            res.problems.append(f"{where}: an accepted policy violates "
-                                + ", ".join(n for n, v in zip(self.names, values) if not v <= 0))
+            res.problems.append(Problem(K.VIOLATION, f"{where}: an accepted policy violates "
+                                + ", ".join(n for n, v in zip(self.names, values)
+                                            if not v <= 0)))
         elif np.any(~(values <= -self.margins)):
             self.fail(f"{where}: an accepted policy is not certified safe (g > −margin)")
         for n, v in zip(self.names, values):
@@ -438,13 +452,14 @@ class _Audit:
 def _check_records(records: list, res: AuditResult) -> None:
     if not records or not isinstance(records[0], Header):
         res.certificates_ok = False
-        res.problems.append("the log does not start with a header record")
+        res.problems.append(Problem(K.RECORD, "the log does not start with a header record"))
         return
     header = records[0]
     if hashlib.sha256(str(header.spec.get("text", "")).encode()).hexdigest() \
             != header.spec.get("sha256"):
         res.certificates_ok = False
-        res.problems.append("the spec text in the header does not match its SHA-256")
+        res.problems.append(Problem(K.CERTIFICATE, "the spec text in the header does not match "
+                                    "its SHA-256"))
     a = _Audit(header, res)
     for seq, rec in enumerate(records[1:], start=1):
         if isinstance(rec, Init):
@@ -494,7 +509,7 @@ def _check_records(records: list, res: AuditResult) -> None:
                 a.fail(f"record {seq}: the end counts {rec.steps} steps ({rec.accepted} "
                        f"accepted), the log {res.steps} ({res.accepted})")
             # the run ended, and not by an interrupt; a later resume reopens it
-            res.complete = rec is records[-1] and not rec.reason.startswith("interrupted")
+            res.complete = rec is records[-1] and rec.state is not EndState.INTERRUPTED
             res.end_reason = rec.reason
             if a.theta is not None and rec.theta != a.theta:
                 a.fail(f"record {seq}: the final policy is not the last accepted one")

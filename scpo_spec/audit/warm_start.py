@@ -111,9 +111,11 @@ def read_source(spec: M.Spec, base_dir: Path | None) -> WarmStart:
                              f"{'no ' + run.log.name + ' in it' if path.is_dir() else 'not found'})",
                              span, "the path is relative to the spec's folder; train the source "
                              "run first, or correct the path")
+    from scpo_spec.audit.loaded import LoadedRun
     from scpo_spec.audit.verdict import judge
+    loaded = LoadedRun(run)  # read once: the audit, the header, the spec and θ
     try:
-        audit, verdict = judge(run, head=head)
+        audit, verdict = judge(loaded, head=head)
     except RunError as err:
         raise WarmStartError(f"the run '{written}' cannot be audited: {err}", span) from None
     refused = verdict.refusals()
@@ -122,8 +124,8 @@ def read_source(spec: M.Spec, base_dir: Path | None) -> WarmStart:
                              f"{'; '.join(refused)}; not starting from its policy", span,
                              "`scpo audit " + str(path) + (f" --head {head}" if head else "")
                              + "` says the same")
-    header = run.header()
-    source, _ = run.checked_spec(header)  # its policy section resolved, nothing of it run
+    header = loaded.header
+    source, _ = loaded.checked_spec()  # its policy section resolved, nothing of it run
     if header.warm_start is not None:  # a warm start of a warm start: the concrete section
         earlier = WarmStart.from_record(header.warm_start, str(run.log))
         text, syntax, where = earlier.spec_text, earlier.syntax, earlier.path
@@ -131,7 +133,7 @@ def read_source(spec: M.Spec, base_dir: Path | None) -> WarmStart:
         text, syntax, where = header.spec["text"], header.spec.get("syntax"), header.spec["path"]
     _match(spec, source, written, span)
     try:
-        theta = run.final_theta(audit.final_theta)
+        theta = loaded.final_theta(audit.final_theta)
     except RunError as err:
         raise WarmStartError(f"the run '{written}' holds no usable policy: {err}", span) from None
     return WarmStart(run=written, resolved=str(path.resolve()), head=audit.head,

@@ -46,7 +46,7 @@ def _linearisation_point(spec: Spec, plant) -> list[Diagnostic]:
     import torch
     from scpo_spec.dtype import DTYPE
     from scpo_spec.language.dynamics import EQUILIBRIUM_HINT, off_equilibrium
-    from scpo_spec.systems.dynamics import Dynamics, LinearisationError
+    from scpo_spec.systems.dynamics import LinearisationError, PythonFunctionPlant
     from scpo_spec.systems.user_code import PlantFailure
     n, m = plant.n, plant.m
     x_star, u_star = (np.asarray(v, dtype=np.float64) for v in spec.equilibrium_point())
@@ -66,7 +66,7 @@ def _linearisation_point(spec: Spec, plant) -> list[Diagnostic]:
         if moved:
             return [Diagnostic(message=message, span=span, hint=OPERATING_POINT_HINT)
                     for message, span in moved]
-    dynamics = Dynamics("python", n, m, map=plant)
+    dynamics = PythonFunctionPlant(plant)
     dynamics.x_star, dynamics.u_star = x_star, u_star  # linearised at (x*, u*)
     try:
         A, B = dynamics.linearisation()
@@ -123,10 +123,10 @@ def _python_policy(spec: Spec, base_dir: Path) -> list[Diagnostic]:
 def import_plant(dynamics) -> None:
     """A `system python` plant imported and probed now rather than at its first step (where
     `make_dynamics` leaves it): a trusted run's plant must run while only the bytes the run
-    recorded may (`language.code.expecting`), not later, outside that check."""
-    from scpo_spec.systems.user_code import PythonPlant
-    if isinstance(getattr(dynamics, "map", None), PythonPlant):
-        dynamics.map.load()
+    recorded may (`plan.code.expecting`), not later, outside that check."""
+    from scpo_spec.systems.dynamics import PythonFunctionPlant
+    if isinstance(dynamics, PythonFunctionPlant):
+        dynamics.load()
 
 
 def cuda_missing() -> str | None:

@@ -25,7 +25,7 @@ import torch
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.compile.projection import SOLVERS
 from scpo_spec.engine.optimizers import Optimizer
-from scpo_spec.engine.train import ELL_RELAX, ESTIMATE_START, MAX_TRIES
+from scpo_spec.engine.train import ELL_RELAX, ESTIMATE_START, MAX_TRIES, doubled
 
 from scpo_spec.dtype import DTYPE
 PENALTY_WEIGHT = 1.0
@@ -175,7 +175,7 @@ def run_full_fd(compiled: CompiledSpec, steps: int, max_tries: int = MAX_TRIES) 
                 with torch.no_grad():
                     res.deploy(step + 1, g0, float(compiled.objective(theta)))
                 break
-            ell = np.where(g_new <= -margins, ell, 2 * ell)
+            ell = doubled(ell, ~(g_new <= -margins))
         ell = np.maximum(spec_ell, ell * ELL_RELAX)
     res.seconds = time.perf_counter() - start
     return res

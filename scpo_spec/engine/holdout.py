@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from scpo_spec.compile.problem import CompiledSpec
-from scpo_spec.language.scenarios import (HOLDOUT_BETA, HOLDOUT_BLOCK, has_uncertainty,
-                                          holdout_bound, holdout_chunk, holdout_draws,
-                                          uncertain_ranges)
+from scpo_spec.language.scenario_bounds import HOLDOUT_BETA, holdout_bound
+from scpo_spec.plan.scenarios import (HOLDOUT_BLOCK, has_uncertainty, holdout_chunk, holdout_draws,
+                                      uncertain_ranges)
 
 BETA = HOLDOUT_BETA
 
@@ -56,7 +56,10 @@ def validate_holdout(compiled: CompiledSpec, theta: torch.Tensor, beta: float = 
                  + ev.horizon * len(uncertain_ranges(spec, "disturbance")[0]))
         chunk = holdout_chunk(ev.horizon, compiled.dynamics.n, compiled.dynamics.m,
                               [out for out, _ in compiled.family.layers[:-1]], draws=drawn)
-    h = holdout_violations(ev, theta, chunk, spec)  # (N, k): hard per-scenario violations
+    try:
+        h = holdout_violations(ev, theta, chunk, spec)  # (N, k): hard per-scenario violations
+    finally:
+        ev.close()  # a gymnasium plant's environments
     bad = ~(h <= 0)
     violations = int(bad.any(axis=1).sum())
     worst_idx = np.argmax(np.where(np.isfinite(h), h, np.inf), axis=0)

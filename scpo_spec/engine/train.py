@@ -26,7 +26,7 @@ from scpo_spec.engine.memory import keep_freed_memory
 from scpo_spec.engine.optimizers import Optimizer
 from scpo_spec.engine.probes import fill_gaussian
 from scpo_spec.errors import ScpoError
-from scpo_spec.language.settings import verify_limits
+from scpo_spec.plan.settings import verify_limits
 from scpo_spec.verify.prove import verify as prove_over_box
 from scpo_spec.verify.verdicts import PROVED
 
@@ -36,6 +36,13 @@ ARMIJO_HALVINGS = 10
 ELL_RELAX = 0.9        # ℓ relaxes by this factor per step back toward the spec's value
 ESTIMATE_START = 1.0   # ℓ of a metric with no smoothness under `smoothness estimate`
 PROBE_FLOOR = 1e-4     # ν never shrinks below this fraction of the spec's ν
+
+
+def doubled(ell: np.ndarray, refuted) -> np.ndarray:
+    """ℓ after a refutation (ALGORITHM.md step 7): doubled for each metric `refuted` marks
+    (a rollout refuted its certificate, or the prover left the candidate unproved for it),
+    the others' as they were.  The one place the rule is written."""
+    return np.where(refuted, 2 * ell, ell)
 
 
 def theta_hash(theta: torch.Tensor) -> str:
@@ -114,7 +121,7 @@ class Trainer:
         self.optimizer = Optimizer(self.s.optimizer, self.s.lr, self.s.momentum)
         # `device cuda`: the bank (D and its Gram matrix) and the rollouts live there; θ,
         # the state, the objective and every certificate number stay on the CPU (float64)
-        self.device = getattr(self.ev, "device", torch.device("cpu"))
+        self.device = self.ev.device
         self._staging: torch.Tensor | None = None  # `device cuda`: the bank's page-locked rows
         self.estimated = np.array([m.smoothness is None for m in self.ev.metrics])
         self.spec_ell = np.array([m.smoothness if m.smoothness is not None else ESTIMATE_START
@@ -310,7 +317,7 @@ class Trainer:
                 if unproved.any():  # rejected like a refuted certificate: ℓ doubled below
                     entry.outcome = "unproved"
                     entry.refuted = [self.ev.names[i] for i in np.flatnonzero(unproved)]
-                    ell = np.where(unproved, 2 * ell, ell)
+                    ell = doubled(ell, unproved)
                     continue
             if not refuted.any():
                 entry.outcome = "accepted"
@@ -322,7 +329,7 @@ class Trainer:
             if self.s.on_violation == "stop":
                 return (tries, False,
                         "refuted: " + ", ".join(entry.refuted) + " (on_violation stop)", None)
-            ell = np.where(refuted, 2 * ell, ell)
+            ell = doubled(ell, refuted)
         return tries, False, self.exhausted(tries, reason), None
 
     @staticmethod
@@ -353,7 +360,7 @@ class Trainer:
         # candidate the prover left unproved: that doubling shortened this step's tries only)
         for t in tries:
             if t.outcome == "refuted" and self.s.on_violation != "stop":
-                ell = np.where([n in t.refuted for n in self.ev.names], 2 * ell, ell)
+                ell = doubled(ell, [n in t.refuted for n in self.ev.names])
         return np.where(refuted, np.maximum(ell, floor), np.maximum(floor, ell * ELL_RELAX)), floor
 
     @staticmethod

@@ -9,38 +9,13 @@ from typing import Any, Callable
 
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
-from scpo_spec.language.diagnostics import Collector, did_you_mean, one_of
+from scpo_spec.language import sections as S
+from scpo_spec.language.diagnostics import Collector, closest, did_you_mean, meant_hint, one_of
 from scpo_spec.language.document import Entry, Map, Scalar, Seq, Value
 from scpo_spec.language.evaluate import EvalError, evaluate, to_plain
-from scpo_spec.language.layout import SECTIONS, UNITS
 from scpo_spec.language.scpo_reader import parse_expression
+from scpo_spec.language.fields import field_tables
 from scpo_spec.language.source import Source, Span
-
-ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "sigmoid", "softplus", "identity")
-SOLVERS = ("clarabel", "gurobi", "scs")
-LOSSES = ("mse", "mae", "huber")
-ON_VIOLATION = ("raise", "stop")
-BACKTRACK = ("armijo", "none")
-PRECISIONS = ("float64",)
-DEVICES = ("cpu", "cuda")
-SMOOTHNESS_MODES = ("given", "estimate")
-POLICY_INIT = ("backup", "zero")
-INTEGRATORS = ("rk4", "euler", "midpoint")  # = dynamics.INTEGRATORS
-
-# An entry written in the wrong kind of declared system: (message, hint), reported at its word.
-MISPLACED_DER = ("a discrete system's equations are written `next STATE = …`, not `der`",
-                 "`next x = …` gives x⁺, the next state; `der x = …` (the derivative ẋ) "
-                 "belongs to `system ode`")
-MISPLACED_NEXT = ("an ode system's equations are written `der STATE = …`, not `next`",
-                  "`der x = …` gives ẋ, the derivative; `next x = …` (the next state x⁺) "
-                  "belongs to `system discrete`")
-
-# `equilibrium` in a plant that is not linearised (no dynamics, or an environment's own)
-NO_OPERATING_POINT = {
-    kind: (f"a {kind} system has no operating point to declare",
-           "`equilibrium` is for the plants that are linearised there: linear, pendulum, "
-           "discrete, ode and python; remove it")
-    for kind in ("static", "gymnasium")}
 
 
 class Builder:
@@ -108,9 +83,7 @@ class Builder:
         try:
             folded = to_plain(evaluate(tree, self.consts))
         except EvalError as err:
-            hint = err.hint
-            name = err.message.split("'")[1] if err.message.startswith("unknown constant") \
-                else None
+            hint, name = err.hint, err.unknown
             if name is not None and f"const {name}" in self.failed:
                 return M.Quantity(expr=tree, value=None, span=tree.span)  # said at the const
             if name is not None:
@@ -140,8 +113,8 @@ class Builder:
                 return None
             word, span = got
             if word not in choices:
-                self.diag.error(f"unknown {what} '{word}'", span,
-                                did_you_mean(word, choices) or f"expected one of {one_of(choices)}")
+                self.diag.unknown(f"unknown {what} '{word}'", span, word, choices,
+                                  f"expected one of {one_of(choices)}", code="unknown-choice")
                 return None
             return M.Ident(name=word, span=span)
         convert.choices = choices  # the words an editor offers for this entry (vocabulary())
@@ -298,8 +271,9 @@ class Builder:
                 continue
             accepted = [k for k, (name, _) in table.items() if name is not None]
             if entry.key not in table:
-                hint = did_you_mean(entry.key, accepted) or f"{what} accepts {one_of(accepted)}"
-                self.diag.error(f"unknown entry '{entry.key}' in {what}", entry.key_span, hint)
+                self.diag.unknown(f"unknown entry '{entry.key}' in {what}", entry.key_span,
+                                  entry.key, accepted, f"{what} accepts {one_of(accepted)}",
+                                  code="unknown-entry")
                 continue
             if table[entry.key][0] is None:  # a word of another kind: (message, hint)
                 message, hint = table[entry.key][1]
@@ -337,8 +311,8 @@ class Builder:
             return None
         word, span = got
         if word not in kinds:
-            self.diag.error(f"unknown {what} kind '{word}'", span,
-                            did_you_mean(word, kinds) or f"expected one of {one_of(kinds)}")
+            self.diag.unknown(f"unknown {what} kind '{word}'", span, word, kinds,
+                              f"expected one of {one_of(kinds)}", code="unknown-kind")
             return None
         return word
 
@@ -364,19 +338,17 @@ class Builder:
     def build(self, doc: Map, path: str | None) -> M.Spec:
         sections: dict[str, Entry] = {}
         spec = M.Spec(span=doc.span, path=path)
-        known = ("spec", "title", "const", *UNITS, *SECTIONS)
+        known = S.KEYS
         for entry in doc.entries:
             if entry.key not in known:
-                guess = did_you_mean(entry.key, known)
+                meant = closest(entry.key, known)
                 self.diag.error(f"unknown section '{entry.key}'", entry.key_span,
-                                guess or f"sections are {one_of(known)}")
-                if guess:  # written, though misspelt: not also "missing"
-                    word = guess.split("'")[1]
-                    self.failed.add("properties" if word in ("constraints", "stability")
-                                    else word)
+                                meant_hint(meant) if meant else f"sections are {one_of(known)}",
+                                code="unknown-section", meant=meant)
+                if meant:  # written, though misspelt: not also "missing"
+                    self.failed.add(S.written_as(meant))
                 continue
-            if entry.key in sections and entry.key not in ("const", "constraints",
-                                                            "stability", *UNITS):
+            if entry.key in sections and not S.repeated(entry.key):
                 first = sections[entry.key].key_span
                 self.failed.add(entry.key)
                 self.diag.error(f"duplicate section '{entry.key}'", entry.key_span,
@@ -391,15 +363,14 @@ class Builder:
                 self.build_lets(entry.value, spec)
             elif entry.key in ("parameter", "disturbance"):
                 self.build_uncertain(entry, spec)
-        for key in ("constraints", "stability"):  # several .scpo items or one YAML list
+        for kind in S.PROPERTIES:  # several .scpo items or one YAML list
             for entry in doc.entries:
-                if entry.key == key:
+                if entry.key == kind.key:
                     items = entry.value.items if isinstance(entry.value, Seq) else [entry.value]
-                    section = "constraint" if key == "constraints" else "stability"
                     for item in items:
-                        prop = self.build_property(item, section)
+                        prop = self.build_property(item, kind.word)
                         if prop is not None:
-                            getattr(spec, key).append(prop)
+                            getattr(spec, kind.key).append(prop)
 
         if "spec" in sections:
             got = self.word(sections["spec"].value, "spec name")
@@ -428,123 +399,11 @@ class Builder:
         return spec
 
     def tables(self) -> dict[str, dict[str, tuple[type, dict[str, tuple[str | None, Any]]]]]:
-        """Each block with a kind → {kind: (model class, entry word → (field, converter))}: what
-        `build` converts with, and what `vocabulary()` (an editor's completions) reads."""
-        if self._tables is not None:
-            return self._tables
-        q, s = self.quantity, self.signals
-        ident = self.ident
-        out: dict[str, dict] = {}
-
-        def sub(what: str):  # a nested block with a kind, `optimizer adam { … }`
-            convert = lambda v, w: self.typed(v, what, out[what])  # noqa: E731
-            convert.block = what
-            return convert
-
-        eq = {"equilibrium": ("equilibrium", self.assignments)}  # (x*, u*) of linearisable plants
-        # every policy and backup: what the network sees, and how its output is scaled
-        ctl = {"observe": ("observe", self.observe), "output_scale": ("output_scale", q)}
-        out["system"] = {
-            "linear": (M.LinearSystem, {"state": ("states", s),
-                                        "input": ("inputs", s),
-                                        "A": ("A", q), "B": ("B", q), **eq}),
-            "pendulum": (M.PendulumSystem, {"state": ("states", s),
-                                            "input": ("inputs", s),
-                                            "dt": ("dt", q), "g": ("g", q),
-                                            "m": ("m", q), "l": ("l", q), **eq}),
-            "static": (M.StaticSystem, {"state": ("states", s),
-                                        "input": ("inputs", s),
-                                        "equilibrium": (None, NO_OPERATING_POINT["static"])}),
-            "gymnasium": (M.GymnasiumSystem, {"id": ("env_id", self.text),
-                                              "observation": ("states", s),
-                                              "action": ("inputs", s),
-                                              "equilibrium": (None,
-                                                              NO_OPERATING_POINT["gymnasium"])}),
-            "discrete": (M.DiscreteSystem, {"state": ("states", s),
-                                            "input": ("inputs", s),
-                                            "next": ("next", self.equations),
-                                            "der": (None, MISPLACED_DER), **eq}),
-            "ode": (M.OdeSystem, {"state": ("states", s), "input": ("inputs", s),
-                                  "dt": ("dt", q),
-                                  "integrator": ("integrator", ident(INTEGRATORS)),
-                                  "substeps": ("substeps", q),
-                                  "der": ("der", self.equations),
-                                  "next": (None, MISPLACED_NEXT), **eq}),
-            "python": (M.PythonSystem, {"id": ("function", self.text),
-                                        "state": ("states", s), "input": ("inputs", s), **eq}),
-        }
-        out["backup"] = {
-            "lqr": (M.LqrBackup, {"Q": ("Q", q), "R": ("R", q), **ctl}),
-            "linear": (M.LinearBackup, {"K": ("K", q), "k": ("k", q), **ctl}),
-            "torch": (M.TorchBackup, {"file": ("file", self.text), **ctl}),
-            "onnx": (M.OnnxBackup, {"file": ("file", self.text), **ctl}),
-        }
-        out["policy"] = {
-            "mlp": (M.MlpPolicy, {"hidden": ("hidden", q),
-                                  "activation": ("activation", ident(ACTIVATIONS)),
-                                  "residual": ("residual", ident(("backup", "none"))),
-                                  "seed": ("seed", q), **ctl}),
-            "linear": (M.LinearPolicy, {"init": ("init", ident(POLICY_INIT)), **ctl}),
-            "torch": (M.TorchPolicy, {"file": ("file", self.text), **ctl}),
-            "onnx": (M.OnnxPolicy, {"file": ("file", self.text), **ctl}),
-            "python": (M.PythonPolicy, {"id": ("factory", self.text), **ctl}),
-            "from": (M.FromPolicy, {"id": ("run", self.text), "head": ("head", self.text),
-                                    **ctl}),
-        }
-        out["expert"] = {"linear": (M.LinearExpert, {"K": ("K", q), "bias": ("bias", q)})}
-        out["states"] = {
-            "normal": (M.NormalStates, {"mean": ("mean", q), "std": ("std", q)}),
-            "uniform": (M.UniformStates, {"low": ("low", q), "high": ("high", q)})}
-        out["objective"] = {
-            "imitation": (M.ImitationObjective, {
-                "expert": ("expert", sub("expert")), "states": ("states", sub("states")),
-                "count": ("count", q), "seed": ("seed", q),
-                "loss": ("loss", ident(LOSSES))}),
-            "regression": (M.RegressionObjective, {
-                "data": ("data", self.text), "inputs": ("inputs", s),
-                "targets": ("targets", s), "loss": ("loss", ident(LOSSES))}),
-            "cost": (M.CostObjective, {"stage": ("stage", self.formula),
-                                       "terminal": ("terminal", self.formula)}),
-            "return": (M.ReturnObjective, {"population": ("population", q),
-                                           "sigma": ("sigma", q), "seed": ("seed", q)}),
-        }
-        out["optimizer"] = {
-            "sgd": (M.SgdOptimizer, {"lr": ("lr", q), "momentum": ("momentum", q)}),
-            "adam": (M.AdamOptimizer, {"lr": ("lr", q)})}
-        out["executor"] = {
-            "local": (M.LocalExecutor, {}),
-            "ray": (M.RayExecutor, {"address": ("address", self.text),
-                                    "workers": ("workers", q)})}
-        out["train"] = {"": (M.Train, {
-            "steps": ("steps", q), "optimizer": ("optimizer", sub("optimizer")),
-            "directions": ("directions", q), "perturbation": ("perturbation", q),
-            "radius": ("radius", q), "margin": ("margin", q),
-            "solver": ("solver", ident(SOLVERS)), "seed": ("seed", q),
-            "on_violation": ("on_violation", ident(ON_VIOLATION)),
-            "aggregate": ("aggregate", self.aggregate),
-            "backtrack": ("backtrack", ident(BACKTRACK)),
-            "precision": ("precision", ident(PRECISIONS)),
-            "smoothness": ("smoothness", ident(SMOOTHNESS_MODES)),
-            "executor": ("executor", sub("executor")),
-            "device": ("device", ident(DEVICES)),
-            "verify_every": ("verify_every", q),
-        })}
-        out["verify"] = {"": (M.Verify, {"cells": ("cells", q),
-                                         "time_limit": ("time_limit", q)})}
-        out["scenarios"] = {"": (M.Scenarios, {
-            "count": ("count", q), "grid": ("grid", q), "seed": ("seed", q),
-            "horizon": ("horizon", q), "holdout": ("holdout", q),
-            "initial": ("initial", None)})}
-        for section in ("constraint", "stability"):
-            out[section] = {"": (M.Property, {
-                "name": ("name", lambda v, w, section=section: self._name(v, f"{section} name")),
-                "formula": ("formula", self.formula),
-                "smoothness": ("smoothness", self.quantity),
-                "margin": ("margin", self.quantity),
-                "lipschitz": ("lipschitz", self.quantity),
-            })}
-        self._tables = out
-        return out
+        """Each block with a kind → {kind: (model class, entry word → (field, converter))}
+        (fields.py), built once per builder."""
+        if self._tables is None:
+            self._tables = field_tables(self)
+        return self._tables
 
     def build_consts(self, value: Value, spec: M.Spec) -> None:
         if not isinstance(value, Map):
@@ -698,25 +557,3 @@ class Builder:
             return None
         values = self.fields(block, "verify", self.tables()["verify"][""][1], skip=())
         return M.Verify(span=block.span, **values)
-
-
-def vocabulary() -> dict[str, dict[str, dict[str, tuple[str, ...]]]]:
-    """What each block accepts, read from the builder's own tables (so an editor's completions
-    never drift from what `check` accepts): block → kind ("" for a block without kinds: train,
-    scenarios, constraint, stability) → entry word → the words its value may be (a nested block's
-    kinds, a choice's words; empty: any value)."""
-    tables = Builder(Source(path="<vocabulary>", text=""), Collector()).tables()
-    out: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {}
-    for block, kinds in tables.items():
-        out[block] = {}
-        for kind, (_, table) in kinds.items():
-            words = {}
-            for word, (name, convert) in table.items():
-                if name is None or word == "id":  # a word of another kind; the quoted label
-                    continue
-                if hasattr(convert, "block"):
-                    words[word] = tuple(tables[convert.block])
-                else:
-                    words[word] = tuple(getattr(convert, "choices", ()))
-            out[block][kind] = words
-    return out

@@ -32,7 +32,9 @@ class V3Checks:
         """A let, parameter or disturbance names something new: not a signal, a constant, a
         reserved word or function, nor each other; a cycle among lets is named; each let's own
         expression is checked once (unknown names, did-you-mean over every visible name)."""
-        from scpo_spec.language.check import FORMULA_KEYWORDS, RESERVED, SIGNAL_FUNCTIONS
+        from scpo_spec.language.check_formulas import FORMULA_KEYWORDS
+        from scpo_spec.language.check_sections import RESERVED
+        from scpo_spec.language.functions import SIGNAL_FUNCTIONS
         spec = self.spec
         # name → what it is, in the words `constant 'x' has the same name as a signal` uses
         taken = {name: "signal" for name in [*self.states, *self.inputs]}

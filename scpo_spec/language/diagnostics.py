@@ -20,10 +20,15 @@ Severity = Literal["error", "warning"]
 
 
 class Diagnostic(BaseModel):
+    """One problem, located.  `code` names its sort and `meant` carries the word a "did you
+    mean" hint offers, so a later stage reads them as data (never parses the message back)."""
+
     severity: Severity = "error"
     message: str
     span: Span | None = None
     hint: str | None = None
+    code: str | None = None    # e.g. "unknown-section"
+    meant: str | None = None   # the word the hint suggests, e.g. "system"
 
     def sort_key(self) -> tuple:
         if self.span is None:
@@ -52,11 +57,21 @@ class Collector:
     def __init__(self) -> None:
         self.items: list[Diagnostic] = []
 
-    def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
-        self.items.append(Diagnostic(message=message, span=span, hint=hint))
+    def error(self, message: str, span: Span | None, hint: str | None = None,
+              code: str | None = None, meant: str | None = None) -> None:
+        self.items.append(Diagnostic(message=message, span=span, hint=hint, code=code,
+                                     meant=meant))
 
     def warning(self, message: str, span: Span | None, hint: str | None = None) -> None:
         self.items.append(Diagnostic(severity="warning", message=message, span=span, hint=hint))
+
+    def unknown(self, message: str, span: Span | None, word: str, choices: Iterable[str],
+                otherwise: str | None, code: str) -> None:
+        """An unknown word: "did you mean" the closest choice (carried as `meant`), else
+        `otherwise`."""
+        meant = closest(word, choices)
+        self.error(message, span, meant_hint(meant) if meant else otherwise, code=code,
+                   meant=meant)
 
     @property
     def has_errors(self) -> bool:
@@ -68,15 +83,25 @@ class Collector:
         return sorted(unique.values(), key=Diagnostic.sort_key)
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """A 'did you mean' hint for a misspelled name, or None when nothing is close."""
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice a misspelled name most likely meant, or None when nothing is close."""
     choices = sorted(set(choices))
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if not close:
         lowered = {c.lower(): c for c in choices}
         if word.lower() in lowered:
             close = [lowered[word.lower()]]
-    return f"did you mean '{close[0]}'?" if close else None
+    return close[0] if close else None
+
+
+def meant_hint(meant: str) -> str:
+    return f"did you mean '{meant}'?"
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """A 'did you mean' hint for a misspelled name, or None when nothing is close."""
+    meant = closest(word, choices)
+    return meant_hint(meant) if meant else None
 
 
 def excerpt(text: str, limit: int = 80) -> str:

@@ -23,6 +23,7 @@ h = dt / substeps each):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -32,7 +33,6 @@ from scpo_spec.language import model as M
 from scpo_spec.language.evaluate import evaluate
 from scpo_spec.language.lets import expand
 
-INTEGRATORS = ("rk4", "euler", "midpoint")
 FD_STEP = 1e-6
 
 Vector = np.ndarray
@@ -126,6 +126,57 @@ def linearisation(system: M.DiscreteSystem | M.OdeSystem, consts: dict[str, Any]
         e[j] = step
         B[:, j] = (F(x0, u0 + e) - F(x0, u0 - e)) / (2 * step)
     return A, B
+
+
+@dataclass(frozen=True)
+class PendulumEquations:
+    """`system pendulum` (docs/language.md), written once: θ̈ = 3g/(2l)·sin θ + 3/(m l²)·u,
+    one semi-implicit Euler step ω⁺ = ω + dt·θ̈, θ⁺ = θ + dt·ω⁺ (θ = 0 upright).  The checker
+    reads it in numpy, systems/ in torch (`step(x, u, torch)`: the same operations in the same
+    order, so the same numbers), the verifier its constants."""
+
+    dt: float
+    g: float
+    mass: float
+    length: float
+
+    @classmethod
+    def of(cls, system: M.PendulumSystem) -> "PendulumEquations":
+        return cls(float(system.dt), float(system.g), float(system.m), float(system.l))
+
+    @property
+    def gravity(self) -> float:
+        """3g/(2l): θ̈ per unit of sin θ."""
+        return 3 * self.g / (2 * self.length)
+
+    @property
+    def gain(self) -> float:
+        """3/(m l²): θ̈ per unit of torque."""
+        return 3 / (self.mass * self.length ** 2)
+
+    def step(self, x, u, xp: Any = np):
+        """x⁺ of states (..., 2) and inputs (..., 1), in numpy or (`xp=torch`) torch."""
+        theta, omega = x[..., 0], x[..., 1]
+        omega = omega + self.dt * (self.gravity * xp.sin(theta) + self.gain * u[..., 0])
+        return xp.stack((theta + self.dt * omega, omega), -1)
+
+    def linearisation(self, theta: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """(A, B) = (∂x⁺/∂x, ∂x⁺/∂u) at the angle θ* (any ω, u: the step is affine in both)."""
+        a, b, dt = self.gravity * np.cos(theta), self.gain, self.dt
+        return (np.array([[1 + dt * dt * a, dt], [dt * a, 1.0]]),
+                np.array([[dt * dt * b], [dt * b]]))
+
+
+def pendulum_linearisation(system: M.PendulumSystem, theta: float = 0.0
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) of the pendulum at angle θ* (0: upright)."""
+    return PendulumEquations.of(system).linearisation(theta)
+
+
+def pendulum_step(system: M.PendulumSystem, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """x⁺ of the pendulum, in numpy."""
+    return PendulumEquations.of(system).step(np.asarray(x, dtype=np.float64),
+                                             np.asarray(u, dtype=np.float64))
 
 
 # ---- the linearisation point: what backup lqr, lyapunov(backup) and spectral_radius assume --

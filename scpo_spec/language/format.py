@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
+from scpo_spec.language import sections as S
 from scpo_spec.language.layout import entries
 from scpo_spec.language.scpo_reader import Comment
 from scpo_spec.language.source import Span
@@ -203,37 +204,53 @@ def _properties(group: list[M.Property]) -> list[Line]:
 
 
 def layout(spec: M.Spec) -> list[Line]:
+    """The spec's lines, its sections in sections.WRITTEN's order."""
     lines: list[Line] = []
-    if spec.name is not None:
-        title = f" {value_text(spec.title)}" if spec.title else ""
-        lines.append(Line(f"spec {spec.name.name}{title}", _start(spec.name.span)))
-    for i, const in enumerate(spec.consts):
-        lines.append(Line(f"const {const.name} = {value_text(const.value)}",
-                          _start(const.span), blank_before=(i == 0)))
-    for group in (spec.parameters, spec.disturbances):
-        lines += [Line(f"{u.section} {u.name.name} in {value_text(u.interval)}",
-                       _start(u.span), blank_before=(i == 0)) for i, u in enumerate(group)]
+    for section in S.WRITTEN:
+        lines += _WRITERS.get(section.word, _block)(spec, section)
+    return lines
+
+
+def _header(spec: M.Spec, section: S.Section) -> list[Line]:
+    if spec.name is None:
+        return []
+    title = f" {value_text(spec.title)}" if spec.title else ""
+    return [Line(f"spec {spec.name.name}{title}", _start(spec.name.span))]
+
+
+def _consts(spec: M.Spec, section: S.Section) -> list[Line]:
+    return [Line(f"const {const.name} = {value_text(const.value)}", _start(const.span),
+                 blank_before=(i == 0)) for i, const in enumerate(spec.consts)]
+
+
+def _uncertain(spec: M.Spec, section: S.Section) -> list[Line]:
+    group = spec.parameters if section.word == "parameter" else spec.disturbances
+    return [Line(f"{u.section} {u.name.name} in {value_text(u.interval)}", _start(u.span),
+                 blank_before=(i == 0)) for i, u in enumerate(group)]
+
+
+def _lets(spec: M.Spec, section: S.Section) -> list[Line]:
+    lines = []
     for i, let in enumerate(spec.lets):
         head = f"let {let.name.name} = "
         lines.append(Line(head + wrap(E.unparse(let.expr), WIDTH - len(head), INDENT, WIDTH),
                           _start(let.span), blank_before=(i == 0)))
-    if spec.system is not None:
-        lines += _section("system", spec.system)
-    if spec.backup is not None:
-        lines += _section("backup", spec.backup)
-    if spec.policy is not None:
-        lines += _section("policy", spec.policy)
-    if spec.scenarios is not None:
-        lines += _section("scenarios", spec.scenarios)
-    for group in (spec.constraints, spec.stability):
-        lines += _properties(group)
-    if spec.objective is not None:
-        lines += _section("objective", spec.objective)
-    if spec.train is not None:
-        lines += _section("train", spec.train)
-    if spec.verify is not None:
-        lines += _section("verify", spec.verify)
     return lines
+
+
+def _property_lines(spec: M.Spec, section: S.Section) -> list[Line]:
+    return _properties(getattr(spec, section.key))
+
+
+def _block(spec: M.Spec, section: S.Section) -> list[Line]:
+    node = getattr(spec, section.key)
+    return [] if node is None else _section(section.word, node)
+
+
+# the sections not written as one block (`_block`)
+_WRITERS = {"spec": _header, "const": _consts, "parameter": _uncertain,
+            "disturbance": _uncertain, "let": _lets, "constraint": _property_lines,
+            "stability": _property_lines}
 
 
 def attach_comments(lines: list[Line], comments: list[Comment]) -> list[str]:

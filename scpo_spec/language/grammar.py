@@ -9,14 +9,12 @@ from pathlib import Path
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from scpo_spec.language.diagnostics import Diagnostic, did_you_mean
+from scpo_spec.language.diagnostics import Diagnostic, closest, meant_hint
+from scpo_spec.language.sections import WORDS
 from scpo_spec.language.source import Source, Span
 
 MAX_DEPTH = 200         # nesting beyond this is refused with a diagnostic (no recursion blow-ups)
 MAX_BYTES = 4 * 2**20   # a spec is a page of text, not megabytes
-
-SECTION_WORDS = ("spec", "const", "let", "parameter", "disturbance", "system", "backup",
-                 "policy", "scenarios", "constraint", "stability", "objective", "train", "verify")
 
 _TOKEN_WORDS = {
     "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "LPAR": "'('",
@@ -106,10 +104,11 @@ def syntax_diagnostic(source: Source, err: UnexpectedInput) -> Diagnostic:
         text = str(tok)
         hint = f"expected {_describe(expected)}" if expected else None
         if tok.type == "NAME" and ({"SECTION", "PROPERTY", "SPEC"} & expected):
-            guess = did_you_mean(text, SECTION_WORDS)
-            if guess:
-                return Diagnostic(message=f"unknown section '{text}'", span=span, hint=guess)
-            hint = f"a section starts with one of {', '.join(SECTION_WORDS)}"
+            meant = closest(text, WORDS)
+            if meant:
+                return Diagnostic(message=f"unknown section '{text}'", span=span,
+                                  hint=meant_hint(meant), code="unknown-section", meant=meant)
+            hint = f"a section starts with one of {', '.join(WORDS)}"
         if expected == {"COLON"}:
             hint = "write `constraint NAME: FORMULA` (a name, then a colon)"
         sort = {"NAME": "name ", "NUMBER": "number ", "STRING": "string "}.get(tok.type, "")

@@ -1,15 +1,11 @@
-"""The canonical order and key names of a spec's sections, shared by both writers."""
+"""The key names and order of a section's entries, shared by both writers (the sections' own
+order is language/sections.py's)."""
 
 from __future__ import annotations
 
 from typing import Any, Iterator
 
 from scpo_spec.language import model as M
-
-SECTIONS = ("system", "backup", "policy", "scenarios", "constraints", "stability", "objective",
-            "train", "verify")
-# Top-level items written once per name, several to a spec (`let thrust = …`): one YAML mapping.
-UNITS = ("let", "parameter", "disturbance")
 
 # model field → key, where the two differ
 _SYSTEM_KEYS = {"states": "state", "inputs": "input"}

@@ -12,6 +12,7 @@ from scpo_spec.language.document import Map
 from scpo_spec.language.grammar import MAX_BYTES
 from scpo_spec.language.model import Spec
 from scpo_spec.language.scpo_reader import read_scpo
+from scpo_spec.language.sections import written_as
 from scpo_spec.language.source import Source, Span
 from scpo_spec.language.yaml_reader import read_yaml
 
@@ -48,48 +49,65 @@ def check_text(text: str, path: str = "<spec>", syntax: str | None = None,
                run_code: bool = True) -> CheckResult:
     """Parse, build and check a spec given as text (`run_code` False: without importing or
     opening any code it names — how a run directory's stored spec is checked)."""
+    return parse_text(text, path, syntax).check(base_dir, run_checks, run_code)
+
+
+@dataclass
+class ParsedText:
+    """A spec text read once (the parse, the costly part), to be built and checked as often as
+    a reader needs — a run's stored spec is sized, checked without its code, then with it —
+    each `check` building a fresh model from the one document."""
+
+    source: Source
+    doc: Map | None
+    diagnostics: list[Diagnostic]
+
+    def check(self, base_dir: Path | None = None, run_checks: bool = True,
+              run_code: bool = True) -> CheckResult:
+        """As `check_text` (`run_checks` False: built only, as `parse_model`)."""
+        if self.doc is None:
+            return CheckResult(self.source, None, list(self.diagnostics))
+        collector = Collector()
+        collector.items.extend(self.diagnostics)
+        try:
+            builder = Builder(self.source, collector)
+            builder.failed |= _misspelt_sections(self.diagnostics)
+            spec = builder.build(self.doc, self.source.path)
+            if run_checks:
+                check_model(spec, collector, base_dir, builder.failed, run_code)
+        except RecursionError:
+            collector.error("nesting is too deep", self.source.span_at(0))
+            spec = None
+        return CheckResult(self.source, spec, collector.sorted())
+
+
+def parse_text(text: str, path: str = "<spec>", syntax: str | None = None) -> ParsedText:
+    """Read a spec text into its document, once (never raises on bad input)."""
     source = Source(path=path, text=text)
     syntax = syntax or syntax_of(path)
     if "\x00" in text:
         offset = text.index("\x00")
-        return CheckResult(source, None, [Diagnostic(
+        return ParsedText(source, None, [Diagnostic(
             message="this is not a text file (it contains a NUL byte)",
             span=source.span_at(offset), hint="a spec is plain UTF-8 text")])
     if not text.strip():
-        return CheckResult(source, None, [Diagnostic(
+        return ParsedText(source, None, [Diagnostic(
             message="the file is empty", span=source.span_at(0),
             hint='a spec starts with `spec NAME "what it is for"`, then its sections '
                  "(see docs/language.md)")])
     try:
         doc, diagnostics = read_document(source, syntax)
     except RecursionError:
-        return CheckResult(source, None, [Diagnostic(message="nesting is too deep",
-                                                     span=source.span_at(0))])
-    if doc is None:
-        return CheckResult(source, None, diagnostics)
-    collector = Collector()
-    collector.items.extend(diagnostics)
-    try:
-        builder = Builder(source, collector)
-        builder.failed |= _misspelt_sections(diagnostics)
-        spec = builder.build(doc, path)
-        if run_checks:
-            check_model(spec, collector, base_dir, builder.failed, run_code)
-    except RecursionError:
-        collector.error("nesting is too deep", source.span_at(0))
-        spec = None
-    return CheckResult(source, spec, collector.sorted())
+        return ParsedText(source, None, [Diagnostic(message="nesting is too deep",
+                                                    span=source.span_at(0))])
+    return ParsedText(source, doc, diagnostics)
 
 
 def _misspelt_sections(diagnostics: list[Diagnostic]) -> set[str]:
     """Sections the reader skipped as misspelt (`sytem`, did you mean 'system'?): written, so
     the checks must not also call them missing."""
-    out = set()
-    for d in diagnostics:
-        if d.message.startswith("unknown section") and d.hint and d.hint.startswith("did you mean"):
-            word = d.hint.split("'")[1]
-            out.add("properties" if word in ("constraint", "stability") else word)
-    return out
+    return {written_as(d.meant) for d in diagnostics
+            if d.code == "unknown-section" and d.meant is not None}
 
 
 def read_source(path: Path) -> tuple[Source | None, list[Diagnostic]]:

@@ -13,6 +13,7 @@ from scpo_spec.language.diagnostics import Diagnostic
 from scpo_spec.language.document import Entry, Map, Scalar, Seq
 from scpo_spec.language.grammar import MAX_DEPTH, deepest_span, depth_of, malformed_number, \
     parser, syntax_diagnostic, token_span, tree_span
+from scpo_spec.language.sections import PROPERTIES
 from scpo_spec.language.source import Source, Span
 
 
@@ -331,7 +332,7 @@ class _ToDocument(Transformer):
 
 
 # The keyword of a repeated property maps to the list key of the YAML twin.
-PROPERTY_LISTS = {"constraint": "constraints", "stability": "stability"}
+PROPERTY_LISTS = {s.word: s.key for s in PROPERTIES}
 
 
 def read_scpo(source: Source) -> tuple[Map | None, list[Diagnostic]]:

@@ -9,6 +9,7 @@ import yaml
 
 from scpo_spec.language import expr as E
 from scpo_spec.language import model as M
+from scpo_spec.language import sections as S
 from scpo_spec.language.layout import entries
 
 
@@ -70,30 +71,30 @@ def _property(prop: M.Property) -> dict:
 
 
 def to_yaml_data(spec: M.Spec) -> dict:
+    """The YAML twin's mapping, its sections in sections.WRITTEN's order."""
     doc: dict[str, Any] = {}
-    if spec.name is not None:
-        doc["spec"] = spec.name.name
-    if spec.title is not None:
-        doc["title"] = spec.title.value
-    if spec.consts:
-        doc["const"] = {c.name: _value(c.value) for c in spec.consts}
-    for key, group in (("parameter", spec.parameters), ("disturbance", spec.disturbances)):
-        if group:
-            doc[key] = {u.name.name: _value(u.interval) for u in group}
-    if spec.lets:
-        doc["let"] = {x.name.name: E.unparse(x.expr) for x in spec.lets}
-    for section in ("system", "backup", "policy", "scenarios"):
-        node = getattr(spec, section)
-        if node is not None:
-            doc[section] = _mapping(node)
-    if spec.constraints:
-        doc["constraints"] = [_property(p) for p in spec.constraints]
-    if spec.stability:
-        doc["stability"] = [_property(p) for p in spec.stability]
-    for section in ("objective", "train", "verify"):
-        node = getattr(spec, section)
-        if node is not None:
-            doc[section] = _mapping(node)
+    for section in S.WRITTEN:
+        key = section.key
+        if key == "spec":
+            if spec.name is not None:
+                doc["spec"] = spec.name.name
+            if spec.title is not None:
+                doc["title"] = spec.title.value
+        elif key == "const":
+            if spec.consts:
+                doc["const"] = {c.name: _value(c.value) for c in spec.consts}
+        elif key in ("parameter", "disturbance"):
+            group = spec.parameters if key == "parameter" else spec.disturbances
+            if group:
+                doc[key] = {u.name.name: _value(u.interval) for u in group}
+        elif key == "let":
+            if spec.lets:
+                doc["let"] = {x.name.name: E.unparse(x.expr) for x in spec.lets}
+        elif section in S.PROPERTIES:
+            if getattr(spec, key):
+                doc[key] = [_property(p) for p in getattr(spec, key)]
+        elif getattr(spec, key) is not None:
+            doc[key] = _mapping(getattr(spec, key))
     return doc
 
 

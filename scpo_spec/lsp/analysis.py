@@ -3,8 +3,8 @@
 Positions are 0-based (line, character) in Python characters; server.py converts them to the
 client's units (UTF-16 for VS Code).  Spans are 1-based with an exclusive end column, so a span
 (line l, column c) is the position (l − 1, c − 1).  Every list of words offered comes from the
-language layer's own tables (grammar.SECTION_WORDS, build.vocabulary(), check.SIGNAL_FUNCTIONS,
-check.FORMULA_KEYWORDS, evaluate.NUMERIC_FUNCTIONS), never a copy.
+language layer's own tables (sections.SECTIONS, build.vocabulary(), functions.FUNCTIONS,
+check_formulas.FORMULA_KEYWORDS), never a copy.
 """
 
 from __future__ import annotations
@@ -17,45 +17,25 @@ from lsprotocol import types as T
 
 from scpo_spec.compile.describe import describe_metric
 from scpo_spec.language import model as M
-from scpo_spec.language.build import vocabulary
-from scpo_spec.language.check import FORMULA_KEYWORDS, SIGNAL_FUNCTIONS
+from scpo_spec.language.fields import vocabulary
+from scpo_spec.language.check_formulas import FORMULA_KEYWORDS
 from scpo_spec.language.diagnostics import Diagnostic
-from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, NUMERIC_FUNCTIONS
+from scpo_spec.language.evaluate import BUILTIN_CONSTANTS
+from scpo_spec.language.functions import BY_NAME as FUNCTIONS, NUMERIC_FUNCTIONS, \
+    SIGNAL_FUNCTIONS
 from scpo_spec.language.expr import unparse
 from scpo_spec.language.format import format_spec
-from scpo_spec.language.grammar import SECTION_WORDS
 from scpo_spec.language.lets import LetCycle, expand
 from scpo_spec.language.load import CheckResult, check_text, parse_model, syntax_of
 from scpo_spec.language.scpo_reader import find_comments
+from scpo_spec.language.sections import PROPERTIES, SECTIONS, WITH_KIND, WORDS
 from scpo_spec.language.source import Span
 from scpo_spec.language.yaml_reader import count_comments
 from scpo_spec.language.yaml_writer import format_yaml
 
 # One line per keyword: what hover says.  Every section word must have one (tests check it).
 KEYWORD_DOCS = {
-    "spec": "`spec NAME \"title\"`: names the spec (exactly once).",
-    "const": "`const NAME = VALUE`: a named number, vector or matrix, usable everywhere.",
-    "let": "`let NAME = EXPR`: a named expression of states, inputs, constants, parameters, "
-           "disturbances and other lets, usable wherever an expression is.",
-    "parameter": "`parameter NAME in [lo, hi]`: an uncertain number, one value per scenario "
-                 "held over the whole rollout (drawn uniformly from the scenarios' seed).",
-    "disturbance": "`disturbance NAME in [lo, hi]`: an uncertain input, a fresh value at every "
-                   "step of every scenario (drawn uniformly from the scenarios' seed).",
-    "system": "`system KIND { … }`: the plant — its signals and dynamics (exactly once).",
-    "backup": "`backup KIND { … }`: the known-safe controller the policy starts from or falls "
-              "back to (at most once).",
-    "policy": "`policy KIND { … }`: the trained controller and its parameters θ (exactly once).",
-    "scenarios": "`scenarios { … }`: the initial states, their count and the horizon every "
-                 "metric is rolled out over (exactly once).",
-    "constraint": "`constraint NAME: FORMULA`: a safety metric g ≤ 0 over every scenario's "
-                  "rollout, kept by every accepted step.",
-    "stability": "`stability NAME: FORMULA`: a stability margin (e.g. spectral_radius), kept "
-                 "like a constraint.",
-    "objective": "`objective KIND { … }`: what training improves (exactly once).",
-    "train": "`train { … }`: the SCPO step — optimizer, directions, radius, margin, solver "
-             "(exactly once).",
-    "verify": "`verify { cells 4096  time_limit 300 }`: the budget of `scpo verify`, which "
-              "proves each constraint over the whole initial set (at most once).",
+    **{s.word: s.doc for s in SECTIONS},
     "always": "`always φ` / `always[a:b] φ`: φ at every step (of the window); violation = max.",
     "eventually": "`eventually φ` / `eventually[a:b] φ`: φ at some step (of the window); "
                   "violation = min.",
@@ -86,7 +66,8 @@ ENTRY_DOCS = {
 }
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOKEN = re.compile(r'#[^\n]*|"(?:\\.|[^"\\\n])*"|[A-Za-z_][A-Za-z0-9_]*|\n|->|<=|>=|\S')
-KINDS_OF = ("system", "backup", "policy", "objective")  # top-level sections written with a kind
+KINDS_OF = WITH_KIND  # top-level sections written with a kind
+PROPERTY_WORDS = tuple(s.word for s in PROPERTIES)
 
 
 # ---------------------------------------------------------------- checking
@@ -211,7 +192,14 @@ def hover(lines: list[str], line: int, character: int, spec: M.Spec | None,
         return f"**{word}**: the vector [{', '.join(s.name for s in group)}] at each step"
     if word in KEYWORD_DOCS:
         return KEYWORD_DOCS[word]
+    if word in FUNCTIONS and lines[line][found[2]:].lstrip().startswith("("):
+        f = FUNCTIONS[word]
+        return f"`{f.usage}`: {f.doc}"
     return ENTRY_DOCS.get(word)
+
+
+def _function_detail(name: str) -> str:
+    return FUNCTIONS[name].usage
 
 
 def _let_text(let: M.Let, spec: M.Spec) -> str:
@@ -405,12 +393,12 @@ def _names(spec: M.Spec | None, formula: bool, observed: bool = False
                   for x in getattr(spec, "lets", [])]
         items += _items(("state", "input"), T.CompletionItemKind.Variable,
                         lambda w: f"the {w} vector")
-        items += _items(SIGNAL_FUNCTIONS, T.CompletionItemKind.Function, lambda w: "function")
+        items += _items(SIGNAL_FUNCTIONS, T.CompletionItemKind.Function, _function_detail)
         items += _items(("spectral_radius",), T.CompletionItemKind.Variable,
                         lambda w: "closed loop at the origin")
         items += _items(FORMULA_KEYWORDS, T.CompletionItemKind.Keyword)
     else:
-        items += _items(NUMERIC_FUNCTIONS, T.CompletionItemKind.Function, lambda w: "function")
+        items += _items(NUMERIC_FUNCTIONS, T.CompletionItemKind.Function, _function_detail)
     items += [T.CompletionItem(label=c.name, kind=T.CompletionItemKind.Constant,
                                detail=_const_text(c).split(" = ", 1)[1])
               for c in getattr(spec, "consts", [])]
@@ -440,12 +428,12 @@ def completion(lines: list[str], line: int, character: int,
     vocab = vocabulary()
     if not stack:
         if not current:
-            return _items(SECTION_WORDS, T.CompletionItemKind.Keyword,
+            return _items(WORDS, T.CompletionItemKind.Keyword,
                           lambda w: KEYWORD_DOCS[w].split(":")[0].strip("`"))
         head = current[0]
         if head in KINDS_OF and len(current) == 1:
             return _items(vocab[head], T.CompletionItemKind.Class, lambda w: f"{head} kind")
-        if head in ("constraint", "stability") and ":" in current:
+        if head in PROPERTY_WORDS and ":" in current:
             after = current[current.index(":") + 1:]
             options = [w for w in vocab[head][""] if w not in ("name", "formula")]
             extra = _items(options, T.CompletionItemKind.Property, lambda w: "option") \

@@ -527,7 +527,7 @@ def _as_recorded(path: Path, data: bytes, what: str, name: str) -> None:
     """While a run is read (`code.expecting`), its ONNX files must hold the bytes it recorded:
     the network is data, not code, but it is the controller the certificate is about.  What was
     read is noted in `code.EXECUTED`, so `ran_as_recorded` can say each file was the run's."""
-    from scpo_spec.language.code import EXECUTED, EXPECTED
+    from scpo_spec.usercode.loader import EXECUTED, EXPECTED
     key, sha = str(path.resolve()), hashlib.sha256(data).hexdigest()
     want = EXPECTED.get(key)
     if want is not None and want[1] != sha:

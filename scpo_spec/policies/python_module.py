@@ -9,7 +9,7 @@ candidates — a skip connection or any custom forward works, as long as it can 
 in-place update of a parameter or buffer, no Python `if` on a tensor's value).
 
 The factory is found and imported exactly as a `system python` callable is (systems/user_code.py,
-language/code.py: the spec's folder first, the module run from the bytes it is fingerprinted by,
+usercode/loader.py: the spec's folder first, the module run from the bytes it is fingerprinted by,
 and from a run only under --trust-code).  Every way the module can be wrong is a
 `PythonPolicyError` found by `load_python_module` on a small probe batch — including a vmap
 over two candidates, with torch's own words when that fails — not deep inside a rollout.
@@ -28,7 +28,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from scpo_spec.dtype import DTYPE
 from scpo_spec.errors import ScpoError
-from scpo_spec.language.code import CodeMismatch, one_line
+from scpo_spec.usercode.loader import CodeMismatch, one_line
 from scpo_spec.systems.dynamics import RolloutViews
 
 PROBE_CANDIDATES, PROBE_BATCH = 2, 3

@@ -26,7 +26,7 @@ import torch
 
 from scpo_spec.dtype import DTYPE
 from scpo_spec.errors import ScpoError
-from scpo_spec.language.code import EXECUTED, refuse_unexpected
+from scpo_spec.usercode.loader import EXECUTED, refuse_unexpected
 from scpo_spec.language.diagnostics import Diagnostic
 from scpo_spec.language.model import Spec, Text, TorchBackup, TorchPolicy
 from scpo_spec.language.source import Span

@@ -12,6 +12,7 @@ accepted update."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.audit.records import Header, Init, Record, Step
-from scpo_spec.audit.rundir import RunDir, RunError
-from scpo_spec.audit.verdict import (Check, Verdict, holdout_bound, logged_holdout,
-                                     stored_spec, verdict)
-from scpo_spec.audit.verify import AuditResult, audit_run, describe_stall
-from scpo_spec.language.code import names_code, ran_as_recorded, untrusted
+from scpo_spec.audit.loaded import LoadedRun
+from scpo_spec.audit.records import End, Header, Init, Record, Step
+from scpo_spec.audit.rundir import RunError
+from scpo_spec.audit.verdict import (Check, Verdict, holdout_bound, judge, logged_holdout,
+                                     verdict)
+from scpo_spec.audit.verify import AuditResult, describe_stall
+from scpo_spec.plan.code import names_code, ran_as_recorded, untrusted
 
 __all__ = ["Check", "Evidence", "Series", "fmt", "gather"]
 
@@ -71,7 +73,7 @@ class Evidence:
         draws, made from the checked spec (the audit holds the header's account to it)."""
         if self.spec is None:
             return None
-        from scpo_spec.language.scenarios import uncertainty_record
+        from scpo_spec.plan.scenarios import uncertainty_record
         return uncertainty_record(self.spec)
 
     @cached_property
@@ -132,7 +134,7 @@ class Evidence:
         return self.verdict.failures
 
 
-def gather(run_dir: str | Path, compute_holdout: bool = True,
+def gather(run_dir: str | Path | LoadedRun, compute_holdout: bool = True,
            key: Path | None = None, final_policy: bool = True,
            trust_code: bool = False, head: str | None = None) -> Evidence:
     """Read and re-verify a run; RunError only for a directory that is not a run at all (no log,
@@ -140,26 +142,28 @@ def gather(run_dir: str | Path, compute_holdout: bool = True,
     NOT CERTIFIED unless the chain ends there, as `scpo audit --head` says;
     `key`: an Ed25519 public key the head's signature must verify with;
     `final_policy`: roll the final policy out for the report's trajectory/regression plots;
-    `trust_code`: run the code the spec names (after checking its fingerprints) for them."""
-    run = RunDir(run_dir)
-    header = run.header()
-    audit = audit_run(run.path, head=head, key=key)
+    `trust_code`: run the code the spec names (after checking its fingerprints) for them.
+    The run is read once (a LoadedRun may be given, and is read from)."""
+    run = LoadedRun.of(run_dir)
+    header = run.header
+    audit, said = judge(run, head=head, key=key)
     try:
-        records = run.records()
+        records = run.records
     except RunError as err:  # a damaged log still reports (the audit says what is wrong)
         records = []
-        audit.certificates_ok = False
-        audit.problems.append(str(err))
+        audit = dataclasses.replace(audit, certificates_ok=False,
+                                    problems=[*audit.problems, str(err)])
+        said = verdict(audit, run.stored_spec()[2])
     code_problem = None
-    spec, base, spec_problem = stored_spec(run, header)  # the verdict's: no code run
+    spec, base, spec_problem = run.stored_spec()  # the verdict's: no code run
     if spec is not None:
         if trust_code and names_code(spec):
             try:
-                spec, base = run.checked_spec(header, trust_code=True)
+                spec, base = run.checked_spec(trust_code=True)
             except RunError as err:  # the run itself is still what it is: only the pictures go
                 trust_code, code_problem = False, str(err)
     series, rejected, refutations = _series(records)
-    end = next((r for r in reversed(records) if r.TYPE == "end"), None)
+    end = next((r for r in reversed(records) if isinstance(r, End)), None)
     final = _Final(run, audit, spec, base, trust_code)
     if code_problem is not None and spec is not None:
         final.problem = code_problem
@@ -167,7 +171,7 @@ def gather(run_dir: str | Path, compute_holdout: bool = True,
     metrics = _metric_rows(header, audit, spec, holdout)
     ev = Evidence(run.path, header, records, audit, spec, metrics, series, rejected, refutations,
                   holdout, source, audit.final_theta, end, spec_problem,
-                  _signature(run, audit.head, key), verdict(audit, spec_problem))
+                  run.signature(audit.head, key), said)
     if final_policy:
         ev.trajectories, ev.regression, ev.final_note = final.pictures(header)
     return ev
@@ -177,7 +181,7 @@ class _Final:
     """The final θ and the compiled spec, each made once and only when asked for (the holdout
     and the pictures share them); `problem` says why one could not be had."""
 
-    def __init__(self, run: RunDir, audit: AuditResult, spec, base, trust_code: bool = False):
+    def __init__(self, run: LoadedRun, audit: AuditResult, spec, base, trust_code: bool = False):
         self.run, self.audit, self.spec, self.base = run, audit, spec, base
         self._theta = self._compiled = None
         self.problem: str | None = None if spec is not None else "the stored spec is unusable"
@@ -196,8 +200,8 @@ class _Final:
         if self._compiled is None and self.problem is None and self.theta() is not None:
             from scpo_spec.compile.problem import compile_spec
             from scpo_spec.compile.usercode import import_plant
-            from scpo_spec.language.code import expecting
-            code = self.run.header().code
+            from scpo_spec.plan.code import expecting
+            code = self.run.header.code
             try:
                 with expecting(code, self.spec, self.base):  # the recorded bytes, or none
                     compiled = compile_spec(self.spec, self.base)
@@ -221,13 +225,6 @@ class _Final:
         data = header.data or {}
         return (trajectories(compiled, self._theta),
                 regression_fit(compiled, self._theta, self.base, data.get("sha256")), None)
-
-
-def _signature(run: RunDir, head: str, key: Path | None) -> str | None:
-    from scpo_spec.audit.signing import verify_signature
-    if not run.signature.exists() and key is None:
-        return None
-    return verify_signature(run.signature, head, key)
 
 
 def _series(records: list[Record]):

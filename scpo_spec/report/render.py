@@ -107,11 +107,13 @@ def sh_path(value) -> str:
 
 def shown_command(command: str) -> str:
     """The logged command line (sys.argv) with its program as a bare name (`scpo`, also for
-    `…/scpo_spec/cli.py`) and each absolute path shown by shown_path."""
+    `python -m scpo_spec.cli`: `…/scpo_spec/cli/__main__.py`, or `…/scpo_spec/cli.py` in runs
+    written before cli/ was a package) and each absolute path shown by shown_path."""
     words = str(command).split(" ")
     if words and words[0]:
         prog = Path(words[0])
-        words[0] = "scpo" if prog.name == "cli.py" and prog.parent.name == "scpo_spec" \
+        module = prog.parent if prog.name == "__main__.py" else prog.with_suffix("")
+        words[0] = "scpo" if module.name == "cli" and module.parent.name == "scpo_spec" \
             else prog.name
     return " ".join([words[0], *(shown_path(w) if w.startswith("/") else w for w in words[1:])])
 

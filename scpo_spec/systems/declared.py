@@ -26,11 +26,11 @@ from scpo_spec.language import expr as E
 from scpo_spec.language.evaluate import BUILTIN_CONSTANTS, evaluate
 from scpo_spec.language.lets import expand
 from scpo_spec.language.model import DEFAULTS, DiscreteSystem, OdeSystem, Spec
-from scpo_spec.language.scenarios import uncertain_ranges
+from scpo_spec.language.words import INTEGRATORS
+from scpo_spec.plan.scenarios import uncertain_ranges
 from scpo_spec.systems.expressions import Constant, ElementwiseCompiler
 
 StepMap = Callable[..., torch.Tensor]  # (x, u) or (x, u, w) ↦ x⁺
-INTEGRATORS = ("rk4", "euler", "midpoint")
 
 
 def _norm(*items: torch.Tensor) -> torch.Tensor:

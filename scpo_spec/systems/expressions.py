@@ -8,7 +8,7 @@ broadcast); everything else — `+ − * / ^`, unary minus, the elementwise func
 `min`/`max` — lives here once.  Sub-expressions that read no signal are folded once, at compile
 time (`2 * dt` is one number, not a multiplication per step).
 
-Function semantics (the numpy evaluator in language/evaluate.py has the same): `sign(0) = 0`;
+Function semantics (language/functions.py's, whose numpy implementations agree): `sign(0) = 0`;
 `atan2(y, x)` is torch.atan2; `clip(e, lo, hi)` is `min(max(e, lo), hi)` elementwise, so `hi`
 wins when `lo > hi` (numpy.clip's rule); `log` of a negative number is NaN (unsafe, like any
 non-finite value).
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from scpo_spec.language import expr as E
+from scpo_spec.language.functions import FUNCTIONS
 
 V = TypeVar("V")
 
@@ -30,16 +31,22 @@ def _clip(e: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return torch.minimum(torch.maximum(e, lo), hi)
 
 
-# name → (number of arguments, torch function)
-ELEMENTWISE: dict[str, tuple[int, Callable[..., torch.Tensor]]] = {
-    "abs": (1, torch.abs), "sqrt": (1, torch.sqrt), "exp": (1, torch.exp),
-    "log": (1, torch.log), "sin": (1, torch.sin), "cos": (1, torch.cos), "tan": (1, torch.tan),
-    "tanh": (1, torch.tanh), "sign": (1, torch.sign), "atan2": (2, torch.atan2),
-    "clip": (3, _clip),
+# The torch implementation of each function of language/functions.py that is computed
+# elementwise (or pairwise, min/max of several arguments), keyed by its name; what is not
+# elementwise (norm, quad, lyapunov, min/max of one vector) each compiler's `special` builds.
+TORCH_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "abs": torch.abs, "sqrt": torch.sqrt, "exp": torch.exp, "log": torch.log,
+    "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "tanh": torch.tanh,
+    "atan": torch.atan, "sign": torch.sign, "atan2": torch.atan2, "clip": _clip,
+    "min": torch.minimum, "max": torch.maximum,
 }
+# name → (number of arguments, torch function), the arity the language's registry gives
+ELEMENTWISE: dict[str, tuple[int, Callable[..., torch.Tensor]]] = {
+    f.name: (f.arity, TORCH_FUNCTIONS[f.name]) for f in FUNCTIONS if f.shape == "elementwise"}
 BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div, "^": torch.pow}
-PAIRWISE = {"min": torch.minimum, "max": torch.maximum}  # min(a, b, …) / max(a, b, …)
+PAIRWISE = {f.name: TORCH_FUNCTIONS[f.name] for f in FUNCTIONS  # min(a, b, …) / max(a, b, …)
+            if f.shape == "reduce"}
 _ARITHMETIC = (torch.add, torch.sub, torch.mul, torch.div, torch.pow)
 
 

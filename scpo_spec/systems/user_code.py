@@ -20,9 +20,9 @@ import torch
 
 from scpo_spec.dtype import DTYPE
 from scpo_spec.errors import ScpoError
-from scpo_spec.language import code
-from scpo_spec.language.code import one_line
 from scpo_spec.language.diagnostics import did_you_mean
+from scpo_spec.usercode import loader
+from scpo_spec.usercode.loader import one_line
 
 PROBE_BATCH = (2, 3)  # the leading shape of the check-time call
 
@@ -47,10 +47,10 @@ def split_name(name: str) -> tuple[str, str]:
 def import_module(module: str, base_dir: Path | None) -> ModuleType:
     """Import `module`, looking in `base_dir` (the spec's folder) first."""
     try:
-        return code.import_module(module, base_dir)
-    except code.CodeMismatch:
+        return loader.import_module(module, base_dir)
+    except loader.CodeMismatch:
         raise
-    except code.CodeError as err:
+    except loader.CodeError as err:
         raise UserCodeError(str(err)) from None
 
 

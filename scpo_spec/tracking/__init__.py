@@ -1,7 +1,8 @@
 """Experiment tracking beside the audit log: TensorBoard event files in RUN/tensorboard/ (on by
-default), an MLflow run when asked, and `scpo runs`, the table of the runs in a folder.
+default) and an MLflow run when asked (`scpo runs`, the table of the runs in a folder, is
+audit/runs.py: it reads run directories and their verdict, no tracker).
 
-Trackers hear the records the engine has just committed to the log (`train(on_record=…)`), so
+Trackers hear the records the engine has just committed to the log (`RunListener.recorded`), so
 what they plot is what the log says.  None of it is part of the certificate: audit, report and
 resume never read it.  A tracker that fails to write (a read-only folder, a full disk, a server
 gone) is dropped with one warning and training goes on: tracking never costs a run."""
@@ -36,7 +37,8 @@ class Tracking:
 
     # ---- the engine's listener ----
     def record(self, run_dir: Path, record: Record) -> None:
-        """The engine's `on_record`: never raises (but KeyboardInterrupt)."""
+        """A record the engine just committed (`RunListener.recorded`): never raises (but
+        KeyboardInterrupt)."""
         if self.off:
             return
         try:

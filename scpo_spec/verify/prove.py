@@ -3,8 +3,10 @@ initial state, or left undecided — never PROVED on a guess.
 
 The box is split adaptively: a cell whose bound fails some constraint not yet refuted is
 bisected along its widest side (relative to the box) while the cell budget and the time limit
-allow.  Every failing cell is also handed to a falsifier: its centre, corners and a few random
-points, rolled out by the ORDINARY evaluator; a point whose g > 0 is a COUNTEREXAMPLE.
+allow.  Every cell is also handed to a falsifier: its centre, corners and a few random points,
+rolled out by the ORDINARY evaluator, then, on a failing cell where none of them violates, a
+few gradient steps from its worst point (ascent.py); a point whose g > 0 when the ordinary
+evaluator rolls it out is a COUNTEREXAMPLE.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import torch
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.dtype import DTYPE
 from scpo_spec.language.lets import expand
-from scpo_spec.language.settings import VERIFY_CELLS, VERIFY_TIME_LIMIT
+from scpo_spec.plan.settings import VERIFY_CELLS, VERIFY_TIME_LIMIT
+from scpo_spec.verify.ascent import ascend
 from scpo_spec.verify.reach import Unsupported
 from scpo_spec.verify.uncertain import Uncertainty, cell_box, closed_loop, interval_compiler
 from scpo_spec.verify.verdicts import COUNTEREXAMPLE, PROVED, UNDECIDED, overall_proof_verdict
@@ -250,20 +253,27 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
         # the falsifier on every cell: a counterexample where g > 0, and a check of the
         # bounds themselves — a point's g above its cell's bound is a bug in the verifier,
         # which must never print PROVED over it
-        g, owner = _falsify(compiled, theta, batch, cex, rng, uncertainty)
-        above = g > his[owner]
-        if above.any():
-            p, j = np.argwhere(above)[0]
-            raise VerifierError(f"the bound {float(his[owner[p], j])!r} of '{metrics[j].name}' "
-                                f"over a cell is below the evaluator's g = {float(g[p, j])!r} "
-                                "at a point of it; please report this")
+        g, owner, x0, draws = _falsify(compiled, theta, batch, cex, rng, uncertainty)
+        _check(g, owner, his, metrics)
         # splitting helps a metric it bounds and has not refuted; the falsifier serves all
         splittable = [cex[j] is None and unbounded[j] is None for j in range(k)]
         room = cells - leaves - len(pending) - len(batch)  # splits the budget still allows
-        for i, (clo, chi, depth, _) in enumerate(batch):
+        split = np.zeros(len(batch), dtype=bool)
+        for i in range(len(batch)):
             needs_split = any(not proved[i, j] and splittable[j] for j in range(k))
             if needs_split and room > 0 and time.perf_counter() - start <= time_limit:
                 room -= 1
+                split[i] = True
+        # gradient steps on the whole box, and on every cell left open (a cell split further
+        # is searched through its parts), while the time limit allows
+        whole = np.array([depth == 0 for _, _, depth, _ in batch])
+        if time.perf_counter() - start <= time_limit:
+            found = _gradient_steps(compiled, theta, batch, cex, uncertainty,
+                                    ~proved & (whole | ~split)[:, None], x0, draws, g, owner)
+            if found is not None:
+                _check(*found, his, metrics)
+        for i, (clo, chi, depth, _) in enumerate(batch):
+            if split[i]:
                 d = int(torch.argmax((chi - clo) / scale))
                 mid = (clo[d] + chi[d]) / 2
                 left_hi, right_lo = chi.clone(), clo.clone()
@@ -299,13 +309,30 @@ def _verify(compiled: CompiledSpec, theta: torch.Tensor, cells: int, time_limit:
     return VerifyResult(overall_proof_verdict(r.verdict for r in results.values()), time.perf_counter() - start, leaves, model, results)
 
 
+def _check(g: np.ndarray, owner: np.ndarray, his: np.ndarray, metrics) -> None:
+    """Every falsifier scenario's g (Q, k) within its cell's bound (`owner`: its cell)."""
+    above = g > his[owner]
+    if above.any():
+        p, j = np.argwhere(above)[0]
+        raise VerifierError(f"the bound {float(his[owner[p], j])!r} of '{metrics[j].name}' "
+                            f"over a cell is below the evaluator's g = {float(g[p, j])!r} "
+                            "at a point of it; please report this")
+
+
+def _evaluate(compiled: CompiledSpec, theta: torch.Tensor, x0: np.ndarray, draws
+              ) -> np.ndarray:
+    """g (Q, k) of the scenarios by the ordinary evaluator (no grad)."""
+    with torch.no_grad():
+        return compiled.evaluator.per_scenario(
+            theta[None], torch.as_tensor(x0, dtype=DTYPE), draws)[0].numpy()
+
+
 def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, cex: list,
-             rng: np.random.Generator, uncertainty: Uncertainty
-             ) -> tuple[np.ndarray, np.ndarray]:
+             rng: np.random.Generator, uncertainty: Uncertainty) -> tuple:
     """Roll the centre, corners and a few random points of each cell (x0, parameters) out with
     the ordinary evaluator, each with the falsifier's disturbance sequences (uncertain.py);
     record the worst violating scenario per metric (g > 0) in `cex`.  Returns every
-    scenario's g (Q, k) and the index of its cell in `batch` (Q,)."""
+    scenario's g (Q, k), the index of its cell in `batch` (Q,), and the scenarios (x0, draws)."""
     points, owner = [], []
     for i, (lo, hi, _, _) in enumerate(batch):
         lo_np, hi_np = lo.numpy(), hi.numpy()
@@ -319,10 +346,7 @@ def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, cex: list
         owner += [i] * len(mine)
     x0, draws, owner = uncertainty.rollouts(np.array(points), np.array(owner),
                                             compiled.dynamics.n, rng)
-    def evaluate(x0, draws):
-        with torch.no_grad():
-            return compiled.evaluator.per_scenario(
-                theta[None], torch.as_tensor(x0, dtype=DTYPE), draws)[0].numpy()  # (Q, k)
+    evaluate = lambda x0, draws: _evaluate(compiled, theta, x0, draws)  # noqa: E731
     g = evaluate(x0, draws)
     for j in range(g.shape[1]):
         worst = int(np.argmax(g[:, j]))
@@ -333,4 +357,39 @@ def _falsify(compiled: CompiledSpec, theta: torch.Tensor, batch: list, cex: list
                 cex[j] = uncertainty.counterexample(x1, d1, 0, g1)
         if g[worst, j] > 0 and (cex[j] is None or g[worst, j] > cex[j]["g"]):
             cex[j] = uncertainty.counterexample(x0, draws, worst, g[worst, j])
-    return g, owner
+    return g, owner, x0, draws
+
+
+def _gradient_steps(compiled, theta, batch, cex, uncertainty, failing, x0, draws, g, owner
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """ascent.py's search from the worst scenario (of `_falsify`'s) of each cell and metric
+    `failing` (B, k) names and none has refuted yet; the points it ends on are rolled out by
+    the ordinary evaluator (no grad), a violation recorded in `cex`.  Returns their g (S, k)
+    and cells (S,), or None."""
+    starts, metric = [], []
+    bounds = np.searchsorted(owner, np.arange(len(batch) + 1))  # owner is sorted: cell blocks
+    for j in range(g.shape[1]):
+        if cex[j] is not None:
+            continue
+        for i in np.flatnonzero(failing[:, j]):
+            block = g[bounds[i]:bounds[i + 1], j]
+            if len(block) and np.isfinite(block).all():
+                starts.append(bounds[i] + int(np.argmax(block)))
+                metric.append(j)
+    if not starts:
+        return None
+    starts = np.array(starts)
+    cells = owner[starts]
+    lo = np.stack([batch[i][0].numpy() for i in cells])
+    hi = np.stack([batch[i][1].numpy() for i in cells])
+    start_draws = None if draws is None else draws.rows(starts)
+    try:
+        x1, d1 = ascend(compiled, theta, x0[starts], start_draws, lo, hi, np.array(metric),
+                        uncertainty.d_lo, uncertainty.d_hi)
+    except RuntimeError:  # autograd cannot go through this model: the search is optional
+        return None
+    g1 = _evaluate(compiled, theta, x1, d1)  # the ordinary evaluator decides, not the search
+    for s, j in enumerate(metric):
+        if g1[s, j] > 0 and (cex[j] is None or g1[s, j] > cex[j]["g"]):
+            cex[j] = uncertainty.counterexample(x1, d1, s, g1[s, j])
+    return g1, cells

@@ -5,7 +5,8 @@ states (compile/evaluator.py's float64 rollout, rounding included: zonotope.py).
 What is covered: plants `linear` (exact but for rounding), `static`, `pendulum` (sin by a
 mean-value remainder) and declared `discrete`/`ode` ones (declared.py: the integrator's one-step
 map); policies `mlp` (tanh, sigmoid, relu, elu, softplus, identity; `residual = backup` over a
-gain backup: lqr or linear, affine with `k` or around x*, or a feed-forward network: `onnx`)
+gain backup: lqr or linear, affine with `k` or around x*, or a feed-forward network: `onnx`,
+a TorchScript `nn.Sequential`, a gain backup with its own `observe`)
 and `linear`, and `torch`/`onnx` policies mapped onto the MLP family (per-layer activations,
 LeakyReLU and ELU with a slope ≤ 1 included); around an operating point (x*, u*), with an
 output scale, and with a declared observation (affine ones exactly but for rounding, others
@@ -72,6 +73,42 @@ def _sin(z: Zono) -> Zono:
                 torch.zeros_like(z.e))
 
 
+def backup_network(backup) -> tuple[list, list[str]] | None:
+    """A backup that is a module, as the feed-forward network it computes: its layers
+    [(W (out, in), b (out,) or None)] and their activations, read from the module compile
+    already loaded (nothing is loaded or run here); None for a gain backup kept as K x
+    (+ offset).  An ONNX backup's layers as read from its file; a TorchScript `nn.Sequential`
+    of `nn.Linear` and activations by `policy torch`'s reader (torch_file.mlp_structure); a
+    gain backup that declares `observe` as one layer (K, k) (its GainModule).  The operating
+    point, observation and output scale around it are the backup's own (`around_of`), bounded
+    by the caller.  Anything else raises Unsupported."""
+    if backup.module is None:
+        return None
+    if getattr(backup, "network", None) is not None:  # onnx
+        return list(backup.network.layers), list(backup.network.activations)
+    from scpo_spec.policies.backup import GainModule
+    from scpo_spec.policies.operating import AroundModule
+    from scpo_spec.policies.torch_file import SUPPORTED, mlp_structure
+    module = backup.module.net if isinstance(backup.module, AroundModule) else backup.module
+    if isinstance(module, GainModule):  # u = o Kᵀ (+ k): one dot product, as the evaluator's
+        return [(module.K, module.k if module.has_offset else None)], ["identity"]
+    found = mlp_structure(module)
+    if isinstance(found, str):
+        raise Unsupported(f"a TorchScript backup that is not a feed-forward MLP ({found}) is "
+                          f"not bounded by the verifier (it covers {SUPPORTED})")
+    layers, at = [], 0
+    for out, inp in found.layers:
+        W = found.theta0[at:at + out * inp].reshape(out, inp)
+        at += out * inp
+        b = None
+        if found.bias:
+            b, at = found.theta0[at:at + out], at + out
+        layers.append((W, b))
+    activations = found.activations or \
+        [found.activation] * (len(layers) - 1) + ["identity"]
+    return layers, activations
+
+
 class ClosedLoop:
     """The spec's plant and the policy θ, as maps over zonotopes."""
 
@@ -79,7 +116,7 @@ class ClosedLoop:
         dyn, family = compiled.dynamics, compiled.family
         self.n, self.m, self.keep = dyn.n, dyn.m, keep
         self.horizon = compiled.evaluator.horizon
-        if dyn.kind == "linear" and dyn.map is None:
+        if dyn.kind == "linear":
             self.A = torch.as_tensor(dyn.A, dtype=DTYPE)
             self.B = torch.as_tensor(dyn.B, dtype=DTYPE)
         elif dyn.kind in ("discrete", "ode"):
@@ -91,8 +128,8 @@ class ClosedLoop:
         elif dyn.kind == "static":
             pass  # x⁺ = x: the policy is a model y = f(x) of fixed inputs
         elif dyn.kind == "pendulum":
-            # the evaluator's constants, computed by the same Python expressions
-            self.pend = (3 * dyn.g / (2 * dyn.length), 3 / (dyn.mass * dyn.length ** 2), dyn.dt)
+            # the evaluator's constants: the same numbers (language.dynamics.PendulumEquations)
+            self.pend = (dyn.equations.gravity, dyn.equations.gain, dyn.equations.dt)
         else:
             raise Unsupported(f"a '{dyn.kind}' system is not bounded by the verifier (it covers "
                               "linear, pendulum, static and declared discrete/ode plants)")
@@ -102,18 +139,15 @@ class ClosedLoop:
                               "covers MLP, linear, `policy torch` and `policy onnx` policies)")
         self.activations = list(family.per_layer)
         backup = family.backup
-        network = None if backup is None else getattr(backup, "network", None)
-        if backup is not None and backup.module is not None and network is None:
-            raise Unsupported("a frozen backup (a TorchScript backup, or a gain backup that "
-                              "declares `observe`) is not bounded by the verifier yet")
+        network = None if backup is None else backup_network(backup)
         self.K = None if backup is None or network is not None else \
             torch.as_tensor(backup.K, dtype=DTYPE)
         self.offset = (None if backup is None or backup.offset is None
                        else torch.as_tensor(backup.offset, dtype=DTYPE))
         self.backup_layers = [] if network is None else [
-            (torch.as_tensor(W, dtype=DTYPE), torch.as_tensor(b, dtype=DTYPE))
-            for W, b in network.layers]
-        self.backup_activations = [] if network is None else list(network.activations)
+            (torch.as_tensor(W, dtype=DTYPE), None if b is None else torch.as_tensor(b, dtype=DTYPE))
+            for W, b in network[0]]
+        self.backup_activations = [] if network is None else list(network[1])
         for name in set(self.activations + self.backup_activations):
             if not relaxable(name):
                 raise Unsupported(f"no sound relaxation of the activation '{name}' yet "

@@ -24,7 +24,8 @@ import torch
 
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.language import expr as E
-from scpo_spec.language.scenarios import Draws, initial_box, uncertain_ranges
+from scpo_spec.language.scenario_bounds import initial_box
+from scpo_spec.plan.scenarios import Draws, uncertain_ranges
 from scpo_spec.verify.bounds import Iv, IntervalCompiler
 from scpo_spec.verify.reach import ClosedLoop, Reach, Unsupported, _cat, _column
 from scpo_spec.verify.zonotope import Zono, reduce
@@ -129,7 +130,8 @@ class Uncertainty:
     def sharpen(self, evaluate, x0: np.ndarray, draws: Draws, i: int, j: int,
                 rounds: int = SHARPEN_ROUNDS) -> tuple[np.ndarray, Draws, float]:
         """A zeroth-order search from scenario i's disturbance sequence for a larger g of
-        metric j (no gradient: safety metrics are never differentiated): each round rolls out
+        metric j (zeroth order: a step's disturbance jumps to the far end of its range, where
+        ascent.py's sign steps stop short): each round rolls out
         every single-step move of one disturbance to the far end of its range, in one batch,
         then takes every move that raised g together (exact where the rollout is linear in
         w), or the best single one where that is larger.  `evaluate(x0, draws)` → g (Q, k).

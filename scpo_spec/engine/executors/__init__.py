@@ -1,7 +1,7 @@
 """Where a step's candidate bank is rolled out: in this process (`executor local`, the compiled
-`RolloutEvaluator` itself) or on Ray actors (`executor ray`), behind the one `Evaluator`
-interface (scpo_spec.compile.evaluator) the trainer uses.  The objective always keeps the local
-evaluator: its rollouts are differentiated, never sent away."""
+evaluator itself) or on Ray actors (`executor ray`), behind the one `Evaluator` interface
+(scpo_spec.compile.evaluator: `device`, `close()` included) the trainer uses.  The objective
+always keeps the local evaluator: its rollouts are differentiated, never sent away."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from scpo_spec.compile.evaluator import Evaluator
 from scpo_spec.compile.problem import CompiledSpec
 from scpo_spec.engine.executors.ray import RayUnavailable
 
-__all__ = ["Evaluator", "RayUnavailable", "close_evaluator", "open_evaluator"]
+__all__ = ["Evaluator", "RayUnavailable", "open_evaluator"]
 
 
 def open_evaluator(compiled: CompiledSpec, base_dir: Path | None) -> Evaluator:
-    """The spec's executor; close it with `close_evaluator` when the run ends."""
+    """The spec's executor; `close()` it when the run ends."""
     s = compiled.settings
     if s.executor != "ray":
         return compiled.evaluator
@@ -26,9 +26,3 @@ def open_evaluator(compiled: CompiledSpec, base_dir: Path | None) -> Evaluator:
     return RayEvaluator(compiled.evaluator, compiled.spec, base_dir, workers=s.ray_workers,
                         address=s.ray_address)
 
-
-def close_evaluator(evaluator: Evaluator) -> None:
-    """Release an executor's workers (the local evaluator holds none)."""
-    close = getattr(evaluator, "close", None)
-    if close is not None:
-        close()

@@ -41,11 +41,12 @@ import numpy as np
 import torch
 
 from scpo_spec.errors import ScpoError
-from scpo_spec.compile.evaluator import RolloutEvaluator
+from scpo_spec.compile.evaluator import ScenarioEvaluator
 from scpo_spec.dtype import DTYPE
-from scpo_spec.language import code
 from scpo_spec.language import model as M
-from scpo_spec.language.scenarios import Draws
+from scpo_spec.plan import code
+from scpo_spec.plan.scenarios import Draws
+from scpo_spec.usercode.loader import sha256_file
 
 INSTALL_HINT = "pip install 'scpo-spec[ray]'"
 PROBE_TIMEOUT_S = 5.0      # TCP check of a cluster address (ray.init would retry for minutes)
@@ -57,7 +58,7 @@ class RayUnavailable(ScpoError):
     """Ray is not installed, the cluster cannot be reached or the workers could not start."""
 
 
-def fingerprint(ev: RolloutEvaluator) -> str:
+def fingerprint(ev: ScenarioEvaluator) -> str:
     """What the workers must agree on with the driver: metric names, horizon and scenarios (x₀,
     or a gymnasium system's reset seeds, and the parameters' and disturbances' draws)."""
     h = hashlib.sha256()
@@ -125,7 +126,7 @@ class Shipment:
                 target = folder / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
-                sums[name] = code.sha256_file(target)
+                sums[name] = sha256_file(target)
         except OSError as e:
             raise RayUnavailable(f"executor ray: cannot copy the spec's files for the workers: "
                                  f"{e.strerror or e}: {e.filename}") from None
@@ -169,7 +170,7 @@ class EvaluatorWorker:
             if not path.is_file():
                 raise FileNotFoundError(f"'{name}' did not reach the worker (runtime_env "
                                         f"working_dir {root})")
-            got = code.sha256_file(path)
+            got = sha256_file(path)
             if got != expected:
                 raise ValueError(f"'{name}' reached the worker with other bytes than the "
                                  f"driver's (SHA-256 {got[:12]}…, not {expected[:12]}…)")
@@ -254,7 +255,7 @@ class RayEvaluator:
 
     WORKER = EvaluatorWorker
 
-    def __init__(self, local: RolloutEvaluator, spec, base_dir: Path | str | None,
+    def __init__(self, local: ScenarioEvaluator, spec, base_dir: Path | str | None,
                  workers: int = 2, address: str | None = None,
                  local_below: int = LOCAL_BELOW):
         self.local, self.workers, self.local_below = local, int(workers), int(local_below)
@@ -300,6 +301,11 @@ class RayEvaluator:
                 shutil.rmtree(packed, ignore_errors=True)
 
     # ---- the Evaluator interface ----
+    @property
+    def device(self) -> torch.device:
+        """The bank stays on the CPU: its rows travel to the actors as numpy."""
+        return torch.device("cpu")
+
     @property
     def metrics(self):
         return self.local.metrics
@@ -366,7 +372,9 @@ class RayEvaluator:
 
     # ---- lifetime ----
     def close(self) -> None:
-        """Kill the actors; shut Ray down only if this evaluator started it."""
+        """Kill the actors and close the local evaluator (a gymnasium plant's environments);
+        shut Ray down only if this evaluator started it."""
+        self.local.close()
         ray, actors, self._actors = self._ray, self._actors, []
         for a in actors:
             try:

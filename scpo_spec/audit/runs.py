@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from scpo_spec.audit.loaded import LoadedRun
 from scpo_spec.audit.rundir import RunDir
 
 DEPTH = 2  # DIR/RUN and DIR/GROUP/RUN
@@ -70,13 +71,13 @@ def _when(path: Path) -> str | None:
 def read_row(path: Path) -> RunRow:
     """Everything `scpo runs` shows about one run; never raises for a bad directory."""
     from scpo_spec.audit.verdict import judge
-    run = RunDir(path)
+    run = LoadedRun(path)  # the log read once, for the header and the verdict alike
     row = RunRow(path=str(path))
-    specs = run.spec_files()
+    specs = run.run.spec_files()
     row.started = _when(specs[0]) if specs else None
-    row.ended = _when(run.log)
+    row.ended = _when(run.run.log)
     try:
-        header = run.header()
+        header = run.header
         a, verdict = judge(run)
     except Exception as e:  # noqa: BLE001 - a listing shows a broken run, never a traceback
         row.problem = " ".join(str(e).split()) or type(e).__name__
