@@ -429,15 +429,23 @@ def seed_variant(name: str, seed: int) -> Path:
 def scpo_train(path: Path, out: Path, steps: int | None = None) -> dict:
     """`scpo train`'s code path on `path`, counting the simulated steps: `counts[i]` is the
     total after step i (`counts[0]`: after θ₀'s own evaluation), `total` adds the holdout."""
+    from scpo_spec.engine.listener import RunListener
     from scpo_spec.engine.run import fresh_dir, train
     from scpo_spec.language.load import check_file
     result = check_file(path)
     counts: list[int] = []
+
+    class Counts(RunListener):  # the counter's total after θ₀'s evaluation and each step
+        def started(self, *_):
+            counts.append(counter.steps)
+
+        def stepped(self, *_):
+            counts.append(counter.steps)
+
     start = time.perf_counter()
     with StepCounter() as counter:
         run = train(path, result.spec, result.source.text, out=fresh_dir(out), steps=steps,
-                    on_start=lambda *_: counts.append(counter.steps),
-                    on_step=lambda *_: counts.append(counter.steps))
+                    listener=Counts())
         total = counter.steps
     return {"run": run, "counts": counts, "total": total, "seconds": time.perf_counter() - start}
 
