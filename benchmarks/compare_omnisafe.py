@@ -1,14 +1,45 @@
-"""SCPO against OmniSafe's PPO-Lag and CPO on two ready specs, every iterate judged by the spec.
+"""SCPO against OmniSafe's PPO-Lag and CPO on two ready specs, at matched budgets, from safe starts,
+every iterate judged by the spec and every final policy through `scpo verify`.
 
     python benchmarks/compare_omnisafe.py [--quick] [--json FILE] [--plots DIR] [--runs DIR]
+        [--budget-mode scpo_capped_to_omnisafe|omnisafe_matched_to_scpo] [--jobs N]
 
 What runs
 ---------
-* **SCPO**: `scpo train`'s own code path (scpo_spec.engine.run.train) on the spec as it is,
-  every step the spec asks for. Its iterates are θ₀ (the backup) and the accepted updates.
-* **PPO-Lag and CPO**: OmniSafe (pinned, `OMNISAFE_VERSION` below) in its own virtual environment
-  under `.cache/omnisafe-venv`, run as a subprocess. Nothing of OmniSafe is imported into this
-  package's python, and it is no dependency of the package.
+* **SCPO**: `scpo train`'s own code path (scpo_spec.engine.run.train) on the spec, once per seed
+  (the spec with its policy's and its training's `seed` set to 0, 1, …: the hidden layers'
+  initialisation and the directions; θ₀ is the backup whatever the seed). Its iterates are θ₀
+  (the backup) and the accepted updates.
+* **PPO-Lag and CPO** (`ppo_lag`, `cpo`): OmniSafe (pinned, `OMNISAFE_VERSION` below) from its
+  own random initial actor, in its own virtual environment under `.cache/omnisafe-venv`, run as
+  a subprocess. Nothing of OmniSafe is imported into this package's python, and it is no
+  dependency of the package.
+* **Warm-started PPO-Lag and CPO** (`ppo_lag_warm`, `cpo_warm`): the same, but before training
+  the actor's mean network is behaviour-cloned from the spec's backup u = K o + k
+  (benchmarks/omnisafe_venv/omni_runner.py, `behaviour_clone`): 64 episodes of the backup from
+  the task's initial distribution (every second one with N(0, 0.3²) action noise, so the states
+  around its trajectories are in the data), OmniSafe's observation normaliser primed with those
+  states, then 1,500 full-batch Adam steps on the squared action error. The fit's error on 64
+  fresh backup episodes is in the JSON (`bc`); the cloned actor is saved as epoch 0, so the
+  table's `violating_initial` says whether each warm run started safe.
+
+Budgets, counted the same way on both sides (`env_steps`)
+--------------------------------------------------------
+OmniSafe's are its environment interactions (`total_steps`). SCPO's are the simulated steps of
+every rollout its training made: candidates × scenarios × horizon per evaluation, summed over
+θ₀'s evaluation, the bank, rejected candidates, verification rollouts and counterexamples, and
+for the pendulum the evolution-strategies objective's 17 candidates per evaluation (counted by
+wrapping the rollout functions in this process; the holdout rollouts made after training for
+the certification report are counted apart, `holdout_steps`). `--budget-mode`:
+
+* `scpo_capped_to_omnisafe` (default): SCPO is stopped at the last step whose counted total is
+  within OmniSafe's `total_steps` per run (a full run per seed first records the count after
+  each step; the same seed's run is then made again with that many steps — training is
+  deterministic — and its count checked against the cap). The full runs are reported too, as
+  `scpo_uncapped` (`budget_matched: false`).
+* `omnisafe_matched_to_scpo`: each OmniSafe run gets SCPO's count for the same seed, rounded up
+  to whole epochs (1.4 M steps on the pendulum, 11 M on the double integrator: hours per run on
+  2 cores).
 
 The two tasks, as OmniSafe sees them (a gymnasium-style `CMDP` registered with OmniSafe's
 `env_register`, in `.cache/omnisafe-work/scpo_omni_envs.py`, written by this script):
@@ -30,12 +61,12 @@ The two tasks, as OmniSafe sees them (a gymnasium-style `CMDP` registered with O
   about it, but it is evaluated here like the others (the table reports it separately).
 
 OmniSafe's default configuration of each algorithm is used except: `total_steps` and
-`steps_per_epoch` (the stated budget, below; the default epoch of 20,000 steps would leave a
---quick run with one iterate), `cost_limit = 0`, `device = cpu`, `torch_threads = 1` (2 shared
-cores), `save_model_freq = 1` (every epoch's actor is saved), the seed, and the actor's
-`hidden_sizes` set to the spec's policy family ([8] for the pendulum; [64, 64] for the double
-integrator, OmniSafe's default). The critics and everything else keep OmniSafe's defaults
-(observation normalisation on, kaiming-uniform init, linear lr decay, Gaussian actor).
+`steps_per_epoch` (the budget), `cost_limit = 0` (`COST_LIMIT`: the spec asks for no violation
+at all; it was not tuned — no other limit was tried), `device = cpu`, `torch_threads = 1`
+(2 shared cores), `save_model_freq = 1` (every epoch's actor is saved), the seed, and the
+actor's `hidden_sizes` set to the spec's policy family ([8] for the pendulum; [64, 64] for the
+double integrator, OmniSafe's default). The critics and everything else keep OmniSafe's
+defaults (observation normalisation on, kaiming-uniform init, linear lr decay, Gaussian actor).
 
 Every iterate is evaluated here
 -------------------------------
@@ -53,13 +84,20 @@ not, so the script counts the iterates whose rollouts on the scenarios ever reac
 by the spec's own compiled evaluator on the spec's own scenarios: an iterate is *violating*
 when any of the spec's metrics g_i > 0, exactly the test applied to SCPO's iterates.
 
-Columns: `iterates` (all seeds together; OmniSafe: its initial actor, epoch 0, and each epoch's
-actor), `violating`, `worst` (the largest g_i over every iterate of every seed), `return_final`
-(mean over seeds of the final iterate's mean episode return on the spec's scenarios, with the
-deterministic policy: Pendulum-v1's return for the pendulum, Σ −(u_expert − u)² for the double
-integrator), `env_steps` (all seeds: OmniSafe's environment interactions; SCPO's plant/env steps
-of every rollout it made, counted by wrapping the rollout functions in this process only),
-`seconds` (wall time, all seeds).
+Each method's final policy (SCPO's final θ in the spec's own family; OmniSafe's last actor as
+θ of the residual-free family) goes through `scpo verify`'s prover (scpo_spec.verify.prove,
+`VERIFY` below for its cells and time limit): `final_verify` per seed, PROVED /
+COUNTEREXAMPLE / UNDECIDED overall and per constraint (the pendulum's gymnasium plant is not
+bounded by the verifier: UNDECIDED, with its reason).
+
+Per method (JSON `tasks.TASK.METHOD`): `iterates`, `violating_iterates` and `env_steps` summed
+over seeds; `violating_per_seed` and `return_final_per_seed` (mean, std, min, max over seeds:
+the final iterate's mean episode return on the spec's scenarios, with the deterministic
+policy: Pendulum-v1's return for the pendulum, Σ −(u_expert − u)² for the double
+integrator); `worst` (the largest g_i over every iterate of every seed); `violating_initial`
+and `violating_final` (seeds whose first / last iterate violates); `final_verify`; `per_seed`;
+`seconds` (wall time, all seeds). The JSON is written after each task with `partial: true`
+until the last one is done; it holds no machine paths.
 
 The virtual environment (made when missing; the exact steps, in this order)
 ---------------------------------------------------------------------------
@@ -82,8 +120,10 @@ and mujoco 2.3.3. So:
    `safety_gymnasium` whose `make` raises is written into the venv's site-packages. OmniSafe's own
    code is not modified.
 
-`--quick`: 2 seeds, 12,000 environment steps per run in epochs of 2,000 (7 iterates per run
-with the initial actor). Without it: 5 seeds, 100,000 steps per run in epochs of 5,000.
+`--quick`: 2 seeds, 12,000 environment steps per OmniSafe run in epochs of 2,000 (7 iterates
+per run with the initial actor), `scpo verify` with 256 cells and 20 s. Without it: 3 seeds,
+20,000 steps per run in epochs of 2,000, 4,096 cells and 60 s — the committed run,
+docs/results/omnisafe.json (`--seeds`, `--steps`, `--epoch` override).
 """
 
 from __future__ import annotations
@@ -99,6 +139,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from omnisafe_tables import merge, plot, print_table  # noqa: E402  (beside this script)
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache"
 VENV = CACHE / "omnisafe-venv"
@@ -110,191 +153,17 @@ VENV_DEPS = ["torch==2.13.0", "numpy==1.26.4", "gymnasium==0.28.1", "pandas==2.0
 TASKS = {"gym_pendulum": "specs/gym_pendulum.scpo",
          "double_integrator": "specs/double_integrator.scpo"}
 ENV_IDS = {"gym_pendulum": "ScpoPendulum-v0", "double_integrator": "ScpoDoubleIntegrator-v0"}
-ALGOS = {"ppo_lag": "PPOLag", "cpo": "CPO"}
+METHODS = {"ppo_lag": ("PPOLag", False), "cpo": ("CPO", False),  # (algorithm, warm start)
+           "ppo_lag_warm": ("PPOLag", True), "cpo_warm": ("CPO", True)}
 BUDGET = {True: dict(seeds=2, total_steps=12_000, steps_per_epoch=2_000),
-          False: dict(seeds=5, total_steps=100_000, steps_per_epoch=5_000)}
+          False: dict(seeds=3, total_steps=20_000, steps_per_epoch=2_000)}
+BUDGET_MODES = ("scpo_capped_to_omnisafe", "omnisafe_matched_to_scpo")
+COST_LIMIT = 0.0  # the spec asks for no violation at all; not tuned (docs/results.md)
+BC = {"noise": 0.3, "iterations": 1500}  # behaviour cloning of the backup (warm starts)
+VERIFY = {True: {"cells": 256, "time_limit": 20.0},  # `scpo verify`'s limits on final policies
+          False: {"cells": 4096, "time_limit": 60.0}}
 
-STUB = '''"""Stub written by benchmarks/compare_omnisafe.py: safety-gymnasium 1.0.0 does not import
-on Python 3.11 (a dataclass with an ndarray default). OmniSafe imports it only for its own
-Safety-Gymnasium tasks, which are not used; making one of them raises."""
-__version__ = "stub"
-
-
-def make(*args, **kwargs):
-    raise RuntimeError("safety-gymnasium is not installed in this venv (stub)")
-
-
-class vector:  # noqa: N801  (mirrors safety_gymnasium.vector.make)
-    make = staticmethod(make)
-'''
-
-ENV_MODULE = r'''"""The spec tasks as OmniSafe CMDPs (written by benchmarks/compare_omnisafe.py).
-
-The task's parameters come from the JSON file named by $SCPO_OMNI_TASK."""
-from __future__ import annotations
-
-import json
-import os
-from typing import Any, ClassVar
-
-import gymnasium
-import numpy as np
-import torch
-from gymnasium import spaces
-
-from omnisafe.envs.core import CMDP, env_register
-
-TASK = json.loads(open(os.environ["SCPO_OMNI_TASK"]).read())
-
-
-@env_register
-class ScpoSpecEnv(CMDP):
-    _support_envs: ClassVar[list[str]] = ["ScpoPendulum-v0", "ScpoDoubleIntegrator-v0"]
-    metadata: ClassVar[dict[str, int]] = {}
-    need_auto_reset_wrapper = True
-    need_time_limit_wrapper = True
-    _num_envs = 1
-
-    def __init__(self, env_id: str, **kwargs: Any) -> None:
-        self._env_id = env_id
-        self._horizon = int(TASK["horizon"])
-        self._rng = np.random.default_rng(0)
-        self._t = 0
-        self.env_spec_log = {}
-        if env_id == "ScpoPendulum-v0":
-            self._pend = gymnasium.make(TASK["env_id"]).unwrapped
-            self._observation_space = self._pend.observation_space
-            self._action_space = self._pend.action_space
-        else:
-            self._A = np.array(TASK["A"], dtype=np.float64)
-            self._B = np.array(TASK["B"], dtype=np.float64)
-            self._K = np.array(TASK["K_expert"], dtype=np.float64)
-            self._b = np.array(TASK["bias"], dtype=np.float64)
-            self._lo = np.array(TASK["box_low"], dtype=np.float64)
-            self._hi = np.array(TASK["box_high"], dtype=np.float64)
-            f = float(TASK["force_limit"])
-            self._observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float64)
-            self._action_space = spaces.Box(-f, f, (1,), np.float64)
-            self._x = np.zeros(2)
-
-    def step(self, action):
-        u = np.asarray(action.detach().cpu().numpy(), dtype=np.float64).reshape(-1)
-        self._t += 1
-        if self._env_id == "ScpoPendulum-v0":
-            obs, reward, terminated, _, _ = self._pend.step(u)  # Pendulum-v1 clips u itself
-            bad = (abs(u[0]) > TASK["torque_limit"]) or (abs(obs[2]) > TASK["speed_limit"])
-            cost = 1.0 if bad else 0.0
-        else:
-            x = self._x
-            reward = -float(((self._K @ x + self._b) - u) @ ((self._K @ x + self._b) - u))
-            self._x = self._A @ x + self._B @ u
-            obs, terminated = self._x.copy(), False
-            bad = abs(self._x[0]) > TASK["position_limit"] or abs(u[0]) > TASK["force_limit"]
-            lo, hi, radius = TASK["settle"]
-            if lo <= self._t <= hi:
-                self._settled = self._settled or float(np.linalg.norm(self._x)) <= radius
-            if self._t == hi and not self._settled:
-                bad = True
-            cost = 1.0 if bad else 0.0
-        truncated = self._t >= self._horizon
-        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32))
-        return (obs_t, torch.as_tensor(float(reward), dtype=torch.float32),
-                torch.as_tensor(cost, dtype=torch.float32), torch.as_tensor(bool(terminated)),
-                torch.as_tensor(bool(truncated)), {"final_observation": obs_t})
-
-    def reset(self, seed=None, options=None):
-        if seed is not None:
-            self.set_seed(seed)
-        self._t = 0
-        if self._env_id == "ScpoPendulum-v0":
-            obs, _ = self._pend.reset(seed=int(self._rng.integers(2**31 - 1)))
-        else:
-            self._x = self._rng.uniform(self._lo, self._hi)
-            self._settled = False
-            obs = self._x.copy()
-        return torch.as_tensor(np.asarray(obs, dtype=np.float32)), {}
-
-    @property
-    def max_episode_steps(self) -> int:
-        return self._horizon
-
-    def spec_log(self, logger) -> None:
-        pass
-
-    def set_seed(self, seed: int) -> None:
-        self._rng = np.random.default_rng(int(seed))
-
-    def render(self):
-        return np.zeros((8, 8, 3), dtype=np.uint8)
-
-    def close(self) -> None:
-        pass
-'''
-
-RUNNER = r'''"""Train one OmniSafe algorithm on one spec task and export every epoch's actor as .npz
-(written by benchmarks/compare_omnisafe.py; runs in the OmniSafe venv)."""
-import glob
-import json
-import os
-import re
-import sys
-import time
-
-import numpy as np
-import torch
-
-args = json.loads(sys.argv[1])
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import omnisafe  # noqa: E402
-import scpo_omni_envs  # noqa: E402,F401  (registers the CMDP)
-
-cfgs = {
-    "seed": args["seed"],
-    "train_cfgs": {"total_steps": args["total_steps"], "device": "cpu", "torch_threads": 1},
-    "algo_cfgs": {"steps_per_epoch": args["steps_per_epoch"]},
-    "logger_cfgs": {"log_dir": args["log_dir"], "save_model_freq": 1, "use_tensorboard": False,
-                    "use_wandb": False},
-    "model_cfgs": {"actor": {"hidden_sizes": args["hidden"]}},
-    "lagrange_cfgs": {"cost_limit": 0.0},
-}
-if args["algo"] == "CPO":  # CPO has no Lagrange multiplier; its limit is an algo_cfg
-    del cfgs["lagrange_cfgs"]
-    cfgs["algo_cfgs"]["cost_limit"] = 0.0
-start = time.perf_counter()
-agent = omnisafe.Agent(args["algo"], args["env_id"], custom_cfgs=cfgs)
-ep_ret, ep_cost, ep_len = agent.learn()
-seconds = time.perf_counter() - start
-saves = glob.glob(os.path.join(args["log_dir"], "**", "torch_save", "epoch-*.pt"), recursive=True)
-os.makedirs(args["out"], exist_ok=True)
-space = scpo_omni_envs.ScpoSpecEnv(args["env_id"]).action_space  # before ActionScale
-exported = []
-for path in sorted(saves, key=lambda p: int(re.search(r"epoch-(\d+)", p).group(1))):
-    epoch = int(re.search(r"epoch-(\d+)", path).group(1))
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    pi = ckpt["pi"]
-    arrays = {}
-    i = 0
-    while f"mean.{i}.weight" in pi or f"mean.{i + 1}.weight" in pi:
-        if f"mean.{i}.weight" in pi:
-            arrays[f"W{len(arrays) // 2}"] = pi[f"mean.{i}.weight"].double().numpy()
-            arrays[f"b{len(arrays) // 2}"] = pi[f"mean.{i}.bias"].double().numpy()
-        i += 1
-    norm = ckpt.get("obs_normalizer")
-    if norm is not None:
-        arrays["obs_mean"] = norm["_mean"].double().numpy()
-        arrays["obs_std"] = norm["_std"].double().numpy()
-        arrays["obs_clip"] = np.asarray(norm["_clip"].double().numpy())
-        arrays["obs_count"] = np.asarray(float(norm["_count"]))
-    arrays["act_low"] = np.asarray(space.low, dtype=np.float64)
-    arrays["act_high"] = np.asarray(space.high, dtype=np.float64)
-    arrays["epoch"] = np.asarray(epoch)
-    out = os.path.join(args["out"], f"epoch-{epoch:04d}.npz")
-    np.savez(out, **arrays)
-    exported.append(out)
-print("SCPO_OMNI_RESULT " + json.dumps({
-    "seconds": seconds, "exported": exported, "env_steps": int(args["total_steps"]),
-    "ep_ret": float(ep_ret), "ep_cost": float(ep_cost), "version": omnisafe.__version__}))
-'''
+VENV_SIDE = Path(__file__).resolve().parent / "omnisafe_venv"  # run in the venv, not here
 
 
 class VenvError(RuntimeError):
@@ -333,11 +202,11 @@ def ensure_venv(log=print) -> Path:
     pip = [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check"]
     _run(pip + ["--no-deps", f"omnisafe=={OMNISAFE_VERSION}"], log)
     _run(pip + VENV_DEPS, log)
-    site = _run([str(venv_python()), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                log).strip()
+    site = _run([str(venv_python()), "-c",
+                 "import sysconfig; print(sysconfig.get_paths()['purelib'])"], log).strip()
     stub = Path(site) / "safety_gymnasium"
     stub.mkdir(exist_ok=True)
-    (stub / "__init__.py").write_text(STUB)
+    (stub / "__init__.py").write_text((VENV_SIDE / "safety_gymnasium_stub.py").read_text())
     got = venv_version()
     if got != OMNISAFE_VERSION:
         _run([str(venv_python()), "-c", "import omnisafe"], log)  # raises with the traceback
@@ -374,24 +243,31 @@ def plain_variant(name: str):
     assert count == 1, f"{path}: no `residual = backup` on its policy line"
     out = WORK / "specs" / f"{name}_no_residual.scpo"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(new)
+    write_whole(out, new)
     compiled = compile_spec(load_spec(out), path.parent)
     assert compiled.family.backup is None
     return out, compiled
 
 
 def task_config(name: str, compiled) -> dict:
+    """What the venv side needs of a task: the CMDP's parameters and, for the warm starts, the
+    spec's backup u = K o + k and the behaviour cloning's settings (BC)."""
+    backup = compiled.family.backup
+    warm = {"backup_K": np.asarray(backup.K, dtype=float).tolist(),
+            "backup_offset": (np.zeros(backup.K.shape[0]) if backup.offset is None
+                              else np.asarray(backup.offset, dtype=float)).tolist(),
+            "bc_noise": BC["noise"], "bc_iterations": BC["iterations"]}
     T = int(compiled.evaluator.horizon)
     if name == "gym_pendulum":
         return {"env_id": compiled.dynamics.env_id, "horizon": T, "torque_limit": 2.0,
-                "speed_limit": 7.0}
+                "speed_limit": 7.0, **warm}
     A, B = compiled.dynamics.linearisation()
     x0 = compiled.evaluator.x0.numpy()
     expert = compiled.spec.objective.expert
     return {"horizon": T, "A": np.asarray(A).tolist(), "B": np.asarray(B).tolist(),
             "K_expert": expert.K.value, "bias": expert.bias.value,
             "box_low": x0.min(0).tolist(), "box_high": x0.max(0).tolist(),
-            "position_limit": 1.5, "force_limit": 4.0, "settle": [40, 60, 0.1]}
+            "position_limit": 1.5, "force_limit": 4.0, "settle": [40, 60, 0.1], **warm}
 
 
 def hidden_of(compiled) -> list[int]:
@@ -400,16 +276,27 @@ def hidden_of(compiled) -> list[int]:
 
 # ---------------------------------------------------------------- OmniSafe runs
 
-def run_omnisafe(py: Path, name: str, algo: str, seed: int, budget: dict, cfg_path: Path,
-                 hidden: list[int], log) -> dict:
-    tag = f"{name}-{algo}-s{seed}"
-    run_dir = WORK / "runs" / tag
+def write_whole(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (runs made side by side share .cache/omnisafe-work)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_omnisafe(py: Path, name: str, method: str, seed: int, total_steps: int,
+                 steps_per_epoch: int, cfg_path: Path, hidden: list[int], runs: Path,
+                 log) -> dict:
+    """One OmniSafe run in the venv; its logs, checkpoints and exports under RUNS/omnisafe/."""
+    tag = f"{name}-{method}-s{seed}"
+    run_dir = runs / "omnisafe" / tag
     if run_dir.exists():
         import shutil
         shutil.rmtree(run_dir)
-    args = {"algo": ALGOS[algo], "env_id": ENV_IDS[name], "seed": seed,
-            "total_steps": budget["total_steps"], "steps_per_epoch": budget["steps_per_epoch"],
-            "hidden": hidden, "log_dir": str(run_dir / "omnisafe"), "out": str(run_dir / "npz")}
+    algo, warm = METHODS[method]
+    args = {"algo": algo, "warm": warm, "env_id": ENV_IDS[name], "seed": seed,
+            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+            "cost_limit": COST_LIMIT, "hidden": hidden, "log_dir": str(run_dir / "omnisafe"),
+            "out": str(run_dir / "npz")}
     env = dict(os.environ, SCPO_OMNI_TASK=str(cfg_path), OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", WANDB_MODE="disabled")
     env.pop("PYTHONPATH", None)
@@ -417,15 +304,19 @@ def run_omnisafe(py: Path, name: str, algo: str, seed: int, budget: dict, cfg_pa
     p = subprocess.run([str(py), str(WORK / "omni_runner.py"), json.dumps(args)], env=env,
                        capture_output=True, text=True, cwd=str(WORK))
     wall = time.perf_counter() - start
-    (WORK / "runs" / f"{tag}.log").write_text(p.stdout + p.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "runner.log").write_text(p.stdout + p.stderr)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("SCPO_OMNI_RESULT ")]
     if p.returncode != 0 or not line:
         raise RuntimeError(f"OmniSafe {algo} on {name} (seed {seed}) failed (rc {p.returncode}); "
-                           f"log: {WORK / 'runs' / (tag + '.log')}\n{(p.stdout + p.stderr)[-2500:]}")
+                           f"log: {run_dir / 'runner.log'}\n"
+                           f"{(p.stdout + p.stderr)[-2500:]}")
     res = json.loads(line[-1][len("SCPO_OMNI_RESULT "):])
     res["wall"] = wall
-    log(f"  {tag}: {len(res['exported'])} actors, {wall:.0f} s, last epoch's episode return "
-        f"{res['ep_ret']:.1f} and cost {res['ep_cost']:.1f}")
+    bc = (f", behaviour cloning's error on fresh backup states: rms {res['bc']['rms_fresh']:.3g}"
+          f", max {res['bc']['max_fresh']:.3g}" if res.get("bc") else "")
+    log(f"  {tag}: {len(res['exported'])} actors, {res['env_steps']:,} steps, {wall:.0f} s, "
+        f"last epoch's episode return {res['ep_ret']:.1f} and cost {res['ep_cost']:.1f}{bc}")
     return res
 
 
@@ -507,150 +398,257 @@ class StepCounter:
         RolloutEvaluator._rollout_on_device, GymRollout.rollout = self._orig
 
 
-def run_scpo(name: str, runs: Path, log) -> tuple[dict, dict]:
-    from scpo_spec.audit.log import read_lines
-    from scpo_spec.audit.verify import audit_run
+def final_verify(compiled, theta: np.ndarray, limits: dict) -> dict:
+    """`scpo verify`'s verdict on a final policy (scpo_spec.verify.prove.verify, what the CLI
+    calls): overall and per constraint, with the bound and the reason where there is one."""
+    import torch
+    from scpo_spec.dtype import DTYPE
+    from scpo_spec.verify.prove import verify
+    res = verify(compiled, torch.as_tensor(np.asarray(theta), dtype=DTYPE), **limits).as_json()
+    return {"verdict": res["verdict"], "seconds": res["seconds"], "cells": res["cells"],
+            "reason": res["reason"],
+            "constraints": {n: {"verdict": c["verdict"], "bound": c["bound"],
+                                "proved_fraction": c["proved_fraction"]}
+                            for n, c in res["constraints"].items()}}
+
+
+def seed_variant(name: str, seed: int) -> Path:
+    """The spec with its policy's and its training's seed set to `seed` (the hidden layers'
+    initialisation and the directions; θ₀ is the backup whatever the seed)."""
+    text = (ROOT / TASKS[name]).read_text()
+    text, n_policy = re.subn(r"(policy mlp \{[^}\n]*?\bseed\s*=\s*)\d+", rf"\g<1>{seed}", text)
+    text, n_train = re.subn(r"(\ntrain \{.*?\n\s*seed\s+)\d+", rf"\g<1>{seed}", text,
+                             flags=re.S)
+    assert n_policy == n_train == 1, (name, n_policy, n_train)
+    out = WORK / "specs" / f"{name}_seed{seed}.scpo"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(out, text)
+    return out
+
+
+def scpo_train(path: Path, out: Path, steps: int | None = None) -> dict:
+    """`scpo train`'s code path on `path`, counting the simulated steps: `counts[i]` is the
+    total after step i (`counts[0]`: after θ₀'s own evaluation), `total` adds the holdout."""
+    from scpo_spec.engine.listener import RunListener
     from scpo_spec.engine.run import fresh_dir, train
     from scpo_spec.language.load import check_file
-
-    path = ROOT / TASKS[name]
     result = check_file(path)
-    out = fresh_dir(runs / path.stem)
+    counts: list[int] = []
+
+    class Counts(RunListener):  # the counter's total after θ₀'s evaluation and each step
+        def started(self, *_):
+            counts.append(counter.steps)
+
+        def stepped(self, *_):
+            counts.append(counter.steps)
+
     start = time.perf_counter()
     with StepCounter() as counter:
-        run = train(path, result.spec, result.source.text, out=out)
-    seconds = time.perf_counter() - start
-    g_all, accepted = [], 0
+        run = train(path, result.spec, result.source.text, out=fresh_dir(out), steps=steps,
+                    listener=Counts())
+        total = counter.steps
+    return {"run": run, "counts": counts, "total": total, "seconds": time.perf_counter() - start}
+
+
+def scpo_seed(name: str, seed: int, trained: dict, verify_limits: dict) -> dict:
+    """One SCPO run judged like OmniSafe's: its iterates (θ₀ and the accepted updates) from the
+    audit log, the final return on the scenarios, the audit and `scpo verify`."""
+    from scpo_spec import load_spec
+    from scpo_spec.audit.log import read_lines
+    from scpo_spec.audit.verify import audit_run
+    from scpo_spec.compile.problem import compile_spec
+    run = trained["run"]
+    g_all = []
     for line in read_lines(run.run_dir / "audit.jsonl")[0]:
         rec = line.record
         if rec.get("type") == "init":
             g_all.append(rec["g"])
         elif rec.get("type") == "step" and rec["accepted"]:
             g_all.append(rec["g_next"])
-            accepted += 1
     audit = audit_run(run.run_dir)
     g = np.array(g_all, dtype=float)
-    _, _, compiled = load(name)
-    final = evaluate(name, compiled, run.state.theta.detach().numpy()[None])
+    path = WORK / "specs" / f"{name}_seed{seed}.scpo"
+    compiled = compile_spec(load_spec(path), path.parent)
+    theta = run.state.theta.detach().numpy()
+    final = evaluate(name, compiled, theta[None])
     violating = int((g > 0).any(axis=1).sum())
     assert violating == audit.accepted_violations, (violating, audit.accepted_violations)
-    log(f"  scpo: {len(g)} iterates ({accepted} accepted of {run.state.step} steps), "
-        f"{seconds:.0f} s, audit {'passed' if audit.ok else 'FAILED'}; run {run.run_dir}")
-    from importlib.metadata import version
-    row = {"seeds": 1, "iterates": int(len(g)), "violating_iterates": violating,
-           "worst": float(g.max()), "return_final": float(final["ret"][0]),
-           "env_steps": int(counter.steps), "seconds": seconds,
-           "version": f"scpo-spec {version('scpo-spec')}", "audit_ok": bool(audit.ok),
-           "run_dir": str(run.run_dir)}
-    curves = {"scpo": [{"g": g, "ret": None}]}
-    return row, curves
+    return {"seed": seed, "iterates": int(len(g)), "violating": violating,
+            "worst": float(g.max()), "return_final": float(final["ret"][0]),
+            "final_violating": bool((final["g"][0] > 0).any()),
+            "initial_violating": bool((g[0] > 0).any()),
+            "env_steps": int(trained["counts"][-1]), "holdout_steps":
+            int(trained["total"] - trained["counts"][-1]), "steps": int(run.state.step),
+            "accepted": int(run.state.accepted), "seconds": trained["seconds"],
+            "audit_ok": bool(audit.ok), "final_verify": final_verify(compiled, theta,
+                                                                     verify_limits),
+            "g": g}
 
 
-def run_task(name: str, py: Path, budget: dict, runs: Path, log, algos=tuple(ALGOS),
-             scpo: bool = True) -> tuple[dict, dict, list]:
+def steps_within(counts: list[int], cap: int) -> int:
+    """The most training steps whose counted total (`counts[i]` after step i) is within `cap`
+    (0 when even θ₀'s evaluation is not: SCPO then stays at θ₀, the backup)."""
+    return max([i for i, c in enumerate(counts) if c <= cap], default=0)
+
+
+def run_scpo(name: str, seeds: int, cap: int | None, runs: Path, verify_limits: dict,
+             log) -> dict:
+    """Per seed: SCPO's full run; with a `cap`, also the run stopped at the last step whose
+    counted total is within it (training is deterministic for a seed, so the same
+    iterates, cut short: its count is checked against the cap)."""
+    out = {"full": [], "capped": []}
+    for seed in range(seeds):
+        path = seed_variant(name, seed)
+        full = scpo_train(path, runs / f"{name}-s{seed}")
+        out["full"].append(scpo_seed(name, seed, full, verify_limits))
+        r = out["full"][-1]
+        log(f"  scpo s{seed}: {r['steps']} steps ({r['accepted']} accepted), "
+            f"{r['env_steps']:,} simulated steps, {r['seconds']:.0f} s, audit "
+            f"{'passed' if r['audit_ok'] else 'FAILED'}, verify {r['final_verify']['verdict']}")
+        if cap is None:
+            continue
+        k = steps_within(full["counts"], cap)
+        capped = scpo_train(path, runs / f"{name}-s{seed}-capped", steps=k)
+        out["capped"].append({**scpo_seed(name, seed, capped, verify_limits), "cap": cap})
+        r = out["capped"][-1]
+        assert r["env_steps"] <= cap or k == 0, (r["env_steps"], cap)
+        log(f"  scpo s{seed} capped at {cap:,}: {k} steps ({r['accepted']} accepted), "
+            f"{r['env_steps']:,} simulated steps")
+    return out
+
+
+def summarise(per_seed: list[dict], version: str) -> dict:
+    """A method's row: totals over seeds (iterates, violating, steps, seconds), mean and spread
+    over seeds (return of the final iterate, violating iterates), and every seed's own."""
+    def spread(key):
+        v = np.array([s[key] for s in per_seed], dtype=float)
+        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "min": float(v.min()), "max": float(v.max())}
+    g = np.concatenate([s["g"] for s in per_seed])
+    row = {"seeds": len(per_seed), "iterates": int(len(g)),
+           "violating_iterates": int(sum(s["violating"] for s in per_seed)),
+           "violating_per_seed": spread("violating"),
+           "worst": float(np.max(g)),
+           "return_final": spread("return_final")["mean"],
+           "return_final_per_seed": spread("return_final"),
+           "violating_final": int(sum(s["final_violating"] for s in per_seed)),
+           "violating_initial": int(sum(s["initial_violating"] for s in per_seed)),
+           "env_steps": int(sum(s["env_steps"] for s in per_seed)),
+           "env_steps_per_run": [int(s["env_steps"]) for s in per_seed],
+           "seconds": float(sum(s["seconds"] for s in per_seed)), "version": version,
+           "worst_per_metric": np.max(g, axis=0).tolist(),
+           "violating_per_metric": (g > 0).sum(axis=0).tolist(),
+           "final_verify": [{"seed": s["seed"], **s["final_verify"]} for s in per_seed],
+           "per_seed": [{k: v for k, v in s.items() if k not in ("g", "ret", "final_verify")}
+                        for s in per_seed]}
+    return row
+
+
+def omnisafe_seed(name: str, plain, seed: int, res: dict, verify_limits: dict) -> dict:
+    """One OmniSafe run judged by the spec: every epoch's actor as θ of the residual-free
+    family, evaluated on the spec's scenarios; the final one through `scpo verify`."""
+    thetas, infos = zip(*(theta_of(p, plain.family) for p in res["exported"]))
+    ev = evaluate(name, plain, np.stack(thetas))
+    clamp = 0
+    for i, info in enumerate(infos):
+        if info["norm"] is not None:
+            zx = (ev["X"][i] - info["norm"]["mean"]) / info["norm"]["std"]
+            clamp += int(np.any(np.abs(zx) > info["norm"]["clip"]))
+    viol = (ev["g"] > 0).any(axis=1)
+    return {"seed": seed, "iterates": int(len(thetas)), "violating": int(viol.sum()),
+            "worst": float(ev["g"].max()), "return_final": float(ev["ret"][-1]),
+            "return_initial": float(ev["ret"][0]), "final_violating": bool(viol[-1]),
+            "initial_violating": bool(viol[0]), "env_steps": int(res["env_steps"]),
+            "seconds": res["wall"], "clamp_iterates": clamp, "bc": res.get("bc"),
+            "epochs": [i["epoch"] for i in infos],
+            "final_verify": final_verify(plain, thetas[-1], verify_limits),
+            "g": ev["g"], "ret": ev["ret"]}
+
+
+def run_task(name: str, py: Path, budget: dict, mode: str, runs: Path, log,
+             methods=tuple(METHODS), scpo: bool = True, jobs: int = 1,
+             verify_limits: dict | None = None) -> tuple[dict, dict, list]:
+    from concurrent.futures import ThreadPoolExecutor
+    verify_limits = verify_limits or VERIFY[False]
     _, _, compiled = load(name)
     plain_path, plain = plain_variant(name)
-    cfg = task_config(name, compiled)
     cfg_path = WORK / f"task_{name}.json"
-    cfg_path.write_text(json.dumps(cfg, indent=1))
-    rows, curves = {}, {}
+    write_whole(cfg_path, json.dumps(task_config(name, compiled), indent=1))
+    rows, curves, seeds = {}, {}, budget["seeds"]
+    epoch = budget["steps_per_epoch"]
+    omni_steps = [budget["total_steps"]] * seeds
     if scpo:
-        rows["scpo"], curves_scpo = run_scpo(name, runs, log)
-        curves.update(curves_scpo)
-    for algo in algos:
-        per_seed, total_seconds, total_steps, version = [], 0.0, 0, None
-        for seed in range(budget["seeds"]):
-            res = run_omnisafe(py, name, algo, seed, budget, cfg_path, hidden_of(plain), log)
-            total_seconds += res["wall"]
-            total_steps += res["env_steps"]
-            version = res["version"]
-            thetas, infos = zip(*(theta_of(p, plain.family) for p in res["exported"]))
-            ev = evaluate(name, plain, np.stack(thetas))
-            clamp = 0
-            for i, info in enumerate(infos):
-                if info["norm"] is not None:
-                    zx = (ev["X"][i] - info["norm"]["mean"]) / info["norm"]["std"]
-                    clamp += int(np.any(np.abs(zx) > info["norm"]["clip"]))
-            per_seed.append({"g": ev["g"], "ret": ev["ret"], "clamp": clamp,
-                             "epochs": [i["epoch"] for i in infos]})
-        g = np.concatenate([s["g"] for s in per_seed])
-        viol = (g > 0).any(axis=1)
-        rows[algo] = {"seeds": budget["seeds"], "iterates": int(len(g)),
-                      "violating_iterates": int(viol.sum()),
-                      "worst": float(np.max(g)),
-                      "return_final": float(np.mean([s["ret"][-1] for s in per_seed])),
-                      "env_steps": int(total_steps), "seconds": total_seconds,
-                      "version": f"omnisafe {version}",
-                      "violating_final": int(sum(bool((s["g"][-1] > 0).any()) for s in per_seed)),
-                      "clamp_iterates": int(sum(s["clamp"] for s in per_seed)),
-                      "worst_per_metric": np.max(g, axis=0).tolist(),
-                      "violating_per_metric": (g > 0).sum(axis=0).tolist()}
-        curves[algo] = per_seed
-    if scpo:
-        rows["scpo"]["worst_per_metric"] = np.max(curves["scpo"][0]["g"], axis=0).tolist()
-        rows["scpo"]["violating_per_metric"] = (curves["scpo"][0]["g"] > 0).sum(axis=0).tolist()
+        cap = budget["total_steps"] if mode == "scpo_capped_to_omnisafe" else None
+        sc = run_scpo(name, seeds, cap, runs, verify_limits, log)
+        version = f"scpo-spec {_version('scpo-spec')}"
+        if cap is None:  # OmniSafe gets at least SCPO's count, in whole epochs
+            omni_steps = [-(-s["env_steps"] // epoch) * epoch for s in sc["full"]]
+            rows["scpo"] = summarise(sc["full"], version)
+            curves["scpo"] = sc["full"]
+        else:
+            rows["scpo"] = summarise(sc["capped"], version)
+            curves["scpo"] = sc["capped"]
+            rows["scpo_uncapped"] = {**summarise(sc["full"], version), "budget_matched": False}
+        rows["scpo"]["budget_matched"] = True
+    jobs_list = [(m, s) for m in methods for s in range(seeds)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(lambda ms: run_omnisafe(
+            py, name, ms[0], ms[1], omni_steps[ms[1]], epoch, cfg_path, hidden_of(plain), runs,
+            log),
+            jobs_list))
+    for method in methods:
+        per_seed = [omnisafe_seed(name, plain, s, res, verify_limits)
+                    for (m, s), res in zip(jobs_list, results) if m == method]
+        rows[method] = summarise(per_seed, f"omnisafe {results[0]['version']}")
+        rows[method]["budget_matched"] = scpo or mode == "scpo_capped_to_omnisafe"
+        rows[method]["clamp_iterates"] = int(sum(s["clamp_iterates"] for s in per_seed))
+        if METHODS[method][1]:
+            rows[method]["bc"] = [s["bc"] for s in per_seed]
+        curves[method] = per_seed
     metrics = [m.name for m in compiled.metrics]
+    for row in rows.values():
+        row["metrics"] = metrics
     log(f"  {name}: evaluated on the spec's {len(compiled.evaluator.x0)} scenarios with "
         f"{plain_path.relative_to(ROOT)} for OmniSafe's actors")
     return rows, curves, metrics
 
 
-def plot(name: str, curves: dict, metrics: list[str], out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    colors = {"scpo": "#1f5fa8", "ppo_lag": "#c0392b", "cpo": "#e67e22"}
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(7.5, 1.9 * len(metrics)), sharex=False)
-    for method, seeds in curves.items():
-        for j, s in enumerate(seeds):
-            for i, metric in enumerate(metrics):
-                axes[i].plot(np.arange(len(s["g"])), s["g"][:, i], color=colors[method], lw=1.2,
-                             alpha=0.9 if j == 0 else 0.5, label=method if j == 0 else None)
-    for i, metric in enumerate(metrics):
-        axes[i].axhline(0, color="black", lw=0.8)
-        axes[i].set_ylabel(metric, fontsize=8)
-        axes[i].tick_params(labelsize=7)
-        axes[i].grid(alpha=0.25)
-    axes[0].legend(fontsize=7)
-    axes[0].set_title(f"{name}: the spec's metrics g of every iterate (g > 0 violates)",
-                      fontsize=9, loc="left")
-    axes[-1].set_xlabel("iterate (SCPO: accepted update; OmniSafe: epoch)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / f"omnisafe_{name}.png", dpi=110)
-    plt.close(fig)
-
-
-def print_table(all_rows: dict, budget: dict) -> None:
-    print(f"\nviolating = iterates with any of the spec's metrics g > 0 on its scenarios; "
-          f"OmniSafe: {budget['seeds']} seeds × {budget['total_steps']:,} steps "
-          f"(epochs of {budget['steps_per_epoch']:,})")
-    head = ("task", "method", "seeds", "iterates", "violating", "worst g", "return final",
-            "env steps", "seconds")
-    print("| " + " | ".join(head) + " |")
-    print("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
-    for name, rows in all_rows.items():
-        for method, r in rows.items():
-            print(f"| {name} | {method} | {r['seeds']} | {r['iterates']} | "
-                  f"{r['violating_iterates']} | {r['worst']:.4g} | {r['return_final']:.4g} | "
-                  f"{r['env_steps']:,} | {r['seconds']:.0f} |")
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+    return version(dist)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds × 12,000 steps per OmniSafe run")
-    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--json", type=Path, help="write the results here (after each task, marked "
+                    "partial until the last)")
     ap.add_argument("--plots", type=Path, help="write one PNG per task here")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "omnisafe",
-                    help="SCPO's run directories (default runs/omnisafe)")
+                    help="SCPO's run directories, and OmniSafe's under DIR/omnisafe (default "
+                    "runs/omnisafe)")
     ap.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
-    ap.add_argument("--algos", nargs="*", default=list(ALGOS), choices=list(ALGOS),
-                    help="OmniSafe algorithms to run (default both)")
+    ap.add_argument("--algos", nargs="*", default=list(METHODS), choices=list(METHODS),
+                    help="OmniSafe methods to run (default all four)")
+    ap.add_argument("--budget-mode", choices=BUDGET_MODES, default=BUDGET_MODES[0],
+                    help="cap SCPO at OmniSafe's steps per run (default), or give OmniSafe "
+                    "SCPO's simulated steps per seed")
     ap.add_argument("--no-scpo", action="store_true", help="run only OmniSafe")
     ap.add_argument("--seeds", type=int, help="override the budget's number of seeds")
     ap.add_argument("--steps", type=int, help="override the environment steps per OmniSafe run")
     ap.add_argument("--epoch", type=int, help="override OmniSafe's steps_per_epoch")
+    ap.add_argument("--jobs", type=int, default=1, help="OmniSafe runs at once (default 1)")
+    ap.add_argument("--merge", type=Path, nargs="+", help="only merge these JSON files (runs of "
+                    "the same budget, one task each, made at once) into --json")
     args = ap.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.merge:
+        if not args.json:
+            ap.error("--merge needs --json")
+        merged = merge([json.loads(p.read_text()) for p in args.merge], tuple(METHODS))
+        args.json.write_text(json.dumps(merged, indent=1) + "\n")
+        print_table(merged["tasks"], merged["budget"], merged["budget_mode"])
+        return 0
     budget = dict(BUDGET[args.quick])
     for key, value in (("seeds", args.seeds), ("total_steps", args.steps),
                        ("steps_per_epoch", args.epoch)):
@@ -662,35 +660,44 @@ def main(argv=None) -> int:
     except VenvError as e:
         log(f"OmniSafe venv could not be made: {e}")
         return 3
-    (WORK / "scpo_omni_envs.py").write_text(ENV_MODULE)
-    (WORK / "omni_runner.py").write_text(RUNNER)
+    for name in ("scpo_omni_envs.py", "omni_runner.py"):
+        write_whole(WORK / name, (VENV_SIDE / name).read_text())
     versions = venv_versions(py)
     import torch
-    from importlib.metadata import version
-    versions.update({"scpo_spec": version("scpo-spec"), "host_torch": torch.__version__,
-                     "host_gymnasium": version("gymnasium"), "python": sys.version.split()[0]})
+    versions.update({"scpo_spec": _version("scpo-spec"), "host_torch": torch.__version__,
+                     "host_gymnasium": _version("gymnasium"),
+                     "python": sys.version.split()[0]})
     log(f"versions: {versions}")
     torch.set_num_threads(1)  # the OmniSafe subprocesses and this one share 2 cores
+    verify_limits = VERIFY[args.quick]
     all_rows, start = {}, time.perf_counter()
-    for name in args.tasks:
+    for done, name in enumerate(args.tasks, 1):
         log(f"{name}:")
-        rows, curves, metrics = run_task(name, py, budget, args.runs, log, args.algos,
-                                         not args.no_scpo)
+        rows, curves, metrics = run_task(name, py, budget, args.budget_mode, args.runs, log,
+                                         args.algos, not args.no_scpo, args.jobs, verify_limits)
         all_rows[name] = rows
         if args.plots:
             args.plots.mkdir(parents=True, exist_ok=True)
             plot(name, curves, metrics, args.plots)
-        for method, r in rows.items():
-            r["metrics"] = metrics
-    print_table(all_rows, budget)
-    total = time.perf_counter() - start
-    log(f"total {total:.0f} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"quick": args.quick, "budget": budget,
-                                         "versions": versions, "seconds": total,
-                                         "tasks": all_rows}, indent=1))
+        if args.json:
+            write_json(args, budget, versions, verify_limits, all_rows,
+                       time.perf_counter() - start, done < len(args.tasks))
+    print_table(all_rows, budget, args.budget_mode)
+    log(f"total {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def write_json(args, budget: dict, versions: dict, verify_limits: dict, rows: dict,
+               seconds: float, partial: bool) -> None:
+    """The results so far (no machine paths: run directories and checkpoints stay out)."""
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    body = {"quick": args.quick, "partial": partial, "tasks_asked": args.tasks,
+            "budget_mode": None if args.no_scpo else args.budget_mode, "budget": budget,
+            "omnisafe_settings": {"cost_limit": COST_LIMIT, "cost_limit_tuned": False,
+                                  "behaviour_cloning": BC, "jobs": args.jobs},
+            "verify_limits": verify_limits, "versions": versions, "seconds": seconds,
+            "tasks": rows}
+    args.json.write_text(json.dumps(body, indent=1) + "\n")
 
 
 if __name__ == "__main__":
