@@ -85,7 +85,7 @@ def test_every_reader_gives_the_same_verdict(no_holdout, tmp_path):
 # ---- the public load_run ----
 def test_the_public_load_run_is_the_engines_and_importing_the_package_needs_no_torch():
     code = ("import sys, inspect, scpo_spec; before = 'torch' in sys.modules; "
-            "import scpo_spec.engine.run as r; "
+            "import scpo_spec.engine.trained as r; "
             "print(before, scpo_spec.load_run is r.load_run, scpo_spec.Run is r.Run, "
             "sorted(inspect.signature(scpo_spec.load_run).parameters))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
