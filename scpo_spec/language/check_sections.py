@@ -197,41 +197,6 @@ class SectionChecks:
             self._number(sc.horizon, "horizon", positive=True, integer=True, required=True,
                          owner=sc)
 
-    def _check_properties(self) -> None:
-        seen: dict[str, M.Property] = {}
-        estimate = (self.spec.train is not None and self.spec.train.smoothness is not None
-                    and self.spec.train.smoothness.name == "estimate")
-        for prop in self.spec.properties:
-            name = prop.name.name
-            if name in seen:
-                first = seen[name].name.span
-                self.error(f"duplicate {prop.section} name '{name}'", prop.name.span,
-                           f"first used at line {first.line}" if first else None)
-            else:
-                seen[name] = prop
-            formula = self.x(prop.formula)
-            ty = self.infer(formula)
-            if ty is not None:
-                if ty.kind != "bool":
-                    self.error(f"{prop.section} '{name}' is not a condition", prop.formula.span,
-                               "write a comparison, e.g. `always abs(x) <= 1`")
-                elif not ty.policy:
-                    self.error(f"{prop.section} '{name}' does not depend on the policy: it "
-                               "reads no signal, so its metric can never change",
-                               prop.formula.span, "refer to a state or input signal")
-                elif self.horizon is not None:
-                    self._check_times(E.implicit_always(formula), 0, 0)
-            if prop.smoothness is None:
-                if not estimate:
-                    self.error(f"{prop.section} '{name}' has no smoothness constant",
-                               prop.name.span,
-                               "add `smoothness L` (the ℓ of ALGORITHM.md), or set "
-                               "`train { smoothness estimate }`")
-            else:
-                self._number(prop.smoothness, "smoothness", positive=True)
-            self._number(prop.margin, "margin", nonnegative=True)
-            self._number(prop.lipschitz, "lipschitz", positive=True)
-
     # ---------------------------------------------------------------- objective and train
     def _check_objective(self) -> None:
         obj = self.spec.objective
