@@ -1,11 +1,10 @@
 """The published ARCH-COMP 2024 ACC and TORA controllers, run through this project's tools and,
 independently, through plain numpy.
 
-The ONNX files have no licence to ship, so they are never committed: this script copies them from a
-local copy of the benchmark repository (a bare mirror, read with `git show`; a checkout; or a
-folder of the files as named in /work/arch_published) into benchmarks/arch/published/ (git-ignored),
-writes spec variants of benchmarks/arch/{acc,tora}.scpo that use them as `policy onnx`, and prints
-for each:
+The ONNX files have no licence to ship, so they are never committed: `fetch_published.py SOURCE`
+(the one copier) puts them into benchmarks/arch/published/ (git-ignored) with a MANIFEST.json
+naming the commit.  This script reads them from there, writes spec variants of
+benchmarks/arch/{acc,tora}.scpo that use them as `policy onnx`, and prints for each:
 
 - the repository commit the files came from;
 - g(θ₀) as `scpo` computes it (compile_spec's evaluator, the network read by policies/onnx_graph.py);
@@ -14,7 +13,8 @@ for each:
   integrated with the same RK4 and substeps, on the same scenarios;
 - `scpo verify`'s verdict, bound and time over the whole initial box.
 
-    python benchmarks/arch/published.py [--source PATH] [--commit SHA] [--no-verify] [--json]
+    python benchmarks/arch/fetch_published.py SOURCE      # once: SOURCE is ARCH-COMP2024
+    python benchmarks/arch/published.py [--no-verify] [--json]
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "published"
-MIRROR = Path("/work/.mirror/verivital+ARCH-COMP2024/repo")
-FLAT = Path("/work/arch_published")  # the files copied flat: <benchmark folder>_<file name>
 
 
 @dataclass(frozen=True)
@@ -47,51 +45,33 @@ class Benchmark:
 
 BENCHMARKS = [
     Benchmark("acc", "benchmarks/ACC/controller_5_20.onnx",
-              'policy onnx {\n    file = "acc_controller_5_20.onnx"\n'
+              'policy onnx {\n    file = "ACC/controller_5_20.onnx"\n'
               "    observe = [v_set, T_gap, v_ego, x_lead - x_ego, v_lead - v_ego]\n}\n"),
     # the network's output is u itself; the plant subtracts 10 (`der x4 = u - 10`), so the
     # variant has no operating point: u = f(x)
     Benchmark("tora", "benchmarks/Benchmark9-Tora/controllerTora.onnx",
-              'policy onnx { file = "tora_controllerTora.onnx" }\n'),
+              'policy onnx { file = "Benchmark9-Tora/controllerTora.onnx" }\n'),
 ]
 
 
-def local_name(b: Benchmark) -> str:
-    return f"{b.name}_{Path(b.repo_path).name}"
+def fetched(b: Benchmark) -> Path:
+    """Where fetch_published.py put the benchmark's file: OUT/<folder>/<file>."""
+    return OUT / Path(b.repo_path).relative_to("benchmarks")
 
 
-# ---- reading the benchmark repository ----
-
-def _git(repo: Path, *args: str) -> bytes:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True).stdout
+class NotFetched(Exception):
+    """The published files are not in OUT: fetch_published.py has not been run."""
 
 
-def is_git(path: Path) -> bool:
-    try:
-        _git(path, "rev-parse", "--git-dir")
-        return True
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return False
-
-
-def read_published(source: Path, repo_path: str) -> bytes:
-    """The file's bytes from a bare mirror or checkout (at HEAD), or a flat copy of the files."""
-    flat = source / "_".join(Path(repo_path).parts[1:])
-    if flat.is_file():
-        return flat.read_bytes()
-    if (source / repo_path).is_file():
-        return (source / repo_path).read_bytes()
-    if is_git(source):
-        return _git(source, "show", f"HEAD:{repo_path}")
-    raise FileNotFoundError(f"{repo_path} is not in {source}")
-
-
-def commit_of(source: Path, given: str | None) -> str:
-    if given:
-        return given
-    if is_git(source):
-        return _git(source, "rev-parse", "HEAD").decode().strip()
-    return "unknown (a folder of copied files: pass --commit)"
+def fetched_commit() -> str:
+    """The benchmark repository's commit the files came from (fetch_published.py's manifest)."""
+    manifest = OUT / "MANIFEST.json"
+    missing = [str(fetched(b)) for b in BENCHMARKS if not fetched(b).is_file()]
+    if not manifest.is_file() or missing:
+        raise NotFetched(f"no published controllers in {OUT} ({', '.join(missing) or 'no manifest'}):"
+                         f" run `python benchmarks/arch/fetch_published.py SOURCE` first (SOURCE: a"
+                         f" checkout or bare mirror of the ARCH-COMP2024 repository)")
+    return json.loads(manifest.read_text())["commit"]
 
 
 # ---- the spec variants ----
@@ -279,12 +259,10 @@ def scpo_verify(spec_path: Path, timeout: float = 900) -> dict:
     return report
 
 
-def prepare(source: Path, commit: str) -> dict[str, Path]:
-    """Copy the ONNX files into benchmarks/arch/published/ and write the spec variants."""
-    OUT.mkdir(exist_ok=True)
+def prepare(commit: str) -> dict[str, Path]:
+    """Write the spec variants next to the fetched files (their `file =` is relative to them)."""
     specs = {}
     for b in BENCHMARKS:
-        (OUT / local_name(b)).write_bytes(read_published(source, b.repo_path))
         spec = OUT / f"{b.name}.scpo"
         spec.write_text(variant_text(b, commit))
         specs[b.name] = spec
@@ -293,24 +271,20 @@ def prepare(source: Path, commit: str) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", type=Path, default=None,
-                    help=f"the ARCH-COMP2024 repository (bare mirror or checkout) or a folder of "
-                         f"its files (default {MIRROR}, else {FLAT})")
-    ap.add_argument("--commit", default=None, help="the commit, for a folder of copied files")
     ap.add_argument("--no-verify", action="store_true", help="skip `scpo verify`")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    source = args.source or (MIRROR if MIRROR.exists() else FLAT)
-    if not source.exists():
-        print(f"no benchmark repository at {source}: pass --source", file=sys.stderr)
+    try:
+        commit = fetched_commit()
+    except NotFetched as e:
+        print(e, file=sys.stderr)
         return 2
-    commit = commit_of(source, args.commit)
-    specs = prepare(source, commit)
-    results = {"source": str(source), "commit": commit, "benchmarks": {}}
+    specs = prepare(commit)
+    results = {"commit": commit, "benchmarks": {}}
     for b in BENCHMARKS:
         spec = specs[b.name]
         g, x0, horizon, dt, substeps = scpo_g(spec)
-        _, _, g_np = numpy_rollout(b.name, OUT / local_name(b), x0, horizon, dt, substeps)
+        _, _, g_np = numpy_rollout(b.name, fetched(b), x0, horizon, dt, substeps)
         entry = {"spec": str(spec), "scenarios": int(len(x0)), "horizon": horizon,
                  "g_scpo": g, "g_numpy": g_np}
         if not args.no_verify:
@@ -319,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"ARCH-COMP2024 repository: {source}, commit {commit}")
+    print(f"ARCH-COMP2024 repository, commit {commit} (fetch_published.py's manifest)")
     for name, e in results["benchmarks"].items():
         (metric, g_s), = e["g_scpo"].items()
         print(f"{name}: {e['scenarios']} scenarios × {e['horizon']} steps: g(θ₀) scpo {g_s:.12g}, "

@@ -122,35 +122,37 @@ def test_published_variant_swaps_only_the_controller():
                    [l for l in text.splitlines() if l.lstrip().startswith(kept)]
 
 
-def _arch_files() -> Path | None:
-    pub = _published()
-    for source in (pub.MIRROR, pub.FLAT):
-        if source.exists():
-            return source
-    return None
+def _fetched() -> bool:
+    try:
+        _published().fetched_commit()
+        return True
+    except _published().NotFetched:
+        return False
 
 
-@pytest.mark.skipif(_arch_files() is None,
-                    reason="no local copy of the ARCH-COMP2024 repository (/work/.mirror/… or "
-                           "/work/arch_published): its controllers have no licence to ship")
+@pytest.mark.skipif(not _fetched(),
+                    reason="no published controllers in benchmarks/arch/published/ "
+                           "(benchmarks/arch/fetch_published.py SOURCE): they have no licence "
+                           "to ship")
 def test_published_controllers_match_a_numpy_rollout(tmp_path, monkeypatch):
     """g(θ₀) of the published ACC and TORA networks as scpo evaluates them = a plain-numpy rollout
     of the same graph and ODE on the same scenarios (1e-9); the numpy graph itself agrees with
     onnxruntime where it runs the file (float32 there: 1e-5)."""
-    if importlib.util.find_spec("scpo_spec.policies.onnx_graph") is None:
-        pytest.skip("the ONNX reader (policies/onnx_graph.py) is not on this branch")
     pub = _published()
+    commit = pub.fetched_commit()
+    for b in pub.BENCHMARKS:  # the fetched files, beside the variants written in tmp_path
+        target = tmp_path / pub.fetched(b).relative_to(pub.OUT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pub.fetched(b), target)
     monkeypatch.setattr(pub, "OUT", tmp_path)
-    source = _arch_files()
-    specs = pub.prepare(source, pub.commit_of(source, "test"))
+    specs = pub.prepare(commit)
     for b in pub.BENCHMARKS:
         g, x0, horizon, dt, substeps = pub.scpo_g(specs[b.name])
-        X, U, g_np = pub.numpy_rollout(b.name, tmp_path / pub.local_name(b), x0, horizon, dt,
-                                       substeps)
+        X, U, g_np = pub.numpy_rollout(b.name, pub.fetched(b), x0, horizon, dt, substeps)
         (g_scpo,) = g.values()
         assert np.all(np.isfinite(X)) and g_np < 0  # both published controllers are safe
         assert g_scpo == pytest.approx(g_np, abs=1e-9, rel=1e-12), b.name
-    tora = tmp_path / pub.local_name(pub.BENCHMARKS[1])
+    tora = pub.fetched(pub.BENCHMARKS[1])
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(tora))
     x = np.random.default_rng(0).normal(size=(5, 4))
@@ -159,6 +161,14 @@ def test_published_controllers_match_a_numpy_rollout(tmp_path, monkeypatch):
                                           xi.reshape(1, 1, 1, 4).astype(np.float32)})[0].ravel()
                        for xi in x])
     assert np.max(np.abs(ours - theirs)) < 1e-5
+
+
+def test_published_without_fetched_files_says_what_to_run(tmp_path, monkeypatch, capsys):
+    """Without fetch_published.py's copy, the script names the command to run and exits 2."""
+    pub = _published()
+    monkeypatch.setattr(pub, "OUT", tmp_path)
+    assert pub.main(["--no-verify"]) == 2
+    assert "fetch_published.py SOURCE" in capsys.readouterr().err
 
 
 def _train_and_verify(name: str, tmp_path: Path) -> tuple:
