@@ -65,8 +65,6 @@ def command(*args, **kwargs):
 # the command modules register their commands on `app` (through `command`) as they are imported
 from scpo_spec.cli import (format_commands, run_commands, spec_commands,  # noqa: E402,F401
                            train_command, verify_command)
-from scpo_spec.cli.train_command import _sigterm_interrupts  # noqa: E402,F401
-from scpo_spec.cli.verify_command import _rounded_up  # noqa: E402,F401
 
 # `scpo --help` lists the commands in this order, whichever module registers them
 HELP_ORDER = ("check", "fmt", "convert", "compile", "train", "audit", "runs", "keygen", "calibrate",

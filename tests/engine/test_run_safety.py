@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from scpo_spec import load_run
 from scpo_spec.audit import log as log_module
 from scpo_spec.audit.rundir import RunDir, RunError
-from scpo_spec.cli import _sigterm_interrupts, app
+from scpo_spec.cli import app
+from scpo_spec.cli.train_command import _sigterm_interrupts
 from scpo_spec.engine.listener import RunListener
 from scpo_spec.engine.run import train
 from scpo_spec.engine.train import Trainer

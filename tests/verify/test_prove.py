@@ -604,7 +604,7 @@ def test_a_torch_policy_is_verified_and_a_torch_backup_is_undecided(tmp_path):
 def test_a_printed_bound_is_still_an_upper_bound():
     """`scpo verify` prints bounds short; rounding to the nearest would print −2.115e-06 for a
     proved −2.11496e-06, a bound that was never proved."""
-    from scpo_spec.cli import _rounded_up
+    from scpo_spec.cli.verify_command import _rounded_up
     assert _rounded_up(-2.11496e-06) == "-2.114e-06"
     assert _rounded_up(0.44681) == "0.4469" and _rounded_up(3.0) == "3"
     rng = np.random.default_rng(0)
